@@ -1,0 +1,79 @@
+"""The exception hierarchy of krea-batch.
+
+    RunnerError                      anything the CLI turns into a message instead of a traceback
+    ├── UsageError                   bad CLI input or settings (exit code 2)
+    │   └── ManifestError            a manifest problem, with its file, YAML path and line
+    └── ApiError                     the API (or the emulator) answered something unusable
+        ├── TransientApiError        worth retrying: network trouble, 5xx, 429 (retry_after)
+        ├── PermanentApiError        this job cannot succeed: 400, 404, 410, malformed bodies
+        └── FatalApiError            no job can succeed: 401, 402; stop submitting
+
+Third-party exceptions (aiohttp, yaml, jsonschema) are translated into these at the module
+that calls the library, and nowhere else.
+"""
+
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    """Base of every error krea-batch reports to its user."""
+
+
+class UsageError(RunnerError):
+    """The user asked for something impossible; the CLI exits with code 2."""
+
+
+class ManifestError(UsageError):
+    """A manifest problem located by file, path in the document (``jobs[2].width``) and line."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str = "",
+        path: str = "",
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.path = path
+        self.line = line
+        self.column = column
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file
+        if where and self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        prefix = f"{where}: " if where else ""
+        subject = f"{self.path}: " if self.path else ""
+        return f"{prefix}{subject}{self.message}"
+
+
+class ApiError(RunnerError):
+    """The server's answer could not be used; ``status`` is the HTTP status if there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class TransientApiError(ApiError):
+    """Worth trying again later; ``retry_after`` is the server's hint in seconds, if any."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status)
+
+
+class PermanentApiError(ApiError):
+    """This job will not succeed by retrying it (400, 404, 410, a malformed answer)."""
+
+
+class FatalApiError(ApiError):
+    """No job can succeed (401 not authenticated, 402 out of credits): stop submitting."""

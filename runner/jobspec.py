@@ -1,0 +1,51 @@
+"""Job specs: one request to send, with the stable key that identifies it across runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+KEY_LENGTH = 16  # hex digits: 64 bits, so a million jobs collide with odds of about 1 in 30 million
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON text of a value: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_key(endpoint: str, body: Mapping[str, Any], replica: int) -> str:
+    """A short hash of what is sent; the same request and replica always get the same key."""
+    text = canonical_json({"endpoint": endpoint, "body": body, "replica": replica})
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def derive_seed(key: str) -> int:
+    """The seed of ``seed: auto``: 32 bits taken from a key, so it is stable across runs."""
+    return int(key[:8], 16)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job to run: the request (endpoint and body) and what the manifest said about it."""
+
+    key: str
+    index: int  # position in the expansion, for names like {index:05d}
+    entry: int  # which item of `jobs:` it came from
+    name: str | None
+    model: str  # catalog id
+    endpoint: str
+    body: Mapping[str, Any]
+    replica: int
+    seed: int | None
+    vars: Mapping[str, Any]
+    units: float | None  # estimated compute units; None when the price is not published
+
+    @property
+    def prompt(self) -> str:
+        return str(self.body["prompt"])
+
+    def at(self, index: int) -> JobSpec:
+        return replace(self, index=index)

@@ -1,0 +1,637 @@
+"""The manifest: YAML in, validated entries out, expanded lazily into job specs.
+
+Loading (``load_manifest``) reads the YAML and any prompts files, checks the structure against
+``MANIFEST_SCHEMA`` and every entry's parameters against the catalog, and reports the first
+problem as a ManifestError with file, path and line. Expansion (``expand``) is pure and lazy:
+specs come out one at a time in a fixed order, so memory does not grow with the matrix.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from runner import located_yaml
+from runner.catalog import Catalog, Model, load_catalog
+from runner.errors import ManifestError
+from runner.jobspec import JobSpec, derive_seed, job_key
+from runner.located_yaml import join
+from runner.settings import SETTING_NAMES, RunSettings, parse_settings
+
+_SEED = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": 2**32 - 1,
+    "x-allowed": "a whole number 0–4294967295",
+}
+_SEED_OR_AUTO = {"anyOf": [_SEED, {"const": "auto"}], "x-allowed": "a whole number or 'auto'"}
+_SCALAR = {"type": ["string", "number", "boolean"], "x-allowed": "a text, number or true/false"}
+_STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+_SIZE = {
+    "type": "string",
+    "pattern": r"^\s*(\d+\s*[xX×]\s*\d+|\d+(\.\d+)?\s*:\s*\d+(\.\d+)?)\s*$",
+    "x-allowed": "WIDTHxHEIGHT (1024x576) or an aspect ratio (16:9)",
+}
+_COMMON = {
+    "model": {"type": "string"},
+    "models": _STRINGS,
+    "params": {"type": "object"},
+    "model_params": {"type": "object", "additionalProperties": {"type": "object"}},
+    "sizes": {"type": "array", "items": _SIZE, "minItems": 1},
+    "seed": _SEED_OR_AUTO,
+    "seeds": {"type": "array", "items": _SEED, "minItems": 1},
+    "count": {"type": "integer", "minimum": 1},
+}
+_ENTRY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **_COMMON,
+        "name": {"type": "string", "minLength": 1},
+        "prompt": {"type": "string"},
+        "prompts": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "prompts_file": {"type": "string", "minLength": 1},
+        "column": {"type": "string", "minLength": 1},
+        "vars": {
+            "type": "object",
+            "additionalProperties": {
+                "anyOf": [_SCALAR, {"type": "array", "items": _SCALAR, "minItems": 1}],
+                "x-allowed": "a value or a non-empty list of values",
+            },
+        },
+    },
+}
+_RUN = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {name: {} for name in SETTING_NAMES},
+}
+MANIFEST_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version", "jobs"],
+    "properties": {
+        "version": {"const": 1, "x-allowed": "1"},
+        "defaults": {"type": "object", "additionalProperties": False, "properties": _COMMON},
+        "jobs": {"type": "array", "items": _ENTRY, "minItems": 1},
+        "run": _RUN,
+    },
+}
+_VALIDATOR = Draft202012Validator(MANIFEST_SCHEMA)
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A prompt template and where it was written (for error messages)."""
+
+    text: str
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One model of an entry with its merged, validated parameters (without prompt and seed)."""
+
+    model: Model
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One item of ``jobs:``, validated; expands into the product of its axes."""
+
+    index: int
+    name: str | None
+    prompts: tuple[Prompt, ...]
+    vars: tuple[tuple[str, tuple[Any, ...]], ...]
+    variants: tuple[Variant, ...]  # models × sizes
+    seeds: tuple[int | str | None, ...]  # an int, "auto", or None (server's choice)
+    count: int
+
+    @property
+    def size(self) -> int:
+        var_combos = math.prod(len(values) for _, values in self.vars)
+        return len(self.prompts) * var_combos * len(self.variants) * len(self.seeds) * self.count
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded, validated manifest."""
+
+    file: str
+    entries: tuple[Entry, ...]
+    settings: RunSettings
+    raw_settings: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def total_jobs(self) -> int:
+        """Jobs the manifest expands to, duplicates included."""
+        return sum(entry.size for entry in self.entries)
+
+
+class _Context:
+    """The file being loaded, its line marks, and how to raise errors located in it."""
+
+    def __init__(self, file: str, marks: located_yaml.Marks, catalog: Catalog) -> None:
+        self.file = file
+        self.marks = marks
+        self.catalog = catalog
+        self.warnings: list[str] = []
+
+    def error(self, path: str, message: str) -> ManifestError:
+        mark = located_yaml.locate(self.marks, path)
+        line, column = mark if mark else (None, None)
+        return ManifestError(message, file=self.file, path=path, line=line, column=column)
+
+
+def load_manifest(
+    path: str | Path,
+    *,
+    catalog: Catalog | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Read and validate a manifest file; ``overrides`` are run settings from the CLI."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ManifestError("no such file", file=file) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read it: {exc}", file=file) from exc
+    return parse_manifest(
+        text, file=file, base_dir=Path(path).parent, catalog=catalog, overrides=overrides
+    )
+
+
+def parse_manifest(
+    text: str,
+    *,
+    file: str = "<manifest>",
+    base_dir: Path = Path(),
+    catalog: Catalog | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Validate manifest text (see ``load_manifest``)."""
+    data, marks = located_yaml.load(text, file)
+    ctx = _Context(file, marks, catalog or load_catalog())
+    if not isinstance(data, dict):
+        raise ctx.error("", "a manifest is a mapping with `version: 1` and `jobs:`")
+    _check_structure(ctx, data)
+    raw_settings = dict(data.get("run") or {})
+    settings = _settings(ctx, raw_settings, overrides or {})
+    defaults = data.get("defaults") or {}
+    entries = tuple(_entry(ctx, i, raw, defaults, base_dir) for i, raw in enumerate(data["jobs"]))
+    manifest = Manifest(file, entries, settings, raw_settings, tuple(ctx.warnings))
+    if manifest.total_jobs > settings.max_jobs:
+        biggest = max(entries, key=lambda e: e.size)
+        raise ctx.error(
+            f"jobs[{biggest.index}]" if len(entries) > 1 else "jobs",
+            f"the manifest expands to {manifest.total_jobs:,} jobs "
+            f"(jobs[{biggest.index}] alone to {biggest.size:,}), above the cap of "
+            f"{settings.max_jobs:,}; raise run.max_jobs or --max-jobs if you mean it",
+        )
+    return manifest
+
+
+def _check_structure(ctx: _Context, data: dict[str, Any]) -> None:
+    errors = list(_VALIDATOR.iter_errors(data))
+    if not errors:
+        return
+    error = best_match(errors, key=lambda e: -len(e.path))
+    path = _path_of(error.absolute_path)
+    raise ctx.error(*_describe(error, path))
+
+
+def _path_of(parts: Sequence[Any]) -> str:
+    path = ""
+    for part in parts:
+        path = join(path, part)
+    return path
+
+
+def _describe(error: ValidationError, path: str) -> tuple[str, str]:
+    """A (path, message) a user can act on, for a manifest structure error."""
+    value: Any = error.instance
+    schema: Any = error.schema
+    rule = error.validator
+    if rule == "additionalProperties":
+        allowed = list(schema.get("properties", {}))
+        unknown = sorted(k for k in value if k not in allowed)[0]
+        close = difflib.get_close_matches(str(unknown), allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return join(path, unknown), f"unknown key; {hint}(allowed: {', '.join(allowed)})"
+    if rule == "required":
+        missing = [k for k in schema["required"] if k not in value]
+        return path, f"missing required key '{missing[0]}'"
+    if "x-allowed" in schema:
+        return path, f"{value!r} is not allowed: expected {schema['x-allowed']}"
+    if rule == "minItems":
+        return path, "must not be empty"
+    if rule == "type":
+        kind = schema["type"]
+        wanted = (
+            {
+                "object": "a mapping",
+                "array": "a list",
+                "string": "a text",
+                "integer": "a whole number",
+            }.get(kind, kind)
+            if isinstance(kind, str)
+            else kind
+        )
+        return path, f"{value!r} is not allowed: expected {wanted}"
+    if rule == "minimum":
+        return path, f"{value!r} is below the minimum {schema['minimum']}"
+    return path, str(error.message)
+
+
+def _settings(ctx: _Context, raw: dict[str, Any], overrides: Mapping[str, Any]) -> RunSettings:
+    settings = RunSettings()
+    for source, values in (("run", raw), ("", overrides)):
+        for name, value in values.items():
+            if value is None:
+                continue
+            try:
+                parsed = parse_settings({name: value})
+            except ValueError as exc:
+                where = join(source, name) if source else f"--{name.replace('_', '-')}"
+                raise ctx.error(where, str(exc)) from exc
+            settings = settings.merged(parsed)
+    return settings
+
+
+def _one_of(ctx: _Context, raw: Mapping[str, Any], path: str, *keys: str) -> str | None:
+    present = [k for k in keys if k in raw]
+    if len(present) > 1:
+        raise ctx.error(join(path, present[1]), f"use only one of {', '.join(keys)}")
+    return present[0] if present else None
+
+
+def _entry(
+    ctx: _Context, index: int, raw: dict[str, Any], defaults: dict[str, Any], base_dir: Path
+) -> Entry:
+    path = f"jobs[{index}]"
+    prompts = _prompts(ctx, raw, path, base_dir)
+    var_values = _vars(ctx, raw, path)
+    names = set(var_values)
+    name = raw.get("name")
+    used = set(_PLACEHOLDER.findall(name or ""))
+    for prompt in prompts:
+        found = _PLACEHOLDER.findall(prompt.text)
+        used.update(found)
+        missing = [p for p in found if p not in names]
+        if missing:
+            raise ctx.error(
+                prompt.where, f"placeholder {{{missing[0]}}} has no value: add it under {path}.vars"
+            )
+        if not prompt.text.strip():
+            raise ctx.error(prompt.where, "the prompt is empty")
+    for missing in _PLACEHOLDER.findall(name or ""):
+        if missing not in names:
+            raise ctx.error(join(path, "name"), f"placeholder {{{missing}}} has no value")
+    unused = sorted(names - used)
+    if unused:
+        raise ctx.error(
+            join(join(path, "vars"), unused[0]),
+            "is not used as a {placeholder} in the prompt or name",
+        )
+    models = _models(ctx, raw, defaults, path)
+    seeds = _seeds(ctx, raw, defaults, path)
+    sizes, sizes_path = _pick(raw, defaults, path, "sizes")
+    variants = tuple(
+        _variant(ctx, model, size, sizes_path, i, raw, defaults, path)
+        for model in models
+        for i, size in enumerate(sizes or [None])
+    )
+    for model in models:
+        if not model.takes_seed and seeds != (None,):
+            ctx.warnings.append(
+                f"{path}: {model.id} takes no seed; "
+                + (
+                    "'seed: auto' sends none"
+                    if seeds == ("auto",)
+                    else f"the {len(seeds)} seeds give {len(seeds)} unseeded replicas"
+                )
+            )
+    count, _ = _pick(raw, defaults, path, "count")
+    return Entry(
+        index=index,
+        name=name,
+        prompts=prompts,
+        vars=tuple(var_values.items()),
+        variants=variants,
+        seeds=seeds,
+        count=count or 1,
+    )
+
+
+def _pick(
+    raw: Mapping[str, Any], defaults: Mapping[str, Any], path: str, key: str
+) -> tuple[Any, str]:
+    if key in raw:
+        return raw[key], join(path, key)
+    return defaults.get(key), join("defaults", key)
+
+
+def _prompts(
+    ctx: _Context, raw: Mapping[str, Any], path: str, base_dir: Path
+) -> tuple[Prompt, ...]:
+    kind = _one_of(ctx, raw, path, "prompt", "prompts", "prompts_file")
+    if kind is None:
+        raise ctx.error(path, "needs one of prompt, prompts or prompts_file")
+    if "column" in raw and kind != "prompts_file":
+        raise ctx.error(join(path, "column"), "only goes with prompts_file (.csv or .jsonl)")
+    if kind == "prompt":
+        return (Prompt(raw["prompt"], join(path, "prompt")),)
+    if kind == "prompts":
+        return tuple(Prompt(t, f"{path}.prompts[{i}]") for i, t in enumerate(raw["prompts"]))
+    return _prompts_file(ctx, raw, path, base_dir)
+
+
+def _prompts_file(
+    ctx: _Context, raw: Mapping[str, Any], path: str, base_dir: Path
+) -> tuple[Prompt, ...]:
+    where = join(path, "prompts_file")
+    file = base_dir / raw["prompts_file"]
+    suffix = file.suffix.lower()
+    if suffix not in (".txt", ".csv", ".jsonl"):
+        raise ctx.error(where, f"{file}: use a .txt (one prompt a line), .csv or .jsonl file")
+    column = raw.get("column", "prompt")
+    try:
+        with file.open(encoding="utf-8", newline="") as handle:
+            if suffix == ".txt":
+                prompts = [
+                    Prompt(line.strip(), f"{file}:{n}")
+                    for n, line in enumerate(handle, 1)
+                    if line.strip() and not line.lstrip().startswith("#")
+                ]
+            elif suffix == ".csv":
+                prompts = _csv_prompts(ctx, handle, file, column, where)
+            else:
+                prompts = _jsonl_prompts(ctx, handle, file, column, where)
+    except FileNotFoundError as exc:
+        raise ctx.error(where, f"prompts file {file} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ctx.error(where, f"cannot read {file}: {exc}") from exc
+    if not prompts:
+        raise ctx.error(where, f"{file} holds no prompts")
+    return tuple(prompts)
+
+
+def _csv_prompts(ctx: _Context, handle: Any, file: Path, column: str, where: str) -> list[Prompt]:
+    reader = csv.DictReader(handle)
+    if column not in (reader.fieldnames or []):
+        raise ctx.error(
+            where,
+            f"{file} has no column {column!r} "
+            f"(columns: {', '.join(reader.fieldnames or [])}); set `column:`",
+        )
+    return [Prompt(row[column] or "", f"{file}:{reader.line_num}") for row in reader]
+
+
+def _jsonl_prompts(ctx: _Context, handle: Any, file: Path, column: str, where: str) -> list[Prompt]:
+    prompts = []
+    for n, line in enumerate(handle, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ctx.error(where, f"{file}:{n}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get(column), str):
+            raise ctx.error(where, f"{file}:{n}: expected an object with a text field {column!r}")
+        prompts.append(Prompt(record[column], f"{file}:{n}"))
+    return prompts
+
+
+def _vars(ctx: _Context, raw: Mapping[str, Any], path: str) -> dict[str, tuple[Any, ...]]:
+    result = {}
+    for name, values in (raw.get("vars") or {}).items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ctx.error(join(join(path, "vars"), name), "a variable name is letters, digits, _")
+        result[name] = tuple(values) if isinstance(values, list) else (values,)
+    return result
+
+
+def _models(
+    ctx: _Context, raw: Mapping[str, Any], defaults: Mapping[str, Any], path: str
+) -> list[Model]:
+    source, base = (raw, path) if ("model" in raw or "models" in raw) else (defaults, "defaults")
+    key = _one_of(ctx, source, base, "model", "models")
+    if key is None:
+        raise ctx.error(path, "no model: set model or models here or under defaults")
+    names = [source[key]] if key == "model" else source[key]
+    models = []
+    for i, name in enumerate(names):
+        where = join(base, key) if key == "model" else f"{base}.models[{i}]"
+        model = ctx.catalog.get(name)
+        if model is None:
+            raise ctx.error(where, ctx.catalog.unknown_model_message(name))
+        if model in models:
+            raise ctx.error(where, f"{model.id} is listed twice")
+        models.append(model)
+    return models
+
+
+def _seeds(
+    ctx: _Context, raw: Mapping[str, Any], defaults: Mapping[str, Any], path: str
+) -> tuple[int | str | None, ...]:
+    for source, base in ((raw, path), (defaults, "defaults")):
+        key = _one_of(ctx, source, base, "seed", "seeds")
+        if key == "seeds":
+            return tuple(source["seeds"])
+        if key == "seed":
+            return (source["seed"],)
+    return (None,)
+
+
+def _model_params(
+    ctx: _Context, block: Mapping[str, Any], model: Model, base: str
+) -> list[tuple[dict[str, Any], str]]:
+    found = []
+    for name, params in (block.get("model_params") or {}).items():
+        where = join(join(base, "model_params"), name)
+        target = ctx.catalog.get(name)
+        if target is None:
+            raise ctx.error(where, ctx.catalog.unknown_model_message(name))
+        if target is model:
+            found.append((params, where))
+    return found
+
+
+def _variant(
+    ctx: _Context,
+    model: Model,
+    size: str | None,
+    sizes_path: str,
+    size_index: int,
+    raw: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    path: str,
+) -> Variant:
+    """Merge the parameters for one model of an entry and check them against the catalog."""
+    layers = [
+        (defaults.get("params") or {}, "defaults.params"),
+        *_model_params(ctx, defaults, model, "defaults"),
+        (raw.get("params") or {}, join(path, "params")),
+        *_model_params(ctx, raw, model, path),
+    ]
+    params: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for layer, where in layers:
+        for name, value in layer.items():
+            if name in ("prompt", "seed"):
+                raise ctx.error(
+                    join(where, name),
+                    f"set the {name} with the entry's own keys "
+                    "(prompt, prompts, prompts_file; seed, seeds), not in params",
+                )
+            params[name] = _normalise_number(value)
+            origin[name] = join(where, name)
+    if size is not None:
+        for name, value in _size_params(size).items():
+            params[name] = value
+            origin[name] = f"{sizes_path}[{size_index}]"
+    body = {"prompt": "x" * _prompt_min(model), **params}
+    for field_path, message in model.problems(body):
+        top = field_path.split(".", 1)[0].split("[", 1)[0]
+        if top == "prompt":
+            continue
+        if top in origin:
+            raise ctx.error(origin[top] + field_path[len(top) :], message)
+        raise ctx.error(path, message)
+    return Variant(model, params)
+
+
+def _prompt_min(model: Model) -> int:
+    return int(model.properties.get("prompt", {}).get("minLength", 1))
+
+
+def _size_params(size: str) -> dict[str, Any]:
+    text = size.strip()
+    if ":" in text:
+        return {"aspect_ratio": re.sub(r"\s+", "", text)}
+    width, height = re.split(r"\s*[xX×]\s*", text)
+    return {"width": int(width), "height": int(height)}
+
+
+def _normalise_number(value: Any) -> Any:
+    """1024.0 and 1024 make the same request, so they must make the same key."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _fill(template: str, values: Mapping[str, Any]) -> str:
+    if not values:
+        return template
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
+
+
+class Expansion:
+    """The job specs of a manifest, lazily, each key once; counts the duplicates it skipped."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.duplicates = 0
+
+    def __iter__(self) -> Iterator[JobSpec]:
+        seen: set[int] = set()
+        position = 0
+        for entry in self.manifest.entries:
+            for spec in _expand_entry(self.manifest, entry):
+                fingerprint = int(spec.key, 16)
+                if fingerprint in seen:
+                    self.duplicates += 1
+                    continue
+                seen.add(fingerprint)
+                yield spec.at(position)
+                position += 1
+
+
+def expand(manifest: Manifest) -> Expansion:
+    """The manifest's job specs in a deterministic order (see ``Expansion``)."""
+    return Expansion(manifest)
+
+
+def _expand_entry(manifest: Manifest, entry: Entry) -> Iterator[JobSpec]:
+    var_names = [name for name, _ in entry.vars]
+    combos = list(itertools.product(*(values for _, values in entry.vars)))
+    for prompt in entry.prompts:
+        for combo in combos:
+            values = dict(zip(var_names, combo, strict=True))
+            text = _fill(prompt.text, values)
+            name = _fill(entry.name, values) if entry.name else None
+            for variant in entry.variants:
+                model = variant.model
+                problem = _prompt_problem(model, text)
+                if problem:
+                    raise ManifestError(problem, file=manifest.file, path=prompt.where)
+                for seed_index, seed in enumerate(entry.seeds):
+                    for replica in range(entry.count):
+                        yield _spec(entry, variant, text, name, values, seed, seed_index, replica)
+
+
+def _prompt_problem(model: Model, prompt: str) -> str | None:
+    rules = model.properties.get("prompt", {})
+    if not prompt.strip():
+        return "the prompt is empty"
+    if len(prompt) < rules.get("minLength", 0):
+        minimum = rules["minLength"]
+        return f"the prompt is shorter than {minimum} characters, the minimum for {model.id}"
+    if len(prompt) > rules.get("maxLength", math.inf):
+        return (
+            f"the prompt is {len(prompt)} characters, above the maximum "
+            f"{rules['maxLength']} for {model.id}"
+        )
+    return None
+
+
+def _spec(
+    entry: Entry,
+    variant: Variant,
+    prompt: str,
+    name: str | None,
+    values: Mapping[str, Any],
+    seed: int | str | None,
+    seed_index: int,
+    replica: int,
+) -> JobSpec:
+    model = variant.model
+    body: dict[str, Any] = {"prompt": prompt, **variant.params}
+    if model.takes_seed:
+        replica_index = replica
+        if seed == "auto":
+            seed = derive_seed(job_key(model.endpoint, body, replica))
+        if seed is not None:
+            body["seed"] = seed
+    else:
+        # Without a seed parameter, each listed seed becomes one more unseeded replica.
+        replica_index = seed_index * entry.count + replica
+        seed = None
+    return JobSpec(
+        key=job_key(model.endpoint, body, replica_index),
+        index=0,
+        entry=entry.index,
+        name=name,
+        model=model.id,
+        endpoint=model.endpoint,
+        body=body,
+        replica=replica_index,
+        seed=seed if isinstance(seed, int) else None,
+        vars=dict(values),
+        units=model.estimate_units(body),
+    )

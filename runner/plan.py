@@ -1,0 +1,105 @@
+"""What a manifest will do before it does it: jobs per model, estimated cost, first specs."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.jobspec import JobSpec
+from runner.manifest import Manifest, expand
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPlan:
+    """The jobs one model gets and their estimated compute units."""
+
+    model: str
+    jobs: int
+    units: float
+    unpriced: int  # jobs whose price the catalog does not know
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The full expansion of a manifest, summarised."""
+
+    file: str
+    jobs: int
+    duplicates: int
+    models: tuple[ModelPlan, ...]
+    first: tuple[JobSpec, ...] = ()
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def units(self) -> float:
+        return sum(m.units for m in self.models)
+
+    @property
+    def unpriced(self) -> int:
+        return sum(m.unpriced for m in self.models)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "jobs": self.jobs,
+            "duplicates_skipped": self.duplicates,
+            "estimated_compute_units": round(self.units, 2),
+            "unpriced_jobs": self.unpriced,
+            "models": [
+                {
+                    "model": m.model,
+                    "jobs": m.jobs,
+                    "estimated_compute_units": round(m.units, 2),
+                    "unpriced_jobs": m.unpriced,
+                }
+                for m in self.models
+            ],
+            "warnings": list(self.warnings),
+            "first": [spec_json(s) for s in self.first],
+        }
+
+
+def spec_json(spec: JobSpec) -> dict[str, Any]:
+    """A job spec as plain JSON data."""
+    return {
+        "key": spec.key,
+        "index": spec.index,
+        "entry": spec.entry,
+        "name": spec.name,
+        "model": spec.model,
+        "endpoint": spec.endpoint,
+        "body": dict(spec.body),
+        "replica": spec.replica,
+        "seed": spec.seed,
+        "estimated_compute_units": spec.units,
+    }
+
+
+def make_plan(manifest: Manifest, show: int = 0) -> Plan:
+    """Expand the whole manifest once (lazily, so memory stays flat) and count."""
+    jobs: Counter[str] = Counter()
+    units: dict[str, float] = defaultdict(float)
+    unpriced: Counter[str] = Counter()
+    first: list[JobSpec] = []
+    expansion = expand(manifest)
+    for spec in expansion:
+        jobs[spec.model] += 1
+        if spec.units is None:
+            unpriced[spec.model] += 1
+        else:
+            units[spec.model] += spec.units
+        if len(first) < show:
+            first.append(spec)
+    models = tuple(
+        ModelPlan(model, count, units[model], unpriced[model])
+        for model, count in jobs.most_common()
+    )
+    return Plan(
+        file=manifest.file,
+        jobs=sum(jobs.values()),
+        duplicates=expansion.duplicates,
+        models=models,
+        first=tuple(first),
+        warnings=manifest.warnings,
+    )

@@ -1,0 +1,99 @@
+"""Run settings (the manifest's ``run:`` block and the CLI flags) and their text formats."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
+_UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
+_PER_SECONDS = {
+    None: 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``2``, ``2.5``, ``"500ms"``, ``"2s"``, ``"5m"`` or ``"1h"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration (like 2s, 500ms, 5m)")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (like 2s, 500ms, 5m)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be above zero")
+    return seconds
+
+
+def parse_rate(value: Any) -> float:
+    """Requests per second from ``2``, ``"2/s"``, ``"120/min"`` or ``"1000/h"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a rate (like 2/s, 120/min)")
+    if isinstance(value, int | float):
+        rate = float(value)
+    else:
+        match = _RATE.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a rate (like 2/s, 120/min)")
+        rate = float(match.group(1)) / _PER_SECONDS[match.group(2)]
+    if rate <= 0:
+        raise ValueError(f"{value!r} must be above zero")
+    return rate
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{value!r} is not a whole number of at least 1")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """How a batch runs; every field is both a ``run:`` key and a CLI flag."""
+
+    concurrency: int = 8  # jobs in flight at once
+    rate_limit: float = 2.0  # API requests per second, polls included
+    poll_interval: float = 2.0  # seconds between polls of one job (Krea asks for 2–5 s)
+    max_attempts: int = 3  # submissions of a job whose remote run failed
+    max_jobs: int = 100_000  # a manifest expanding to more is surely a mistake
+    job_timeout: float = 3 * 3600.0  # give up on a job that has not ended (platform: 2 h max)
+
+    def merged(self, overrides: dict[str, Any]) -> RunSettings:
+        """A copy with the non-None ``overrides`` parsed and applied."""
+        return replace(
+            self, **parse_settings({k: v for k, v in overrides.items() if v is not None})
+        )
+
+
+_PARSERS = {
+    "concurrency": _positive_int,
+    "rate_limit": parse_rate,
+    "poll_interval": parse_duration,
+    "max_attempts": _positive_int,
+    "max_jobs": _positive_int,
+    "job_timeout": parse_duration,
+}
+SETTING_NAMES = tuple(f.name for f in fields(RunSettings))
+
+
+def parse_settings(raw: dict[str, Any]) -> dict[str, Any]:
+    """Parse raw values by setting name; raises KeyError or ValueError naming the bad one."""
+    parsed = {}
+    for name, value in raw.items():
+        if name not in _PARSERS:
+            raise KeyError(name)
+        parsed[name] = _PARSERS[name](value)
+    return parsed

@@ -1,0 +1,79 @@
+"""The command line: output, exit codes, and no tracebacks for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from runner.cli import main
+from tests.conftest import ROOT
+
+
+def test_plan_prints_jobs_per_model_and_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(ROOT / "jobs.example.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "25 jobs" in out
+    assert "nano-banana-pro" in out
+    assert "total" in out
+
+
+def test_plan_json_with_first_specs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(ROOT / "jobs.example.yaml"), "--json", "--show", "2"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["jobs"] == sum(m["jobs"] for m in plan["models"])
+    assert len(plan["first"]) == 2
+    assert plan["first"][0]["endpoint"].startswith("/generate/image/")
+
+
+def test_a_bad_manifest_exits_2_with_the_location(
+    write_manifest: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_manifest(
+        "version: 1\njobs:\n  - {prompt: a, model: flux, params: {width: 4000}}\n"
+    )
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3:" in err
+    assert "jobs[0].params.width: 4000 is above the maximum 2368 for flux-1-dev" in err
+
+
+def test_max_jobs_flag_overrides_the_cap(
+    write_manifest: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_manifest("version: 1\njobs:\n  - {prompt: a, model: flux, count: 30}\n")
+    assert main(["plan", str(path), "--max-jobs", "10"]) == 2
+    assert "above the cap of 10" in capsys.readouterr().err
+    assert main(["plan", str(path), "--max-jobs", "30"]) == 0
+
+
+def test_models_lists_the_catalog_and_one_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    assert "gpt-image-2" in capsys.readouterr().out
+    assert main(["models", "flux"]) == 0
+    assert "guidance_scale_flux" in capsys.readouterr().out
+
+
+def test_an_unknown_model_exits_2_with_suggestions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "nano-bananna"]) == 2
+    assert "did you mean nano-banana" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [(["plan", "does-not-exist.yaml"], 2), (["frobnicate"], 2), ([], 2), (["--version"], 0)],
+)
+def test_python_dash_m_exit_codes_without_tracebacks(args: list[str], code: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == code
+    assert "Traceback" not in result.stderr
