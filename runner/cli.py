@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -10,9 +11,13 @@ from collections.abc import Sequence
 
 from runner import __version__
 from runner.catalog import load_catalog
+from runner.emulator import serve_forever
+from runner.emulator.config import FLAGS as EMULATOR_FLAGS
+from runner.emulator.config import config_from_flags
 from runner.errors import RunnerError, UsageError
 from runner.manifest import load_manifest
 from runner.plan import make_plan
+from runner.secrets import read_token_file
 from runner.views import catalog_table, model_detail, plan_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -29,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--show", type=int, default=0, metavar="N", help="print the first N specs")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--max-jobs", type=int, metavar="N", help="cap on the expanded job count")
+
+    serve = commands.add_parser("serve", help="run the Krea API emulator")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8787)
+    serve.add_argument("--token-file", help="accept only the token in this file")
+    for flag, name, parse, text in EMULATOR_FLAGS:
+        serve.add_argument(flag, dest=name, type=parse, help=text)
 
     models = commands.add_parser("models", help="list the models, or one model's parameters")
     models.add_argument("name", nargs="?")
@@ -75,7 +87,18 @@ def _models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"plan": _plan, "models": _models}
+def _serve(args: argparse.Namespace) -> int:
+    token = read_token_file(args.token_file) if args.token_file else None
+    values = {name: getattr(args, name) for _, name, _, _ in EMULATOR_FLAGS}
+    try:
+        config = config_from_flags(values, token=token)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    asyncio.run(serve_forever(config, args.host, args.port))
+    return EXIT_OK
+
+
+COMMANDS = {"plan": _plan, "models": _models, "serve": _serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,368 @@
+"""The emulator's HTTP side: the Krea API routes, injected faults, images, webhooks, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from runner.catalog import Catalog, load_catalog
+from runner.emulator.config import EmulatorConfig
+from runner.emulator.images import image_format, image_size, render
+from runner.emulator.jobs import (
+    TERMINAL,
+    EmulatedJob,
+    JobStore,
+    Refused,
+    Status,
+    body_hash,
+    iso,
+    parse_iso,
+)
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+INTERNAL = "/_emulator/"
+SUNSET = "Wed, 31 Dec 2026 23:59:59 GMT"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class _Dropped(Exception):
+    """The connection was dropped on purpose; nothing is to be answered."""
+
+
+class Emulator:
+    """A Krea-compatible API in one aiohttp application."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self.config = config or EmulatorConfig()
+        self.catalog = catalog or load_catalog()
+        self.rng = random.Random(self.config.seed)
+        self.store = JobStore(self.config, clock, self.rng)
+        self.stats: Counter[str] = Counter()
+        self.submits_by_body: Counter[str] = Counter()
+        self.webhooks: list[tuple[str, str]] = []  # (job id, url) of each delivery made
+        self._tokens = 0.0
+        self._tokens_at = 0.0
+        self._delivery: asyncio.Task[None] | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.store.clock
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._faults])
+        app.router.add_post("/generate/image/{path:.+}", self.submit)
+        app.router.add_get("/jobs", self.list_jobs)
+        app.router.add_get("/jobs/{id}", self.get_job)
+        app.router.add_delete("/jobs/{id}", self.cancel_job)
+        app.router.add_get(INTERNAL + "images/{id}/{name}", self.image)
+        app.router.add_get(INTERNAL + "stats", self.get_stats)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    # ---- faults -----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(INTERNAL):
+            return await handler(request)
+        self.stats["requests"] += 1
+        if self.rng.random() < self.config.reset_rate:
+            self.stats["resets"] += 1
+            return self._drop(request)
+        if not self._take_rate_token():
+            self.stats["rate_limited"] += 1
+            headers = {}
+            if self.config.retry_after is not None:
+                headers["Retry-After"] = f"{self.config.retry_after:g}"
+            return _error(429, "Too many requests, slow down.", headers)
+        if self.rng.random() < self.config.error_rate:
+            self.stats["errors_5xx"] += 1
+            status = self.rng.choice((500, 502, 503))
+            return _error(status, "Internal server error")
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        if not token or (self.config.token is not None and token != self.config.token):
+            self.stats["unauthorized"] += 1
+            return _error(401, "Unauthorized: send Authorization: Bearer <token>")
+        try:
+            response = await handler(request)
+        except _Dropped:
+            return web.Response(status=500)  # never reaches the client: the socket is gone
+        if self._should_garble(response):
+            self.stats["malformed"] += 1
+            assert isinstance(response, web.Response)
+            text = response.body if isinstance(response.body, bytes) else b"{}"
+            response.body = text[: max(1, len(text) // 2)]
+        return response
+
+    def _should_garble(self, response: web.StreamResponse) -> bool:
+        is_json = isinstance(response, web.Response) and response.content_type == "application/json"
+        return is_json and response.status == 200 and self.rng.random() < self.config.malformed_rate
+
+    def _drop(self, request: web.Request) -> web.Response:
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)
+
+    def _take_rate_token(self) -> bool:
+        rate = self.config.rate_limit
+        if rate is None:
+            return True
+        now = self.clock()
+        # A bucket of one second's worth of requests, refilled continuously.
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        if self._tokens_at == 0.0:
+            self._tokens = rate  # starts full: a client's first second may burst to the limit
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    # ---- API --------------------------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        endpoint = "/generate/image/" + request.match_info["path"]
+        model = self.catalog.by_endpoint(endpoint)
+        if model is None or model.endpoint != endpoint:
+            return _error(404, f"No such endpoint: POST {endpoint}")
+        if model.id in self.config.retired:
+            self.stats["gone"] += 1
+            return _error(410, f"{model.name} has been shut down.", {"Sunset": SUNSET})
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self.stats["bad_requests"] += 1
+            return _error(400, "The request body is not valid JSON.")
+        if not isinstance(body, dict):
+            self.stats["bad_requests"] += 1
+            return _error(400, "The request body must be a JSON object.")
+        problems = list(model.problems(body))
+        if problems:
+            self.stats["bad_requests"] += 1
+            return _error(400, "; ".join(f"{path or 'body'}: {msg}" for path, msg in problems))
+        try:
+            job = self.store.create(model, body, request.headers.get("X-Webhook-URL"))
+        except Refused as refused:
+            self.stats["refused_429" if refused.status == 429 else "refused_402"] += 1
+            return _error(refused.status, str(refused))
+        self.stats["submits"] += 1
+        self.submits_by_body[body_hash(body)] += 1
+        if self.rng.random() < self.config.reset_after_create:
+            self.stats["resets_after_create"] += 1
+            self._drop(request)
+            raise _Dropped
+        headers = {}
+        if model.id in self.config.deprecated:
+            headers = {"Deprecation": "true", "Sunset": SUNSET}
+        # The submit answer always carries completed_at and result, as nulls.
+        data = {"completed_at": None, "result": None, **self.job_json(job, request)}
+        return web.json_response(data, headers=headers)
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        self.stats["polls"] += 1
+        job = self.store.get(request.match_info["id"])
+        if job is None:
+            return _error(404, "Job not found")
+        return web.json_response(self.job_json(job, request))
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        job = self.store.get(request.match_info["id"])
+        if job is None:
+            return _error(404, "Job not found")
+        self.stats["cancels"] += 1
+        self.store.cancel(job)
+        return web.json_response(self.job_json(job, request))
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        self.stats["lists"] += 1
+        query = request.query
+        try:
+            limit = int(query.get("limit", "100"))
+            if not 1 <= limit <= 1000:
+                raise ValueError
+        except ValueError:
+            return _error(400, "limit must be a whole number from 1 to 1000")
+        try:
+            before = parse_iso(query["cursor"]) if "cursor" in query else None
+        except ValueError:
+            return _error(400, "cursor must be an ISO 8601 date-time")
+        status = None
+        if "status" in query:
+            try:
+                status = Status(query["status"])
+            except ValueError:
+                return _error(400, f"unknown status {query['status']!r}")
+        jobs = self.store.newest_first(before, status)
+        items = [self.job_json(job, request) for job in itertools.islice(jobs, limit + 1)]
+        more = len(items) > limit
+        items = items[:limit]
+        next_cursor = items[-1]["created_at"] if more and items else None
+        return web.json_response({"items": items, "next_cursor": next_cursor})
+
+    def job_json(self, job: EmulatedJob, request: web.Request | None = None) -> dict[str, Any]:
+        now = self.clock()
+        status = job.status(now)
+        data: dict[str, Any] = {
+            "job_id": job.id,
+            "status": status.value,
+            "created_at": iso(job.created),
+            "type": job.model.endpoint.split("/")[3],
+        }
+        if status in TERMINAL and job.end is not None:
+            data["completed_at"] = iso(job.end)
+        base = f"{request.scheme}://{request.host}" if request else ""
+        expires = ""
+        if self.config.url_ttl is not None:
+            expires = f"?expires={now + self.config.url_ttl:.3f}"
+        if status == Status.COMPLETED:
+            ext = image_format(job.body)[0].lower().replace("jpeg", "jpg")
+            data["result"] = {
+                "urls": [
+                    f"{base}{INTERNAL}images/{job.id}/{n}.{ext}{expires}"
+                    for n in range(self.config.images_per_job)
+                ]
+            }
+        elif status == Status.INTERMEDIATE_COMPLETE:
+            data["result"] = {"urls": [f"{base}{INTERNAL}images/{job.id}/preview.jpg{expires}"]}
+        elif status == Status.FAILED:
+            # The API puts the reason in either place; clients must read both.
+            if int(job.id[-1], 16) % 2:
+                data["result"] = {"error": job.failure_reason}
+            else:
+                data["error"] = {"message": job.failure_reason, "code": "generation_failed"}
+        return data
+
+    # ---- images -----------------------------------------------------------------------------
+
+    async def image(self, request: web.Request) -> web.StreamResponse:
+        self.stats["downloads"] += 1
+        job = self.store.get(request.match_info["id"])
+        name = request.match_info["name"]
+        if job is None:
+            return _error(404, "No such image")
+        expires = request.query.get("expires")
+        if expires is not None and self.clock() > float(expires):
+            self.stats["downloads_expired"] += 1
+            return _error(403, "Request has expired")
+        status = job.status(self.clock())
+        preview = name.startswith("preview")
+        if preview and status not in (Status.INTERMEDIATE_COMPLETE, Status.COMPLETED):
+            return _error(404, "No preview yet")
+        if not preview and status != Status.COMPLETED:
+            return _error(404, "The image is not ready")
+        width, height = image_size(job.model, job.body)
+        fmt, mime = ("JPEG", "image/jpeg") if preview else image_format(job.body)
+        if preview:
+            width, height = max(16, width // 8), max(16, height // 8)
+        seed = _seed_of(job, name)
+        data = await asyncio.to_thread(
+            render, str(job.body.get("prompt", "")), seed, width, height, fmt
+        )
+        return await self._send(request, data, mime)
+
+    async def _send(self, request: web.Request, data: bytes, mime: str) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": mime, "Content-Length": str(len(data))}
+        )
+        await response.prepare(request)
+        cut = len(data)
+        if self.rng.random() < self.config.truncate_rate:
+            self.stats["downloads_truncated"] += 1
+            cut = self.rng.randrange(1, max(2, len(data)))
+        rate = self.config.download_bytes_per_s
+        chunk = 64 * 1024 if rate is None else max(1, int(rate / 20))
+        for offset in range(0, cut, chunk):
+            piece = data[offset : min(cut, offset + chunk)]
+            if rate is not None:
+                await asyncio.sleep(len(piece) / rate)  # pace before sending, so it all takes time
+            await response.write(piece)
+        if cut < len(data):
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+
+    # ---- webhooks and stats ----------------------------------------------------------------
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._delivery = asyncio.create_task(self._deliver_webhooks())
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        if self._delivery is not None:
+            self._delivery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._delivery
+        if self._client is not None:
+            await self._client.close()
+
+    async def _deliver_webhooks(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            now = self.clock()
+            waiting = self.store.awaiting_webhook
+            due = [job for job in waiting.values() if job.status(now) in TERMINAL]
+            for job in due:
+                del waiting[job.id]
+                for _ in range(self.config.webhook_repeats):
+                    await self._post_webhook(job)
+
+    async def _post_webhook(self, job: EmulatedJob) -> None:
+        if self._client is None or job.webhook_url is None:
+            return
+        try:
+            async with self._client.post(job.webhook_url, json=self.job_json(job)) as response:
+                await response.read()
+            self.stats["webhooks_sent"] += 1
+            self.webhooks.append((job.id, job.webhook_url))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.stats["webhooks_failed"] += 1
+            log.info("webhook to %s failed: %s", job.webhook_url, exc)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the emulator saw: counters, submits per request body, jobs by status."""
+        return {
+            **dict(sorted(self.stats.items())),
+            "submits_by_body": dict(self.submits_by_body),
+            "duplicate_submits": sum(n - 1 for n in self.submits_by_body.values() if n > 1),
+            "jobs_by_status": self.store.counts(),
+            "credits_spent": round(self.store.spent(self.clock()), 3),
+        }
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.snapshot())
+
+
+def _seed_of(job: EmulatedJob, name: str) -> int:
+    """The seed the image is drawn from: the request's, else the model's default, else random."""
+    seed = job.body.get("seed")
+    if seed is None:
+        param = job.model.param("seed")
+        seed = param.default if param and param.default is not None else int(job.id[:8], 16)
+    stem = name.split(".")[0]
+    return int(seed) + (int(stem) if stem.isdigit() else 0)

@@ -1,0 +1,144 @@
+"""The emulator's knobs: how fast it is, how much it allows, and how it misbehaves."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """How long a job takes, in seconds before time scaling.
+
+    ``fixed:S``, ``uniform:A-B`` or ``lognormal:MEDIAN,SIGMA``; ``model`` uses each model's
+    published average completion time (10 s where none is published).
+    """
+
+    kind: str = "uniform"
+    a: float = 1.0
+    b: float = 3.0
+
+    @classmethod
+    def parse(cls, text: str) -> Latency:
+        text = text.strip()
+        if text == "model":
+            return cls("model", 10.0, 0.0)
+        patterns = {
+            "fixed": r"fixed:(\d+(?:\.\d+)?)()",
+            "uniform": r"uniform:(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)",
+            "lognormal": r"lognormal:(\d+(?:\.\d+)?),(\d+(?:\.\d+)?)",
+        }
+        for kind, pattern in patterns.items():
+            match = re.fullmatch(pattern, text)
+            if match:
+                a = float(match.group(1))
+                b = float(match.group(2) or a)
+                if kind == "uniform" and b < a:
+                    break
+                return cls(kind, a, b)
+        raise ValueError(
+            f"{text!r} is not a latency: use fixed:S, uniform:A-B, lognormal:MEDIAN,SIGMA or model"
+        )
+
+    def sample(self, rng: random.Random, model_average: float | None = None) -> float:
+        if self.kind == "fixed":
+            return self.a
+        if self.kind == "uniform":
+            return rng.uniform(self.a, self.b)
+        if self.kind == "lognormal":
+            return self.a * rng.lognormvariate(0.0, self.b)
+        return model_average or self.a
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Every knob of the emulator; all off by default, so it behaves like a healthy API."""
+
+    token: str | None = None  # accepted bearer token; None accepts any non-empty token
+    seed: int = 0  # seeds all randomness, so a faulty run can be replayed
+    latency: Latency = field(default_factory=Latency)
+    time_scale: float = 1.0  # multiplies every job duration (0.01: a hundred times faster)
+    concurrency_limit: int | None = None  # jobs running at once per account
+    overflow: str = "429"  # past the limit: "429" (refuse) or "backlog" (status backlogged)
+    rate_limit: float | None = None  # API requests per second; more get 429
+    retry_after: float | None = None  # seconds sent in Retry-After with 429s (None: no header)
+    failure_rate: float = 0.0  # share of jobs that end failed
+    error_rate: float = 0.0  # share of API requests answered with a 5xx
+    reset_rate: float = 0.0  # share of API requests whose connection is dropped unanswered
+    reset_after_create: float = 0.0  # share of submits dropped after the job was created
+    malformed_rate: float = 0.0  # share of JSON answers that are cut short
+    truncate_rate: float = 0.0  # share of image downloads cut short
+    download_bytes_per_s: float | None = None  # throttle for image downloads
+    url_ttl: float | None = None  # image URLs stop working this many seconds after issue
+    webhook_repeats: int = 1  # deliveries per terminal state (more than 1: duplicates)
+    credits: float | None = None  # compute units available; None is unlimited
+    retired: frozenset[str] = frozenset()  # model ids that answer 410 Gone
+    deprecated: frozenset[str] = frozenset()  # model ids sent with Deprecation/Sunset headers
+    images_per_job: int = 1
+
+    def __post_init__(self) -> None:
+        for name in (
+            "failure_rate",
+            "error_rate",
+            "reset_rate",
+            "reset_after_create",
+            "malformed_rate",
+            "truncate_rate",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {value}")
+        if self.overflow not in ("429", "backlog"):
+            raise ValueError(f"overflow must be '429' or 'backlog', not {self.overflow!r}")
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be above zero")
+        if self.images_per_job < 1 or self.webhook_repeats < 1:
+            raise ValueError("images_per_job and webhook_repeats are at least 1")
+
+
+def _models(text: str) -> frozenset[str]:
+    return frozenset(name.strip() for name in text.split(",") if name.strip())
+
+
+# (flag, field, parser, help) for `krea-batch serve` and `run --emulator-*`.
+FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
+    (
+        "--latency",
+        "latency",
+        Latency.parse,
+        "fixed:S, uniform:A-B, lognormal:MEDIAN,SIGMA or model",
+    ),
+    ("--time-scale", "time_scale", float, "multiply job durations (0.01 is 100x faster)"),
+    ("--concurrency-limit", "concurrency_limit", int, "jobs the account may run at once"),
+    ("--overflow", "overflow", str, "past the limit: 429 (refuse) or backlog"),
+    ("--rate-limit", "rate_limit", float, "API requests per second before 429"),
+    ("--retry-after", "retry_after", float, "Retry-After seconds sent with 429s"),
+    ("--failure-rate", "failure_rate", float, "share of jobs that end failed (0-1)"),
+    ("--error-rate", "error_rate", float, "share of API requests answered 5xx"),
+    ("--reset-rate", "reset_rate", float, "share of API requests whose connection drops"),
+    (
+        "--reset-after-create",
+        "reset_after_create",
+        float,
+        "share of submits dropped after the job was created",
+    ),
+    ("--malformed-rate", "malformed_rate", float, "share of JSON answers cut short"),
+    ("--truncate-rate", "truncate_rate", float, "share of image downloads cut short"),
+    ("--download-rate", "download_bytes_per_s", float, "image download bytes per second"),
+    ("--url-ttl", "url_ttl", float, "image URLs expire after this many seconds"),
+    ("--webhook-repeats", "webhook_repeats", int, "deliveries of each webhook"),
+    ("--credits", "credits", float, "compute units available (402 after)"),
+    ("--retired", "retired", _models, "comma-separated model ids that answer 410"),
+    ("--deprecated", "deprecated", _models, "comma-separated model ids sent with Sunset"),
+    ("--images-per-job", "images_per_job", int, "result URLs per job"),
+    ("--seed", "seed", int, "seed for all injected randomness"),
+)
+
+
+def config_from_flags(values: dict[str, Any], token: str | None = None) -> EmulatorConfig:
+    """An EmulatorConfig from parsed flag values keyed by field name (None: default)."""
+    given = {name: value for name, value in values.items() if value is not None}
+    return EmulatorConfig(token=token, **given)

@@ -1,0 +1,211 @@
+"""The emulator's jobs: lifecycle as a function of the clock, account concurrency, credits.
+
+No background task moves a job along: its status is computed from the clock whenever it is
+asked for, so a test with a fake clock sees exactly the statuses it steps through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from runner.catalog import Model
+from runner.emulator.config import EmulatorConfig
+from runner.jobspec import canonical_json
+
+
+class Status(StrEnum):
+    """The job statuses of the Krea API, in lifecycle order."""
+
+    BACKLOGGED = "backlogged"  # waiting for a slot under the account's concurrency limit
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    PROCESSING = "processing"
+    SAMPLING = "sampling"
+    INTERMEDIATE_COMPLETE = "intermediate-complete"  # a preview exists; not final
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+# Share of a job's run time at which each running status begins.
+_PHASES = (
+    (0.0, Status.QUEUED),
+    (0.1, Status.SCHEDULED),
+    (0.2, Status.PROCESSING),
+    (0.4, Status.SAMPLING),
+    (0.8, Status.INTERMEDIATE_COMPLETE),
+)
+FAILURE_REASONS = (
+    "Content moderation flagged the prompt",
+    "The model provider returned an error",
+    "Generation timed out",
+)
+
+
+def iso(timestamp: float) -> str:
+    """A clock reading as the API writes times: ISO 8601, milliseconds, UTC."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def body_hash(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class EmulatedJob:
+    """One job the emulator accepted."""
+
+    id: str
+    model: Model
+    body: dict[str, Any]
+    created: float
+    duration: float
+    units: float
+    fails: bool
+    failure_reason: str
+    webhook_url: str | None = None
+    start: float | None = None  # None while backlogged
+    cancelled: float | None = None
+
+    @property
+    def end(self) -> float | None:
+        if self.cancelled is not None:
+            return self.cancelled
+        return None if self.start is None else self.start + self.duration
+
+    def status(self, now: float) -> Status:
+        if self.cancelled is not None and now >= self.cancelled:
+            return Status.CANCELLED
+        if self.start is None or now < self.start:
+            return Status.BACKLOGGED
+        elapsed = (now - self.start) / self.duration if self.duration > 0 else 1.0
+        if elapsed >= 1.0:
+            return Status.FAILED if self.fails else Status.COMPLETED
+        return next(status for share, status in reversed(_PHASES) if elapsed >= share)
+
+
+class Refused(Exception):
+    """The account cannot take another job now; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass
+class JobStore:
+    """All jobs of the emulated account, newest last."""
+
+    config: EmulatorConfig
+    clock: Callable[[], float]
+    rng: random.Random
+    jobs: dict[str, EmulatedJob] = field(default_factory=dict)
+    awaiting_webhook: dict[str, EmulatedJob] = field(default_factory=dict)
+    _backlog: list[str] = field(default_factory=list)
+    _running: list[tuple[float, str]] = field(default_factory=list)  # heap of (end, job id)
+
+    def now(self) -> float:
+        return self.clock()
+
+    def create(self, model: Model, body: dict[str, Any], webhook_url: str | None) -> EmulatedJob:
+        """Accept a job, or raise Refused (429 at the concurrency limit, 402 out of credits)."""
+        now = self.now()
+        self.advance(now)
+        units = model.estimate_units(body) or 1.0
+        if self.config.credits is not None and self.spent(now) + units > self.config.credits:
+            raise Refused(402, "You have run out of credits.")
+        limit = self.config.concurrency_limit
+        full = limit is not None and len(self._running) >= limit
+        if full and self.config.overflow == "429":
+            raise Refused(429, "You have reached the maximum number of concurrent jobs.")
+        duration = self.config.latency.sample(self.rng, model.average_seconds)
+        job = EmulatedJob(
+            id=str(uuid.uuid4()),  # random even under a fixed seed: ids must not repeat on restart
+            model=model,
+            body=body,
+            created=now,
+            duration=duration * self.config.time_scale,
+            units=units,
+            fails=self.rng.random() < self.config.failure_rate,
+            failure_reason=self.rng.choice(FAILURE_REASONS),
+            webhook_url=webhook_url,
+        )
+        self.jobs[job.id] = job
+        if webhook_url:
+            self.awaiting_webhook[job.id] = job
+        if full:
+            self._backlog.append(job.id)
+        else:
+            self._start(job, now)
+        return job
+
+    def _start(self, job: EmulatedJob, at: float) -> None:
+        job.start = at
+        heapq.heappush(self._running, (at + job.duration, job.id))
+
+    def advance(self, now: float) -> None:
+        """Let jobs that ended by ``now`` free their slots for backlogged ones, in order."""
+        while self._running and self._running[0][0] <= now:
+            ended_at, _ = heapq.heappop(self._running)
+            while self._backlog:
+                job = self.jobs[self._backlog.pop(0)]
+                if job.cancelled is None:
+                    self._start(job, max(ended_at, job.created))
+                    break
+
+    def get(self, job_id: str) -> EmulatedJob | None:
+        self.advance(self.now())
+        return self.jobs.get(job_id)
+
+    def cancel(self, job: EmulatedJob) -> None:
+        now = self.now()
+        if job.status(now) in TERMINAL:
+            return
+        job.cancelled = now
+        if job.start is None:
+            self._backlog.remove(job.id)
+        else:
+            self._running = [(end, jid) for end, jid in self._running if jid != job.id]
+            heapq.heapify(self._running)
+            self.advance(now)
+
+    def spent(self, now: float) -> float:
+        """Compute units billed so far: failed and cancelled jobs are not billed."""
+        return sum(
+            j.units
+            for j in self.jobs.values()
+            if j.status(now) not in (Status.FAILED, Status.CANCELLED)
+        )
+
+    def newest_first(self, before: float | None, status: Status | None) -> Iterator[EmulatedJob]:
+        now = self.now()
+        self.advance(now)
+        for job in reversed(self.jobs.values()):
+            if before is not None and job.created >= before:
+                continue
+            if status is not None and job.status(now) != status:
+                continue
+            yield job
+
+    def counts(self) -> dict[str, int]:
+        now = self.now()
+        self.advance(now)
+        counts: dict[str, int] = {}
+        for job in self.jobs.values():
+            key = job.status(now).value
+            counts[key] = counts.get(key, 0) + 1
+        return counts

@@ -1,0 +1,29 @@
+"""The API token: read from the environment or a file, never from a command line argument."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from runner.errors import UsageError
+
+TOKEN_VARIABLE = "KREA_API_TOKEN"
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path`` (surrounding whitespace removed); a UsageError if unusable."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the token file {path}: {exc.strerror}") from exc
+    if not token:
+        raise UsageError(f"the token file {path} is empty")
+    return token
+
+
+def find_token(token_file: str | None) -> str | None:
+    """The token from ``--token-file`` if given, else from $KREA_API_TOKEN, else None."""
+    if token_file:
+        return read_token_file(token_file)
+    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    return token or None
