@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(BIN)/krea-batch plan jobs.example.yaml
+	$(BIN)/krea-batch run jobs.example.yaml --emulator --out out
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -8,19 +8,23 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from runner import __version__
+from runner.batch import run_batch
 from runner.catalog import load_catalog
 from runner.emulator import serve_forever
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
+from runner.engine import EngineOptions
 from runner.errors import RunnerError, UsageError
 from runner.manifest import load_manifest
 from runner.plan import make_plan
-from runner.secrets import read_token_file
+from runner.progress import Progress
+from runner.secrets import find_token, read_token_file
 from runner.views import catalog_table, model_detail, plan_text
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +38,43 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--show", type=int, default=0, metavar="N", help="print the first N specs")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--max-jobs", type=int, metavar="N", help="cap on the expanded job count")
+
+    run = commands.add_parser("run", help="run a manifest's jobs into an output folder")
+    run.add_argument("manifest")
+    run.add_argument("--out", default="out", help="output folder (default: out)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--emulator", action="store_true", help="use the built-in Krea emulator")
+    where.add_argument("--api-base", metavar="URL", help="another Krea-compatible server")
+    run.add_argument(
+        "--token-file", help="read the API token from this file ($KREA_API_TOKEN otherwise)"
+    )
+    run.add_argument("--concurrency", type=int, metavar="N", help="jobs in flight at once")
+    run.add_argument("--rate-limit", metavar="R", help="API requests per second (2, 2/s, 120/min)")
+    run.add_argument("--poll-interval", metavar="S", help="seconds between polls of a job (2s)")
+    run.add_argument("--max-attempts", type=int, metavar="N", help="submissions of a failing job")
+    run.add_argument("--job-timeout", metavar="S", help="give up on a job after this long")
+    run.add_argument("--max-jobs", type=int, metavar="N", help="cap on the expanded job count")
+    run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
+    run.add_argument("--limit", type=int, metavar="N", help="only the first N jobs")
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="after Ctrl-C, wait this long for jobs in flight (default 120)",
+    )
+    run.add_argument(
+        "--cancel-on-exit",
+        action="store_true",
+        help="when interrupted, cancel remote jobs instead of leaving them running",
+    )
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds between progress lines when not on a terminal",
+    )
 
     serve = commands.add_parser("serve", help="run the Krea API emulator")
     serve.add_argument("--host", default="127.0.0.1")
@@ -87,6 +128,59 @@ def _models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run(args: argparse.Namespace) -> int:
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "concurrency",
+            "rate_limit",
+            "poll_interval",
+            "max_attempts",
+            "job_timeout",
+            "max_jobs",
+        )
+    }
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit takes a whole number of at least 1")
+    manifest = load_manifest(args.manifest, overrides=overrides)
+    for warning in manifest.warnings:
+        logging.getLogger("runner").warning(warning)
+    token = None if args.emulator else find_token(args.token_file)
+    options = EngineOptions(
+        retry_failed=args.retry_failed,
+        limit=args.limit,
+        drain_timeout=args.drain_timeout,
+        cancel_on_exit=args.cancel_on_exit,
+    )
+    progress = Progress(live=sys.stderr.isatty(), interval=args.progress_interval)
+    try:
+        result = asyncio.run(
+            run_batch(
+                manifest,
+                args.out,
+                api_base=args.api_base,
+                token=token,
+                emulator=args.emulator,
+                options=options,
+                on_progress=progress,
+            )
+        )
+    finally:
+        progress.close()
+    counts = result.counts
+    print(
+        f"{counts.completed} completed, {counts.failed} failed, {counts.skipped} already done, "
+        f"{counts.unfinished} unfinished; estimated spend {counts.spend_units:.1f} CU; "
+        f"results in {Path(args.out) / 'results.jsonl'}"
+    )
+    if result.stopped:
+        print(
+            f"stopped early: {result.stopped}; run the same command again to resume",
+            file=sys.stderr,
+        )
+    return result.exit_code
+
+
 def _serve(args: argparse.Namespace) -> int:
     token = read_token_file(args.token_file) if args.token_file else None
     values = {name: getattr(args, name) for _, name, _, _ in EMULATOR_FLAGS}
@@ -98,7 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"plan": _plan, "models": _models, "serve": _serve}
+COMMANDS = {"plan": _plan, "models": _models, "run": _run, "serve": _serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,5 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as exc:
         print(f"krea-batch: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("krea-batch: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK

@@ -62,12 +62,23 @@ class ApiError(RunnerError):
 
 
 class TransientApiError(ApiError):
-    """Worth trying again later; ``retry_after`` is the server's hint in seconds, if any."""
+    """Worth trying again later.
+
+    ``retry_after`` is the server's hint in seconds, if any; ``overload`` says the account runs
+    as many jobs as it may (429 "maximum number of concurrent jobs"), as opposed to a request
+    rate limit or an outage.
+    """
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        overload: bool = False,
     ) -> None:
         self.retry_after = retry_after
+        self.overload = overload
         super().__init__(message, status=status)
 
 

@@ -19,16 +19,8 @@ from aiohttp import web
 from runner.catalog import Catalog, load_catalog
 from runner.emulator.config import EmulatorConfig
 from runner.emulator.images import image_format, image_size, render
-from runner.emulator.jobs import (
-    TERMINAL,
-    EmulatedJob,
-    JobStore,
-    Refused,
-    Status,
-    body_hash,
-    iso,
-    parse_iso,
-)
+from runner.emulator.jobs import EmulatedJob, JobStore, Refused, body_hash, iso, parse_iso
+from runner.remote import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -213,7 +205,7 @@ class Emulator:
         status = None
         if "status" in query:
             try:
-                status = Status(query["status"])
+                status = JobStatus(query["status"])
             except ValueError:
                 return _error(400, f"unknown status {query['status']!r}")
         jobs = self.store.newest_first(before, status)
@@ -238,7 +230,7 @@ class Emulator:
         expires = ""
         if self.config.url_ttl is not None:
             expires = f"?expires={now + self.config.url_ttl:.3f}"
-        if status == Status.COMPLETED:
+        if status == JobStatus.COMPLETED:
             ext = image_format(job.body)[0].lower().replace("jpeg", "jpg")
             data["result"] = {
                 "urls": [
@@ -246,9 +238,9 @@ class Emulator:
                     for n in range(self.config.images_per_job)
                 ]
             }
-        elif status == Status.INTERMEDIATE_COMPLETE:
+        elif status == JobStatus.INTERMEDIATE_COMPLETE:
             data["result"] = {"urls": [f"{base}{INTERNAL}images/{job.id}/preview.jpg{expires}"]}
-        elif status == Status.FAILED:
+        elif status == JobStatus.FAILED:
             # The API puts the reason in either place; clients must read both.
             if int(job.id[-1], 16) % 2:
                 data["result"] = {"error": job.failure_reason}
@@ -270,9 +262,9 @@ class Emulator:
             return _error(403, "Request has expired")
         status = job.status(self.clock())
         preview = name.startswith("preview")
-        if preview and status not in (Status.INTERMEDIATE_COMPLETE, Status.COMPLETED):
+        if preview and status not in (JobStatus.INTERMEDIATE_COMPLETE, JobStatus.COMPLETED):
             return _error(404, "No preview yet")
-        if not preview and status != Status.COMPLETED:
+        if not preview and status != JobStatus.COMPLETED:
             return _error(404, "The image is not ready")
         width, height = image_size(job.model, job.body)
         fmt, mime = ("JPEG", "image/jpeg") if preview else image_format(job.body)

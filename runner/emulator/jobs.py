@@ -12,37 +12,21 @@ import random
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from runner.catalog import Model
 from runner.emulator.config import EmulatorConfig
 from runner.jobspec import canonical_json
+from runner.remote import TERMINAL, JobStatus, parse_time
+from runner.timefmt import iso_time
 
-
-class Status(StrEnum):
-    """The job statuses of the Krea API, in lifecycle order."""
-
-    BACKLOGGED = "backlogged"  # waiting for a slot under the account's concurrency limit
-    QUEUED = "queued"
-    SCHEDULED = "scheduled"
-    PROCESSING = "processing"
-    SAMPLING = "sampling"
-    INTERMEDIATE_COMPLETE = "intermediate-complete"  # a preview exists; not final
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 # Share of a job's run time at which each running status begins.
 _PHASES = (
-    (0.0, Status.QUEUED),
-    (0.1, Status.SCHEDULED),
-    (0.2, Status.PROCESSING),
-    (0.4, Status.SAMPLING),
-    (0.8, Status.INTERMEDIATE_COMPLETE),
+    (0.0, JobStatus.QUEUED),
+    (0.1, JobStatus.SCHEDULED),
+    (0.2, JobStatus.PROCESSING),
+    (0.4, JobStatus.SAMPLING),
+    (0.8, JobStatus.INTERMEDIATE_COMPLETE),
 )
 FAILURE_REASONS = (
     "Content moderation flagged the prompt",
@@ -53,12 +37,15 @@ FAILURE_REASONS = (
 
 def iso(timestamp: float) -> str:
     """A clock reading as the API writes times: ISO 8601, milliseconds, UTC."""
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return iso_time(timestamp) or ""
 
 
 def parse_iso(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    """A cursor's time; ValueError when it is not ISO 8601."""
+    moment = parse_time(text)
+    if moment is None:
+        raise ValueError(text)
+    return moment
 
 
 def body_hash(body: Mapping[str, Any]) -> str:
@@ -87,14 +74,14 @@ class EmulatedJob:
             return self.cancelled
         return None if self.start is None else self.start + self.duration
 
-    def status(self, now: float) -> Status:
+    def status(self, now: float) -> JobStatus:
         if self.cancelled is not None and now >= self.cancelled:
-            return Status.CANCELLED
+            return JobStatus.CANCELLED
         if self.start is None or now < self.start:
-            return Status.BACKLOGGED
+            return JobStatus.BACKLOGGED
         elapsed = (now - self.start) / self.duration if self.duration > 0 else 1.0
         if elapsed >= 1.0:
-            return Status.FAILED if self.fails else Status.COMPLETED
+            return JobStatus.FAILED if self.fails else JobStatus.COMPLETED
         return next(status for share, status in reversed(_PHASES) if elapsed >= share)
 
 
@@ -188,10 +175,10 @@ class JobStore:
         return sum(
             j.units
             for j in self.jobs.values()
-            if j.status(now) not in (Status.FAILED, Status.CANCELLED)
+            if j.status(now) not in (JobStatus.FAILED, JobStatus.CANCELLED)
         )
 
-    def newest_first(self, before: float | None, status: Status | None) -> Iterator[EmulatedJob]:
+    def newest_first(self, before: float | None, status: JobStatus | None) -> Iterator[EmulatedJob]:
         now = self.now()
         self.advance(now)
         for job in reversed(self.jobs.values()):

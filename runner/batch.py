@@ -1,0 +1,115 @@
+"""``run_batch``: the Python entry point the ``krea-batch run`` command is a thin layer over."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from runner.client import DEFAULT_API_BASE, KreaClient, Timeouts
+from runner.emulator import EmulatorConfig, run_emulator
+from runner.engine import Engine, EngineOptions, RunResult
+from runner.errors import UsageError
+from runner.limiter import rate_limiter
+from runner.manifest import Manifest, load_manifest
+from runner.outputs import OutputFolder
+from runner.timefmt import iso_time
+
+log = logging.getLogger(__name__)
+EMULATOR_TOKEN = "emulator"
+
+
+@contextlib.asynccontextmanager
+async def _api(
+    api_base: str | None, token: str | None, emulator: bool | EmulatorConfig
+) -> AsyncIterator[tuple[str, str]]:
+    """The base URL and token to use, starting an in-process emulator if asked."""
+    if emulator is not False:
+        config = emulator if isinstance(emulator, EmulatorConfig) else EmulatorConfig()
+        async with run_emulator(config) as running:
+            log.info("using the built-in emulator at %s", running.url)
+            yield running.url, token or EMULATOR_TOKEN
+        return
+    if token is None and api_base is None:
+        raise UsageError(
+            "no API token: set KREA_API_TOKEN or pass --token-file FILE (create a token in your "
+            "Krea account under Settings → API), or try it without one: --emulator"
+        )
+    yield api_base or DEFAULT_API_BASE, token or "anonymous"
+
+
+async def run_batch(
+    manifest: str | Path | Manifest,
+    out: str | Path,
+    *,
+    api_base: str | None = None,
+    token: str | None = None,
+    emulator: bool | EmulatorConfig = False,
+    overrides: Mapping[str, Any] | None = None,
+    options: EngineOptions | None = None,
+    on_progress: Callable[[Engine], None] | None = None,
+) -> RunResult:
+    """Run every job of ``manifest`` into the folder ``out``; safe to call again to resume.
+
+    ``overrides`` are run settings (concurrency, rate_limit, …) that beat the manifest's.
+    """
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest, overrides=overrides)
+    options = options or EngineOptions()
+    settings = manifest.settings
+    folder = OutputFolder(Path(out))
+    started = time.time()
+    with folder:
+        async with _api(api_base, token, emulator) as (base_url, api_token):
+            client = KreaClient(
+                base_url,
+                api_token,
+                limiter=rate_limiter(settings.rate_limit),
+                timeouts=Timeouts(api=options.api_timeout),
+                max_connections=max(16, settings.concurrency * 2),
+            )
+            async with client:
+                engine = Engine(manifest, folder, client, options, on_progress=on_progress)
+                result = await engine.run()
+        records = [engine.states[s.key].done for s in engine.specs() if s.key in engine.states]
+        written = folder.write_results(r for r in records if r)
+        result.summary = _summary(manifest, folder, result, base_url, started, written, client)
+        folder.write_summary(result.summary)
+    return result
+
+
+def _summary(
+    manifest: Manifest,
+    folder: OutputFolder,
+    result: RunResult,
+    api_base: str,
+    started: float,
+    records: int,
+    client: KreaClient,
+) -> dict[str, Any]:
+    ended = time.time()
+    counts = result.counts.to_json()
+    return {
+        "manifest": manifest.file,
+        "out": str(folder.root),
+        "api_base": api_base,
+        "started_at": iso_time(started),
+        "ended_at": iso_time(ended),
+        "wall_seconds": round(ended - started, 3),
+        "exit_code": result.exit_code,
+        "stopped": result.stopped,
+        "results_records": records,
+        "api_requests": client.requests,
+        "counts": counts,
+        "estimated_spend_units": counts["spend_units"],
+        "settings": {
+            "concurrency": manifest.settings.concurrency,
+            "rate_limit_per_s": manifest.settings.rate_limit,
+            "poll_interval_s": manifest.settings.poll_interval,
+            "max_attempts": manifest.settings.max_attempts,
+            "job_timeout_s": manifest.settings.job_timeout,
+        },
+    }

@@ -1,0 +1,268 @@
+"""The Krea API client: one aiohttp session, paced requests, and errors translated once.
+
+Every aiohttp exception and HTTP status becomes one of ``runner.errors``:
+
+    2xx with unreadable JSON  TransientApiError (AmbiguousSubmit for a submit)
+    401, 402                  FatalApiError: stop submitting
+    429                       TransientApiError(retry_after, overload=True for concurrency)
+    400, 404, 410, other 4xx  PermanentApiError with the server's message
+    5xx, network errors       TransientApiError (AmbiguousSubmit for a submit once sent)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiofiles
+import aiohttp
+import anyio
+from aiolimiter import AsyncLimiter
+
+from runner import __version__
+from runner.errors import FatalApiError, PermanentApiError, TransientApiError
+from runner.remote import MalformedJob, RemoteJob
+
+DEFAULT_API_BASE = "https://api.krea.ai"
+
+
+class AmbiguousSubmit(TransientApiError):
+    """A submit was sent but its answer was lost: a paid job may exist. Never just resend it."""
+
+
+class ExpiredUrl(PermanentApiError):
+    """An image URL no longer works (403, 404, 410): fetch the job again for a fresh one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds allowed for API calls and for image downloads."""
+
+    connect: float = 10.0
+    api: float = 30.0  # whole request, for JSON calls
+    read: float = 60.0  # between two chunks of a download
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A file written by ``KreaClient.download``."""
+
+    path: Path
+    bytes: int
+    sha256: str
+    content_type: str
+
+
+class KreaClient:
+    """Talks to the Krea API, or to anything that answers like it (the emulator)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        limiter: AsyncLimiter | None = None,
+        timeouts: Timeouts | None = None,
+        max_connections: int = 64,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._limiter = limiter
+        self.timeouts = timeouts or Timeouts()
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self.requests = 0  # API requests sent, downloads excluded
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"KreaClient({self.base_url!r})"
+
+    async def __aenter__(self) -> KreaClient:
+        if self._closed:
+            raise RuntimeError("a KreaClient cannot be reopened once closed")
+        self._session = aiohttp.ClientSession(
+            headers={"User-Agent": f"krea-batch/{__version__}"},
+            connector=aiohttp.TCPConnector(limit=self._max_connections),
+            timeout=aiohttp.ClientTimeout(total=self.timeouts.api, connect=self.timeouts.connect),
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use `async with KreaClient(...)` before sending requests")
+        return self._session
+
+    # ---- the API ----------------------------------------------------------------------------
+
+    async def submit(
+        self, endpoint: str, body: Mapping[str, Any], webhook_url: str | None = None
+    ) -> RemoteJob:
+        """POST a job. AmbiguousSubmit means it may exist although we have no id for it."""
+        headers = {"X-Webhook-URL": webhook_url} if webhook_url else None
+        data = await self._call("POST", endpoint, json_body=body, headers=headers, ambiguous=True)
+        try:
+            return RemoteJob.from_json(data)
+        except MalformedJob as exc:
+            raise AmbiguousSubmit(f"POST {endpoint}: unusable answer ({exc})") from exc
+
+    async def get_job(self, job_id: str) -> RemoteJob:
+        data = await self._call("GET", f"/jobs/{job_id}")
+        try:
+            return RemoteJob.from_json(data)
+        except MalformedJob as exc:
+            raise TransientApiError(f"GET /jobs/{job_id}: unusable answer ({exc})") from exc
+
+    async def list_jobs(
+        self, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[RemoteJob], str | None]:
+        """One page of the account's jobs, newest first, and the cursor of the next page."""
+        params = {"limit": str(limit)}
+        if cursor:
+            params["cursor"] = cursor
+        data = await self._call("GET", "/jobs", params=params)
+        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+            raise TransientApiError("GET /jobs: the answer has no items list")
+        jobs = []
+        for item in data["items"]:
+            with contextlib.suppress(MalformedJob):
+                jobs.append(RemoteJob.from_json(item))
+        next_cursor = data.get("next_cursor")
+        return jobs, next_cursor if isinstance(next_cursor, str) and next_cursor else None
+
+    async def cancel(self, job_id: str) -> None:
+        await self._call("DELETE", f"/jobs/{job_id}")
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        ambiguous: bool = False,
+    ) -> Any:
+        what = f"{method} {path}"
+        lost = AmbiguousSubmit if ambiguous else TransientApiError
+        # The token goes with API calls only, never with image downloads (pre-signed CDN URLs).
+        headers = {**(headers or {}), "Authorization": f"Bearer {self._token}"}
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        self.requests += 1
+        try:
+            async with self.session.request(
+                method, self.base_url + path, json=json_body, params=params, headers=headers
+            ) as response:
+                text = await response.text()
+                status = response.status
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except aiohttp.ClientConnectorError as exc:
+            raise TransientApiError(f"{what}: cannot connect ({exc.os_error})") from exc
+        except TimeoutError as exc:
+            raise lost(f"{what}: no answer within {self.timeouts.api:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise lost(f"{what}: connection lost ({type(exc).__name__})") from exc
+        if 200 <= status < 300:
+            if not text and method == "DELETE":
+                return None
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise lost(f"{what}: {status} with malformed JSON") from exc
+        message = _server_message(text) or f"HTTP {status}"
+        if status == 401:
+            raise FatalApiError(
+                f"{what}: 401 not authenticated ({message}); check the API token", status=status
+            )
+        if status == 402:
+            raise FatalApiError(f"{what}: 402 out of credits ({message})", status=status)
+        if status == 429:
+            raise TransientApiError(
+                f"{what}: 429 {message}",
+                status=status,
+                retry_after=retry_after,
+                overload="concurrent" in message.lower(),
+            )
+        if status >= 500:
+            raise lost(f"{what}: {status} {message}", status=status, retry_after=retry_after)
+        raise PermanentApiError(f"{what}: {status} {message}", status=status)
+
+    # ---- downloads --------------------------------------------------------------------------
+
+    async def download(self, url: str, dest: Path) -> Download:
+        """Stream ``url`` into ``dest``, fsynced; the caller renames it into place."""
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.timeouts.connect, sock_read=self.timeouts.read
+        )
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async with self.session.get(url, timeout=timeout) as response:
+                if response.status in (401, 403, 404, 410):
+                    raise ExpiredUrl(
+                        f"GET image: {response.status} (the URL expired or is gone)",
+                        status=response.status,
+                    )
+                if response.status != 200:
+                    raise TransientApiError(f"GET image: {response.status}", status=response.status)
+                expected = response.content_length
+                content_type = response.headers.get("Content-Type", "")
+                async with aiofiles.open(dest, "wb") as out:
+                    async for chunk in response.content.iter_chunked(256 * 1024):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        await out.write(chunk)
+                    await out.flush()
+                    await anyio.to_thread.run_sync(os.fsync, out.fileno())
+        except aiohttp.ClientConnectorError as exc:
+            raise TransientApiError(f"GET image: cannot connect ({exc.os_error})") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientApiError(
+                f"GET image: download cut short ({type(exc).__name__})"
+            ) from exc
+        if expected is not None and size != expected:
+            raise TransientApiError(f"GET image: got {size} of {expected} bytes")
+        if size == 0:
+            raise TransientApiError("GET image: empty file")
+        return Download(dest, size, digest.hexdigest(), content_type)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare enough that our own backoff is fine
+
+
+def _server_message(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return text.strip()[:200]
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return str(data["error"].get("message", data["error"]))
+    return text.strip()[:200]

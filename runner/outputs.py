@@ -1,0 +1,149 @@
+"""The output folder: its layout, its lock, atomic files, results.jsonl and summary.json.
+
+OUT/
+  images/            one file per result URL, named from the job key
+  results.jsonl      one current record per job (appended live, compacted at the end)
+  summary.json       counts, spend, wall time, settings
+  .krea-batch/       journal.jsonl and the lock
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from runner.errors import UsageError
+
+STATE_DIR = ".krea-batch"
+_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+
+
+def image_extension(content_type: str, url: str) -> str:
+    """The file extension for a downloaded image: from its type, else its URL, else .png."""
+    ext = _EXTENSIONS.get(content_type.split(";")[0].strip().lower())
+    if ext:
+        return ext
+    path = url.split("?", 1)[0].lower()
+    for candidate in (".png", ".jpg", ".jpeg", ".webp"):
+        if path.endswith(candidate):
+            return ".jpg" if candidate == ".jpeg" else candidate
+    return ".png"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers see the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class OutputFolder:
+    """One run's output folder, locked for as long as the object is open."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / STATE_DIR
+        self.images = root / "images"
+        self.journal_path = self.state / "journal.jsonl"
+        self.results_path = root / "results.jsonl"
+        self.summary_path = root / "summary.json"
+        self._lock: TextIO | None = None
+        self._results: TextIO | None = None
+
+    def open(self) -> None:
+        """Create the folder, take the lock (a UsageError if another run holds it), tidy up."""
+        try:
+            self.images.mkdir(parents=True, exist_ok=True)
+            self.state.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create the output folder {self.root}: {exc.strerror}"
+            ) from exc
+        lock = (self.state / "lock").open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise UsageError(
+                f"{self.root} is in use by another krea-batch run ({holder}); "
+                "wait for it to end or choose another --out"
+            ) from exc
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+        for partial in self.images.rglob(".*.part"):
+            partial.unlink(missing_ok=True)  # downloads cut short by a crash
+        self._results = self.results_path.open("a", encoding="utf-8")
+
+    def close(self) -> None:
+        if self._results is not None:
+            self._results.close()
+            self._results = None
+        if self._lock is not None:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> OutputFolder:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def partial_path(self, name: str) -> Path:
+        return self.images / f".{name}.part"
+
+    def place(self, partial: Path, name: str) -> Path:
+        """Move a finished download into place atomically; returns its final path."""
+        final = self.images / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, final)
+        fsync_dir(final.parent)
+        return final
+
+    def append_result(self, record: Mapping[str, Any]) -> None:
+        """Add a record to results.jsonl as it happens (compacted to one per job at the end)."""
+        if self._results is not None:
+            self._results.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._results.flush()
+
+    def write_results(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Rewrite results.jsonl with exactly the given records; returns how many."""
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
+        if self._results is not None:
+            self._results.close()
+        write_atomic(self.results_path, "".join(lines))
+        self._results = self.results_path.open("a", encoding="utf-8")
+        return len(lines)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        write_atomic(self.summary_path, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+
+
+def relative(path: Path, root: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(root))
+    return str(path)

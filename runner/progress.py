@@ -1,0 +1,89 @@
+"""Progress of a run: a live table on a terminal, periodic log lines otherwise (cron)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from runner.engine import Engine
+
+log = logging.getLogger("runner.progress")
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def snapshot(engine: Engine) -> dict[str, float | int | str]:
+    """The figures both displays show."""
+    counts = engine.counts
+    elapsed = max(1e-6, time.time() - engine.started)
+    done_now = counts.completed + counts.failed
+    rate = done_now / elapsed
+    remaining = counts.total - counts.finished
+    return {
+        "done": counts.completed + counts.skipped,
+        "failed": counts.failed,
+        "in_flight": engine.gate.in_use,
+        "queued": max(0, remaining - engine.gate.in_use),
+        "total": counts.total,
+        "rate": rate,
+        "eta": _eta(remaining / rate if rate > 0 and remaining else None),
+        "spend": counts.spend_units,
+    }
+
+
+class Progress:
+    """Call it with the engine as often as you like; it shows what is due."""
+
+    def __init__(self, live: bool, interval: float = 30.0) -> None:
+        self.interval = interval
+        self._last = 0.0
+        self._live = Live(console=Console(stderr=True), refresh_per_second=4) if live else None
+        if self._live is not None:
+            self._live.start()
+
+    def __call__(self, engine: Engine) -> None:
+        figures = snapshot(engine)
+        if self._live is not None:
+            self._live.update(self._table(figures))
+            return
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            log.info(
+                "progress: %(done)d done, %(failed)d failed, %(in_flight)d in flight, "
+                "%(queued)d queued of %(total)d; %(rate).2f jobs/s, ETA %(eta)s, "
+                "spend %(spend).1f CU",
+                figures,
+            )
+
+    @staticmethod
+    def _table(f: dict[str, float | int | str]) -> Table:
+        table = Table(show_header=True, header_style="bold", box=None)
+        for column in ("done", "failed", "in flight", "queued", "jobs/s", "ETA", "spend (CU)"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            f"{f['done']}/{f['total']}",
+            str(f["failed"]),
+            str(f["in_flight"]),
+            str(f["queued"]),
+            f"{float(f['rate']):.2f}",
+            str(f["eta"]),
+            f"{float(f['spend']):.1f}",
+        )
+        return table
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()

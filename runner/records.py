@@ -1,0 +1,63 @@
+"""The results record of a job: what results.jsonl holds and the journal's `done` carries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.jobspec import JobSpec
+from runner.journal import KeyState
+from runner.remote import RemoteJob
+from runner.timefmt import iso_time
+
+
+def _base(spec: JobSpec, state: KeyState) -> dict[str, Any]:
+    return {
+        "key": spec.key,
+        "index": spec.index,
+        "entry": spec.entry,
+        "name": spec.name,
+        "model": spec.model,
+        "endpoint": spec.endpoint,
+        "prompt": spec.prompt,
+        "seed": spec.seed,
+        "params": {k: v for k, v in spec.body.items() if k != "prompt"},
+        "vars": dict(spec.vars),
+        "replica": spec.replica,
+        "job_id": state.job_id,
+        "attempts": state.attempts,
+    }
+
+
+def completed_record(
+    spec: JobSpec, state: KeyState, remote: RemoteJob, files: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A finished job with its files; cost is the catalog's estimate in compute units."""
+    seconds = None
+    if remote.created_at is not None and remote.completed_at is not None:
+        seconds = round(remote.completed_at - remote.created_at, 3)
+    return {
+        **_base(spec, state),
+        "job_id": remote.job_id,
+        "status": "completed",
+        "files": files,
+        "error": None,
+        "timings": {
+            "submitted_at": iso_time(state.submitted_at),
+            "created_at": iso_time(remote.created_at),
+            "completed_at": iso_time(remote.completed_at),
+            "seconds": seconds,
+        },
+        "cost_units": spec.units,
+    }
+
+
+def failed_record(spec: JobSpec, state: KeyState, reason: str) -> dict[str, Any]:
+    """A job that ended without images; failed jobs are not billed."""
+    return {
+        **_base(spec, state),
+        "status": "failed",
+        "files": [],
+        "error": reason,
+        "timings": {"submitted_at": iso_time(state.submitted_at)},
+        "cost_units": 0.0,
+    }

@@ -1,0 +1,96 @@
+"""Jobs as the Krea API reports them: statuses, and parsing of the job JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    """The statuses of a Krea job, in lifecycle order."""
+
+    BACKLOGGED = "backlogged"  # waiting behind the account's concurrency limit
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    PROCESSING = "processing"
+    SAMPLING = "sampling"
+    INTERMEDIATE_COMPLETE = "intermediate-complete"  # a preview may be present; not final
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class MalformedJob(ValueError):
+    """The job JSON lacks something we need or has it in the wrong shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteJob:
+    """What we read from one job JSON; unknown extra fields are ignored."""
+
+    job_id: str
+    status: JobStatus
+    created_at: float | None
+    completed_at: float | None
+    urls: tuple[str, ...]
+    error: str | None
+
+    @classmethod
+    def from_json(cls, data: Any) -> RemoteJob:
+        if not isinstance(data, Mapping):
+            raise MalformedJob(f"expected a job object, got {type(data).__name__}")
+        job_id = data.get("job_id")
+        if not isinstance(job_id, str) or not job_id:
+            raise MalformedJob("the job has no job_id")
+        try:
+            status = JobStatus(str(data.get("status")))
+        except ValueError as exc:
+            raise MalformedJob(f"unknown job status {data.get('status')!r}") from exc
+        raw_result = data.get("result")
+        result: Mapping[str, Any] = raw_result if isinstance(raw_result, Mapping) else {}
+        urls = result.get("urls") or ()
+        if not isinstance(urls, list | tuple) or not all(isinstance(u, str) for u in urls):
+            raise MalformedJob("result.urls is not a list of URLs")
+        return cls(
+            job_id=job_id,
+            status=status,
+            created_at=parse_time(data.get("created_at")),
+            completed_at=parse_time(data.get("completed_at")),
+            urls=tuple(urls) if status == JobStatus.COMPLETED else (),
+            error=_error_text(data, result),
+        )
+
+
+def _error_text(data: Mapping[str, Any], result: Mapping[str, Any]) -> str | None:
+    """The failure reason, wherever the API put it (result.error or a top-level error)."""
+    for value in (result.get("error"), data.get("error")):
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, Mapping):
+            text = value.get("message") or value.get("error") or value.get("code")
+            if text:
+                return str(text)
+    return None
+
+
+def parse_time(value: Any) -> float | None:
+    """Seconds since the epoch from an ISO 8601 text, or None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
