@@ -1,52 +1,198 @@
-"""The engine end to end against the emulator over real sockets."""
+"""The engine against the emulator over real sockets: completion, resume, faults, stops."""
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-import textwrap
+import time
 from pathlib import Path
-from typing import Any
+
+import pytest
 
 from runner.batch import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import EngineOptions
-from runner.manifest import parse_manifest
+from runner.errors import UsageError
+from runner.outputs import OutputFolder
+from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 
-FAST = EngineOptions(handle_signals=False, backoff_scale=0.001, reconcile_delay=0.01)
-
-
-def manifest(jobs: int = 20, **run: Any) -> Any:
-    settings = {"concurrency": 8, "rate_limit": 1000, "poll_interval": 0.02, **run}
-    text = textwrap.dedent(f"""
-        version: 1
-        jobs:
-          - prompt: a tiny test image
-            model: flux-1-dev
-            sizes: [512x512]
-            seeds: {list(range(jobs))}
-        run: {json.dumps(settings)}
-    """)
-    return parse_manifest(text)
+QUICK = Latency.parse("fixed:0.05")
 
 
-def results(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-
-
-async def test_a_batch_completes_with_verified_files_and_one_submit_per_job(tmp_path: Path) -> None:
-    config = EmulatorConfig(latency=Latency.parse("fixed:0.05"))
-    async with run_emulator(config) as emu:
-        result = await run_batch(manifest(20), tmp_path, api_base=emu.url, token="t", options=FAST)
+async def test_200_jobs_complete_with_verified_files_and_one_submit_each(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        result = await run_batch(small_manifest(200, concurrency=32), tmp_path, api_base=emu.url,
+                                 token="t", options=FAST)
+        records = check_folder(tmp_path, 200, emu.emulator)
         stats = emu.emulator.snapshot()
-    assert result.exit_code == 0, result.summary
-    records = results(tmp_path)
-    assert len(records) == 20
-    for record in records:
-        assert record["status"] == "completed"
-        [entry] = record["files"]
-        data = (tmp_path / entry["path"]).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
-        assert len(data) == entry["bytes"]
-    assert stats["submits"] == 20
+    assert result.exit_code == 0
+    assert {r["status"] for r in records} == {"completed"}
+    assert stats["submits"] == 200
     assert stats["duplicate_submits"] == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["counts"]["completed"] == 200
+    assert summary["estimated_spend_units"] == pytest.approx(200 * 17.2)
+
+
+async def test_a_rerun_skips_finished_jobs_and_submits_nothing(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST)
+        again = await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST)
+        assert emu.emulator.stats["submits"] == 10
+    assert again.counts.skipped == 10
+    assert again.exit_code == 0
+    assert len(read_results(tmp_path)) == 10
+
+
+async def test_failed_jobs_are_retried_up_to_max_attempts_then_only_on_request(tmp_path: Path) -> None:
+    config = EmulatorConfig(latency=QUICK, failure_rate=1.0)
+    async with run_emulator(config) as emu:
+        first = await run_batch(small_manifest(3, max_attempts=2), tmp_path, api_base=emu.url,
+                                token="t", options=FAST)
+        assert emu.emulator.stats["submits"] == 6  # two attempts each
+        assert first.exit_code == 1
+        assert all(r["error"] for r in read_results(tmp_path))
+        await run_batch(small_manifest(3, max_attempts=2), tmp_path, api_base=emu.url, token="t",
+                        options=FAST)
+        assert emu.emulator.stats["submits"] == 6  # failed jobs are not retried unasked
+        retry = dataclasses.replace(FAST, retry_failed=True)
+        await run_batch(small_manifest(3, max_attempts=1), tmp_path, api_base=emu.url, token="t",
+                        options=retry)
+        assert emu.emulator.stats["submits"] == 9
+
+
+async def test_every_fault_at_once_still_ends_every_job_with_nothing_paid_twice(tmp_path: Path) -> None:
+    config = EmulatorConfig(
+        latency=Latency.parse("uniform:0.02-0.1"),
+        seed=7,
+        failure_rate=0.15,
+        error_rate=0.1,
+        reset_rate=0.05,
+        reset_after_create=0.1,
+        malformed_rate=0.05,
+        truncate_rate=0.15,
+        rate_limit=400.0,
+        retry_after=0.01,
+        concurrency_limit=6,
+    )
+    async with run_emulator(config) as emu:
+        result = await run_batch(small_manifest(60, concurrency=10, max_attempts=3), tmp_path,
+                                 api_base=emu.url, token="t", options=FAST)
+        records = check_folder(tmp_path, 60, emu.emulator)
+        stats = emu.emulator.snapshot()
+    counts = result.counts
+    assert counts.completed + counts.failed == 60
+    assert counts.completed == sum(r["status"] == "completed" for r in records)
+    for name in ("errors_5xx", "resets", "resets_after_create", "malformed", "downloads_truncated"):
+        assert stats.get(name, 0) > 0, f"the {name} fault never fired: the test proves nothing"
+    assert counts.ambiguous > 0
+    assert counts.adopted + counts.ambiguous_lost + counts.unresolved == counts.ambiguous
+
+
+async def test_a_lost_submit_answer_is_found_not_resubmitted(tmp_path: Path) -> None:
+    config = EmulatorConfig(latency=QUICK, reset_after_create=1.0)
+    async with run_emulator(config) as emu:
+        result = await run_batch(small_manifest(5), tmp_path, api_base=emu.url, token="t", options=FAST)
+        stats = emu.emulator.snapshot()
+    assert result.counts.adopted == 5
+    assert stats["submits"] == 5
+    assert result.exit_code == 0
+
+
+async def test_concurrency_429s_lower_the_jobs_in_flight_and_the_run_completes(tmp_path: Path) -> None:
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.1"), concurrency_limit=3)
+    async with run_emulator(config) as emu:
+        result = await run_batch(small_manifest(24, concurrency=12), tmp_path, api_base=emu.url,
+                                 token="t", options=FAST)
+        check_folder(tmp_path, 24, emu.emulator)
+    assert result.counts.completed == 24
+    assert result.counts.overload_429 > 0
+
+
+async def test_out_of_credits_stops_submitting_and_exits_4_then_resumes(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=QUICK, credits=90.0)) as emu:
+        result = await run_batch(small_manifest(10, concurrency=1), tmp_path, api_base=emu.url,
+                                 token="t", options=FAST)
+        assert result.exit_code == 4
+        assert result.counts.completed == 5  # 5 × 17.2 CU
+        assert "402" in (result.stopped or "")
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        again = await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST)
+        assert emu.emulator.stats["submits"] == 5
+    assert again.exit_code == 0
+    assert len(read_results(tmp_path)) == 10
+
+
+async def test_a_bad_token_exits_4_without_submitting(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=QUICK, token="right")) as emu:
+        result = await run_batch(small_manifest(3), tmp_path, api_base=emu.url, token="wrong",
+                                 options=FAST)
+        assert emu.emulator.stats["submits"] == 0
+    assert result.exit_code == 4
+    assert "401" in (result.stopped or "")
+
+
+async def test_a_retired_model_fails_its_jobs_with_the_servers_message(tmp_path: Path) -> None:
+    config = EmulatorConfig(latency=QUICK, retired=frozenset({"seedream-4"}))
+    async with run_emulator(config) as emu:
+        result = await run_batch(small_manifest(2), tmp_path, api_base=emu.url, token="t", options=FAST)
+    assert result.exit_code == 1
+    assert all("410" in r["error"] and "shut down" in r["error"] for r in read_results(tmp_path))
+
+
+async def test_a_job_that_never_ends_times_out_and_is_cancelled(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:600"))) as emu:
+        result = await run_batch(small_manifest(1, job_timeout=0.2), tmp_path, api_base=emu.url,
+                                 token="t", options=FAST)
+        assert emu.emulator.stats["cancels"] == 1
+    [record] = read_results(tmp_path)
+    assert "timed out" in record["error"]
+    assert result.exit_code == 1
+
+
+async def test_an_expired_image_url_is_refreshed_by_fetching_the_job_again(tmp_path: Path) -> None:
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.time() + offset[0]
+
+    def age_the_first_url(event: str, job: object) -> None:
+        if event == "download" and offset[0] == 0.0:
+            offset[0] = 60.0  # the URL this download uses is now twice its 30 s life old
+
+    async with run_emulator(EmulatorConfig(latency=QUICK, url_ttl=30.0), clock=clock) as emu:
+        emu.emulator.observers.append(age_the_first_url)
+        result = await run_batch(small_manifest(1), tmp_path, api_base=emu.url, token="t", options=FAST)
+        stats = emu.emulator.snapshot()
+    assert result.exit_code == 0
+    assert stats["downloads_expired"] == 1
+    assert stats["downloads"] == 2
+    assert len(read_results(tmp_path)[0]["files"]) == 1
+
+
+async def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    with OutputFolder(tmp_path), pytest.raises(UsageError, match="in use by another"):
+        await run_batch(small_manifest(1), tmp_path, emulator=True, options=FAST)
+
+
+async def test_a_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        await run_batch(small_manifest(4), tmp_path, api_base=emu.url, token="t",
+                        options=dataclasses.replace(FAST, limit=2))
+        journal = tmp_path / ".krea-batch" / "journal.jsonl"
+        with journal.open("a") as handle:
+            handle.write('{"e":"submitting","k":"abc')  # a crash mid-write
+        result = await run_batch(small_manifest(4), tmp_path, api_base=emu.url, token="t", options=FAST)
+        assert emu.emulator.stats["submits"] == 4
+    assert result.counts.skipped == 2
+    assert result.counts.completed == 2
+    for line in journal.read_text().splitlines():
+        json.loads(line)
+
+
+async def test_limit_runs_only_the_first_jobs(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        result = await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t",
+                                 options=EngineOptions(handle_signals=False, limit=3))
+    assert result.counts.total == 3
+    assert len(read_results(tmp_path)) == 3

@@ -53,6 +53,9 @@ class Emulator:
         self.stats: Counter[str] = Counter()
         self.submits_by_body: Counter[str] = Counter()
         self.webhooks: list[tuple[str, str]] = []  # (job id, url) of each delivery made
+        # Called with ("submit" | "poll" | "download", job) as requests arrive: tests use these
+        # to act at an exact point of a run (for example, to kill the client mid-download).
+        self.observers: list[Callable[[str, EmulatedJob], None]] = []
         self._tokens = 0.0
         self._tokens_at = 0.0
         self._delivery: asyncio.Task[None] | None = None
@@ -163,6 +166,7 @@ class Emulator:
             return _error(refused.status, str(refused))
         self.stats["submits"] += 1
         self.submits_by_body[body_hash(body)] += 1
+        self._notify("submit", job)
         if self.rng.random() < self.config.reset_after_create:
             self.stats["resets_after_create"] += 1
             self._drop(request)
@@ -179,6 +183,7 @@ class Emulator:
         job = self.store.get(request.match_info["id"])
         if job is None:
             return _error(404, "Job not found")
+        self._notify("poll", job)
         return web.json_response(self.job_json(job, request))
 
     async def cancel_job(self, request: web.Request) -> web.Response:
@@ -256,6 +261,7 @@ class Emulator:
         name = request.match_info["name"]
         if job is None:
             return _error(404, "No such image")
+        self._notify("download", job)
         expires = request.query.get("expires")
         if expires is not None and self.clock() > float(expires):
             self.stats["downloads_expired"] += 1
@@ -336,12 +342,26 @@ class Emulator:
             self.stats["webhooks_failed"] += 1
             log.info("webhook to %s failed: %s", job.webhook_url, exc)
 
+    def _notify(self, event: str, job: EmulatedJob) -> None:
+        for observer in self.observers:
+            observer(event, job)
+
+    def paid_twice(self) -> list[str]:
+        """Request bodies with more than one job that was not failed or cancelled (billed twice)."""
+        now = self.clock()
+        billed: Counter[str] = Counter()
+        for job in self.store.jobs.values():
+            if job.status(now) not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                billed[body_hash(job.body)] += 1
+        return [body for body, count in billed.items() if count > 1]
+
     def snapshot(self) -> dict[str, Any]:
         """What the emulator saw: counters, submits per request body, jobs by status."""
         return {
             **dict(sorted(self.stats.items())),
             "submits_by_body": dict(self.submits_by_body),
             "duplicate_submits": sum(n - 1 for n in self.submits_by_body.values() if n > 1),
+            "paid_twice": len(self.paid_twice()),
             "jobs_by_status": self.store.counts(),
             "credits_spent": round(self.store.spent(self.clock()), 3),
         }

@@ -1,0 +1,60 @@
+"""Helpers for engine tests: small manifests and a checker for an output folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from runner.emulator import Emulator
+from runner.engine import EngineOptions
+from runner.manifest import Manifest, parse_manifest
+
+# Backoffs a thousand times shorter, so fault tests take milliseconds, not minutes.
+FAST = EngineOptions(handle_signals=False, backoff_scale=0.001, reconcile_delay=0.01)
+
+
+def manifest_text(jobs: int = 20, model: str = "seedream-4", **run: Any) -> str:
+    settings = {"concurrency": 8, "rate_limit": 1000, "poll_interval": 0.02, **run}
+    return textwrap.dedent(f"""
+        version: 1
+        jobs:
+          - prompt: a tiny test image
+            model: {model}
+            sizes: [128x128]
+            seeds: {list(range(jobs))}
+        run: {json.dumps(settings)}
+    """)
+
+
+def small_manifest(jobs: int = 20, **run: Any) -> Manifest:
+    return parse_manifest(manifest_text(jobs, **run))
+
+
+def read_results(out: Path) -> list[dict[str, Any]]:
+    path = out / "results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_folder(out: Path, jobs: int, emulator: Emulator) -> list[dict[str, Any]]:
+    """Every job has one record; completed ones have intact files; nothing was paid twice."""
+    records = read_results(out)
+    keys = [r["key"] for r in records]
+    assert len(keys) == len(set(keys)) == jobs, f"{len(keys)} records, {len(set(keys))} keys"
+    for record in records:
+        if record["status"] == "completed":
+            assert record["files"], record
+            for entry in record["files"]:
+                data = (out / entry["path"]).read_bytes()
+                assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry
+                assert len(data) == entry["bytes"]
+        else:
+            assert record["status"] == "failed"
+            assert record["error"], record
+    assert not list((out / "images").rglob("*.part")), "partial downloads left behind"
+    assert emulator.paid_twice() == [], "a request was billed twice"
+    return records
