@@ -32,6 +32,8 @@ format: install
 
 bench: install
 	$(BIN)/python bench/plan_scale.py
+	$(BIN)/python bench/emulator_load.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -77,3 +77,40 @@ def test_python_dash_m_exit_codes_without_tracebacks(args: list[str], code: int)
     )
     assert result.returncode == code
     assert "Traceback" not in result.stderr
+
+
+def test_run_without_a_token_says_how_to_get_one(
+    write_manifest: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.delenv("KREA_API_TOKEN", raising=False)
+    path = write_manifest("version: 1\njobs:\n  - {prompt: a, model: flux}\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "KREA_API_TOKEN" in err
+    assert "--emulator" in err
+
+
+def test_an_empty_token_file_is_a_usage_error(
+    write_manifest: Callable[[str], Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write_manifest("version: 1\njobs:\n  - {prompt: a, model: flux}\n")
+    (tmp_path / "token").write_text("\n")
+    assert main(["run", str(path), "--token-file", str(tmp_path / "token")]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_run_with_the_emulator_writes_images_and_results(
+    write_manifest: Callable[[str], Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write_manifest(
+        "version: 1\njobs:\n  - {prompt: a small cat, model: seedream-4, sizes: [128x128], "
+        "seeds: [1, 2]}\nrun: {poll_interval: 0.05, rate_limit: 100}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--emulator", "--out", str(out)]) == 0
+    assert "2 completed, 0 failed" in capsys.readouterr().out
+    assert len(list((out / "images").glob("*.png"))) == 2
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2

@@ -21,8 +21,9 @@ QUICK = Latency.parse("fixed:0.05")
 
 async def test_200_jobs_complete_with_verified_files_and_one_submit_each(tmp_path: Path) -> None:
     async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
-        result = await run_batch(small_manifest(200, concurrency=32), tmp_path, api_base=emu.url,
-                                 token="t", options=FAST)
+        result = await run_batch(
+            small_manifest(200, concurrency=32), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         records = check_folder(tmp_path, 200, emu.emulator)
         stats = emu.emulator.snapshot()
     assert result.exit_code == 0
@@ -37,31 +38,40 @@ async def test_200_jobs_complete_with_verified_files_and_one_submit_each(tmp_pat
 async def test_a_rerun_skips_finished_jobs_and_submits_nothing(tmp_path: Path) -> None:
     async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
         await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST)
-        again = await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST)
+        again = await run_batch(
+            small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         assert emu.emulator.stats["submits"] == 10
     assert again.counts.skipped == 10
     assert again.exit_code == 0
     assert len(read_results(tmp_path)) == 10
 
 
-async def test_failed_jobs_are_retried_up_to_max_attempts_then_only_on_request(tmp_path: Path) -> None:
+async def test_failed_jobs_are_retried_up_to_max_attempts_then_only_on_request(
+    tmp_path: Path,
+) -> None:
     config = EmulatorConfig(latency=QUICK, failure_rate=1.0)
     async with run_emulator(config) as emu:
-        first = await run_batch(small_manifest(3, max_attempts=2), tmp_path, api_base=emu.url,
-                                token="t", options=FAST)
+        first = await run_batch(
+            small_manifest(3, max_attempts=2), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         assert emu.emulator.stats["submits"] == 6  # two attempts each
         assert first.exit_code == 1
         assert all(r["error"] for r in read_results(tmp_path))
-        await run_batch(small_manifest(3, max_attempts=2), tmp_path, api_base=emu.url, token="t",
-                        options=FAST)
+        await run_batch(
+            small_manifest(3, max_attempts=2), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         assert emu.emulator.stats["submits"] == 6  # failed jobs are not retried unasked
         retry = dataclasses.replace(FAST, retry_failed=True)
-        await run_batch(small_manifest(3, max_attempts=1), tmp_path, api_base=emu.url, token="t",
-                        options=retry)
+        await run_batch(
+            small_manifest(3, max_attempts=1), tmp_path, api_base=emu.url, token="t", options=retry
+        )
         assert emu.emulator.stats["submits"] == 9
 
 
-async def test_every_fault_at_once_still_ends_every_job_with_nothing_paid_twice(tmp_path: Path) -> None:
+async def test_every_fault_at_once_still_ends_every_job_with_nothing_paid_twice(
+    tmp_path: Path,
+) -> None:
     config = EmulatorConfig(
         latency=Latency.parse("uniform:0.02-0.1"),
         seed=7,
@@ -76,8 +86,13 @@ async def test_every_fault_at_once_still_ends_every_job_with_nothing_paid_twice(
         concurrency_limit=6,
     )
     async with run_emulator(config) as emu:
-        result = await run_batch(small_manifest(60, concurrency=10, max_attempts=3), tmp_path,
-                                 api_base=emu.url, token="t", options=FAST)
+        result = await run_batch(
+            small_manifest(60, concurrency=10, max_attempts=3),
+            tmp_path,
+            api_base=emu.url,
+            token="t",
+            options=FAST,
+        )
         records = check_folder(tmp_path, 60, emu.emulator)
         stats = emu.emulator.snapshot()
     counts = result.counts
@@ -92,18 +107,23 @@ async def test_every_fault_at_once_still_ends_every_job_with_nothing_paid_twice(
 async def test_a_lost_submit_answer_is_found_not_resubmitted(tmp_path: Path) -> None:
     config = EmulatorConfig(latency=QUICK, reset_after_create=1.0)
     async with run_emulator(config) as emu:
-        result = await run_batch(small_manifest(5), tmp_path, api_base=emu.url, token="t", options=FAST)
+        result = await run_batch(
+            small_manifest(5), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         stats = emu.emulator.snapshot()
     assert result.counts.adopted == 5
     assert stats["submits"] == 5
     assert result.exit_code == 0
 
 
-async def test_concurrency_429s_lower_the_jobs_in_flight_and_the_run_completes(tmp_path: Path) -> None:
+async def test_concurrency_429s_lower_the_jobs_in_flight_and_the_run_completes(
+    tmp_path: Path,
+) -> None:
     config = EmulatorConfig(latency=Latency.parse("fixed:0.1"), concurrency_limit=3)
     async with run_emulator(config) as emu:
-        result = await run_batch(small_manifest(24, concurrency=12), tmp_path, api_base=emu.url,
-                                 token="t", options=FAST)
+        result = await run_batch(
+            small_manifest(24, concurrency=12), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         check_folder(tmp_path, 24, emu.emulator)
     assert result.counts.completed == 24
     assert result.counts.overload_429 > 0
@@ -111,13 +131,16 @@ async def test_concurrency_429s_lower_the_jobs_in_flight_and_the_run_completes(t
 
 async def test_out_of_credits_stops_submitting_and_exits_4_then_resumes(tmp_path: Path) -> None:
     async with run_emulator(EmulatorConfig(latency=QUICK, credits=90.0)) as emu:
-        result = await run_batch(small_manifest(10, concurrency=1), tmp_path, api_base=emu.url,
-                                 token="t", options=FAST)
+        result = await run_batch(
+            small_manifest(10, concurrency=1), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         assert result.exit_code == 4
         assert result.counts.completed == 5  # 5 × 17.2 CU
         assert "402" in (result.stopped or "")
     async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
-        again = await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST)
+        again = await run_batch(
+            small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         assert emu.emulator.stats["submits"] == 5
     assert again.exit_code == 0
     assert len(read_results(tmp_path)) == 10
@@ -125,8 +148,9 @@ async def test_out_of_credits_stops_submitting_and_exits_4_then_resumes(tmp_path
 
 async def test_a_bad_token_exits_4_without_submitting(tmp_path: Path) -> None:
     async with run_emulator(EmulatorConfig(latency=QUICK, token="right")) as emu:
-        result = await run_batch(small_manifest(3), tmp_path, api_base=emu.url, token="wrong",
-                                 options=FAST)
+        result = await run_batch(
+            small_manifest(3), tmp_path, api_base=emu.url, token="wrong", options=FAST
+        )
         assert emu.emulator.stats["submits"] == 0
     assert result.exit_code == 4
     assert "401" in (result.stopped or "")
@@ -135,15 +159,18 @@ async def test_a_bad_token_exits_4_without_submitting(tmp_path: Path) -> None:
 async def test_a_retired_model_fails_its_jobs_with_the_servers_message(tmp_path: Path) -> None:
     config = EmulatorConfig(latency=QUICK, retired=frozenset({"seedream-4"}))
     async with run_emulator(config) as emu:
-        result = await run_batch(small_manifest(2), tmp_path, api_base=emu.url, token="t", options=FAST)
+        result = await run_batch(
+            small_manifest(2), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
     assert result.exit_code == 1
     assert all("410" in r["error"] and "shut down" in r["error"] for r in read_results(tmp_path))
 
 
 async def test_a_job_that_never_ends_times_out_and_is_cancelled(tmp_path: Path) -> None:
     async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:600"))) as emu:
-        result = await run_batch(small_manifest(1, job_timeout=0.2), tmp_path, api_base=emu.url,
-                                 token="t", options=FAST)
+        result = await run_batch(
+            small_manifest(1, job_timeout=0.2), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         assert emu.emulator.stats["cancels"] == 1
     [record] = read_results(tmp_path)
     assert "timed out" in record["error"]
@@ -162,7 +189,9 @@ async def test_an_expired_image_url_is_refreshed_by_fetching_the_job_again(tmp_p
 
     async with run_emulator(EmulatorConfig(latency=QUICK, url_ttl=30.0), clock=clock) as emu:
         emu.emulator.observers.append(age_the_first_url)
-        result = await run_batch(small_manifest(1), tmp_path, api_base=emu.url, token="t", options=FAST)
+        result = await run_batch(
+            small_manifest(1), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         stats = emu.emulator.snapshot()
     assert result.exit_code == 0
     assert stats["downloads_expired"] == 1
@@ -177,12 +206,19 @@ async def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> Non
 
 async def test_a_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
     async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
-        await run_batch(small_manifest(4), tmp_path, api_base=emu.url, token="t",
-                        options=dataclasses.replace(FAST, limit=2))
+        await run_batch(
+            small_manifest(4),
+            tmp_path,
+            api_base=emu.url,
+            token="t",
+            options=dataclasses.replace(FAST, limit=2),
+        )
         journal = tmp_path / ".krea-batch" / "journal.jsonl"
         with journal.open("a") as handle:
             handle.write('{"e":"submitting","k":"abc')  # a crash mid-write
-        result = await run_batch(small_manifest(4), tmp_path, api_base=emu.url, token="t", options=FAST)
+        result = await run_batch(
+            small_manifest(4), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
         assert emu.emulator.stats["submits"] == 4
     assert result.counts.skipped == 2
     assert result.counts.completed == 2
@@ -192,7 +228,12 @@ async def test_a_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
 
 async def test_limit_runs_only_the_first_jobs(tmp_path: Path) -> None:
     async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
-        result = await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t",
-                                 options=EngineOptions(handle_signals=False, limit=3))
+        result = await run_batch(
+            small_manifest(10),
+            tmp_path,
+            api_base=emu.url,
+            token="t",
+            options=EngineOptions(handle_signals=False, limit=3),
+        )
     assert result.counts.total == 3
     assert len(read_results(tmp_path)) == 3

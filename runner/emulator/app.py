@@ -293,11 +293,14 @@ class Emulator:
             cut = self.rng.randrange(1, max(2, len(data)))
         rate = self.config.download_bytes_per_s
         chunk = 64 * 1024 if rate is None else max(1, int(rate / 20))
-        for offset in range(0, cut, chunk):
-            piece = data[offset : min(cut, offset + chunk)]
-            if rate is not None:
-                await asyncio.sleep(len(piece) / rate)  # pace before sending, so it all takes time
-            await response.write(piece)
+        try:
+            for offset in range(0, cut, chunk):
+                piece = data[offset : min(cut, offset + chunk)]
+                if rate is not None:
+                    await asyncio.sleep(len(piece) / rate)  # pace first, so it all takes time
+                await response.write(piece)
+        except ConnectionResetError:
+            return response  # the client went away mid-download: nothing more to do
         if cut < len(data):
             if request.transport is not None:
                 request.transport.abort()

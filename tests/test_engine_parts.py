@@ -1,0 +1,184 @@
+"""The engine's pure parts: backoff, the adaptive limit, journal replay, job JSON, client errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import anyio
+import pytest
+
+from runner.backoff import NETWORK, OVERLOAD, Backoff, jittered
+from runner.client import AmbiguousSubmit, KreaClient
+from runner.emulator import EmulatorConfig, run_emulator
+from runner.errors import FatalApiError, PermanentApiError, TransientApiError
+from runner.journal import Journal, fold, read_events
+from runner.limiter import AdaptiveLimit, decreased, increased
+from runner.remote import JobStatus, MalformedJob, RemoteJob
+
+
+def test_backoff_grows_then_caps_and_jitters_within_bounds() -> None:
+    rng = random.Random(1)
+    plain = Backoff(base=1, factor=3, cap=20, jitter=0)
+    assert [plain.delay(n, rng=rng) for n in range(5)] == [1, 3, 9, 20, 20]
+    spread = [NETWORK.delay(0, rng=rng) for _ in range(200)]
+    assert 0.75 <= min(spread) < max(spread) <= 1.25
+
+
+def test_overload_backoff_follows_the_docs_5_15_45() -> None:
+    assert [Backoff(base=5, jitter=0, cap=120).delay(n) for n in range(3)] == [5, 15, 45]
+    assert OVERLOAD.delay(0, rng=random.Random(0)) >= 5 * 0.75
+
+
+def test_retry_after_is_never_undercut() -> None:
+    rng = random.Random(2)
+    assert all(NETWORK.delay(3, retry_after=7.0, rng=rng) >= 7.0 for _ in range(100))
+
+
+def test_poll_jitter_spreads_around_the_interval() -> None:
+    rng = random.Random(3)
+    values = [jittered(2.0, rng=rng) for _ in range(100)]
+    assert 1.8 <= min(values) < max(values) <= 2.2
+
+
+def test_aimd_cuts_by_a_quarter_and_climbs_back_slowly() -> None:
+    assert decreased(8) == 6
+    assert decreased(1) == 1
+    limit = 6.0
+    for _ in range(6):
+        limit = increased(limit, 8)
+    assert 6.9 < limit < 7.1
+    assert increased(8, 8) == 8
+
+
+async def test_adaptive_limit_holds_new_jobs_until_a_slot_frees() -> None:
+    now = [0.0]
+    gate = AdaptiveLimit(4, cooldown=1.0, clock=lambda: now[0])
+    gate.overloaded()
+    gate.overloaded()  # same burst: counted once
+    assert int(gate.limit) == 3
+    for _ in range(3):
+        await gate.acquire()
+    got_in = anyio.Event()
+
+    async def fourth() -> None:
+        await gate.acquire()
+        got_in.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fourth)
+        await anyio.wait_all_tasks_blocked()
+        assert not got_in.is_set()
+        gate.release()
+        await got_in.wait()
+
+
+def test_journal_replay_folds_events_into_states() -> None:
+    events = [
+        {"e": "submitting", "k": "a", "a": 1, "t": 10.0},
+        {"e": "submitted", "k": "a", "a": 1, "id": "j1", "ts": 10.0, "tr": 10.2, "c": 10.1},
+        {"e": "submitting", "k": "b", "a": 1, "t": 11.0},
+        {"e": "submitting", "k": "c", "a": 1, "t": 12.0},
+        {"e": "lost", "k": "c", "a": 1},
+        {"e": "done", "k": "a", "record": {"status": "completed"}},
+    ]
+    replay = fold(iter(events))
+    a, b, c = (replay.states[k] for k in "abc")
+    assert a.done == {"status": "completed"}
+    assert a.job_id is None
+    assert (b.pending_since, b.job_id) == (11.0, None)
+    assert (c.pending_since, c.attempts) == (None, 1)
+    assert replay.known_ids == {"j1"}
+    assert replay.skew == pytest.approx((-0.1, 0.1))
+
+
+async def test_journal_drops_a_torn_tail_and_appends_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"e":"submitting","k":"a","a":1,"t":1}\n{"e":"submi')
+    journal, replay = Journal.open(path)
+    assert replay.torn == 1
+    assert replay.states["a"].pending_since == 1
+    await journal.append("lost", "a", a=1)
+    journal.close()
+    events, torn, _ = read_events(path)
+    assert torn == 0
+    assert [e["e"] for e in events] == ["submitting", "lost"]
+
+
+async def test_journal_appends_from_many_tasks_all_land(tmp_path: Path) -> None:
+    journal, _ = Journal.open(tmp_path / "journal.jsonl")
+    async with anyio.create_task_group() as tg:
+        for i in range(200):
+            tg.start_soon(journal.append, "lost", f"k{i}")
+    journal.close()
+    lines = (tmp_path / "journal.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["k"] for line in lines) == sorted(f"k{i}" for i in range(200))
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({"job_id": "x", "status": "failed", "result": {"error": "nsfw"}}, "nsfw"),
+        ({"job_id": "x", "status": "failed", "error": {"message": "boom"}}, "boom"),
+        ({"job_id": "x", "status": "failed", "error": "plain"}, "plain"),
+    ],
+)
+def test_failure_reasons_are_read_wherever_the_api_puts_them(
+    data: dict[str, object], reason: str
+) -> None:
+    assert RemoteJob.from_json(data).error == reason
+
+
+def test_unknown_fields_are_ignored_and_previews_are_not_results() -> None:
+    job = RemoteJob.from_json(
+        {
+            "job_id": "x",
+            "status": "intermediate-complete",
+            "surprise": 1,
+            "result": {"urls": ["http://a/preview.jpg"]},
+        }
+    )
+    assert job.status == JobStatus.INTERMEDIATE_COMPLETE
+    assert job.urls == ()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [],
+        {"status": "completed"},
+        {"job_id": "x", "status": "odd"},
+        {"job_id": "x", "status": "completed", "result": {"urls": "u"}},
+    ],
+)
+def test_malformed_jobs_are_refused(data: object) -> None:
+    with pytest.raises(MalformedJob):
+        RemoteJob.from_json(data)
+
+
+async def test_client_translates_statuses_into_the_error_hierarchy() -> None:
+    body = {"prompt": "x", "width": 256, "height": 256}
+    endpoint = "/generate/image/bytedance/seedream-4"
+    cases: list[tuple[EmulatorConfig, type[Exception]]] = [
+        (EmulatorConfig(token="other"), FatalApiError),
+        (EmulatorConfig(credits=1.0), FatalApiError),
+        (EmulatorConfig(error_rate=1.0), AmbiguousSubmit),
+        (EmulatorConfig(reset_rate=1.0), AmbiguousSubmit),
+        (EmulatorConfig(malformed_rate=1.0), AmbiguousSubmit),
+        (EmulatorConfig(retired=frozenset({"seedream-4"})), PermanentApiError),
+    ]
+    for config, expected in cases:
+        async with run_emulator(config) as emu, KreaClient(emu.url, "t") as client:
+            with pytest.raises(expected):
+                await client.submit(endpoint, body)
+    async with (
+        run_emulator(EmulatorConfig(concurrency_limit=1)) as emu,
+        KreaClient(emu.url, "t") as client,
+    ):
+        await client.submit(endpoint, body)
+        with pytest.raises(TransientApiError) as caught:
+            await client.submit(endpoint, body)
+        assert caught.value.overload
+        with pytest.raises(PermanentApiError):
+            await client.get_job("no-such-job")

@@ -1,0 +1,144 @@
+"""Crash safety: kill -9 the runner at chosen moments, rerun, check nothing lost or paid twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.emulator import EmulatorConfig, Latency, RunningEmulator, run_emulator
+from tests.conftest import ROOT
+from tests.engine_helpers import check_folder, manifest_text, read_results
+
+JOBS = 8
+
+
+async def start_runner(manifest: Path, out: Path, url: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "KREA_API_TOKEN": "secret-token-do-not-leak"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runner",
+        "run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--api-base",
+        url,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def kill_at(emu: RunningEmulator, event: str, nth: int, manifest: Path, out: Path) -> None:
+    """Run the CLI and SIGKILL it when the emulator sees its ``nth`` request of kind ``event``."""
+    seen = 0
+    moment = asyncio.Event()
+
+    def watch(kind: str, job: Any) -> None:
+        nonlocal seen
+        if kind == event:
+            seen += 1
+            if seen == nth:
+                moment.set()
+
+    emu.emulator.observers.append(watch)
+    process = await start_runner(manifest, out, emu.url)
+    waiter = asyncio.create_task(moment.wait())
+    finished = asyncio.create_task(process.wait())
+    done, _ = await asyncio.wait(
+        {waiter, finished}, timeout=60, return_when=asyncio.FIRST_COMPLETED
+    )
+    assert waiter in done, "the run ended before the moment to kill it"
+    process.kill()
+    await process.wait()
+    finished.cancel()
+    emu.emulator.observers.remove(watch)
+
+
+async def run_to_end(emu: RunningEmulator, manifest: Path, out: Path) -> tuple[int, str]:
+    process = await start_runner(manifest, out, emu.url)
+    _, stderr = await asyncio.wait_for(process.communicate(), 90)
+    return process.returncode or 0, stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("event", "nth"),
+    [("submit", 1), ("submit", 5), ("poll", 6), ("download", 1), ("download", 4)],
+)
+async def test_kill_9_then_rerun_loses_nothing_and_pays_nothing_twice(
+    tmp_path: Path, event: str, nth: int
+) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        manifest_text(JOBS, concurrency=4, poll_interval=0.05).replace("128x128", "512x512")
+    )
+    out = tmp_path / "out"
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.3"), download_bytes_per_s=150_000.0)
+    async with run_emulator(config) as emu:
+        await kill_at(emu, event, nth, manifest, out)
+        code, stderr = await run_to_end(emu, manifest, out)
+        assert code == 0, stderr
+        stats = emu.emulator.snapshot()
+        records = check_folder(out, JOBS, emu.emulator)
+    assert stats["duplicate_submits"] == 0
+    assert stats["submits"] == JOBS
+    assert {r["status"] for r in records} == {"completed"}
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert b"secret-token-do-not-leak" not in path.read_bytes(), path
+    assert "secret-token-do-not-leak" not in stderr
+
+
+async def test_sigterm_drains_jobs_in_flight_and_exits_3_then_resumes(tmp_path: Path) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(JOBS, concurrency=2, poll_interval=0.05))
+    out = tmp_path / "out"
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.5"))) as emu:
+        second_submit = asyncio.Event()
+        emu.emulator.observers.append(
+            lambda kind, job: second_submit.set() if emu.emulator.stats["submits"] >= 2 else None
+        )
+        process = await start_runner(manifest, out, emu.url)
+        await asyncio.wait_for(second_submit.wait(), 30)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 3, stderr.decode()
+        first = read_results(out)
+        assert 2 <= len(first) < JOBS  # the two in flight finished; the rest never started
+        assert {r["status"] for r in first} == {"completed"}
+        code, stderr_text = await run_to_end(emu, manifest, out)
+        assert code == 0, stderr_text
+        check_folder(out, JOBS, emu.emulator)
+        assert emu.emulator.stats["submits"] == JOBS
+
+
+async def test_a_second_signal_stops_at_once_and_the_folder_still_resumes(tmp_path: Path) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(4, concurrency=4, poll_interval=0.05))
+    out = tmp_path / "out"
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:30"))) as emu:
+        all_in = asyncio.Event()
+        emu.emulator.observers.append(
+            lambda kind, job: all_in.set() if emu.emulator.stats["submits"] >= 4 else None
+        )
+        process = await start_runner(manifest, out, emu.url)
+        await asyncio.wait_for(all_in.wait(), 30)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(process.communicate(), 20)
+        assert process.returncode == 3, stderr.decode()
+        assert read_results(out) == []
+        for job in emu.emulator.store.jobs.values():
+            job.duration = 0.0  # let the remote jobs finish now
+        code, stderr_text = await run_to_end(emu, manifest, out)
+        assert code == 0, stderr_text
+        check_folder(out, 4, emu.emulator)
+        assert emu.emulator.stats["submits"] == 4
