@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from runner.client import DEFAULT_API_BASE, KreaClient, Timeouts
+from runner.dataset import metadata_rows
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.engine import Engine, EngineOptions, RunResult
 from runner.errors import UsageError
 from runner.limiter import rate_limiter
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder
+from runner.report import write_report
 from runner.timefmt import iso_time
 
 log = logging.getLogger(__name__)
@@ -74,10 +76,16 @@ async def run_batch(
             async with client:
                 engine = Engine(manifest, folder, client, options, on_progress=on_progress)
                 result = await engine.run()
-        records = [engine.states[s.key].done for s in engine.specs() if s.key in engine.states]
-        written = folder.write_results(r for r in records if r)
+        records = [
+            record
+            for s in engine.specs()
+            if s.key in engine.states and (record := engine.states[s.key].done) is not None
+        ]
+        written = folder.write_results(records)
+        folder.write_metadata(metadata_rows(folder.root, records))
         result.summary = _summary(manifest, folder, result, base_url, started, written, client)
         folder.write_summary(result.summary)
+        write_report(folder.root, records, result.summary)
     return result
 
 

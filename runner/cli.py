@@ -21,6 +21,7 @@ from runner.errors import RunnerError, UsageError
 from runner.manifest import load_manifest
 from runner.plan import make_plan
 from runner.progress import Progress
+from runner.report import load_records, write_report
 from runner.secrets import find_token, read_token_file
 from runner.views import catalog_table, model_detail, plan_text
 
@@ -54,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-attempts", type=int, metavar="N", help="submissions of a failing job")
     run.add_argument("--job-timeout", metavar="S", help="give up on a job after this long")
     run.add_argument("--max-jobs", type=int, metavar="N", help="cap on the expanded job count")
+    run.add_argument(
+        "--name-template",
+        metavar="T",
+        help="image file names, e.g. '{model}/{key}' or '{name}/{index:05d}'",
+    )
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     run.add_argument("--limit", type=int, metavar="N", help="only the first N jobs")
     run.add_argument(
@@ -75,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds between progress lines when not on a terminal",
     )
+
+    report = commands.add_parser("report", help="write OUT/report.html, the gallery of a run")
+    report.add_argument("out")
 
     serve = commands.add_parser("serve", help="run the Krea API emulator")
     serve.add_argument("--host", default="127.0.0.1")
@@ -138,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
             "max_attempts",
             "job_timeout",
             "max_jobs",
+            "name_template",
         )
     }
     if args.limit is not None and args.limit < 1:
@@ -181,6 +191,17 @@ def _run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _report(args: argparse.Namespace) -> int:
+    root = Path(args.out)
+    if not (root / "results.jsonl").exists():
+        raise UsageError(f"{root} holds no results.jsonl: is it a krea-batch output folder?")
+    summary_path = root / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    path = write_report(root, load_records(root), summary)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     token = read_token_file(args.token_file) if args.token_file else None
     values = {name: getattr(args, name) for _, name, _, _ in EMULATOR_FLAGS}
@@ -192,7 +213,13 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"plan": _plan, "models": _models, "run": _run, "serve": _serve}
+COMMANDS = {
+    "plan": _plan,
+    "models": _models,
+    "run": _run,
+    "report": _report,
+    "serve": _serve,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,11 +23,12 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from runner.backoff import NETWORK, OVERLOAD, jittered
 from runner.client import AmbiguousSubmit, ExpiredUrl, KreaClient
-from runner.errors import FatalApiError, PermanentApiError, TransientApiError
+from runner.errors import FatalApiError, PermanentApiError, TransientApiError, UsageError
 from runner.jobspec import JobSpec
 from runner.journal import Journal, KeyState
 from runner.limiter import AdaptiveLimit
 from runner.manifest import Manifest, expand
+from runner.naming import DEFAULT_TEMPLATE, check_template, render_name
 from runner.outputs import OutputFolder, image_extension, relative
 from runner.records import completed_record, failed_record
 from runner.remote import JobStatus, RemoteJob
@@ -152,6 +153,7 @@ class Engine:
         self.known_ids: set[str] = set()
         self.skew: tuple[float, float] | None = None
         self._work_scope: anyio.CancelScope | None = None
+        self._name_stem = check_template(self.settings.name_template)
 
     @property
     def journal(self) -> Journal:
@@ -164,8 +166,23 @@ class Engine:
 
     # ---- the run ----------------------------------------------------------------------------
 
+    def _count_and_check_names(self) -> None:
+        """Count the jobs, and make sure the name template gives each its own file."""
+        names: dict[str, int] = {}
+        for spec in self.specs():
+            self.counts.total += 1
+            if self._name_stem == DEFAULT_TEMPLATE:
+                continue  # keys are unique by construction
+            name = render_name(self._name_stem, spec)
+            if name in names:
+                raise UsageError(
+                    f"the name template {self.settings.name_template!r} gives jobs {names[name]} "
+                    f"and {spec.index} the same file name images/{name}: add {{key}} or {{index}}"
+                )
+            names[name] = spec.index
+
     async def run(self) -> RunResult:
-        self.counts.total = sum(1 for _ in self.specs())
+        self._count_and_check_names()
         journal, replay = Journal.open(self.folder.journal_path)
         self._journal = journal
         self.states, self.known_ids, self.skew = replay.states, replay.known_ids, replay.skew
@@ -533,8 +550,9 @@ class Engine:
     async def _download_one(
         self, spec: JobSpec, remote: RemoteJob, index: int
     ) -> tuple[RemoteJob, dict[str, Any]]:
-        stem = spec.key if index == 0 else f"{spec.key}-{index}"
-        partial = self.folder.partial_path(stem)
+        base = render_name(self._name_stem, spec)
+        stem = base if index == 0 else f"{base}-{index}"
+        partial = self.folder.partial_path(spec.key if index == 0 else f"{spec.key}-{index}")
         errors = 0
         while True:
             url = remote.urls[index]

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from runner.dataset import METADATA_NAME, metadata_text
 from runner.errors import UsageError
 
 STATE_DIR = ".krea-batch"
@@ -138,6 +139,9 @@ class OutputFolder:
         write_atomic(self.results_path, "".join(lines))
         self._results = self.results_path.open("a", encoding="utf-8")
         return len(lines)
+
+    def write_metadata(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        write_atomic(self.root / METADATA_NAME, metadata_text(rows))
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_atomic(self.summary_path, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")

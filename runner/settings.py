@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
+
+from runner.errors import UsageError
+from runner.naming import DEFAULT_TEMPLATE, check_template
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
 _UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -70,6 +74,7 @@ class RunSettings:
     max_attempts: int = 3  # submissions of a job whose remote run failed
     max_jobs: int = 100_000  # a manifest expanding to more is surely a mistake
     job_timeout: float = 3 * 3600.0  # give up on a job that has not ended (platform: 2 h max)
+    name_template: str = DEFAULT_TEMPLATE  # image file names under images/ (runner.naming)
 
     def merged(self, overrides: dict[str, Any]) -> RunSettings:
         """A copy with the non-None ``overrides`` parsed and applied."""
@@ -78,13 +83,24 @@ class RunSettings:
         )
 
 
-_PARSERS = {
+def _name_template(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a text like '{{model}}/{{key}}'")
+    try:
+        check_template(value)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from exc
+    return value
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
     "concurrency": _positive_int,
     "rate_limit": parse_rate,
     "poll_interval": parse_duration,
     "max_attempts": _positive_int,
     "max_jobs": _positive_int,
     "job_timeout": parse_duration,
+    "name_template": _name_template,
 }
 SETTING_NAMES = tuple(f.name for f in fields(RunSettings))
 

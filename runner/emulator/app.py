@@ -278,7 +278,7 @@ class Emulator:
             width, height = max(16, width // 8), max(16, height // 8)
         seed = _seed_of(job, name)
         data = await asyncio.to_thread(
-            render, str(job.body.get("prompt", "")), seed, width, height, fmt
+            render, str(job.body.get("prompt", "")), seed, width, height, fmt, job.model.id
         )
         return await self._send(request, data, mime)
 

@@ -45,9 +45,11 @@ def image_format(body: Mapping[str, Any]) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=128)
-def render(prompt: str, seed: int, width: int, height: int, fmt: str = "PNG") -> bytes:
+def render(
+    prompt: str, seed: int, width: int, height: int, fmt: str = "PNG", model: str = ""
+) -> bytes:
     """A gradient with a few discs and the prompt written on it; same inputs, same bytes."""
-    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    digest = hashlib.sha256(f"{model}\x00{seed}\x00{prompt}".encode()).digest()
     colours = [tuple(digest[i : i + 3]) for i in range(0, 30, 3)]
     mask = Image.linear_gradient("L").rotate(90 * (digest[30] % 4)).resize((width, height))
     image = Image.composite(

@@ -1,0 +1,214 @@
+"""Dataset output (metadata.jsonl, file-name templates) and the HTML gallery."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.batch import run_batch
+from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.errors import UsageError
+from runner.jobspec import JobSpec
+from runner.manifest import parse_manifest
+from runner.naming import check_template, render_name
+from runner.report import render_report
+from tests.engine_helpers import FAST, read_results
+
+MATRIX = textwrap.dedent("""
+    version: 1
+    jobs:
+      - name: "{animal}"
+        prompt: a {animal}, studio photo
+        vars: {animal: [fox, owl]}
+        models: [seedream-4, imagen-4-fast]
+        model_params: {seedream-4: {width: 256, height: 192}, imagen-4-fast: {width: 512, height: 512}}
+        seeds: [1, 2]
+      - prompt: "../../etc/passwd {x}"
+        vars: {x: [a]}
+        model: seedream-4
+        params: {width: 128, height: 128}
+    run: {poll_interval: 0.02, rate_limit: 1000, concurrency: 8}
+""")
+
+
+async def run_matrix(out: Path, template: str | None = None, **knobs: Any) -> None:
+    manifest = parse_manifest(MATRIX, overrides={"name_template": template})
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.05"), **knobs)
+    async with run_emulator(config) as emu:
+        await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+
+
+def spec(**fields: Any) -> JobSpec:
+    base = {
+        "key": "0123456789abcdef",
+        "index": 7,
+        "entry": 0,
+        "name": None,
+        "model": "flux-1-dev",
+        "endpoint": "/x",
+        "body": {"prompt": "p"},
+        "replica": 0,
+        "seed": 3,
+        "vars": {},
+        "units": 3.0,
+    }
+    return JobSpec(**{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    ("template", "fields", "name"),
+    [
+        ("{model}/{key}", {}, "flux-1-dev/0123456789abcdef"),
+        ("{name}/{index:05d}.png", {"name": "fox"}, "fox/00007"),
+        ("{prompt}-{seed}", {"body": {"prompt": "../../etc/passwd"}}, "etc-passwd-3"),
+        ("{name}/{key}", {"name": "../../.."}, "_/0123456789abcdef"),
+        ("{name}/{key}", {"name": "/abs\\path\x00"}, "abs-path/0123456789abcdef"),
+    ],
+)
+def test_names_never_leave_the_images_folder(
+    template: str, fields: dict[str, Any], name: str
+) -> None:
+    assert render_name(check_template(template), spec(**fields)) == name
+
+
+@pytest.mark.parametrize("template", ["../{key}", "/{key}", "{colour}", "plain", "{key"])
+def test_bad_templates_are_refused(template: str) -> None:
+    with pytest.raises(UsageError):
+        check_template(template)
+
+
+async def test_a_template_that_gives_two_jobs_one_name_is_refused_before_submitting(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(UsageError, match="the same file name"):
+        await run_matrix(tmp_path, template="{model}")
+    assert read_results(tmp_path) == []
+
+
+async def test_the_template_names_the_files(tmp_path: Path) -> None:
+    await run_matrix(tmp_path, template="{model}/{name}-{seed}")
+    paths = sorted(f["path"] for r in read_results(tmp_path) for f in r["files"])
+    assert "images/seedream-4/fox-1.png" in paths
+    assert "images/imagen-4-fast/owl-2.png" in paths
+    for path in paths:
+        assert (tmp_path / path).resolve().is_relative_to((tmp_path / "images").resolve())
+
+
+async def test_metadata_loads_with_the_datasets_imagefolder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "out"
+    await run_matrix(out)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dataset = datasets.load_dataset(
+        "imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "cache")
+    )
+    assert len(dataset) == 9
+    row = next(
+        r
+        for r in dataset
+        if r["prompt"] == "a fox, studio photo" and r["seed"] == 1 and r["model"] == "seedream-4"
+    )
+    assert row["image"].size == (256, 192)
+    assert (row["width"], row["height"]) == (256, 192)
+    assert json.loads(row["params"]) == {"width": 256, "height": 192, "seed": 1}
+
+
+async def test_metadata_rows_describe_each_image(tmp_path: Path) -> None:
+    await run_matrix(tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 9
+    for row in rows:
+        assert (tmp_path / row["file_name"]).is_file()
+        assert {"prompt", "model", "seed", "width", "height", "params"} <= set(row)
+
+
+def _records() -> list[dict[str, Any]]:
+    done = [
+        {
+            "key": f"k{m}{s}",
+            "status": "completed",
+            "prompt": "a <b>fox</b>",
+            "model": m,
+            "seed": s,
+            "files": [{"path": f"images/{m}-{s}.png"}],
+            "cost_units": 3.0,
+            "timings": {"seconds": 1.5},
+            "params": {},
+        }
+        for m in ("flux-1-dev", "seedream-4")
+        for s in (1, 2)
+    ]
+    failed = [
+        {
+            "key": "kf",
+            "status": "failed",
+            "prompt": "x",
+            "model": "flux-1-dev",
+            "error": "Content moderation flagged the prompt",
+            "files": [],
+        }
+    ]
+    return done + failed
+
+
+def test_the_report_has_a_grid_a_model_comparison_and_failures() -> None:
+    page = render_report(_records(), {"manifest": "jobs.yaml"})
+    assert page.count('class="card"') == 4
+    assert "<th>model flux-1-dev</th><th>model seedream-4</th>" in page
+    assert "Content moderation flagged the prompt" in page
+    assert "<b>fox</b>" not in page  # prompts are escaped
+    assert "http" not in page.replace("http-equiv", "")  # nothing fetched from elsewhere
+
+
+def chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("CI"):
+        pytest.fail("CI must have Debian's chromium (.ci/run installs it)")
+    return found
+
+
+async def test_the_gallery_renders_every_image_in_headless_chromium(tmp_path: Path) -> None:
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("no chromium on this machine (CI installs it)")
+    playwright = pytest.importorskip("playwright.async_api")
+    await run_matrix(tmp_path)
+    assert (tmp_path / "report.html").is_file()
+    async with playwright.async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=browser_path,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto((tmp_path / "report.html").as_uri())
+            await page.evaluate("for (const i of document.images) i.loading = 'eager'")
+            await page.wait_for_function(
+                "Array.from(document.querySelectorAll('.card img')).every(i => i.complete)"
+            )
+            sizes = await page.evaluate(
+                "Array.from(document.querySelectorAll('.card img')).map(i => i.naturalWidth)"
+            )
+            await page.click("text=Compare")
+            columns = await page.locator("#compare th").all_inner_texts()
+        finally:
+            await browser.close()
+    assert len(sizes) == 9
+    assert all(width > 0 for width in sizes)
+    assert "model seedream-4" in columns
