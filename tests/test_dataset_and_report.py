@@ -27,7 +27,9 @@ MATRIX = textwrap.dedent("""
         prompt: a {animal}, studio photo
         vars: {animal: [fox, owl]}
         models: [seedream-4, imagen-4-fast]
-        model_params: {seedream-4: {width: 256, height: 192}, imagen-4-fast: {width: 512, height: 512}}
+        model_params:
+          seedream-4: {width: 256, height: 192}
+          imagen-4-fast: {width: 512, height: 512}
         seeds: [1, 2]
       - prompt: "../../etc/passwd {x}"
         vars: {x: [a]}
