@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from runner.client import DEFAULT_API_BASE, KreaClient, Timeouts
 from runner.dataset import metadata_rows
 from runner.emulator import EmulatorConfig, run_emulator
@@ -53,10 +55,12 @@ async def run_batch(
     overrides: Mapping[str, Any] | None = None,
     options: EngineOptions | None = None,
     on_progress: Callable[[Engine], None] | None = None,
+    notify_url: str | None = None,
 ) -> RunResult:
     """Run every job of ``manifest`` into the folder ``out``; safe to call again to resume.
 
-    ``overrides`` are run settings (concurrency, rate_limit, …) that beat the manifest's.
+    ``overrides`` are run settings (concurrency, rate_limit, …) that beat the manifest's;
+    ``notify_url`` receives the summary as JSON when the run ends.
     """
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, overrides=overrides)
@@ -86,7 +90,22 @@ async def run_batch(
         result.summary = _summary(manifest, folder, result, base_url, started, written, client)
         folder.write_summary(result.summary)
         write_report(folder.root, records, result.summary)
+    if notify_url:
+        await notify(notify_url, result.summary)
     return result
+
+
+async def notify(url: str, summary: Mapping[str, Any]) -> None:
+    """POST the summary to ``url``; a failure is logged, never fatal (the run is over)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session,
+            session.post(url, json=summary) as response,
+        ):
+            if response.status >= 300:
+                log.warning("notify %s answered %d", url, response.status)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("could not notify %s: %s", url, exc)
 
 
 def _summary(

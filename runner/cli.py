@@ -7,22 +7,28 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from runner import __version__
 from runner.batch import run_batch
 from runner.catalog import load_catalog
+from runner.client import DEFAULT_API_BASE, KreaClient
 from runner.emulator import serve_forever
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions
 from runner.errors import RunnerError, UsageError
+from runner.logs import configure_logging
 from runner.manifest import load_manifest
+from runner.merge import merge_folders, parse_shard
 from runner.plan import make_plan
 from runner.progress import Progress
 from runner.report import load_records, write_report
 from runner.secrets import find_token, read_token_file
+from runner.settings import parse_deadline, parse_duration
+from runner.status import read_status, refresh, render_status
 from runner.views import catalog_table, model_detail, plan_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
@@ -32,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krea-batch", description=__doc__)
     parser.add_argument("--version", action="version", version=f"krea-batch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per log line (journald, cron mail, jq)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     plan = commands.add_parser("plan", help="validate a manifest and show what it would run")
@@ -75,12 +87,37 @@ def _parser() -> argparse.ArgumentParser:
         help="when interrupted, cancel remote jobs instead of leaving them running",
     )
     run.add_argument(
+        "--deadline",
+        metavar="TIME",
+        help="stop submitting at HH:MM (its next occurrence) or an ISO time, drain, exit 3",
+    )
+    run.add_argument("--max-runtime", metavar="DURATION", help="stop submitting after 8h, 90m, …")
+    run.add_argument(
+        "--budget",
+        type=float,
+        metavar="CU",
+        help="never submit a job that would take this run's estimated spend over CU",
+    )
+    run.add_argument("--shard", metavar="I/N", help="run only shard I of N (split by job key)")
+    run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
+    run.add_argument(
         "--progress-interval",
         type=float,
         default=30.0,
         metavar="S",
         help="seconds between progress lines when not on a terminal",
     )
+
+    status = commands.add_parser("status", help="what an output folder holds (offline)")
+    status.add_argument("out")
+    status.add_argument("--refresh", action="store_true", help="ask the API about jobs in flight")
+    status.add_argument("--api-base", metavar="URL", help="a Krea-compatible server for --refresh")
+    status.add_argument("--token-file", help="read the API token from this file")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    merge = commands.add_parser("merge", help="combine the output folders of several shards")
+    merge.add_argument("sources", nargs="+", metavar="OUT")
+    merge.add_argument("--out", required=True, help="the merged folder")
 
     report = commands.add_parser("report", help="write OUT/report.html, the gallery of a run")
     report.add_argument("out")
@@ -157,6 +194,9 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("runner").warning(warning)
     token = None if args.emulator else find_token(args.token_file)
     options = EngineOptions(
+        deadline=_deadline(args.deadline, args.max_runtime),
+        shard=parse_shard(args.shard) if args.shard else None,
+        budget=args.budget,
         retry_failed=args.retry_failed,
         limit=args.limit,
         drain_timeout=args.drain_timeout,
@@ -173,6 +213,7 @@ def _run(args: argparse.Namespace) -> int:
                 emulator=args.emulator,
                 options=options,
                 on_progress=progress,
+                notify_url=args.notify_url,
             )
         )
     finally:
@@ -191,6 +232,34 @@ def _run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _status(args: argparse.Namespace) -> int:
+    status = read_status(Path(args.out))
+    if args.refresh and status.in_flight:
+        token = find_token(args.token_file)
+        if token is None and args.api_base is None:
+            raise UsageError("--refresh needs an API token: set KREA_API_TOKEN or --token-file")
+
+        async def ask() -> None:
+            async with KreaClient(
+                args.api_base or DEFAULT_API_BASE, token or "anonymous"
+            ) as client:
+                await refresh(status, client)
+
+        asyncio.run(ask())
+    print(json.dumps(status.to_json(), indent=1) if args.json else render_status(status))
+    return EXIT_OK
+
+
+def _merge(args: argparse.Namespace) -> int:
+    summary = merge_folders([Path(s) for s in args.sources], Path(args.out))
+    counts = summary["counts"]
+    print(
+        f"merged {len(args.sources)} folders into {args.out}: {counts['completed']} completed, "
+        f"{counts['failed']} failed"
+    )
+    return EXIT_OK
+
+
 def _report(args: argparse.Namespace) -> int:
     root = Path(args.out)
     if not (root / "results.jsonl").exists():
@@ -200,6 +269,19 @@ def _report(args: argparse.Namespace) -> int:
     path = write_report(root, load_records(root), summary)
     print(f"wrote {path}")
     return EXIT_OK
+
+
+def _deadline(deadline: str | None, max_runtime: str | None) -> float | None:
+    """The earlier of --deadline and now + --max-runtime, as epoch seconds."""
+    candidates = []
+    try:
+        if deadline is not None:
+            candidates.append(parse_deadline(deadline))
+        if max_runtime is not None:
+            candidates.append(time.time() + parse_duration(max_runtime))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return min(candidates) if candidates else None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -218,16 +300,15 @@ COMMANDS = {
     "models": _models,
     "run": _run,
     "report": _report,
+    "status": _status,
+    "merge": _merge,
     "serve": _serve,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose, args.log_format)
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:

@@ -28,6 +28,7 @@ from runner.jobspec import JobSpec
 from runner.journal import Journal, KeyState
 from runner.limiter import AdaptiveLimit
 from runner.manifest import Manifest, expand
+from runner.merge import in_shard
 from runner.naming import DEFAULT_TEMPLATE, check_template, render_name
 from runner.outputs import OutputFolder, image_extension, relative
 from runner.records import completed_record, failed_record
@@ -61,6 +62,9 @@ class EngineOptions:
     reconcile_delay: float = 2.0  # wait before looking for the job a lost POST created
     max_transient: int = 8  # consecutive transient errors before a step gives up
     api_timeout: float = 30.0
+    deadline: float | None = None  # epoch seconds: stop submitting then, drain, exit 3
+    budget: float | None = None  # compute units this run may commit to
+    shard: tuple[int, int] | None = None  # (I, N): only the jobs of shard I of N
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Counts:
     adopted: int = 0  # ... and whose job we found
     ambiguous_lost: int = 0  # ... and which created nothing (resubmitted)
     unresolved: int = 0  # ... and which we could not match (failed, not resubmitted)
+    over_budget: int = 0  # not submitted: it would have taken the spend over --budget
     overload_429: int = 0
     transient_errors: int = 0
     downloads: int = 0
@@ -154,6 +159,7 @@ class Engine:
         self.skew: tuple[float, float] | None = None
         self._work_scope: anyio.CancelScope | None = None
         self._name_stem = check_template(self.settings.name_template)
+        self.committed_units = 0.0  # estimated cost of the jobs this run had accepted
 
     @property
     def journal(self) -> Journal:
@@ -162,7 +168,11 @@ class Engine:
         return self._journal
 
     def specs(self) -> Iterator[JobSpec]:
-        return itertools.islice(expand(self.manifest), self.options.limit)
+        specs: Iterator[JobSpec] = iter(expand(self.manifest))
+        if self.options.shard is not None:
+            shard = self.options.shard
+            specs = (spec for spec in specs if in_shard(spec.key, shard))
+        return itertools.islice(specs, self.options.limit)
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -190,6 +200,8 @@ class Engine:
             async with anyio.create_task_group() as helpers:
                 if self.options.handle_signals:
                     helpers.start_soon(self._watch_signals, helpers)
+                if self.options.deadline is not None:
+                    helpers.start_soon(self._stop_at_deadline, helpers, self.options.deadline)
                 if self.on_progress is not None:
                     helpers.start_soon(self._report_progress)
                 with anyio.CancelScope() as scope:
@@ -253,6 +265,10 @@ class Engine:
         except _NotStarted:
             self.counts.not_started += 1
             return
+        except _OverBudget as exc:
+            self.counts.over_budget += 1
+            log.info("$ not submitting %s: %s", spec.key, exc)
+            return
         except FatalApiError as exc:
             self._stop_for_fatal(exc)
             self.counts.not_started += 1
@@ -298,6 +314,8 @@ class Engine:
                 files = await self._download_all(spec, state, remote)
                 return completed_record(spec, state, remote, files)
             reason = remote.error or f"the job was {remote.status.value}"
+            if state.submitted_at is not None and state.submitted_at >= self.started:
+                self.committed_units -= spec.units or 0.0  # failed jobs are not billed
             if remote.status == JobStatus.FAILED and state.accepted < self.settings.max_attempts:
                 await self.journal.append(
                     "retry", spec.key, a=state.attempts, id=remote.job_id, error=reason
@@ -322,6 +340,7 @@ class Engine:
                         return
                 if self.stopping:
                     raise _NotStarted
+                self._check_budget(spec)
                 error = await self._post(spec, state)
                 if error is None:
                     return
@@ -341,6 +360,18 @@ class Engine:
             self.gate.release()  # do not hold a slot while waiting
             await anyio.sleep(wait * self.options.backoff_scale)
             await self.gate.acquire()
+
+    def _check_budget(self, spec: JobSpec) -> None:
+        budget = self.options.budget
+        if budget is None:
+            return
+        if spec.units is None:
+            raise _OverBudget(f"{spec.model} has no published price, so --budget cannot cover it")
+        if self.committed_units + spec.units > budget + 1e-9:
+            raise _OverBudget(
+                f"{spec.units:g} CU would take the spend past the budget "
+                f"({self.committed_units:g} of {budget:g} CU committed)"
+            )
 
     async def _post(self, spec: JobSpec, state: KeyState) -> TransientApiError | None:
         """One POST under the submit lock; returns the error to back off from, if any."""
@@ -406,6 +437,7 @@ class Engine:
         state.submitted_at = sent
         self.known_ids.add(job_id)
         self.counts.submits += 1
+        self.committed_units += spec.units or 0.0
         if created is not None and not adopted:
             low, high = created - received, created - sent
             if self.skew is not None:
@@ -616,6 +648,12 @@ class Engine:
                     self.abort()
                     return
 
+    async def _stop_at_deadline(self, helpers: TaskGroup, deadline: float) -> None:
+        await anyio.sleep(max(0.0, deadline - time.time()))
+        if self.stopping is None:
+            self.stop("deadline reached")
+            helpers.start_soon(self._abort_after_drain)
+
     async def _abort_after_drain(self) -> None:
         await anyio.sleep(self.options.drain_timeout)
         log.warning("drain timeout reached: stopping now")
@@ -628,8 +666,15 @@ class Engine:
             await anyio.sleep(0.5)
 
     def _result(self) -> RunResult:
-        return RunResult(self.counts, stopped=self.stopping, fatal=self.fatal is not None)
+        stopped = self.stopping
+        if stopped is None and self.counts.over_budget:
+            stopped = f"budget reached: {self.counts.over_budget} jobs not submitted"
+        return RunResult(self.counts, stopped=stopped, fatal=self.fatal is not None)
 
 
 class _NotStarted(Exception):
     """The run is stopping: this job was not submitted."""
+
+
+class _OverBudget(Exception):
+    """Submitting this job could take the estimated spend over --budget."""

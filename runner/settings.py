@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from runner.errors import UsageError
@@ -113,3 +114,26 @@ def parse_settings(raw: dict[str, Any]) -> dict[str, Any]:
             raise KeyError(name)
         parsed[name] = _PARSERS[name](value)
     return parsed
+
+
+def parse_deadline(text: str, now: datetime | None = None) -> float:
+    """Epoch seconds from ``06:30`` (its next occurrence, local time) or an ISO 8601 time."""
+    now = now or datetime.now().astimezone()
+    clock = re.fullmatch(r"\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*", text)
+    if clock:
+        hour, minute, second = int(clock.group(1)), int(clock.group(2)), int(clock.group(3) or 0)
+        if hour > 23 or minute > 59 or second > 59:
+            raise ValueError(f"{text!r} is not a time of day")
+        moment = now.replace(hour=hour, minute=minute, second=second, microsecond=0)
+        if moment <= now:
+            moment += timedelta(days=1)
+        return moment.timestamp()
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a deadline: use HH:MM or 2026-11-25T06:30") from exc
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a naive time is local time
+    if moment <= now:
+        raise ValueError(f"the deadline {text} has already passed")
+    return moment.timestamp()

@@ -1,0 +1,90 @@
+"""Shards: a deterministic split of one manifest's jobs, and merging their output folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from runner.dataset import metadata_rows
+from runner.errors import UsageError
+from runner.outputs import OutputFolder
+from runner.report import load_records, write_report
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``2/4`` → (2, 4): the second of four shards."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise UsageError(f"--shard {text!r}: use I/N, like 2/4")
+    index, count = int(match.group(1)), int(match.group(2))
+    if not 1 <= index <= count:
+        raise UsageError(f"--shard {text!r}: I must be between 1 and N")
+    return index, count
+
+
+def in_shard(key: str, shard: tuple[int, int]) -> bool:
+    """Whether a job belongs to a shard: by its key, so the split never depends on order."""
+    index, count = shard
+    return int(key, 16) % count == index - 1
+
+
+def _better(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    return old is None or (new.get("status") == "completed" and old.get("status") != "completed")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # same disk: no copy needed
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def merge_folders(sources: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Combine the results and images of several output folders into ``out``."""
+    chosen: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for source in sources:
+        if not (source / "results.jsonl").exists():
+            raise UsageError(f"{source} holds no results.jsonl: is it a krea-batch output folder?")
+        for record in load_records(source):
+            previous = chosen.get(record["key"])
+            if _better(record, previous[1] if previous else None):
+                chosen[record["key"]] = (source, record)
+    with OutputFolder(out) as folder:
+        for source, record in chosen.values():
+            for entry in record.get("files", []):
+                target = out / entry["path"]
+                if target.exists():
+                    if _sha256(target) != entry["sha256"]:
+                        raise UsageError(
+                            f"{target} exists with other content: merge into a new folder"
+                        )
+                    continue
+                _copy(source / entry["path"], target)
+        records = [record for _, record in chosen.values()]
+        records.sort(key=lambda r: (r.get("index", 0), r["key"]))
+        folder.write_results(records)
+        folder.write_metadata(metadata_rows(out, records))
+        done = sum(r.get("status") == "completed" for r in records)
+        summary = {
+            "merged_from": [str(s) for s in sources],
+            "out": str(out),
+            "counts": {"completed": done, "failed": len(records) - done},
+            "estimated_spend_units": round(sum(r.get("cost_units") or 0.0 for r in records), 3),
+        }
+        folder.write_summary(summary)
+        write_report(out, records, summary)
+    return summary

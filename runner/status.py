@@ -1,0 +1,108 @@
+"""``krea-batch status``: what an output folder holds, read from its journal, offline by default."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.client import KreaClient
+from runner.errors import ApiError, UsageError
+from runner.journal import fold, read_events
+from runner.outputs import STATE_DIR
+
+
+@dataclass
+class FolderStatus:
+    """Counts by status, spend, failure reasons and the jobs still running remotely."""
+
+    root: str
+    completed: int = 0
+    failed: int = 0
+    in_flight: dict[str, str] = field(default_factory=dict)  # key → remote job id
+    unknown_submits: list[str] = field(default_factory=list)  # answer lost; next run checks
+    unresolved: list[str] = field(default_factory=list)
+    spend_units: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    remote_status: dict[str, str] = field(default_factory=dict)  # filled by --refresh
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": self.root,
+            "counts": {
+                "completed": self.completed,
+                "failed": self.failed,
+                "in_flight": len(self.in_flight),
+                "unknown_submits": len(self.unknown_submits),
+                "unresolved": len(self.unresolved),
+            },
+            "estimated_spend_units": round(self.spend_units, 3),
+            "failure_reasons": dict(Counter(reason for _, reason in self.failures).most_common()),
+            "failed": [{"key": k, "error": e} for k, e in self.failures],
+            "in_flight": [
+                {"key": k, "job_id": j, "remote_status": self.remote_status.get(j)}
+                for k, j in self.in_flight.items()
+            ],
+        }
+
+
+def read_status(root: Path) -> FolderStatus:
+    """Fold the folder's journal (read only: a run may be writing it right now)."""
+    journal = root / STATE_DIR / "journal.jsonl"
+    if not journal.exists():
+        raise UsageError(
+            f"{root} has no {STATE_DIR}/journal.jsonl: is it a krea-batch output folder?"
+        )
+    events, _, _ = read_events(journal)
+    replay = fold(iter(events))
+    status = FolderStatus(str(root))
+    for key, state in replay.states.items():
+        if state.done is not None:
+            if state.done.get("status") == "completed":
+                status.completed += 1
+                status.spend_units += state.done.get("cost_units") or 0.0
+            else:
+                status.failed += 1
+                status.failures.append((key, str(state.done.get("error"))))
+        if state.job_id is not None:
+            status.in_flight[key] = state.job_id
+        elif state.pending_since is not None:
+            status.unknown_submits.append(key)
+        elif state.unresolved and state.done is None:
+            status.unresolved.append(key)
+    return status
+
+
+def render_status(status: FolderStatus, show_failed: int = 20) -> str:
+    data = status.to_json()
+    counts = data["counts"]
+    lines = [
+        f"{status.root}: {counts['completed']} completed, {counts['failed']} failed, "
+        f"{counts['in_flight']} in flight remotely, {counts['unknown_submits']} submits to check, "
+        f"{counts['unresolved']} unresolved",
+        f"estimated spend: {status.spend_units:,.1f} CU",
+    ]
+    if data["failure_reasons"]:
+        lines.append("failure reasons:")
+        lines += [f"  {n:>5}  {reason}" for reason, n in data["failure_reasons"].items()]
+        lines.append("failed jobs:")
+        lines += [f"  {key}  {error}" for key, error in status.failures[:show_failed]]
+        if len(status.failures) > show_failed:
+            lines.append(f"  … and {len(status.failures) - show_failed} more (--json lists all)")
+    if status.in_flight:
+        lines.append("in flight remotely (the next run polls them):")
+        for key, job_id in status.in_flight.items():
+            remote = status.remote_status.get(job_id)
+            lines.append(f"  {key}  {job_id}" + (f"  {remote}" if remote else ""))
+    return "\n".join(lines)
+
+
+async def refresh(status: FolderStatus, client: KreaClient) -> None:
+    """Ask the API for the current status of every job still in flight."""
+    for job_id in status.in_flight.values():
+        try:
+            remote = await client.get_job(job_id)
+            status.remote_status[job_id] = remote.status.value
+        except ApiError as exc:
+            status.remote_status[job_id] = f"unknown ({exc})"

@@ -1,0 +1,150 @@
+"""Overnight runs: deadline, budget, JSON logs, and the notification at the end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from runner.batch import run_batch
+from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.logs import configure_logging
+from runner.settings import parse_deadline
+from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
+
+
+async def test_at_the_deadline_it_stops_submitting_drains_and_exits_3(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.3"))) as emu:
+        options = dataclasses.replace(FAST, deadline=time.time() + 0.4)
+        result = await run_batch(
+            small_manifest(12, concurrency=2),
+            tmp_path,
+            api_base=emu.url,
+            token="t",
+            options=options,
+        )
+        assert result.exit_code == 3
+        assert result.stopped == "deadline reached"
+        first = read_results(tmp_path)
+        assert 2 <= len(first) < 12
+        assert {r["status"] for r in first} == {"completed"}  # jobs in flight were drained
+        assert emu.emulator.stats["submits"] == len(first)
+        again = await run_batch(
+            small_manifest(12, concurrency=2), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        assert again.exit_code == 0
+        check_folder(tmp_path, 12, emu.emulator)
+        assert emu.emulator.stats["submits"] == 12
+
+
+async def test_the_budget_is_never_exceeded(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+        options = dataclasses.replace(FAST, budget=3 * 17.2 + 1)  # seedream-4: 17.2 CU a job
+        result = await run_batch(
+            small_manifest(6), tmp_path, api_base=emu.url, token="t", options=options
+        )
+        assert emu.emulator.stats["submits"] == 3
+    assert result.counts.over_budget == 3
+    assert result.exit_code == 3
+    assert result.summary["estimated_spend_units"] == pytest.approx(3 * 17.2)
+
+
+async def test_failed_jobs_give_their_budget_back(tmp_path: Path) -> None:
+    async with run_emulator(
+        EmulatorConfig(latency=Latency.parse("fixed:0.05"), failure_rate=1.0)
+    ) as emu:
+        options = dataclasses.replace(FAST, budget=17.2 + 1)
+        result = await run_batch(
+            small_manifest(3, max_attempts=1, concurrency=1),
+            tmp_path,
+            api_base=emu.url,
+            token="t",
+            options=options,
+        )
+        assert emu.emulator.stats["submits"] == 3  # each failure refunds its 17.2 CU
+    assert result.counts.over_budget == 0
+
+
+async def test_the_summary_is_posted_to_the_notify_url(tmp_path: Path) -> None:
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/done", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+            await run_batch(
+                small_manifest(2),
+                tmp_path,
+                api_base=emu.url,
+                token="secret",
+                options=FAST,
+                notify_url=f"http://{host}:{port}/done",
+            )
+    finally:
+        await runner.cleanup()
+    [summary] = received
+    assert summary["counts"]["completed"] == 2
+    assert "secret" not in json.dumps(summary)
+
+
+async def test_an_unreachable_notify_url_does_not_fail_the_run(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+        result = await run_batch(
+            small_manifest(1),
+            tmp_path,
+            api_base=emu.url,
+            token="t",
+            options=FAST,
+            notify_url="http://127.0.0.1:9/nothing",
+        )
+    assert result.exit_code == 0
+
+
+def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(fmt="json")
+    try:
+        logging.getLogger("runner.engine").warning("! failed %s: %s", "abc", "moderation")
+    finally:
+        configure_logging()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    entry = json.loads(line)
+    assert entry["level"] == "warning"
+    assert entry["logger"] == "runner.engine"
+    assert entry["msg"] == "! failed abc: moderation"
+
+
+def test_deadlines_as_a_time_of_day_or_an_iso_time() -> None:
+    now = datetime(2026, 11, 24, 22, 0).astimezone()
+    morning = datetime.fromtimestamp(parse_deadline("06:30", now)).astimezone()
+    assert (morning - now) == timedelta(hours=8, minutes=30)
+    assert parse_deadline("23:15", now) - now.timestamp() == 75 * 60
+    assert parse_deadline("2026-11-25T06:00", now) > now.timestamp()
+    with pytest.raises(ValueError, match="already passed"):
+        parse_deadline("2026-11-24T21:00", now)
+    with pytest.raises(ValueError, match="not a"):
+        parse_deadline("tomorrow", now)
+
+
+def test_the_cli_refuses_a_bad_deadline(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from runner.cli import main
+
+    path = tmp_path / "jobs.yaml"
+    path.write_text("version: 1\njobs:\n  - {prompt: a, model: flux}\n")
+    assert main(["run", str(path), "--emulator", "--deadline", "25:00"]) == 2
+    assert "not a time of day" in capsys.readouterr().err
