@@ -13,32 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_until_up(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(url + "/_emulator/stats"):
-                    return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    raise RuntimeError("the emulator did not start")
+from emulator_process import emulator_process
 
 
 async def phase(
@@ -95,21 +74,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "runner", "serve", "--port", str(port), "--latency", "fixed:0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ},
-    )
-    try:
-        asyncio.run(wait_until_up(url))
+    with emulator_process("--latency", "fixed:0") as url:
         print(f"emulator at {url}, {args.connections} connections, {args.seconds:g} s per phase")
         asyncio.run(drive(url, args.seconds, args.connections))
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":

@@ -15,37 +15,17 @@ import argparse
 import asyncio
 import json
 import resource
-import socket
-import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import aiohttp
+from emulator_process import emulator_process
 
 from runner.batch import run_batch
 from runner.engine import EngineOptions
 from runner.manifest import parse_manifest
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_until_up(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(url + "/_emulator/stats"):
-                    return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    raise RuntimeError("the emulator did not start")
 
 
 async def stats(url: str) -> dict[str, object]:
@@ -62,24 +42,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=0.25)
     args = parser.parse_args()
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runner",
-            "serve",
-            "--port",
-            str(port),
-            "--latency",
-            f"fixed:{args.latency}",
-            "--concurrency-limit",
-            str(args.limit),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    flags = ("--latency", f"fixed:{args.latency}", "--concurrency-limit", str(args.limit))
     manifest = parse_manifest(
         textwrap.dedent(f"""
         version: 1
@@ -92,25 +55,13 @@ def main() -> None:
                max_jobs: {args.jobs}}}
     """)
     )
-    try:
-        asyncio.run(wait_until_up(url))
-        with tempfile.TemporaryDirectory() as out:
-            wall, cpu = time.perf_counter(), time.process_time()
-            result = asyncio.run(
-                run_batch(
-                    manifest,
-                    out,
-                    api_base=url,
-                    token="bench",
-                    options=EngineOptions(handle_signals=False),
-                )
-            )
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            summary = json.loads((Path(out) / "summary.json").read_text())
+    with emulator_process(*flags) as url, tempfile.TemporaryDirectory() as out:
+        wall, cpu = time.perf_counter(), time.process_time()
+        options = EngineOptions(handle_signals=False)
+        result = asyncio.run(run_batch(manifest, out, api_base=url, token="bench", options=options))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        summary = json.loads((Path(out) / "summary.json").read_text())
         server_stats = asyncio.run(stats(url))
-    finally:
-        server.terminate()
-        server.wait(10)
     done = result.counts.completed
     ideal = args.limit / args.latency
     rate = done / wall

@@ -49,3 +49,19 @@ class JobSpec:
 
     def at(self, index: int) -> JobSpec:
         return replace(self, index=index)
+
+    def describe(self) -> dict[str, Any]:
+        """The spec as plain JSON data: what `plan --show` prints, and each record starts with."""
+        return {
+            "key": self.key,
+            "index": self.index,
+            "entry": self.entry,
+            "name": self.name,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "params": {k: v for k, v in self.body.items() if k != "prompt"},
+            "vars": dict(self.vars),
+            "replica": self.replica,
+        }

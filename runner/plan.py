@@ -61,19 +61,8 @@ class Plan:
 
 
 def spec_json(spec: JobSpec) -> dict[str, Any]:
-    """A job spec as plain JSON data."""
-    return {
-        "key": spec.key,
-        "index": spec.index,
-        "entry": spec.entry,
-        "name": spec.name,
-        "model": spec.model,
-        "endpoint": spec.endpoint,
-        "body": dict(spec.body),
-        "replica": spec.replica,
-        "seed": spec.seed,
-        "estimated_compute_units": spec.units,
-    }
+    """A job spec as plan --show prints it: its description and estimated price."""
+    return {**spec.describe(), "estimated_compute_units": spec.units}
 
 
 def make_plan(manifest: Manifest, show: int = 0) -> Plan:

@@ -11,21 +11,7 @@ from runner.timefmt import iso_time
 
 
 def _base(spec: JobSpec, state: KeyState) -> dict[str, Any]:
-    return {
-        "key": spec.key,
-        "index": spec.index,
-        "entry": spec.entry,
-        "name": spec.name,
-        "model": spec.model,
-        "endpoint": spec.endpoint,
-        "prompt": spec.prompt,
-        "seed": spec.seed,
-        "params": {k: v for k, v in spec.body.items() if k != "prompt"},
-        "vars": dict(spec.vars),
-        "replica": spec.replica,
-        "job_id": state.job_id,
-        "attempts": state.attempts,
-    }
+    return {**spec.describe(), "job_id": state.job_id, "attempts": state.attempts}
 
 
 def completed_record(

@@ -8,12 +8,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from PIL import Image
 
 from runner.catalog import Catalog
 from runner.emulator.config import EmulatorConfig, Latency
 from tests.emulator_helpers import FLUX, harness, minimal_body
+from tests.http_helpers import receiver
 
 BODY = {"prompt": "a red fox", "width": 512, "height": 512, "seed": 7}
 
@@ -285,34 +285,15 @@ async def test_retired_models_answer_410_and_deprecated_ones_warn() -> None:
 
 
 async def test_webhooks_are_delivered_as_often_as_asked() -> None:
-    received: list[dict[str, Any]] = []
-    both = asyncio.Event()
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        if len(received) == 2:
-            both.set()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        async with harness(webhook_repeats=2) as h:
-            async with h.session.post(
-                h.url + FLUX, json=BODY, headers={"X-Webhook-URL": f"http://{host}:{port}/hook"}
-            ) as r:
-                job_id = (await r.json())["job_id"]
-            h.clock.advance(10)
-            await asyncio.wait_for(both.wait(), 5)
-    finally:
-        await runner.cleanup()
-    assert [r["job_id"] for r in received] == [job_id, job_id]
-    assert received[0]["status"] == "completed"
+    async with receiver(expected=2) as hook, harness(webhook_repeats=2) as h:
+        async with h.session.post(
+            h.url + FLUX, json=BODY, headers={"X-Webhook-URL": hook.url}
+        ) as r:
+            job_id = (await r.json())["job_id"]
+        h.clock.advance(10)
+        await asyncio.wait_for(hook.arrived.wait(), 5)
+    assert [b["job_id"] for b in hook.bodies] == [job_id, job_id]
+    assert hook.bodies[0]["status"] == "completed"
 
 
 async def test_stats_count_submits_per_body() -> None:

@@ -8,16 +8,15 @@ import logging
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp import web
 
 from runner.batch import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.logs import configure_logging
 from runner.settings import parse_deadline
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
+from tests.http_helpers import receiver
 
 
 async def test_at_the_deadline_it_stops_submitting_drains_and_exits_3(tmp_path: Path) -> None:
@@ -73,32 +72,17 @@ async def test_failed_jobs_give_their_budget_back(tmp_path: Path) -> None:
 
 
 async def test_the_summary_is_posted_to_the_notify_url(tmp_path: Path) -> None:
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_post("/done", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
-            await run_batch(
-                small_manifest(2),
-                tmp_path,
-                api_base=emu.url,
-                token="secret",
-                options=FAST,
-                notify_url=f"http://{host}:{port}/done",
-            )
-    finally:
-        await runner.cleanup()
-    [summary] = received
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.05"))
+    async with receiver() as hook, run_emulator(config) as emu:
+        await run_batch(
+            small_manifest(2),
+            tmp_path,
+            api_base=emu.url,
+            token="secret",
+            options=FAST,
+            notify_url=hook.url,
+        )
+    [summary] = hook.bodies
     assert summary["counts"]["completed"] == 2
     assert "secret" not in json.dumps(summary)
 
