@@ -530,30 +530,41 @@ class Engine:
         """Poll every poll_interval (jittered) until the job ends or times out."""
         assert state.job_id is not None
         job_id = state.job_id
+        try:
+            return await self._poll_until_terminal(job_id)
+        except (_CancelOnExit, anyio.get_cancelled_exc_class()) as exc:
+            if self.options.cancel_on_exit:
+                with anyio.CancelScope(shield=True):
+                    await self._cancel_remote(job_id)
+                    # Cancelled jobs are not billed: the next run submits this one afresh.
+                    await self.journal.append(
+                        "retry", spec.key, a=state.attempts, id=job_id, error="cancelled on exit"
+                    )
+                state.job_id = None
+            if isinstance(exc, _CancelOnExit):
+                raise _NotStarted from exc
+            raise
+
+    async def _poll_until_terminal(self, job_id: str) -> RemoteJob:
         deadline = time.monotonic() + self.settings.job_timeout
-        errors = 0
         status = "unknown"
         while True:
             await anyio.sleep(jittered(self.settings.poll_interval, rng=self.rng))
             if self.stopping and self.options.cancel_on_exit:
-                await self._cancel_remote(job_id)
-                raise JobFailed("cancelled on exit (--cancel-on-exit)")
+                raise _CancelOnExit
             try:
                 remote = await self.client.get_job(job_id)
-                errors = 0
             except TransientApiError as exc:
-                errors += 1
                 self.counts.transient_errors += 1
                 if exc.retry_after or exc.status == 429:
-                    await anyio.sleep(
-                        OVERLOAD.delay(0, exc.retry_after, self.rng) * self.options.backoff_scale
-                    )
+                    delay = OVERLOAD.delay(0, exc.retry_after, self.rng)
+                    await anyio.sleep(delay * self.options.backoff_scale)
                 continue
             except PermanentApiError as exc:
                 raise JobFailed(f"the remote job {job_id} is gone: {exc}") from exc
-            status = remote.status.value
             if remote.status.terminal:
                 return remote
+            status = remote.status.value
             if time.monotonic() > deadline:
                 await self._cancel_remote(job_id)
                 raise JobFailed(
@@ -591,7 +602,10 @@ class Engine:
             try:
                 download = await self.client.download(url, partial)
                 break
-            except ExpiredUrl:
+            except ExpiredUrl as exc:
+                errors += 1
+                if errors > self.options.max_transient:
+                    raise JobDeferred(f"its image URLs keep expiring: {exc}") from exc
                 log.info("↻ %s's image URL expired: fetching the job again", spec.key)
                 remote = await self._retrying(self.client.get_job, remote.job_id)
                 if len(remote.urls) <= index:
@@ -674,6 +688,10 @@ class Engine:
 
 class _NotStarted(Exception):
     """The run is stopping: this job was not submitted."""
+
+
+class _CancelOnExit(Exception):
+    """The run is stopping with --cancel-on-exit: cancel this job rather than wait for it."""
 
 
 class _OverBudget(Exception):

@@ -74,7 +74,11 @@ def fold(events: Iterator[dict[str, Any]]) -> Replay:
             state.accepted += 1
             state.submitted_at = event.get("ts")
             replay.known_ids.add(state.job_id)
-            if event.get("c") is not None and event.get("ts") is not None:
+            if (
+                event.get("c") is not None
+                and event.get("ts") is not None
+                and not event.get("adopted")
+            ):
                 low = max(low, event["c"] - event.get("tr", event["ts"]))
                 high = min(high, event["c"] - event["ts"])
         elif kind == "lost":

@@ -11,7 +11,7 @@ import pytest
 
 from runner.batch import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
-from runner.engine import EngineOptions
+from runner.engine import Engine, EngineOptions
 from runner.errors import UsageError
 from runner.outputs import OutputFolder
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
@@ -237,3 +237,32 @@ async def test_limit_runs_only_the_first_jobs(tmp_path: Path) -> None:
         )
     assert result.counts.total == 3
     assert len(read_results(tmp_path)) == 3
+
+
+async def test_cancel_on_exit_cancels_remote_jobs_and_the_next_run_submits_them_again(
+    tmp_path: Path,
+) -> None:
+    def stop_once_two_run(engine: Engine) -> None:
+        if engine.counts.submits >= 2 and engine.stopping is None:
+            engine.stop("test")
+
+    options = dataclasses.replace(FAST, cancel_on_exit=True)
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:30"))) as emu:
+        result = await run_batch(
+            small_manifest(6, concurrency=2),
+            tmp_path,
+            api_base=emu.url,
+            token="t",
+            options=options,
+            on_progress=stop_once_two_run,
+        )
+        assert result.exit_code == 3
+        assert emu.emulator.stats["cancels"] == 2
+        assert emu.emulator.store.counts() == {"cancelled": 2}
+        assert read_results(tmp_path) == []
+        emu.emulator.store.config = dataclasses.replace(emu.emulator.config, latency=QUICK)
+        again = await run_batch(
+            small_manifest(6, concurrency=2), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        assert again.exit_code == 0
+        check_folder(tmp_path, 6, emu.emulator)
