@@ -219,10 +219,11 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     counts = result.counts
+    out = Path(args.out)
     print(
         f"{counts.completed} completed, {counts.failed} failed, {counts.skipped} already done, "
-        f"{counts.unfinished} unfinished; estimated spend {counts.spend_units:.1f} CU; "
-        f"results in {Path(args.out) / 'results.jsonl'}"
+        f"{counts.unfinished} unfinished; estimated spend {counts.spend_units:.1f} CU\n"
+        f"results: {out / 'results.jsonl'}   gallery: {out / 'report.html'}"
     )
     if result.stopped:
         print(

@@ -111,6 +111,8 @@ def test_run_with_the_emulator_writes_images_and_results(
     )
     out = tmp_path / "out"
     assert main(["run", str(path), "--emulator", "--out", str(out)]) == 0
-    assert "2 completed, 0 failed" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "2 completed, 0 failed" in out_text
+    assert "report.html" in out_text
     assert len(list((out / "images").glob("*.png"))) == 2
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
