@@ -132,3 +132,16 @@ def test_the_cli_refuses_a_bad_deadline(capsys: pytest.CaptureFixture[str], tmp_
     path.write_text("version: 1\njobs:\n  - {prompt: a, model: flux}\n")
     assert main(["run", str(path), "--emulator", "--deadline", "25:00"]) == 2
     assert "not a time of day" in capsys.readouterr().err
+
+
+def test_max_runtime_and_deadline_take_the_earlier() -> None:
+    from runner.cli import _deadline
+
+    now = time.time()
+    soon = _deadline(None, "90m")
+    assert soon is not None
+    assert 90 * 60 - 5 < soon - now <= 90 * 60 + 5
+    both = _deadline("2099-01-01T00:00", "1h")
+    assert both is not None
+    assert both - now <= 3600 + 5
+    assert _deadline(None, None) is None
