@@ -221,17 +221,22 @@ class Engine:
             receive.close()
 
     async def _produce(self, send: ObjectSendStream[JobSpec]) -> None:
-        """Feed specs to the workers: jobs already running remotely first, then new ones."""
+        """Feed specs to the workers: jobs already running remotely first, then new ones.
+
+        Which jobs are resumed is decided once, before any runs: a job's state changes while
+        it runs, and a job handed out twice could be submitted twice.
+        """
+        resumed = {
+            key
+            for key, state in self.states.items()
+            if state.job_id is not None or state.pending_since is not None
+        }
         async with send:
             for resumed_pass in (True, False):
                 for spec in self.specs():
-                    state = self.states.get(spec.key)
-                    remote = state is not None and (
-                        state.job_id is not None or state.pending_since is not None
-                    )
-                    if remote != resumed_pass:
+                    if (spec.key in resumed) != resumed_pass:
                         continue
-                    if not resumed_pass and self._already_done(state):
+                    if not resumed_pass and self._already_done(self.states.get(spec.key)):
                         continue
                     if self.stopping:
                         return

@@ -266,3 +266,25 @@ async def test_cancel_on_exit_cancels_remote_jobs_and_the_next_run_submits_them_
         )
         assert again.exit_code == 0
         check_folder(tmp_path, 6, emu.emulator)
+
+
+async def test_resumed_jobs_are_handed_out_once_and_counted_once(tmp_path: Path) -> None:
+    def abort_once_all_submitted(engine: Engine) -> None:
+        if engine.counts.submits >= 6:
+            engine.abort()
+
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:1.5"))) as emu:
+        first = await run_batch(
+            small_manifest(6, concurrency=6),
+            tmp_path,
+            api_base=emu.url,
+            token="t",
+            options=FAST,
+            on_progress=abort_once_all_submitted,
+        )
+        assert first.counts.unfinished == 6
+        again = await run_batch(
+            small_manifest(6, concurrency=2), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        assert emu.emulator.stats["submits"] == 6
+    assert (again.counts.resumed, again.counts.completed, again.counts.skipped) == (6, 6, 0)
