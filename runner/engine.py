@@ -85,7 +85,8 @@ class Counts:
     ambiguous_lost: int = 0  # ... and which created nothing (resubmitted)
     unresolved: int = 0  # ... and which we could not match (failed, not resubmitted)
     over_budget: int = 0  # not submitted: it would have taken the spend over --budget
-    overload_429: int = 0
+    overload_429: int = 0  # "maximum number of concurrent jobs"
+    rate_limited_429: int = 0  # "too many requests"
     transient_errors: int = 0
     downloads: int = 0
     bytes: int = 0
@@ -335,7 +336,7 @@ class Engine:
 
     async def _submit(self, spec: JobSpec, state: KeyState) -> None:
         """Submit until the server holds exactly one job for this attempt; sets state.job_id."""
-        errors = 0
+        errors = throttled = 0
         while True:
             async with self._submit_lock:
                 if state.pending_since is not None:
@@ -349,10 +350,15 @@ class Engine:
                 error = await self._post(spec, state)
                 if error is None:
                     return
-            if error.overload:
-                self.counts.overload_429 += 1
-                self.gate.overloaded()
-                wait = OVERLOAD.delay(min(errors, 4), error.retry_after, self.rng)
+            if error.status == 429:
+                # Being told to slow down is no reason to give up on a job: wait, as asked.
+                if error.overload:
+                    self.counts.overload_429 += 1
+                    self.gate.overloaded()
+                else:
+                    self.counts.rate_limited_429 += 1
+                wait = OVERLOAD.delay(min(throttled, 3), error.retry_after, self.rng)
+                throttled += 1
             else:
                 errors += 1
                 if errors > self.options.max_transient:

@@ -288,3 +288,18 @@ async def test_resumed_jobs_are_handed_out_once_and_counted_once(tmp_path: Path)
         )
         assert emu.emulator.stats["submits"] == 6
     assert (again.counts.resumed, again.counts.completed, again.counts.skipped) == (6, 6, 0)
+
+
+async def test_rate_limit_429s_slow_submits_down_but_never_fail_a_job(tmp_path: Path) -> None:
+    config = EmulatorConfig(latency=QUICK, rate_limit=5.0, retry_after=0.05)
+    async with run_emulator(config) as emu:
+        result = await run_batch(
+            small_manifest(12, rate_limit=1000),
+            tmp_path,
+            api_base=emu.url,
+            token="t",
+            options=dataclasses.replace(FAST, backoff_scale=1.0),
+        )
+        check_folder(tmp_path, 12, emu.emulator)
+    assert result.counts.completed == 12
+    assert result.counts.rate_limited_429 > FAST.max_transient
