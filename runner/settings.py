@@ -70,7 +70,7 @@ class RunSettings:
     """How a batch runs; every field is both a ``run:`` key and a CLI flag."""
 
     concurrency: int = 8  # jobs in flight at once
-    rate_limit: float = 2.0  # API requests per second, polls included
+    rate_limit: float = 10.0  # API requests per second, polls included
     poll_interval: float = 2.0  # seconds between polls of one job (Krea asks for 2–5 s)
     max_attempts: int = 3  # submissions of a job whose remote run failed
     max_jobs: int = 100_000  # a manifest expanding to more is surely a mistake
