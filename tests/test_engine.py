@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.batch import run_batch
+from runner import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import Engine, EngineOptions
 from runner.errors import UsageError
