@@ -116,3 +116,48 @@ def test_run_with_the_emulator_writes_images_and_results(
     assert "report.html" in out_text
     assert len(list((out / "images").glob("*.png"))) == 2
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+async def test_serve_answers_the_docs_flow_and_stops_on_sigterm() -> None:
+    import asyncio
+    import io
+    import signal
+    import socket
+
+    import aiohttp
+    from PIL import Image
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runner",
+        "serve",
+        "--port",
+        str(port),
+        "--latency",
+        "fixed:0",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        while b"listening on" not in await asyncio.wait_for(process.stderr.readline(), 20):
+            pass
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer x"}) as session:
+            async with session.post(
+                url + "/generate/image/bfl/flux-1-dev",
+                json={"prompt": "a cat", "width": 512, "height": 512},
+            ) as r:
+                job_id = (await r.json())["job_id"]
+            async with session.get(f"{url}/jobs/{job_id}") as r:
+                job = await r.json()
+            assert job["status"] == "completed"
+            async with session.get(job["result"]["urls"][0]) as r:
+                assert Image.open(io.BytesIO(await r.read())).size == (512, 512)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
