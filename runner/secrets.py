@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from runner.errors import UsageError
 
 TOKEN_VARIABLE = "KREA_API_TOKEN"
+log = logging.getLogger(__name__)
 
 
 def read_token_file(path: str) -> str:
     """The token in ``path`` (surrounding whitespace removed); a UsageError if unusable."""
     try:
+        if Path(path).stat().st_mode & 0o077:
+            log.warning("the token file %s can be read by other users: chmod 600 %s", path, path)
         token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise UsageError(f"cannot read the token file {path}: {exc.strerror}") from exc

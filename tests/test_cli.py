@@ -161,3 +161,19 @@ async def test_serve_answers_the_docs_flow_and_stops_on_sigterm() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 20) == 0
+
+
+def test_a_token_file_others_can_read_gets_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from runner.secrets import read_token_file
+
+    path = tmp_path / "token"
+    path.write_text("abc\n")
+    path.chmod(0o600)
+    assert read_token_file(str(path)) == "abc"
+    assert not caplog.records
+    path.chmod(0o644)
+    assert read_token_file(str(path)) == "abc"
+    assert "chmod 600" in caplog.text
+    assert "abc" not in caplog.text
