@@ -21,7 +21,7 @@ from tests.http_helpers import receiver
 
 async def test_at_the_deadline_it_stops_submitting_drains_and_exits_3(tmp_path: Path) -> None:
     async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.3"))) as emu:
-        options = dataclasses.replace(FAST, deadline=time.time() + 0.4)
+        options = dataclasses.replace(FAST, deadline=time.time() + 1.0)  # 12 jobs need ~2 s
         result = await run_batch(
             small_manifest(12, concurrency=2),
             tmp_path,

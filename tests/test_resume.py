@@ -132,6 +132,10 @@ async def test_a_second_signal_stops_at_once_and_the_folder_still_resumes(tmp_pa
         process = await start_runner(manifest, out, emu.url)
         await asyncio.wait_for(all_in.wait(), 30)
         process.send_signal(signal.SIGINT)
+        # Signals sent back to back can merge into one: send the second once the first is seen.
+        assert process.stderr is not None
+        while b"stopping (interrupted" not in await asyncio.wait_for(process.stderr.readline(), 20):
+            pass
         process.send_signal(signal.SIGINT)
         _, stderr = await asyncio.wait_for(process.communicate(), 20)
         assert process.returncode == 3, stderr.decode()
