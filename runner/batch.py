@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from runner.dataset import metadata_rows
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.engine import Engine, EngineOptions, RunResult
 from runner.errors import UsageError
+from runner.journal import records_at
 from runner.limiter import rate_limiter
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder
@@ -80,16 +81,18 @@ async def run_batch(
             async with client:
                 engine = Engine(manifest, folder, client, options, on_progress=on_progress)
                 result = await engine.run()
-        records = [
-            record
-            for s in engine.specs()
-            if s.key in engine.states and (record := engine.states[s.key].done) is not None
-        ]
-        written = folder.write_results(records)
-        folder.write_metadata(metadata_rows(folder.root, records))
+
+        def records() -> Iterator[dict[str, Any]]:
+            offsets = (
+                engine.states[s.key].done_at for s in engine.specs() if s.key in engine.states
+            )
+            return records_at(folder.journal_path, (o for o in offsets if o is not None))
+
+        written = folder.write_results(records())
+        folder.write_metadata(metadata_rows(folder.root, records()))
         result.summary = _summary(manifest, folder, result, base_url, started, written, client)
         folder.write_summary(result.summary)
-        write_report(folder.root, records, result.summary)
+        write_report(folder.root, records(), result.summary)
     if notify_url:
         await notify(notify_url, result.summary)
     return result

@@ -7,7 +7,7 @@ model, seed, width, height and the other request parameters.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +16,27 @@ from PIL import Image
 METADATA_NAME = "metadata.jsonl"
 
 
-def metadata_rows(root: Path, records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def metadata_rows(root: Path, records: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
     """One row per image file of every completed record (pure but for reading image headers)."""
-    rows = []
     for record in records:
         if record.get("status") != "completed":
             continue
         params = dict(record.get("params") or {})
         for entry in record.get("files", []):
             width, height = _size(root / entry["path"], params)
-            rows.append(
-                {
-                    "file_name": entry["path"],
-                    "key": record["key"],
-                    "prompt": record["prompt"],
-                    "model": record["model"],
-                    "seed": record.get("seed"),
-                    "width": width,
-                    "height": height,
-                    "name": record.get("name"),
-                    # One text column keeps the schema the same whatever parameters each model took.
-                    "params": json.dumps(params, sort_keys=True, ensure_ascii=False),
-                    "job_id": record.get("job_id"),
-                }
-            )
-    return rows
+            yield {
+                "file_name": entry["path"],
+                "key": record["key"],
+                "prompt": record["prompt"],
+                "model": record["model"],
+                "seed": record.get("seed"),
+                "width": width,
+                "height": height,
+                "name": record.get("name"),
+                # One text column keeps the schema the same whatever parameters each model took.
+                "params": json.dumps(params, sort_keys=True, ensure_ascii=False),
+                "job_id": record.get("job_id"),
+            }
 
 
 def _size(path: Path, params: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -51,5 +47,5 @@ def _size(path: Path, params: Mapping[str, Any]) -> tuple[int | None, int | None
         return params.get("width"), params.get("height")
 
 
-def metadata_text(rows: Iterable[Mapping[str, Any]]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+def metadata_lines(rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    return (json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

@@ -25,7 +25,7 @@ from runner.backoff import NETWORK, OVERLOAD, jittered
 from runner.client import AmbiguousSubmit, ExpiredUrl, KreaClient
 from runner.errors import FatalApiError, PermanentApiError, TransientApiError, UsageError
 from runner.jobspec import JobSpec
-from runner.journal import Journal, KeyState
+from runner.journal import Journal, KeyState, mark_done
 from runner.limiter import AdaptiveLimit
 from runner.manifest import Manifest, expand
 from runner.merge import in_shard
@@ -246,9 +246,9 @@ class Engine:
     def _already_done(self, state: KeyState | None) -> bool:
         if state is None or (state.done is None and not state.unresolved):
             return False
-        failed = state.unresolved or (state.done or {}).get("status") != "completed"
+        failed = state.unresolved or state.done != "completed"
         if failed and self.options.retry_failed:
-            state.done, state.unresolved, state.accepted = None, False, 0
+            state.done, state.done_at, state.unresolved, state.accepted = None, None, False, 0
             return False
         self.counts.skipped += 1
         return True
@@ -279,8 +279,8 @@ class Engine:
             self._stop_for_fatal(exc)
             self.counts.not_started += 1
             return
-        await self.journal.append("done", spec.key, record=record)
-        state.done, state.job_id = record, None
+        offset = await self.journal.append("done", spec.key, record=record)
+        mark_done(state, record, offset)
         self.folder.append_result(record)
         if record["status"] == "completed":
             self.counts.completed += 1

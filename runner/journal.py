@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 
@@ -31,14 +31,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class KeyState:
-    """What the journal says about one job key."""
+    """What the journal says about one job key (small: a folder may hold 100,000 of them)."""
 
     attempts: int = 0  # POSTs sent for this key, over all runs
     accepted: int = 0  # remote jobs created for it in the current round of attempts
     job_id: str | None = None  # the remote job currently ours, not yet finished
     submitted_at: float | None = None  # when that job was submitted
     pending_since: float | None = None  # a POST went out at this time and its answer is unknown
-    done: dict[str, Any] | None = None  # the final record, once finished
+    done: str | None = None  # "completed" or "failed", once finished
+    done_at: int | None = None  # where the `done` line (the full record) starts in the journal
+    done_units: float = 0.0  # its estimated cost
+    done_error: str | None = None
     unresolved: bool = False
 
 
@@ -51,13 +54,14 @@ class Replay:
     skew: tuple[float, float] | None = None  # bounds of server clock minus ours, in seconds
     lines: int = 0
     torn: int = 0
+    good_bytes: int = 0  # the length of the journal up to its last whole line
 
 
-def fold(events: Iterator[dict[str, Any]]) -> Replay:
-    """Fold journal events into states (pure; see the module docstring for the events)."""
+def fold(events: Iterable[tuple[int, dict[str, Any]]]) -> Replay:
+    """Fold ``(offset, event)`` pairs into states (see the module docstring for the events)."""
     replay = Replay()
     low, high = -float("inf"), float("inf")
-    for event in events:
+    for offset, event in events:
         replay.lines += 1
         key = event.get("k")
         if not isinstance(key, str):
@@ -86,10 +90,7 @@ def fold(events: Iterator[dict[str, Any]]) -> Replay:
         elif kind == "retry":
             state.job_id = None
         elif kind == "done":
-            state.done = event.get("record") or {}
-            state.job_id = None
-            state.pending_since = None
-            state.accepted = 0
+            mark_done(state, event.get("record") or {}, offset)
         elif kind == "unresolved":
             state.pending_since = None
             state.unresolved = True
@@ -99,35 +100,62 @@ def fold(events: Iterator[dict[str, Any]]) -> Replay:
     return replay
 
 
-def read_events(path: Path) -> tuple[list[dict[str, Any]], int, int]:
-    """Events of a journal file, how many torn lines were skipped, and the good length."""
+def mark_done(state: KeyState, record: Mapping[str, Any], offset: int | None) -> None:
+    """Record in ``state`` that the job finished, keeping only the summary of its record."""
+    state.done = str(record.get("status", "failed"))
+    state.done_at = offset
+    state.done_units = float(record.get("cost_units") or 0.0)
+    state.done_error = record.get("error")
+    state.job_id = None
+    state.pending_since = None
+    state.accepted = 0
+
+
+def read_events(
+    path: Path, replay_stats: Replay | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Stream ``(offset, event)`` from a journal file, stopping at a torn last line.
+
+    ``replay_stats``, if given, receives the count of torn lines and the length of the good part.
+    """
+    stats = replay_stats or Replay()
     if not path.exists():
-        return [], 0, 0
-    data = path.read_bytes()
-    events, torn, good = [], 0, 0
-    for raw in data.splitlines(keepends=True):
-        if not raw.endswith(b"\n"):
-            torn += 1  # a write cut short by a crash: the event never happened
-            break
-        try:
-            event = json.loads(raw)
-        except ValueError:
-            torn += 1
-            good += len(raw)  # keep the line, to not lose what follows it
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-        good += len(raw)
-    return events, torn, good
+        return
+    offset = 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                stats.torn += 1  # a write cut short by a crash: the event never happened
+                break
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                stats.torn += 1  # kept, to not lose what follows it
+                event = None
+            if isinstance(event, dict):
+                yield offset, event
+            offset += len(raw)
+            stats.good_bytes = offset
+
+
+def records_at(path: Path, offsets: Iterable[int]) -> Iterator[dict[str, Any]]:
+    """The results records of the `done` lines at these offsets, read one at a time."""
+    with path.open("rb") as handle:
+        for offset in offsets:
+            handle.seek(offset)
+            record = json.loads(handle.readline()).get("record")
+            if isinstance(record, dict):
+                yield record
 
 
 class Journal:
     """Appends events durably; open it with ``Journal.open`` to replay what is there."""
 
-    def __init__(self, path: Path, handle: Any) -> None:
+    def __init__(self, path: Path, handle: BinaryIO) -> None:
         self.path = path
         self._handle = handle
-        self._pending: list[str] = []
+        self._end = handle.seek(0, os.SEEK_END)  # where the next queued line will start
+        self._pending: list[bytes] = []
         self._collecting = 0  # number of the batch new lines join
         self._written = -1  # number of the last batch on disk
         self._flushing = False
@@ -135,28 +163,31 @@ class Journal:
 
     @classmethod
     def open(cls, path: Path) -> tuple[Journal, Replay]:
-        events, torn, good = read_events(path)
-        if path.exists() and good < path.stat().st_size:
+        stats = Replay()
+        replay = fold(read_events(path, stats))
+        replay.torn, replay.good_bytes = stats.torn, stats.good_bytes
+        if path.exists() and replay.good_bytes < path.stat().st_size:
             with path.open("r+b") as handle:
-                handle.truncate(good)  # drop the torn tail so the next line starts clean
-        replay = fold(iter(events))
-        replay.torn = torn
-        if torn:
-            log.warning("journal %s: skipped %d torn line(s)", path, torn)
-        return cls(path, path.open("a", encoding="utf-8")), replay
+                handle.truncate(replay.good_bytes)  # drop the torn tail: the next line starts clean
+        if replay.torn:
+            log.warning("journal %s: skipped %d torn line(s)", path, replay.torn)
+        return cls(path, path.open("ab")), replay
 
-    async def append(self, kind: str, key: str, **fields: Any) -> None:
-        """Write one event; returns once it is fsynced."""
-        line = json.dumps(
+    async def append(self, kind: str, key: str, **fields: Any) -> int:
+        """Write one event; returns, once it is fsynced, the offset its line starts at."""
+        text = json.dumps(
             {"e": kind, "k": key, **fields}, ensure_ascii=False, separators=(",", ":")
         )
+        line = (text + "\n").encode()
+        offset, self._end = self._end, self._end + len(line)  # lines are written in queue order
         batch = self._collecting
-        self._pending.append(line + "\n")
+        self._pending.append(line)
         while self._written < batch:
             if self._flushing:
                 await self._flushed.wait()
             else:
                 await self._flush()
+        return offset
 
     async def _flush(self) -> None:
         lines, self._pending = self._pending, []
@@ -164,15 +195,15 @@ class Journal:
         self._flushing = True
         try:
             with anyio.CancelScope(shield=True):  # a half-done flush would lose other tasks' lines
-                await anyio.to_thread.run_sync(self._write, "".join(lines))
+                await anyio.to_thread.run_sync(self._write, b"".join(lines))
             self._written = batch
         finally:
             self._flushing = False
             self._flushed.set()
             self._flushed = anyio.Event()
 
-    def _write(self, text: str) -> None:
-        self._handle.write(text)
+    def _write(self, data: bytes) -> None:
+        self._handle.write(data)
         self._handle.flush()
         os.fsync(self._handle.fileno())
 

@@ -13,11 +13,11 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from runner.dataset import METADATA_NAME, metadata_text
+from runner.dataset import METADATA_NAME, metadata_lines
 from runner.errors import UsageError
 
 STATE_DIR = ".krea-batch"
@@ -45,11 +45,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | Iterable[str]) -> None:
     """Replace ``path`` with ``text`` so that readers see the old file or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
+        handle.writelines([text] if isinstance(text, str) else text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -132,16 +132,23 @@ class OutputFolder:
             self._results.flush()
 
     def write_results(self, records: Iterable[Mapping[str, Any]]) -> int:
-        """Rewrite results.jsonl with exactly the given records; returns how many."""
-        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
+        """Rewrite results.jsonl with exactly the given records (streamed); returns how many."""
+        count = 0
+
+        def lines() -> Iterator[str]:
+            nonlocal count
+            for record in records:
+                count += 1
+                yield json.dumps(record, ensure_ascii=False) + "\n"
+
         if self._results is not None:
             self._results.close()
-        write_atomic(self.results_path, "".join(lines))
+        write_atomic(self.results_path, lines())
         self._results = self.results_path.open("a", encoding="utf-8")
-        return len(lines)
+        return count
 
     def write_metadata(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        write_atomic(self.root / METADATA_NAME, metadata_text(rows))
+        write_atomic(self.root / METADATA_NAME, metadata_lines(rows))
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_atomic(self.summary_path, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")

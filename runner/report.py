@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from runner.outputs import write_atomic
 REPORT_NAME = "report.html"
 MAX_GALLERY = 5000  # more cards than this make a page no browser scrolls happily
 MAX_COMPARE_ROWS = 300
+MAX_FAILED = 1000
 
 _CSS = """
 :root { color-scheme: light dark; --bg: #f6f6f4; --fg: #1d1d1f; --card: #fff; --muted: #6b6b70;
@@ -112,81 +113,118 @@ def _card(record: Mapping[str, Any]) -> str:
     )
 
 
-def _columns(done: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
-    """Compare by model when there are several, otherwise by seed."""
-    models = list(dict.fromkeys(r["model"] for r in done))
-    if len(models) > 1:
-        return "model", models
-    return "seed", list(dict.fromkeys(r.get("seed") for r in done))
+class _Gallery:
+    """What the page shows, gathered in one pass with bounded memory (runs can be huge)."""
 
+    def __init__(self) -> None:
+        self.images = self.completed = 0
+        self.spend = 0.0
+        self.models: dict[str, None] = {}
+        self.seeds: dict[Any, None] = {}
+        self.cards: list[str] = []
+        self.failed: list[Mapping[str, Any]] = []
+        self.failed_count = 0
+        self.prompts: dict[str, None] = {}
+        self.more_prompts = False
+        self.cells: dict[tuple[str, str, Any], Mapping[str, Any]] = {}
 
-def _compare(done: Sequence[Mapping[str, Any]]) -> str:
-    if not done:
-        return '<p class="note">No images yet.</p>'
-    axis, columns = _columns(done)
-    cells: dict[tuple[str, Any], Mapping[str, Any]] = {}
-    for record in done:
-        cells.setdefault((record["prompt"], record.get(axis)), record)
-    prompts = list(dict.fromkeys(r["prompt"] for r in done))
-    note = ""
-    if len(prompts) > MAX_COMPARE_ROWS:
-        note = f'<p class="note">The first {MAX_COMPARE_ROWS} of {len(prompts)} prompts.</p>'
-        prompts = prompts[:MAX_COMPARE_ROWS]
-    head = "".join(f"<th>{_e(axis)} {_e(c)}</th>" for c in columns)
-    rows = []
-    for prompt in prompts:
-        tds = []
-        for column in columns:
-            cell = cells.get((prompt, column))
-            if cell is None:
-                tds.append('<td class="cell"><div class="missing">—</div></td>')
-            else:
-                tds.append(
-                    f'<td class="cell" title="{_e(_tooltip(cell))}">{_img(cell)}'
-                    f'<div class="sub">{_e(_caption(cell))}</div></td>'
-                )
-        rows.append(f'<tr><th class="row">{_e(prompt)}</th>{"".join(tds)}</tr>')
-    return (
-        f'{note}<p class="note">Prompts as rows, {_e(axis)}s as columns.</p>'
-        f"<table><tr><th>prompt</th>{head}</tr>{''.join(rows)}</table>"
-    )
+    def add(self, record: Mapping[str, Any]) -> None:
+        if record.get("status") == "failed":
+            self.failed_count += 1
+            if len(self.failed) < MAX_FAILED:
+                self.failed.append(record)
+            return
+        if record.get("status") != "completed" or not record.get("files"):
+            return
+        self.completed += 1
+        self.images += len(record["files"])
+        self.spend += record.get("cost_units") or 0.0
+        self.models.setdefault(record["model"], None)
+        self.seeds.setdefault(record.get("seed"), None)
+        if len(self.cards) < MAX_GALLERY:
+            self.cards.append(_card(record))
+        prompt = record["prompt"]
+        if prompt not in self.prompts:
+            if len(self.prompts) >= MAX_COMPARE_ROWS:
+                self.more_prompts = True
+                return
+            self.prompts[prompt] = None
+        small = {
+            k: record.get(k)
+            for k in ("prompt", "model", "seed", "files", "cost_units", "timings", "key", "params")
+        }
+        self.cells.setdefault((prompt, "model", record["model"]), small)
+        self.cells.setdefault((prompt, "seed", record.get("seed")), small)
 
+    def compare(self) -> str:
+        if not self.completed:
+            return '<p class="note">No images yet.</p>'
+        axis, columns = (
+            ("model", list(self.models)) if len(self.models) > 1 else ("seed", list(self.seeds))
+        )
+        head = "".join(f"<th>{_e(axis)} {_e(c)}</th>" for c in columns)
+        rows = []
+        for prompt in self.prompts:
+            tds = []
+            for column in columns:
+                cell = self.cells.get((prompt, axis, column))
+                if cell is None:
+                    tds.append('<td class="cell"><div class="missing">—</div></td>')
+                else:
+                    tds.append(
+                        f'<td class="cell" title="{_e(_tooltip(cell))}">{_img(cell)}'
+                        f'<div class="sub">{_e(_caption(cell))}</div></td>'
+                    )
+            rows.append(f'<tr><th class="row">{_e(prompt)}</th>{"".join(tds)}</tr>')
+        note = (
+            f'<p class="note">The first {MAX_COMPARE_ROWS} prompts.</p>'
+            if self.more_prompts
+            else ""
+        )
+        return (
+            f'{note}<p class="note">Prompts as rows, {_e(axis)}s as columns.</p>'
+            f"<table><tr><th>prompt</th>{head}</tr>{''.join(rows)}</table>"
+        )
 
-def _failed(failed: Sequence[Mapping[str, Any]]) -> str:
-    if not failed:
-        return '<p class="note">No failed jobs.</p>'
-    rows = "".join(
-        f"<tr><td>{_e(r.get('key'))}</td><td>{_e(r.get('model'))}</td><td>{_e(r.get('prompt'))}"
-        f'</td><td class="error">{_e(r.get("error"))}</td></tr>'
-        for r in failed
-    )
-    return (
-        f'<table class="failed"><tr><th>key</th><th>model</th><th>prompt</th><th>reason</th>'
-        f"</tr>{rows}</table>"
-    )
+    def failures(self) -> str:
+        if not self.failed:
+            return '<p class="note">No failed jobs.</p>'
+        rows = "".join(
+            f"<tr><td>{_e(r.get('key'))}</td><td>{_e(r.get('model'))}</td>"
+            f'<td>{_e(r.get("prompt"))}</td><td class="error">{_e(r.get("error"))}</td></tr>'
+            for r in self.failed
+        )
+        note = (
+            f'<p class="note">The first {MAX_FAILED:,} of {self.failed_count:,}.</p>'
+            if self.failed_count > len(self.failed)
+            else ""
+        )
+        return (
+            f'{note}<table class="failed"><tr><th>key</th><th>model</th><th>prompt</th>'
+            f"<th>reason</th></tr>{rows}</table>"
+        )
 
 
 def render_report(records: Iterable[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
-    """The whole page as text (pure)."""
-    records = list(records)
-    done = [r for r in records if r.get("status") == "completed" and r.get("files")]
-    failed = [r for r in records if r.get("status") == "failed"]
-    spend = sum(r.get("cost_units") or 0.0 for r in done)
+    """The whole page as text (pure); reads ``records`` once."""
+    gallery = _Gallery()
+    for record in records:
+        gallery.add(record)
     title = f"krea-batch · {summary.get('manifest', 'results')}"
     stats = [
-        ("images", sum(len(r["files"]) for r in done)),
-        ("completed", len(done)),
-        ("failed", len(failed)),
-        ("models", len({r["model"] for r in done})),
-        ("est. spend", f"{spend:,.1f} CU"),
+        ("images", gallery.images),
+        ("completed", gallery.completed),
+        ("failed", gallery.failed_count),
+        ("models", len(gallery.models)),
+        ("est. spend", f"{gallery.spend:,.1f} CU"),
     ]
     if summary.get("ended_at"):
         stats.append(("finished", str(summary["ended_at"]).replace("T", " ")[:19]))
     gallery_note = ""
-    shown = done
-    if len(done) > MAX_GALLERY:
-        shown = done[:MAX_GALLERY]
-        gallery_note = f'<p class="note">The first {MAX_GALLERY:,} of {len(done):,} images.</p>'
+    if gallery.completed > MAX_GALLERY:
+        gallery_note = (
+            f'<p class="note">The first {MAX_GALLERY:,} of {gallery.completed:,} images.</p>'
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -197,12 +235,12 @@ def render_report(records: Iterable[Mapping[str, Any]], summary: Mapping[str, An
 </div></header>
 <nav><button class="on" data-tab="gallery">Gallery</button>
 <button data-tab="compare">Compare</button>
-<button data-tab="failures">Failed ({len(failed)})</button></nav>
+<button data-tab="failures">Failed ({gallery.failed_count})</button></nav>
 <section id="gallery" class="on">{gallery_note}<div class="grid">
-{"".join(_card(r) for r in shown)}
+{"".join(gallery.cards)}
 </div></section>
-<section id="compare">{_compare(done)}</section>
-<section id="failures">{_failed(failed)}</section>
+<section id="compare">{gallery.compare()}</section>
+<section id="failures">{gallery.failures()}</section>
 <div id="zoom"><img alt=""></div>
 <script>{_JS}</script>
 </body></html>

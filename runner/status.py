@@ -54,17 +54,16 @@ def read_status(root: Path) -> FolderStatus:
         raise UsageError(
             f"{root} has no {STATE_DIR}/journal.jsonl: is it a krea-batch output folder?"
         )
-    events, _, _ = read_events(journal)
-    replay = fold(iter(events))
+    replay = fold(read_events(journal))
     status = FolderStatus(str(root))
     for key, state in replay.states.items():
         if state.done is not None:
-            if state.done.get("status") == "completed":
+            if state.done == "completed":
                 status.completed += 1
-                status.spend_units += state.done.get("cost_units") or 0.0
+                status.spend_units += state.done_units
             else:
                 status.failed += 1
-                status.failures.append((key, str(state.done.get("error"))))
+                status.failures.append((key, str(state.done_error)))
         if state.job_id is not None:
             status.in_flight[key] = state.job_id
         elif state.pending_since is not None:

@@ -13,7 +13,7 @@ from runner.backoff import NETWORK, OVERLOAD, Backoff, jittered
 from runner.client import AmbiguousSubmit, KreaClient
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.errors import FatalApiError, PermanentApiError, TransientApiError
-from runner.journal import Journal, fold, read_events
+from runner.journal import Journal, Replay, fold, read_events, records_at
 from runner.limiter import AdaptiveLimit, decreased, increased
 from runner.remote import JobStatus, MalformedJob, RemoteJob
 
@@ -83,9 +83,9 @@ def test_journal_replay_folds_events_into_states() -> None:
         {"e": "lost", "k": "c", "a": 1},
         {"e": "done", "k": "a", "record": {"status": "completed"}},
     ]
-    replay = fold(iter(events))
+    replay = fold(enumerate(events))
     a, b, c = (replay.states[k] for k in "abc")
-    assert a.done == {"status": "completed"}
+    assert (a.done, a.done_at) == ("completed", 5)
     assert a.job_id is None
     assert (b.pending_since, b.job_id) == (11.0, None)
     assert (c.pending_since, c.attempts) == (None, 1)
@@ -101,8 +101,9 @@ async def test_journal_drops_a_torn_tail_and_appends_cleanly(tmp_path: Path) -> 
     assert replay.states["a"].pending_since == 1
     await journal.append("lost", "a", a=1)
     journal.close()
-    events, torn, _ = read_events(path)
-    assert torn == 0
+    stats = Replay()
+    events = [event for _, event in read_events(path, stats)]
+    assert stats.torn == 0
     assert [e["e"] for e in events] == ["submitting", "lost"]
 
 
@@ -182,3 +183,20 @@ async def test_client_translates_statuses_into_the_error_hierarchy() -> None:
         assert caught.value.overload
         with pytest.raises(PermanentApiError):
             await client.get_job("no-such-job")
+
+
+async def test_append_returns_where_each_line_starts(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"e":"lost","k":"x"}\n')
+    journal, _ = Journal.open(path)
+    offsets: dict[str, int] = {}
+
+    async def done(key: str) -> None:
+        offsets[key] = await journal.append("done", key, record={"key": key, "status": "completed"})
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(done, f"k{i}")
+    journal.close()
+    keys = sorted(offsets)
+    assert [r["key"] for r in records_at(path, (offsets[k] for k in keys))] == keys
