@@ -1,10 +1,13 @@
 """Benchmark: the engine's throughput against the emulator, as a share of the ideal.
 
 Usage: python bench/throughput.py [--jobs 2000] [--latency 1] [--limit 64] [--poll 0.25]
+       [--rtt 0.15] [--overflow 429|backlog] [--concurrency N] [--submit-concurrency N]
 
-The emulator runs in a child process (`krea-batch serve`) with a fixed job latency and an
-account concurrency limit; the runner runs here with concurrency equal to that limit. The
-ideal throughput is limit ÷ latency jobs per second: every slot always busy, no overhead.
+The emulator runs in a child process (`krea-batch serve`) with a fixed job latency, an account
+concurrency limit and, with --rtt, a round trip added to every request (a distant API); the
+runner runs here with --concurrency jobs in flight (default: the limit). With
+--overflow backlog the server queues jobs past the limit instead of refusing them. The ideal
+throughput is limit ÷ latency jobs per second: every slot always busy, no overhead.
 Prints wall time, jobs/s and its ratio to the ideal, client CPU ms per job, peak memory and
 API requests per job.
 """
@@ -40,9 +43,20 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--limit", type=int, default=64)
     parser.add_argument("--poll", type=float, default=0.25)
+    parser.add_argument("--rtt", type=float, default=0.0, help="seconds added to each request")
+    parser.add_argument("--overflow", choices=("429", "backlog"), default="429")
+    parser.add_argument("--concurrency", type=int, help="the runner's jobs in flight")
+    parser.add_argument("--submit-concurrency", type=int, help="the runner's POSTs in flight")
     args = parser.parse_args()
+    concurrency = args.concurrency or args.limit
+    run = {"concurrency": concurrency, "rate_limit": 2000, "poll_interval": args.poll}
+    if args.submit_concurrency:
+        run["submit_concurrency"] = args.submit_concurrency
 
-    flags = ("--latency", f"fixed:{args.latency}", "--concurrency-limit", str(args.limit))
+    flags = (
+        *("--latency", f"fixed:{args.latency}", "--concurrency-limit", str(args.limit)),
+        *("--overflow", args.overflow, "--rtt", str(args.rtt)),
+    )
     manifest = parse_manifest(
         textwrap.dedent(f"""
         version: 1
@@ -51,8 +65,7 @@ def main() -> None:
             vars: {{n: {list(range(args.jobs))}}}
             model: seedream-4
             sizes: [256x256]
-        run: {{concurrency: {args.limit}, rate_limit: 2000, poll_interval: {args.poll},
-               max_jobs: {args.jobs}}}
+        run: {json.dumps({**run, "max_jobs": args.jobs})}
     """)
     )
     with emulator_process(*flags) as url, tempfile.TemporaryDirectory() as out:
@@ -71,6 +84,10 @@ def main() -> None:
     print(
         f"throughput          {rate:.1f} jobs/s; ideal {ideal:.0f} (limit {args.limit} / "
         f"latency {args.latency:g} s); ratio {rate / ideal:.2f}"
+    )
+    print(
+        f"setup               rtt {args.rtt:g} s, overflow {args.overflow}, "
+        f"concurrency {concurrency}, poll {args.poll:g} s"
     )
     print(f"client CPU          {cpu * 1000 / max(1, done):.2f} ms per job ({cpu:.1f} s)")
     print(f"peak memory (RSS)   {peak_mib:.0f} MiB")

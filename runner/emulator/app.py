@@ -81,8 +81,23 @@ class Emulator:
 
     @web.middleware
     async def _faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(INTERNAL):
+        if request.path == INTERNAL + "stats":
             return await handler(request)
+        # A distant server: half the round trip before the request arrives, half on the way
+        # back, so a job is created in the middle of its POST's time on the wire.
+        await self._travel()
+        if request.path.startswith(INTERNAL):
+            return await handler(request)  # images: _send waits the way back before prepare
+        response = await self._answer(request, handler)
+        if not response.prepared:
+            await self._travel()
+        return response
+
+    async def _travel(self) -> None:
+        if self.config.rtt > 0:
+            await asyncio.sleep(self.config.rtt / 2)
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.stats["requests"] += 1
         if self.rng.random() < self.config.reset_rate:
             self.stats["resets"] += 1
@@ -286,6 +301,7 @@ class Emulator:
         response = web.StreamResponse(
             headers={"Content-Type": mime, "Content-Length": str(len(data))}
         )
+        await self._travel()
         await response.prepare(request)
         cut = len(data)
         if self.rng.random() < self.config.truncate_rate:

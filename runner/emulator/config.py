@@ -78,6 +78,7 @@ class EmulatorConfig:
     retired: frozenset[str] = frozenset()  # model ids that answer 410 Gone
     deprecated: frozenset[str] = frozenset()  # model ids sent with Deprecation/Sunset headers
     images_per_job: int = 1
+    rtt: float = 0.0  # seconds added to every API request and download: a distant server
 
     def __post_init__(self) -> None:
         for name in (
@@ -93,6 +94,8 @@ class EmulatorConfig:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
         if self.overflow not in ("429", "backlog"):
             raise ValueError(f"overflow must be '429' or 'backlog', not {self.overflow!r}")
+        if self.rtt < 0:
+            raise ValueError("rtt must be zero or above")
         if self.time_scale <= 0:
             raise ValueError("time_scale must be above zero")
         if self.images_per_job < 1 or self.webhook_repeats < 1:
@@ -134,6 +137,7 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--retired", "retired", _models, "comma-separated model ids that answer 410"),
     ("--deprecated", "deprecated", _models, "comma-separated model ids sent with Sunset"),
     ("--images-per-job", "images_per_job", int, "result URLs per job"),
+    ("--rtt", "rtt", float, "seconds of round trip added to every request and download"),
     ("--seed", "seed", int, "seed for all injected randomness"),
 )
 
