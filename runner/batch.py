@@ -83,9 +83,8 @@ async def run_batch(
                 result = await engine.run()
 
         def records() -> Iterator[dict[str, Any]]:
-            offsets = (
-                engine.states[s.key].done_at for s in engine.specs() if s.key in engine.states
-            )
+            states = engine.states
+            offsets = (states[key].done_at for key in engine.keys if key in states)
             return records_at(folder.journal_path, (o for o in offsets if o is not None))
 
         written = folder.write_results(records())
@@ -137,6 +136,7 @@ def _summary(
         "estimated_spend_units": counts["spend_units"],
         "settings": {
             "concurrency": manifest.settings.concurrency,
+            "submit_concurrency": manifest.settings.submit_concurrency,
             "rate_limit_per_s": manifest.settings.rate_limit,
             "poll_interval_s": manifest.settings.poll_interval,
             "max_attempts": manifest.settings.max_attempts,

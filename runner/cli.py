@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         "--token-file", help="read the API token from this file ($KREA_API_TOKEN otherwise)"
     )
     run.add_argument("--concurrency", type=int, metavar="N", help="jobs in flight at once")
+    run.add_argument(
+        "--submit-concurrency",
+        type=int,
+        metavar="N",
+        help="POSTs in flight at once (default 8; ramped up from 1, back to 1 after a lost answer)",
+    )
     run.add_argument("--rate-limit", metavar="R", help="API requests per second (2, 2/s, 120/min)")
     run.add_argument("--poll-interval", metavar="S", help="seconds between polls of a job (2s)")
     run.add_argument("--max-attempts", type=int, metavar="N", help="submissions of a failing job")
@@ -179,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in (
             "concurrency",
+            "submit_concurrency",
             "rate_limit",
             "poll_interval",
             "max_attempts",

@@ -2,11 +2,12 @@
 
 Every aiohttp exception and HTTP status becomes one of ``runner.errors``:
 
-    2xx with unreadable JSON  TransientApiError (AmbiguousSubmit for a submit)
-    401, 402                  FatalApiError: stop submitting
-    429                       TransientApiError(retry_after, overload=True for concurrency)
-    400, 404, 410, other 4xx  PermanentApiError with the server's message
-    5xx, network errors       TransientApiError (AmbiguousSubmit for a submit once sent)
+    cannot connect, DNS, connect timeout   TransientApiError: nothing reached the server
+    2xx with unreadable JSON               TransientApiError (AmbiguousSubmit(created) for a POST)
+    401, 402                               FatalApiError: stop submitting
+    429                                    TransientApiError(retry_after, overload for concurrency)
+    400, 404, 410, other 4xx               PermanentApiError with the server's message
+    5xx, timeouts and resets once sent     TransientApiError (AmbiguousSubmit for a POST)
 """
 
 from __future__ import annotations
@@ -27,18 +28,17 @@ import anyio
 from aiolimiter import AsyncLimiter
 
 from runner import __version__
-from runner.errors import FatalApiError, PermanentApiError, TransientApiError
+from runner.errors import (
+    AmbiguousSubmit,
+    ApiError,
+    ExpiredUrl,
+    FatalApiError,
+    PermanentApiError,
+    TransientApiError,
+)
 from runner.remote import MalformedJob, RemoteJob
 
 DEFAULT_API_BASE = "https://api.krea.ai"
-
-
-class AmbiguousSubmit(TransientApiError):
-    """A submit was sent but its answer was lost: a paid job may exist. Never just resend it."""
-
-
-class ExpiredUrl(PermanentApiError):
-    """An image URL no longer works (403, 404, 410): fetch the job again for a fresh one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +117,17 @@ class KreaClient:
     async def submit(
         self, endpoint: str, body: Mapping[str, Any], webhook_url: str | None = None
     ) -> RemoteJob:
-        """POST a job. AmbiguousSubmit means it may exist although we have no id for it."""
+        """POST a job. AmbiguousSubmit means it may exist although we have no id for it.
+
+        Any other error means the server holds no job for this request.
+        """
         headers = {"X-Webhook-URL": webhook_url} if webhook_url else None
         data = await self._call("POST", endpoint, json_body=body, headers=headers, ambiguous=True)
         try:
-            return RemoteJob.from_json(data)
+            return RemoteJob.from_submit_answer(data)
         except MalformedJob as exc:
-            raise AmbiguousSubmit(f"POST {endpoint}: unusable answer ({exc})") from exc
+            message = f"POST {endpoint}: unusable answer ({exc})"
+            raise AmbiguousSubmit(message, created=True) from exc
 
     async def get_job(self, job_id: str) -> RemoteJob:
         data = await self._call("GET", f"/jobs/{job_id}")
@@ -163,7 +167,6 @@ class KreaClient:
         ambiguous: bool = False,
     ) -> Any:
         what = f"{method} {path}"
-        lost = AmbiguousSubmit if ambiguous else TransientApiError
         # The token goes with API calls only, never with image downloads (pre-signed CDN URLs).
         headers = {**(headers or {}), "Authorization": f"Bearer {self._token}"}
         if self._limiter is not None:
@@ -178,17 +181,21 @@ class KreaClient:
                 retry_after = _retry_after(response.headers.get("Retry-After"))
         except aiohttp.ClientConnectorError as exc:
             raise TransientApiError(f"{what}: cannot connect ({exc.os_error})") from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise TransientApiError(f"{what}: cannot connect (timed out)") from exc
         except TimeoutError as exc:
-            raise lost(f"{what}: no answer within {self.timeouts.api:g} s") from exc
+            raise _lost(f"{what}: no answer within {self.timeouts.api:g} s", ambiguous) from exc
         except aiohttp.ClientError as exc:
-            raise lost(f"{what}: connection lost ({type(exc).__name__})") from exc
+            message = f"{what}: connection lost ({type(exc).__name__})"
+            raise _lost(message, ambiguous) from exc
         if 200 <= status < 300:
             if not text and method == "DELETE":
                 return None
             try:
                 return json.loads(text)
             except json.JSONDecodeError as exc:
-                raise lost(f"{what}: {status} with malformed JSON") from exc
+                message = f"{what}: {status} with malformed JSON"
+                raise _lost(message, ambiguous, status=status, created=True) from exc
         message = _server_message(text) or f"HTTP {status}"
         if status == 401:
             raise FatalApiError(
@@ -204,7 +211,7 @@ class KreaClient:
                 overload="concurrent" in message.lower(),
             )
         if status >= 500:
-            raise lost(f"{what}: {status} {message}", status=status, retry_after=retry_after)
+            raise _lost(f"{what}: {status} {message}", ambiguous, status=status, retry=retry_after)
         raise PermanentApiError(f"{what}: {status} {message}", status=status)
 
     # ---- downloads --------------------------------------------------------------------------
@@ -245,6 +252,20 @@ class KreaClient:
         if size == 0:
             raise TransientApiError("GET image: empty file")
         return Download(dest, size, digest.hexdigest(), content_type)
+
+
+def _lost(
+    message: str,
+    ambiguous: bool,
+    *,
+    status: int | None = None,
+    retry: float | None = None,
+    created: bool = False,
+) -> ApiError:
+    """The error for a request that reached the server and whose answer is lost or broken."""
+    if ambiguous:
+        return AmbiguousSubmit(message, status=status, created=created)
+    return TransientApiError(message, status=status, retry_after=retry)
 
 
 def _retry_after(value: str | None) -> float | None:

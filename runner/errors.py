@@ -5,7 +5,10 @@
     │   └── ManifestError            a manifest problem, with its file, YAML path and line
     └── ApiError                     the API (or the emulator) answered something unusable
         ├── TransientApiError        worth retrying: network trouble, 5xx, 429 (retry_after)
+        ├── AmbiguousSubmit          a POST went out and its answer was lost: a paid job may
+        │                            exist, so it is never just sent again (see engine.submitter)
         ├── PermanentApiError        this job cannot succeed: 400, 404, 410, malformed bodies
+        │   └── ExpiredUrl           an image URL stopped working: fetch the job for a fresh one
         └── FatalApiError            no job can succeed: 401, 402; stop submitting
 
 Third-party exceptions (aiohttp, yaml, jsonschema) are translated into these at the module
@@ -82,8 +85,24 @@ class TransientApiError(ApiError):
         super().__init__(message, status=status)
 
 
+class AmbiguousSubmit(ApiError):
+    """A submit reached the server but its answer was lost or unusable.
+
+    ``created`` is True when the server did answer 2xx (the job exists for sure, its id is
+    unreadable), False when nothing tells whether it was created (reset, timeout, 5xx).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, created: bool = False) -> None:
+        self.created = created
+        super().__init__(message, status=status)
+
+
 class PermanentApiError(ApiError):
     """This job will not succeed by retrying it (400, 404, 410, a malformed answer)."""
+
+
+class ExpiredUrl(PermanentApiError):
+    """An image URL no longer works (401, 403, 404, 410): fetch the job again for a fresh one."""
 
 
 class FatalApiError(ApiError):

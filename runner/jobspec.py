@@ -22,6 +22,12 @@ def job_key(endpoint: str, body: Mapping[str, Any], replica: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
 
 
+def in_shard(key: str, shard: tuple[int, int]) -> bool:
+    """Whether a job belongs to shard I of N: by its key, so the split never depends on order."""
+    index, count = shard
+    return int(key, 16) % count == index - 1
+
+
 def derive_seed(key: str) -> int:
     """The seed of ``seed: auto``: 32 bits taken from a key, so it is stable across runs."""
     return int(key[:8], 16)

@@ -2,16 +2,18 @@
 
 It is the output folder's memory across crashes. Each line is one JSON event:
 
-    submitting  {k, a, t}            a POST is about to go out (written *before* it is sent)
-    submitted   {k, a, id, ts, tr, c} its answer: the remote job id (and timing, for clock skew)
-    lost        {k, a}               the POST certainly created nothing (refused, or checked)
-    retry       {k, a, id, error}    the remote job failed; the next attempt may submit again
-    done        {k, record}          the final outcome; written after its files are in place
-    unresolved  {k, a, candidates}   an answer was lost and we cannot tell which job is ours
+    submitting  {k, a, t}              a POST is about to go out (written *before* it is sent)
+    submitted   {k, a, id, ts, tr, c}  its answer: the remote job id (and timing, for clock skew)
+    lost        {k, a}                 the POST certainly created nothing (refused, or checked)
+    retry       {k, a, id, error}      the remote job failed; the next attempt may submit again
+    ambiguous   {k, a, candidates}     an answer was lost and we cannot tell which job is ours
+    done        {k, record}            the final outcome; written after its files are in place
 
-Appends from many tasks are grouped: one write and one fsync covers every line waiting, and
-each appender returns only once its line is on disk. A torn last line (a crash mid-write) is
-dropped on replay.
+``apply`` is the one place where an event changes a job's state: replay folds the file with
+it, and a live run records every event through ``Journal.record``, which appends the line and
+then applies it. Appends from many tasks are grouped: one write and one fsync covers every line
+waiting, and each appender returns only once its line is on disk. A torn last line (a crash
+mid-write) is dropped on replay.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any, BinaryIO
 
 import anyio
 
+from runner.skew import ClockSkew
+
 log = logging.getLogger(__name__)
 
 
@@ -38,87 +42,100 @@ class KeyState:
     job_id: str | None = None  # the remote job currently ours, not yet finished
     submitted_at: float | None = None  # when that job was submitted
     pending_since: float | None = None  # a POST went out at this time and its answer is unknown
-    done: str | None = None  # "completed" or "failed", once finished
+    candidates: tuple[str, ...] = ()  # ambiguous: the remote jobs that could be ours
+    done: str | None = None  # "completed", "failed" or "ambiguous", once finished
     done_at: int | None = None  # where the `done` line (the full record) starts in the journal
     done_units: float = 0.0  # its estimated cost
     done_error: str | None = None
-    unresolved: bool = False
+
+    @property
+    def remote(self) -> bool:
+        """An earlier POST may have created a job that is not finished: poll, never resend."""
+        return self.done is None and bool(
+            self.job_id is not None or self.pending_since is not None or self.candidates
+        )
+
+    def reopen(self) -> None:
+        """Forget a failed outcome so the job runs again (``--retry-failed``)."""
+        self.done, self.done_at, self.done_error, self.accepted = None, None, None, 0
 
 
 @dataclass(slots=True)
-class Replay:
-    """The journal's content, folded into per-key states."""
+class Ledger:
+    """Every key's state, the remote job ids the folder knows, and the measured clock skew."""
 
     states: dict[str, KeyState] = field(default_factory=dict)
     known_ids: set[str] = field(default_factory=set)
-    skew: tuple[float, float] | None = None  # bounds of server clock minus ours, in seconds
+    skew: ClockSkew = field(default_factory=ClockSkew)
+
+    def state(self, key: str) -> KeyState:
+        return self.states.setdefault(key, KeyState())
+
+
+def apply(ledger: Ledger, event: Mapping[str, Any], offset: int | None = None) -> None:
+    """Change ``ledger`` as one journal event says (see the module docstring for the events)."""
+    key = event.get("k")
+    if not isinstance(key, str):
+        return
+    state = ledger.state(key)
+    kind = event.get("e")
+    if kind == "submitting":
+        state.attempts = max(state.attempts, int(event.get("a", 0)))
+        state.pending_since = float(event.get("t", 0.0))
+        state.candidates = ()
+    elif kind == "submitted":
+        adopted = bool(event.get("adopted"))
+        state.job_id = str(event["id"])
+        state.pending_since = None
+        state.accepted += 1
+        state.submitted_at = event.get("ts")
+        ledger.known_ids.add(state.job_id)
+        sent, received, created = event.get("ts"), event.get("tr"), event.get("c")
+        # An adopted job's times say nothing of the clocks: only answered POSTs measure them.
+        if sent is not None and received is not None and created is not None and not adopted:
+            ledger.skew = ledger.skew.observe(float(sent), float(received), float(created))
+    elif kind == "lost":
+        state.pending_since = None
+    elif kind == "retry":
+        state.job_id = None
+    elif kind in ("ambiguous", "unresolved"):  # "unresolved": its name in journals before 0.2
+        state.pending_since = None
+        state.candidates = tuple(str(c) for c in event.get("candidates", ()))
+        ledger.known_ids.update(state.candidates)
+    elif kind == "done":
+        record = event.get("record") or {}
+        state.done = str(record.get("status", "failed"))
+        state.done_at = offset
+        state.done_units = float(record.get("cost_units") or 0.0)
+        state.done_error = record.get("error")
+        state.job_id = state.pending_since = None
+        if state.done != "ambiguous":
+            state.candidates = ()  # an ambiguous job keeps them: `status` lists them
+        state.accepted = 0
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    """What reading a journal file found beyond its events."""
+
     lines: int = 0
     torn: int = 0
     good_bytes: int = 0  # the length of the journal up to its last whole line
 
 
-def fold(events: Iterable[tuple[int, dict[str, Any]]]) -> Replay:
-    """Fold ``(offset, event)`` pairs into states (see the module docstring for the events)."""
-    replay = Replay()
-    low, high = -float("inf"), float("inf")
+def fold(events: Iterable[tuple[int, Mapping[str, Any]]]) -> Ledger:
+    """Fold ``(offset, event)`` pairs into a ledger."""
+    ledger = Ledger()
     for offset, event in events:
-        replay.lines += 1
-        key = event.get("k")
-        if not isinstance(key, str):
-            continue
-        state = replay.states.setdefault(key, KeyState())
-        kind = event.get("e")
-        if kind == "submitting":
-            state.attempts = max(state.attempts, int(event.get("a", 0)))
-            state.pending_since = float(event.get("t", 0.0))
-            state.unresolved = False
-        elif kind == "submitted":
-            state.job_id = str(event["id"])
-            state.pending_since = None
-            state.accepted += 1
-            state.submitted_at = event.get("ts")
-            replay.known_ids.add(state.job_id)
-            if (
-                event.get("c") is not None
-                and event.get("ts") is not None
-                and not event.get("adopted")
-            ):
-                low = max(low, event["c"] - event.get("tr", event["ts"]))
-                high = min(high, event["c"] - event["ts"])
-        elif kind == "lost":
-            state.pending_since = None
-        elif kind == "retry":
-            state.job_id = None
-        elif kind == "done":
-            mark_done(state, event.get("record") or {}, offset)
-        elif kind == "unresolved":
-            state.pending_since = None
-            state.unresolved = True
-            replay.known_ids.update(event.get("candidates", ()))
-    if low <= high and low > -float("inf"):
-        replay.skew = (low, high)
-    return replay
-
-
-def mark_done(state: KeyState, record: Mapping[str, Any], offset: int | None) -> None:
-    """Record in ``state`` that the job finished, keeping only the summary of its record."""
-    state.done = str(record.get("status", "failed"))
-    state.done_at = offset
-    state.done_units = float(record.get("cost_units") or 0.0)
-    state.done_error = record.get("error")
-    state.job_id = None
-    state.pending_since = None
-    state.accepted = 0
+        apply(ledger, event, offset)
+    return ledger
 
 
 def read_events(
-    path: Path, replay_stats: Replay | None = None
+    path: Path, stats: ReplayStats | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Stream ``(offset, event)`` from a journal file, stopping at a torn last line.
-
-    ``replay_stats``, if given, receives the count of torn lines and the length of the good part.
-    """
-    stats = replay_stats or Replay()
+    """Stream ``(offset, event)`` from a journal file, stopping at a torn last line."""
+    stats = stats or ReplayStats()
     if not path.exists():
         return
     offset = 0
@@ -133,6 +150,7 @@ def read_events(
                 stats.torn += 1  # kept, to not lose what follows it
                 event = None
             if isinstance(event, dict):
+                stats.lines += 1
                 yield offset, event
             offset += len(raw)
             stats.good_bytes = offset
@@ -148,11 +166,16 @@ def records_at(path: Path, offsets: Iterable[int]) -> Iterator[dict[str, Any]]:
                 yield record
 
 
-class Journal:
-    """Appends events durably; open it with ``Journal.open`` to replay what is there."""
+def _line(event: Mapping[str, Any]) -> bytes:
+    return (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
-    def __init__(self, path: Path, handle: BinaryIO) -> None:
+
+class Journal:
+    """Appends events durably and keeps the ledger they fold into; open with ``Journal.open``."""
+
+    def __init__(self, path: Path, handle: BinaryIO, ledger: Ledger) -> None:
         self.path = path
+        self.ledger = ledger
         self._handle = handle
         self._end = handle.seek(0, os.SEEK_END)  # where the next queued line will start
         self._pending: list[bytes] = []
@@ -162,32 +185,43 @@ class Journal:
         self._flushed = anyio.Event()
 
     @classmethod
-    def open(cls, path: Path) -> tuple[Journal, Replay]:
-        stats = Replay()
-        replay = fold(read_events(path, stats))
-        replay.torn, replay.good_bytes = stats.torn, stats.good_bytes
-        if path.exists() and replay.good_bytes < path.stat().st_size:
+    def open(cls, path: Path) -> Journal:
+        stats = ReplayStats()
+        ledger = fold(read_events(path, stats))
+        if path.exists() and stats.good_bytes < path.stat().st_size:
             with path.open("r+b") as handle:
-                handle.truncate(replay.good_bytes)  # drop the torn tail: the next line starts clean
-        if replay.torn:
-            log.warning("journal %s: skipped %d torn line(s)", path, replay.torn)
-        return cls(path, path.open("ab")), replay
+                handle.truncate(stats.good_bytes)  # drop the torn tail: the next line starts clean
+        if stats.torn:
+            log.warning("journal %s: skipped %d torn line(s)", path, stats.torn)
+        return cls(path, path.open("ab"), ledger)
 
-    async def append(self, kind: str, key: str, **fields: Any) -> int:
-        """Write one event; returns, once it is fsynced, the offset its line starts at."""
-        text = json.dumps(
-            {"e": kind, "k": key, **fields}, ensure_ascii=False, separators=(",", ":")
-        )
-        line = (text + "\n").encode()
-        offset, self._end = self._end, self._end + len(line)  # lines are written in queue order
+    async def record(self, kind: str, key: str, **fields: Any) -> int:
+        """Append one event, wait until it is fsynced, apply it; returns its line's offset."""
+        event = {"e": kind, "k": key, **fields}
+        [offset] = await self._append([_line(event)])
+        apply(self.ledger, event, offset)
+        return offset
+
+    async def record_many(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Append several events in one write and one fsync, then apply them in order."""
+        events = list(events)
+        offsets = await self._append([_line(event) for event in events])
+        for event, offset in zip(events, offsets, strict=True):
+            apply(self.ledger, event, offset)
+
+    async def _append(self, lines: list[bytes]) -> list[int]:
+        offsets = []
+        for line in lines:
+            offsets.append(self._end)
+            self._end += len(line)  # lines are written in queue order
         batch = self._collecting
-        self._pending.append(line)
+        self._pending.extend(lines)
         while self._written < batch:
             if self._flushing:
                 await self._flushed.wait()
             else:
                 await self._flush()
-        return offset
+        return offsets
 
     async def _flush(self) -> None:
         lines, self._pending = self._pending, []

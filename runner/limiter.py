@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from aiolimiter import AsyncLimiter
@@ -50,18 +51,19 @@ class AdaptiveLimit:
         self._last_cut = -float("inf")
         self._changed = anyio.Event()
 
-    async def acquire(self) -> None:
-        while self.in_use >= int(self.limit):
-            await self._changed.wait()
+    @contextlib.asynccontextmanager
+    async def slot(self, *, force: bool = False) -> AsyncIterator[None]:
+        """Hold one slot for the block; ``force`` counts a job already running remotely (a
+        resumed one) whatever the cap. The block's owner alone releases it, however it ends."""
+        if not force:
+            while self.in_use >= int(self.limit):
+                await self._changed.wait()
         self.in_use += 1
-
-    def take(self) -> None:
-        """Count a job that already runs remotely (a resumed one), whatever the cap."""
-        self.in_use += 1
-
-    def release(self) -> None:
-        self.in_use -= 1
-        self._notify()
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+            self._notify()
 
     def overloaded(self) -> None:
         now = self._clock()
@@ -78,3 +80,30 @@ class AdaptiveLimit:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+
+class SubmitWindow:
+    """How many POSTs may be in flight at once (slow start, like TCP's congestion window).
+
+    Starts at one and grows by one with each cleanly answered POST, up to ``ceiling``. A lost
+    answer drops it to one and holds it there for ``hold`` clean POSTs: lost answers come in
+    bursts (a network blip), and POSTs in flight one at a time are always told apart.
+    """
+
+    __slots__ = ("_hold_left", "ceiling", "hold", "level")
+
+    def __init__(self, ceiling: int, hold: int | None = None) -> None:
+        self.ceiling = ceiling
+        self.hold = max(4, ceiling) if hold is None else hold
+        self.level = 1
+        self._hold_left = 0
+
+    def clean(self) -> None:
+        if self._hold_left:
+            self._hold_left -= 1
+        else:
+            self.level = min(self.ceiling, self.level + 1)
+
+    def lost(self) -> None:
+        self.level = 1
+        self._hold_left = self.hold

@@ -27,12 +27,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def in_shard(key: str, shard: tuple[int, int]) -> bool:
-    """Whether a job belongs to a shard: by its key, so the split never depends on order."""
-    index, count = shard
-    return int(key, 16) % count == index - 1
-
-
 def _better(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
     return old is None or (new.get("status") == "completed" and old.get("status") != "completed")
 

@@ -26,20 +26,18 @@ def _eta(seconds: float | None) -> str:
 
 def snapshot(engine: Engine) -> dict[str, float | int | str]:
     """The figures both displays show."""
-    counts = engine.counts
-    elapsed = max(1e-6, time.time() - engine.started)
-    done_now = counts.completed + counts.failed
-    rate = done_now / elapsed
-    remaining = counts.total - counts.finished
+    shot = engine.snapshot()
+    rate = shot.finished_now / max(1e-6, shot.now - shot.started)
+    remaining = shot.unfinished
     return {
-        "done": counts.completed + counts.skipped,
-        "failed": counts.failed,
-        "in_flight": engine.gate.in_use,
-        "queued": max(0, remaining - engine.gate.in_use),
-        "total": counts.total,
+        "done": shot.done,
+        "failed": shot.failed + shot.ambiguous,
+        "in_flight": shot.in_flight,
+        "queued": max(0, remaining - shot.in_flight),
+        "total": shot.total,
         "rate": rate,
         "eta": _eta(remaining / rate if rate > 0 and remaining else None),
-        "spend": counts.spend_units,
+        "spend": shot.spend_units,
     }
 
 

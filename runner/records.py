@@ -37,6 +37,32 @@ def completed_record(
     }
 
 
+def ambiguous_record(
+    spec: JobSpec,
+    state: KeyState,
+    candidates: tuple[str, ...],
+    files: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A job whose submit's answer was lost and could not be told apart from other jobs.
+
+    It was not sent again (that could pay twice); the candidates' images, paid for, are kept
+    under images/_unmatched/ and listed in ``files``.
+    """
+    return {
+        **_base(spec, state),
+        "job_id": None,
+        "status": "ambiguous",
+        "files": files,
+        "candidates": list(candidates),
+        "error": (
+            f"a submit's answer was lost and {len(candidates)} remote job(s) could be it "
+            f"({', '.join(candidates) or 'none listed'}); not sent again, to never pay twice"
+        ),
+        "timings": {"submitted_at": iso_time(state.submitted_at)},
+        "cost_units": 0.0,
+    }
+
+
 def failed_record(spec: JobSpec, state: KeyState, reason: str) -> dict[str, Any]:
     """A job that ended without images; failed jobs are not billed."""
     return {

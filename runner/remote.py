@@ -70,6 +70,13 @@ class RemoteJob:
             error=_error_text(data, result),
         )
 
+    @classmethod
+    def from_submit_answer(cls, data: Any) -> RemoteJob:
+        """The answer to a POST: Krea's current examples omit ``status`` (it is then queued)."""
+        if isinstance(data, Mapping) and "status" not in data:
+            data = {**data, "status": JobStatus.QUEUED.value}
+        return cls.from_json(data)
+
 
 def _error_text(data: Mapping[str, Any], result: Mapping[str, Any]) -> str | None:
     """The failure reason, wherever the API put it (result.error or a top-level error)."""

@@ -22,7 +22,7 @@ class FolderStatus:
     failed: int = 0
     in_flight: dict[str, str] = field(default_factory=dict)  # key → remote job id
     unknown_submits: list[str] = field(default_factory=list)  # answer lost; next run checks
-    unresolved: list[str] = field(default_factory=list)
+    ambiguous: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key → candidate ids
     spend_units: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     remote_status: dict[str, str] = field(default_factory=dict)  # filled by --refresh
@@ -35,11 +35,12 @@ class FolderStatus:
                 "failed": self.failed,
                 "in_flight": len(self.in_flight),
                 "unknown_submits": len(self.unknown_submits),
-                "unresolved": len(self.unresolved),
+                "ambiguous": len(self.ambiguous),
             },
             "estimated_spend_units": round(self.spend_units, 3),
             "failure_reasons": dict(Counter(reason for _, reason in self.failures).most_common()),
             "failed": [{"key": k, "error": e} for k, e in self.failures],
+            "ambiguous": [{"key": k, "candidates": list(c)} for k, c in self.ambiguous.items()],
             "in_flight": [
                 {"key": k, "job_id": j, "remote_status": self.remote_status.get(j)}
                 for k, j in self.in_flight.items()
@@ -54,22 +55,21 @@ def read_status(root: Path) -> FolderStatus:
         raise UsageError(
             f"{root} has no {STATE_DIR}/journal.jsonl: is it a krea-batch output folder?"
         )
-    replay = fold(read_events(journal))
+    ledger = fold(read_events(journal))
     status = FolderStatus(str(root))
-    for key, state in replay.states.items():
-        if state.done is not None:
-            if state.done == "completed":
-                status.completed += 1
-                status.spend_units += state.done_units
-            else:
-                status.failed += 1
-                status.failures.append((key, str(state.done_error)))
-        if state.job_id is not None:
+    for key, state in ledger.states.items():
+        if state.done == "completed":
+            status.completed += 1
+            status.spend_units += state.done_units
+        elif state.candidates:  # finished ambiguous, or yet to collect its candidates
+            status.ambiguous[key] = state.candidates
+        elif state.done is not None:
+            status.failed += 1
+            status.failures.append((key, str(state.done_error)))
+        elif state.job_id is not None:
             status.in_flight[key] = state.job_id
         elif state.pending_since is not None:
             status.unknown_submits.append(key)
-        elif state.unresolved and state.done is None:
-            status.unresolved.append(key)
     return status
 
 
@@ -79,7 +79,7 @@ def render_status(status: FolderStatus, show_failed: int = 20) -> str:
     lines = [
         f"{status.root}: {counts['completed']} completed, {counts['failed']} failed, "
         f"{counts['in_flight']} in flight remotely, {counts['unknown_submits']} submits to check, "
-        f"{counts['unresolved']} unresolved",
+        f"{counts['ambiguous']} ambiguous",
         f"estimated spend: {status.spend_units:,.1f} CU",
     ]
     if data["failure_reasons"]:
@@ -89,6 +89,13 @@ def render_status(status: FolderStatus, show_failed: int = 20) -> str:
         lines += [f"  {key}  {error}" for key, error in status.failures[:show_failed]]
         if len(status.failures) > show_failed:
             lines.append(f"  … and {len(status.failures) - show_failed} more (--json lists all)")
+    if status.ambiguous:
+        lines.append(
+            "ambiguous (a submit's answer was lost; not sent again; candidates' images are in "
+            "images/_unmatched/):"
+        )
+        for key, candidates in status.ambiguous.items():
+            lines.append(f"  {key}  {', '.join(candidates) or '(no candidate listed)'}")
     if status.in_flight:
         lines.append("in flight remotely (the next run polls them):")
         for key, job_id in status.in_flight.items():

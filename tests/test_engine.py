@@ -11,7 +11,7 @@ import pytest
 
 from runner import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
-from runner.engine import Engine, EngineOptions
+from runner.engine import Engine, EngineOptions, RetryPolicy
 from runner.errors import UsageError
 from runner.outputs import OutputFolder
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
@@ -101,7 +101,7 @@ async def test_every_fault_at_once_still_ends_every_job_with_nothing_paid_twice(
     for name in ("errors_5xx", "resets", "resets_after_create", "malformed", "downloads_truncated"):
         assert stats.get(name, 0) > 0, f"the {name} fault never fired: the test proves nothing"
     assert counts.ambiguous > 0
-    assert counts.adopted + counts.ambiguous_lost + counts.unresolved == counts.ambiguous
+    assert counts.adopted + counts.resent + counts.unmatched + counts.unchecked == counts.ambiguous
 
 
 async def test_a_lost_submit_answer_is_found_not_resubmitted(tmp_path: Path) -> None:
@@ -298,8 +298,8 @@ async def test_rate_limit_429s_slow_submits_down_but_never_fail_a_job(tmp_path: 
             tmp_path,
             api_base=emu.url,
             token="t",
-            options=dataclasses.replace(FAST, backoff_scale=1.0),
+            options=dataclasses.replace(FAST, retry=RetryPolicy()),
         )
         check_folder(tmp_path, 12, emu.emulator)
     assert result.counts.completed == 12
-    assert result.counts.rate_limited_429 > FAST.max_transient
+    assert result.counts.rate_limited_429 > (FAST.retry.max_errors or 0)

@@ -10,10 +10,10 @@ import anyio
 import pytest
 
 from runner.backoff import NETWORK, OVERLOAD, Backoff, jittered
-from runner.client import AmbiguousSubmit, KreaClient
+from runner.client import KreaClient
 from runner.emulator import EmulatorConfig, run_emulator
-from runner.errors import FatalApiError, PermanentApiError, TransientApiError
-from runner.journal import Journal, Replay, fold, read_events, records_at
+from runner.errors import AmbiguousSubmit, FatalApiError, PermanentApiError, TransientApiError
+from runner.journal import Journal, ReplayStats, fold, read_events, records_at
 from runner.limiter import AdaptiveLimit, decreased, increased
 from runner.remote import JobStatus, MalformedJob, RemoteJob
 
@@ -58,20 +58,27 @@ async def test_adaptive_limit_holds_new_jobs_until_a_slot_frees() -> None:
     gate.overloaded()
     gate.overloaded()  # same burst: counted once
     assert int(gate.limit) == 3
-    for _ in range(3):
-        await gate.acquire()
+    release = anyio.Event()
     got_in = anyio.Event()
 
+    async def hold() -> None:
+        async with gate.slot():
+            await release.wait()
+
     async def fourth() -> None:
-        await gate.acquire()
-        got_in.set()
+        async with gate.slot():
+            got_in.set()
 
     async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(hold)
+        await anyio.wait_all_tasks_blocked()
         tg.start_soon(fourth)
         await anyio.wait_all_tasks_blocked()
         assert not got_in.is_set()
-        gate.release()
+        release.set()
         await got_in.wait()
+    assert gate.in_use == 0
 
 
 def test_journal_replay_folds_events_into_states() -> None:
@@ -83,35 +90,35 @@ def test_journal_replay_folds_events_into_states() -> None:
         {"e": "lost", "k": "c", "a": 1},
         {"e": "done", "k": "a", "record": {"status": "completed"}},
     ]
-    replay = fold(enumerate(events))
-    a, b, c = (replay.states[k] for k in "abc")
+    ledger = fold(enumerate(events))
+    a, b, c = (ledger.states[k] for k in "abc")
     assert (a.done, a.done_at) == ("completed", 5)
     assert a.job_id is None
     assert (b.pending_since, b.job_id) == (11.0, None)
     assert (c.pending_since, c.attempts) == (None, 1)
-    assert replay.known_ids == {"j1"}
-    assert replay.skew == pytest.approx((-0.1, 0.1))
+    assert ledger.known_ids == {"j1"}
+    assert (ledger.skew.low, ledger.skew.high) == pytest.approx((-0.1, 0.1))
 
 
 async def test_journal_drops_a_torn_tail_and_appends_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     path.write_text('{"e":"submitting","k":"a","a":1,"t":1}\n{"e":"submi')
-    journal, replay = Journal.open(path)
-    assert replay.torn == 1
-    assert replay.states["a"].pending_since == 1
-    await journal.append("lost", "a", a=1)
+    journal = Journal.open(path)
+    assert journal.ledger.states["a"].pending_since == 1
+    await journal.record("lost", "a", a=1)
+    assert journal.ledger.states["a"].pending_since is None
     journal.close()
-    stats = Replay()
+    stats = ReplayStats()
     events = [event for _, event in read_events(path, stats)]
     assert stats.torn == 0
     assert [e["e"] for e in events] == ["submitting", "lost"]
 
 
 async def test_journal_appends_from_many_tasks_all_land(tmp_path: Path) -> None:
-    journal, _ = Journal.open(tmp_path / "journal.jsonl")
+    journal = Journal.open(tmp_path / "journal.jsonl")
     async with anyio.create_task_group() as tg:
         for i in range(200):
-            tg.start_soon(journal.append, "lost", f"k{i}")
+            tg.start_soon(journal.record, "lost", f"k{i}")
     journal.close()
     lines = (tmp_path / "journal.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["k"] for line in lines) == sorted(f"k{i}" for i in range(200))
@@ -188,11 +195,11 @@ async def test_client_translates_statuses_into_the_error_hierarchy() -> None:
 async def test_append_returns_where_each_line_starts(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     path.write_text('{"e":"lost","k":"x"}\n')
-    journal, _ = Journal.open(path)
+    journal = Journal.open(path)
     offsets: dict[str, int] = {}
 
     async def done(key: str) -> None:
-        offsets[key] = await journal.append("done", key, record={"key": key, "status": "completed"})
+        offsets[key] = await journal.record("done", key, record={"key": key, "status": "completed"})
 
     async with anyio.create_task_group() as tg:
         for i in range(50):

@@ -14,7 +14,8 @@ from runner.cli import main
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import UsageError
 from runner.manifest import expand
-from runner.merge import in_shard, parse_shard
+from runner.jobspec import in_shard
+from runner.merge import parse_shard
 from runner.status import read_status
 from tests.engine_helpers import FAST, check_folder, manifest_text, read_results, small_manifest
 

@@ -1,0 +1,26 @@
+"""The engine package: a run's task group, submits, tracking, outcomes and retries.
+
+engine.py     task group, producer and workers, stop → drain → abort, signals, deadline
+submitter.py  parallel POSTs, write-ahead journal lines, the barrier and matching rounds
+matching.py   pure: which listed job a lost POST created
+tracker.py    polling to the end, downloads with URL refresh
+outcome.py    how a job ends, as values
+retry.py      the one retry loop and the injectable clock
+budget.py     --budget, reserved before each POST
+counts.py     counts and the run's result (exit code)
+"""
+
+from runner.engine.counts import Counts, RunResult
+from runner.engine.engine import Engine, EngineOptions, Snapshot
+from runner.engine.retry import Clock, RetryPolicy, SystemClock
+
+__all__ = [
+    "Clock",
+    "Counts",
+    "Engine",
+    "EngineOptions",
+    "RetryPolicy",
+    "RunResult",
+    "Snapshot",
+    "SystemClock",
+]

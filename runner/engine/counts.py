@@ -1,0 +1,81 @@
+"""What a run did: counts for progress and summary.json, and the result with its exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.errors import TransientApiError
+
+
+@dataclass
+class Counts:
+    """What happened during a run."""
+
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    ambiguous_jobs: int = 0  # ended ambiguous: a lost answer no listing could attribute
+    skipped: int = 0  # finished in an earlier run
+    resumed: int = 0  # already submitted by an earlier run, polled again
+    deferred: int = 0  # left for the next run (download or check failed)
+    cancelled: int = 0  # cancelled on exit; the next run submits them again
+    not_started: int = 0  # never submitted because the run stopped early
+    submits: int = 0  # POSTs accepted by the server
+    retries: int = 0  # resubmits after a remote failure
+    ambiguous: int = 0  # POSTs whose answer was lost
+    adopted: int = 0  # ... whose job the listing showed: adopted, not sent again
+    resent: int = 0  # ... which created nothing: sent again
+    unmatched: int = 0  # ... which could not be told apart: the job ends ambiguous
+    unchecked: int = 0  # ... which could not be checked in this run (the listing failed)
+    over_budget: int = 0  # not submitted: it would have taken the spend over --budget
+    overload_429: int = 0  # "maximum number of concurrent jobs"
+    rate_limited_429: int = 0  # "too many requests"
+    transient_errors: int = 0
+    downloads: int = 0
+    bytes: int = 0
+    spend_units: float = 0.0
+
+    def saw(self, error: TransientApiError) -> None:
+        """Count a transient error (and which kind of 429 it was)."""
+        self.transient_errors += 1
+        if error.status == 429:
+            if error.overload:
+                self.overload_429 += 1
+            else:
+                self.rate_limited_429 += 1
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed + self.ambiguous_jobs + self.skipped
+
+    @property
+    def unfinished(self) -> int:
+        """Jobs this run did not bring to an outcome: the next run continues them."""
+        return max(0, self.total - self.finished)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["unfinished"] = self.unfinished
+        data["spend_units"] = round(self.spend_units, 3)
+        return data
+
+
+@dataclass
+class RunResult:
+    """The outcome of ``run_batch``: counts, the reason it stopped early (if it did), files."""
+
+    counts: Counts
+    stopped: str | None = None  # "interrupted", "fatal: …" or None
+    fatal: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.fatal:
+            return 4
+        if self.stopped or self.counts.unfinished > self.counts.deferred:
+            return 3
+        if self.counts.failed or self.counts.ambiguous_jobs or self.counts.deferred:
+            return 1
+        return 0

@@ -1,0 +1,469 @@
+"""The engine: every job of a manifest from submit to recorded outcome, resumably.
+
+One task group owns everything: a producer feeding specs into a bounded stream, ``concurrency``
+workers that each drive one job at a time, and the helpers (signals, deadline, progress). A
+worker hands its job to the ``Submitter`` (POSTs in parallel, never paid twice) and the
+``Tracker`` (polls, downloads), then records the outcome. Stopping is two-phase: stop
+submitting and let jobs in flight finish (drain), then cancel what is left (abort).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import re
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+
+from runner.client import KreaClient
+from runner.engine.budget import Budget
+from runner.engine.counts import Counts, RunResult
+from runner.engine.outcome import (
+    Ambiguous,
+    Cancelled,
+    Completed,
+    Deferred,
+    Failed,
+    FileEntry,
+    NotSubmitted,
+    Outcome,
+)
+from runner.engine.retry import Clock, RetryPolicy, SystemClock
+from runner.engine.submitter import SubmitSettings, Submitter
+from runner.engine.tracker import Tracker, TrackSettings
+from runner.errors import FatalApiError, UsageError
+from runner.jobspec import JobSpec, in_shard
+from runner.journal import Journal, KeyState, Ledger
+from runner.limiter import AdaptiveLimit
+from runner.manifest import Manifest, expand
+from runner.naming import DEFAULT_TEMPLATE, check_template, render_name
+from runner.outputs import OutputFolder
+from runner.records import ambiguous_record, completed_record, failed_record
+from runner.remote import JobStatus, RemoteJob
+from runner.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a run behaves beyond the manifest's run settings."""
+
+    retry_failed: bool = False
+    limit: int | None = None  # only the first N jobs of the manifest
+    drain_timeout: float = 120.0  # after the first signal, wait this long for jobs in flight
+    cancel_on_exit: bool = False  # cancel remote jobs still running when interrupted
+    handle_signals: bool = True
+    api_timeout: float = 30.0
+    deadline: float | None = None  # epoch seconds: stop submitting then, drain, exit 3
+    budget: float | None = None  # compute units this run may commit to
+    shard: tuple[int, int] | None = None  # (I, N): only the jobs of shard I of N
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # backoffs for transient errors
+    settle_delay: float = 1.0  # after a lost POST answer, wait this long before listing jobs
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The figures of a run at one moment, for progress displays."""
+
+    started: float
+    now: float
+    total: int
+    done: int  # completed, now or in an earlier run
+    finished_now: int  # brought to an outcome by this run
+    failed: int
+    ambiguous: int
+    in_flight: int  # jobs holding a slot: submitting or running remotely
+    posting: int  # POSTs on the wire
+    unfinished: int
+    spend_units: float
+
+
+class Engine:
+    """Runs one manifest into one output folder (see the module docstring)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        folder: OutputFolder,
+        client: KreaClient,
+        options: EngineOptions,
+        *,
+        clock: Clock | None = None,
+        on_progress: Callable[[Engine], None] | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.settings: RunSettings = manifest.settings
+        self.folder = folder
+        self.client = client
+        self.options = options
+        self.clock: Clock = clock or SystemClock()
+        self.on_progress = on_progress
+        self.counts = Counts()
+        self.gate = AdaptiveLimit(self.settings.concurrency)
+        self.budget = Budget(options.budget)
+        self.rng = random.Random()
+        self.stopping: str | None = None
+        self.interrupted = False
+        self.fatal: FatalApiError | None = None
+        self.started = self.clock.time()
+        self.keys: list[str] = []  # every job's key, in manifest order
+        self._resumed: list[JobSpec] = []
+        self._journal: Journal | None = None
+        self._submitter: Submitter | None = None
+        self._work_scope: anyio.CancelScope | None = None
+        self._follow_scopes: set[anyio.CancelScope] = set()
+        self._name_stem = check_template(self.settings.name_template)
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            raise RuntimeError("the engine is not running")
+        return self._journal
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.journal.ledger
+
+    @property
+    def states(self) -> dict[str, KeyState]:
+        return self.journal.ledger.states
+
+    def specs(self) -> Iterator[JobSpec]:
+        specs: Iterator[JobSpec] = iter(expand(self.manifest))
+        if self.options.shard is not None:
+            shard = self.options.shard
+            specs = (spec for spec in specs if in_shard(spec.key, shard))
+        return itertools.islice(specs, self.options.limit)
+
+    def snapshot(self) -> Snapshot:
+        counts = self.counts
+        return Snapshot(
+            started=self.started,
+            now=self.clock.time(),
+            total=counts.total,
+            done=counts.completed + counts.skipped,
+            finished_now=counts.completed + counts.failed + counts.ambiguous_jobs,
+            failed=counts.failed,
+            ambiguous=counts.ambiguous_jobs,
+            in_flight=self.gate.in_use,
+            posting=self._submitter.in_flight if self._submitter else 0,
+            unfinished=counts.unfinished,
+            spend_units=counts.spend_units,
+        )
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        journal = self._journal = Journal.open(self.folder.journal_path)
+        try:
+            self._survey()
+            self._submitter = Submitter(
+                self.client,
+                journal,
+                self.clock,
+                SubmitSettings(
+                    concurrency=self.settings.submit_concurrency,
+                    settle_delay=self.options.settle_delay,
+                    api_timeout=self.options.api_timeout,
+                    retry=self.options.retry,
+                ),
+                counts=self.counts,
+                budget=self.budget,
+                gate=self.gate,
+                stopping=lambda: self.stopping is not None,
+                rng=self.rng,
+            )
+            self.tracker = Tracker(
+                self.client,
+                self.folder,
+                self.clock,
+                TrackSettings(
+                    poll_interval=self.settings.poll_interval,
+                    job_timeout=self.settings.job_timeout,
+                    retry=self.options.retry,
+                ),
+                counts=self.counts,
+                rng=self.rng,
+            )
+            async with anyio.create_task_group() as helpers:
+                if self.options.handle_signals:
+                    helpers.start_soon(self._watch_signals, helpers)
+                if self.options.deadline is not None:
+                    helpers.start_soon(self._stop_at_deadline, helpers, self.options.deadline)
+                if self.on_progress is not None:
+                    helpers.start_soon(self._report_progress)
+                with anyio.CancelScope() as scope:
+                    self._work_scope = scope
+                    await self._run_jobs()
+                helpers.cancel_scope.cancel()
+        finally:
+            journal.close()
+        return self._result()
+
+    def _survey(self) -> None:
+        """The one pass before anything is sent: count the jobs and fix their order, check that
+        the name template gives each its own file, and pick out the jobs an earlier run left
+        running remotely (they are polled before anything new is submitted)."""
+        names: dict[str, int] = {}
+        states = self.states
+        for spec in self.specs():
+            self.counts.total += 1
+            self.keys.append(spec.key)
+            state = states.get(spec.key)
+            if state is not None and state.remote:
+                self._resumed.append(spec)
+            if self._name_stem == DEFAULT_TEMPLATE:
+                continue  # keys are unique by construction
+            name = render_name(self._name_stem, spec)
+            if name in names:
+                raise UsageError(
+                    f"the name template {self.settings.name_template!r} gives jobs {names[name]} "
+                    f"and {spec.index} the same file name images/{name}: add {{key}} or {{index}}"
+                )
+            names[name] = spec.index
+
+    async def _run_jobs(self) -> None:
+        assert self._submitter is not None
+        await self._submitter.recover(self.states, self.started)
+        send, receive = anyio.create_memory_object_stream[JobSpec](self.settings.concurrency)
+        async with anyio.create_task_group() as workers:
+            workers.start_soon(self._produce, send)
+            for _ in range(self.settings.concurrency):
+                workers.start_soon(self._work, receive.clone())
+            receive.close()
+
+    async def _produce(self, send: ObjectSendStream[JobSpec]) -> None:
+        """Feed specs to the workers: jobs already running remotely first, then new ones.
+
+        Which jobs are resumed was decided once, before any ran: a job's state changes while
+        it runs, and a job handed out twice could be submitted twice.
+        """
+        resumed, self._resumed = self._resumed, []
+        resumed_keys = {spec.key for spec in resumed}
+        async with send:
+            for spec in resumed:
+                await send.send(spec)
+            for spec in self.specs():
+                if spec.key in resumed_keys or self._already_done(spec.key):
+                    continue
+                if self.stopping:
+                    return
+                await send.send(spec)
+
+    def _already_done(self, key: str) -> bool:
+        state = self.states.get(key)
+        if state is None or state.done is None:
+            return False
+        if state.done == "failed" and self.options.retry_failed:
+            state.reopen()
+            return False
+        self.counts.skipped += 1
+        return True
+
+    async def _work(self, receive: ObjectReceiveStream[JobSpec]) -> None:
+        async with receive:
+            async for spec in receive:
+                await self._run_job(spec)
+
+    async def _run_job(self, spec: JobSpec) -> None:
+        state = self.ledger.state(spec.key)
+        if state.remote:
+            self.counts.resumed += 1
+        try:
+            outcome = await self._drive(spec, state)
+        except FatalApiError as exc:
+            self._stop_for_fatal(exc)
+            outcome = NotSubmitted(str(exc))
+        await self._finish(spec, state, outcome)
+
+    async def _drive(self, spec: JobSpec, state: KeyState) -> Outcome:
+        """Take one job from wherever the journal left it to its outcome."""
+        while True:
+            if state.candidates:
+                return await self._collect_unmatched(state)
+            if state.pending_since is not None:
+                return Deferred("a lost submit could not be checked yet; the next run checks it")
+            if state.job_id is None and self.stopping:
+                return NotSubmitted("the run is stopping")
+            async with self.gate.slot(force=state.job_id is not None):
+                if state.job_id is None:
+                    submitted = await self._submitter_or_fail().submit(spec, state)
+                    if submitted is not None:
+                        return submitted
+                    if state.job_id is None:
+                        continue  # ambiguous: collect the candidates
+                ended = await self._follow(spec.key, state, state.job_id)
+            if not isinstance(ended, RemoteJob):
+                return ended
+            if ended.status == JobStatus.COMPLETED:
+                if not ended.urls:
+                    return Failed("the job completed without any result URL")
+                stem = render_name(self._name_stem, spec)
+                files = await self.tracker.download_all(ended, stem, spec.key)
+                return files if isinstance(files, Deferred) else Completed(ended, files)
+            reason = ended.error or f"the job was {ended.status.value}"
+            if state.submitted_at is not None and state.submitted_at >= self.started:
+                self.budget.refund(spec.units)  # failed and cancelled jobs are not billed
+            if ended.status == JobStatus.FAILED and state.accepted < self.settings.max_attempts:
+                await self.journal.record(
+                    "retry", spec.key, a=state.attempts, id=ended.job_id, error=reason
+                )
+                self.counts.retries += 1
+                log.info("↻ retry %s after remote failure: %s", spec.key, reason)
+                continue
+            return Failed(reason)
+
+    def _submitter_or_fail(self) -> Submitter:
+        if self._submitter is None:
+            raise RuntimeError("the engine is not running")
+        return self._submitter
+
+    async def _follow(self, key: str, state: KeyState, job_id: str) -> RemoteJob | Outcome:
+        """Poll a job to its end; with --cancel-on-exit, cancel it when the run stops."""
+        if not self.options.cancel_on_exit:
+            return await self.tracker.wait(job_id)
+        with anyio.CancelScope() as scope:
+            self._follow_scopes.add(scope)
+            try:
+                if self.stopping is None:
+                    return await self.tracker.wait(job_id)
+            except anyio.get_cancelled_exc_class():
+                if not scope.cancel_called:  # the whole run is aborting
+                    await self._cancel_on_exit(key, state, job_id)
+                raise
+            finally:
+                self._follow_scopes.discard(scope)
+        # Stopped (our scope cancelled, or the run was stopping already): cancel the job.
+        return await self._cancel_on_exit(key, state, job_id)
+
+    async def _cancel_on_exit(self, key: str, state: KeyState, job_id: str) -> Outcome:
+        """Cancel a job as the run stops (shielded: it runs while the run is being cancelled)."""
+        with anyio.CancelScope(shield=True):
+            cancelled = await self.tracker.cancel(job_id)
+            if cancelled:
+                # Cancelled jobs are not billed: the next run submits this one afresh.
+                await self.journal.record(
+                    "retry", key, a=state.attempts, id=job_id, error="cancelled on exit"
+                )
+        if not cancelled:
+            return Deferred(f"could not cancel job {job_id}; the next run polls it")
+        return Cancelled(job_id)
+
+    async def _collect_unmatched(self, state: KeyState) -> Outcome:
+        """An ambiguous job: keep the images of the candidates, which were paid for."""
+        files: list[FileEntry] = []
+        async with self.gate.slot(force=True):
+            for job_id in state.candidates:
+                ended = await self.tracker.wait(job_id)
+                if not isinstance(ended, RemoteJob) or ended.status != JobStatus.COMPLETED:
+                    continue
+                safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:100]
+                got = await self.tracker.download_all(ended, f"_unmatched/{safe_id}", safe_id)
+                if isinstance(got, list):
+                    files += got
+        return Ambiguous(state.candidates, files)
+
+    async def _finish(self, spec: JobSpec, state: KeyState, outcome: Outcome) -> None:
+        """Record a finished job, or count one that will continue in a later run."""
+        if isinstance(outcome, Completed):
+            record = completed_record(spec, state, outcome.remote, outcome.files)
+        elif isinstance(outcome, Failed):
+            record = failed_record(spec, state, outcome.reason)
+        elif isinstance(outcome, Ambiguous):
+            record = ambiguous_record(spec, state, outcome.candidates, outcome.files)
+        else:
+            self._count_unfinished(spec, outcome)
+            return
+        await self.journal.record("done", spec.key, record=record)
+        self.folder.append_result(record)
+        if isinstance(outcome, Completed):
+            self.counts.completed += 1
+            self.counts.spend_units += record.get("cost_units") or 0.0
+            files = len(outcome.files)
+            plural = "" if files == 1 else "s"
+            log.info("← done %s %s (%d file%s)", spec.key, spec.model, files, plural)
+        elif isinstance(outcome, Failed):
+            self.counts.failed += 1
+            log.warning("! failed %s %s: %s", spec.key, spec.model, outcome.reason)
+        else:
+            self.counts.ambiguous_jobs += 1
+            log.warning("? ambiguous %s %s: %s", spec.key, spec.model, record["error"])
+
+    def _count_unfinished(self, spec: JobSpec, outcome: Outcome) -> None:
+        if isinstance(outcome, Deferred):
+            self.counts.deferred += 1
+            log.warning("… %s left for the next run: %s", spec.key, outcome.reason)
+        elif isinstance(outcome, Cancelled):
+            self.counts.cancelled += 1
+            log.info("× cancelled %s (job %s) on exit", spec.key, outcome.job_id)
+        elif isinstance(outcome, NotSubmitted) and outcome.over_budget:
+            self.counts.over_budget += 1
+            log.info("$ not submitting %s: %s", spec.key, outcome.reason)
+        else:
+            self.counts.not_started += 1
+
+    # ---- stopping -------------------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """Stop submitting; jobs in flight finish (within the drain timeout)."""
+        if self.stopping is None:
+            self.stopping = reason
+            log.warning(
+                "stopping (%s): no new submits; waiting up to %g s for jobs in flight",
+                reason,
+                self.options.drain_timeout,
+            )
+            for scope in self._follow_scopes:
+                scope.cancel()  # --cancel-on-exit: cancel what runs rather than wait for it
+
+    def _stop_for_fatal(self, exc: FatalApiError) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("%s: no more submits; jobs in flight will finish", exc)
+        self.stop(f"fatal: {exc}")
+
+    def abort(self) -> None:
+        """Stop at once; the output folder resumes correctly on the next run."""
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    async def _watch_signals(self, helpers: TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.stopping is None:
+                    self.interrupted = True
+                    self.stop(f"interrupted by {signal.Signals(signum).name}")
+                    helpers.start_soon(self._abort_after_drain)
+                else:
+                    log.warning("second signal: stopping now")
+                    self.abort()
+                    return
+
+    async def _stop_at_deadline(self, helpers: TaskGroup, deadline: float) -> None:
+        await self.clock.sleep(max(0.0, deadline - self.clock.time()))
+        if self.stopping is None:
+            self.stop("deadline reached")
+            helpers.start_soon(self._abort_after_drain)
+
+    async def _abort_after_drain(self) -> None:
+        await self.clock.sleep(self.options.drain_timeout)
+        log.warning("drain timeout reached: stopping now")
+        self.abort()
+
+    async def _report_progress(self) -> None:
+        assert self.on_progress is not None
+        while True:
+            self.on_progress(self)
+            await anyio.sleep(0.5)
+
+    def _result(self) -> RunResult:
+        stopped = self.stopping
+        if stopped is None and self.counts.over_budget:
+            stopped = f"budget reached: {self.counts.over_budget} jobs not submitted"
+        return RunResult(self.counts, stopped=stopped, fatal=self.fatal is not None)

@@ -1,0 +1,61 @@
+"""How one job ends in a run: outcomes are returned values, never exceptions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.remote import RemoteJob
+
+FileEntry = dict[str, Any]  # {path, sha256, bytes} as results.jsonl lists it
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The job's images are in place."""
+
+    remote: RemoteJob
+    files: list[FileEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The job ends without images (failed jobs are not billed)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ambiguous:
+    """A submit's answer was lost and more than one remote job could be it: not sent again.
+
+    The candidates' images were paid for, so the ones that completed are kept apart.
+    """
+
+    candidates: tuple[str, ...]
+    files: list[FileEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """The job cannot finish in this run but nothing is lost: the next run picks it up."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The run stopped with --cancel-on-exit and cancelled the job; the next run submits it."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotSubmitted:
+    """The job was never sent: the run is stopping, or it would go over the budget."""
+
+    reason: str
+    over_budget: bool = False
+
+
+Outcome = Completed | Failed | Ambiguous | Deferred | Cancelled | NotSubmitted

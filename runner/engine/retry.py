@@ -1,0 +1,94 @@
+"""The one retry loop, over the pure policies of ``runner.backoff``, on an injectable clock."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import anyio
+
+from runner.backoff import NETWORK, OVERLOAD, Backoff
+from runner.errors import TransientApiError
+
+T = TypeVar("T")
+
+
+class Clock(Protocol):
+    """Where the engine reads time and sleeps; tests substitute a virtual one."""
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch: compared with the server's timestamps."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds for durations and deadlines."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a step retries transient errors.
+
+    429s wait as the server asks (``throttled``) and never count toward giving up: being told
+    to slow down is no reason to abandon a job. Other transient errors back off by ``errors``
+    and give up after ``max_errors`` in a row (None: never, until the step's deadline).
+    """
+
+    errors: Backoff = NETWORK
+    throttled: Backoff = OVERLOAD
+    max_errors: int | None = 8
+
+
+OnError = Callable[[TransientApiError, float], None]
+
+
+async def retrying(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    clock: Clock,
+    rng: random.Random,
+    *,
+    on_error: OnError | None = None,
+    give_up_at: float | None = None,
+) -> T:
+    """``await call()`` until it returns; transient errors wait and try again.
+
+    Re-raises the last transient error once ``policy`` gives up or the next wait would end
+    after ``give_up_at`` (a ``clock.monotonic()`` time). Other exceptions pass through.
+    """
+    errors = throttled = 0
+    while True:
+        try:
+            return await call()
+        except TransientApiError as exc:
+            if exc.status == 429:
+                delay = policy.throttled.delay(min(throttled, 3), exc.retry_after, rng)
+                throttled += 1
+            else:
+                errors += 1
+                if policy.max_errors is not None and errors > policy.max_errors:
+                    raise
+                delay = policy.errors.delay(errors - 1, exc.retry_after, rng)
+            if give_up_at is not None and clock.monotonic() + delay > give_up_at:
+                raise
+            if on_error is not None:
+                on_error(exc, delay)
+            await clock.sleep(delay)

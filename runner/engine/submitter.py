@@ -1,0 +1,312 @@
+"""Submitting: POSTs in parallel, write-ahead journal lines, and never a second payment.
+
+Before each POST the journal records ``submitting`` (fsynced, shared with the other POSTs
+going out at the same moment); after it, the remote job id. Up to ``SubmitWindow.level``
+POSTs are in flight at once.
+
+A POST that fails before it reaches the server (cannot connect, DNS, connect timeout) or that
+the server refuses (4xx, 429) created nothing and is simply sent again or failed. A POST whose
+answer is lost after it was sent (timeout, reset, 5xx, garbled 2xx) may have created a paid
+job, so it is never just sent again: a barrier stops new POSTs, the ones in flight settle,
+and then one round lists the jobs created around every lost POST and matches them
+(``runner.engine.matching``). The same round runs at start for the POSTs a crash left pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from runner.client import KreaClient
+from runner.engine.budget import Budget
+from runner.engine.counts import Counts
+from runner.engine.matching import Candidate, LostPost, Matching, match, window_bounds
+from runner.engine.outcome import Deferred, Failed, NotSubmitted, Outcome
+from runner.engine.retry import Clock, RetryPolicy, retrying
+from runner.errors import (
+    AmbiguousSubmit,
+    ApiError,
+    PermanentApiError,
+    TransientApiError,
+)
+from runner.jobspec import JobSpec
+from runner.journal import Journal, KeyState
+from runner.limiter import AdaptiveLimit, SubmitWindow
+
+log = logging.getLogger(__name__)
+
+LIST_PAGE = 100  # jobs per listing page while matching lost POSTs
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitSettings:
+    """How submits behave."""
+
+    concurrency: int = 8  # POSTs in flight at most
+    settle_delay: float = 1.0  # wait before listing, so a slow server has stamped its jobs
+    api_timeout: float = 30.0  # a POST's whole time; bounds a crashed run's pending windows
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class _Stopping(Exception):
+    """The run stops submitting."""
+
+
+class Submitter:
+    """Makes the server hold exactly one job per attempt (module docstring)."""
+
+    def __init__(
+        self,
+        client: KreaClient,
+        journal: Journal,
+        clock: Clock,
+        settings: SubmitSettings,
+        *,
+        counts: Counts,
+        budget: Budget,
+        gate: AdaptiveLimit,
+        stopping: Callable[[], bool],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.clock = clock
+        self.settings = settings
+        self.counts = counts
+        self.budget = budget
+        self.gate = gate
+        self.stopping = stopping
+        self.rng = rng or random.Random()
+        self.window = SubmitWindow(settings.concurrency)
+        self._slots = anyio.CapacityLimiter(self.window.level)
+        self.in_flight = 0
+        self._settled = anyio.Event()  # set each time the last POST in flight settles
+        self._barrier: anyio.Event | None = None  # up while lost POSTs are being matched
+        self._lost: dict[str, LostPost] = {}
+        self._outcomes: dict[str, Outcome | None] = {}
+        self._round = anyio.Lock()
+
+    # ---- one job ------------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec, state: KeyState) -> Outcome | None:
+        """Submit ``spec`` until the server holds one job for it.
+
+        None: the state says what follows (``job_id`` to poll, or ``candidates`` to collect).
+        Otherwise the job's outcome. FatalApiError (401, 402) passes through.
+        """
+        refusal = self.budget.reserve(spec.model, spec.units)
+        if refusal is not None:
+            return NotSubmitted(refusal, over_budget=True)
+        outcome = await self._submit_reserved(spec, state)
+        if isinstance(outcome, Failed | NotSubmitted):
+            self.budget.refund(spec.units)  # nothing was created
+        return outcome
+
+    async def _submit_reserved(self, spec: JobSpec, state: KeyState) -> Outcome | None:
+        while True:
+            try:
+                lost = await retrying(
+                    lambda: self._attempt(spec, state),
+                    self.settings.retry,
+                    self.clock,
+                    self.rng,
+                    on_error=lambda exc, delay: self._backing_off(spec, exc, delay),
+                )
+            except _Stopping:
+                return NotSubmitted("the run is stopping")
+            except TransientApiError as exc:
+                return Failed(f"gave up submitting: {exc}")
+            except PermanentApiError as exc:
+                return Failed(str(exc))
+            if lost is None:
+                return None
+            outcome = await self._settle(lost)
+            if outcome is not None or state.job_id is not None or state.candidates:
+                return outcome
+            # The lost POST created nothing: send it again.
+
+    def _backing_off(self, spec: JobSpec, exc: TransientApiError, delay: float) -> None:
+        self.counts.saw(exc)
+        if exc.overload:
+            self.gate.overloaded()
+        log.info("↻ submit of %s in %.1fs: %s", spec.key, delay, exc)
+
+    async def _attempt(self, spec: JobSpec, state: KeyState) -> LostPost | None:
+        """One POST, once no barrier is up and a POST slot is free. Returns it if lost."""
+        async with self._post_slot():
+            if self.stopping():
+                raise _Stopping
+            sent = self.clock.time()
+            await self.journal.record("submitting", spec.key, a=state.attempts + 1, t=sent)
+            try:
+                remote = await self.client.submit(spec.endpoint, spec.body)
+            except AmbiguousSubmit as exc:
+                self.counts.ambiguous += 1
+                lost = LostPost(spec.key, sent, self.clock.time(), created=exc.created)
+                self._raise_barrier(lost)
+                log.warning("? submit of %s lost its answer (%s): checking jobs", spec.key, exc)
+                return lost
+            except ApiError:
+                await self.journal.record("lost", spec.key, a=state.attempts)
+                raise
+            received = self.clock.time()
+            await self.journal.record(
+                "submitted",
+                spec.key,
+                a=state.attempts,
+                id=remote.job_id,
+                ts=sent,
+                tr=received,
+                c=remote.created_at,
+            )
+        self.counts.submits += 1
+        self.gate.accepted()
+        self.window.clean()
+        self._slots.total_tokens = self.window.level
+        log.debug("→ submitted %s as %s", spec.key, remote.job_id)
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _post_slot(self) -> AsyncIterator[None]:
+        """A POST slot, taken once no barrier is up; counts the POST as in flight."""
+        while True:
+            while self._barrier is not None:
+                await self._barrier.wait()
+            await self._slots.acquire()
+            if self._barrier is None:
+                break
+            self._slots.release()  # an answer was lost while we waited: wait for the round
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
+            if not self.in_flight:
+                self._settled.set()
+                self._settled = anyio.Event()
+
+    # ---- the barrier and the matching round ---------------------------------------------------
+
+    def _raise_barrier(self, lost: LostPost) -> None:
+        self._lost[lost.key] = lost
+        if self._barrier is None:
+            self._barrier = anyio.Event()
+        self.window.lost()
+        self._slots.total_tokens = self.window.level
+
+    async def _settle(self, lost: LostPost) -> Outcome | None:
+        """Wait for the POSTs in flight to settle, then learn what ``lost`` created."""
+        while self.in_flight:
+            await self._settled.wait()
+        async with self._round:
+            if lost.key not in self._outcomes:
+                await self._match_round()
+            return self._outcomes.pop(lost.key)
+
+    async def recover(self, states: dict[str, KeyState], run_started: float) -> None:
+        """Match the POSTs an earlier run left pending (it crashed before their answers)."""
+        for key, state in states.items():
+            if state.pending_since is not None and state.done is None:
+                ended = min(state.pending_since + self.settings.api_timeout, run_started)
+                self._lost[key] = LostPost(key, state.pending_since, ended)
+        if self._lost:
+            log.info("checking %d submit(s) an earlier run left unanswered", len(self._lost))
+            async with self._round:
+                await self._match_round(settle=False)
+            self._outcomes.clear()
+
+    async def _match_round(self, *, settle: bool = True) -> None:
+        posts, self._lost = list(self._lost.values()), {}
+        try:
+            if settle:
+                await self.clock.sleep(self.settings.settle_delay)
+            try:
+                jobs = await self._unclaimed_jobs(*window_bounds(posts, self.journal.ledger.skew))
+            except ApiError as exc:
+                self.counts.unchecked += len(posts)
+                reason = f"could not check whether a lost submit created a job: {exc}"
+                log.warning("? %s (%d submits)", reason, len(posts))
+                for post in posts:  # the pending line stays: the next run checks again
+                    self._outcomes[post.key] = Deferred(reason)
+                return
+            found = match(posts, jobs, self.journal.ledger.skew)
+            await self._record(posts, found)
+        finally:
+            if self._barrier is not None:
+                self._barrier.set()
+                self._barrier = None
+
+    async def _record(self, posts: list[LostPost], found: Matching) -> None:
+        by_key = {p.key: p for p in posts}
+        states = self.journal.ledger.states
+        events: list[dict[str, Any]] = []
+        for key, job in found.adopted.items():
+            post, state = by_key[key], states[key]
+            log.warning("? found %s's job %s: adopted, not sent again", key, job.job_id)
+            events.append(
+                {
+                    "e": "submitted",
+                    "k": key,
+                    "a": state.attempts,
+                    "id": job.job_id,
+                    "ts": post.sent,
+                    "tr": post.ended,
+                    "c": job.created,
+                    "adopted": True,
+                }
+            )
+            self._outcomes[key] = None
+        for key in found.resend:
+            log.warning("? %s's lost submit created no job: sending it again", key)
+            events.append({"e": "lost", "k": key, "a": states[key].attempts})
+            self._outcomes[key] = None
+        for key, candidates in found.ambiguous.items():
+            log.warning(
+                "? %s's lost submit matches no single job (candidates: %s): not sent again",
+                key,
+                ", ".join(candidates),
+            )
+            events.append(
+                {"e": "ambiguous", "k": key, "a": states[key].attempts, "candidates": candidates}
+            )
+            self._outcomes[key] = None
+        for key in found.unseen:
+            reason = "the server accepted a submit whose job the listing does not show yet"
+            self._outcomes[key] = Deferred(reason)
+        await self.journal.record_many(events)
+        self.counts.adopted += len(found.adopted)
+        self.counts.submits += len(found.adopted)
+        self.counts.resent += len(found.resend)
+        self.counts.unmatched += len(found.ambiguous)
+        self.counts.unchecked += len(found.unseen)
+
+    async def _unclaimed_jobs(self, start: float, end: float) -> list[Candidate]:
+        """Jobs created in [start, end] (server clock) that no journal line claims."""
+        known = self.journal.ledger.known_ids
+        found: list[Candidate] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await retrying(
+                functools.partial(self.client.list_jobs, LIST_PAGE, cursor),
+                self.settings.retry,
+                self.clock,
+                self.rng,
+            )
+            for job in page:
+                created = job.created_at
+                if created is not None and created > end:
+                    continue
+                if created is not None and created < start:
+                    return found  # newest first: everything further is older
+                if job.job_id not in known:
+                    found.append(Candidate(job.job_id, created))
+            if cursor is None or not page:
+                return found
