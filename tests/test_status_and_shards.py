@@ -13,8 +13,8 @@ from runner.batch import run_batch
 from runner.cli import main
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import UsageError
-from runner.manifest import expand
 from runner.jobspec import in_shard
+from runner.manifest import expand
 from runner.merge import parse_shard
 from runner.status import read_status
 from tests.engine_helpers import FAST, check_folder, manifest_text, read_results, small_manifest
