@@ -13,16 +13,16 @@ Every aiohttp exception and HTTP status becomes one of ``runner.errors``:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
-import aiofiles
 import aiohttp
 import anyio
 from aiolimiter import AsyncLimiter
@@ -216,8 +216,14 @@ class KreaClient:
 
     # ---- downloads --------------------------------------------------------------------------
 
-    async def download(self, url: str, dest: Path) -> Download:
-        """Stream ``url`` into ``dest``, fsynced; the caller renames it into place."""
+    async def download(
+        self, url: str, dest: Path, place: Callable[[Path, str], Path] | None = None
+    ) -> Download:
+        """Stream ``url`` into ``dest``, fsynced.
+
+        ``place(dest, content_type)``, if given, moves the file into place in the same
+        worker-thread call that wrote it; ``Download.path`` is then where it went.
+        """
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.timeouts.connect, sock_read=self.timeouts.read
         )
@@ -234,24 +240,75 @@ class KreaClient:
                     raise TransientApiError(f"GET image: {response.status}", status=response.status)
                 expected = response.content_length
                 content_type = response.headers.get("Content-Type", "")
-                async with aiofiles.open(dest, "wb") as out:
+                with _SpoolFile(dest) as out:
                     async for chunk in response.content.iter_chunked(256 * 1024):
                         digest.update(chunk)
                         size += len(chunk)
                         await out.write(chunk)
-                    await out.flush()
-                    await anyio.to_thread.run_sync(os.fsync, out.fileno())
+                    if expected is not None and size != expected:
+                        raise TransientApiError(f"GET image: got {size} of {expected} bytes")
+                    if size == 0:
+                        raise TransientApiError("GET image: empty file")
+                    path = await out.commit(
+                        None if place is None else functools.partial(place, dest, content_type)
+                    )
         except aiohttp.ClientConnectorError as exc:
             raise TransientApiError(f"GET image: cannot connect ({exc.os_error})") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientApiError(
                 f"GET image: download cut short ({type(exc).__name__})"
             ) from exc
-        if expected is not None and size != expected:
-            raise TransientApiError(f"GET image: got {size} of {expected} bytes")
-        if size == 0:
-            raise TransientApiError("GET image: empty file")
-        return Download(dest, size, digest.hexdigest(), content_type)
+        return Download(path, size, digest.hexdigest(), content_type)
+
+
+class _SpoolFile:
+    """A file written from the event loop with as few thread hops as possible.
+
+    Chunks wait in memory and go to disk in one worker-thread call (write, flush, fsync) at
+    the end, or whenever ``SPILL`` bytes are waiting: an image of a few MB costs one hop, not
+    one per chunk, and memory stays bounded for a large one.
+    """
+
+    SPILL = 8 << 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._chunks: list[bytes] = []
+        self._waiting = 0
+        self._handle: BinaryIO | None = None
+
+    def __enter__(self) -> _SpoolFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    async def write(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._waiting += len(chunk)
+        if self._waiting >= self.SPILL:
+            await anyio.to_thread.run_sync(self._drain, False)
+
+    async def commit(self, then: Callable[[], Path] | None = None) -> Path:
+        """Everything on disk, fsynced, closed; then ``then()`` in the same thread call."""
+        return await anyio.to_thread.run_sync(self._finish, then)
+
+    def _drain(self, sync: bool) -> None:
+        if self._handle is None:
+            self._handle = self.path.open("wb")
+        self._handle.write(b"".join(self._chunks))
+        self._chunks, self._waiting = [], 0
+        if sync:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+
+    def _finish(self, then: Callable[[], Path] | None) -> Path:
+        self._drain(True)
+        assert self._handle is not None
+        self._handle.close()
+        self._handle = None
+        return self.path if then is None else then()
 
 
 def _lost(

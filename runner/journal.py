@@ -202,6 +202,18 @@ class Journal:
         apply(self.ledger, event, offset)
         return offset
 
+    def note(self, kind: str, key: str, **fields: Any) -> None:
+        """Queue one event and apply it now; it reaches the disk with the next flush.
+
+        For events a crash may lose without harm: a lost ``submitted`` line leaves its
+        ``submitting`` line pending, and the next run finds the job in the listing.
+        """
+        event = {"e": kind, "k": key, **fields}
+        line = _line(event)
+        offset, self._end = self._end, self._end + len(line)
+        self._pending.append(line)
+        apply(self.ledger, event, offset)
+
     async def record_many(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Append several events in one write and one fsync, then apply them in order."""
         events = list(events)
@@ -242,4 +254,7 @@ class Journal:
         os.fsync(self._handle.fileno())
 
     def close(self) -> None:
+        if self._pending and not self._flushing:
+            self._write(b"".join(self._pending))  # noted lines no flush has carried yet
+            self._pending = []
         self._handle.close()

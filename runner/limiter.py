@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -35,10 +36,11 @@ class AdaptiveLimit:
 
     Starts at ``ceiling``; each "too many concurrent jobs" answer cuts it by a quarter (at most
     once per ``cooldown`` seconds, since one burst of refusals is one signal), and each accepted
-    submit raises it slowly back. Jobs hold a slot from submit until they end.
+    submit raises it slowly back. Jobs hold a slot from submit until they end; waiting jobs are
+    admitted in arrival order, one per free slot (no herd woken to find one winner).
     """
 
-    __slots__ = ("_changed", "_clock", "_last_cut", "ceiling", "cooldown", "in_use", "limit")
+    __slots__ = ("_clock", "_last_cut", "_waiters", "ceiling", "cooldown", "in_use", "limit")
 
     def __init__(
         self, ceiling: int, cooldown: float = 2.0, clock: Callable[[], float] = time.monotonic
@@ -49,21 +51,39 @@ class AdaptiveLimit:
         self.in_use = 0
         self._clock = clock
         self._last_cut = -float("inf")
-        self._changed = anyio.Event()
+        self._waiters: deque[anyio.Event] = deque()
 
     @contextlib.asynccontextmanager
     async def slot(self, *, force: bool = False) -> AsyncIterator[None]:
         """Hold one slot for the block; ``force`` counts a job already running remotely (a
         resumed one) whatever the cap. The block's owner alone releases it, however it ends."""
-        if not force:
-            while self.in_use >= int(self.limit):
-                await self._changed.wait()
-        self.in_use += 1
+        if force or (not self._waiters and self.in_use < int(self.limit)):
+            self.in_use += 1
+        else:
+            await self._queue()
         try:
             yield
         finally:
             self.in_use -= 1
-            self._notify()
+            self._admit()
+
+    async def _queue(self) -> None:
+        admitted = anyio.Event()
+        self._waiters.append(admitted)
+        try:
+            await admitted.wait()  # _admit counted our slot before waking us
+        except BaseException:
+            if admitted.is_set():
+                self.in_use -= 1  # admitted and cancelled at once: pass the slot on
+                self._admit()
+            else:
+                self._waiters.remove(admitted)
+            raise
+
+    def _admit(self) -> None:
+        while self._waiters and self.in_use < int(self.limit):
+            self.in_use += 1
+            self._waiters.popleft().set()
 
     def overloaded(self) -> None:
         now = self._clock()
@@ -72,22 +92,18 @@ class AdaptiveLimit:
             self._last_cut = now
 
     def accepted(self) -> None:
-        before = int(self.limit)
         self.limit = increased(self.limit, self.ceiling)
-        if int(self.limit) > before:
-            self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._admit()
 
 
 class SubmitWindow:
-    """How many POSTs may be in flight at once (slow start, like TCP's congestion window).
+    """How many POSTs may be in flight at once: a slow start, as TCP's congestion window.
 
-    Starts at one and grows by one with each cleanly answered POST, up to ``ceiling``. A lost
-    answer drops it to one and holds it there for ``hold`` clean POSTs: lost answers come in
-    bursts (a network blip), and POSTs in flight one at a time are always told apart.
+    Starts at one and doubles with each cleanly answered POST, up to ``ceiling``: a run that
+    crashes in its first instants leaves one unanswered POST, not a burst that no listing
+    could tell apart. A lost answer drops it to one and holds it there for ``hold`` clean
+    POSTs: lost answers come in bursts (a network blip), and POSTs sent one at a time can
+    always be told apart.
     """
 
     __slots__ = ("_hold_left", "ceiling", "hold", "level")
@@ -102,7 +118,7 @@ class SubmitWindow:
         if self._hold_left:
             self._hold_left -= 1
         else:
-            self.level = min(self.ceiling, self.level + 1)
+            self.level = min(self.ceiling, self.level * 2)
 
     def lost(self) -> None:
         self.level = 1

@@ -50,14 +50,17 @@ def check_folder(out: Path, jobs: int, emulator: Emulator) -> list[dict[str, Any
     keys = [r["key"] for r in records]
     assert len(keys) == len(set(keys)) == jobs, f"{len(keys)} records, {len(set(keys))} keys"
     for record in records:
+        for entry in record["files"]:
+            data = (out / entry["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry
+            assert len(data) == entry["bytes"]
         if record["status"] == "completed":
             assert record["files"], record
-            for entry in record["files"]:
-                data = (out / entry["path"]).read_bytes()
-                assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry
-                assert len(data) == entry["bytes"]
+        elif record["status"] == "ambiguous":
+            assert record["candidates"], record
+            assert all(e["path"].startswith("images/_unmatched/") for e in record["files"])
         else:
-            assert record["status"] in ("failed", "ambiguous")
+            assert record["status"] == "failed"
             assert record["error"], record
     assert not list((out / "images").rglob("*.part")), "partial downloads left behind"
     assert emulator.paid_twice() == [], "a request was billed twice"

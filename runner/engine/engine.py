@@ -1,9 +1,11 @@
 """The engine: every job of a manifest from submit to recorded outcome, resumably.
 
-One task group owns everything: a producer feeding specs into a bounded stream, ``concurrency``
-workers that each drive one job at a time, and the helpers (signals, deadline, progress). A
-worker hands its job to the ``Submitter`` (POSTs in parallel, never paid twice) and the
-``Tracker`` (polls, downloads), then records the outcome. Stopping is two-phase: stop
+One task group owns everything: a producer feeding specs into a bounded stream, workers that
+each drive one job at a time, and the helpers (signals, deadline, progress). A worker hands
+its job to the ``Submitter`` (POSTs in parallel, never paid twice) and the ``Tracker`` (polls,
+downloads), then records the outcome. The gate admits ``concurrency`` jobs to the server at
+once; there are twice as many workers, so a job downloading its images (its server slot
+already free) never keeps the next one from being submitted. Stopping is two-phase: stop
 submitting and let jobs in flight finish (drain), then cancel what is left (abort).
 """
 
@@ -118,6 +120,7 @@ class Engine:
         self._submitter: Submitter | None = None
         self._work_scope: anyio.CancelScope | None = None
         self._follow_scopes: set[anyio.CancelScope] = set()
+        self._collected: set[str] = set()  # candidates of ambiguous jobs already fetched
         self._name_stem = check_template(self.settings.name_template)
 
     @property
@@ -234,7 +237,7 @@ class Engine:
         send, receive = anyio.create_memory_object_stream[JobSpec](self.settings.concurrency)
         async with anyio.create_task_group() as workers:
             workers.start_soon(self._produce, send)
-            for _ in range(self.settings.concurrency):
+            for _ in range(2 * self.settings.concurrency):
                 workers.start_soon(self._work, receive.clone())
             receive.close()
 
@@ -298,7 +301,7 @@ class Engine:
                         return submitted
                     if state.job_id is None:
                         continue  # ambiguous: collect the candidates
-                ended = await self._follow(spec.key, state, state.job_id)
+                ended = await self._follow(spec, state, state.job_id)
             if not isinstance(ended, RemoteJob):
                 return ended
             if ended.status == JobStatus.COMPLETED:
@@ -324,23 +327,25 @@ class Engine:
             raise RuntimeError("the engine is not running")
         return self._submitter
 
-    async def _follow(self, key: str, state: KeyState, job_id: str) -> RemoteJob | Outcome:
+    async def _follow(self, spec: JobSpec, state: KeyState, job_id: str) -> RemoteJob | Outcome:
         """Poll a job to its end; with --cancel-on-exit, cancel it when the run stops."""
+        polls = self.tracker.wait(job_id, spec.model, state.submitted_at)
         if not self.options.cancel_on_exit:
-            return await self.tracker.wait(job_id)
+            return await polls
         with anyio.CancelScope() as scope:
             self._follow_scopes.add(scope)
             try:
                 if self.stopping is None:
-                    return await self.tracker.wait(job_id)
+                    return await polls
             except anyio.get_cancelled_exc_class():
                 if not scope.cancel_called:  # the whole run is aborting
-                    await self._cancel_on_exit(key, state, job_id)
+                    await self._cancel_on_exit(spec.key, state, job_id)
                 raise
             finally:
                 self._follow_scopes.discard(scope)
+                polls.close()  # not awaited when the run was stopping already
         # Stopped (our scope cancelled, or the run was stopping already): cancel the job.
-        return await self._cancel_on_exit(key, state, job_id)
+        return await self._cancel_on_exit(spec.key, state, job_id)
 
     async def _cancel_on_exit(self, key: str, state: KeyState, job_id: str) -> Outcome:
         """Cancel a job as the run stops (shielded: it runs while the run is being cancelled)."""
@@ -356,10 +361,17 @@ class Engine:
         return Cancelled(job_id)
 
     async def _collect_unmatched(self, state: KeyState) -> Outcome:
-        """An ambiguous job: keep the images of the candidates, which were paid for."""
+        """An ambiguous job: keep the images of the candidates, which were paid for.
+
+        Jobs that lost their answers together share candidates: each candidate is fetched by
+        the first of them to reach it, and listed in that one's record.
+        """
         files: list[FileEntry] = []
         async with self.gate.slot(force=True):
             for job_id in state.candidates:
+                if job_id in self._collected:
+                    continue
+                self._collected.add(job_id)
                 ended = await self.tracker.wait(job_id)
                 if not isinstance(ended, RemoteJob) or ended.status != JobStatus.COMPLETED:
                     continue

@@ -157,7 +157,9 @@ class Submitter:
                 await self.journal.record("lost", spec.key, a=state.attempts)
                 raise
             received = self.clock.time()
-            await self.journal.record(
+            # Not waited for: the `done` line after it is, and a crash in between costs only
+            # a look at the listing on the next start.
+            self.journal.note(
                 "submitted",
                 spec.key,
                 a=state.attempts,

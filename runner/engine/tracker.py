@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import statistics
+from collections import deque
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import anyio
 
@@ -16,7 +19,7 @@ from runner.engine.outcome import Deferred, Failed, FileEntry
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.errors import ExpiredUrl, PermanentApiError, TransientApiError
 from runner.outputs import OutputFolder, image_extension, relative
-from runner.remote import RemoteJob
+from runner.remote import JobStatus, RemoteJob
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,35 @@ class TrackSettings:
     poll_interval: float = 2.0
     job_timeout: float = 3 * 3600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class TypicalLatency:
+    """How long each model's jobs take from creation to completion, learnt during the run.
+
+    A job is first polled when jobs of its model typically end, not one interval after it was
+    submitted: a model that takes 30 s is then not polled 15 times for nothing.
+    """
+
+    SAMPLES = 64  # the recent jobs the median is taken over
+    MIN_SAMPLES = 5  # before that many, poll at the interval
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, deque[float]] = {}
+
+    def observe(self, model: str, remote: RemoteJob) -> None:
+        if remote.status != JobStatus.COMPLETED:
+            return
+        if remote.created_at is None or remote.completed_at is None:
+            return
+        seconds = remote.completed_at - remote.created_at
+        if seconds >= 0:
+            self._seconds.setdefault(model, deque(maxlen=self.SAMPLES)).append(seconds)
+
+    def median(self, model: str) -> float | None:
+        seconds = self._seconds.get(model)
+        if seconds is None or len(seconds) < self.MIN_SAMPLES:
+            return None
+        return statistics.median(seconds)
 
 
 class Tracker:
@@ -51,15 +83,30 @@ class Tracker:
         self.rng = rng or random.Random()
         # Polls of a paid job never give up on errors before the job's own deadline.
         self._poll_retry = replace(settings.retry, max_errors=None)
+        self.latency = TypicalLatency()
 
     def _count_error(self, exc: TransientApiError, delay: float) -> None:
         self.counts.saw(exc)
 
-    async def wait(self, job_id: str) -> RemoteJob | Failed | Deferred:
-        """Poll every poll_interval (jittered) until the job ends or its timeout passes."""
+    async def wait(
+        self, job_id: str, model: str | None = None, submitted_at: float | None = None
+    ) -> RemoteJob | Failed | Deferred:
+        """Poll every poll_interval (jittered) until the job ends or its timeout passes.
+
+        The first poll waits until jobs of ``model`` typically end (``submitted_at``: when
+        this one was sent, our wall clock). Polls then keep to their schedule (a tick every
+        interval, however long an answer takes), so a job is seen done about half an
+        interval after it ends, not one interval plus the round trips of every poll before.
+        """
+        interval = self.settings.poll_interval
         deadline = self.clock.monotonic() + self.settings.job_timeout
+        tick = self.clock.monotonic()
+        first = self._first_wait(model, submitted_at)
         while True:
-            await self.clock.sleep(jittered(self.settings.poll_interval, rng=self.rng))
+            now = self.clock.monotonic()
+            tick = max(tick + jittered(first or interval, rng=self.rng), now + interval / 2)
+            first = None
+            await self.clock.sleep(tick - now)
             try:
                 remote = await retrying(
                     lambda: self.client.get_job(job_id),
@@ -75,6 +122,8 @@ class Tracker:
             except PermanentApiError as exc:
                 return Failed(f"the remote job {job_id} is gone: {exc}")
             if remote.status.terminal:
+                if model is not None:
+                    self.latency.observe(model, remote)
                 return remote
             if self.clock.monotonic() > deadline:
                 await self.cancel(job_id)
@@ -82,6 +131,13 @@ class Tracker:
                     f"timed out after {self.settings.job_timeout:g} s "
                     f"(last status: {remote.status.value}); cancelled"
                 )
+
+    def _first_wait(self, model: str | None, submitted_at: float | None) -> float | None:
+        typical = None if model is None else self.latency.median(model)
+        if typical is None:
+            return None
+        elapsed = 0.0 if submitted_at is None else max(0.0, self.clock.time() - submitted_at)
+        return max(self.settings.poll_interval, typical - elapsed)
 
     async def cancel(self, job_id: str) -> bool:
         """Ask the server to cancel a job; True when it said yes."""
@@ -117,9 +173,13 @@ class Tracker:
         refreshes = 0
         while True:
             url = remote.urls[index]
+
+            def place(part: Path, content_type: str, url: str = url) -> Path:
+                return self.folder.place(part, stem + image_extension(content_type, url))
+
             try:
                 download = await retrying(
-                    functools.partial(self.client.download, url, partial),
+                    functools.partial(self.client.download, url, partial, place),
                     self.settings.retry,
                     self.clock,
                     self.rng,
@@ -145,12 +205,10 @@ class Tracker:
                     return Deferred("the job no longer lists its images")
             except TransientApiError as exc:
                 return Deferred(f"download kept failing: {exc}")
-        name = stem + image_extension(download.content_type, url)
-        final = await anyio.to_thread.run_sync(self.folder.place, partial, name)
         self.counts.downloads += 1
         self.counts.bytes += download.bytes
         entry = {
-            "path": relative(final, self.folder.root),
+            "path": relative(download.path, self.folder.root),
             "sha256": download.sha256,
             "bytes": download.bytes,
         }
