@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--poll-interval", metavar="S", help="seconds between polls of a job (2s)")
     run.add_argument("--max-attempts", type=int, metavar="N", help="submissions of a failing job")
     run.add_argument("--job-timeout", metavar="S", help="give up on a job after this long")
+    run.add_argument(
+        "--lost-answer-wait",
+        metavar="S",
+        help="after a POST's answer is lost, wait this long before looking for its job (1s)",
+    )
     run.add_argument("--max-jobs", type=int, metavar="N", help="cap on the expanded job count")
     run.add_argument(
         "--name-template",
@@ -190,6 +195,7 @@ def _run(args: argparse.Namespace) -> int:
             "poll_interval",
             "max_attempts",
             "job_timeout",
+            "lost_answer_wait",
             "max_jobs",
             "name_template",
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -170,12 +170,26 @@ def _line(event: Mapping[str, Any]) -> bytes:
     return (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-class Journal:
-    """Appends events durably and keeps the ledger they fold into; open with ``Journal.open``."""
+Offload = Callable[[Callable[[bytes], None], bytes], Awaitable[None]]
 
-    def __init__(self, path: Path, handle: BinaryIO, ledger: Ledger) -> None:
+
+class Journal:
+    """Appends events durably and keeps the ledger they fold into; open with ``Journal.open``.
+
+    ``offload`` runs the blocking write-and-fsync away from the event loop: a worker thread
+    by default; tests on a virtual clock run it inline, so no thread races their time.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        handle: BinaryIO,
+        ledger: Ledger,
+        offload: Offload = anyio.to_thread.run_sync,
+    ) -> None:
         self.path = path
         self.ledger = ledger
+        self._offload = offload
         self._handle = handle
         self._end = handle.seek(0, os.SEEK_END)  # where the next queued line will start
         self._pending: list[bytes] = []
@@ -185,7 +199,7 @@ class Journal:
         self._flushed = anyio.Event()
 
     @classmethod
-    def open(cls, path: Path) -> Journal:
+    def open(cls, path: Path, offload: Offload = anyio.to_thread.run_sync) -> Journal:
         stats = ReplayStats()
         ledger = fold(read_events(path, stats))
         if path.exists() and stats.good_bytes < path.stat().st_size:
@@ -193,7 +207,7 @@ class Journal:
                 handle.truncate(stats.good_bytes)  # drop the torn tail: the next line starts clean
         if stats.torn:
             log.warning("journal %s: skipped %d torn line(s)", path, stats.torn)
-        return cls(path, path.open("ab"), ledger)
+        return cls(path, path.open("ab"), ledger, offload)
 
     async def record(self, kind: str, key: str, **fields: Any) -> int:
         """Append one event, wait until it is fsynced, apply it; returns its line's offset."""
@@ -202,24 +216,16 @@ class Journal:
         apply(self.ledger, event, offset)
         return offset
 
-    def note(self, kind: str, key: str, **fields: Any) -> None:
-        """Queue one event and apply it now; it reaches the disk with the next flush.
-
-        For events a crash may lose without harm: a lost ``submitted`` line leaves its
-        ``submitting`` line pending, and the next run finds the job in the listing.
-        """
-        event = {"e": kind, "k": key, **fields}
-        line = _line(event)
-        offset, self._end = self._end, self._end + len(line)
-        self._pending.append(line)
-        apply(self.ledger, event, offset)
-
     async def record_many(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Append several events in one write and one fsync, then apply them in order."""
         events = list(events)
         offsets = await self._append([_line(event) for event in events])
         for event, offset in zip(events, offsets, strict=True):
             apply(self.ledger, event, offset)
+
+    async def flush(self) -> None:
+        """Wait until every line recorded or noted so far is on disk."""
+        await self._append([])
 
     async def _append(self, lines: list[bytes]) -> list[int]:
         offsets = []
@@ -241,7 +247,7 @@ class Journal:
         self._flushing = True
         try:
             with anyio.CancelScope(shield=True):  # a half-done flush would lose other tasks' lines
-                await anyio.to_thread.run_sync(self._write, b"".join(lines))
+                await self._offload(self._write, b"".join(lines))
             self._written = batch
         finally:
             self._flushing = False
@@ -254,7 +260,4 @@ class Journal:
         os.fsync(self._handle.fileno())
 
     def close(self) -> None:
-        if self._pending and not self._flushing:
-            self._write(b"".join(self._pending))  # noted lines no flush has carried yet
-            self._pending = []
         self._handle.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -97,28 +99,40 @@ class AdaptiveLimit:
 
 
 class SubmitWindow:
-    """How many POSTs may be in flight at once: a slow start, as TCP's congestion window.
+    """How many POSTs may be in flight at once.
 
-    Starts at one and doubles with each cleanly answered POST, up to ``ceiling``: a run that
-    crashes in its first instants leaves one unanswered POST, not a burst that no listing
-    could tell apart. A lost answer drops it to one and holds it there for ``hold`` clean
-    POSTs: lost answers come in bursts (a network blip), and POSTs sent one at a time can
-    always be told apart.
+    Several POSTs in flight pay off only when a POST is slow (a distant API): the window
+    allows about one per ``per_post`` seconds of the recent median POST time, so a fast API
+    is sent to one POST at a time, and a crash or a lost answer never leaves a burst of POSTs
+    that no listing could tell apart. Within that, a slow start as TCP's: it starts at one
+    and doubles with each cleanly answered POST, up to ``ceiling``. A lost answer drops it to
+    one and holds it there for ``hold`` clean POSTs, since lost answers come in bursts.
     """
 
-    __slots__ = ("_hold_left", "ceiling", "hold", "level")
+    __slots__ = ("_durations", "_hold_left", "ceiling", "hold", "level", "per_post")
 
-    def __init__(self, ceiling: int, hold: int | None = None) -> None:
+    def __init__(self, ceiling: int, hold: int | None = None, per_post: float = 0.01) -> None:
         self.ceiling = ceiling
         self.hold = max(4, ceiling) if hold is None else hold
+        self.per_post = per_post
         self.level = 1
         self._hold_left = 0
+        self._durations: deque[float] = deque(maxlen=32)
 
-    def clean(self) -> None:
+    def useful(self) -> int:
+        """POSTs in flight that the recent POST times make worthwhile."""
+        if not self._durations:
+            return 1
+        typical = statistics.median(self._durations)
+        return max(1, min(self.ceiling, math.ceil(typical / self.per_post)))
+
+    def clean(self, seconds: float) -> None:
+        """A POST was answered after ``seconds``."""
+        self._durations.append(seconds)
         if self._hold_left:
             self._hold_left -= 1
-        else:
-            self.level = min(self.ceiling, self.level * 2)
+            return
+        self.level = min(self.useful(), self.level * 2)
 
     def lost(self) -> None:
         self.level = 1

@@ -76,6 +76,7 @@ class RunSettings:
     max_attempts: int = 3  # submissions of a job whose remote run failed
     max_jobs: int = 100_000  # a manifest expanding to more is surely a mistake
     job_timeout: float = 3 * 3600.0  # give up on a job that has not ended (platform: 2 h max)
+    lost_answer_wait: float = 1.0  # after a POST's answer is lost, wait before looking for its job
     name_template: str = DEFAULT_TEMPLATE  # image file names under images/ (runner.naming)
 
     def merged(self, overrides: dict[str, Any]) -> RunSettings:
@@ -103,6 +104,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_attempts": _positive_int,
     "max_jobs": _positive_int,
     "job_timeout": parse_duration,
+    "lost_answer_wait": parse_duration,
     "name_template": _name_template,
 }
 SETTING_NAMES = tuple(f.name for f in fields(RunSettings))

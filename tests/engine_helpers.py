@@ -17,11 +17,17 @@ from runner.manifest import Manifest, parse_manifest
 QUICK_RETRY = RetryPolicy(
     errors=Backoff(base=0.001, cap=0.05), throttled=Backoff(base=0.005, cap=0.05)
 )
-FAST = EngineOptions(handle_signals=False, retry=QUICK_RETRY, settle_delay=0.01)
+FAST = EngineOptions(handle_signals=False, retry=QUICK_RETRY)
 
 
 def manifest_text(jobs: int = 20, model: str = "seedream-4", **run: Any) -> str:
-    settings = {"concurrency": 8, "rate_limit": 1000, "poll_interval": 0.02, **run}
+    settings = {
+        "concurrency": 8,
+        "rate_limit": 1000,
+        "poll_interval": 0.02,
+        "lost_answer_wait": "10ms",
+        **run,
+    }
     return textwrap.dedent(f"""
         version: 1
         jobs:

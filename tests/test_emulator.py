@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from typing import Any
 
 import aiohttp
@@ -11,7 +12,9 @@ import pytest
 from PIL import Image
 
 from runner.catalog import Catalog
+from runner.emulator import run_emulator
 from runner.emulator.config import EmulatorConfig, Latency
+from runner.remote import parse_time
 from tests.emulator_helpers import FLUX, harness, minimal_body
 from tests.http_helpers import receiver
 
@@ -320,9 +323,35 @@ async def test_the_same_seed_replays_the_same_faults() -> None:
     assert set(first) == {"completed", "failed"}
 
 
+async def test_rtt_answers_late_and_stamps_the_job_halfway_along_the_wire() -> None:
+    config = EmulatorConfig(rtt=0.2)
+    async with (
+        run_emulator(config) as emu,
+        aiohttp.ClientSession(headers={"Authorization": "Bearer t"}) as session,
+    ):
+        sent = time.time()
+        async with session.post(emu.url + FLUX, json=BODY) as response:
+            job = await response.json()
+        received = time.time()
+        async with session.get(emu.url + "/_emulator/stats") as response:
+            await response.json()
+        stats_took = time.time() - received
+    created = parse_time(job["created_at"])
+    assert created is not None
+    assert created - sent >= 0.1 - 0.002
+    assert received - created >= 0.1 - 0.002
+    assert stats_took < 0.1  # the emulator's own stats are not delayed
+
+
 @pytest.mark.parametrize(
     "knobs",
-    [{"failure_rate": 1.5}, {"overflow": "queue"}, {"time_scale": 0}, {"images_per_job": 0}],
+    [
+        {"failure_rate": 1.5},
+        {"overflow": "queue"},
+        {"time_scale": 0},
+        {"images_per_job": 0},
+        {"rtt": -1},
+    ],
 )
 def test_impossible_knobs_are_refused(knobs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"."):

@@ -303,3 +303,29 @@ async def test_rate_limit_429s_slow_submits_down_but_never_fail_a_job(tmp_path: 
         check_folder(tmp_path, 12, emu.emulator)
     assert result.counts.completed == 12
     assert result.counts.rate_limited_429 > (FAST.retry.max_errors or 0)
+
+
+async def test_an_abort_during_a_429_backoff_leaves_no_slot_taken(tmp_path: Path) -> None:
+    engines: list[Engine] = []
+
+    def abort_once_throttled(engine: Engine) -> None:
+        engines.append(engine)
+        if engine.counts.rate_limited_429:
+            engine.abort()
+
+    config = EmulatorConfig(latency=QUICK, rate_limit=0.001, retry_after=30.0)
+    async with run_emulator(config) as emu:
+        result = await run_batch(
+            small_manifest(3),
+            tmp_path,
+            api_base=emu.url,
+            token="t",
+            options=dataclasses.replace(FAST, retry=RetryPolicy()),
+            on_progress=abort_once_throttled,
+        )
+        assert emu.emulator.stats["submits"] == 0
+    engine = engines[-1]
+    assert engine.counts.rate_limited_429 >= 1
+    assert engine.gate.in_use == 0
+    assert result.exit_code == 3
+    assert not any(state.pending_since for state in engine.states.values())

@@ -302,7 +302,6 @@ class Emulator:
             headers={"Content-Type": mime, "Content-Length": str(len(data))}
         )
         await self._travel()
-        await response.prepare(request)
         cut = len(data)
         if self.rng.random() < self.config.truncate_rate:
             self.stats["downloads_truncated"] += 1
@@ -310,18 +309,19 @@ class Emulator:
         rate = self.config.download_bytes_per_s
         chunk = 64 * 1024 if rate is None else max(1, int(rate / 20))
         try:
+            await response.prepare(request)
             for offset in range(0, cut, chunk):
                 piece = data[offset : min(cut, offset + chunk)]
                 if rate is not None:
                     await asyncio.sleep(len(piece) / rate)  # pace first, so it all takes time
                 await response.write(piece)
+            if cut < len(data):
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            await response.write_eof()
         except ConnectionResetError:
-            return response  # the client went away mid-download: nothing more to do
-        if cut < len(data):
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        await response.write_eof()
+            pass  # the client went away mid-download: nothing more to do
         return response
 
     # ---- webhooks and stats ----------------------------------------------------------------

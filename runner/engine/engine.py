@@ -66,7 +66,6 @@ class EngineOptions:
     budget: float | None = None  # compute units this run may commit to
     shard: tuple[int, int] | None = None  # (I, N): only the jobs of shard I of N
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # backoffs for transient errors
-    settle_delay: float = 1.0  # after a lost POST answer, wait this long before listing jobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +171,7 @@ class Engine:
                 self.clock,
                 SubmitSettings(
                     concurrency=self.settings.submit_concurrency,
-                    settle_delay=self.options.settle_delay,
+                    lost_answer_wait=self.settings.lost_answer_wait,
                     api_timeout=self.options.api_timeout,
                     retry=self.options.retry,
                 ),

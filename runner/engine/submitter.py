@@ -19,7 +19,7 @@ import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -50,7 +50,9 @@ class SubmitSettings:
     """How submits behave."""
 
     concurrency: int = 8  # POSTs in flight at most
-    settle_delay: float = 1.0  # wait before listing, so a slow server has stamped its jobs
+    # After a lost answer, wait this long before listing: a server (or the one behind a
+    # gateway that answered 5xx) may still be creating the job.
+    lost_answer_wait: float = 1.0
     api_timeout: float = 30.0  # a POST's whole time; bounds a crashed run's pending windows
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -157,9 +159,9 @@ class Submitter:
                 await self.journal.record("lost", spec.key, a=state.attempts)
                 raise
             received = self.clock.time()
-            # Not waited for: the `done` line after it is, and a crash in between costs only
-            # a look at the listing on the next start.
-            self.journal.note(
+            # Durable before the POST counts as settled: a crash must not turn an answered
+            # POST back into a pending one, which the next start could find ambiguous.
+            await self.journal.record(
                 "submitted",
                 spec.key,
                 a=state.attempts,
@@ -170,7 +172,7 @@ class Submitter:
             )
         self.counts.submits += 1
         self.gate.accepted()
-        self.window.clean()
+        self.window.clean(received - sent)
         self._slots.total_tokens = self.window.level
         log.debug("→ submitted %s as %s", spec.key, remote.job_id)
         return None
@@ -229,7 +231,11 @@ class Submitter:
         posts, self._lost = list(self._lost.values()), {}
         try:
             if settle:
-                await self.clock.sleep(self.settings.settle_delay)
+                await self.clock.sleep(self.settings.lost_answer_wait)
+                # A job may be stamped after its POST's answer was lost, up to this moment:
+                # no POST of ours has gone out since, so the window can safely reach it.
+                now = self.clock.time()
+                posts = [p if p.created else replace(p, ended=now) for p in posts]
             try:
                 jobs = await self._unclaimed_jobs(*window_bounds(posts, self.journal.ledger.skew))
             except ApiError as exc:

@@ -1,0 +1,50 @@
+"""Twenty kill -9s during one 500-job run on a faulty server, with POSTs in parallel."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from runner.emulator import EmulatorConfig, Latency, run_emulator
+from tests.engine_helpers import check_folder, manifest_text
+from tests.test_resume import kill_at, run_to_end
+
+JOBS = 500
+KILLS = 20
+
+
+@pytest.mark.timeout(300)
+async def test_twenty_kill_9s_amid_faults_lose_nothing_and_never_pay_twice(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(JOBS, concurrency=16, poll_interval=0.02))
+    out = tmp_path / "out"
+    config = EmulatorConfig(
+        latency=Latency.parse("uniform:0.05-0.2"),
+        seed=11,
+        error_rate=0.05,
+        reset_rate=0.03,
+        reset_after_create=0.05,
+        malformed_rate=0.03,
+    )
+    moments = random.Random(5)
+    async with run_emulator(config) as emu:
+        for _ in range(KILLS):
+            event = moments.choice(["submit", "submit", "poll", "download"])
+            await kill_at(emu, event, moments.randint(2, 30), manifest, out)
+        code, stderr = await run_to_end(emu, manifest, out)
+        records = check_folder(out, JOBS, emu.emulator)
+        stats = emu.emulator.snapshot()
+    for fault in ("errors_5xx", "resets", "resets_after_create", "malformed"):
+        assert stats.get(fault, 0) > 0, f"the {fault} fault never fired: the test proves nothing"
+    statuses = [r["status"] for r in records]
+    ambiguous = statuses.count("ambiguous")
+    assert set(statuses) <= {"completed", "ambiguous"}, stderr
+    assert ambiguous <= JOBS // 100, f"{ambiguous} jobs ended ambiguous"
+    assert code == (1 if ambiguous else 0), stderr
+    kept = {Path(f["path"]) for r in records for f in r["files"]}
+    on_disk = {p.relative_to(out) for p in (out / "images").rglob("*") if p.is_file()}
+    assert on_disk == kept, "stray or missing image files"
