@@ -25,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 from emulator_process import emulator_process
+from naive_client import run_naive
 
 from runner.batch import run_batch
 from runner.engine import EngineOptions
@@ -47,39 +48,33 @@ def main() -> None:
     parser.add_argument("--overflow", choices=("429", "backlog"), default="429")
     parser.add_argument("--concurrency", type=int, help="the runner's jobs in flight")
     parser.add_argument("--submit-concurrency", type=int, help="the runner's POSTs in flight")
+    parser.add_argument(
+        "--client",
+        choices=("krea-batch", "naive"),
+        default="krea-batch",
+        help="naive: the sixty-line script of bench/naive_client.py, as a yardstick",
+    )
     args = parser.parse_args()
     concurrency = args.concurrency or args.limit
-    run = {"concurrency": concurrency, "rate_limit": 2000, "poll_interval": args.poll}
-    if args.submit_concurrency:
-        run["submit_concurrency"] = args.submit_concurrency
-
     flags = (
         *("--latency", f"fixed:{args.latency}", "--concurrency-limit", str(args.limit)),
         *("--overflow", args.overflow, "--rtt", str(args.rtt)),
     )
-    manifest = parse_manifest(
-        textwrap.dedent(f"""
-        version: 1
-        jobs:
-          - prompt: throughput benchmark {{n}}
-            vars: {{n: {list(range(args.jobs))}}}
-            model: seedream-4
-            sizes: [256x256]
-        run: {json.dumps({**run, "max_jobs": args.jobs})}
-    """)
-    )
     with emulator_process(*flags) as url, tempfile.TemporaryDirectory() as out:
         wall, cpu = time.perf_counter(), time.process_time()
-        options = EngineOptions(handle_signals=False)
-        result = asyncio.run(run_batch(manifest, out, api_base=url, token="bench", options=options))
+        if args.client == "naive":
+            prompts = [f"throughput benchmark {n}" for n in range(args.jobs)]
+            done = asyncio.run(run_naive(url, prompts, concurrency, args.poll, Path(out)))
+            requests, downloads = None, done
+        else:
+            done, requests, downloads = run_krea_batch(url, out, args, concurrency)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        summary = json.loads((Path(out) / "summary.json").read_text())
         server_stats = asyncio.run(stats(url))
-    done = result.counts.completed
     ideal = args.limit / args.latency
     rate = done / wall
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"jobs completed      {done} of {args.jobs} (exit code {result.exit_code})")
+    print(f"client              {args.client}")
+    print(f"jobs completed      {done} of {args.jobs}")
     print(f"wall time           {wall:.1f} s")
     print(
         f"throughput          {rate:.1f} jobs/s; ideal {ideal:.0f} (limit {args.limit} / "
@@ -91,15 +86,43 @@ def main() -> None:
     )
     print(f"client CPU          {cpu * 1000 / max(1, done):.2f} ms per job ({cpu:.1f} s)")
     print(f"peak memory (RSS)   {peak_mib:.0f} MiB")
+    api_requests = server_stats.get("requests", 0)
+    assert isinstance(api_requests, int)
     print(
-        f"API requests/job    {summary['api_requests'] / max(1, done):.2f} "
-        f"(+{result.counts.downloads / max(1, done):.2f} downloads)"
+        f"API requests/job    {api_requests / max(1, done):.2f} "
+        f"(+{downloads / max(1, done):.2f} downloads)"
+        + ("" if requests is None else f"; the runner counted {requests / max(1, done):.2f}")
     )
     print(
         f"server saw          {server_stats.get('submits')} submits, "
-        f"{server_stats.get('polls')} polls, {server_stats.get('refused_429', 0)} 429s, "
+        f"{server_stats.get('polls')} polls, {server_stats.get('lists', 0)} lists, "
+        f"{server_stats.get('refused_429', 0)} 429s, "
         f"{server_stats.get('duplicate_submits')} duplicate submits"
     )
+
+
+def run_krea_batch(
+    url: str, out: str, args: argparse.Namespace, concurrency: int
+) -> tuple[int, int, int]:
+    """Run the benchmark batch with krea-batch; returns (completed, API requests, downloads)."""
+    run = {"concurrency": concurrency, "rate_limit": 2000, "poll_interval": args.poll}
+    if args.submit_concurrency:
+        run["submit_concurrency"] = args.submit_concurrency
+    manifest = parse_manifest(
+        textwrap.dedent(f"""
+        version: 1
+        jobs:
+          - prompt: throughput benchmark {{n}}
+            vars: {{n: {list(range(args.jobs))}}}
+            model: seedream-4
+            sizes: [256x256]
+        run: {json.dumps({**run, "max_jobs": args.jobs})}
+    """)
+    )
+    options = EngineOptions(handle_signals=False)
+    result = asyncio.run(run_batch(manifest, out, api_base=url, token="bench", options=options))
+    summary = json.loads((Path(out) / "summary.json").read_text())
+    return result.counts.completed, summary["api_requests"], result.counts.downloads
 
 
 if __name__ == "__main__":

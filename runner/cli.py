@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         "--submit-concurrency",
         type=int,
         metavar="N",
-        help="POSTs in flight at once (default 16; from 1 up, back to 1 after a lost answer)",
+        help="POSTs in flight at most, when POSTs are slow (default 32; 1 after a lost answer)",
     )
     run.add_argument("--rate-limit", metavar="R", help="API requests per second (2, 2/s, 120/min)")
     run.add_argument("--poll-interval", metavar="S", help="seconds between polls of a job (2s)")

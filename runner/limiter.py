@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
-import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -101,38 +99,39 @@ class AdaptiveLimit:
 class SubmitWindow:
     """How many POSTs may be in flight at once.
 
-    Several POSTs in flight pay off only when a POST is slow (a distant API): the window
-    allows about one per ``per_post`` seconds of the recent median POST time, so a fast API
-    is sent to one POST at a time, and a crash or a lost answer never leaves a burst of POSTs
-    that no listing could tell apart. Within that, a slow start as TCP's: it starts at one
-    and doubles with each cleanly answered POST, up to ``ceiling``. A lost answer drops it to
-    one and holds it there for ``hold`` clean POSTs, since lost answers come in bursts.
+    It opens at one: the first answer tells how long a POST takes, and a network that loses
+    every answer (a misbehaving proxy) then costs one matching round per POST, never a burst
+    of lost POSTs that no listing can tell apart. Several POSTs in flight pay off only when
+    the API is distant: when no recent answer came back within ``slow`` seconds (the
+    quickest one measures distance, since load only ever adds delay), up to ``ceiling`` go
+    at once. A nearby API, at up to 20 POSTs a second, gets one at a time, so a crash leaves
+    at most one unanswered. A lost answer drops the window to one and holds it there for
+    ``hold`` clean POSTs, since lost answers come in bursts.
     """
 
-    __slots__ = ("_durations", "_hold_left", "ceiling", "hold", "level", "per_post")
+    __slots__ = ("_durations", "_hold_left", "ceiling", "hold", "level", "slow")
 
-    def __init__(self, ceiling: int, hold: int | None = None, per_post: float = 0.01) -> None:
+    def __init__(self, ceiling: int, *, hold: int | None = None, slow: float = 0.05) -> None:
         self.ceiling = ceiling
         self.hold = max(4, ceiling) if hold is None else hold
-        self.per_post = per_post
+        self.slow = slow
         self.level = 1
         self._hold_left = 0
         self._durations: deque[float] = deque(maxlen=32)
 
     def useful(self) -> int:
-        """POSTs in flight that the recent POST times make worthwhile."""
-        if not self._durations:
+        """POSTs in flight that the recent round trips make worthwhile."""
+        if not self._durations or min(self._durations) < self.slow:
             return 1
-        typical = statistics.median(self._durations)
-        return max(1, min(self.ceiling, math.ceil(typical / self.per_post)))
+        return self.ceiling
 
     def clean(self, seconds: float) -> None:
-        """A POST was answered after ``seconds``."""
+        """A POST was answered after ``seconds`` on the wire."""
         self._durations.append(seconds)
         if self._hold_left:
             self._hold_left -= 1
-            return
-        self.level = min(self.useful(), self.level * 2)
+        else:
+            self.level = self.useful()
 
     def lost(self) -> None:
         self.level = 1

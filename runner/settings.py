@@ -70,7 +70,7 @@ class RunSettings:
     """How a batch runs; every field is both a ``run:`` key and a CLI flag."""
 
     concurrency: int = 8  # jobs in flight at once
-    submit_concurrency: int = 16  # POSTs in flight at once (ramped up from one)
+    submit_concurrency: int = 32  # POSTs in flight at most (runner.limiter.SubmitWindow)
     rate_limit: float = 10.0  # API requests per second, polls included
     poll_interval: float = 2.0  # seconds between polls of one job (Krea asks for 2–5 s)
     max_attempts: int = 3  # submissions of a job whose remote run failed

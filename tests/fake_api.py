@@ -4,6 +4,7 @@ Its clock runs ``skew`` seconds ahead of ours; a POST takes ``rtt`` and its job 
 halfway; each POST meets the fate queued for it (``ok`` otherwise):
 
     ok        created, answered
+    slow      created, answered after three round trips
     lost      created, the answer lost (reset after create)
     garbled   created, answered 2xx with a body that cannot be read
     dropped   not created, the connection lost (reset before the server read it)
@@ -72,12 +73,12 @@ class FakeApi:
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             await self.clock.sleep(self.rtt / 2)
-            job = self.create(prompt) if fate in ("ok", "lost", "garbled") else None
-            await self.clock.sleep(self.rtt / 2)
+            job = self.create(prompt) if fate in ("ok", "slow", "lost", "garbled") else None
+            await self.clock.sleep(self.rtt * (2.5 if fate == "slow" else 0.5))
         finally:
             self.in_flight -= 1
         self.log.append((self.clock.now, "answer:" + fate, prompt))
-        if fate == "ok":
+        if fate in ("ok", "slow"):
             assert job is not None
             return RemoteJob(job.job_id, JobStatus.QUEUED, job.created, None, (), None)
         if fate == "garbled":

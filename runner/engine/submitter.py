@@ -147,6 +147,7 @@ class Submitter:
                 raise _Stopping
             sent = self.clock.time()
             await self.journal.record("submitting", spec.key, a=state.attempts + 1, t=sent)
+            posted = self.clock.time()
             try:
                 remote = await self.client.submit(spec.endpoint, spec.body)
             except AmbiguousSubmit as exc:
@@ -172,7 +173,7 @@ class Submitter:
             )
         self.counts.submits += 1
         self.gate.accepted()
-        self.window.clean(received - sent)
+        self.window.clean(received - posted)  # the round trip alone, not our fsync
         self._slots.total_tokens = self.window.level
         log.debug("→ submitted %s as %s", spec.key, remote.job_id)
         return None
