@@ -41,6 +41,7 @@ class KeyState:
     accepted: int = 0  # remote jobs created for it in the current round of attempts
     job_id: str | None = None  # the remote job currently ours, not yet finished
     submitted_at: float | None = None  # when that job was submitted
+    answered_at: float | None = None  # when its POST was answered: the job existed by then
     pending_since: float | None = None  # a POST went out at this time and its answer is unknown
     candidates: tuple[str, ...] = ()  # ambiguous: the remote jobs that could be ours
     done: str | None = None  # "completed", "failed" or "ambiguous", once finished
@@ -89,6 +90,7 @@ def apply(ledger: Ledger, event: Mapping[str, Any], offset: int | None = None) -
         state.pending_since = None
         state.accepted += 1
         state.submitted_at = event.get("ts")
+        state.answered_at = event.get("tr")
         ledger.known_ids.add(state.job_id)
         sent, received, created = event.get("ts"), event.get("tr"), event.get("c")
         # An adopted job's times say nothing of the clocks: only answered POSTs measure them.

@@ -13,7 +13,9 @@ from runner import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import Engine, EngineOptions, RetryPolicy
 from runner.errors import UsageError
+from runner.manifest import expand
 from runner.outputs import OutputFolder
+from runner.status import read_status, render_status
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 
 QUICK = Latency.parse("fixed:0.05")
@@ -329,3 +331,40 @@ async def test_an_abort_during_a_429_backoff_leaves_no_slot_taken(tmp_path: Path
     assert engine.gate.in_use == 0
     assert result.exit_code == 3
     assert not any(state.pending_since for state in engine.states.values())
+
+
+async def test_an_ambiguous_job_keeps_its_candidates_images_and_is_never_sent_again(
+    tmp_path: Path,
+) -> None:
+    """A journal that says a lost POST matched two remote jobs: the run fetches both jobs'
+    images into images/_unmatched/, records the job ambiguous, and sends nothing."""
+    manifest = small_manifest(2)
+    spec = next(iter(expand(manifest)))
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        model = emu.emulator.catalog.resolve("seedream-4")
+        ids = [
+            emu.emulator.store.create(model, dict(spec.body), None).id,
+            emu.emulator.store.create(model, {**spec.body, "seed": 999}, None).id,
+        ]
+        journal = tmp_path / ".krea-batch" / "journal.jsonl"
+        journal.parent.mkdir(parents=True)
+        journal.write_text(
+            json.dumps({"e": "submitting", "k": spec.key, "a": 1, "t": time.time()})
+            + "\n"
+            + json.dumps({"e": "ambiguous", "k": spec.key, "a": 1, "candidates": ids})
+            + "\n"
+        )
+        result = await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=FAST)
+        again = await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=FAST)
+        records = check_folder(tmp_path, 2, emu.emulator)
+        assert emu.emulator.stats["submits"] == 1  # only the other job
+    assert result.exit_code == 1
+    assert again.exit_code == 0  # already finished: nothing to do
+    [ambiguous] = [r for r in records if r["status"] == "ambiguous"]
+    assert ambiguous["candidates"] == ids
+    assert sorted(f["path"] for f in ambiguous["files"]) == sorted(
+        f"images/_unmatched/{i}.png" for i in ids
+    )
+    status = read_status(tmp_path)
+    assert status.ambiguous == {spec.key: tuple(ids)}
+    assert "ambiguous" in render_status(status)

@@ -207,3 +207,14 @@ async def test_append_returns_where_each_line_starts(tmp_path: Path) -> None:
     journal.close()
     keys = sorted(offsets)
     assert [r["key"] for r in records_at(path, (offsets[k] for k in keys))] == keys
+
+
+def test_journals_written_before_ambiguous_had_a_name_still_replay() -> None:
+    events = [
+        {"e": "submitting", "k": "a", "a": 1, "t": 10.0},
+        {"e": "unresolved", "k": "a", "a": 1, "candidates": ["j1", "j2"]},
+    ]
+    ledger = fold(enumerate(events))
+    assert ledger.states["a"].candidates == ("j1", "j2")
+    assert ledger.states["a"].remote
+    assert ledger.known_ids == {"j1", "j2"}

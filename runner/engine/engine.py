@@ -328,7 +328,7 @@ class Engine:
 
     async def _follow(self, spec: JobSpec, state: KeyState, job_id: str) -> RemoteJob | Outcome:
         """Poll a job to its end; with --cancel-on-exit, cancel it when the run stops."""
-        polls = self.tracker.wait(job_id, spec.model, state.submitted_at)
+        polls = self.tracker.wait(job_id, spec.model, state.answered_at)
         if not self.options.cancel_on_exit:
             return await polls
         with anyio.CancelScope() as scope:

@@ -91,19 +91,20 @@ class Tracker:
         self.counts.saw(exc)
 
     async def wait(
-        self, job_id: str, model: str | None = None, submitted_at: float | None = None
+        self, job_id: str, model: str | None = None, exists_since: float | None = None
     ) -> RemoteJob | Failed | Deferred:
         """Poll every poll_interval (jittered) until the job ends or its timeout passes.
 
-        The first poll waits until jobs of ``model`` typically end (``submitted_at``: when
-        this one was sent, our wall clock). Polls then keep to their schedule (a tick every
-        interval, however long an answer takes), so a job is seen done about half an
-        interval after it ends, not one interval plus the round trips of every poll before.
+        The first poll waits until jobs of ``model`` typically end (``exists_since``: when
+        its POST was answered, our wall clock: the job existed by then). Polls then keep to
+        their schedule (a tick every interval, however long an answer takes), so a job is seen
+        done about half an interval after it ends, not one interval plus the round trips of
+        every poll before.
         """
         interval = self.settings.poll_interval
         deadline = self.clock.monotonic() + self.settings.job_timeout
         tick = self.clock.monotonic()
-        first = self._first_wait(model, submitted_at)
+        first = self._first_wait(model, exists_since)
         while True:
             now = self.clock.monotonic()
             wait = first if first is not None else jittered(interval, rng=self.rng)
@@ -135,15 +136,15 @@ class Tracker:
                     f"(last status: {remote.status.value}); cancelled"
                 )
 
-    def _first_wait(self, model: str | None, submitted_at: float | None) -> float | None:
+    def _first_wait(self, model: str | None, exists_since: float | None) -> float | None:
         typical = None if model is None else self.latency.first_poll(model)
         if typical is None:
             return None
-        elapsed = 0.0 if submitted_at is None else max(0.0, self.clock.time() - submitted_at)
+        elapsed = 0.0 if exists_since is None else max(0.0, self.clock.time() - exists_since)
         # Just after the typical end, never before: spread (jobs sent together would poll
         # together) but only upwards, so a model of steady latency is seen done at once.
         interval = self.settings.poll_interval
-        spread = self.rng.uniform(0.0, min(0.1 * typical, 0.2 * interval))
+        spread = self.rng.uniform(0.0, min(0.02 * typical, 0.1 * interval))
         return max(interval, typical - elapsed) + spread
 
     async def cancel(self, job_id: str) -> bool:
