@@ -34,6 +34,8 @@ bench: install
 	$(BIN)/python bench/plan_scale.py
 	$(BIN)/python bench/emulator_load.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/throughput.py --jobs 600 --latency 2 --poll 0.5 --rtt 0.15
+	$(BIN)/python bench/throughput.py --jobs 600 --latency 2 --poll 0.5 --rtt 0.15 --client naive
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
