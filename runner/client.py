@@ -36,7 +36,7 @@ from runner.errors import (
     PermanentApiError,
     TransientApiError,
 )
-from runner.remote import MalformedJob, RemoteJob
+from runner.remote import ListedJob, MalformedJob, RemoteJob
 
 DEFAULT_API_BASE = "https://api.krea.ai"
 
@@ -138,8 +138,13 @@ class KreaClient:
 
     async def list_jobs(
         self, limit: int = 100, cursor: str | None = None
-    ) -> tuple[list[RemoteJob], str | None]:
-        """One page of the account's jobs, newest first, and the cursor of the next page."""
+    ) -> tuple[list[ListedJob], str | None]:
+        """One page of the account's jobs, newest first, and the cursor of the next page.
+
+        Items without a job id are skipped (nothing could claim them); any status is kept.
+        The next page's cursor is read from ``next_cursor``, else ``nextCursor`` (both
+        spellings appear in Krea's documentation).
+        """
         params = {"limit": str(limit)}
         if cursor:
             params["cursor"] = cursor
@@ -149,8 +154,8 @@ class KreaClient:
         jobs = []
         for item in data["items"]:
             with contextlib.suppress(MalformedJob):
-                jobs.append(RemoteJob.from_json(item))
-        next_cursor = data.get("next_cursor")
+                jobs.append(ListedJob.from_json(item))
+        next_cursor = data.get("next_cursor", data.get("nextCursor"))
         return jobs, next_cursor if isinstance(next_cursor, str) and next_cursor else None
 
     async def cancel(self, job_id: str) -> None:

@@ -78,6 +78,28 @@ class RemoteJob:
         return cls.from_json(data)
 
 
+@dataclass(frozen=True, slots=True)
+class ListedJob:
+    """A job as the listing shows it: what matching a lost submit needs, whatever its status.
+
+    A status this version does not know must not hide a job: a lost POST whose job had it
+    would look as if it created nothing, and be paid for again.
+    """
+
+    job_id: str
+    created_at: float | None
+    status: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> ListedJob:
+        if not isinstance(data, Mapping):
+            raise MalformedJob(f"expected a job object, got {type(data).__name__}")
+        job_id = data.get("job_id")
+        if not isinstance(job_id, str) or not job_id:
+            raise MalformedJob("the job has no job_id")
+        return cls(job_id, parse_time(data.get("created_at")), str(data.get("status")))
+
+
 def _error_text(data: Mapping[str, Any], result: Mapping[str, Any]) -> str | None:
     """The failure reason, wherever the API put it (result.error or a top-level error)."""
     for value in (result.get("error"), data.get("error")):

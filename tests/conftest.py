@@ -1,4 +1,4 @@
-"""Shared fixtures: the catalog, a place to write manifests, and the published spec if present."""
+"""Shared fixtures: the catalog, a place to write manifests, and the published spec."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pytest
 from runner.catalog import Catalog, load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC_PATH = ROOT.parent / "shared" / "krea-openapi.json"
+# Krea's published OpenAPI spec (an older copy, the one runner/catalog.json was generated from),
+# kept in the project so that no test depends on anything beside it.
+SPEC_PATH = ROOT / "tests" / "data" / "krea-openapi.json"
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +24,6 @@ def catalog() -> Catalog:
 
 @pytest.fixture(scope="session")
 def openapi_spec() -> dict[str, Any]:
-    if not SPEC_PATH.exists():
-        pytest.skip("../shared/krea-openapi.json is not present")
     spec: dict[str, Any] = json.loads(SPEC_PATH.read_text())
     return spec
 

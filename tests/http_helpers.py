@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,5 +40,25 @@ async def receiver(expected: int = 1) -> AsyncIterator[Receiver]:
     state.url = f"http://{host}:{port}/hook"
     try:
         yield state
+    finally:
+        await runner.cleanup()
+
+
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def fake_server(routes: dict[tuple[str, str], Route]) -> AsyncIterator[str]:
+    """Serve ``{(method, path): handler}`` on a free port; yields the base URL."""
+    app = web.Application()
+    for (method, path), handler in routes.items():
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()

@@ -1,6 +1,6 @@
 """Regenerate ``runner/catalog.json`` from Krea's published OpenAPI spec.
 
-Usage: ``python tools/sync_catalog.py [../shared/krea-openapi.json]``
+Usage: ``python tools/sync_catalog.py [tests/data/krea-openapi.json]``
 
 The spec is the source of every endpoint, request schema and price; this script only adds
 what the spec does not hold: short model ids, friendly aliases, and the Krea 2 models that
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SPEC = ROOT.parent / "shared" / "krea-openapi.json"
+DEFAULT_SPEC = ROOT / "tests" / "data" / "krea-openapi.json"
 OUTPUT = ROOT / "runner" / "catalog.json"
 PREFIX = "/generate/image/"
 
