@@ -233,9 +233,11 @@ def _run(args: argparse.Namespace) -> int:
         progress.close()
     counts = result.counts
     out = Path(args.out)
+    ambiguous = f", {counts.ambiguous_jobs} ambiguous" if counts.ambiguous_jobs else ""
     print(
-        f"{counts.completed} completed, {counts.failed} failed, {counts.skipped} already done, "
-        f"{counts.unfinished} unfinished; estimated spend {counts.spend_units:.1f} CU\n"
+        f"{counts.completed} completed, {counts.failed} failed{ambiguous}, "
+        f"{counts.skipped} already done, {counts.unfinished} unfinished; "
+        f"estimated spend {counts.spend_units:.1f} CU\n"
         f"results: {out / 'results.jsonl'}   gallery: {out / 'report.html'}"
     )
     if result.stopped:
