@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from runner import __version__
 from runner.batch import run_batch
@@ -34,8 +36,32 @@ from runner.views import catalog_table, model_detail, plan_text
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags: ``--token`` must never quietly become ``--token-file``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+# Flags that would carry a secret on the command line (visible in ps, shell history, cron mail).
+_SECRET_FLAG = re.compile(r"--?(api[-_]?)?(token|key|secret|password|auth)(=.*)?", re.IGNORECASE)
+
+
+def _refuse_secret_flags(argv: Sequence[str]) -> str | None:
+    """The error for a secret-looking flag, naming the flag and never its value."""
+    for arg in argv:
+        if _SECRET_FLAG.fullmatch(arg):
+            flag = arg.split("=", 1)[0]
+            return (
+                f"{flag} is not accepted: a token on the command line ends up in shell history "
+                "and process lists; set KREA_API_TOKEN or pass --token-file FILE"
+            )
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="krea-batch", description=__doc__)
+    parser = _Parser(prog="krea-batch", description=__doc__)
     parser.add_argument("--version", action="version", version=f"krea-batch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
@@ -323,6 +349,10 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    refusal = _refuse_secret_flags(sys.argv[1:] if argv is None else argv)
+    if refusal is not None:
+        print(f"krea-batch: error: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
     args = _parser().parse_args(argv)
     configure_logging(args.verbose, args.log_format)
     try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import aiohttp
 import anyio
@@ -130,7 +131,7 @@ class KreaClient:
             raise AmbiguousSubmit(message, created=True) from exc
 
     async def get_job(self, job_id: str) -> RemoteJob:
-        data = await self._call("GET", f"/jobs/{job_id}")
+        data = await self._call("GET", f"/jobs/{quote(job_id, safe='')}")
         try:
             return RemoteJob.from_json(data)
         except MalformedJob as exc:
@@ -159,7 +160,7 @@ class KreaClient:
         return jobs, next_cursor if isinstance(next_cursor, str) and next_cursor else None
 
     async def cancel(self, job_id: str) -> None:
-        await self._call("DELETE", f"/jobs/{job_id}")
+        await self._call("DELETE", f"/jobs/{quote(job_id, safe='')}")
 
     async def _call(
         self,
@@ -181,7 +182,7 @@ class KreaClient:
             async with self.session.request(
                 method, self.base_url + path, json=json_body, params=params, headers=headers
             ) as response:
-                text = await response.text()
+                raw = await response.read()
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
         except aiohttp.ClientConnectorError as exc:
@@ -194,14 +195,15 @@ class KreaClient:
             message = f"{what}: connection lost ({type(exc).__name__})"
             raise _lost(message, ambiguous) from exc
         if 200 <= status < 300:
-            if not text and method == "DELETE":
+            if not raw and method == "DELETE":
                 return None
             try:
-                return json.loads(text)
-            except json.JSONDecodeError as exc:
+                return json.loads(raw)  # any encoding JSON allows; anything else is malformed
+            except ValueError as exc:
                 message = f"{what}: {status} with malformed JSON"
                 raise _lost(message, ambiguous, status=status, created=True) from exc
-        message = _server_message(text) or f"HTTP {status}"
+        # An error page may come in any encoding (a proxy's Latin-1 502 page): never fail on it.
+        message = _server_message(raw.decode("utf-8", errors="replace")) or f"HTTP {status}"
         if status == 401:
             raise FatalApiError(
                 f"{what}: 401 not authenticated ({message}); check the API token", status=status
@@ -263,6 +265,8 @@ class KreaClient:
             raise TransientApiError(
                 f"GET image: download cut short ({type(exc).__name__})"
             ) from exc
+        except ValueError as exc:  # a URL no library can use (a host label over 63 characters)
+            raise PermanentApiError(f"GET image: unusable URL ({exc})") from exc
         return Download(path, size, digest.hexdigest(), content_type)
 
 

@@ -7,6 +7,7 @@ model, seed, width, height and the other request parameters.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,14 @@ def metadata_rows(root: Path, records: Iterable[Mapping[str, Any]]) -> Iterator[
 
 
 def _size(path: Path, params: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The image's size from its header, else the requested one (unreadable, or a header that
+    claims more pixels than Pillow opens: nothing is decoded here either way)."""
     try:
-        with Image.open(path) as image:
-            return image.size
-    except OSError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.size
+    except (OSError, Image.DecompressionBombError):
         return params.get("width"), params.get("height")
 
 

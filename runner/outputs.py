@@ -48,11 +48,15 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, text: str | Iterable[str]) -> None:
     """Replace ``path`` with ``text`` so that readers see the old file or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.writelines([text] if isinstance(text, str) else text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.writelines([text] if isinstance(text, str) else text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the old file stays, and no half-written one beside it
+        raise
     fsync_dir(path.parent)
 
 

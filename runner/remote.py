@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,20 @@ class MalformedJob(ValueError):
     """The job JSON lacks something we need or has it in the wrong shape."""
 
 
+# What a job id may look like (Krea's are UUIDs): it goes into URL paths and file names.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def job_id_of(data: Mapping[str, Any]) -> str:
+    """The ``job_id`` of a job JSON; MalformedJob unless it looks like an id."""
+    job_id = data.get("job_id")
+    if not isinstance(job_id, str) or not job_id:
+        raise MalformedJob("the job has no job_id")
+    if not _JOB_ID.fullmatch(job_id):
+        raise MalformedJob(f"the job id {job_id[:80]!r} does not look like an id")
+    return job_id
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteJob:
     """What we read from one job JSON; unknown extra fields are ignored."""
@@ -49,9 +64,7 @@ class RemoteJob:
     def from_json(cls, data: Any) -> RemoteJob:
         if not isinstance(data, Mapping):
             raise MalformedJob(f"expected a job object, got {type(data).__name__}")
-        job_id = data.get("job_id")
-        if not isinstance(job_id, str) or not job_id:
-            raise MalformedJob("the job has no job_id")
+        job_id = job_id_of(data)
         try:
             status = JobStatus(str(data.get("status")))
         except ValueError as exc:
@@ -94,10 +107,7 @@ class ListedJob:
     def from_json(cls, data: Any) -> ListedJob:
         if not isinstance(data, Mapping):
             raise MalformedJob(f"expected a job object, got {type(data).__name__}")
-        job_id = data.get("job_id")
-        if not isinstance(job_id, str) or not job_id:
-            raise MalformedJob("the job has no job_id")
-        return cls(job_id, parse_time(data.get("created_at")), str(data.get("status")))
+        return cls(job_id_of(data), parse_time(data.get("created_at")), str(data.get("status")))
 
 
 def _error_text(data: Mapping[str, Any], result: Mapping[str, Any]) -> str | None:

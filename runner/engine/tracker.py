@@ -130,10 +130,11 @@ class Tracker:
                     self.latency.observe(model, remote)
                 return remote
             if self.clock.monotonic() > deadline:
-                await self.cancel(job_id)
+                cancelled = await self.cancel(job_id)
+                ending = "cancelled" if cancelled else "could not be cancelled: it may be billed"
                 return Failed(
                     f"timed out after {self.settings.job_timeout:g} s "
-                    f"(last status: {remote.status.value}); cancelled"
+                    f"(last status: {remote.status.value}); {ending}"
                 )
 
     def _first_wait(self, model: str | None, exists_since: float | None) -> float | None:
@@ -213,6 +214,8 @@ class Tracker:
                     return Deferred("the job no longer lists its images")
             except TransientApiError as exc:
                 return Deferred(f"download kept failing: {exc}")
+            except PermanentApiError as exc:  # an unusable URL: fetching the job gives it again
+                return Deferred(f"cannot download its image: {exc}")
         self.counts.downloads += 1
         self.counts.bytes += download.bytes
         entry = {

@@ -1,0 +1,145 @@
+"""Hostile answers and flags: each fails one job, or is refused, never with a traceback."""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from runner.cli import main
+from runner.client import KreaClient
+from runner.dataset import metadata_rows
+from runner.engine.counts import Counts
+from runner.engine.outcome import Failed
+from runner.engine.tracker import Tracker, TrackSettings
+from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
+from runner.outputs import OutputFolder
+from runner.remote import JobStatus, MalformedJob, RemoteJob
+from tests.http_helpers import fake_server
+from tests.virtual_time import VirtualClock, virtual_time
+
+FLUX = "/generate/image/bfl/flux-1-dev"
+BODY = {"prompt": "a fox", "width": 512, "height": 512}
+
+
+@pytest.mark.parametrize(
+    "flag", [["--token", "SECRET-123"], ["--token=SECRET-123"], ["--api-key", "SECRET-123"]]
+)
+def test_a_secret_on_the_command_line_is_refused_without_echoing_it(
+    flag: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "jobs.yaml", *flag]) == 2
+    err = capsys.readouterr().err
+    assert "SECRET-123" not in err
+    assert "KREA_API_TOKEN" in err
+
+
+def test_flags_are_never_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "jobs.yaml", "--token-f", "secret-file"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+async def test_an_error_page_in_latin_1_is_an_api_error_not_a_crash() -> None:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(
+            status=502,
+            body="<h1>Échec de la passerelle</h1>".encode("latin-1"),
+            content_type="text/html",
+            charset="latin-1",
+        )
+
+    async def not_json(request: web.Request) -> web.Response:
+        return web.Response(body="réponse".encode("latin-1"), content_type="text/plain")
+
+    routes = {("GET", "/jobs/abc"): page, ("POST", FLUX): not_json}
+    async with fake_server(routes) as url, KreaClient(url, "t") as client:
+        with pytest.raises(TransientApiError, match="502"):
+            await client.get_job("abc")
+        with pytest.raises(AmbiguousSubmit):
+            await client.submit(FLUX, BODY)
+
+
+async def test_an_image_url_no_library_can_use_is_a_permanent_error(tmp_path: Path) -> None:
+    url = f"https://{'x' * 64}.example.com/image.png"
+    async with KreaClient("http://127.0.0.1:9", "t") as client:
+        with pytest.raises(PermanentApiError, match="unusable URL"):
+            await client.download(url, tmp_path / "image.part")
+
+
+@pytest.mark.parametrize("job_id", ["../_evil/x", "a?b", "", "x" * 200])
+def test_job_ids_must_look_like_ids(job_id: str) -> None:
+    with pytest.raises(MalformedJob):
+        RemoteJob.from_json({"job_id": job_id, "status": "queued"})
+
+
+async def test_a_post_answer_with_a_strange_job_id_is_not_trusted() -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"job_id": "../../x", "status": "queued"})
+
+    async with fake_server({("POST", FLUX): answer}) as url, KreaClient(url, "t") as client:
+        with pytest.raises(AmbiguousSubmit) as caught:
+            await client.submit(FLUX, BODY)
+    assert caught.value.created  # answered 2xx: a job exists, found later by the listing
+
+
+def png_header(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+    )
+
+
+def test_an_image_whose_header_claims_a_bomb_still_gets_metadata(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "bomb.png").write_bytes(png_header(40000, 40000))
+    record = {
+        "status": "completed",
+        "key": "k",
+        "prompt": "p",
+        "model": "flux-1-dev",
+        "params": {"width": 512, "height": 512},
+        "files": [{"path": "images/bomb.png"}],
+    }
+    [row] = metadata_rows(tmp_path, [record])
+    assert (row["width"], row["height"]) == (512, 512)
+
+
+class _StuckJob:
+    """A job that never ends, on a server that will not cancel it."""
+
+    async def get_job(self, job_id: str) -> RemoteJob:
+        return RemoteJob(job_id, JobStatus.PROCESSING, None, None, (), None)
+
+    async def cancel(self, job_id: str) -> None:
+        raise TransientApiError("DELETE: 503")
+
+
+async def test_a_timed_out_job_that_cannot_be_cancelled_is_not_recorded_cancelled(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock()
+    folder = OutputFolder(tmp_path)
+    settings = TrackSettings(poll_interval=2.0, job_timeout=10.0)
+    async with virtual_time(clock):
+        tracker = Tracker(
+            _StuckJob(),  # type: ignore[arg-type]  # answers like a KreaClient
+            folder,
+            clock,
+            settings,
+            counts=Counts(),
+            rng=random.Random(0),
+        )
+        outcome = await tracker.wait("job-1")
+    assert isinstance(outcome, Failed)
+    assert "timed out" in outcome.reason
+    assert "could not be cancelled" in outcome.reason
