@@ -91,7 +91,7 @@ class Model:
 
     @cached_property
     def _validator(self) -> Draft202012Validator:
-        return Draft202012Validator(self.schema)
+        return Draft202012Validator(_whole_counts(self.schema))
 
     def problems(self, body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         """Yield ``(field path, message)`` for everything wrong with a request body."""
@@ -261,6 +261,22 @@ class Catalog:
         suggestions = list(dict.fromkeys(self._by_name[c].id for c in close))
         hint = f"; did you mean {' or '.join(suggestions)}?" if suggestions else ""
         return f"unknown model {name!r}{hint} (`krea-batch models` lists them all)"
+
+
+# Pixel sizes, steps, seeds and counts: whole numbers, even where the spec says "number".
+WHOLE = frozenset({"width", "height", "steps", "num_inference_steps", "seed", "num_images"})
+
+
+def _whole_counts(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``schema`` with the WHOLE properties typed ``integer`` (1024.5 pixels is no size)."""
+    props = schema.get("properties", {})
+    fixed = {
+        name: {**spec, "type": "integer"}
+        if name in WHOLE and spec.get("type") == "number"
+        else spec
+        for name, spec in props.items()
+    }
+    return {**schema, "properties": fixed}
 
 
 @cache

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runner.dataset import metadata_rows
@@ -47,6 +47,20 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def _inside(source: Path, path: object, key: str) -> None:
+    """Refuse a file path of a results record that would leave its folder (or the merged one)."""
+    if not isinstance(path, str) or not path:
+        raise UsageError(f"{source}/results.jsonl: job {key} lists a file without a path")
+    resolved = (source / path).resolve()
+    if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
+        resolved = Path("/")  # never inside
+    if not resolved.is_relative_to(source.resolve()):
+        raise UsageError(
+            f"{source}/results.jsonl: job {key} lists the file {path[:80]!r}, outside its "
+            "folder; not merged"
+        )
+
+
 def merge_folders(sources: Sequence[Path], out: Path) -> dict[str, Any]:
     """Combine the results and images of several output folders into ``out``."""
     chosen: dict[str, tuple[Path, dict[str, Any]]] = {}
@@ -57,6 +71,9 @@ def merge_folders(sources: Sequence[Path], out: Path) -> dict[str, Any]:
             previous = chosen.get(record["key"])
             if _better(record, previous[1] if previous else None):
                 chosen[record["key"]] = (source, record)
+    for source, record in chosen.values():
+        for entry in record.get("files", []):
+            _inside(source, entry.get("path"), record["key"])
     with OutputFolder(out) as folder:
         for source, record in chosen.values():
             for entry in record.get("files", []):

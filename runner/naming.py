@@ -7,9 +7,11 @@ characters, so no prompt, name or model can climb out of the folder or hide a fi
 
 from __future__ import annotations
 
+import os
 import re
 import string
-from pathlib import PurePosixPath
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runner.errors import UsageError
@@ -68,3 +70,38 @@ def render_name(stem: str, spec: JobSpec) -> str:
         slug(part, 120) for part in PurePosixPath(text).parts if part not in ("/", "", ".", "..")
     ]
     return "/".join(parts) or spec.key
+
+
+SUFFIX_ROOM = len("-99.jpeg")  # the later images of a job and the extension
+_NUMBERED = re.compile(r"(.+)-(\d+)")
+
+
+def check_names(names: Mapping[str, int], template: str, images: Path) -> None:
+    """Refuse, before anything is sent, file names that could not all be written side by side.
+
+    A job's later images are named NAME-1, NAME-2…, so a job whose own name is another's
+    plus ``-N`` would overwrite one of its images; and every name, suffix included, must fit
+    the file system's limits on a segment (255 bytes) and a whole path.
+    """
+    path_max = _path_max(images)
+    for name, index in names.items():
+        numbered = _NUMBERED.fullmatch(name)
+        if numbered and numbered.group(1) in names:
+            other = names[numbered.group(1)]
+            raise UsageError(
+                f"the name template {template!r} names job {index} images/{name}, the name of "
+                f"job {other}'s image {numbered.group(2)}: add {{key}} or {{index}}"
+            )
+        too_long = any(len(part.encode()) + SUFFIX_ROOM > 255 for part in name.split("/"))
+        if too_long or len(str(images / name).encode()) + SUFFIX_ROOM > path_max:
+            raise UsageError(
+                f"the name template {template!r} gives job {index} a file name too long for "
+                f"the file system: images/{name[:60]}…"
+            )
+
+
+def _path_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder if folder.exists() else folder.parent, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 4096

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -156,6 +157,44 @@ class OutputFolder:
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_atomic(self.summary_path, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a results.jsonl, skipping any line that is not a JSON object."""
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                record = json.loads(raw)
+            except ValueError:  # a torn or foreign line (not JSON, not UTF-8)
+                continue
+            if isinstance(record, dict) and isinstance(record.get("key"), str):
+                yield record
+
+
+def intact_records(root: Path) -> Iterator[dict[str, Any]]:
+    """The records of ``root``/results.jsonl whose files are all there, unchanged (sha256),
+    inside the folder. What a folder whose journal was lost still proves it holds."""
+    for record in read_records(root / "results.jsonl"):
+        files = record.get("files")
+        if not isinstance(files, list):
+            continue
+        if all(_intact(root, entry) for entry in files):
+            yield record
+
+
+def _intact(root: Path, entry: Any) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        return False
+    path = (root / entry["path"]).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.is_file():
+        return False
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == entry.get("sha256")
 
 
 def relative(path: Path, root: Path) -> str:

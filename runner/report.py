@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from runner.outputs import write_atomic
+from runner.outputs import read_records, write_atomic
 
 REPORT_NAME = "report.html"
 MAX_GALLERY = 5000  # more cards than this make a page no browser scrolls happily
@@ -258,15 +258,7 @@ def write_report(
 
 def load_records(root: Path) -> list[dict[str, Any]]:
     """The current record of each job in ``results.jsonl`` (the last one wins)."""
-    path = root / "results.jsonl"
-    if not path.exists():
-        return []
     latest: dict[str, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a crash
-        if isinstance(record, dict) and "key" in record:
-            latest[record["key"]] = record
+    for record in read_records(root / "results.jsonl"):
+        latest[record["key"]] = record
     return list(latest.values())

@@ -138,7 +138,7 @@ def test_price_estimates_follow_the_published_tables(
             {"prompt": "x", "styles": [{"id": "a", "strength": 5}]},
             ("styles[0].strength", "5 is above the maximum 2"),
         ),
-        ("flux-1-dev", {"prompt": "x", "width": "big"}, ("width", "'big' is not of type number")),
+        ("flux-1-dev", {"prompt": "x", "width": "big"}, ("width", "'big' is not of type integer")),
     ],
 )
 def test_problems_name_the_field_and_what_is_allowed(

@@ -19,9 +19,10 @@ import pytest
 from runner.backoff import Backoff
 from runner.engine.budget import Budget
 from runner.engine.counts import Counts
-from runner.engine.outcome import NotSubmitted, Outcome
+from runner.engine.outcome import Deferred, NotSubmitted, Outcome
 from runner.engine.retry import RetryPolicy
 from runner.engine.submitter import SubmitSettings, Submitter
+from runner.errors import PermanentApiError
 from runner.jobspec import JobSpec
 from runner.journal import Journal, KeyState
 from runner.limiter import AdaptiveLimit
@@ -282,3 +283,19 @@ async def test_the_budget_stays_exact_with_posts_in_parallel(tmp_path: Path) -> 
     assert len(refused) == 5
     assert all(o.over_budget for o in refused)
     assert len(rig.api.jobs) == 3
+
+
+async def test_a_listing_refused_while_matching_defers_the_job_and_keeps_it_pending(
+    tmp_path: Path,
+) -> None:
+    async with rig_on(tmp_path) as rig:
+
+        async def refused(limit: int = 100, cursor: str | None = None) -> None:
+            raise PermanentApiError("GET /jobs: 400 cursor must be a date")
+
+        rig.api.list_jobs = refused  # type: ignore[method-assign,assignment]
+        rig.api.fates.extend(["lost"])
+        outcomes = await rig.submit_all(1)
+    assert isinstance(outcomes[0], Deferred)
+    assert rig.state(0).pending_since is not None  # the next run looks again
+    assert len(rig.api.jobs_for("job 0")) == 1  # and nothing was sent twice

@@ -43,8 +43,8 @@ from runner.jobspec import JobSpec, in_shard
 from runner.journal import Journal, KeyState, Ledger
 from runner.limiter import AdaptiveLimit
 from runner.manifest import Manifest, expand
-from runner.naming import DEFAULT_TEMPLATE, check_template, render_name
-from runner.outputs import OutputFolder
+from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
+from runner.outputs import OutputFolder, intact_records
 from runner.records import ambiguous_record, completed_record, failed_record
 from runner.remote import JobStatus, RemoteJob
 from runner.settings import RunSettings
@@ -164,6 +164,8 @@ class Engine:
     async def run(self) -> RunResult:
         journal = self._journal = Journal.open(self.folder.journal_path)
         try:
+            if not journal.ledger.states:
+                await self._rebuild_from_results()
             self._survey()
             self._submitter = Submitter(
                 self.client,
@@ -208,6 +210,20 @@ class Engine:
             journal.close()
         return self._result()
 
+    async def _rebuild_from_results(self) -> None:
+        """A folder without a journal (copied without its dot-files, say) still holds its
+        results: every record whose images are intact is finished, and never paid again."""
+        records = await anyio.to_thread.run_sync(lambda: list(intact_records(self.folder.root)))
+        if records:
+            log.warning(
+                "%s has no journal: %d finished jobs recovered from results.jsonl",
+                self.folder.root,
+                len(records),
+            )
+            await self.journal.record_many(
+                {"e": "done", "k": r["key"], "record": r} for r in records
+            )
+
     def _survey(self) -> None:
         """The one pass before anything is sent: count the jobs and fix their order, check that
         the name template gives each its own file, and pick out the jobs an earlier run left
@@ -229,6 +245,8 @@ class Engine:
                     f"and {spec.index} the same file name images/{name}: add {{key}} or {{index}}"
                 )
             names[name] = spec.index
+        if names:
+            check_names(names, self.settings.name_template, self.folder.images)
 
     async def _run_jobs(self) -> None:
         assert self._submitter is not None

@@ -1,0 +1,108 @@
+"""Hostile folders, names and manifests: refused before anything is sent, or never paid twice."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from runner import run_batch
+from runner.cli import main
+from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.errors import ManifestError, UsageError
+from runner.manifest import load_manifest, parse_manifest
+from runner.merge import merge_folders
+from runner.report import load_records
+from tests.engine_helpers import FAST, read_results, small_manifest
+
+QUICK = Latency.parse("fixed:0.05")
+
+
+def named_manifest(template: str, prompts: list[str]) -> str:
+    return textwrap.dedent(f"""
+        version: 1
+        jobs:
+          - prompt: "{{p}}"
+            vars: {{p: {json.dumps(prompts)}}}
+            model: seedream-4
+            sizes: [128x128]
+        run: {{name_template: "{template}", poll_interval: 0.02, lost_answer_wait: 10ms}}
+    """)
+
+
+async def test_a_name_that_is_another_jobs_second_image_is_refused_before_submitting(
+    tmp_path: Path,
+) -> None:
+    manifest = parse_manifest(named_manifest("{prompt}", ["cat", "cat-1"]))
+    async with run_emulator(EmulatorConfig(latency=QUICK, images_per_job=2)) as emu:
+        with pytest.raises(UsageError, match="cat-1"):
+            await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=FAST)
+        assert emu.emulator.stats["submits"] == 0
+
+
+async def test_a_name_too_long_for_the_file_system_is_refused_before_submitting(
+    tmp_path: Path,
+) -> None:
+    template = "/".join(["{prompt}"] * 80)  # eighty 60-character segments: over PATH_MAX
+    manifest = parse_manifest(named_manifest(template, ["p" * 70]))
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        with pytest.raises(UsageError, match="too long"):
+            await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=FAST)
+        assert emu.emulator.stats["submits"] == 0
+
+
+async def test_a_folder_without_its_journal_is_rebuilt_from_results_not_paid_again(
+    tmp_path: Path,
+) -> None:
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST)
+        (tmp_path / ".krea-batch" / "journal.jsonl").unlink()
+        first = read_results(tmp_path)
+        broken = tmp_path / first[0]["files"][0]["path"]
+        broken.write_bytes(b"not the image")  # this one must be fetched (and paid) again
+        again = await run_batch(
+            small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        assert emu.emulator.stats["submits"] == 11  # only the job whose image was broken
+    assert {r["status"] for r in read_results(tmp_path)} == {"completed"}
+    assert len(read_results(tmp_path)) == 10
+    assert again.counts.skipped == 9
+    assert again.counts.completed == 1
+
+
+def test_report_and_merge_skip_a_results_line_that_is_not_utf_8(tmp_path: Path) -> None:
+    record = {"key": "k1", "status": "failed", "files": [], "error": "x", "prompt": "p"}
+    (tmp_path / "results.jsonl").write_bytes(
+        json.dumps(record).encode() + b"\n\xff\xfe not json \xe9\n"
+    )
+    assert [r["key"] for r in load_records(tmp_path)] == ["k1"]
+    assert main(["report", str(tmp_path)]) == 0
+
+
+def test_merge_refuses_a_shard_whose_results_point_outside_it(tmp_path: Path) -> None:
+    shard = tmp_path / "shard"
+    shard.mkdir()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "evil.png").write_bytes(b"\x89PNG")
+    record = {
+        "key": "k1",
+        "status": "completed",
+        "prompt": "p",
+        "files": [{"path": "../x/evil.png", "sha256": "0", "bytes": 4}],
+    }
+    (shard / "results.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(UsageError, match="outside its folder"):
+        merge_folders([shard], tmp_path / "o" / "merged")
+    assert not (tmp_path / "o" / "x").exists()
+
+
+def test_pixel_sizes_must_be_whole_numbers(write_manifest: Callable[[str], Path]) -> None:
+    path = write_manifest(
+        "version: 1\njobs:\n  - prompt: a cat\n    model: flux-1-dev\n"
+        "    params: {width: 1024.5, height: 512}\n"
+    )
+    with pytest.raises(ManifestError, match=r"jobs\[0\]\.params\.width: 1024.5 is not of type"):
+        load_manifest(path)
