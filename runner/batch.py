@@ -7,12 +7,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
-from runner.client import DEFAULT_API_BASE, KreaClient, Timeouts
-from runner.dataset import metadata_rows
+from runner.client import DEFAULT_API_BASE, KreaClient, Limits, Timeouts
+from runner.dataset import METADATA_NAME, metadata_rows
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.engine import Engine, EngineOptions, RunResult
 from runner.errors import UsageError
@@ -24,6 +24,7 @@ from runner.report import write_report
 from runner.timefmt import iso_time
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 EMULATOR_TOKEN = "emulator"
 
 
@@ -76,6 +77,7 @@ async def run_batch(
                 api_token,
                 limiter=rate_limiter(settings.rate_limit),
                 timeouts=Timeouts(api=options.api_timeout),
+                limits=Limits(image_bytes=settings.max_image_bytes),
                 max_connections=max(16, settings.concurrency * 2),
             )
             async with client:
@@ -87,14 +89,36 @@ async def run_batch(
             offsets = (states[key].done_at for key in engine.keys if key in states)
             return records_at(folder.journal_path, (o for o in offsets if o is not None))
 
-        written = folder.write_results(records())
-        folder.write_metadata(metadata_rows(folder.root, records()))
+        # Each file of the finishing stage is written on its own: one that cannot be (a full
+        # disk, an image that will not open) is a warning, never the loss of the run.
+        written = _best_effort(
+            folder.results_path, lambda: folder.write_results(records()), default=-1
+        )
+        _best_effort(
+            folder.root / METADATA_NAME,
+            lambda: folder.write_metadata(metadata_rows(folder.root, records())),
+            default=None,
+        )
         result.summary = _summary(manifest, folder, result, base_url, started, written, client)
-        folder.write_summary(result.summary)
-        write_report(folder.root, records(), result.summary)
+        _best_effort(
+            folder.summary_path, lambda: folder.write_summary(result.summary), default=None
+        )
+        _best_effort(
+            folder.root / "report.html",
+            lambda: write_report(folder.root, records(), result.summary),
+            default=None,
+        )
     if notify_url:
         await notify(notify_url, result.summary)
     return result
+
+
+def _best_effort(path: Path, write: Callable[[], T], default: T) -> T:
+    try:
+        return write()
+    except Exception as exc:  # the jobs' outcomes are safe in the journal whatever this says
+        log.warning("could not write %s: %s; the next run writes it again", path, exc)
+        return default
 
 
 async def notify(url: str, summary: Mapping[str, Any]) -> None:

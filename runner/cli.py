@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-attempts", type=int, metavar="N", help="submissions of a failing job")
     run.add_argument("--job-timeout", metavar="S", help="give up on a job after this long")
     run.add_argument(
+        "--max-image-bytes",
+        metavar="SIZE",
+        help="refuse a downloaded image larger than this (100MB); the job is kept for later",
+    )
+    run.add_argument(
         "--lost-answer-wait",
         metavar="S",
         help="after a POST's answer is lost, wait this long before looking for its job (1s)",
@@ -222,6 +227,7 @@ def _run(args: argparse.Namespace) -> int:
             "max_attempts",
             "job_timeout",
             "lost_answer_wait",
+            "max_image_bytes",
             "max_jobs",
             "name_template",
         )

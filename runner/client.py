@@ -17,18 +17,20 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import anyio
 from aiolimiter import AsyncLimiter
+from yarl import URL
 
 from runner import __version__
+from runner.addresses import PrivateAddress, is_private, resolver_for
 from runner.errors import (
     AmbiguousSubmit,
     ApiError,
@@ -52,6 +54,14 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """The most a server's answer may make us hold or write."""
+
+    image_bytes: int = 100_000_000  # one downloaded image (--max-image-bytes)
+    answer_bytes: int = 16 << 20  # one JSON answer: a job is a few hundred bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Download:
     """A file written by ``KreaClient.download``."""
 
@@ -71,12 +81,15 @@ class KreaClient:
         *,
         limiter: AsyncLimiter | None = None,
         timeouts: Timeouts | None = None,
+        limits: Limits | None = None,
         max_connections: int = 64,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._limiter = limiter
         self.timeouts = timeouts or Timeouts()
+        self.limits = limits or Limits()
+        self._api_host = urlsplit(self.base_url).hostname
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -90,7 +103,9 @@ class KreaClient:
             raise RuntimeError("a KreaClient cannot be reopened once closed")
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": f"krea-batch/{__version__}"},
-            connector=aiohttp.TCPConnector(limit=self._max_connections),
+            connector=aiohttp.TCPConnector(
+                limit=self._max_connections, resolver=resolver_for(self._api_host)
+            ),
             timeout=aiohttp.ClientTimeout(total=self.timeouts.api, connect=self.timeouts.connect),
             raise_for_status=False,
         )
@@ -182,9 +197,14 @@ class KreaClient:
             async with self.session.request(
                 method, self.base_url + path, json=json_body, params=params, headers=headers
             ) as response:
-                raw = await response.read()
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
+                raw = await _read_at_most(response, self.limits.answer_bytes)
+                if raw is None:
+                    message = (
+                        f"{what}: {status} with an answer over {self.limits.answer_bytes} bytes"
+                    )
+                    raise _lost(message, ambiguous, status=status, created=200 <= status < 300)
         except aiohttp.ClientConnectorError as exc:
             raise TransientApiError(f"{what}: cannot connect ({exc.os_error})") from exc
         except aiohttp.ConnectionTimeoutError as exc:
@@ -237,7 +257,7 @@ class KreaClient:
         digest = hashlib.sha256()
         size = 0
         try:
-            async with self.session.get(url, timeout=timeout) as response:
+            async with self._follow(url, timeout) as response:
                 if response.status in (401, 403, 404, 410):
                     raise ExpiredUrl(
                         f"GET image: {response.status} (the URL expired or is gone)",
@@ -247,10 +267,21 @@ class KreaClient:
                     raise TransientApiError(f"GET image: {response.status}", status=response.status)
                 expected = response.content_length
                 content_type = response.headers.get("Content-Type", "")
+                cap = self.limits.image_bytes
+                if expected is not None and expected > cap:
+                    raise PermanentApiError(
+                        f"GET image: declares {expected:,} bytes, above the limit of {cap:,} "
+                        "(--max-image-bytes)"
+                    )
                 with _SpoolFile(dest) as out:
                     async for chunk in response.content.iter_chunked(256 * 1024):
                         digest.update(chunk)
                         size += len(chunk)
+                        if size > cap:
+                            raise PermanentApiError(
+                                f"GET image: went on past the limit of {cap:,} bytes "
+                                "(--max-image-bytes)"
+                            )
                         await out.write(chunk)
                     if expected is not None and size != expected:
                         raise TransientApiError(f"GET image: got {size} of {expected} bytes")
@@ -260,6 +291,8 @@ class KreaClient:
                         None if place is None else functools.partial(place, dest, content_type)
                     )
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, PrivateAddress):
+                raise PermanentApiError(f"GET image: {exc.os_error}") from exc
             raise TransientApiError(f"GET image: cannot connect ({exc.os_error})") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientApiError(
@@ -268,6 +301,32 @@ class KreaClient:
         except ValueError as exc:  # a URL no library can use (a host label over 63 characters)
             raise PermanentApiError(f"GET image: unusable URL ({exc})") from exc
         return Download(path, size, digest.hexdigest(), content_type)
+
+    @contextlib.asynccontextmanager
+    async def _follow(
+        self, url: str, client_timeout: aiohttp.ClientTimeout
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET ``url``, following redirects by hand so that each hop is checked: http(s)
+        only, and no private address unless the API itself is at one."""
+        for _ in range(MAX_REDIRECTS + 1):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https"):
+                raise PermanentApiError(f"GET image: {parts.scheme or 'no'} scheme; http(s) only")
+            if is_private(parts.hostname) and not is_private(self._api_host):
+                raise PermanentApiError(f"GET image: {parts.hostname} is a private address")
+            async with self.session.get(
+                url, timeout=client_timeout, allow_redirects=False
+            ) as response:
+                location = response.headers.get("Location")
+                if response.status not in _REDIRECTS or not location:
+                    yield response
+                    return
+                url = str(response.url.join(URL(location)))
+        raise PermanentApiError(f"GET image: more than {MAX_REDIRECTS} redirects")
+
+
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class _SpoolFile:
@@ -289,9 +348,11 @@ class _SpoolFile:
     def __enter__(self) -> _SpoolFile:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         if self._handle is not None:
             self._handle.close()
+        if kind is not None:
+            self.path.unlink(missing_ok=True)  # nothing half-written stays behind
 
     async def write(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
@@ -318,6 +379,20 @@ class _SpoolFile:
         self._handle.close()
         self._handle = None
         return self.path if then is None else then()
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None once it is longer than ``limit`` (read no further)."""
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _lost(

@@ -8,7 +8,8 @@
         ├── AmbiguousSubmit          a POST went out and its answer was lost: a paid job may
         │                            exist, so it is never just sent again (see engine.submitter)
         ├── PermanentApiError        this job cannot succeed: 400, 404, 410, malformed bodies
-        │   └── ExpiredUrl           an image URL stopped working: fetch the job for a fresh one
+        │   ├── ExpiredUrl           an image URL stopped working: fetch the job for a fresh one
+        │   └── BadImage             what a result URL served is not an image we can open
         └── FatalApiError            no job can succeed: 401, 402; stop submitting
 
 Third-party exceptions (aiohttp, yaml, jsonschema) are translated into these at the module
@@ -99,6 +100,10 @@ class AmbiguousSubmit(ApiError):
 
 class PermanentApiError(ApiError):
     """This job will not succeed by retrying it (400, 404, 410, a malformed answer)."""
+
+
+class BadImage(PermanentApiError):
+    """A downloaded result is not an image Pillow opens (an HTML page, a truncated file)."""
 
 
 class ExpiredUrl(PermanentApiError):

@@ -14,9 +14,12 @@ import fcntl
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
+
+from PIL import Image
 
 from runner.dataset import METADATA_NAME, metadata_lines
 from runner.errors import UsageError
@@ -83,7 +86,12 @@ class OutputFolder:
             raise UsageError(
                 f"cannot create the output folder {self.root}: {exc.strerror}"
             ) from exc
-        lock = (self.state / "lock").open("a+", encoding="utf-8")
+        try:
+            lock = (self.state / "lock").open("a+", encoding="utf-8")
+        except OSError as exc:  # a read-only file system, no permission, a full disk
+            raise UsageError(
+                f"cannot write to the output folder {self.root}: {exc.strerror}; nothing was sent"
+            ) from exc
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -157,6 +165,20 @@ class OutputFolder:
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_atomic(self.summary_path, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+
+
+def image_problem(path: Path) -> str | None:
+    """Why the file is not an image we can use, or None (header and checksums; no decoding)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.verify()
+    except Image.DecompressionBombError as exc:
+        return f"the image claims too many pixels ({exc})"
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's ways of saying "not an image"
+        return f"not an image Pillow can open ({exc})"
+    return None
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:

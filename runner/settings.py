@@ -59,6 +59,24 @@ def parse_rate(value: Any) -> float:
     return rate
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``100000000``, ``"100MB"``, ``"1.5GB"`` or ``"500kb"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size (like 100MB)")
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size (like 100MB, 2GB)")
+    unit = match.group(2).lower() if match.group(2) else None
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size < 1:
+        raise ValueError(f"{value!r} must be above zero")
+    return size
+
+
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{value!r} is not a whole number of at least 1")
@@ -77,6 +95,7 @@ class RunSettings:
     max_jobs: int = 100_000  # a manifest expanding to more is surely a mistake
     job_timeout: float = 3 * 3600.0  # give up on a job that has not ended (platform: 2 h max)
     lost_answer_wait: float = 1.0  # after a POST's answer is lost, wait before looking for its job
+    max_image_bytes: int = 100_000_000  # a download declaring or streaming more fails softly
     name_template: str = DEFAULT_TEMPLATE  # image file names under images/ (runner.naming)
 
     def merged(self, overrides: dict[str, Any]) -> RunSettings:
@@ -105,6 +124,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_jobs": _positive_int,
     "job_timeout": parse_duration,
     "lost_answer_wait": parse_duration,
+    "max_image_bytes": parse_size,
     "name_template": _name_template,
 }
 SETTING_NAMES = tuple(f.name for f in fields(RunSettings))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import zlib
@@ -9,15 +10,17 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from PIL import Image
 
+from runner.addresses import PrivateAddress, PublicOnlyResolver
 from runner.cli import main
-from runner.client import KreaClient
+from runner.client import KreaClient, Limits
 from runner.dataset import metadata_rows
 from runner.engine.counts import Counts
 from runner.engine.outcome import Failed
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
-from runner.outputs import OutputFolder
+from runner.outputs import OutputFolder, image_problem
 from runner.remote import JobStatus, MalformedJob, RemoteJob
 from tests.http_helpers import fake_server
 from tests.virtual_time import VirtualClock, virtual_time
@@ -143,3 +146,77 @@ async def test_a_timed_out_job_that_cannot_be_cancelled_is_not_recorded_cancelle
     assert isinstance(outcome, Failed)
     assert "timed out" in outcome.reason
     assert "could not be cancelled" in outcome.reason
+
+
+async def test_an_image_declaring_or_streaming_past_the_cap_is_refused(tmp_path: Path) -> None:
+    async def declared(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 5000, content_type="image/png")
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b"x" * 1000)
+        return response
+
+    routes = {("GET", "/declared.png"): declared, ("GET", "/endless.png"): endless}
+    async with (
+        fake_server(routes) as url,
+        KreaClient(url, "t", limits=Limits(image_bytes=4000)) as client,
+    ):
+        with pytest.raises(PermanentApiError, match="declares 5,000 bytes"):
+            await client.download(url + "/declared.png", tmp_path / "a.part")
+        with pytest.raises(PermanentApiError, match="past the limit"):
+            await client.download(url + "/endless.png", tmp_path / "b.part")
+    assert not os.listdir(tmp_path)  # nothing half-written stays
+
+
+async def test_a_json_answer_past_the_cap_is_unusable_not_read_whole() -> None:
+    async def huge(request: web.Request) -> web.Response:
+        return web.json_response({"job_id": "abc", "status": "queued", "pad": "x" * 5000})
+
+    async with (
+        fake_server({("GET", "/jobs/abc"): huge}) as url,
+        KreaClient(url, "t", limits=Limits(answer_bytes=1000)) as client,
+    ):
+        with pytest.raises(TransientApiError, match="over 1000 bytes"):
+            await client.get_job("abc")
+
+
+async def test_downloads_go_to_public_addresses_only_when_the_api_is_public(
+    tmp_path: Path,
+) -> None:
+    async with KreaClient("https://api.krea.ai", "t") as client:
+        for url in ("http://127.0.0.1:9/a.png", "http://169.254.169.254/latest", "ftp://a/b.png"):
+            with pytest.raises(PermanentApiError):
+                await client.download(url, tmp_path / "x.part")
+    with pytest.raises(PrivateAddress):
+        await PublicOnlyResolver().resolve("localhost", 80)
+
+
+async def test_redirects_are_followed_hop_by_hop_and_checked(tmp_path: Path) -> None:
+    async def hop(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/image.png")
+
+    async def away(request: web.Request) -> web.Response:
+        raise web.HTTPFound("file:///etc/passwd")
+
+    async def image(request: web.Request) -> web.Response:
+        return web.Response(body=png_header(1, 1), content_type="image/png")
+
+    routes = {("GET", "/hop"): hop, ("GET", "/away"): away, ("GET", "/image.png"): image}
+    async with fake_server(routes) as url, KreaClient(url, "t") as client:
+        got = await client.download(url + "/hop", tmp_path / "ok.part")
+        assert got.bytes == len(png_header(1, 1))
+        with pytest.raises(PermanentApiError, match="http"):
+            await client.download(url + "/away", tmp_path / "no.part")
+
+
+def test_what_is_not_an_image_is_said_so(tmp_path: Path) -> None:
+    page = tmp_path / "page.png"
+    page.write_bytes(b"<!doctype html><title>Login</title>")
+    assert "not an image" in (image_problem(page) or "")
+    real = tmp_path / "real.png"
+    Image.new("RGB", (8, 8)).save(real)
+    assert image_problem(real) is None

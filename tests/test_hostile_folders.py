@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from runner import run_batch
 from runner.cli import main
@@ -15,8 +18,10 @@ from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import ManifestError, UsageError
 from runner.manifest import load_manifest, parse_manifest
 from runner.merge import merge_folders
+from runner.outputs import OutputFolder
 from runner.report import load_records
 from tests.engine_helpers import FAST, read_results, small_manifest
+from tests.http_helpers import fake_server
 
 QUICK = Latency.parse("fixed:0.05")
 
@@ -106,3 +111,98 @@ def test_pixel_sizes_must_be_whole_numbers(write_manifest: Callable[[str], Path]
     )
     with pytest.raises(ManifestError, match=r"jobs\[0\]\.params\.width: 1024.5 is not of type"):
         load_manifest(path)
+
+
+def fake_krea(image: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> dict[Any, Any]:
+    """Routes of a tiny Krea: every POST creates job-1, done at once, its image from ``image``."""
+    created = "2026-11-24T10:00:00.000Z"
+
+    async def submit(request: web.Request) -> web.Response:
+        return web.json_response({"job_id": "job-1", "status": "queued", "created_at": created})
+
+    async def job(request: web.Request) -> web.Response:
+        base = f"{request.scheme}://{request.host}"
+        return web.json_response(
+            {
+                "job_id": "job-1",
+                "status": "completed",
+                "created_at": created,
+                "completed_at": created,
+                "result": {"urls": [f"{base}/files/1.png"]},
+            }
+        )
+
+    return {
+        ("POST", "/generate/image/bytedance/seedream-4"): submit,
+        ("GET", "/jobs/job-1"): job,
+        ("GET", "/files/1.png"): image,
+    }
+
+
+async def test_an_html_page_served_as_the_image_fails_the_job_after_a_second_try(
+    tmp_path: Path,
+) -> None:
+    served = 0
+
+    async def login_page(request: web.Request) -> web.Response:
+        nonlocal served
+        served += 1
+        return web.Response(text="<!doctype html><h1>Sign in</h1>", content_type="image/png")
+
+    async with fake_server(fake_krea(login_page)) as url:
+        result = await run_batch(small_manifest(1), tmp_path, api_base=url, token="t", options=FAST)
+    [record] = read_results(tmp_path)
+    assert record["status"] == "failed"
+    assert "not an image" in record["error"]
+    assert served == 2
+    assert result.exit_code == 1
+    assert not [p for p in (tmp_path / "images").rglob("*") if p.is_file()]
+
+
+async def test_the_finishing_stage_cannot_lose_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("runner.batch.write_report", broken)
+    monkeypatch.setattr(OutputFolder, "write_metadata", broken)
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        result = await run_batch(
+            small_manifest(2), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+    assert result.exit_code == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["counts"]["completed"] == 2
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = Path.open
+
+    def read_only(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.name == "lock":
+            raise OSError(30, "Read-only file system")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", read_only)
+    with pytest.raises(UsageError, match="Read-only file system"), OutputFolder(tmp_path):
+        pass
+
+
+async def test_a_job_whose_answers_are_never_a_job_ends_at_its_timeout(tmp_path: Path) -> None:
+    async def garbage(request: web.Request) -> web.Response:
+        return web.json_response({"job_id": "job-1", "status": "completed", "result": {"urls": 7}})
+
+    async def unused(request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    routes = fake_krea(unused)
+    routes[("GET", "/jobs/job-1")] = garbage
+    async with fake_server(routes) as url:
+        result = await run_batch(
+            small_manifest(1, job_timeout=0.3), tmp_path, api_base=url, token="t", options=FAST
+        )
+    assert result.counts.deferred == 1  # paid for, perhaps done: the next run asks again
+    assert result.exit_code == 1

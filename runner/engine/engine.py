@@ -326,7 +326,7 @@ class Engine:
                     return Failed("the job completed without any result URL")
                 stem = render_name(self._name_stem, spec)
                 files = await self.tracker.download_all(ended, stem, spec.key)
-                return files if isinstance(files, Deferred) else Completed(ended, files)
+                return Completed(ended, files) if isinstance(files, list) else files
             reason = ended.error or f"the job was {ended.status.value}"
             if state.submitted_at is not None and state.submitted_at >= self.started:
                 self.budget.refund(spec.units)  # failed and cancelled jobs are not billed

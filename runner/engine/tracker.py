@@ -16,8 +16,8 @@ from runner.client import KreaClient
 from runner.engine.counts import Counts
 from runner.engine.outcome import Deferred, Failed, FileEntry
 from runner.engine.retry import Clock, RetryPolicy, retrying
-from runner.errors import ExpiredUrl, PermanentApiError, TransientApiError
-from runner.outputs import OutputFolder, image_extension, relative
+from runner.errors import BadImage, ExpiredUrl, PermanentApiError, TransientApiError
+from runner.outputs import OutputFolder, image_extension, image_problem, relative
 from runner.remote import JobStatus, RemoteJob
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,22 @@ class Tracker:
                     f"(last status: {remote.status.value}); {ending}"
                 )
 
+    async def _fresh_urls(self, remote: RemoteJob, index: int) -> RemoteJob | Deferred:
+        """The job fetched again, for result URLs that work (or a reason why not)."""
+        try:
+            remote = await retrying(
+                functools.partial(self.client.get_job, remote.job_id),
+                self.settings.retry,
+                self.clock,
+                self.rng,
+                on_error=self._count_error,
+            )
+        except (TransientApiError, PermanentApiError) as exc:
+            return Deferred(f"could not refresh its image URLs: {exc}")
+        if len(remote.urls) <= index:
+            return Deferred("the job no longer lists its images")
+        return remote
+
     def _first_wait(self, model: str | None, exists_since: float | None) -> float | None:
         typical = None if model is None else self.latency.first_poll(model)
         if typical is None:
@@ -160,7 +176,7 @@ class Tracker:
 
     async def download_all(
         self, remote: RemoteJob, stem: str, partial: str
-    ) -> list[FileEntry] | Deferred:
+    ) -> list[FileEntry] | Deferred | Failed:
         """Every result of ``remote`` into images/STEM(-N).ext, each atomically.
 
         ``partial`` names the hidden file a download is streamed into (unique per job).
@@ -169,7 +185,7 @@ class Tracker:
         for index in range(len(remote.urls)):
             suffix = "" if index == 0 else f"-{index}"
             got = await self._download_one(remote, index, stem + suffix, partial + suffix)
-            if isinstance(got, Deferred):
+            if isinstance(got, Deferred | Failed):
                 return got
             remote, entry = got
             files.append(entry)
@@ -177,13 +193,16 @@ class Tracker:
 
     async def _download_one(
         self, remote: RemoteJob, index: int, stem: str, partial_name: str
-    ) -> tuple[RemoteJob, FileEntry] | Deferred:
+    ) -> tuple[RemoteJob, FileEntry] | Deferred | Failed:
         partial = self.folder.partial_path(partial_name)
-        refreshes = 0
+        refreshes = bad_images = 0
         while True:
             url = remote.urls[index]
 
             def place(part: Path, content_type: str, url: str = url) -> Path:
+                problem = image_problem(part)
+                if problem is not None:
+                    raise BadImage(f"GET image: {problem}")
                 return self.folder.place(part, stem + image_extension(content_type, url))
 
             try:
@@ -195,27 +214,24 @@ class Tracker:
                     on_error=self._count_error,
                 )
                 break
+            except BadImage as exc:
+                bad_images += 1
+                if bad_images > 1:  # fetched again, and again not an image
+                    return Failed(str(exc))
+                log.info("↻ job %s's image is unusable: fetching the job again", remote.job_id)
             except ExpiredUrl as exc:
                 refreshes += 1
                 if refreshes > (self.settings.retry.max_errors or 8):
                     return Deferred(f"its image URLs keep expiring: {exc}")
                 log.info("↻ job %s's image URL expired: fetching the job again", remote.job_id)
-                try:
-                    remote = await retrying(
-                        functools.partial(self.client.get_job, remote.job_id),
-                        self.settings.retry,
-                        self.clock,
-                        self.rng,
-                        on_error=self._count_error,
-                    )
-                except (TransientApiError, PermanentApiError) as refresh_error:
-                    return Deferred(f"could not refresh its image URLs: {refresh_error}")
-                if len(remote.urls) <= index:
-                    return Deferred("the job no longer lists its images")
             except TransientApiError as exc:
                 return Deferred(f"download kept failing: {exc}")
             except PermanentApiError as exc:  # an unusable URL: fetching the job gives it again
                 return Deferred(f"cannot download its image: {exc}")
+            fresh = await self._fresh_urls(remote, index)
+            if isinstance(fresh, Deferred):
+                return fresh
+            remote = fresh
         self.counts.downloads += 1
         self.counts.bytes += download.bytes
         entry = {
