@@ -34,6 +34,7 @@ from runner.addresses import PrivateAddress, is_private, resolver_for
 from runner.errors import (
     AmbiguousSubmit,
     ApiError,
+    DiskError,
     ExpiredUrl,
     FatalApiError,
     PermanentApiError,
@@ -148,9 +149,12 @@ class KreaClient:
     async def get_job(self, job_id: str) -> RemoteJob:
         data = await self._call("GET", f"/jobs/{quote(job_id, safe='')}")
         try:
-            return RemoteJob.from_json(data)
+            job = RemoteJob.from_json(data)
         except MalformedJob as exc:
             raise TransientApiError(f"GET /jobs/{job_id}: unusable answer ({exc})") from exc
+        if job.job_id != job_id:
+            raise TransientApiError(f"GET /jobs/{job_id}: the answer is about job {job.job_id}")
+        return job
 
     async def list_jobs(
         self, limit: int = 100, cursor: str | None = None
@@ -300,6 +304,8 @@ class KreaClient:
             ) from exc
         except ValueError as exc:  # a URL no library can use (a host label over 63 characters)
             raise PermanentApiError(f"GET image: unusable URL ({exc})") from exc
+        except OSError as exc:  # writing the file, not the network: ours to stop for
+            raise DiskError(str(dest.parent), exc) from exc
         return Download(path, size, digest.hexdigest(), content_type)
 
     @contextlib.asynccontextmanager

@@ -3,6 +3,7 @@
     RunnerError                      anything the CLI turns into a message instead of a traceback
     ├── UsageError                   bad CLI input or settings (exit code 2)
     │   └── ManifestError            a manifest problem, with its file, YAML path and line
+    ├── DiskError                    the output folder cannot be written mid-run (full, read-only)
     └── ApiError                     the API (or the emulator) answered something unusable
         ├── TransientApiError        worth retrying: network trouble, 5xx, 429 (retry_after)
         ├── AmbiguousSubmit          a POST went out and its answer was lost: a paid job may
@@ -25,6 +26,15 @@ class RunnerError(Exception):
 
 class UsageError(RunnerError):
     """The user asked for something impossible; the CLI exits with code 2."""
+
+
+class DiskError(RunnerError):
+    """Writing to the output folder failed (no space, read-only, I/O error): stop the run."""
+
+    def __init__(self, folder: str, error: OSError) -> None:
+        self.folder = folder
+        self.error = error
+        super().__init__(f"cannot write to {folder}: {error.strerror or error}")
 
 
 class ManifestError(UsageError):

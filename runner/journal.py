@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 
 import anyio
 
+from runner.errors import DiskError
 from runner.skew import ClockSkew
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,8 @@ class Journal:
             with anyio.CancelScope(shield=True):  # a half-done flush would lose other tasks' lines
                 await self._offload(self._write, b"".join(lines))
             self._written = batch
+        except OSError as exc:  # a torn line at the end is dropped by the next replay
+            raise DiskError(str(self.path.parent.parent), exc) from exc
         finally:
             self._flushing = False
             self._flushed.set()

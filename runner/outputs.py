@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from PIL import Image
 
 from runner.dataset import METADATA_NAME, metadata_lines
-from runner.errors import UsageError
+from runner.errors import DiskError, UsageError
 
 STATE_DIR = ".krea-batch"
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
@@ -141,8 +141,11 @@ class OutputFolder:
     def append_result(self, record: Mapping[str, Any]) -> None:
         """Add a record to results.jsonl as it happens (compacted to one per job at the end)."""
         if self._results is not None:
-            self._results.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self._results.flush()
+            try:
+                self._results.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self._results.flush()
+            except OSError as exc:
+                raise DiskError(str(self.root), exc) from exc
 
     def write_results(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Rewrite results.jsonl with exactly the given records (streamed); returns how many."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import textwrap
@@ -16,11 +17,12 @@ from runner import run_batch
 from runner.cli import main
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import ManifestError, UsageError
+from runner.journal import Journal
 from runner.manifest import load_manifest, parse_manifest
 from runner.merge import merge_folders
 from runner.outputs import OutputFolder
 from runner.report import load_records
-from tests.engine_helpers import FAST, read_results, small_manifest
+from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 from tests.http_helpers import fake_server
 
 QUICK = Latency.parse("fixed:0.05")
@@ -206,3 +208,34 @@ async def test_a_job_whose_answers_are_never_a_job_ends_at_its_timeout(tmp_path:
         )
     assert result.counts.deferred == 1  # paid for, perhaps done: the next run asks again
     assert result.exit_code == 1
+
+
+async def test_a_full_disk_stops_the_run_at_once_with_exit_3_and_the_next_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = Journal._write
+    writes = 0
+
+    def filling(self: Journal, data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        if writes > 12:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, data)
+
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        with monkeypatch.context() as patch:
+            patch.setattr(Journal, "_write", filling)
+            first = await run_batch(
+                small_manifest(12), tmp_path, api_base=emu.url, token="t", options=FAST
+            )
+        assert first.exit_code == 3
+        assert "No space left on device" in (first.stopped or "")
+        assert "free" in (first.stopped or "")
+        assert first.counts.completed < 12
+        again = await run_batch(
+            small_manifest(12), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        assert again.exit_code == 0
+        check_folder(tmp_path, 12, emu.emulator)
+        assert emu.emulator.stats["submits"] == 12

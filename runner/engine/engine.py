@@ -15,9 +15,11 @@ import itertools
 import logging
 import random
 import re
+import shutil
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
@@ -38,7 +40,7 @@ from runner.engine.outcome import (
 from runner.engine.retry import Clock, RetryPolicy, SystemClock
 from runner.engine.submitter import SubmitSettings, Submitter
 from runner.engine.tracker import Tracker, TrackSettings
-from runner.errors import FatalApiError, UsageError
+from runner.errors import DiskError, FatalApiError, UsageError
 from runner.jobspec import JobSpec, in_shard
 from runner.journal import Journal, KeyState, Ledger
 from runner.limiter import AdaptiveLimit
@@ -85,6 +87,13 @@ class Snapshot:
     spend_units: float
 
 
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:,.1f} MB"
+    except OSError:
+        return "unknown space"
+
+
 class Engine:
     """Runs one manifest into one output folder (see the module docstring)."""
 
@@ -112,6 +121,7 @@ class Engine:
         self.stopping: str | None = None
         self.interrupted = False
         self.fatal: FatalApiError | None = None
+        self.disk_error: DiskError | None = None
         self.started = self.clock.time()
         self.keys: list[str] = []  # every job's key, in manifest order
         self._resumed: list[JobSpec] = []
@@ -204,7 +214,10 @@ class Engine:
                     helpers.start_soon(self._report_progress)
                 with anyio.CancelScope() as scope:
                     self._work_scope = scope
-                    await self._run_jobs()
+                    try:
+                        await self._run_jobs()
+                    except DiskError as exc:  # before any worker ran: checking lost submits
+                        self._stop_for_disk(exc)
                 helpers.cancel_scope.cancel()
         finally:
             journal.close()
@@ -296,11 +309,14 @@ class Engine:
         if state.remote:
             self.counts.resumed += 1
         try:
-            outcome = await self._drive(spec, state)
-        except FatalApiError as exc:
-            self._stop_for_fatal(exc)
-            outcome = NotSubmitted(str(exc))
-        await self._finish(spec, state, outcome)
+            try:
+                outcome = await self._drive(spec, state)
+            except FatalApiError as exc:
+                self._stop_for_fatal(exc)
+                outcome = NotSubmitted(str(exc))
+            await self._finish(spec, state, outcome)
+        except DiskError as exc:
+            self._stop_for_disk(exc)
 
     async def _drive(self, spec: JobSpec, state: KeyState) -> Outcome:
         """Take one job from wherever the journal left it to its outcome."""
@@ -456,6 +472,15 @@ class Engine:
             self.fatal = exc
             log.error("%s: no more submits; jobs in flight will finish", exc)
         self.stop(f"fatal: {exc}")
+
+    def _stop_for_disk(self, exc: DiskError) -> None:
+        """Nothing more can be recorded: stop at once. What was not recorded is resumed."""
+        if self.disk_error is None:
+            self.disk_error = exc
+            free = _free_space(self.folder.root)
+            log.error("%s (%s free): stopping now; free some space and run again", exc, free)
+            self.stop(f"{exc} ({free} free); free some space and run the same command again")
+        self.abort()
 
     def abort(self) -> None:
         """Stop at once; the output folder resumes correctly on the next run."""
