@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from runner import __version__
 from runner.batch import run_batch
@@ -42,6 +42,18 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """Name unknown flags but never echo values: one of them may be a secret."""
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            words = message.removeprefix(prefix).split()
+            flags = [word.split("=", 1)[0] for word in words if word.startswith("-")]
+            hidden = len(words) - len(flags) + sum("=" in w for w in words if w.startswith("-"))
+            message = (
+                prefix + " ".join(flags) + (f" (values not shown: {hidden})" if hidden else "")
+            )
+        super().error(message)
 
 
 # Flags that would carry a secret on the command line (visible in ps, shell history, cron mail).

@@ -24,7 +24,10 @@ def metadata_rows(root: Path, records: Iterable[Mapping[str, Any]]) -> Iterator[
             continue
         params = dict(record.get("params") or {})
         for entry in record.get("files", []):
-            width, height = _size(root / entry["path"], params)
+            path = (root / entry["path"]).resolve()
+            if not path.is_relative_to(root.resolve()):
+                continue  # a results file pointing outside its folder: not ours to read
+            width, height = _size(path, params)
             yield {
                 "file_name": entry["path"],
                 "key": record["key"],

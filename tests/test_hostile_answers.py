@@ -48,6 +48,17 @@ def test_flags_are_never_abbreviated(capsys: pytest.CaptureFixture[str]) -> None
     assert "unrecognized arguments" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("words", [["--tok", "SECRET-123"], ["--tk=SECRET-123"]])
+def test_an_unknown_flag_is_named_but_its_value_never_echoed(
+    words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "jobs.yaml", *words])
+    err = capsys.readouterr().err
+    assert "SECRET-123" not in err
+    assert words[0].split("=")[0] in err
+
+
 async def test_an_error_page_in_latin_1_is_an_api_error_not_a_crash() -> None:
     async def page(request: web.Request) -> web.Response:
         return web.Response(
