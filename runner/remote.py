@@ -71,9 +71,7 @@ class RemoteJob:
             raise MalformedJob(f"unknown job status {data.get('status')!r}") from exc
         raw_result = data.get("result")
         result: Mapping[str, Any] = raw_result if isinstance(raw_result, Mapping) else {}
-        urls = result.get("urls") or ()
-        if not isinstance(urls, list | tuple) or not all(isinstance(u, str) for u in urls):
-            raise MalformedJob("result.urls is not a list of URLs")
+        urls = _urls(result.get("urls"))
         return cls(
             job_id=job_id,
             status=status,
@@ -89,6 +87,23 @@ class RemoteJob:
         if isinstance(data, Mapping) and "status" not in data:
             data = {**data, "status": JobStatus.QUEUED.value}
         return cls.from_json(data)
+
+
+def _urls(value: Any) -> tuple[str, ...]:
+    """``result.urls`` in any of the shapes Krea has shown: a list of URLs, a list of
+    ``{type, url}`` objects, or a map of name → URL (or → such an object)."""
+    if value is None:
+        return ()
+    items = list(value.values()) if isinstance(value, Mapping) else value
+    if not isinstance(items, list | tuple):
+        raise MalformedJob("result.urls is not a list of URLs")
+    urls = []
+    for item in items:
+        url = item.get("url") if isinstance(item, Mapping) else item
+        if not isinstance(url, str) or not url:
+            raise MalformedJob("result.urls holds something that is not a URL")
+        urls.append(url)
+    return tuple(urls)
 
 
 @dataclass(frozen=True, slots=True)

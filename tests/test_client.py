@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 
 from runner.client import KreaClient, Timeouts
-from runner.errors import AmbiguousSubmit, TransientApiError
-from runner.remote import JobStatus
+from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
+from runner.remote import JobStatus, MalformedJob, RemoteJob
 from tests.http_helpers import fake_server
 
 FLUX = "/generate/image/bfl/flux-1-dev"
@@ -82,3 +82,35 @@ async def test_the_listing_keeps_jobs_of_unknown_status_and_reads_either_cursor_
         jobs, cursor = await client.list_jobs(100)
     assert [(j.job_id, j.status) for j in jobs] == [(JOB, "upscaling"), ("other", "completed")]
     assert cursor == "2026-11-24T10:00:00.000Z"
+
+
+async def test_a_422_is_a_refusal_like_a_400_and_created_nothing() -> None:
+    async def invalid(request: web.Request) -> web.Response:
+        return web.json_response({"error": "Invalid asset URL"}, status=422)
+
+    async with fake_server({("POST", FLUX): invalid}) as url, KreaClient(url, "t") as client:
+        with pytest.raises(PermanentApiError, match="422 Invalid asset URL") as caught:
+            await client.submit(FLUX, BODY)
+    assert not isinstance(caught.value, AmbiguousSubmit)
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        ["https://cdn/a.png", "https://cdn/b.png"],
+        [
+            {"type": "image", "url": "https://cdn/a.png"},
+            {"type": "image", "url": "https://cdn/b.png"},
+        ],
+        {"first": "https://cdn/a.png", "second": {"url": "https://cdn/b.png"}},
+    ],
+)
+def test_result_urls_are_read_in_every_shape_krea_has_shown(urls: object) -> None:
+    job = RemoteJob.from_json({"job_id": JOB, "status": "completed", "result": {"urls": urls}})
+    assert job.urls == ("https://cdn/a.png", "https://cdn/b.png")
+
+
+@pytest.mark.parametrize("urls", ["https://cdn/a.png", [{"type": "image"}], [3], {"a": None}])
+def test_result_urls_that_hold_no_url_are_malformed(urls: object) -> None:
+    with pytest.raises(MalformedJob):
+        RemoteJob.from_json({"job_id": JOB, "status": "completed", "result": {"urls": urls}})

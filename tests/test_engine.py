@@ -368,3 +368,20 @@ async def test_an_ambiguous_job_keeps_its_candidates_images_and_is_never_sent_ag
     status = read_status(tmp_path)
     assert status.ambiguous == {spec.key: tuple(ids)}
     assert "ambiguous" in render_status(status)
+
+
+@pytest.mark.parametrize("dialect", ["spec", "docs", "map"])
+async def test_the_runner_understands_every_answer_shape_krea_has_shown(
+    tmp_path: Path, dialect: str
+) -> None:
+    """POST answers without status, nextCursor, result.urls as objects or a map; with lost
+    answers, so that the listing is read too."""
+    config = EmulatorConfig(latency=QUICK, dialect=dialect, reset_after_create=0.3, seed=3)
+    async with run_emulator(config) as emu:
+        result = await run_batch(
+            small_manifest(8), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        records = check_folder(tmp_path, 8, emu.emulator)
+        assert emu.emulator.stats["resets_after_create"] > 0
+    assert result.exit_code == 0
+    assert {r["status"] for r in records} == {"completed"}

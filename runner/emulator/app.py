@@ -191,6 +191,8 @@ class Emulator:
             headers = {"Deprecation": "true", "Sunset": SUNSET}
         # The submit answer always carries completed_at and result, as nulls.
         data = {"completed_at": None, "result": None, **self.job_json(job, request)}
+        if self.config.dialect != "spec":
+            del data["status"]  # Krea's current GPT Image 2 example has none
         return web.json_response(data, headers=headers)
 
     async def get_job(self, request: web.Request) -> web.Response:
@@ -233,7 +235,8 @@ class Emulator:
         more = len(items) > limit
         items = items[:limit]
         next_cursor = items[-1]["created_at"] if more and items else None
-        return web.json_response({"items": items, "next_cursor": next_cursor})
+        cursor_name = "next_cursor" if self.config.dialect == "spec" else "nextCursor"
+        return web.json_response({"items": items, cursor_name: next_cursor})
 
     def job_json(self, job: EmulatedJob, request: web.Request | None = None) -> dict[str, Any]:
         now = self.clock()
@@ -252,12 +255,11 @@ class Emulator:
             expires = f"?expires={now + self.config.url_ttl:.3f}"
         if status == JobStatus.COMPLETED:
             ext = image_format(job.body)[0].lower().replace("jpeg", "jpg")
-            data["result"] = {
-                "urls": [
-                    f"{base}{INTERNAL}images/{job.id}/{n}.{ext}{expires}"
-                    for n in range(self.config.images_per_job)
-                ]
-            }
+            urls = [
+                f"{base}{INTERNAL}images/{job.id}/{n}.{ext}{expires}"
+                for n in range(self.config.images_per_job)
+            ]
+            data["result"] = {"urls": self._shaped(urls)}
         elif status == JobStatus.INTERMEDIATE_COMPLETE:
             data["result"] = {"urls": [f"{base}{INTERNAL}images/{job.id}/preview.jpg{expires}"]}
         elif status == JobStatus.FAILED:
@@ -267,6 +269,14 @@ class Emulator:
             else:
                 data["error"] = {"message": job.failure_reason, "code": "generation_failed"}
         return data
+
+    def _shaped(self, urls: list[str]) -> Any:
+        """Result URLs in the configured dialect's shape."""
+        if self.config.dialect == "docs":
+            return [{"type": "image", "url": url} for url in urls]
+        if self.config.dialect == "map":
+            return {f"image_{n}": url for n, url in enumerate(urls)}
+        return urls
 
     # ---- images -----------------------------------------------------------------------------
 

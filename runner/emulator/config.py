@@ -53,6 +53,9 @@ class Latency:
         return model_average or self.a
 
 
+DIALECTS = ("spec", "docs", "map")
+
+
 @dataclass(frozen=True)
 class EmulatorConfig:
     """Every knob of the emulator; all off by default, so it behaves like a healthy API."""
@@ -79,6 +82,10 @@ class EmulatorConfig:
     deprecated: frozenset[str] = frozenset()  # model ids sent with Deprecation/Sunset headers
     images_per_job: int = 1
     rtt: float = 0.0  # seconds added to every API request and download: a distant server
+    # How answers are shaped: "spec" as the older OpenAPI copy; "docs" as Krea's pages show
+    # them today (POST answers without status, nextCursor, result.urls as {type, url}
+    # objects); "map" as "docs" but result.urls a map of name → URL.
+    dialect: str = "spec"
 
     def __post_init__(self) -> None:
         for name in (
@@ -92,6 +99,8 @@ class EmulatorConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
+        if self.dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {self.dialect!r}")
         if self.overflow not in ("429", "backlog"):
             raise ValueError(f"overflow must be '429' or 'backlog', not {self.overflow!r}")
         if self.rtt < 0:
@@ -138,6 +147,7 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--deprecated", "deprecated", _models, "comma-separated model ids sent with Sunset"),
     ("--images-per-job", "images_per_job", int, "result URLs per job"),
     ("--rtt", "rtt", float, "seconds of round trip added to every request and download"),
+    ("--dialect", "dialect", str, "answer shapes: spec, docs (Krea's pages today) or map"),
     ("--seed", "seed", int, "seed for all injected randomness"),
 )
 
