@@ -29,9 +29,23 @@ from runner.plan import make_plan
 from runner.progress import Progress
 from runner.report import load_records, write_report
 from runner.secrets import find_token, read_token_file
-from runner.settings import parse_deadline, parse_duration
+from runner.settings import RunSettings, parse_deadline, parse_duration
 from runner.status import read_status, refresh, render_status
 from runner.views import catalog_table, model_detail, plan_text
+
+DESCRIPTION = """\
+Run thousands of Krea text-to-image jobs from a YAML manifest: concurrently, under rate
+limits, resumably, and never paying for a job twice. Images land in OUT/images, one record
+per job in OUT/results.jsonl."""
+
+EXAMPLES = """\
+examples:
+  krea-batch plan jobs.yaml                    check a manifest: jobs per model, estimated cost
+  krea-batch run jobs.yaml --emulator          try it on the built-in emulator, no token needed
+  KREA_API_TOKEN=... krea-batch run jobs.yaml --out out
+  krea-batch run jobs.yaml --out out           again: finished jobs are skipped
+  krea-batch status out                        what a folder holds, offline
+  krea-batch models flux-1-dev                 one model's parameters and price"""
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 
@@ -72,16 +86,37 @@ def _refuse_secret_flags(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="krea-batch", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"krea-batch {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``-v`` and ``--log-format``, before the command or after it (the later one wins)."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="debug logging",
+    )
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
-        default="text",
-        help="json: one JSON object per log line (journald, cron mail, jq)",
+        default="text" if defaults else argparse.SUPPRESS,
+        help="json: one JSON object per log line, for journald, cron mail, jq (default: text)",
     )
+
+
+def _default(name: str) -> str:
+    """A run setting's default, as its help text shows it."""
+    return f"default: {getattr(RunSettings(), name):g}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="krea-batch",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"krea-batch {__version__}")
+    _global_flags(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     plan = commands.add_parser("plan", help="validate a manifest and show what it would run")
@@ -99,17 +134,39 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--token-file", help="read the API token from this file ($KREA_API_TOKEN otherwise)"
     )
-    run.add_argument("--concurrency", type=int, metavar="N", help="jobs in flight at once")
+    run.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help=f"jobs at the server at once ({_default('concurrency')})",
+    )
     run.add_argument(
         "--submit-concurrency",
         type=int,
         metavar="N",
         help="POSTs in flight at most, when POSTs are slow (default 32; 1 after a lost answer)",
     )
-    run.add_argument("--rate-limit", metavar="R", help="API requests per second (2, 2/s, 120/min)")
-    run.add_argument("--poll-interval", metavar="S", help="seconds between polls of a job (2s)")
-    run.add_argument("--max-attempts", type=int, metavar="N", help="submissions of a failing job")
-    run.add_argument("--job-timeout", metavar="S", help="give up on a job after this long")
+    run.add_argument(
+        "--rate-limit",
+        metavar="R",
+        help=f"API requests per second: 2, 2/s, 120/min ({_default('rate_limit')}/s)",
+    )
+    run.add_argument(
+        "--poll-interval",
+        metavar="S",
+        help=f"seconds between polls of a job ({_default('poll_interval')} s)",
+    )
+    run.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help=f"submissions of a job whose run fails ({_default('max_attempts')})",
+    )
+    run.add_argument(
+        "--job-timeout",
+        metavar="S",
+        help=f"give up on a job after this long ({_default('job_timeout')} s)",
+    )
     run.add_argument(
         "--max-image-bytes",
         metavar="SIZE",
@@ -120,7 +177,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="after a POST's answer is lost, wait this long before looking for its job (1s)",
     )
-    run.add_argument("--max-jobs", type=int, metavar="N", help="cap on the expanded job count")
+    run.add_argument(
+        "--max-jobs",
+        type=int,
+        metavar="N",
+        help=f"cap on the expanded job count ({_default('max_jobs')})",
+    )
     run.add_argument(
         "--name-template",
         metavar="T",
@@ -186,6 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the models, or one model's parameters")
     models.add_argument("name", nargs="?")
     models.add_argument("--json", action="store_true", help="machine-readable output")
+    for command in commands.choices.values():
+        _global_flags(command, defaults=False)
     return parser
 
 

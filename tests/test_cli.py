@@ -177,3 +177,28 @@ def test_a_token_file_others_can_read_gets_a_warning(
     assert read_token_file(str(path)) == "abc"
     assert "chmod 600" in caplog.text
     assert "abc" not in caplog.text
+
+
+def test_global_flags_work_after_the_command_too(
+    write_manifest: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_manifest(
+        "version: 1\njobs:\n  - prompt: a cat\n    model: seedream-4\n    sizes: [512x512]\n"
+    )
+    assert main(["plan", str(path), "--log-format", "json", "-v"]) == 0
+    assert main(["--log-format", "json", "plan", str(path)]) == 0
+
+
+def test_help_says_what_the_tool_does_and_shows_every_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "text-to-image jobs from a YAML manifest" in text
+    assert "examples:" in text
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 8)", "(default: 10/s)", "(default: 10800 s)", "(default: 2 s)"):
+        assert default in text, default
