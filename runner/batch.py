@@ -18,6 +18,7 @@ from runner.engine import Engine, EngineOptions, RunResult
 from runner.errors import UsageError
 from runner.journal import records_at
 from runner.limiter import rate_limiter
+from runner.live import LiveStatus
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder
 from runner.report import write_report
@@ -58,11 +59,13 @@ async def run_batch(
     options: EngineOptions | None = None,
     on_progress: Callable[[Engine], None] | None = None,
     notify_url: str | None = None,
+    metrics_file: str | Path | None = None,
 ) -> RunResult:
     """Run every job of ``manifest`` into the folder ``out``; safe to call again to resume.
 
     ``overrides`` are run settings (concurrency, rate_limit, …) that beat the manifest's;
-    ``notify_url`` receives the summary as JSON when the run ends.
+    ``notify_url`` receives the summary as JSON when the run ends; OUT/status.json (and
+    ``metrics_file``, in Prometheus text format) tell how the run goes while it runs.
     """
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, overrides=overrides)
@@ -81,8 +84,16 @@ async def run_batch(
                 max_connections=max(16, settings.concurrency * 2),
             )
             async with client:
-                engine = Engine(manifest, folder, client, options, on_progress=on_progress)
+                live = LiveStatus(folder.root, Path(metrics_file) if metrics_file else None)
+
+                def progress(engine: Engine) -> None:
+                    live(engine)
+                    if on_progress is not None:
+                        on_progress(engine)
+
+                engine = Engine(manifest, folder, client, options, on_progress=progress)
                 result = await engine.run()
+                live.write(engine, "finished")
 
         def records() -> Iterator[dict[str, Any]]:
             states = engine.states

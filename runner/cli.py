@@ -22,6 +22,7 @@ from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions
 from runner.errors import RunnerError, UsageError
+from runner.live import read_live
 from runner.logs import configure_logging
 from runner.manifest import load_manifest
 from runner.merge import merge_folders, parse_shard
@@ -217,6 +218,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", metavar="I/N", help="run only shard I of N (split by job key)")
     run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
     run.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="keep this file in Prometheus text format during the run (node_exporter textfile)",
+    )
+    run.add_argument(
         "--progress-interval",
         type=float,
         default=30.0,
@@ -335,6 +341,7 @@ def _run(args: argparse.Namespace) -> int:
                 options=options,
                 on_progress=progress,
                 notify_url=args.notify_url,
+                metrics_file=args.metrics_file,
             )
         )
     finally:
@@ -370,7 +377,19 @@ def _status(args: argparse.Namespace) -> int:
                 await refresh(status, client)
 
         asyncio.run(ask())
-    print(json.dumps(status.to_json(), indent=1) if args.json else render_status(status))
+    live = read_live(Path(args.out))
+    if args.json:
+        print(json.dumps({**status.to_json(), "live": live}, indent=1))
+    else:
+        if live is not None:
+            eta = live["eta_seconds"]
+            print(
+                f"running now (pid {live['pid']}, heartbeat {live['heartbeat_at']}): "
+                f"{live['done']}/{live['total']} done, {live['in_flight']} in flight, "
+                f"{live['jobs_per_second']:.2f} jobs/s"
+                + (f", ETA {eta:.0f} s" if eta is not None else "")
+            )
+        print(render_status(status))
     return EXIT_OK
 
 

@@ -1,0 +1,125 @@
+"""A run seen from outside while it runs: OUT/status.json and a Prometheus textfile.
+
+Both are rewritten every few seconds (write, then rename: a reader sees the old file or the
+new one), so a cron run overnight can be watched by `krea-batch status OUT`, a dashboard, or
+node_exporter's textfile collector. The heartbeat says when the file was last written; a
+status older than a few intervals belongs to a run that is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.timefmt import iso_time
+
+if TYPE_CHECKING:
+    from runner.engine import Engine
+
+STATUS_NAME = "status.json"
+STALE_AFTER = 10.0  # seconds without a heartbeat before a status is a past run's
+
+
+def payload(engine: Engine, state: str, now: float | None = None) -> dict[str, Any]:
+    """What status.json says about a run (pure but for reading the engine)."""
+    shot = engine.snapshot()
+    now = shot.now if now is None else now
+    counts = engine.counts
+    elapsed = max(1e-6, now - shot.started)
+    rate = shot.finished_now / elapsed
+    return {
+        "state": state,  # running | finished
+        "pid": os.getpid(),
+        "started_at": iso_time(shot.started),
+        "heartbeat_at": iso_time(now),
+        "heartbeat": round(now, 3),
+        "total": shot.total,
+        "done": shot.done,
+        "failed": shot.failed,
+        "ambiguous": shot.ambiguous,
+        "in_flight": shot.in_flight,
+        "unfinished": shot.unfinished,
+        "jobs_per_second": round(rate, 4),
+        "eta_seconds": round(shot.unfinished / rate, 1) if rate > 0 and shot.unfinished else None,
+        "spend_units": round(shot.spend_units, 3),
+        "errors": {
+            "transient": counts.transient_errors,
+            "overload_429": counts.overload_429,
+            "rate_limited_429": counts.rate_limited_429,
+            "lost_answers": counts.ambiguous,
+        },
+        "stopping": engine.stopping,
+    }
+
+
+def prometheus(status: Mapping[str, Any]) -> str:
+    """The status in Prometheus text format, for node_exporter's textfile collector."""
+    gauges = [
+        ("krea_batch_jobs_total", "Jobs in the manifest", status["total"]),
+        ("krea_batch_jobs_done", "Jobs completed, in this run or before", status["done"]),
+        ("krea_batch_jobs_failed", "Jobs that failed in this run", status["failed"]),
+        ("krea_batch_jobs_ambiguous", "Jobs that ended ambiguous", status["ambiguous"]),
+        ("krea_batch_jobs_in_flight", "Jobs at the server now", status["in_flight"]),
+        ("krea_batch_jobs_per_second", "Jobs finished per second", status["jobs_per_second"]),
+        ("krea_batch_spend_units", "Estimated spend in compute units", status["spend_units"]),
+        ("krea_batch_heartbeat_seconds", "When this file was written", status["heartbeat"]),
+        ("krea_batch_running", "1 while the run goes on", int(status["state"] == "running")),
+    ]
+    lines = []
+    for name, text, value in gauges:
+        lines += [f"# HELP {name} {text}.", f"# TYPE {name} gauge", f"{name} {value}"]
+    name = "krea_batch_errors_total"
+    lines += [f"# HELP {name} Errors seen, by kind.", f"# TYPE {name} counter"]
+    lines += [f'{name}{{kind="{kind}"}} {n}' for kind, n in status["errors"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class LiveStatus:
+    """Called with the engine as often as the engine likes; writes every ``every`` seconds."""
+
+    def __init__(self, root: Path, metrics: Path | None = None, every: float = 2.0) -> None:
+        self.path = root / STATUS_NAME
+        self.metrics = metrics
+        self.every = every
+        self._last = -float("inf")
+
+    def __call__(self, engine: Engine) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self.write(engine, "running")
+
+    def write(self, engine: Engine, state: str) -> None:
+        """Write both files now; a failure is not worth stopping a run for."""
+        status = payload(engine, state)
+        try:
+            _replace(self.path, json.dumps(status, indent=1) + "\n")
+            if self.metrics is not None:
+                _replace(self.metrics, prometheus(status))
+        except OSError:
+            pass  # a full disk is caught where it matters: the journal
+
+
+def read_live(root: Path, now: float | None = None) -> dict[str, Any] | None:
+    """The status of a run writing to ``root`` right now, or None (none, or a past one)."""
+    try:
+        status = json.loads((root / STATUS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict) or status.get("state") != "running":
+        return None
+    beat = status.get("heartbeat")
+    now = time.time() if now is None else now
+    if not isinstance(beat, int | float) or now - beat > STALE_AFTER:
+        return None
+    return status
