@@ -42,6 +42,7 @@ def payload(engine: Engine, state: str, now: float | None = None) -> dict[str, A
         "failed": shot.failed,
         "ambiguous": shot.ambiguous,
         "in_flight": shot.in_flight,
+        "posting": shot.posting,
         "unfinished": shot.unfinished,
         "jobs_per_second": round(rate, 4),
         "eta_seconds": round(shot.unfinished / rate, 1) if rate > 0 and shot.unfinished else None,

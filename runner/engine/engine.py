@@ -139,6 +139,12 @@ class Engine:
         return self._journal
 
     @property
+    def submitter(self) -> Submitter:
+        if self._submitter is None:
+            raise RuntimeError("the engine is not running")
+        return self._submitter
+
+    @property
     def ledger(self) -> Ledger:
         return self.journal.ledger
 
@@ -262,8 +268,7 @@ class Engine:
             check_names(names, self.settings.name_template, self.folder.images)
 
     async def _run_jobs(self) -> None:
-        assert self._submitter is not None
-        await self._submitter.recover(self.states, self.started)
+        await self.submitter.recover(self.states, self.started)
         send, receive = anyio.create_memory_object_stream[JobSpec](self.settings.concurrency)
         async with anyio.create_task_group() as workers:
             workers.start_soon(self._produce, send)
@@ -329,7 +334,7 @@ class Engine:
                 return NotSubmitted("the run is stopping")
             async with self.gate.slot(force=state.job_id is not None):
                 if state.job_id is None:
-                    submitted = await self._submitter_or_fail().submit(spec, state)
+                    submitted = await self.submitter.submit(spec, state)
                     if submitted is not None:
                         return submitted
                     if state.job_id is None:
@@ -354,11 +359,6 @@ class Engine:
                 log.info("↻ retry %s after remote failure: %s", spec.key, reason)
                 continue
             return Failed(reason)
-
-    def _submitter_or_fail(self) -> Submitter:
-        if self._submitter is None:
-            raise RuntimeError("the engine is not running")
-        return self._submitter
 
     async def _follow(self, spec: JobSpec, state: KeyState, job_id: str) -> RemoteJob | Outcome:
         """Poll a job to its end; with --cancel-on-exit, cancel it when the run stops."""
