@@ -49,6 +49,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, help="the runner's jobs in flight")
     parser.add_argument("--submit-concurrency", type=int, help="the runner's POSTs in flight")
     parser.add_argument(
+        "--latency-dist", help="the emulator's latency instead, e.g. lognormal:6,0.5"
+    )
+    parser.add_argument(
+        "--server-rate-limit", type=float, help="API requests per second the server allows"
+    )
+    parser.add_argument(
+        "--rate-limit", type=float, default=2000.0, help="the runner's request rate (10: default)"
+    )
+    parser.add_argument(
         "--client",
         choices=("krea-batch", "naive"),
         default="krea-batch",
@@ -56,9 +65,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     concurrency = args.concurrency or args.limit
+    latency = args.latency_dist or f"fixed:{args.latency}"
     flags = (
-        *("--latency", f"fixed:{args.latency}", "--concurrency-limit", str(args.limit)),
+        *("--latency", latency, "--concurrency-limit", str(args.limit)),
         *("--overflow", args.overflow, "--rtt", str(args.rtt)),
+        *(("--rate-limit", str(args.server_rate_limit)) if args.server_rate_limit else ()),
     )
     with emulator_process(*flags) as url, tempfile.TemporaryDirectory() as out:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -96,7 +107,8 @@ def main() -> None:
     print(
         f"server saw          {server_stats.get('submits')} submits, "
         f"{server_stats.get('polls')} polls, {server_stats.get('lists', 0)} lists, "
-        f"{server_stats.get('refused_429', 0)} 429s, "
+        f"{server_stats.get('refused_429', 0)} 429s at the limit, "
+        f"{server_stats.get('rate_limited', 0)} 429s on the request rate, "
         f"{server_stats.get('duplicate_submits')} duplicate submits"
     )
 
@@ -105,7 +117,7 @@ def run_krea_batch(
     url: str, out: str, args: argparse.Namespace, concurrency: int
 ) -> tuple[int, int, int]:
     """Run the benchmark batch with krea-batch; returns (completed, API requests, downloads)."""
-    run = {"concurrency": concurrency, "rate_limit": 2000, "poll_interval": args.poll}
+    run = {"concurrency": concurrency, "rate_limit": args.rate_limit, "poll_interval": args.poll}
     if args.submit_concurrency:
         run["submit_concurrency"] = args.submit_concurrency
     manifest = parse_manifest(
