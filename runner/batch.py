@@ -17,7 +17,7 @@ from runner.emulator import EmulatorConfig, run_emulator
 from runner.engine import Engine, EngineOptions, RunResult
 from runner.errors import UsageError
 from runner.journal import records_at
-from runner.limiter import rate_limiter
+from runner.limiter import SharedRate
 from runner.live import LiveStatus
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder
@@ -78,7 +78,7 @@ async def run_batch(
             client = KreaClient(
                 base_url,
                 api_token,
-                limiter=rate_limiter(settings.rate_limit),
+                limiter=SharedRate(settings.rate_limit),
                 timeouts=Timeouts(api=options.api_timeout),
                 limits=Limits(image_bytes=settings.max_image_bytes),
                 max_connections=max(16, settings.concurrency * 2),

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,6 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 import anyio
-from aiolimiter import AsyncLimiter
 from yarl import URL
 
 from runner import __version__
@@ -40,6 +40,7 @@ from runner.errors import (
     PermanentApiError,
     TransientApiError,
 )
+from runner.limiter import SharedRate
 from runner.remote import ListedJob, MalformedJob, RemoteJob
 
 DEFAULT_API_BASE = "https://api.krea.ai"
@@ -80,7 +81,7 @@ class KreaClient:
         base_url: str,
         token: str,
         *,
-        limiter: AsyncLimiter | None = None,
+        limiter: SharedRate | None = None,
         timeouts: Timeouts | None = None,
         limits: Limits | None = None,
         max_connections: int = 64,
@@ -95,6 +96,7 @@ class KreaClient:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self.requests = 0  # API requests sent, downloads excluded
+        self.requests_by: Counter[str] = Counter()  # by kind: submit, list, job, cancel, download
 
     def __repr__(self) -> str:  # never shows the token
         return f"KreaClient({self.base_url!r})"
@@ -139,7 +141,9 @@ class KreaClient:
         Any other error means the server holds no job for this request.
         """
         headers = {"X-Webhook-URL": webhook_url} if webhook_url else None
-        data = await self._call("POST", endpoint, json_body=body, headers=headers, ambiguous=True)
+        data = await self._call(
+            "POST", endpoint, "submit", json_body=body, headers=headers, ambiguous=True
+        )
         try:
             return RemoteJob.from_submit_answer(data)
         except MalformedJob as exc:
@@ -147,7 +151,7 @@ class KreaClient:
             raise AmbiguousSubmit(message, created=True) from exc
 
     async def get_job(self, job_id: str) -> RemoteJob:
-        data = await self._call("GET", f"/jobs/{quote(job_id, safe='')}")
+        data = await self._call("GET", f"/jobs/{quote(job_id, safe='')}", "job")
         try:
             job = RemoteJob.from_json(data)
         except MalformedJob as exc:
@@ -168,7 +172,7 @@ class KreaClient:
         params = {"limit": str(limit)}
         if cursor:
             params["cursor"] = cursor
-        data = await self._call("GET", "/jobs", params=params)
+        data = await self._call("GET", "/jobs", "list", params=params)
         if not isinstance(data, dict) or not isinstance(data.get("items"), list):
             raise TransientApiError("GET /jobs: the answer has no items list")
         jobs = []
@@ -179,12 +183,13 @@ class KreaClient:
         return jobs, next_cursor if isinstance(next_cursor, str) and next_cursor else None
 
     async def cancel(self, job_id: str) -> None:
-        await self._call("DELETE", f"/jobs/{quote(job_id, safe='')}")
+        await self._call("DELETE", f"/jobs/{quote(job_id, safe='')}", "cancel")
 
     async def _call(
         self,
         method: str,
         path: str,
+        kind: str,
         *,
         json_body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
@@ -195,8 +200,10 @@ class KreaClient:
         # The token goes with API calls only, never with image downloads (pre-signed CDN URLs).
         headers = {**(headers or {}), "Authorization": f"Bearer {self._token}"}
         if self._limiter is not None:
-            await self._limiter.acquire()
+            # Submits take turns with the rest (polls, listings, cancels): neither starves.
+            await self._limiter.acquire("submit" if kind == "submit" else "track")
         self.requests += 1
+        self.requests_by[kind] += 1
         try:
             async with self.session.request(
                 method, self.base_url + path, json=json_body, params=params, headers=headers
@@ -260,6 +267,7 @@ class KreaClient:
         )
         digest = hashlib.sha256()
         size = 0
+        self.requests_by["download"] += 1
         try:
             async with self._follow(url, timeout) as response:
                 if response.status in (401, 403, 404, 410):

@@ -21,6 +21,54 @@ def rate_limiter(per_second: float) -> AsyncLimiter:
     return AsyncLimiter(max_rate=per_second * period, time_period=period)
 
 
+class SharedRate:
+    """One request rate shared by kinds of requests, taken in turns so none starves.
+
+    Only one request at a time waits on the rate itself; the next to wait is taken from the
+    kinds in turn (round robin), first come first served within a kind. Thirty-two POSTs
+    queued for the rate then hold back the next listing by one request, not by 3 s.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        self._rate = rate_limiter(per_second)
+        self._waiting: dict[str, deque[anyio.Event]] = {}
+        self._busy = False
+        self._turns: deque[str] = deque()  # kinds in the order they are next served
+
+    async def acquire(self, kind: str) -> None:
+        """Wait for this request's turn among the kinds, then for the rate."""
+        if self._busy:
+            queue = self._waiting.setdefault(kind, deque())
+            if kind not in self._turns:
+                self._turns.append(kind)
+            turn = anyio.Event()
+            queue.append(turn)
+            try:
+                await turn.wait()
+            except BaseException:
+                if turn.is_set():  # given the turn as it was cancelled: pass it on
+                    self._pass_on()
+                else:
+                    queue.remove(turn)
+                raise
+        self._busy = True
+        try:
+            await self._rate.acquire()
+        finally:
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        for _ in range(len(self._turns)):
+            kind = self._turns.popleft()
+            queue = self._waiting[kind]
+            if queue:
+                queue.popleft().set()
+                if queue:
+                    self._turns.append(kind)
+                return
+        self._busy = False
+
+
 def decreased(limit: float, factor: float = 0.75) -> float:
     """The cap after the server said it runs too many of our jobs."""
     return max(1.0, limit * factor)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -117,12 +117,14 @@ class ListedJob:
     job_id: str
     created_at: float | None
     status: str
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)  # all of it
 
     @classmethod
     def from_json(cls, data: Any) -> ListedJob:
         if not isinstance(data, Mapping):
             raise MalformedJob(f"expected a job object, got {type(data).__name__}")
-        return cls(job_id_of(data), parse_time(data.get("created_at")), str(data.get("status")))
+        created = parse_time(data.get("created_at"))
+        return cls(job_id_of(data), created, str(data.get("status")), data)
 
 
 def _error_text(data: Mapping[str, Any], result: Mapping[str, Any]) -> str | None:

@@ -91,6 +91,7 @@ class RunSettings:
     submit_concurrency: int = 32  # POSTs in flight at most (runner.limiter.SubmitWindow)
     rate_limit: float = 10.0  # API requests per second, polls included
     poll_interval: float = 2.0  # seconds between polls of one job (Krea asks for 2–5 s)
+    poll_mode: str = "list"  # list: one GET /jobs pass for all jobs a tick; job: a GET each
     max_attempts: int = 3  # submissions of a job whose remote run failed
     max_jobs: int = 100_000  # a manifest expanding to more is surely a mistake
     job_timeout: float = 3 * 3600.0  # give up on a job that has not ended (platform: 2 h max)
@@ -115,11 +116,19 @@ def _name_template(value: Any) -> str:
     return value
 
 
+def _poll_mode(value: Any) -> str:
+    if value not in POLL_MODES:
+        raise ValueError(f"{value!r} is not a poll mode: use {' or '.join(POLL_MODES)}")
+    return str(value)
+
+
+POLL_MODES = ("list", "job")
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "concurrency": _positive_int,
     "submit_concurrency": _positive_int,
     "rate_limit": parse_rate,
     "poll_interval": parse_duration,
+    "poll_mode": _poll_mode,
     "max_attempts": _positive_int,
     "max_jobs": _positive_int,
     "job_timeout": parse_duration,

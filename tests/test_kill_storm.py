@@ -33,7 +33,7 @@ async def test_twenty_kill_9s_amid_faults_lose_nothing_and_never_pay_twice(
     moments = random.Random(5)
     async with run_emulator(config) as emu:
         for _ in range(KILLS):
-            event = moments.choice(["submit", "submit", "poll", "download"])
+            event = moments.choice(["submit", "submit", "list", "download"])
             await kill_at(emu, event, moments.randint(2, 30), manifest, out)
         code, stderr = await run_to_end(emu, manifest, out)
         records = check_folder(out, JOBS, emu.emulator)

@@ -72,7 +72,7 @@ async def run_to_end(emu: RunningEmulator, manifest: Path, out: Path) -> tuple[i
 @pytest.mark.parametrize("posts", [1, 16])
 @pytest.mark.parametrize(
     ("event", "nth"),
-    [("submit", 1), ("submit", 5), ("poll", 6), ("download", 1), ("download", 4)],
+    [("submit", 1), ("submit", 5), ("list", 6), ("download", 1), ("download", 4)],
 )
 async def test_kill_9_then_rerun_loses_nothing_and_pays_nothing_twice(
     tmp_path: Path, event: str, nth: int, posts: int

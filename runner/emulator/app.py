@@ -53,8 +53,9 @@ class Emulator:
         self.stats: Counter[str] = Counter()
         self.submits_by_body: Counter[str] = Counter()
         self.webhooks: list[tuple[str, str]] = []  # (job id, url) of each delivery made
-        # Called with ("submit" | "poll" | "download", job) as requests arrive: tests use these
-        # to act at an exact point of a run (for example, to kill the client mid-download).
+        # Called with ("submit" | "poll" | "list" | "download", job) as requests arrive (a listing:
+        # once per job on the page). Tests use these to act at an exact point of a run (for
+        # example, to kill the client mid-download).
         self.observers: list[Callable[[str, EmulatedJob], None]] = []
         self._tokens = 0.0
         self._tokens_at = 0.0
@@ -230,8 +231,10 @@ class Emulator:
                 status = JobStatus(query["status"])
             except ValueError:
                 return _error(400, f"unknown status {query['status']!r}")
-        jobs = self.store.newest_first(before, status)
-        items = [self.job_json(job, request) for job in itertools.islice(jobs, limit + 1)]
+        jobs = list(itertools.islice(self.store.newest_first(before, status), limit + 1))
+        for job in jobs[:limit]:
+            self._notify("list", job)
+        items = [self.job_json(job, request) for job in jobs]
         more = len(items) > limit
         items = items[:limit]
         next_cursor = items[-1]["created_at"] if more and items else None

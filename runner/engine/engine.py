@@ -68,6 +68,7 @@ class EngineOptions:
     budget: float | None = None  # compute units this run may commit to
     shard: tuple[int, int] | None = None  # (I, N): only the jobs of shard I of N
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # backoffs for transient errors
+    webhook_url: str | None = None  # sent as X-Webhook-URL with each submit (secret included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,18 @@ class Engine:
         self._follow_scopes: set[anyio.CancelScope] = set()
         self._collected: set[str] = set()  # candidates of ambiguous jobs already fetched
         self._name_stem = check_template(self.settings.name_template)
+        self.tracker = Tracker(
+            self.client,
+            self.folder,
+            self.clock,
+            TrackSettings(
+                poll_interval=self.settings.poll_interval,
+                job_timeout=self.settings.job_timeout,
+                retry=self.options.retry,
+            ),
+            counts=self.counts,
+            rng=self.rng,
+        )
 
     @property
     def journal(self) -> Journal:
@@ -192,23 +205,12 @@ class Engine:
                     lost_answer_wait=self.settings.lost_answer_wait,
                     api_timeout=self.options.api_timeout,
                     retry=self.options.retry,
+                    webhook_url=self.options.webhook_url,
                 ),
                 counts=self.counts,
                 budget=self.budget,
                 gate=self.gate,
                 stopping=lambda: self.stopping is not None,
-                rng=self.rng,
-            )
-            self.tracker = Tracker(
-                self.client,
-                self.folder,
-                self.clock,
-                TrackSettings(
-                    poll_interval=self.settings.poll_interval,
-                    job_timeout=self.settings.job_timeout,
-                    retry=self.options.retry,
-                ),
-                counts=self.counts,
                 rng=self.rng,
             )
             async with anyio.create_task_group() as helpers:
@@ -218,6 +220,8 @@ class Engine:
                     helpers.start_soon(self._stop_at_deadline, helpers, self.options.deadline)
                 if self.on_progress is not None:
                     helpers.start_soon(self._report_progress)
+                if self.settings.poll_mode == "list":
+                    helpers.start_soon(self.tracker.follow_listing().run)
                 with anyio.CancelScope() as scope:
                     self._work_scope = scope
                     try:
@@ -362,7 +366,15 @@ class Engine:
 
     async def _follow(self, spec: JobSpec, state: KeyState, job_id: str) -> RemoteJob | Outcome:
         """Poll a job to its end; with --cancel-on-exit, cancel it when the run stops."""
-        polls = self.tracker.wait(job_id, spec.model, state.answered_at)
+        sent = state.submitted_at
+        polls = self.tracker.wait(
+            job_id,
+            spec.model,
+            state.answered_at,
+            created_after=None if sent is None else sent + self.ledger.skew.low,
+            # Only this run's submits carry its webhook address (a new secret each run).
+            webhook=self.options.webhook_url is not None and (sent or 0) >= self.started,
+        )
         if not self.options.cancel_on_exit:
             return await polls
         with anyio.CancelScope() as scope:

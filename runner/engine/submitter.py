@@ -55,6 +55,7 @@ class SubmitSettings:
     lost_answer_wait: float = 1.0
     api_timeout: float = 30.0  # a POST's whole time; bounds a crashed run's pending windows
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    webhook_url: str | None = None  # where the API should report each job's end
 
 
 class _Stopping(Exception):
@@ -149,7 +150,9 @@ class Submitter:
             await self.journal.record("submitting", spec.key, a=state.attempts + 1, t=sent)
             posted = self.clock.time()
             try:
-                remote = await self.client.submit(spec.endpoint, spec.body)
+                remote = await self.client.submit(
+                    spec.endpoint, spec.body, webhook_url=self.settings.webhook_url
+                )
             except AmbiguousSubmit as exc:
                 self.counts.ambiguous += 1
                 lost = LostPost(spec.key, sent, self.clock.time(), created=exc.created)

@@ -16,11 +16,14 @@ from runner.client import KreaClient
 from runner.engine.counts import Counts
 from runner.engine.outcome import Deferred, Failed, FileEntry
 from runner.engine.retry import Clock, RetryPolicy, retrying
+from runner.engine.watching import Lister, Watch
 from runner.errors import BadImage, ExpiredUrl, PermanentApiError, TransientApiError
 from runner.outputs import OutputFolder, image_extension, image_problem, relative
 from runner.remote import JobStatus, RemoteJob
 
 log = logging.getLogger(__name__)
+
+WEBHOOK_SAFETY_NET = 30.0  # seconds between looks at a job whose webhook is awaited
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,56 +89,113 @@ class Tracker:
         # Polls of a paid job never give up on errors before the job's own deadline.
         self._poll_retry = replace(settings.retry, max_errors=None)
         self.latency = TypicalLatency()
+        self.watches: dict[str, Watch] = {}  # the jobs being followed, by remote id
+        self.listing = False  # whether a Lister looks at them (else each is polled alone)
 
     def _count_error(self, exc: TransientApiError, delay: float) -> None:
         self.counts.saw(exc)
 
-    async def wait(
-        self, job_id: str, model: str | None = None, exists_since: float | None = None
-    ) -> RemoteJob | Failed | Deferred:
-        """Poll every poll_interval (jittered) until the job ends or its timeout passes.
+    def follow_listing(self) -> Lister:
+        """The loop that learns how every job stands from the listing (list mode)."""
+        self.listing = True
+        return Lister(
+            self.client,
+            self.clock,
+            self.watches,
+            self.settings.poll_interval,
+            rng=self.rng,
+            on_refused=self._listing_refused,
+            on_error=self.counts.saw,
+        )
 
-        The first poll waits until jobs of ``model`` typically end (``exists_since``: when
-        its POST was answered, our wall clock: the job existed by then). Polls then keep to
-        their schedule (a tick every interval, however long an answer takes), so a job is seen
-        done about half an interval after it ends, not one interval plus the round trips of
-        every poll before.
+    def _listing_refused(self, exc: PermanentApiError) -> None:
+        log.warning("the job listing is refused (%s): polling each job on its own instead", exc)
+        self.listing = False
+        for watch in self.watches.values():
+            watch.ask_alone()
+
+    def delivered(self, remote: RemoteJob) -> bool:
+        """A webhook told that ``remote`` ended: wake its task (False: not a job in flight)."""
+        watch = self.watches.get(remote.job_id)
+        if watch is None or watch.latest is not None or not remote.status.terminal:
+            return False
+        if remote.status == JobStatus.COMPLETED and not remote.urls:
+            watch.ask_alone()
+            return True
+        watch.tell(remote)
+        return True
+
+    async def wait(
+        self,
+        job_id: str,
+        model: str | None = None,
+        exists_since: float | None = None,
+        *,
+        created_after: float | None = None,
+        webhook: bool = False,
+    ) -> RemoteJob | Failed | Deferred:
+        """Follow a job until it ends or its timeout passes.
+
+        The first look waits until jobs of ``model`` typically end (``exists_since``: when
+        its POST was answered, our wall clock: the job existed by then). In list mode the
+        listing looks at it each tick and it is polled on its own only when the listing
+        misses it; in job mode it is polled every interval (jittered), on a schedule that a
+        slow answer does not push back. With ``webhook`` its delivery is awaited, and looks
+        are a safety net every WEBHOOK_SAFETY_NET seconds. ``created_after``: a lower bound of
+        its creation time on the server's clock, where the listing may stop looking.
         """
-        interval = self.settings.poll_interval
-        deadline = self.clock.monotonic() + self.settings.job_timeout
-        tick = self.clock.monotonic()
+        interval = WEBHOOK_SAFETY_NET if webhook else self.settings.poll_interval
+        now = self.clock.monotonic()
+        deadline = now + self.settings.job_timeout
         first = self._first_wait(model, exists_since)
-        while True:
-            now = self.clock.monotonic()
-            wait = first if first is not None else jittered(interval, rng=self.rng)
-            tick = max(tick + wait, now + interval / 2)
-            first = None
-            await self.clock.sleep(tick - now)
-            try:
-                remote = await retrying(
-                    lambda: self.client.get_job(job_id),
-                    self._poll_retry,
-                    self.clock,
-                    self.rng,
-                    on_error=self._count_error,
-                    give_up_at=deadline,
-                )
-            except TransientApiError as exc:
-                # Paid for and perhaps finished: keep it for the next run rather than fail it.
-                return Deferred(f"no usable answer about job {job_id} before its timeout: {exc}")
-            except PermanentApiError as exc:
-                return Failed(f"the remote job {job_id} is gone: {exc}")
-            if remote.status.terminal:
-                if model is not None:
-                    self.latency.observe(model, remote)
-                return remote
-            if self.clock.monotonic() > deadline:
-                cancelled = await self.cancel(job_id)
-                ending = "cancelled" if cancelled else "could not be cancelled: it may be billed"
-                return Failed(
-                    f"timed out after {self.settings.job_timeout:g} s "
-                    f"(last status: {remote.status.value}); {ending}"
-                )
+        wait = jittered(interval, rng=self.rng) if first is None or webhook else first
+        watch = Watch(job_id, interval, due=now + wait, created_after=created_after)
+        self.watches[job_id] = watch
+        try:
+            while True:
+                now = self.clock.monotonic()
+                wake = deadline if self.listing else min(deadline, watch.due)
+                await watch.wait(self.clock, wake - now)
+                remote = watch.latest
+                if remote is None and (watch.poll_now or self.clock.monotonic() >= watch.due):
+                    polled = await self._poll(watch, deadline)
+                    if not isinstance(polled, RemoteJob):
+                        return polled
+                    remote = polled if polled.status.terminal else None
+                if remote is not None:
+                    if model is not None:
+                        self.latency.observe(model, remote)
+                    return remote
+                if self.clock.monotonic() >= deadline:
+                    cancelled = await self.cancel(job_id)
+                    ending = "cancelled" if cancelled else "could not be cancelled: may be billed"
+                    return Failed(f"timed out after {self.settings.job_timeout:g} s; {ending}")
+        finally:
+            if self.watches.get(job_id) is watch:
+                del self.watches[job_id]
+
+    async def _poll(self, watch: Watch, deadline: float) -> RemoteJob | Failed | Deferred:
+        """``GET /jobs/{id}`` for one job, retried until its deadline; schedules the next."""
+        watch.poll_now = False
+        job_id = watch.job_id
+        try:
+            remote = await retrying(
+                functools.partial(self.client.get_job, job_id),
+                self._poll_retry,
+                self.clock,
+                self.rng,
+                on_error=self._count_error,
+                give_up_at=deadline,
+            )
+        except TransientApiError as exc:
+            # Paid for and perhaps finished: keep it for the next run rather than fail it.
+            return Deferred(f"no usable answer about job {job_id} before its timeout: {exc}")
+        except PermanentApiError as exc:
+            return Failed(f"the remote job {job_id} is gone: {exc}")
+        now = self.clock.monotonic()
+        later = watch.due + jittered(watch.interval, rng=self.rng)
+        watch.due = max(later, now + watch.interval / 2)
+        return remote
 
     async def _fresh_urls(self, remote: RemoteJob, index: int) -> RemoteJob | Deferred:
         """The job fetched again, for result URLs that work (or a reason why not)."""

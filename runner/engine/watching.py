@@ -1,0 +1,187 @@
+"""Learning how jobs in flight stand: one listing for all of them, webhooks, per-job polls.
+
+Each job being followed has a ``Watch``. The job's own task sleeps on it; whatever learns
+something about the job (a page of ``GET /jobs``, a webhook delivery) writes it there and
+wakes the task. ``Lister`` is the loop that pages the listing each tick: from the newest job
+back to the oldest job in flight, so a few requests cover every job however many there are.
+A job the listing keeps missing (past the pages read, or absent from them) is asked for
+on its own, so nothing is stranded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.lowlevel
+
+from runner.backoff import jittered
+from runner.client import KreaClient
+from runner.engine.retry import Clock
+from runner.errors import PermanentApiError, TransientApiError
+from runner.remote import TERMINAL, JobStatus, ListedJob, MalformedJob, RemoteJob
+
+log = logging.getLogger(__name__)
+
+UNSEEN_TICKS = 3  # passes a due job may be missing from the listing before it is polled alone
+PAGE_MIN, PAGE_MAX = 100, 1000  # items per page of GET /jobs (the API allows 1 to 1000)
+CREATED_SLACK = 30.0  # seconds: a page older than the oldest job in flight by this ends a pass
+# Statuses that say the listing will never show the job differently: it answers for the job.
+_TERMINAL_TEXT = frozenset(status.value for status in TERMINAL)
+# Answers to GET /jobs meaning this API (or a proxy in front of it) has no listing.
+NO_LISTING = frozenset({400, 403, 404, 405, 422, 501})
+
+
+@dataclass(eq=False, slots=True)
+class Watch:
+    """One job being followed: what is known of it, and the task waiting for news."""
+
+    job_id: str
+    interval: float  # seconds between looks at it (the poll interval; longer with webhooks)
+    due: float  # monotonic time it should next be looked at
+    created_after: float | None = None  # a lower bound of its creation time (server clock)
+    latest: RemoteJob | None = None  # its last known state, when that is terminal
+    missed: int = 0  # listing passes in a row it was due and not seen
+    poll_now: bool = False  # ask for it on its own at once
+    _news: anyio.Event = field(default_factory=anyio.Event)
+
+    def tell(self, remote: RemoteJob) -> None:
+        """The job has ended (a listing or a webhook says so): wake its task."""
+        self.latest = remote
+        self._news.set()
+
+    def ask_alone(self) -> None:
+        self.poll_now = True
+        self._news.set()
+
+    async def wait(self, clock: Clock, seconds: float) -> None:
+        """Sleep until there is news or ``seconds`` pass."""
+        if not self._news.is_set() and seconds > 0:
+            news = self._news
+            async with anyio.create_task_group() as group:
+
+                async def timer() -> None:
+                    await clock.sleep(seconds)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(timer)
+                await news.wait()
+                group.cancel_scope.cancel()
+        else:
+            await anyio.lowlevel.checkpoint()
+        self._news = anyio.Event()
+
+
+@dataclass(slots=True)
+class ListingStats:
+    """What the listing has done in this run, for the summary and the logs."""
+
+    passes: int = 0
+    pages: int = 0
+    seen_ended: int = 0  # jobs whose end was learnt from the listing
+    alone: int = 0  # jobs handed to a poll of their own after being missed
+    errors: int = 0
+
+
+class Lister:
+    """Pages ``GET /jobs`` every tick and tells each watched job what it says of it."""
+
+    def __init__(
+        self,
+        client: KreaClient,
+        clock: Clock,
+        watches: dict[str, Watch],
+        interval: float,
+        *,
+        rng: random.Random,
+        on_refused: Callable[[PermanentApiError], None],
+        on_error: Callable[[TransientApiError], None],
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.watches = watches
+        self.interval = interval
+        self.rng = rng
+        self.on_refused = on_refused
+        self.on_error = on_error
+        self.stats = ListingStats()
+
+    async def run(self) -> None:
+        """Tick every interval (jittered) while jobs are due; return if the listing is refused."""
+        tick = self.clock.monotonic()
+        while True:
+            now = self.clock.monotonic()
+            tick = max(tick + jittered(self.interval, rng=self.rng), now + self.interval / 2)
+            await self.clock.sleep(tick - now)
+            due = [w for w in self.watches.values() if w.due <= self.clock.monotonic()]
+            if not due:
+                continue
+            try:
+                await self.sweep(due)
+            except PermanentApiError as exc:
+                if exc.status in NO_LISTING:
+                    self.on_refused(exc)
+                    return
+                self._missed(due, {w.job_id for w in due})
+                self.on_error(TransientApiError(str(exc), status=exc.status))
+            except TransientApiError as exc:
+                self.stats.errors += 1
+                self._missed(due, {w.job_id for w in due})
+                self.on_error(exc)
+
+    async def sweep(self, due: list[Watch]) -> None:
+        """One pass: pages from the newest job back until every due job was seen, the pages
+        reach past the oldest of them, or a pass has read enough pages."""
+        started = self.clock.monotonic()
+        unseen = {w.job_id for w in due}
+        bounds = [w.created_after for w in due if w.created_after is not None]
+        oldest = min(bounds) if len(bounds) == len(due) else None
+        page = min(PAGE_MAX, max(PAGE_MIN, 4 * len(self.watches)))
+        max_pages = max(2, math.ceil(4 * len(self.watches) / page))
+        cursor: str | None = None
+        self.stats.passes += 1
+        for _ in range(max_pages):
+            jobs, cursor = await self.client.list_jobs(limit=page, cursor=cursor)
+            self.stats.pages += 1
+            self._read(jobs, unseen, started)
+            if not unseen or cursor is None or not jobs:
+                break
+            last = jobs[-1].created_at
+            if oldest is not None and last is not None and last < oldest - CREATED_SLACK:
+                break
+        self._missed(due, unseen)
+
+    def _read(self, jobs: list[ListedJob], unseen: set[str], started: float) -> None:
+        for job in jobs:
+            watch = self.watches.get(job.job_id)
+            if watch is None:
+                continue
+            unseen.discard(job.job_id)
+            watch.missed = 0
+            if job.status not in _TERMINAL_TEXT:
+                if watch.due <= started:
+                    watch.due = started + jittered(watch.interval, rng=self.rng)
+                continue
+            try:
+                remote = RemoteJob.from_json(job.data)
+            except MalformedJob:
+                watch.ask_alone()  # its own answer says what is wrong, and fails it cleanly
+                continue
+            if remote.status == JobStatus.COMPLETED and not remote.urls:
+                watch.ask_alone()  # a listing may leave results out: the job's own page has them
+                continue
+            self.stats.seen_ended += 1
+            watch.tell(remote)
+
+    def _missed(self, due: list[Watch], unseen: set[str]) -> None:
+        for watch in due:
+            if watch.job_id not in unseen or self.watches.get(watch.job_id) is not watch:
+                continue
+            watch.missed += 1
+            if watch.missed >= UNSEEN_TICKS:
+                self.stats.alone += 1
+                watch.ask_alone()
