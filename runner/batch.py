@@ -15,6 +15,7 @@ from runner.client import DEFAULT_API_BASE, KreaClient, Limits, Timeouts
 from runner.dataset import METADATA_NAME, metadata_rows
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.engine import Engine, EngineOptions, RunResult
+from runner.engine.counts import REQUEST_KINDS, requests_per_job
 from runner.errors import UsageError
 from runner.journal import records_at
 from runner.limiter import SharedRate
@@ -167,6 +168,8 @@ def _summary(
         "stopped": result.stopped,
         "results_records": records,
         "api_requests": client.requests,
+        "requests": {kind: client.requests_by.get(kind, 0) for kind in REQUEST_KINDS},
+        "requests_per_job": requests_per_job(client.requests_by, result.counts.finished_now),
         "counts": counts,
         "estimated_spend_units": counts["spend_units"],
         "settings": {

@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import anyio
 from aiolimiter import AsyncLimiter
@@ -21,6 +22,10 @@ def rate_limiter(per_second: float) -> AsyncLimiter:
     return AsyncLimiter(max_rate=per_second * period, time_period=period)
 
 
+class _Acquirable(Protocol):
+    async def acquire(self) -> None: ...
+
+
 class SharedRate:
     """One request rate shared by kinds of requests, taken in turns so none starves.
 
@@ -29,8 +34,8 @@ class SharedRate:
     queued for the rate then hold back the next listing by one request, not by 3 s.
     """
 
-    def __init__(self, per_second: float) -> None:
-        self._rate = rate_limiter(per_second)
+    def __init__(self, per_second: float, *, limiter: _Acquirable | None = None) -> None:
+        self._rate = limiter or rate_limiter(per_second)
         self._waiting: dict[str, deque[anyio.Event]] = {}
         self._busy = False
         self._turns: deque[str] = deque()  # kinds in the order they are next served

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.engine.counts import REQUEST_KINDS, requests_per_job
 from runner.timefmt import iso_time
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ def payload(engine: Engine, state: str, now: float | None = None) -> dict[str, A
             "rate_limited_429": counts.rate_limited_429,
             "lost_answers": counts.ambiguous,
         },
+        "requests": {kind: shot.requests.get(kind, 0) for kind in REQUEST_KINDS},
+        "requests_per_job": requests_per_job(shot.requests, shot.finished_now),
         "stopping": engine.stopping,
     }
 
@@ -76,6 +79,9 @@ def prometheus(status: Mapping[str, Any]) -> str:
     name = "krea_batch_errors_total"
     lines += [f"# HELP {name} Errors seen, by kind.", f"# TYPE {name} counter"]
     lines += [f'{name}{{kind="{kind}"}} {n}' for kind, n in status["errors"].items()]
+    name = "krea_batch_requests_total"
+    lines += [f"# HELP {name} Requests sent, by kind.", f"# TYPE {name} counter"]
+    lines += [f'{name}{{kind="{kind}"}} {n}' for kind, n in status["requests"].items()]
     return "\n".join(lines) + "\n"
 
 

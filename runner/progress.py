@@ -13,6 +13,8 @@ from rich.table import Table
 if TYPE_CHECKING:
     from runner.engine import Engine
 
+from runner.engine.counts import requests_per_job
+
 log = logging.getLogger("runner.progress")
 
 
@@ -38,7 +40,16 @@ def snapshot(engine: Engine) -> dict[str, float | int | str]:
         "rate": rate,
         "eta": _eta(remaining / rate if rate > 0 and remaining else None),
         "spend": shot.spend_units,
+        "requests": requests_text(requests_per_job(shot.requests, shot.finished_now)),
     }
+
+
+def requests_text(per_job: dict[str, float]) -> str:
+    """``1.08 req/job (submit 1.00, list 0.05, job 0.03)``: API requests, downloads apart."""
+    parts = ", ".join(
+        f"{kind} {per_job[kind]:.2f}" for kind in ("submit", "list", "job") if per_job[kind]
+    )
+    return f"{per_job['api']:.2f} req/job" + (f" ({parts})" if parts else "")
 
 
 class Progress:
@@ -62,14 +73,24 @@ class Progress:
             log.info(
                 "progress: %(done)d done, %(failed)d failed, %(in_flight)d in flight, "
                 "%(queued)d queued of %(total)d; %(rate).2f jobs/s, ETA %(eta)s, "
-                "spend %(spend).1f CU",
+                "spend %(spend).1f CU; %(requests)s",
                 figures,
             )
 
     @staticmethod
     def _table(f: dict[str, float | int | str]) -> Table:
         table = Table(show_header=True, header_style="bold", box=None)
-        for column in ("done", "failed", "in flight", "queued", "jobs/s", "ETA", "spend (CU)"):
+        columns = (
+            "done",
+            "failed",
+            "in flight",
+            "queued",
+            "jobs/s",
+            "ETA",
+            "spend (CU)",
+            "requests",
+        )
+        for column in columns:
             table.add_column(column, justify="right")
         table.add_row(
             f"{f['done']}/{f['total']}",
@@ -79,6 +100,7 @@ class Progress:
             f"{float(f['rate']):.2f}",
             str(f["eta"]),
             f"{float(f['spend']):.1f}",
+            str(f["requests"]),
         )
         return table
 

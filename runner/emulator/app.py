@@ -213,6 +213,8 @@ class Emulator:
         return web.json_response(self.job_json(job, request))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
+        if not self.config.listing:
+            return _error(404, "Not found")
         self.stats["lists"] += 1
         query = request.query
         try:
@@ -231,7 +233,11 @@ class Emulator:
                 status = JobStatus(query["status"])
             except ValueError:
                 return _error(400, f"unknown status {query['status']!r}")
-        jobs = list(itertools.islice(self.store.newest_first(before, status), limit + 1))
+        types = {t for t in query.get("types", "").split(",") if t} or None
+        listed = self.store.newest_first(before, status)
+        if types is not None:
+            listed = (job for job in listed if job_type(job) in types)
+        jobs = list(itertools.islice(listed, limit + 1))
         for job in jobs[:limit]:
             self._notify("list", job)
         items = [self.job_json(job, request) for job in jobs]
@@ -248,7 +254,7 @@ class Emulator:
             "job_id": job.id,
             "status": status.value,
             "created_at": iso(job.created),
-            "type": job.model.endpoint.split("/")[3],
+            "type": job_type(job),
         }
         if status in TERMINAL and job.end is not None:
             data["completed_at"] = iso(job.end)
@@ -360,6 +366,9 @@ class Emulator:
             for job in due:
                 del waiting[job.id]
                 for _ in range(self.config.webhook_repeats):
+                    if self.rng.random() < self.config.webhook_drop_rate:
+                        self.stats["webhooks_dropped"] += 1
+                        continue
                     await self._post_webhook(job)
 
     async def _post_webhook(self, job: EmulatedJob) -> None:
@@ -400,6 +409,11 @@ class Emulator:
 
     async def get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
+
+
+def job_type(job: EmulatedJob) -> str:
+    """The job's ``type`` as the listing shows and filters it (the endpoint's provider)."""
+    return job.model.endpoint.split("/")[3]
 
 
 def _seed_of(job: EmulatedJob, name: str) -> int:

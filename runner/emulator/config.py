@@ -77,6 +77,8 @@ class EmulatorConfig:
     download_bytes_per_s: float | None = None  # throttle for image downloads
     url_ttl: float | None = None  # image URLs stop working this many seconds after issue
     webhook_repeats: int = 1  # deliveries per terminal state (more than 1: duplicates)
+    webhook_drop_rate: float = 0.0  # share of webhook deliveries never sent (lost)
+    listing: bool = True  # False: GET /jobs answers 404, as a proxy without the listing would
     credits: float | None = None  # compute units available; None is unlimited
     retired: frozenset[str] = frozenset()  # model ids that answer 410 Gone
     deprecated: frozenset[str] = frozenset()  # model ids sent with Deprecation/Sunset headers
@@ -95,6 +97,7 @@ class EmulatorConfig:
             "reset_after_create",
             "malformed_rate",
             "truncate_rate",
+            "webhook_drop_rate",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -109,6 +112,12 @@ class EmulatorConfig:
             raise ValueError("time_scale must be above zero")
         if self.images_per_job < 1 or self.webhook_repeats < 1:
             raise ValueError("images_per_job and webhook_repeats are at least 1")
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise ValueError(f"{text!r}: use on or off")
+    return text == "on"
 
 
 def _models(text: str) -> frozenset[str]:
@@ -142,6 +151,8 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--download-rate", "download_bytes_per_s", float, "image download bytes per second"),
     ("--url-ttl", "url_ttl", float, "image URLs expire after this many seconds"),
     ("--webhook-repeats", "webhook_repeats", int, "deliveries of each webhook"),
+    ("--webhook-drop-rate", "webhook_drop_rate", float, "share of webhook deliveries lost"),
+    ("--listing", "listing", _on_off, "on, or off: GET /jobs answers 404"),
     ("--credits", "credits", float, "compute units available (402 after)"),
     ("--retired", "retired", _models, "comma-separated model ids that answer 410"),
     ("--deprecated", "deprecated", _models, "comma-separated model ids sent with Sunset"),

@@ -6,6 +6,7 @@ asked for, so a test with a fake clock sees exactly the statuses it steps throug
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import random
@@ -104,6 +105,9 @@ class JobStore:
     awaiting_webhook: dict[str, EmulatedJob] = field(default_factory=dict)
     _backlog: list[str] = field(default_factory=list)
     _running: list[tuple[float, str]] = field(default_factory=list)  # heap of (end, job id)
+    # The listing's index: creation times, never decreasing, and the jobs in the same order.
+    _created: list[float] = field(default_factory=list)
+    _by_creation: list[EmulatedJob] = field(default_factory=list)
 
     def now(self) -> float:
         return self.clock()
@@ -132,6 +136,10 @@ class JobStore:
             webhook_url=webhook_url,
         )
         self.jobs[job.id] = job
+        if self._created and now < self._created[-1]:
+            job.created = now = self._created[-1]  # a clock stepped back: keep the index sorted
+        self._created.append(now)
+        self._by_creation.append(job)
         if webhook_url:
             self.awaiting_webhook[job.id] = job
         if full:
@@ -179,14 +187,15 @@ class JobStore:
         )
 
     def newest_first(self, before: float | None, status: JobStatus | None) -> Iterator[EmulatedJob]:
+        """Jobs created before ``before`` (all: None), newest first; found by bisection, so a
+        page costs the same however many jobs the account holds."""
         now = self.now()
         self.advance(now)
-        for job in reversed(self.jobs.values()):
-            if before is not None and job.created >= before:
-                continue
-            if status is not None and job.status(now) != status:
-                continue
-            yield job
+        end = len(self._created) if before is None else bisect.bisect_left(self._created, before)
+        for index in range(end - 1, -1, -1):
+            job = self._by_creation[index]
+            if status is None or job.status(now) == status:
+                yield job
 
     def counts(self) -> dict[str, int]:
         now = self.now()

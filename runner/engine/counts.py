@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,11 @@ class Counts:
         return self.completed + self.failed + self.ambiguous_jobs + self.skipped
 
     @property
+    def finished_now(self) -> int:
+        """Jobs this run brought to an outcome."""
+        return self.completed + self.failed + self.ambiguous_jobs
+
+    @property
     def unfinished(self) -> int:
         """Jobs this run did not bring to an outcome: the next run continues them."""
         return max(0, self.total - self.finished)
@@ -79,3 +85,13 @@ class RunResult:
         if self.counts.failed or self.counts.ambiguous_jobs or self.counts.deferred:
             return 1
         return 0
+
+
+REQUEST_KINDS = ("submit", "list", "job", "cancel", "download")
+
+
+def requests_per_job(requests: Mapping[str, int], jobs: int) -> dict[str, float]:
+    """Requests of each kind per job brought to an outcome, and ``api``: all but downloads."""
+    shares = {kind: round(requests.get(kind, 0) / max(1, jobs), 3) for kind in REQUEST_KINDS}
+    api = sum(n for kind, n in requests.items() if kind != "download")
+    return {"api": round(api / max(1, jobs), 3), **shares}

@@ -86,6 +86,7 @@ class Snapshot:
     posting: int  # POSTs on the wire
     unfinished: int
     spend_units: float
+    requests: dict[str, int]  # sent by kind: submit, list, job, cancel, download
 
 
 def _free_space(folder: Path) -> str:
@@ -179,13 +180,14 @@ class Engine:
             now=self.clock.time(),
             total=counts.total,
             done=counts.completed + counts.skipped,
-            finished_now=counts.completed + counts.failed + counts.ambiguous_jobs,
+            finished_now=counts.finished_now,
             failed=counts.failed,
             ambiguous=counts.ambiguous_jobs,
             in_flight=self.gate.in_use,
             posting=self._submitter.in_flight if self._submitter else 0,
             unfinished=counts.unfinished,
             spend_units=counts.spend_units,
+            requests=dict(self.client.requests_by),
         )
 
     # ---- the run ----------------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""How the runner learns that jobs ended: the listing, per-job polls, and the shared rate."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from runner import run_batch
+from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.emulator.jobs import EmulatedJob
+from runner.limiter import SharedRate
+from runner.remote import JobStatus
+from tests.engine_helpers import FAST, check_folder, small_manifest
+
+QUICK = Latency.parse("fixed:0.1")
+
+
+def _requests_seen(emulator: Any) -> Counter[str]:
+    """Per-job polls by job id, counted as the emulator answers them."""
+    polls: Counter[str] = Counter()
+
+    def count(kind: str, job: EmulatedJob) -> None:
+        if kind == "poll":
+            polls[job.id] += 1
+
+    emulator.observers.append(count)
+    return polls
+
+
+async def test_list_mode_learns_how_every_job_ended_from_the_listing(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        polls = _requests_seen(emu.emulator)
+        result = await run_batch(
+            small_manifest(40, concurrency=16), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        check_folder(tmp_path, 40, emu.emulator)
+        stats = emu.emulator.snapshot()
+    assert result.counts.completed == 40
+    assert stats["lists"] > 0
+    assert sum(polls.values()) == 0, "every job's end should have come from the listing"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["requests"]["submit"] == 40
+    assert summary["requests"]["list"] == stats["lists"]
+    assert summary["requests"]["download"] == 40
+    assert summary["requests_per_job"]["api"] == pytest.approx((40 + stats["lists"]) / 40, 0.01)
+
+
+async def test_a_job_missing_from_the_listing_is_finished_through_its_own_poll(
+    tmp_path: Path,
+) -> None:
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        store = emu.emulator.store
+        listed = store.newest_first
+        hidden: list[str] = []
+
+        def without_the_first_job(before: float | None, status: JobStatus | None) -> Iterator[Any]:
+            first = next(iter(store.jobs))
+            if not hidden:
+                hidden.append(first)
+            return (job for job in listed(before, status) if job.id != first)
+
+        store.newest_first = without_the_first_job  # type: ignore[method-assign]
+        polls = _requests_seen(emu.emulator)
+        result = await run_batch(
+            small_manifest(12), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        check_folder(tmp_path, 12, emu.emulator)
+    assert result.counts.completed == 12
+    assert set(polls) == {hidden[0]}, "only the job the listing never shows is polled alone"
+
+
+async def test_a_refused_listing_falls_back_to_polling_each_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="runner")
+    async with run_emulator(EmulatorConfig(latency=QUICK, listing=False)) as emu:
+        polls = _requests_seen(emu.emulator)
+        result = await run_batch(
+            small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        check_folder(tmp_path, 10, emu.emulator)
+    assert result.counts.completed == 10
+    assert len(polls) == 10, "each job is polled on its own once the listing is refused"
+    assert "job listing is refused" in caplog.text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["requests"]["list"] == 1
+
+
+async def test_job_mode_polls_each_job_and_never_lists(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        polls = _requests_seen(emu.emulator)
+        result = await run_batch(
+            small_manifest(10, poll_mode="job"), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        stats = emu.emulator.snapshot()
+    assert result.counts.completed == 10
+    assert stats.get("lists", 0) == 0
+    assert len(polls) == 10
+
+
+class _Gate:
+    """A rate that lets nothing through until the test opens it."""
+
+    def __init__(self) -> None:
+        self.opened = anyio.Event()
+
+    async def acquire(self) -> None:
+        await self.opened.wait()
+
+
+async def test_a_poll_waits_one_request_behind_queued_submits_not_behind_all_of_them() -> None:
+    gate = _Gate()
+    rate = SharedRate(1.0, limiter=gate)
+    order: list[str] = []
+
+    async def request(kind: str, name: str) -> None:
+        await rate.acquire(kind)
+        order.append(name)
+
+    async with anyio.create_task_group() as group:
+        for n in range(10):
+            group.start_soon(request, "submit", f"submit {n}")
+        await anyio.wait_all_tasks_blocked()
+        group.start_soon(request, "track", "poll")
+        await anyio.wait_all_tasks_blocked()
+        gate.opened.set()
+    assert order.index("poll") == 2, order  # after the submit at the rate and the next one
+    assert [name for name in order if name != "poll"] == [f"submit {n}" for n in range(10)]
+
+
+async def test_a_request_cancelled_while_it_waits_its_turn_holds_nobody_up() -> None:
+    gate = _Gate()
+    rate = SharedRate(1.0, limiter=gate)
+    done: list[str] = []
+
+    async def request(kind: str, name: str) -> None:
+        await rate.acquire(kind)
+        done.append(name)
+
+    async with anyio.create_task_group() as group:
+        for n in range(3):
+            group.start_soon(request, "submit", f"submit {n}")
+        await anyio.wait_all_tasks_blocked()
+        with anyio.move_on_after(0) as doomed:
+            await request("track", "cancelled poll")
+        assert doomed.cancelled_caught
+        group.start_soon(request, "track", "poll")
+        await anyio.wait_all_tasks_blocked()
+        gate.opened.set()
+    assert "cancelled poll" not in done
+    assert sorted(done) == ["poll", "submit 0", "submit 1", "submit 2"]
