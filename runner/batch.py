@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -24,6 +25,7 @@ from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder
 from runner.report import write_report
 from runner.timefmt import iso_time
+from runner.webhooks import Receiver, WebhookSettings, receiving
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,12 +63,15 @@ async def run_batch(
     on_progress: Callable[[Engine], None] | None = None,
     notify_url: str | None = None,
     metrics_file: str | Path | None = None,
+    webhook: WebhookSettings | None = None,
 ) -> RunResult:
     """Run every job of ``manifest`` into the folder ``out``; safe to call again to resume.
 
     ``overrides`` are run settings (concurrency, rate_limit, …) that beat the manifest's;
     ``notify_url`` receives the summary as JSON when the run ends; OUT/status.json (and
     ``metrics_file``, in Prometheus text format) tell how the run goes while it runs.
+    With ``webhook``, submits ask the API to report each job's end to a receiver this run
+    serves, and polling becomes a slow safety net.
     """
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, overrides=overrides)
@@ -84,7 +89,12 @@ async def run_batch(
                 limits=Limits(image_bytes=settings.max_image_bytes),
                 max_connections=max(16, settings.concurrency * 2),
             )
-            async with client:
+            async with client, contextlib.AsyncExitStack() as stack:
+                receiver = None
+                if webhook is not None:
+                    receiver = Receiver(deliver=lambda remote: False)
+                    url = await stack.enter_async_context(receiving(webhook, receiver))
+                    options = dataclasses.replace(options, webhook_url=url)
                 live = LiveStatus(folder.root, Path(metrics_file) if metrics_file else None)
 
                 def progress(engine: Engine) -> None:
@@ -93,6 +103,8 @@ async def run_batch(
                         on_progress(engine)
 
                 engine = Engine(manifest, folder, client, options, on_progress=progress)
+                if receiver is not None:
+                    receiver.deliver = engine.tracker.delivered
                 result = await engine.run()
                 live.write(engine, "finished")
 
@@ -112,6 +124,8 @@ async def run_batch(
             default=None,
         )
         result.summary = _summary(manifest, folder, result, base_url, started, written, client)
+        if receiver is not None:
+            result.summary["webhooks"] = receiver.counts.to_json()
         _best_effort(
             folder.summary_path, lambda: folder.write_summary(result.summary), default=None
         )
@@ -177,6 +191,7 @@ def _summary(
             "submit_concurrency": manifest.settings.submit_concurrency,
             "rate_limit_per_s": manifest.settings.rate_limit,
             "poll_interval_s": manifest.settings.poll_interval,
+            "poll_mode": manifest.settings.poll_mode,
             "max_attempts": manifest.settings.max_attempts,
             "job_timeout_s": manifest.settings.job_timeout,
         },

@@ -30,9 +30,10 @@ from runner.plan import make_plan
 from runner.progress import Progress
 from runner.report import load_records, write_report
 from runner.secrets import find_token, read_token_file
-from runner.settings import RunSettings, parse_deadline, parse_duration
+from runner.settings import POLL_MODES, RunSettings, parse_deadline, parse_duration
 from runner.status import read_status, refresh, render_status
 from runner.views import catalog_table, model_detail, plan_text
+from runner.webhooks import WebhookSettings
 
 DESCRIPTION = """\
 Run thousands of Krea text-to-image jobs from a YAML manifest: concurrently, under rate
@@ -158,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds between polls of a job ({_default('poll_interval')} s)",
     )
     run.add_argument(
+        "--poll-mode",
+        choices=POLL_MODES,
+        help="list: one GET /jobs pass a tick covers every job in flight; job: one GET per "
+        f"job (default: {RunSettings().poll_mode})",
+    )
+    run.add_argument(
         "--max-attempts",
         type=int,
         metavar="N",
@@ -217,6 +224,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--shard", metavar="I/N", help="run only shard I of N (split by job key)")
     run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
+    run.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="public address of this machine for Krea's webhooks (with --webhook-listen); "
+        "polls then only every --webhook-poll-interval, as a safety net",
+    )
+    run.add_argument(
+        "--webhook-poll-interval",
+        metavar="S",
+        help="with webhooks, seconds between safety-net looks at a job "
+        f"({_default('webhook_poll_interval')} s)",
+    )
+    run.add_argument(
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="where this run takes webhook deliveries, e.g. 0.0.0.0:8080",
+    )
     run.add_argument(
         "--metrics-file",
         metavar="PATH",
@@ -306,6 +330,8 @@ def _run(args: argparse.Namespace) -> int:
             "submit_concurrency",
             "rate_limit",
             "poll_interval",
+            "poll_mode",
+            "webhook_poll_interval",
             "max_attempts",
             "job_timeout",
             "lost_answer_wait",
@@ -320,6 +346,11 @@ def _run(args: argparse.Namespace) -> int:
     for warning in manifest.warnings:
         logging.getLogger("runner").warning(warning)
     token = None if args.emulator else find_token(args.token_file)
+    webhook = None
+    if args.webhook_url or args.webhook_listen:
+        if not (args.webhook_url and args.webhook_listen):
+            raise UsageError("--webhook-url and --webhook-listen go together")
+        webhook = WebhookSettings.parse(args.webhook_url, args.webhook_listen)
     options = EngineOptions(
         deadline=_deadline(args.deadline, args.max_runtime),
         shard=parse_shard(args.shard) if args.shard else None,
@@ -342,6 +373,7 @@ def _run(args: argparse.Namespace) -> int:
                 on_progress=progress,
                 notify_url=args.notify_url,
                 metrics_file=args.metrics_file,
+                webhook=webhook,
             )
         )
     finally:

@@ -15,9 +15,15 @@ def _base(spec: JobSpec, state: KeyState) -> dict[str, Any]:
 
 
 def completed_record(
-    spec: JobSpec, state: KeyState, remote: RemoteJob, files: list[dict[str, Any]]
+    spec: JobSpec,
+    state: KeyState,
+    remote: RemoteJob,
+    files: list[dict[str, Any]],
+    noticed_at: float | None = None,
 ) -> dict[str, Any]:
-    """A finished job with its files; cost is the catalog's estimate in compute units."""
+    """A finished job with its files; cost is the catalog's estimate in compute units.
+
+    ``noticed_at``: when the run learnt that the job had ended, so its downloads began."""
     seconds = None
     if remote.created_at is not None and remote.completed_at is not None:
         seconds = round(remote.completed_at - remote.created_at, 3)
@@ -31,6 +37,7 @@ def completed_record(
             "submitted_at": iso_time(state.submitted_at),
             "created_at": iso_time(remote.created_at),
             "completed_at": iso_time(remote.completed_at),
+            "noticed_at": iso_time(noticed_at),
             "seconds": seconds,
         },
         "cost_units": spec.units,

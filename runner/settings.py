@@ -91,6 +91,7 @@ class RunSettings:
     submit_concurrency: int = 32  # POSTs in flight at most (runner.limiter.SubmitWindow)
     rate_limit: float = 10.0  # API requests per second, polls included
     poll_interval: float = 2.0  # seconds between polls of one job (Krea asks for 2–5 s)
+    webhook_poll_interval: float = 30.0  # with webhooks: polls are a safety net this often
     poll_mode: str = "list"  # list: one GET /jobs pass for all jobs a tick; job: a GET each
     max_attempts: int = 3  # submissions of a job whose remote run failed
     max_jobs: int = 100_000  # a manifest expanding to more is surely a mistake
@@ -129,6 +130,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "rate_limit": parse_rate,
     "poll_interval": parse_duration,
     "poll_mode": _poll_mode,
+    "webhook_poll_interval": parse_duration,
     "max_attempts": _positive_int,
     "max_jobs": _positive_int,
     "job_timeout": parse_duration,

@@ -177,6 +177,7 @@ class Emulator:
             return _error(400, "; ".join(f"{path or 'body'}: {msg}" for path, msg in problems))
         try:
             job = self.store.create(model, body, request.headers.get("X-Webhook-URL"))
+            job.origin = f"{request.scheme}://{request.host}"  # for the URLs its webhook sends
         except Refused as refused:
             self.stats["refused_429" if refused.status == 429 else "refused_402"] += 1
             return _error(refused.status, str(refused))
@@ -258,7 +259,7 @@ class Emulator:
         }
         if status in TERMINAL and job.end is not None:
             data["completed_at"] = iso(job.end)
-        base = f"{request.scheme}://{request.host}" if request else ""
+        base = f"{request.scheme}://{request.host}" if request else job.origin
         expires = ""
         if self.config.url_ttl is not None:
             expires = f"?expires={now + self.config.url_ttl:.3f}"

@@ -66,6 +66,7 @@ class EmulatedJob:
     fails: bool
     failure_reason: str
     webhook_url: str | None = None
+    origin: str = ""  # scheme://host the job was submitted to: its image URLs start with it
     start: float | None = None  # None while backlogged
     cancelled: float | None = None
 

@@ -3,7 +3,8 @@
 engine.py     task group, producer and workers, stop → drain → abort, signals, deadline
 submitter.py  parallel POSTs, write-ahead journal lines, the barrier and matching rounds
 matching.py   pure: which listed job a lost POST created
-tracker.py    polling to the end, downloads with URL refresh
+tracker.py    following a job to its end (polls, webhooks), downloads with URL refresh
+watching.py   a job's watch, and the listing pass that looks at every job in flight
 outcome.py    how a job ends, as values
 retry.py      the one retry loop and the injectable clock
 budget.py     --budget, reserved before each POST

@@ -139,6 +139,7 @@ class Engine:
             self.clock,
             TrackSettings(
                 poll_interval=self.settings.poll_interval,
+                webhook_poll_interval=self.settings.webhook_poll_interval,
                 job_timeout=self.settings.job_timeout,
                 retry=self.options.retry,
             ),
@@ -351,9 +352,10 @@ class Engine:
             if ended.status == JobStatus.COMPLETED:
                 if not ended.urls:
                     return Failed("the job completed without any result URL")
+                noticed = self.clock.time()
                 stem = render_name(self._name_stem, spec)
                 files = await self.tracker.download_all(ended, stem, spec.key)
-                return Completed(ended, files) if isinstance(files, list) else files
+                return Completed(ended, files, noticed) if isinstance(files, list) else files
             reason = ended.error or f"the job was {ended.status.value}"
             if state.submitted_at is not None and state.submitted_at >= self.started:
                 self.budget.refund(spec.units)  # failed and cancelled jobs are not billed
@@ -431,7 +433,9 @@ class Engine:
     async def _finish(self, spec: JobSpec, state: KeyState, outcome: Outcome) -> None:
         """Record a finished job, or count one that will continue in a later run."""
         if isinstance(outcome, Completed):
-            record = completed_record(spec, state, outcome.remote, outcome.files)
+            record = completed_record(
+                spec, state, outcome.remote, outcome.files, outcome.noticed_at
+            )
         elif isinstance(outcome, Failed):
             record = failed_record(spec, state, outcome.reason)
         elif isinstance(outcome, Ambiguous):

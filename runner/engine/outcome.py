@@ -16,6 +16,7 @@ class Completed:
 
     remote: RemoteJob
     files: list[FileEntry]
+    noticed_at: float | None = None  # when the run learnt the job had ended (our clock)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,14 +23,13 @@ from runner.remote import JobStatus, RemoteJob
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_SAFETY_NET = 30.0  # seconds between looks at a job whose webhook is awaited
-
 
 @dataclass(frozen=True, slots=True)
 class TrackSettings:
     """How jobs are followed."""
 
     poll_interval: float = 2.0
+    webhook_poll_interval: float = 30.0  # between looks at a job whose webhook is awaited
     job_timeout: float = 3 * 3600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -141,10 +140,10 @@ class Tracker:
         listing looks at it each tick and it is polled on its own only when the listing
         misses it; in job mode it is polled every interval (jittered), on a schedule that a
         slow answer does not push back. With ``webhook`` its delivery is awaited, and looks
-        are a safety net every WEBHOOK_SAFETY_NET seconds. ``created_after``: a lower bound of
+        are a safety net every webhook_poll_interval. ``created_after``: a lower bound of
         its creation time on the server's clock, where the listing may stop looking.
         """
-        interval = WEBHOOK_SAFETY_NET if webhook else self.settings.poll_interval
+        interval = self.settings.webhook_poll_interval if webhook else self.settings.poll_interval
         now = self.clock.monotonic()
         deadline = now + self.settings.job_timeout
         first = self._first_wait(model, exists_since)
