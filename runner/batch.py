@@ -124,6 +124,8 @@ async def run_batch(
             default=None,
         )
         result.summary = _summary(manifest, folder, result, base_url, started, written, client)
+        if engine.lister is not None:
+            result.summary["listing"] = dataclasses.asdict(engine.lister.stats)
         if receiver is not None:
             result.summary["webhooks"] = receiver.counts.to_json()
         _best_effort(

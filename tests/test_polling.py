@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,11 @@ import pytest
 from runner import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.emulator.jobs import EmulatedJob
+from runner.engine.watching import Lister, Watch
 from runner.limiter import SharedRate
-from runner.remote import JobStatus
+from runner.remote import JobStatus, ListedJob
 from tests.engine_helpers import FAST, check_folder, small_manifest
+from tests.virtual_time import VirtualClock
 
 QUICK = Latency.parse("fixed:0.1")
 
@@ -156,3 +159,44 @@ async def test_a_request_cancelled_while_it_waits_its_turn_holds_nobody_up() -> 
         gate.opened.set()
     assert "cancelled poll" not in done
     assert sorted(done) == ["poll", "submit 0", "submit 1", "submit 2"]
+
+
+class _EndlessListing:
+    """A listing of other, newer jobs that always has another page."""
+
+    def __init__(self, newest: float) -> None:
+        self.newest = newest
+        self.pages = 0
+
+    async def list_jobs(self, limit: int, cursor: str | None = None) -> tuple[list[Any], str]:
+        self.pages += 1
+        start = self.newest - (self.pages - 1) * limit
+        jobs = [ListedJob(f"other-{start - n}", start - n, "processing") for n in range(limit)]
+        return jobs, "more"
+
+
+async def test_a_job_older_than_the_pages_read_is_polled_alone_at_once() -> None:
+    """Paging back to a straggler costs more than asking for it: it leaves the listing at
+    once, while a job within the pages read is only counted as missed."""
+    clock = VirtualClock()
+    client = _EndlessListing(newest=clock.time())
+    old = Watch("old", 2.0, due=0.0, created_after=clock.time() - 10_000)
+    recent = Watch("recent", 2.0, due=0.0, created_after=clock.time() - 1)
+    watches = {"old": old, "recent": recent}
+    lister = Lister(
+        client,  # type: ignore[arg-type]
+        clock,
+        watches,
+        2.0,
+        rng=random.Random(0),
+        on_refused=lambda exc: None,
+        on_error=lambda exc: None,
+    )
+    await lister.sweep([old, recent])
+    assert client.pages == 2, "a pass reads a bounded number of pages"
+    assert old.alone
+    assert old.poll_now
+    assert old.missed == 0
+    assert not recent.alone
+    assert recent.missed == 1
+    assert lister.stats.beyond_reach == 1

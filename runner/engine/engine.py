@@ -40,6 +40,7 @@ from runner.engine.outcome import (
 from runner.engine.retry import Clock, RetryPolicy, SystemClock
 from runner.engine.submitter import SubmitSettings, Submitter
 from runner.engine.tracker import Tracker, TrackSettings
+from runner.engine.watching import Lister
 from runner.errors import DiskError, FatalApiError, UsageError
 from runner.jobspec import JobSpec, in_shard
 from runner.journal import Journal, KeyState, Ledger
@@ -146,6 +147,7 @@ class Engine:
             counts=self.counts,
             rng=self.rng,
         )
+        self.lister: Lister | None = None  # the listing loop, in list mode
 
     @property
     def journal(self) -> Journal:
@@ -224,7 +226,8 @@ class Engine:
                 if self.on_progress is not None:
                     helpers.start_soon(self._report_progress)
                 if self.settings.poll_mode == "list":
-                    helpers.start_soon(self.tracker.follow_listing().run)
+                    self.lister = self.tracker.follow_listing()
+                    helpers.start_soon(self.lister.run)
                 with anyio.CancelScope() as scope:
                     self._work_scope = scope
                     try:

@@ -60,10 +60,18 @@ class TypicalLatency:
 
     def first_poll(self, model: str) -> float | None:
         """Seconds after its creation to first poll a job of ``model`` (None: not known yet)."""
+        return self._quantile(model, 0.25)
+
+    def overdue(self, model: str) -> float | None:
+        """Seconds after which a job of ``model`` is slower than nine in ten of its peers: a
+        webhook not come by then is more likely lost than late (None: not known yet)."""
+        return self._quantile(model, 0.9)
+
+    def _quantile(self, model: str, share: float) -> float | None:
         seconds = self._seconds.get(model)
         if seconds is None or len(seconds) < self.MIN_SAMPLES:
             return None
-        return sorted(seconds)[len(seconds) // 4]
+        return sorted(seconds)[int(len(seconds) * share)]
 
 
 class Tracker:
@@ -140,20 +148,26 @@ class Tracker:
         listing looks at it each tick and it is polled on its own only when the listing
         misses it; in job mode it is polled every interval (jittered), on a schedule that a
         slow answer does not push back. With ``webhook`` its delivery is awaited, and looks
-        are a safety net every webhook_poll_interval. ``created_after``: a lower bound of
-        its creation time on the server's clock, where the listing may stop looking.
+        are a safety net: a first look once it has run longer than nine in ten jobs of its
+        model (so a lost delivery costs seconds, not the net's period), then one every
+        webhook_poll_interval. ``created_after``: a lower bound of its creation time on the
+        server's clock, where the listing may stop looking.
         """
         interval = self.settings.webhook_poll_interval if webhook else self.settings.poll_interval
         now = self.clock.monotonic()
         deadline = now + self.settings.job_timeout
-        first = self._first_wait(model, exists_since)
-        wait = jittered(interval, rng=self.rng) if first is None or webhook else first
+        typical = None
+        if model is not None:
+            typical = self.latency.overdue(model) if webhook else self.latency.first_poll(model)
+        first = self._first_wait(typical, exists_since)
+        wait = jittered(interval, rng=self.rng) if first is None else first
         watch = Watch(job_id, interval, due=now + wait, created_after=created_after)
         self.watches[job_id] = watch
         try:
             while True:
                 now = self.clock.monotonic()
-                wake = deadline if self.listing else min(deadline, watch.due)
+                listed = self.listing and not watch.alone
+                wake = deadline if listed else min(deadline, watch.due)
                 await watch.wait(self.clock, wake - now)
                 remote = watch.latest
                 if remote is None and (watch.poll_now or self.clock.monotonic() >= watch.due):
@@ -212,8 +226,8 @@ class Tracker:
             return Deferred("the job no longer lists its images")
         return remote
 
-    def _first_wait(self, model: str | None, exists_since: float | None) -> float | None:
-        typical = None if model is None else self.latency.first_poll(model)
+    def _first_wait(self, typical: float | None, exists_since: float | None) -> float | None:
+        """Seconds from now to a first look just after ``typical`` seconds of the job's life."""
         if typical is None:
             return None
         elapsed = 0.0 if exists_since is None else max(0.0, self.clock.time() - exists_since)

@@ -4,8 +4,9 @@ Each job being followed has a ``Watch``. The job's own task sleeps on it; whatev
 something about the job (a page of ``GET /jobs``, a webhook delivery) writes it there and
 wakes the task. ``Lister`` is the loop that pages the listing each tick: from the newest job
 back to the oldest job in flight, so a few requests cover every job however many there are.
-A job the listing keeps missing (past the pages read, or absent from them) is asked for
-on its own, so nothing is stranded.
+A job older than the pages a pass may read is polled on its own from then on (a few
+stragglers cost a request each, less than paging back to them); one the listing keeps
+missing although the pages reach it is asked for on its own too, so nothing is stranded.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Watch:
     latest: RemoteJob | None = None  # its last known state, when that is terminal
     missed: int = 0  # listing passes in a row it was due and not seen
     poll_now: bool = False  # ask for it on its own at once
+    alone: bool = False  # past the listing's reach: polled on its own from now on
     _news: anyio.Event = field(default_factory=anyio.Event)
 
     def tell(self, remote: RemoteJob) -> None:
@@ -84,6 +86,7 @@ class ListingStats:
     pages: int = 0
     seen_ended: int = 0  # jobs whose end was learnt from the listing
     alone: int = 0  # jobs handed to a poll of their own after being missed
+    beyond_reach: int = 0  # jobs older than the pages a pass reads: polled on their own
     errors: int = 0
 
 
@@ -117,7 +120,8 @@ class Lister:
             now = self.clock.monotonic()
             tick = max(tick + jittered(self.interval, rng=self.rng), now + self.interval / 2)
             await self.clock.sleep(tick - now)
-            due = [w for w in self.watches.values() if w.due <= self.clock.monotonic()]
+            now = self.clock.monotonic()
+            due = [w for w in self.watches.values() if w.due <= now and not w.alone]
             if not due:
                 continue
             try:
@@ -135,7 +139,8 @@ class Lister:
 
     async def sweep(self, due: list[Watch]) -> None:
         """One pass: pages from the newest job back until every due job was seen, the pages
-        reach past the oldest of them, or a pass has read enough pages."""
+        reach past the oldest of them, or a pass has read enough pages. Due jobs created
+        before the last page read are then past its reach, and left to their own polls."""
         started = self.clock.monotonic()
         unseen = {w.job_id for w in due}
         bounds = [w.created_after for w in due if w.created_after is not None]
@@ -143,17 +148,34 @@ class Lister:
         page = min(PAGE_MAX, max(PAGE_MIN, 4 * len(self.watches)))
         max_pages = max(2, math.ceil(4 * len(self.watches) / page))
         cursor: str | None = None
+        reach: float | None = None  # creation time of the oldest job read, while more remain
         self.stats.passes += 1
         for _ in range(max_pages):
             jobs, cursor = await self.client.list_jobs(limit=page, cursor=cursor)
             self.stats.pages += 1
             self._read(jobs, unseen, started)
             if not unseen or cursor is None or not jobs:
+                reach = None
                 break
-            last = jobs[-1].created_at
-            if oldest is not None and last is not None and last < oldest - CREATED_SLACK:
+            reach = jobs[-1].created_at
+            if oldest is not None and reach is not None and reach < oldest - CREATED_SLACK:
+                reach = None
                 break
+        if reach is not None:
+            unseen = self._past_reach(due, unseen, reach)
         self._missed(due, unseen)
+
+    def _past_reach(self, due: list[Watch], unseen: set[str], reach: float) -> set[str]:
+        """Hand the unseen jobs that may be older than ``reach`` to polls of their own; the
+        ones left were created within the pages read, so their absence is a miss."""
+        left = set(unseen)
+        for watch in due:
+            if watch.job_id in unseen and (watch.created_after or 0.0) < reach:
+                left.discard(watch.job_id)
+                self.stats.beyond_reach += 1
+                watch.alone = True
+                watch.ask_alone()
+        return left
 
     def _read(self, jobs: list[ListedJob], unseen: set[str], started: float) -> None:
         for job in jobs:
