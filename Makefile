@@ -30,12 +30,21 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+UNDER_A_RATE_LIMIT = --jobs 200 --latency 6 --latency-dist lognormal:6,0.5 --limit 64 \
+	--server-rate-limit 10 --rate-limit 10 --poll 2
+MANY_IN_FLIGHT = --jobs 2000 --latency 10 --latency-dist lognormal:10,0.5 --limit 500 --poll 2
+
 bench: install
 	$(BIN)/python bench/plan_scale.py
 	$(BIN)/python bench/emulator_load.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/throughput.py --jobs 600 --latency 2 --poll 0.5 --rtt 0.15
 	$(BIN)/python bench/throughput.py --jobs 600 --latency 2 --poll 0.5 --rtt 0.15 --client naive
+	$(BIN)/python bench/throughput.py $(UNDER_A_RATE_LIMIT)
+	$(BIN)/python bench/throughput.py $(UNDER_A_RATE_LIMIT) --webhooks --webhook-repeats 2 --webhook-drop-rate 0.1
+	$(BIN)/python bench/throughput.py $(MANY_IN_FLIGHT)
+	$(BIN)/python bench/throughput.py $(MANY_IN_FLIGHT) --poll-mode job
+	$(BIN)/python bench/listing.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -16,11 +16,11 @@ import pytest
 from runner import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.emulator.jobs import EmulatedJob
-from runner.engine.watching import Lister, Watch
+from runner.engine.watching import ENDS_PER_PAGE, Lister, Watch
 from runner.limiter import SharedRate
 from runner.remote import JobStatus, ListedJob
 from tests.engine_helpers import FAST, check_folder, small_manifest
-from tests.virtual_time import VirtualClock
+from tests.virtual_time import VirtualClock, virtual_time
 
 QUICK = Latency.parse("fixed:0.1")
 
@@ -200,3 +200,54 @@ async def test_a_job_older_than_the_pages_read_is_polled_alone_at_once() -> None
     assert not recent.alone
     assert recent.missed == 1
     assert lister.stats.beyond_reach == 1
+
+
+class _EndsAt:
+    """A listing in which each job shows completed from its own end time (virtual clock)."""
+
+    def __init__(self, clock: VirtualClock, ends: dict[str, float]) -> None:
+        self.clock = clock
+        self.ends = ends
+        self.calls: list[float] = []
+
+    async def list_jobs(self, limit: int, cursor: str | None = None) -> tuple[list[Any], None]:
+        now = self.clock.monotonic()
+        self.calls.append(now)
+        jobs = []
+        for job_id, end in self.ends.items():
+            data = {"job_id": job_id, "status": "completed" if end <= now else "processing"}
+            data["result"] = {"urls": ["https://cdn.example.com/a.png"]}
+            jobs.append(ListedJob(job_id, None, data["status"], data))
+        return jobs, None
+
+
+async def test_the_listing_looks_when_a_job_is_due_within_a_budget_of_pages() -> None:
+    """A pass comes when a job is due (its model's typical end), not at the next regular
+    tick; jobs due soon after share the next pass, which waits until enough jobs are
+    likely to have ended to be worth a page (ENDS_PER_PAGE at 1 ended per 0.3 s)."""
+    clock = VirtualClock()
+    start = clock.monotonic()
+    ends = {f"job-{n}": start + 0.3 + n * 0.01 for n in range(5)}
+    client = _EndsAt(clock, ends)
+    watches = {
+        job_id: Watch(job_id, 2.0, due=end, created_after=None) for job_id, end in ends.items()
+    }
+    lister = Lister(
+        client,  # type: ignore[arg-type]
+        clock,
+        dict(watches),
+        2.0,
+        rng=random.Random(0),
+        on_refused=lambda exc: None,
+        on_error=lambda exc: None,
+    )
+    async with virtual_time(clock), anyio.create_task_group() as group:
+        group.start_soon(lister.run)
+        for watch in watches.values():
+            await watch.wait(clock, 60)
+            assert watch.latest is not None
+            del lister.watches[watch.job_id]
+        group.cancel_scope.cancel()
+    assert client.calls[0] == pytest.approx(start + 0.3), "the first pass when the first is due"
+    assert len(client.calls) == 2, "the other four wait out the budget and share one pass"
+    assert client.calls[1] - client.calls[0] == pytest.approx(ENDS_PER_PAGE * 0.3)

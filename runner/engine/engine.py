@@ -141,6 +141,8 @@ class Engine:
             TrackSettings(
                 poll_interval=self.settings.poll_interval,
                 webhook_poll_interval=self.settings.webhook_poll_interval,
+                # Listing passes take a tenth of the request rate at most.
+                listing_gap=10 / self.settings.rate_limit,
                 job_timeout=self.settings.job_timeout,
                 retry=self.options.retry,
             ),

@@ -30,6 +30,7 @@ class TrackSettings:
 
     poll_interval: float = 2.0
     webhook_poll_interval: float = 30.0  # between looks at a job whose webhook is awaited
+    listing_gap: float = 0.0  # seconds between listing passes at least
     job_timeout: float = 3 * 3600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -110,6 +111,7 @@ class Tracker:
             self.clock,
             self.watches,
             self.settings.poll_interval,
+            min_gap=self.settings.listing_gap,
             rng=self.rng,
             on_refused=self._listing_refused,
             on_error=self.counts.saw,

@@ -2,7 +2,7 @@
 
 Each job being followed has a ``Watch``. The job's own task sleeps on it; whatever learns
 something about the job (a page of ``GET /jobs``, a webhook delivery) writes it there and
-wakes the task. ``Lister`` is the loop that pages the listing each tick: from the newest job
+wakes the task. ``Lister`` is the loop that pages the listing when jobs are due: from the newest job
 back to the oldest job in flight, so a few requests cover every job however many there are.
 A job older than the pages a pass may read is polled on its own from then on (a few
 stragglers cost a request each, less than paging back to them); one the listing keeps
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 UNSEEN_TICKS = 3  # passes a due job may be missing from the listing before it is polled alone
 PAGE_MIN, PAGE_MAX = 100, 1000  # items per page of GET /jobs (the API allows 1 to 1000)
+PAGES_PER_INTERVAL = 8  # the listing's request budget: pages read per poll interval at most
+ENDS_PER_PAGE = 2  # and a page read per this many jobs ending, so 0.5 list requests a job
 CREATED_SLACK = 30.0  # seconds: a page older than the oldest job in flight by this ends a pass
 # Statuses that say the listing will never show the job differently: it answers for the job.
 _TERMINAL_TEXT = frozenset(status.value for status in TERMINAL)
@@ -91,7 +93,7 @@ class ListingStats:
 
 
 class Lister:
-    """Pages ``GET /jobs`` every tick and tells each watched job what it says of it."""
+    """Pages ``GET /jobs`` when jobs are due and tells each watched job what it says of it."""
 
     def __init__(
         self,
@@ -100,6 +102,7 @@ class Lister:
         watches: dict[str, Watch],
         interval: float,
         *,
+        min_gap: float = 0.0,
         rng: random.Random,
         on_refused: Callable[[PermanentApiError], None],
         on_error: Callable[[TransientApiError], None],
@@ -108,22 +111,39 @@ class Lister:
         self.clock = clock
         self.watches = watches
         self.interval = interval
+        self.min_gap = min_gap  # seconds between passes at least
         self.rng = rng
         self.on_refused = on_refused
         self.on_error = on_error
         self.stats = ListingStats()
 
     async def run(self) -> None:
-        """Tick every interval (jittered) while jobs are due; return if the listing is refused."""
-        tick = self.clock.monotonic()
+        """A pass whenever a job is due for a look, within a budget; returns if the listing
+        is refused.
+
+        Passes follow the jobs' own schedules (the first look when a model's jobs typically
+        end, then every interval), so an ending job is seen soon after it ends, not up to a
+        whole interval later; a pass covers every job due by then, so more jobs add no
+        passes. The budget, whichever is longest between passes: ``min_gap``; at most
+        PAGES_PER_INTERVAL pages an interval; a page per ENDS_PER_PAGE jobs ending (at the
+        rate passes have been finding them), up to one interval.
+        """
+        next_pass = -math.inf
+        previous = self.clock.monotonic()
+        end_rate = 0.0  # jobs found ended per second, a moving average
         while True:
             now = self.clock.monotonic()
-            tick = max(tick + jittered(self.interval, rng=self.rng), now + self.interval / 2)
-            await self.clock.sleep(tick - now)
+            listed = [w.due for w in self.watches.values() if not w.alone]
+            # Wake by an interval from now at the latest: a job added meanwhile is due no
+            # sooner than one interval after it was.
+            earliest = min(listed, default=now + self.interval)
+            wake = max(next_pass, min(earliest, now + self.interval))
+            await self.clock.sleep(max(0.0, wake - now))
             now = self.clock.monotonic()
             due = [w for w in self.watches.values() if w.due <= now and not w.alone]
             if not due:
                 continue
+            pages, ends = self.stats.pages, self.stats.seen_ended
             try:
                 await self.sweep(due)
             except PermanentApiError as exc:
@@ -136,6 +156,14 @@ class Lister:
                 self.stats.errors += 1
                 self._missed(due, {w.job_id for w in due})
                 self.on_error(exc)
+            spent = max(1, self.stats.pages - pages)
+            found = self.stats.seen_ended - ends
+            rate = found / max(now - previous, 1e-3)
+            end_rate = rate if end_rate == 0 else 0.8 * end_rate + 0.2 * rate
+            previous = now
+            worth = spent * ENDS_PER_PAGE / end_rate if end_rate > 0 else self.interval
+            gap = max(self.min_gap, spent * self.interval / PAGES_PER_INTERVAL)
+            next_pass = now + max(gap, min(worth, self.interval))
 
     async def sweep(self, due: list[Watch]) -> None:
         """One pass: pages from the newest job back until every due job was seen, the pages
@@ -145,7 +173,7 @@ class Lister:
         unseen = {w.job_id for w in due}
         bounds = [w.created_after for w in due if w.created_after is not None]
         oldest = min(bounds) if len(bounds) == len(due) else None
-        page = min(PAGE_MAX, max(PAGE_MIN, 4 * len(self.watches)))
+        page = min(PAGE_MAX, max(PAGE_MIN, 2 * len(self.watches)))
         max_pages = max(2, math.ceil(4 * len(self.watches) / page))
         cursor: str | None = None
         reach: float | None = None  # creation time of the oldest job read, while more remain
@@ -200,9 +228,11 @@ class Lister:
             watch.tell(remote)
 
     def _missed(self, due: list[Watch], unseen: set[str]) -> None:
+        now = self.clock.monotonic()
         for watch in due:
             if watch.job_id not in unseen or self.watches.get(watch.job_id) is not watch:
                 continue
+            watch.due = now + jittered(watch.interval, rng=self.rng)  # look again a tick later
             watch.missed += 1
             if watch.missed >= UNSEEN_TICKS:
                 self.stats.alone += 1
