@@ -15,6 +15,7 @@ import pytest
 from runner import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine.counts import Counts
+from runner.engine.retry import SystemClock
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.errors import UsageError
 from runner.outputs import OutputFolder
@@ -143,7 +144,7 @@ async def test_forged_repeated_late_and_unknown_deliveries_change_nothing(tmp_pa
     tracker = Tracker(
         _NeverAsked(),  # type: ignore[arg-type]
         OutputFolder(tmp_path),
-        _SystemClockForTest(),
+        SystemClock(),
         TrackSettings(poll_interval=3600, webhook_poll_interval=3600),
         counts=Counts(),
         rng=random.Random(0),
@@ -186,23 +187,6 @@ async def test_forged_repeated_late_and_unknown_deliveries_change_nothing(tmp_pa
             assert response.status == 200  # a job this run does not follow
     assert [job.job_id for job in ended] == ["job-1"]
     assert receiver.counts.to_json() == {"used": 1, "ignored": 3, "refused": 2, "malformed": 1}
-
-
-class _SystemClockForTest:
-    """The real clock (the tracker's waits here never time out: a 1 h interval)."""
-
-    def time(self) -> float:
-        import time
-
-        return time.time()
-
-    def monotonic(self) -> float:
-        import time
-
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
 
 
 def test_webhook_flags_are_checked_before_anything_runs() -> None:
