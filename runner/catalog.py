@@ -1,8 +1,10 @@
 """The model catalog: every Krea text-to-image model, its endpoint, parameters and price.
 
-The facts live in ``catalog.json``, generated from Krea's OpenAPI spec by
-``tools/sync_catalog.py``; this module gives them types, resolves names and aliases, checks
-request bodies against each model's JSON Schema and estimates prices in compute units.
+The facts live in ``catalog.json``, generated from Krea's OpenAPI spec and the corrections of
+``tools/catalog_overlay.yaml`` by ``tools/sync_catalog.py``; this module gives them types,
+resolves names and aliases, checks request bodies against each model's JSON Schema and
+estimates prices: in USD where Krea publishes one, in compute units where that is all the
+spec holds. The two are never added together.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ class Model:
     price_rules: tuple[PriceRule, ...] = ()
     average_seconds: float | None = None
     renamed_fields: Mapping[str, str] = field(default_factory=dict)
-    verified: bool = True
+    verified: bool = True  # from the spec copy (False: added by the overlay, from its sources)
+    usd_rules: tuple[PriceRule, ...] = ()  # ``units`` in US dollars per request
+    source: str = ""  # where the overlay's corrections come from
 
     @cached_property
     def properties(self) -> Mapping[str, Any]:
@@ -146,7 +150,14 @@ class Model:
 
     def estimate_units(self, body: Mapping[str, Any]) -> float | None:
         """Compute units the job will cost, or None when the price is not published."""
-        for rule in self.price_rules:
+        return self._first_rule(self.price_rules, body)
+
+    def estimate_usd(self, body: Mapping[str, Any]) -> float | None:
+        """US dollars the job will cost, or None when no USD price is published."""
+        return self._first_rule(self.usd_rules, body)
+
+    def _first_rule(self, rules: tuple[PriceRule, ...], body: Mapping[str, Any]) -> float | None:
+        for rule in rules:
             if all(self._holds(cond, body) for cond in rule.when):
                 return rule.units
         return None
@@ -215,6 +226,11 @@ def _model(data: JsonDict) -> Model:
         average_seconds=price.get("average_seconds"),
         renamed_fields=dict(data.get("renamed_fields", {})),
         verified=bool(data.get("verified", True)),
+        usd_rules=tuple(
+            PriceRule(when=tuple(r["when"]), units=float(r["usd"]))
+            for r in price.get("usd_rules", ())
+        ),
+        source=data.get("source", ""),
     )
 
 

@@ -48,6 +48,7 @@ class JobSpec:
     seed: int | None
     vars: Mapping[str, Any]
     units: float | None  # estimated compute units; None when the price is not published
+    usd: float | None = None  # estimated US dollars, where Krea publishes a USD price
 
     @property
     def prompt(self) -> str:

@@ -499,6 +499,7 @@ def _variant(
                     f"set the {name} with the entry's own keys "
                     "(prompt, prompts, prompts_file; seed, seeds), not in params",
                 )
+            name = _current_name(ctx, model, name, join(where, name))
             params[name] = _normalise_number(value)
             origin[name] = join(where, name)
     if size is not None:
@@ -514,6 +515,17 @@ def _variant(
             raise ctx.error(origin[top] + field_path[len(top) :], message)
         raise ctx.error(path, message)
     return Variant(model, params)
+
+
+def _current_name(ctx: _Context, model: Model, name: str, where: str) -> str:
+    """The field's name today: a field Krea renamed is sent under its new name, with a hint."""
+    new = model.renamed_fields.get(name)
+    if new is None or name in model.properties or new not in model.properties:
+        return name
+    hint = f"{where}: '{name}' was renamed to '{new}' by Krea; sent as '{new}'"
+    if hint not in ctx.warnings:
+        ctx.warnings.append(hint)
+    return new
 
 
 def _prompt_min(model: Model) -> int:
@@ -634,4 +646,5 @@ def _spec(
         seed=seed if isinstance(seed, int) else None,
         vars=dict(values),
         units=model.estimate_units(body),
+        usd=model.estimate_usd(body),
     )

@@ -12,12 +12,14 @@ from runner.manifest import Manifest, expand
 
 @dataclass(frozen=True, slots=True)
 class ModelPlan:
-    """The jobs one model gets and their estimated compute units."""
+    """The jobs one model gets and their estimated cost: in USD where Krea publishes a USD
+    price for them, else in compute units (never both for one job)."""
 
     model: str
     jobs: int
-    units: float
+    units: float  # of the jobs without a USD price
     unpriced: int  # jobs whose price the catalog does not know
+    usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -39,17 +41,23 @@ class Plan:
     def unpriced(self) -> int:
         return sum(m.unpriced for m in self.models)
 
+    @property
+    def usd(self) -> float:
+        return sum(m.usd for m in self.models)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "file": self.file,
             "jobs": self.jobs,
             "duplicates_skipped": self.duplicates,
+            "estimated_usd": round(self.usd, 4),
             "estimated_compute_units": round(self.units, 2),
             "unpriced_jobs": self.unpriced,
             "models": [
                 {
                     "model": m.model,
                     "jobs": m.jobs,
+                    "estimated_usd": round(m.usd, 4),
                     "estimated_compute_units": round(m.units, 2),
                     "unpriced_jobs": m.unpriced,
                 }
@@ -62,26 +70,29 @@ class Plan:
 
 def spec_json(spec: JobSpec) -> dict[str, Any]:
     """A job spec as plan --show prints it: its description and estimated price."""
-    return {**spec.describe(), "estimated_compute_units": spec.units}
+    return {**spec.describe(), "estimated_usd": spec.usd, "estimated_compute_units": spec.units}
 
 
 def make_plan(manifest: Manifest, show: int = 0) -> Plan:
     """Expand the whole manifest once (lazily, so memory stays flat) and count."""
     jobs: Counter[str] = Counter()
     units: dict[str, float] = defaultdict(float)
+    usd: dict[str, float] = defaultdict(float)
     unpriced: Counter[str] = Counter()
     first: list[JobSpec] = []
     expansion = expand(manifest)
     for spec in expansion:
         jobs[spec.model] += 1
-        if spec.units is None:
+        if spec.usd is not None:
+            usd[spec.model] += spec.usd
+        elif spec.units is None:
             unpriced[spec.model] += 1
         else:
             units[spec.model] += spec.units
         if len(first) < show:
             first.append(spec)
     models = tuple(
-        ModelPlan(model, count, units[model], unpriced[model])
+        ModelPlan(model, count, units[model], unpriced[model], usd[model])
         for model, count in jobs.most_common()
     )
     return Plan(

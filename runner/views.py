@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from runner.catalog import Catalog, Model
 from runner.plan import Plan, spec_json
@@ -19,21 +20,53 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def _price(model: Model) -> str:
+    """``$0.06`` (or a range) where a USD price is published, else compute units, else ?."""
+    dollars = sorted({rule.units for rule in model.usd_rules})
+    if dollars:
+        low, high = dollars[0], dollars[-1]
+        return f"${low:g}" if low == high else f"${low:g}–{high:g}"
     units = sorted({rule.units for rule in model.price_rules})
     if not units:
         return "?"
     low, high = units[0], units[-1]
-    return f"{low:g}" if low == high else f"{low:g}–{high:g}"
+    return (f"{low:g}" if low == high else f"{low:g}–{high:g}") + " CU"
+
+
+def _condition(cond: Any) -> str:
+    if "equals" in cond:
+        return f"{cond['param']} {cond['equals']}"
+    if "count" in cond:
+        return f"{cond['count']} {cond['param']}"
+    return ("with " if cond["nonempty"] else "without ") + str(cond["param"])
+
+
+def _price_detail(model: Model) -> str:
+    """Each USD rule, the unconditional one first: ``$0.06 per image ($0.07 with …)``."""
+    if not model.usd_rules:
+        return f"{_price(model)} per image"
+    base = [r for r in model.usd_rules if not r.when]
+    others = [r for r in model.usd_rules if r.when]
+    text = f"${base[0].units:g} per image" if base else "per image"
+    if others:
+        text += (
+            " ("
+            + ", ".join(
+                f"${r.units:g} {' and '.join(_condition(c) for c in r.when)}" for r in others
+            )
+            + ")"
+        )
+    return text
 
 
 def catalog_table(catalog: Catalog) -> str:
-    rows = [["MODEL", "ENDPOINT", "CU/IMAGE", "ALIASES"]]
+    rows = [["MODEL", "ENDPOINT", "PRICE/IMAGE", "ALIASES"]]
     for model in catalog:
         aliases = ", ".join(a for a in model.aliases if "/" not in a)
         mark = "" if model.verified else " *"
         rows.append([model.id + mark, model.endpoint, _price(model), aliases])
     note = (
-        "\nCU = Krea compute units. * not in the published spec: parameters assumed."
+        "\nPrices in USD per request where Krea publishes one, else in compute units (CU)."
+        "\n* not in the spec copy: from tools/catalog_overlay.yaml, which names its sources."
         if any(not m.verified for m in catalog)
         else ""
     )
@@ -46,11 +79,11 @@ def model_detail(model: Model) -> str:
         lines.append(f"  {model.description}")
     lines.append(f"  aliases: {', '.join(model.aliases)}")
     lines.append(
-        f"  price: {_price(model)} compute units per image"
+        f"  price: {_price_detail(model)}"
         + (f", about {model.average_seconds:g} s" if model.average_seconds else "")
     )
-    if not model.verified:
-        lines.append("  not in the published spec: its parameters are assumed")
+    if model.source:
+        lines.append(f"  corrected by tools/catalog_overlay.yaml: {model.source}")
     rows = [["PARAM", "TYPE", "ALLOWED", "DEFAULT", "REQUIRED"]]
     for p in model.params:
         default = "" if p.default is None else json.dumps(p.default)
@@ -58,13 +91,22 @@ def model_detail(model: Model) -> str:
     return "\n".join(lines) + "\n\n" + _table(rows)
 
 
+def _cost(usd: float, units: float, unpriced: int) -> str:
+    """Dollars and compute units side by side (they are never added), and unpriced jobs."""
+    parts = []
+    if usd:
+        parts.append(f"${usd:,.2f}" if usd >= 10 else f"${usd:.4g}")
+    if units:
+        parts.append(f"{units:,.1f} CU")
+    text = " + ".join(parts) or ("?" if unpriced else "$0.00")
+    return text + (f" (+{unpriced} unpriced)" if unpriced and parts else "")
+
+
 def plan_text(plan: Plan) -> str:
-    rows = [["MODEL", "JOBS", "EST. CU"]]
+    rows = [["MODEL", "JOBS", "EST. COST"]]
     for m in plan.models:
-        cost = f"{m.units:,.1f}" + (f" (+{m.unpriced} unpriced)" if m.unpriced else "")
-        rows.append([m.model, f"{m.jobs:,}", cost])
-    total = f"{plan.units:,.1f}" + (f" (+{plan.unpriced} unpriced)" if plan.unpriced else "")
-    rows.append(["total", f"{plan.jobs:,}", total])
+        rows.append([m.model, f"{m.jobs:,}", _cost(m.usd, m.units, m.unpriced)])
+    rows.append(["total", f"{plan.jobs:,}", _cost(plan.usd, plan.units, plan.unpriced)])
     parts = [f"{plan.file}: {plan.jobs:,} jobs", _table(rows)]
     if plan.duplicates:
         parts.append(

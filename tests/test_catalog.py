@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from runner.catalog import Catalog
 from tests.conftest import ROOT
@@ -14,6 +15,7 @@ from tests.conftest import ROOT
 REQUIRED_MODELS = [
     "krea-2-medium",
     "krea-2-large",
+    "krea-2-medium-turbo",
     "flux-1-dev",
     "flux-1.1-pro",
     "flux-1.1-pro-ultra",
@@ -81,20 +83,62 @@ def test_catalog_json_is_what_the_spec_generates(openapi_spec: dict[str, Any]) -
 def test_every_spec_image_path_and_range_is_in_the_catalog(
     catalog: Catalog, openapi_spec: dict[str, Any]
 ) -> None:
+    """What the overlay does not correct is the spec's, field for field; renamed fields keep
+    the spec's ranges under their new names."""
+    overlay = yaml.safe_load((ROOT / "tools/catalog_overlay.yaml").read_text())["models"]
     paths = {p: v for p, v in openapi_spec["paths"].items() if p.startswith("/generate/image/")}
     assert len(paths) >= 20
     for path, item in paths.items():
         model = catalog.by_endpoint(path)
         assert model is not None, path
+        fix = overlay.get(model.id, {})
+        added = set(fix.get("properties", {}))
         schema = item["post"]["requestBody"]["content"]["application/json"]["schema"]
-        assert set(model.properties) == set(schema["properties"]), path
-        for name, prop in schema["properties"].items():
+        renamed = {model.renamed_fields.get(n, n): n for n in schema["properties"]}
+        assert set(model.properties) - added == set(renamed), path
+        for name, spec_name in renamed.items():
+            prop = schema["properties"][spec_name]
             param = model.param(name)
             assert param is not None
             assert (param.minimum, param.maximum) == (prop.get("minimum"), prop.get("maximum"))
             assert param.enum == (tuple(prop["enum"]) if "enum" in prop else None)
             assert param.default == prop.get("default")
-        assert {p.name for p in model.params if p.required} == set(schema.get("required", []))
+        required = {p.name for p in model.params if p.required}
+        assert required == set(fix.get("required", schema.get("required", []))), path
+
+
+def test_the_overlay_names_a_source_for_every_correction(catalog: Catalog) -> None:
+    overlay = yaml.safe_load((ROOT / "tools/catalog_overlay.yaml").read_text())["models"]
+    for model_id, fix in overlay.items():
+        assert fix.get("source"), f"{model_id}: say where the correction comes from"
+        assert catalog.resolve(model_id).source == fix["source"]
+
+
+def test_krea_2_is_as_the_fact_sheet_says(catalog: Catalog) -> None:
+    for size, usd in [("medium", 0.03), ("large", 0.06), ("medium-turbo", 0.015)]:
+        model = catalog.resolve(f"krea-2-{size}")
+        assert model.endpoint == f"/generate/image/krea/krea-2/{size}"
+        assert {p.name for p in model.params if p.required} == {
+            "prompt",
+            "aspect_ratio",
+            "resolution",
+        }
+        base = {"prompt": "x", "aspect_ratio": "2.35:1", "resolution": "1K"}
+        assert not list(model.problems({**base, "creativity": "raw"}))
+        assert model.estimate_usd(base) == usd
+        refs = [{"url": "https://a.example/b.png", "strength": 0.5}]
+        moodboard = [{"id": "5b2f7c1e-7a35-4b8e-9a52-2f3c8e1d9b40"}]
+        assert model.estimate_usd({**base, "image_style_references": refs}) > usd
+        with_both = {**base, "image_style_references": refs, "moodboards": moodboard}
+        assert model.estimate_usd(with_both) == model.estimate_usd(
+            {**base, "moodboards": moodboard}
+        )
+        assert list(model.problems({**base, "resolution": "2K"}))
+        assert list(model.problems({**base, "aspect_ratio": "21:9"}))
+        assert list(model.problems({**base, "image_style_references": refs * 11}))
+        assert list(model.problems({**base, "moodboards": moodboard * 2}))
+        too_strong = [{"url": "https://a.example/b.png", "strength": 1.5}]
+        assert list(model.problems({**base, "image_style_references": too_strong}))
 
 
 @pytest.mark.parametrize(

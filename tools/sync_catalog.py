@@ -2,9 +2,11 @@
 
 Usage: ``python tools/sync_catalog.py [tests/data/krea-openapi.json]``
 
-The spec is the source of every endpoint, request schema and price; this script only adds
-what the spec does not hold: short model ids, friendly aliases, and the Krea 2 models that
-DESIGN.md documents but the published spec does not list yet.
+The spec is the source of every endpoint, request schema and compute-unit price; this script
+adds short model ids and friendly aliases, then applies ``tools/catalog_overlay.yaml``: the
+corrections Krea made since the spec copy and the models it lacks (Krea 2), each with its
+sources, and prices in USD. Give a newer ``openapi.json`` the day one is at hand: an overlay
+entry whose ``expect`` no longer holds stops the script, so stale corrections are noticed.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = ROOT / "tests" / "data" / "krea-openapi.json"
 OUTPUT = ROOT / "runner" / "catalog.json"
+OVERLAY = ROOT / "tools" / "catalog_overlay.yaml"
 PREFIX = "/generate/image/"
 
 # Short ids where the last path segment alone would be unclear.
@@ -43,66 +48,7 @@ ALIASES: dict[str, list[str]] = {
     "seedream-4": ["seedream"],
     "qwen-2512": ["qwen", "qwen-image"],
     "z-image": ["z-image-turbo"],
-    "krea-2-medium": ["krea-2", "krea2"],
-    "krea-2-large": ["krea2-large"],
 }
-
-# Krea 2 is documented in DESIGN.md (parameter names only) but absent from the published spec;
-# the ranges below are our assumption and the catalog marks these entries as unverified.
-_KREA2_PROPERTIES: dict[str, Any] = {
-    "prompt": {"type": "string", "minLength": 1, "maxLength": 1800},
-    "aspect_ratio": {
-        "type": "string",
-        "enum": ["1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9"],
-        "default": "1:1",
-    },
-    "resolution": {"type": "string", "enum": ["1K", "2K"], "default": "1K"},
-    "seed": {"type": "number"},
-    "creativity": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
-    "styles": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "string"},
-                "strength": {"type": "number", "minimum": -2, "maximum": 2},
-            },
-            "required": ["id", "strength"],
-        },
-    },
-    "image_style_references": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "properties": {
-                "strength": {"type": "number", "minimum": -2, "maximum": 2},
-                "url": {"type": "string", "format": "uri"},
-            },
-            "required": ["strength"],
-        },
-    },
-}
-EXTRA_MODELS = [
-    {
-        "id": f"krea-2-{size}",
-        "name": f"Krea 2 {size.capitalize()}",
-        "endpoint": f"{PREFIX}krea/krea-2/{size}",
-        "description": "Krea's own model (from DESIGN.md; not in the published spec).",
-        "schema": {
-            "type": "object",
-            "properties": _KREA2_PROPERTIES,
-            "required": ["prompt"],
-            "additionalProperties": False,
-        },
-        "price": {"rules": [], "average_seconds": None},
-        "renamed_fields": {
-            "aspectRatio": "aspect_ratio",
-            "imageStyleRefs": "image_style_references",
-        },
-        "verified": False,
-    }
-    for size in ("medium", "large")
-]
 
 
 def model_id(path: str) -> str:
@@ -182,11 +128,70 @@ def from_spec(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return models
 
 
-def build(spec: dict[str, Any]) -> dict[str, Any]:
-    models = from_spec(spec) + EXTRA_MODELS
+def _new_model(model_id: str, fix: dict[str, Any]) -> dict[str, Any]:
+    new = fix["new"]
+    return {
+        "id": model_id,
+        "name": new["name"],
+        "endpoint": new["endpoint"],
+        "description": new["description"],
+        "schema": {},
+        "price": {"rules": [], "average_seconds": new.get("average_seconds")},
+        "renamed_fields": {},
+        "verified": False,
+    }
+
+
+def _check_expected(model: dict[str, Any], expect: dict[str, Any]) -> None:
+    for key, value in expect.items():
+        if model["schema"].get(key) != value:
+            raise SystemExit(
+                f"overlay: {model['id']} expects the spec's {key} to be {value!r}, and it is "
+                f"{model['schema'].get(key)!r}: the spec has moved, review the overlay entry"
+            )
+
+
+def apply_overlay(models: list[dict[str, Any]], overlay: dict[str, Any]) -> list[dict[str, Any]]:
+    """The generated models with the overlay's corrections and additions, sources kept."""
+    by_id = {model["id"]: model for model in models}
+    for model_id, fix in overlay["models"].items():
+        if "new" in fix:
+            if model_id in by_id:
+                raise SystemExit(f"overlay: {model_id} is in the spec now; drop its 'new' entry")
+            by_id[model_id] = _new_model(model_id, fix)
+        elif model_id not in by_id:
+            raise SystemExit(f"overlay: {model_id} is not in the spec")
+        model = by_id[model_id]
+        _check_expected(model, fix.get("expect", {}))
+        schema = json.loads(json.dumps(fix.get("schema", model["schema"])))  # a copy
+        properties = schema.setdefault("properties", {})
+        properties.update(fix.get("properties", {}))
+        for name in fix.get("remove", ()):
+            properties.pop(name)
+        for old, new in fix.get("rename", {}).items():
+            properties[new] = properties.pop(old)
+            model["renamed_fields"][old] = new
+            schema["required"] = [new if r == old else r for r in schema.get("required", [])]
+        if "required" in fix:
+            schema["required"] = fix["required"]
+        model["schema"] = schema
+        if "usd" in fix:
+            model["price"]["usd_rules"] = fix["usd"]
+        model["source"] = fix["source"]
+    return list(by_id.values())
+
+
+def build(spec: dict[str, Any], overlay: dict[str, Any] | None = None) -> dict[str, Any]:
+    if overlay is None:
+        overlay = yaml.safe_load(OVERLAY.read_text())
+    models = apply_overlay(from_spec(spec), overlay)
+    extra_aliases = {
+        m: fix["new"].get("aliases", []) for m, fix in overlay["models"].items() if "new" in fix
+    }
     for model in models:
         provider_path = model["endpoint"].removeprefix(PREFIX)
-        model["aliases"] = [*ALIASES.get(model["id"], []), provider_path]
+        named = ALIASES.get(model["id"], []) + extra_aliases.get(model["id"], [])
+        model["aliases"] = [*named, provider_path]
     models.sort(key=lambda m: m["id"])
     return {"source": f"Krea OpenAPI {spec['info']['version']}", "models": models}
 
