@@ -55,7 +55,13 @@ def test_models_lists_the_catalog_and_one_model(capsys: pytest.CaptureFixture[st
     assert main(["models"]) == 0
     assert "gpt-image-2" in capsys.readouterr().out
     assert main(["models", "flux"]) == 0
-    assert "guidance_scale_flux" in capsys.readouterr().out
+    flux = capsys.readouterr().out
+    assert "\nguidance_scale " in flux
+    assert "$0.007 per image" in flux
+    assert main(["models", "krea-2-large"]) == 0
+    large = capsys.readouterr().out
+    assert "$0.06 per image" in large
+    assert "catalog_overlay.yaml" in large
 
 
 def test_an_unknown_model_exits_2_with_suggestions(capsys: pytest.CaptureFixture[str]) -> None:

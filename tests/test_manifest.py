@@ -338,3 +338,34 @@ def test_the_example_manifest_is_valid() -> None:
     jobs = list(expand(manifest))
     assert len(jobs) == manifest.total_jobs
     assert {j.model for j in jobs} >= {"flux-1-dev", "nano-banana-pro"}
+
+
+def _one_job(model: str, extra: str) -> str:
+    return f"version: 1\njobs:\n  - prompt: a lighthouse\n    model: {model}\n{extra}"
+
+
+def test_krea_2_needs_its_size_and_takes_its_own_enums() -> None:
+    good = "    params: {aspect_ratio: '2.35:1', resolution: 1K, creativity: medium}\n"
+    (spec,) = expand(parse_manifest(_one_job("krea-2-medium-turbo", good)))
+    assert spec.usd == 0.015
+    assert spec.body["creativity"] == "medium"
+    with pytest.raises(ManifestError, match=r"jobs\[0\]\.params\.resolution: '2K' is not one"):
+        parse_manifest(_one_job("krea-2-medium-turbo", good.replace("1K", "2K")))
+    with pytest.raises(ManifestError, match=r"jobs\[0\]: .*requires 'aspect_ratio'"):
+        parse_manifest(_one_job("krea-2-medium-turbo", "    params: {resolution: 1K}\n"))
+
+
+def test_gpt_image_2_takes_an_aspect_ratio_as_its_size() -> None:
+    (spec,) = expand(parse_manifest(_one_job("gpt-image-2", "    sizes: ['16:9']\n")))
+    assert spec.body["aspect_ratio"] == "16:9"
+    assert "width" not in spec.body
+
+
+def test_flux_sends_guidance_scale_and_takes_the_old_name_with_a_hint() -> None:
+    manifest = parse_manifest(_one_job("flux", "    params: {guidance_scale_flux: 4}\n"))
+    (spec,) = expand(manifest)
+    assert spec.body["guidance_scale"] == 4
+    assert "guidance_scale_flux" not in spec.body
+    assert any("renamed to 'guidance_scale'" in w for w in manifest.warnings)
+    (same,) = expand(parse_manifest(_one_job("flux", "    params: {guidance_scale: 4}\n")))
+    assert same.key == spec.key, "either name makes the same request, so the same job"
