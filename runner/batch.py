@@ -188,6 +188,7 @@ def _summary(
         "requests_per_job": requests_per_job(client.requests_by, result.counts.finished_now),
         "counts": counts,
         "estimated_spend_units": counts["spend_units"],
+        "estimated_spend_usd": counts["spend_usd"],
         "settings": {
             "concurrency": manifest.settings.concurrency,
             "submit_concurrency": manifest.settings.submit_concurrency,

@@ -26,6 +26,7 @@ from runner.live import read_live
 from runner.logs import configure_logging
 from runner.manifest import load_manifest
 from runner.merge import merge_folders, parse_shard
+from runner.money import parse_budget, spend_text
 from runner.plan import make_plan
 from runner.progress import Progress
 from runner.report import load_records, write_report
@@ -218,9 +219,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-runtime", metavar="DURATION", help="stop submitting after 8h, 90m, …")
     run.add_argument(
         "--budget",
-        type=float,
-        metavar="CU",
-        help="never submit a job that would take this run's estimated spend over CU",
+        metavar="AMOUNT",
+        help="never submit a job that would take this run's estimated spend over AMOUNT: "
+        "dollars (25, 25usd, $25) or compute units (500cu)",
     )
     run.add_argument("--shard", metavar="I/N", help="run only shard I of N (split by job key)")
     run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
@@ -351,10 +352,12 @@ def _run(args: argparse.Namespace) -> int:
         if not (args.webhook_url and args.webhook_listen):
             raise UsageError("--webhook-url and --webhook-listen go together")
         webhook = WebhookSettings.parse(args.webhook_url, args.webhook_listen)
+    budget, budget_unit = parse_budget(args.budget) if args.budget else (None, "usd")
     options = EngineOptions(
         deadline=_deadline(args.deadline, args.max_runtime),
         shard=parse_shard(args.shard) if args.shard else None,
-        budget=args.budget,
+        budget=budget,
+        budget_unit=budget_unit,
         retry_failed=args.retry_failed,
         limit=args.limit,
         drain_timeout=args.drain_timeout,
@@ -384,7 +387,7 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"{counts.completed} completed, {counts.failed} failed{ambiguous}, "
         f"{counts.skipped} already done, {counts.unfinished} unfinished; "
-        f"estimated spend {counts.spend_units:.1f} CU\n"
+        f"estimated spend {spend_text(counts.spend_usd, counts.spend_units)}\n"
         f"results: {out / 'results.jsonl'}   gallery: {out / 'report.html'}"
     )
     if result.stopped:

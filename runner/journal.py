@@ -47,7 +47,8 @@ class KeyState:
     candidates: tuple[str, ...] = ()  # ambiguous: the remote jobs that could be ours
     done: str | None = None  # "completed", "failed" or "ambiguous", once finished
     done_at: int | None = None  # where the `done` line (the full record) starts in the journal
-    done_units: float = 0.0  # its estimated cost
+    done_units: float = 0.0  # its estimated cost in compute units, when it has no USD price
+    done_usd: float = 0.0  # its estimated cost in US dollars
     done_error: str | None = None
 
     @property
@@ -109,7 +110,9 @@ def apply(ledger: Ledger, event: Mapping[str, Any], offset: int | None = None) -
         record = event.get("record") or {}
         state.done = str(record.get("status", "failed"))
         state.done_at = offset
-        state.done_units = float(record.get("cost_units") or 0.0)
+        usd = record.get("cost_usd")
+        state.done_usd = float(usd) if isinstance(usd, int | float) else 0.0
+        state.done_units = 0.0 if state.done_usd else float(record.get("cost_units") or 0.0)
         state.done_error = record.get("error")
         state.job_id = state.pending_since = None
         if state.done != "ambiguous":

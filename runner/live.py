@@ -48,6 +48,7 @@ def payload(engine: Engine, state: str, now: float | None = None) -> dict[str, A
         "jobs_per_second": round(rate, 4),
         "eta_seconds": round(shot.unfinished / rate, 1) if rate > 0 and shot.unfinished else None,
         "spend_units": round(shot.spend_units, 3),
+        "spend_usd": round(shot.spend_usd, 4),
         "errors": {
             "transient": counts.transient_errors,
             "overload_429": counts.overload_429,
@@ -69,6 +70,7 @@ def prometheus(status: Mapping[str, Any]) -> str:
         ("krea_batch_jobs_ambiguous", "Jobs that ended ambiguous", status["ambiguous"]),
         ("krea_batch_jobs_in_flight", "Jobs at the server now", status["in_flight"]),
         ("krea_batch_jobs_per_second", "Jobs finished per second", status["jobs_per_second"]),
+        ("krea_batch_spend_usd", "Estimated spend in US dollars", status["spend_usd"]),
         ("krea_batch_spend_units", "Estimated spend in compute units", status["spend_units"]),
         ("krea_batch_heartbeat_seconds", "When this file was written", status["heartbeat"]),
         ("krea_batch_running", "1 while the run goes on", int(status["state"] == "running")),

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,11 @@ MANIFEST_SCHEMA = {
         "defaults": {"type": "object", "additionalProperties": False, "properties": _COMMON},
         "jobs": {"type": "array", "items": _ENTRY, "minItems": 1},
         "run": _RUN,
+        "prices": {
+            "type": "object",
+            "additionalProperties": {"type": "number", "minimum": 0},
+            "x-allowed": "a mapping of model to its USD price per image, e.g. {seedream-4: 0.03}",
+        },
     },
 }
 _VALIDATOR = Draft202012Validator(MANIFEST_SCHEMA)
@@ -135,6 +140,7 @@ class Manifest:
     settings: RunSettings
     raw_settings: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    prices: Mapping[str, float] = field(default_factory=dict)  # model id → USD per image
 
     @property
     def total_jobs(self) -> int:
@@ -194,7 +200,8 @@ def parse_manifest(
     settings = _settings(ctx, raw_settings, overrides or {})
     defaults = data.get("defaults") or {}
     entries = tuple(_entry(ctx, i, raw, defaults, base_dir) for i, raw in enumerate(data["jobs"]))
-    manifest = Manifest(file, entries, settings, raw_settings, tuple(ctx.warnings))
+    prices = _prices(ctx, data.get("prices") or {})
+    manifest = Manifest(file, entries, settings, raw_settings, tuple(ctx.warnings), prices)
     if manifest.total_jobs > settings.max_jobs:
         biggest = max(entries, key=lambda e: e.size)
         raise ctx.error(
@@ -204,6 +211,26 @@ def parse_manifest(
             f"{settings.max_jobs:,}; raise run.max_jobs or --max-jobs if you mean it",
         )
     return manifest
+
+
+def _prices(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, float]:
+    """``prices:``: USD per image for models Krea publishes no USD price for."""
+    prices = {}
+    for name, usd in raw.items():
+        where = join("prices", name)
+        model = ctx.catalog.get(name)
+        if model is None:
+            raise ctx.error(where, ctx.catalog.unknown_model_message(name))
+        if model.usd_rules:
+            published = sorted({rule.units for rule in model.usd_rules})
+            raise ctx.error(
+                where,
+                f"{model.id} has a published price (${published[0]:g}"
+                + (f"–{published[-1]:g}" if len(published) > 1 else "")
+                + " per image); prices: is for models without one",
+            )
+        prices[model.id] = float(usd)
+    return prices
 
 
 def _check_structure(ctx: _Context, data: dict[str, Any]) -> None:
@@ -594,7 +621,10 @@ def _expand_entry(manifest: Manifest, entry: Entry) -> Iterator[JobSpec]:
                     raise ManifestError(problem, file=manifest.file, path=prompt.where)
                 for seed_index, seed in enumerate(entry.seeds):
                     for replica in range(entry.count):
-                        yield _spec(entry, variant, text, name, values, seed, seed_index, replica)
+                        spec = _spec(entry, variant, text, name, values, seed, seed_index, replica)
+                        if spec.usd is None and model.id in manifest.prices:
+                            spec = replace(spec, usd=manifest.prices[model.id])
+                        yield spec
 
 
 def _prompt_problem(model: Model, prompt: str) -> str | None:

@@ -94,7 +94,10 @@ def merge_folders(sources: Sequence[Path], out: Path) -> dict[str, Any]:
             "merged_from": [str(s) for s in sources],
             "out": str(out),
             "counts": {"completed": done, "failed": len(records) - done},
-            "estimated_spend_units": round(sum(r.get("cost_units") or 0.0 for r in records), 3),
+            "estimated_spend_units": round(
+                sum(r.get("cost_units") or 0.0 for r in records if r.get("cost_usd") is None), 3
+            ),
+            "estimated_spend_usd": round(sum(r.get("cost_usd") or 0.0 for r in records), 4),
         }
         folder.write_summary(summary)
         write_report(out, records, summary)

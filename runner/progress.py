@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from runner.engine import Engine
 
 from runner.engine.counts import requests_per_job
+from runner.money import spend_text
 
 log = logging.getLogger("runner.progress")
 
@@ -39,7 +40,7 @@ def snapshot(engine: Engine) -> dict[str, float | int | str]:
         "total": shot.total,
         "rate": rate,
         "eta": _eta(remaining / rate if rate > 0 and remaining else None),
-        "spend": shot.spend_units,
+        "spend": spend_text(shot.spend_usd, shot.spend_units),
         "requests": requests_text(requests_per_job(shot.requests, shot.finished_now)),
     }
 
@@ -73,7 +74,7 @@ class Progress:
             log.info(
                 "progress: %(done)d done, %(failed)d failed, %(in_flight)d in flight, "
                 "%(queued)d queued of %(total)d; %(rate).2f jobs/s, ETA %(eta)s, "
-                "spend %(spend).1f CU; %(requests)s",
+                "spend %(spend)s; %(requests)s",
                 figures,
             )
 
@@ -87,7 +88,7 @@ class Progress:
             "queued",
             "jobs/s",
             "ETA",
-            "spend (CU)",
+            "spend",
             "requests",
         )
         for column in columns:
@@ -99,7 +100,7 @@ class Progress:
             str(f["queued"]),
             f"{float(f['rate']):.2f}",
             str(f["eta"]),
-            f"{float(f['spend']):.1f}",
+            str(f["spend"]),
             str(f["requests"]),
         )
         return table

@@ -41,6 +41,7 @@ def completed_record(
             "seconds": seconds,
         },
         "cost_units": spec.units,
+        "cost_usd": spec.usd,
     }
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from runner.money import spend_text
 from runner.outputs import read_records, write_atomic
 
 REPORT_NAME = "report.html"
@@ -118,7 +119,8 @@ class _Gallery:
 
     def __init__(self) -> None:
         self.images = self.completed = 0
-        self.spend = 0.0
+        self.spend = 0.0  # compute units, of jobs without a USD price
+        self.spend_usd = 0.0
         self.models: dict[str, None] = {}
         self.seeds: dict[Any, None] = {}
         self.cards: list[str] = []
@@ -138,7 +140,10 @@ class _Gallery:
             return
         self.completed += 1
         self.images += len(record["files"])
-        self.spend += record.get("cost_units") or 0.0
+        if record.get("cost_usd") is not None:
+            self.spend_usd += record["cost_usd"]
+        else:
+            self.spend += record.get("cost_units") or 0.0
         self.models.setdefault(record["model"], None)
         self.seeds.setdefault(record.get("seed"), None)
         if len(self.cards) < MAX_GALLERY:
@@ -216,7 +221,7 @@ def render_report(records: Iterable[Mapping[str, Any]], summary: Mapping[str, An
         ("completed", gallery.completed),
         ("failed", gallery.failed_count),
         ("models", len(gallery.models)),
-        ("est. spend", f"{gallery.spend:,.1f} CU"),
+        ("est. spend", spend_text(gallery.spend_usd, gallery.spend)),
     ]
     if summary.get("ended_at"):
         stats.append(("finished", str(summary["ended_at"]).replace("T", " ")[:19]))

@@ -10,6 +10,7 @@ from typing import Any
 from runner.client import KreaClient
 from runner.errors import ApiError, UsageError
 from runner.journal import fold, read_events
+from runner.money import spend_text
 from runner.outputs import STATE_DIR
 
 
@@ -24,6 +25,7 @@ class FolderStatus:
     unknown_submits: list[str] = field(default_factory=list)  # answer lost; next run checks
     ambiguous: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key → candidate ids
     spend_units: float = 0.0
+    spend_usd: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     remote_status: dict[str, str] = field(default_factory=dict)  # filled by --refresh
 
@@ -38,6 +40,7 @@ class FolderStatus:
                 "ambiguous": len(self.ambiguous),
             },
             "estimated_spend_units": round(self.spend_units, 3),
+            "estimated_spend_usd": round(self.spend_usd, 4),
             "failure_reasons": dict(Counter(reason for _, reason in self.failures).most_common()),
             "failed": [{"key": k, "error": e} for k, e in self.failures],
             "ambiguous": [{"key": k, "candidates": list(c)} for k, c in self.ambiguous.items()],
@@ -61,6 +64,7 @@ def read_status(root: Path) -> FolderStatus:
         if state.done == "completed":
             status.completed += 1
             status.spend_units += state.done_units
+            status.spend_usd += state.done_usd
         elif state.candidates:  # finished ambiguous, or yet to collect its candidates
             status.ambiguous[key] = state.candidates
         elif state.done is not None:
@@ -80,7 +84,7 @@ def render_status(status: FolderStatus, show_failed: int = 20) -> str:
         f"{status.root}: {counts['completed']} completed, {counts['failed']} failed, "
         f"{counts['in_flight']} in flight remotely, {counts['unknown_submits']} submits to check, "
         f"{counts['ambiguous']} ambiguous",
-        f"estimated spend: {status.spend_units:,.1f} CU",
+        f"estimated spend: {spend_text(status.spend_usd, status.spend_units)}",
     ]
     if data["failure_reasons"]:
         lines.append("failure reasons:")

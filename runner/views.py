@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from runner.catalog import Catalog, Model
+from runner.money import spend_text
 from runner.plan import Plan, spec_json
 
 
@@ -93,13 +94,9 @@ def model_detail(model: Model) -> str:
 
 def _cost(usd: float, units: float, unpriced: int) -> str:
     """Dollars and compute units side by side (they are never added), and unpriced jobs."""
-    parts = []
-    if usd:
-        parts.append(f"${usd:,.2f}" if usd >= 10 else f"${usd:.4g}")
-    if units:
-        parts.append(f"{units:,.1f} CU")
-    text = " + ".join(parts) or ("?" if unpriced else "$0.00")
-    return text + (f" (+{unpriced} unpriced)" if unpriced and parts else "")
+    if unpriced and not (usd or units):
+        return "?"
+    return spend_text(usd, units) + (f" (+{unpriced} unpriced)" if unpriced else "")
 
 
 def plan_text(plan: Plan) -> str:

@@ -14,8 +14,15 @@ import pytest
 from runner.batch import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.logs import configure_logging
+from runner.manifest import parse_manifest
 from runner.settings import parse_deadline
-from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
+from tests.engine_helpers import (
+    FAST,
+    check_folder,
+    manifest_text,
+    read_results,
+    small_manifest,
+)
 from tests.http_helpers import receiver
 
 
@@ -45,7 +52,7 @@ async def test_at_the_deadline_it_stops_submitting_drains_and_exits_3(tmp_path: 
 
 async def test_the_budget_is_never_exceeded(tmp_path: Path) -> None:
     async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
-        options = dataclasses.replace(FAST, budget=3 * 17.2 + 1)  # seedream-4: 17.2 CU a job
+        options = dataclasses.replace(FAST, budget=3 * 17.2 + 1, budget_unit="cu")  # 17.2 CU a job
         result = await run_batch(
             small_manifest(6), tmp_path, api_base=emu.url, token="t", options=options
         )
@@ -55,11 +62,43 @@ async def test_the_budget_is_never_exceeded(tmp_path: Path) -> None:
     assert result.summary["estimated_spend_units"] == pytest.approx(3 * 17.2)
 
 
+async def test_a_dollar_budget_covers_a_model_priced_in_the_manifest(tmp_path: Path) -> None:
+    """seedream-4 has no published USD price: the manifest's `prices:` gives it one."""
+    text = "prices: {seedream-4: 0.05}\n" + manifest_text(6)
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+        options = dataclasses.replace(FAST, budget=0.16)  # dollars: three jobs fit
+        result = await run_batch(
+            parse_manifest(text), tmp_path, api_base=emu.url, token="t", options=options
+        )
+        assert emu.emulator.stats["submits"] == 3
+    assert result.counts.over_budget == 3
+    assert result.summary["estimated_spend_usd"] == pytest.approx(0.15)
+    assert result.summary["estimated_spend_units"] == 0
+    assert {r.get("cost_usd") for r in read_results(tmp_path) if r["status"] == "completed"} == {
+        0.05
+    }
+
+
+async def test_a_dollar_budget_refuses_a_model_without_a_usd_price(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="runner")
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+        options = dataclasses.replace(FAST, budget=100.0)
+        result = await run_batch(
+            small_manifest(2), tmp_path, api_base=emu.url, token="t", options=options
+        )
+        assert emu.emulator.stats.get("submits", 0) == 0
+    assert result.counts.over_budget == 2
+    assert "seedream-4 has no published USD price" in caplog.text
+    assert "prices: {seedream-4: 0.05}" in caplog.text
+
+
 async def test_failed_jobs_give_their_budget_back(tmp_path: Path) -> None:
     async with run_emulator(
         EmulatorConfig(latency=Latency.parse("fixed:0.05"), failure_rate=1.0)
     ) as emu:
-        options = dataclasses.replace(FAST, budget=17.2 + 1)
+        options = dataclasses.replace(FAST, budget=17.2 + 1, budget_unit="cu")
         result = await run_batch(
             small_manifest(3, max_attempts=1, concurrency=1),
             tmp_path,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from runner.errors import UsageError
+from runner.money import parse_budget
 from runner.settings import RunSettings, parse_duration, parse_rate
 
 
@@ -31,3 +33,23 @@ def test_overrides_replace_only_what_is_given() -> None:
     settings = RunSettings().merged({"concurrency": 3, "rate_limit": None})
     assert settings.concurrency == 3
     assert settings.rate_limit == RunSettings().rate_limit
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("25", (25.0, "usd")),
+        ("25usd", (25.0, "usd")),
+        ("$2.5", (2.5, "usd")),
+        ("500cu", (500.0, "cu")),
+    ],
+)
+def test_budgets_are_in_dollars_unless_said_in_compute_units(
+    text: str, parsed: tuple[float, str]
+) -> None:
+    assert parse_budget(text) == parsed
+
+
+def test_a_budget_that_is_not_an_amount_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="give dollars"):
+        parse_budget("lots")

@@ -115,7 +115,7 @@ def make_rig(
             concurrency=concurrency, lost_answer_wait=1.0, api_timeout=30.0, retry=retry
         ),
         counts=counts,
-        budget=Budget(budget),
+        budget=Budget(budget, "cu"),
         gate=AdaptiveLimit(64),
         stopping=lambda: False,
         rng=random.Random(0),

@@ -35,7 +35,8 @@ class Counts:
     transient_errors: int = 0
     downloads: int = 0
     bytes: int = 0
-    spend_units: float = 0.0
+    spend_units: float = 0.0  # of finished jobs without a USD price
+    spend_usd: float = 0.0
 
     def saw(self, error: TransientApiError) -> None:
         """Count a transient error (and which kind of 429 it was)."""
@@ -64,6 +65,7 @@ class Counts:
         data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["unfinished"] = self.unfinished
         data["spend_units"] = round(self.spend_units, 3)
+        data["spend_usd"] = round(self.spend_usd, 4)
         return data
 
 

@@ -66,7 +66,8 @@ class EngineOptions:
     handle_signals: bool = True
     api_timeout: float = 30.0
     deadline: float | None = None  # epoch seconds: stop submitting then, drain, exit 3
-    budget: float | None = None  # compute units this run may commit to
+    budget: float | None = None  # the spend this run may commit to, in budget_unit
+    budget_unit: str = "usd"  # usd or cu (compute units)
     shard: tuple[int, int] | None = None  # (I, N): only the jobs of shard I of N
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # backoffs for transient errors
     webhook_url: str | None = None  # sent as X-Webhook-URL with each submit (secret included)
@@ -87,6 +88,7 @@ class Snapshot:
     posting: int  # POSTs on the wire
     unfinished: int
     spend_units: float
+    spend_usd: float
     requests: dict[str, int]  # sent by kind: submit, list, job, cancel, download
 
 
@@ -119,7 +121,7 @@ class Engine:
         self.on_progress = on_progress
         self.counts = Counts()
         self.gate = AdaptiveLimit(self.settings.concurrency)
-        self.budget = Budget(options.budget)
+        self.budget = Budget(options.budget, options.budget_unit)
         self.rng = random.Random()
         self.stopping: str | None = None
         self.interrupted = False
@@ -192,6 +194,7 @@ class Engine:
             posting=self._submitter.in_flight if self._submitter else 0,
             unfinished=counts.unfinished,
             spend_units=counts.spend_units,
+            spend_usd=counts.spend_usd,
             requests=dict(self.client.requests_by),
         )
 
@@ -363,7 +366,7 @@ class Engine:
                 return Completed(ended, files, noticed) if isinstance(files, list) else files
             reason = ended.error or f"the job was {ended.status.value}"
             if state.submitted_at is not None and state.submitted_at >= self.started:
-                self.budget.refund(spec.units)  # failed and cancelled jobs are not billed
+                self.budget.refund(spec)  # failed and cancelled jobs are not billed
             if ended.status == JobStatus.FAILED and state.accepted < self.settings.max_attempts:
                 await self.journal.record(
                     "retry", spec.key, a=state.attempts, id=ended.job_id, error=reason
@@ -452,7 +455,10 @@ class Engine:
         self.folder.append_result(record)
         if isinstance(outcome, Completed):
             self.counts.completed += 1
-            self.counts.spend_units += record.get("cost_units") or 0.0
+            if record.get("cost_usd") is not None:
+                self.counts.spend_usd += record["cost_usd"]
+            else:
+                self.counts.spend_units += record.get("cost_units") or 0.0
             files = len(outcome.files)
             plural = "" if files == 1 else "s"
             log.info("← done %s %s (%d file%s)", spec.key, spec.model, files, plural)

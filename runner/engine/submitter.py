@@ -104,12 +104,12 @@ class Submitter:
         None: the state says what follows (``job_id`` to poll, or ``candidates`` to collect).
         Otherwise the job's outcome. FatalApiError (401, 402) passes through.
         """
-        refusal = self.budget.reserve(spec.model, spec.units)
+        refusal = self.budget.reserve(spec)
         if refusal is not None:
             return NotSubmitted(refusal, over_budget=True)
         outcome = await self._submit_reserved(spec, state)
         if isinstance(outcome, Failed | NotSubmitted):
-            self.budget.refund(spec.units)  # nothing was created
+            self.budget.refund(spec)  # nothing was created
         return outcome
 
     async def _submit_reserved(self, spec: JobSpec, state: KeyState) -> Outcome | None:
