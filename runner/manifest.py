@@ -63,6 +63,13 @@ _ENTRY = {
         "prompts": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "prompts_file": {"type": "string", "minLength": 1},
         "column": {"type": "string", "minLength": 1},
+        "params_from": {
+            "anyOf": [
+                {"const": "all"},
+                {"type": "object", "additionalProperties": {"type": "string"}},
+            ],
+            "x-allowed": "all, or a mapping of parameter to column ({seed: seed, ar: ar})",
+        },
         "vars": {
             "type": "object",
             "additionalProperties": {
@@ -99,10 +106,14 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """A prompt template and where it was written (for error messages)."""
+    """A prompt template and where it was written (for error messages); a row of a prompts
+    file may bring its own parameters and seed (``params_from``)."""
 
     text: str
     where: str
+    params: Mapping[str, Any] = field(default_factory=dict)  # as the file gives them
+    seed: int | None = None
+    typed: bool = True  # False: CSV text, converted to each model's parameter types
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +139,9 @@ class Entry:
     @property
     def size(self) -> int:
         var_combos = math.prod(len(values) for _, values in self.vars)
-        return len(self.prompts) * var_combos * len(self.variants) * len(self.seeds) * self.count
+        seeded = sum(1 for prompt in self.prompts if prompt.seed is not None)
+        rows = seeded + (len(self.prompts) - seeded) * len(self.seeds)
+        return rows * var_combos * len(self.variants) * self.count
 
 
 @dataclass(frozen=True)
@@ -329,6 +342,12 @@ def _entry(
     for missing in _PLACEHOLDER.findall(name or ""):
         if missing not in names:
             raise ctx.error(join(path, "name"), f"placeholder {{{missing}}} has no value")
+    for where, text in _param_templates(raw, path):
+        found = _PLACEHOLDER.findall(text)
+        used.update(found)
+        for missing in found:
+            if missing not in names:
+                raise ctx.error(where, f"placeholder {{{missing}}} has no value: add it to vars")
     unused = sorted(names - used)
     if unused:
         raise ctx.error(
@@ -339,10 +358,12 @@ def _entry(
     seeds = _seeds(ctx, raw, defaults, path)
     sizes, sizes_path = _pick(raw, defaults, path, "sizes")
     variants = tuple(
-        _variant(ctx, model, size, sizes_path, i, raw, defaults, path)
+        _variant(ctx, model, size, sizes_path, i, raw, defaults, path, var_values)
         for model in models
         for i, size in enumerate(sizes or [None])
     )
+    if "params_from" in raw:
+        _check_rows(ctx, prompts, variants, join(path, "params_from"))
     for model in models:
         if not model.takes_seed and seeds != (None,):
             ctx.warnings.append(
@@ -379,8 +400,9 @@ def _prompts(
     kind = _one_of(ctx, raw, path, "prompt", "prompts", "prompts_file")
     if kind is None:
         raise ctx.error(path, "needs one of prompt, prompts or prompts_file")
-    if "column" in raw and kind != "prompts_file":
-        raise ctx.error(join(path, "column"), "only goes with prompts_file (.csv or .jsonl)")
+    for key in ("column", "params_from"):
+        if key in raw and kind != "prompts_file":
+            raise ctx.error(join(path, key), "only goes with prompts_file (.csv or .jsonl)")
     if kind == "prompt":
         return (Prompt(raw["prompt"], join(path, "prompt")),)
     if kind == "prompts":
@@ -397,6 +419,11 @@ def _prompts_file(
     if suffix not in (".txt", ".csv", ".jsonl"):
         raise ctx.error(where, f"{file}: use a .txt (one prompt a line), .csv or .jsonl file")
     column = raw.get("column", "prompt")
+    columns = _Columns(raw.get("params_from"), column, join(path, "params_from"))
+    if columns.wanted and suffix == ".txt":
+        raise ctx.error(
+            columns.where, "takes a .csv or .jsonl prompts file (a .txt has no columns)"
+        )
     try:
         with file.open(encoding="utf-8", newline="") as handle:
             if suffix == ".txt":
@@ -406,9 +433,9 @@ def _prompts_file(
                     if line.strip() and not line.lstrip().startswith("#")
                 ]
             elif suffix == ".csv":
-                prompts = _csv_prompts(ctx, handle, file, column, where)
+                prompts = _csv_prompts(ctx, handle, file, columns, where)
             else:
-                prompts = _jsonl_prompts(ctx, handle, file, column, where)
+                prompts = _jsonl_prompts(ctx, handle, file, columns, where)
     except FileNotFoundError as exc:
         raise ctx.error(where, f"prompts file {file} does not exist") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -418,19 +445,74 @@ def _prompts_file(
     return tuple(prompts)
 
 
-def _csv_prompts(ctx: _Context, handle: Any, file: Path, column: str, where: str) -> list[Prompt]:
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """Which columns of a prompts file become what: the prompt, and (``params_from``) the
+    row's parameters and seed."""
+
+    params_from: str | Mapping[str, str] | None
+    prompt: str
+    where: str
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.params_from)
+
+    def check(self, ctx: _Context, file: Path, names: Sequence[str]) -> None:
+        if isinstance(self.params_from, Mapping):
+            for param, column in self.params_from.items():
+                if column not in names:
+                    raise ctx.error(
+                        join(self.where, param),
+                        f"{file} has no column {column!r} (columns: {', '.join(names)})",
+                    )
+
+    def row(self, text: str, where: str, record: Mapping[str, Any], typed: bool) -> Prompt:
+        """The prompt of one row, with its parameters; empty CSV cells are left out."""
+        if not self.params_from:
+            return Prompt(text, where)
+        if self.params_from == "all":
+            pairs = [(name, name) for name in record if name != self.prompt]
+        else:
+            pairs = list(self.params_from.items())  # type: ignore[union-attr]
+        params = {
+            param: record[column]
+            for param, column in pairs
+            if record.get(column) is not None and record.get(column) != ""
+        }
+        seed = params.pop("seed", None)
+        try:
+            seed = None if seed is None else int(seed)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: seed {seed!r} is not a whole number") from None
+        return Prompt(text, where, params, seed, typed)
+
+
+def _csv_prompts(
+    ctx: _Context, handle: Any, file: Path, columns: _Columns, where: str
+) -> list[Prompt]:
     reader = csv.DictReader(handle)
-    if column not in (reader.fieldnames or []):
+    names = reader.fieldnames or []
+    if columns.prompt not in names:
         raise ctx.error(
             where,
-            f"{file} has no column {column!r} "
-            f"(columns: {', '.join(reader.fieldnames or [])}); set `column:`",
+            f"{file} has no column {columns.prompt!r} (columns: {', '.join(names)}); set `column:`",
         )
-    return [Prompt(row[column] or "", f"{file}:{reader.line_num}") for row in reader]
+    columns.check(ctx, file, names)
+    try:
+        return [
+            columns.row(row[columns.prompt] or "", f"{file}:{reader.line_num}", row, typed=False)
+            for row in reader
+        ]
+    except ValueError as exc:
+        raise ctx.error(columns.where, str(exc)) from None
 
 
-def _jsonl_prompts(ctx: _Context, handle: Any, file: Path, column: str, where: str) -> list[Prompt]:
+def _jsonl_prompts(
+    ctx: _Context, handle: Any, file: Path, columns: _Columns, where: str
+) -> list[Prompt]:
     prompts = []
+    column = columns.prompt
     for n, line in enumerate(handle, 1):
         if not line.strip():
             continue
@@ -440,7 +522,10 @@ def _jsonl_prompts(ctx: _Context, handle: Any, file: Path, column: str, where: s
             raise ctx.error(where, f"{file}:{n}: not valid JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or not isinstance(record.get(column), str):
             raise ctx.error(where, f"{file}:{n}: expected an object with a text field {column!r}")
-        prompts.append(Prompt(record[column], f"{file}:{n}"))
+        try:
+            prompts.append(columns.row(record[column], f"{file}:{n}", record, typed=True))
+        except ValueError as exc:
+            raise ctx.error(columns.where, str(exc)) from None
     return prompts
 
 
@@ -508,8 +593,10 @@ def _variant(
     raw: Mapping[str, Any],
     defaults: Mapping[str, Any],
     path: str,
+    var_values: Mapping[str, tuple[Any, ...]],
 ) -> Variant:
-    """Merge the parameters for one model of an entry and check them against the catalog."""
+    """Merge the parameters for one model of an entry and check them against the catalog,
+    for every value of the vars its parameters use."""
     layers = [
         (defaults.get("params") or {}, "defaults.params"),
         *_model_params(ctx, defaults, model, "defaults"),
@@ -533,15 +620,87 @@ def _variant(
         for name, value in _size_params(size).items():
             params[name] = value
             origin[name] = f"{sizes_path}[{size_index}]"
-    body = {"prompt": "x" * _prompt_min(model), **params}
-    for field_path, message in model.problems(body):
-        top = field_path.split(".", 1)[0].split("[", 1)[0]
-        if top == "prompt":
-            continue
-        if top in origin:
-            raise ctx.error(origin[top] + field_path[len(top) :], message)
-        raise ctx.error(path, message)
+    used = sorted(
+        {v for t in params.values() if isinstance(t, str) for v in _PLACEHOLDER.findall(t)}
+    )
+    for combo in itertools.product(*(var_values[name] for name in used)):
+        filled = _fill_params(params, dict(zip(used, combo, strict=True)))
+        body = {"prompt": "x" * _prompt_min(model), **filled}
+        for field_path, message in model.problems(body):
+            top = field_path.split(".", 1)[0].split("[", 1)[0]
+            if top == "prompt":
+                continue
+            if top in origin:
+                raise ctx.error(origin[top] + field_path[len(top) :], message)
+            if "params_from" not in raw:  # else rows may supply it: each row is checked whole
+                raise ctx.error(path, message)
     return Variant(model, params)
+
+
+def _param_templates(raw: Mapping[str, Any], path: str) -> Iterator[tuple[str, str]]:
+    """(where, text) of each string parameter of an entry, where {placeholders} may be."""
+    for name, value in (raw.get("params") or {}).items():
+        if isinstance(value, str):
+            yield join(join(path, "params"), name), value
+    for model, params in (raw.get("model_params") or {}).items():
+        for name, value in (params or {}).items():
+            if isinstance(value, str):
+                yield join(join(join(path, "model_params"), model), name), value
+
+
+def _fill_params(params: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters with the {placeholders} of their text values filled from the vars."""
+    if not values:
+        return dict(params)
+    filled = {}
+    for name, value in params.items():
+        if isinstance(value, str) and _PLACEHOLDER.search(value):
+            text = _fill(value, values)
+            whole = _PLACEHOLDER.fullmatch(value)  # "{n}" alone keeps the var's own type
+            filled[name] = _normalise_number(values[whole.group(1)]) if whole else text
+        else:
+            filled[name] = value
+    return filled
+
+
+def _row_params(model: Model, prompt: Prompt) -> dict[str, Any]:
+    """A row's parameters for ``model``: CSV text converted to the parameter's type."""
+    if prompt.typed:
+        return {name: _normalise_number(value) for name, value in prompt.params.items()}
+    return {name: _typed(model, name, value) for name, value in prompt.params.items()}
+
+
+def _typed(model: Model, name: str, text: str) -> Any:
+    param = model.param(name)
+    kind = param.type if param else "string"
+    try:
+        if "integer" in kind:
+            return int(text)
+        if "number" in kind:
+            return _normalise_number(float(text))
+    except ValueError:
+        return text  # the schema check then says what is allowed
+    if "boolean" in kind and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def _check_rows(
+    ctx: _Context, prompts: tuple[Prompt, ...], variants: tuple[Variant, ...], where: str
+) -> None:
+    """Each row's body with its own parameters, checked for every model of the entry (the
+    row's line in the message). Placeholders of the entry's parameters were checked with
+    every var value already: a stand-in value keeps them from failing here."""
+    for prompt in prompts:
+        for variant in variants:
+            model = variant.model
+            body = {"prompt": "x" * _prompt_min(model), **variant.params}
+            body.update(_row_params(model, prompt))
+            for field_path, message in model.problems(body):
+                top = field_path.split(".", 1)[0].split("[", 1)[0]
+                if top in prompt.params or top not in variant.params:
+                    at = f"{field_path}: " if field_path else ""
+                    raise ctx.error(where, f"{prompt.where}: {at}{message}")
 
 
 def _current_name(ctx: _Context, model: Model, name: str, where: str) -> str:
@@ -619,9 +778,12 @@ def _expand_entry(manifest: Manifest, entry: Entry) -> Iterator[JobSpec]:
                 problem = _prompt_problem(model, text)
                 if problem:
                     raise ManifestError(problem, file=manifest.file, path=prompt.where)
-                for seed_index, seed in enumerate(entry.seeds):
+                seeds = entry.seeds if prompt.seed is None else (prompt.seed,)
+                for seed_index, seed in enumerate(seeds):
                     for replica in range(entry.count):
-                        spec = _spec(entry, variant, text, name, values, seed, seed_index, replica)
+                        spec = _spec(
+                            entry, variant, prompt, text, name, values, seed, seed_index, replica
+                        )
                         if spec.usd is None and model.id in manifest.prices:
                             spec = replace(spec, usd=manifest.prices[model.id])
                         yield spec
@@ -645,6 +807,7 @@ def _prompt_problem(model: Model, prompt: str) -> str | None:
 def _spec(
     entry: Entry,
     variant: Variant,
+    row: Prompt,
     prompt: str,
     name: str | None,
     values: Mapping[str, Any],
@@ -653,7 +816,8 @@ def _spec(
     replica: int,
 ) -> JobSpec:
     model = variant.model
-    body: dict[str, Any] = {"prompt": prompt, **variant.params}
+    body: dict[str, Any] = {"prompt": prompt, **_fill_params(variant.params, values)}
+    body.update(_row_params(model, row))
     if model.takes_seed:
         replica_index = replica
         if seed == "auto":

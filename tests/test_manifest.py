@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -369,3 +370,70 @@ def test_flux_sends_guidance_scale_and_takes_the_old_name_with_a_hint() -> None:
     assert any("renamed to 'guidance_scale'" in w for w in manifest.warnings)
     (same,) = expand(parse_manifest(_one_job("flux", "    params: {guidance_scale: 4}\n")))
     assert same.key == spec.key, "either name makes the same request, so the same job"
+
+
+def test_rows_of_a_prompts_file_bring_their_own_parameters(
+    write_manifest: Write, tmp_path: Path
+) -> None:
+    rows = [
+        {"prompt": f"a lighthouse {n}", "seed": n * 7, "ar": ["1:1", "4:5"][n % 2]}
+        for n in range(1000)
+    ]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "rows.csv").write_text("prompt,seed,aspect_ratio\na fox,42,16:9\nan owl,,1:1\n")
+    path = write_manifest("""
+version: 1
+defaults: {model: krea-2-medium, params: {resolution: 1K}}
+jobs:
+  - {prompts_file: rows.jsonl, params_from: {seed: seed, aspect_ratio: ar}, seeds: [1, 2]}
+  - {prompts_file: rows.csv, params_from: all}
+""")
+    jobs = list(expand(load_manifest(path)))
+    assert len(jobs) == 1000 + 2, "a row's seed replaces the seeds axis; a row without takes it"
+    assert [(j.seed, j.body["aspect_ratio"]) for j in jobs[:2]] == [(0, "1:1"), (7, "4:5")]
+    assert jobs[1000].seed == 42, "CSV text becomes the parameter's type"
+    again = list(expand(load_manifest(path)))
+    assert [j.key for j in again] == [j.key for j in jobs], "the same row gives the same key"
+
+
+def test_a_bad_value_in_a_row_names_the_row(write_manifest: Write, tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("prompt,ar\na fox,16:9\nan owl,7:3\n")
+    path = write_manifest("""
+version: 1
+jobs:
+  - prompts_file: rows.csv
+    params_from: {aspect_ratio: ar}
+    model: krea-2-medium
+    params: {resolution: 1K}
+""")
+    with pytest.raises(ManifestError, match=r"params_from: .*rows\.csv:3: aspect_ratio: '7:3'"):
+        load_manifest(path)
+    (tmp_path / "rows.csv").write_text("prompt,ratio\na fox,16:9\n")
+    with pytest.raises(ManifestError, match="has no column 'ar'"):
+        load_manifest(path)
+
+
+def test_vars_fill_parameter_values() -> None:
+    jobs = specs("""
+        version: 1
+        jobs:
+          - prompt: a {animal}
+            vars: {animal: [fox, owl], ar: ["16:9", "1:1"], c: [raw]}
+            model: krea-2-large
+            params: {aspect_ratio: "{ar}", resolution: 1K, creativity: "{c}"}
+    """)
+    assert [(j.prompt, j.body["aspect_ratio"]) for j in jobs] == [
+        ("a fox", "16:9"),
+        ("a fox", "1:1"),
+        ("a owl", "16:9"),
+        ("a owl", "1:1"),
+    ]
+    with pytest.raises(ManifestError, match=r"params\.aspect_ratio: '7:3' is not one"):
+        specs("""
+            version: 1
+            jobs:
+              - prompt: a fox
+                vars: {ar: ["16:9", "7:3"]}
+                model: krea-2-large
+                params: {aspect_ratio: "{ar}", resolution: 1K}
+        """)
