@@ -150,6 +150,17 @@ class KreaClient:
             message = f"POST {endpoint}: unusable answer ({exc})"
             raise AmbiguousSubmit(message, created=True) from exc
 
+    async def upload_asset(self, path: Path) -> str:
+        """``POST /assets`` a local file; returns the URL generation requests may use."""
+        with path.open("rb") as handle:
+            form = aiohttp.FormData()
+            form.add_field("file", handle, filename=path.name)
+            data = await self._call("POST", "/assets", "asset", data=form)
+        url = data.get("image_url") if isinstance(data, dict) else None
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise TransientApiError("POST /assets: the answer has no image_url")
+        return url
+
     async def get_job(self, job_id: str) -> RemoteJob:
         data = await self._call("GET", f"/jobs/{quote(job_id, safe='')}", "job")
         try:
@@ -192,6 +203,7 @@ class KreaClient:
         kind: str,
         *,
         json_body: Mapping[str, Any] | None = None,
+        data: Any = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         ambiguous: bool = False,
@@ -206,7 +218,12 @@ class KreaClient:
         self.requests_by[kind] += 1
         try:
             async with self.session.request(
-                method, self.base_url + path, json=json_body, params=params, headers=headers
+                method,
+                self.base_url + path,
+                json=json_body,
+                data=data,
+                params=params,
+                headers=headers,
             ) as response:
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))

@@ -8,6 +8,7 @@ It is the output folder's memory across crashes. Each line is one JSON event:
     retry       {k, a, id, error}      the remote job failed; the next attempt may submit again
     ambiguous   {k, a, candidates}     an answer was lost and we cannot tell which job is ours
     done        {k, record}            the final outcome; written after its files are in place
+    asset       {k, url}               a local reference image uploaded: k is its sha256
 
 ``apply`` is the one place where an event changes a job's state: replay folds the file with
 it, and a live run records every event through ``Journal.record``, which appends the line and
@@ -70,6 +71,7 @@ class Ledger:
     states: dict[str, KeyState] = field(default_factory=dict)
     known_ids: set[str] = field(default_factory=set)
     skew: ClockSkew = field(default_factory=ClockSkew)
+    assets: dict[str, str] = field(default_factory=dict)  # uploaded files: sha256 → URL
 
     def state(self, key: str) -> KeyState:
         return self.states.setdefault(key, KeyState())
@@ -78,6 +80,9 @@ class Ledger:
 def apply(ledger: Ledger, event: Mapping[str, Any], offset: int | None = None) -> None:
     """Change ``ledger`` as one journal event says (see the module docstring for the events)."""
     key = event.get("k")
+    if event.get("e") == "asset" and isinstance(event.get("url"), str):
+        ledger.assets[str(key)] = event["url"]  # its key is the file's sha256
+        return
     if not isinstance(key, str):
         return
     state = ledger.state(key)

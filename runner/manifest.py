@@ -23,6 +23,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from runner import located_yaml
+from runner.assets import AssetError, with_local_files
 from runner.catalog import Catalog, Model, load_catalog
 from runner.errors import ManifestError
 from runner.jobspec import JobSpec, derive_seed, job_key
@@ -154,6 +155,7 @@ class Manifest:
     raw_settings: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     prices: Mapping[str, float] = field(default_factory=dict)  # model id → USD per image
+    assets: Mapping[str, Path] = field(default_factory=dict)  # local images: sha256 → path
 
     @property
     def total_jobs(self) -> int:
@@ -164,8 +166,12 @@ class Manifest:
 class _Context:
     """The file being loaded, its line marks, and how to raise errors located in it."""
 
-    def __init__(self, file: str, marks: located_yaml.Marks, catalog: Catalog) -> None:
+    def __init__(
+        self, file: str, marks: located_yaml.Marks, catalog: Catalog, base_dir: Path = Path()
+    ) -> None:
         self.file = file
+        self.base_dir = base_dir
+        self.assets: dict[str, Path] = {}  # local reference images named: sha256 → path
         self.marks = marks
         self.catalog = catalog
         self.warnings: list[str] = []
@@ -205,7 +211,7 @@ def parse_manifest(
 ) -> Manifest:
     """Validate manifest text (see ``load_manifest``)."""
     data, marks = located_yaml.load(text, file)
-    ctx = _Context(file, marks, catalog or load_catalog())
+    ctx = _Context(file, marks, catalog or load_catalog(), base_dir)
     if not isinstance(data, dict):
         raise ctx.error("", "a manifest is a mapping with `version: 1` and `jobs:`")
     _check_structure(ctx, data)
@@ -214,7 +220,9 @@ def parse_manifest(
     defaults = data.get("defaults") or {}
     entries = tuple(_entry(ctx, i, raw, defaults, base_dir) for i, raw in enumerate(data["jobs"]))
     prices = _prices(ctx, data.get("prices") or {})
-    manifest = Manifest(file, entries, settings, raw_settings, tuple(ctx.warnings), prices)
+    manifest = Manifest(
+        file, entries, settings, raw_settings, tuple(ctx.warnings), prices, dict(ctx.assets)
+    )
     if manifest.total_jobs > settings.max_jobs:
         biggest = max(entries, key=lambda e: e.size)
         raise ctx.error(
@@ -363,6 +371,7 @@ def _entry(
         for i, size in enumerate(sizes or [None])
     )
     if "params_from" in raw:
+        prompts = tuple(_row_files(ctx, p, models[0], join(path, "params_from")) for p in prompts)
         _check_rows(ctx, prompts, variants, join(path, "params_from"))
     for model in models:
         if not model.takes_seed and seeds != (None,):
@@ -614,7 +623,7 @@ def _variant(
                     "(prompt, prompts, prompts_file; seed, seeds), not in params",
                 )
             name = _current_name(ctx, model, name, join(where, name))
-            params[name] = _normalise_number(value)
+            params[name] = _local_files(ctx, model, name, _normalise_number(value), where)
             origin[name] = join(where, name)
     if size is not None:
         for name, value in _size_params(size).items():
@@ -635,6 +644,15 @@ def _variant(
             if "params_from" not in raw:  # else rows may supply it: each row is checked whole
                 raise ctx.error(path, message)
     return Variant(model, params)
+
+
+def _local_files(ctx: _Context, model: Model, name: str, value: Any, where: str) -> Any:
+    """The value with local reference images replaced by stand-ins (see runner.assets)."""
+    try:
+        schema = model.properties.get(name, {})
+        return with_local_files(value, schema, ctx.base_dir, ctx.assets)
+    except AssetError as exc:
+        raise ctx.error(join(where, name), str(exc)) from None
 
 
 def _param_templates(raw: Mapping[str, Any], path: str) -> Iterator[tuple[str, str]]:
@@ -683,6 +701,20 @@ def _typed(model: Model, name: str, text: str) -> Any:
     if "boolean" in kind and text.lower() in ("true", "false"):
         return text.lower() == "true"
     return text
+
+
+def _row_files(ctx: _Context, prompt: Prompt, model: Model, where: str) -> Prompt:
+    """A row whose local reference images are replaced by stand-ins."""
+    if not prompt.params:
+        return prompt
+    params = {}
+    for name, value in prompt.params.items():
+        try:
+            schema = model.properties.get(name, {})
+            params[name] = with_local_files(value, schema, ctx.base_dir, ctx.assets)
+        except AssetError as exc:
+            raise ctx.error(where, f"{prompt.where}: {name}: {exc}") from None
+    return replace(prompt, params=params)
 
 
 def _check_rows(

@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from runner.catalog import Catalog, load_catalog
+from runner.emulator.assets import AssetStore
 from runner.emulator.config import EmulatorConfig
 from runner.emulator.images import image_format, image_size, render
 from runner.emulator.jobs import EmulatedJob, JobStore, Refused, body_hash, iso, parse_iso
@@ -57,6 +58,7 @@ class Emulator:
         # once per job on the page). Tests use these to act at an exact point of a run (for
         # example, to kill the client mid-download).
         self.observers: list[Callable[[str, EmulatedJob], None]] = []
+        self.assets = AssetStore(self.stats, clock)
         self._tokens = 0.0
         self._tokens_at = 0.0
         self._delivery: asyncio.Task[None] | None = None
@@ -74,6 +76,8 @@ class Emulator:
         app.router.add_delete("/jobs/{id}", self.cancel_job)
         app.router.add_get(INTERNAL + "images/{id}/{name}", self.image)
         app.router.add_get(INTERNAL + "stats", self.get_stats)
+        app.router.add_post("/assets", self.assets.upload)
+        app.router.add_get(INTERNAL + "assets/{id}", self.assets.serve)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -175,6 +179,10 @@ class Emulator:
         if problems:
             self.stats["bad_requests"] += 1
             return _error(400, "; ".join(f"{path or 'body'}: {msg}" for path, msg in problems))
+        unknown = self.assets.unknown_reference(body)
+        if unknown is not None:
+            self.stats["bad_requests"] += 1
+            return _error(422, f"Invalid asset URL: {unknown}")
         try:
             job = self.store.create(model, body, request.headers.get("X-Webhook-URL"))
             job.origin = f"{request.scheme}://{request.host}"  # for the URLs its webhook sends

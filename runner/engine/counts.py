@@ -89,7 +89,7 @@ class RunResult:
         return 0
 
 
-REQUEST_KINDS = ("submit", "list", "job", "cancel", "download")
+REQUEST_KINDS = ("submit", "list", "job", "cancel", "download", "asset")
 
 
 def requests_per_job(requests: Mapping[str, int], jobs: int) -> dict[str, float]:

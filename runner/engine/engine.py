@@ -222,6 +222,7 @@ class Engine:
                 gate=self.gate,
                 stopping=lambda: self.stopping is not None,
                 rng=self.rng,
+                assets=self.manifest.assets,
             )
             async with anyio.create_task_group() as helpers:
                 if self.options.handle_signals:

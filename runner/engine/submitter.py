@@ -18,8 +18,9 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,6 +31,7 @@ from runner.engine.counts import Counts
 from runner.engine.matching import Candidate, LostPost, Matching, match, window_bounds
 from runner.engine.outcome import Deferred, Failed, NotSubmitted, Outcome
 from runner.engine.retry import Clock, RetryPolicy, retrying
+from runner.engine.uploads import Uploads
 from runner.errors import (
     AmbiguousSubmit,
     ApiError,
@@ -77,6 +79,7 @@ class Submitter:
         gate: AdaptiveLimit,
         stopping: Callable[[], bool],
         rng: random.Random | None = None,
+        assets: Mapping[str, Path] | None = None,
     ) -> None:
         self.client = client
         self.journal = journal
@@ -95,6 +98,7 @@ class Submitter:
         self._lost: dict[str, LostPost] = {}
         self._outcomes: dict[str, Outcome | None] = {}
         self._round = anyio.Lock()
+        self.uploads = Uploads(client, journal, clock, settings.retry, assets or {}, self.rng)
 
     # ---- one job ------------------------------------------------------------------------------
 
@@ -107,7 +111,11 @@ class Submitter:
         refusal = self.budget.reserve(spec)
         if refusal is not None:
             return NotSubmitted(refusal, over_budget=True)
-        outcome = await self._submit_reserved(spec, state)
+        body = await self.uploads.body_for(spec)
+        if isinstance(body, Failed):
+            self.budget.refund(spec)
+            return body
+        outcome = await self._submit_reserved(replace(spec, body=body), state)
         if isinstance(outcome, Failed | NotSubmitted):
             self.budget.refund(spec)  # nothing was created
         return outcome
