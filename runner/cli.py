@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from PIL import UnidentifiedImageError
+
 from runner import __version__
 from runner.batch import run_batch
 from runner.catalog import load_catalog
@@ -29,6 +31,7 @@ from runner.merge import merge_folders, parse_shard
 from runner.money import parse_budget, spend_text
 from runner.plan import make_plan
 from runner.progress import Progress
+from runner.provenance import read as read_provenance
 from runner.report import load_records, write_report
 from runner.secrets import find_token, read_token_file
 from runner.settings import POLL_MODES, RunSettings, parse_deadline, parse_duration
@@ -212,6 +215,12 @@ def _parser() -> argparse.ArgumentParser:
         help="when interrupted, cancel remote jobs instead of leaving them running",
     )
     run.add_argument(
+        "--no-embed-metadata",
+        action="store_true",
+        help="leave images as the API sent them (by default PNG text chunks and JPEG XMP carry "
+        "prompt, model, seed, params and job id: `krea-batch inspect IMAGE`)",
+    )
+    run.add_argument(
         "--deadline",
         metavar="TIME",
         help="stop submitting at HH:MM (its next occurrence) or an ISO time, drain, exit 3",
@@ -268,6 +277,12 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="write OUT/report.html, the gallery of a run")
     report.add_argument("out")
+
+    inspect = commands.add_parser(
+        "inspect", help="the prompt, model, seed and job written into an image by a run"
+    )
+    inspect.add_argument("image")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
     serve = commands.add_parser("serve", help="run the Krea API emulator")
     serve.add_argument("--host", default="127.0.0.1")
@@ -362,6 +377,7 @@ def _run(args: argparse.Namespace) -> int:
         limit=args.limit,
         drain_timeout=args.drain_timeout,
         cancel_on_exit=args.cancel_on_exit,
+        embed_metadata=not args.no_embed_metadata,
     )
     progress = Progress(live=sys.stderr.isatty(), interval=args.progress_interval)
     try:
@@ -438,6 +454,23 @@ def _merge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    path = Path(args.image)
+    try:
+        found = read_provenance(path)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise UsageError(f"{path}: cannot read it as an image ({exc})") from exc
+    if found is None:
+        raise UsageError(f"{path} carries no krea-batch provenance")
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=1))
+        return EXIT_OK
+    for name in ("prompt", "model", "endpoint", "seed", "job_id", "key", "krea_batch"):
+        print(f"{name + ':':<11} {found.get(name)}")
+    print(f"{'params:':<11} {json.dumps(found.get('params', {}), ensure_ascii=False)}")
+    return EXIT_OK
+
+
 def _report(args: argparse.Namespace) -> int:
     root = Path(args.out)
     if not (root / "results.jsonl").exists():
@@ -478,6 +511,7 @@ COMMANDS = {
     "models": _models,
     "run": _run,
     "report": _report,
+    "inspect": _inspect,
     "status": _status,
     "merge": _merge,
     "serve": _serve,

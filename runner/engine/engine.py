@@ -48,6 +48,7 @@ from runner.limiter import AdaptiveLimit
 from runner.manifest import Manifest, expand
 from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
 from runner.outputs import OutputFolder, intact_records
+from runner.provenance import spec_provenance
 from runner.records import ambiguous_record, completed_record, failed_record
 from runner.remote import JobStatus, RemoteJob
 from runner.settings import RunSettings
@@ -71,6 +72,7 @@ class EngineOptions:
     shard: tuple[int, int] | None = None  # (I, N): only the jobs of shard I of N
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # backoffs for transient errors
     webhook_url: str | None = None  # sent as X-Webhook-URL with each submit (secret included)
+    embed_metadata: bool = True  # write prompt, model, seed, … into each image
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +365,8 @@ class Engine:
                     return Failed("the job completed without any result URL")
                 noticed = self.clock.time()
                 stem = render_name(self._name_stem, spec)
-                files = await self.tracker.download_all(ended, stem, spec.key)
+                provenance = spec_provenance(spec) if self.options.embed_metadata else None
+                files = await self.tracker.download_all(ended, stem, spec.key, provenance)
                 return Completed(ended, files, noticed) if isinstance(files, list) else files
             reason = ended.error or f"the job was {ended.status.value}"
             if state.submitted_at is not None and state.submitted_at >= self.started:

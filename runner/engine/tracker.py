@@ -6,8 +6,10 @@ import functools
 import logging
 import random
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -19,6 +21,7 @@ from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.engine.watching import Lister, Watch
 from runner.errors import BadImage, ExpiredUrl, PermanentApiError, TransientApiError
 from runner.outputs import OutputFolder, image_extension, image_problem, relative
+from runner.provenance import embed
 from runner.remote import JobStatus, RemoteJob
 
 log = logging.getLogger(__name__)
@@ -250,16 +253,25 @@ class Tracker:
         return False
 
     async def download_all(
-        self, remote: RemoteJob, stem: str, partial: str
+        self,
+        remote: RemoteJob,
+        stem: str,
+        partial: str,
+        provenance: Mapping[str, Any] | None = None,
     ) -> list[FileEntry] | Deferred | Failed:
         """Every result of ``remote`` into images/STEM(-N).ext, each atomically.
 
-        ``partial`` names the hidden file a download is streamed into (unique per job).
+        ``partial`` names the hidden file a download is streamed into (unique per job);
+        ``provenance`` is written into each image (runner.provenance) before it is placed.
         """
+        if provenance is not None:
+            provenance = {**provenance, "job_id": remote.job_id}
         files = []
         for index in range(len(remote.urls)):
             suffix = "" if index == 0 else f"-{index}"
-            got = await self._download_one(remote, index, stem + suffix, partial + suffix)
+            got = await self._download_one(
+                remote, index, stem + suffix, partial + suffix, provenance
+            )
             if isinstance(got, Deferred | Failed):
                 return got
             remote, entry = got
@@ -267,10 +279,16 @@ class Tracker:
         return files
 
     async def _download_one(
-        self, remote: RemoteJob, index: int, stem: str, partial_name: str
+        self,
+        remote: RemoteJob,
+        index: int,
+        stem: str,
+        partial_name: str,
+        provenance: Mapping[str, Any] | None,
     ) -> tuple[RemoteJob, FileEntry] | Deferred | Failed:
         partial = self.folder.partial_path(partial_name)
         refreshes = bad_images = 0
+        final: dict[str, tuple[str, int]] = {}  # the file's sha256 and size once embedded
         while True:
             url = remote.urls[index]
 
@@ -278,6 +296,8 @@ class Tracker:
                 problem = image_problem(part)
                 if problem is not None:
                     raise BadImage(f"GET image: {problem}")
+                if provenance is not None:
+                    final["file"] = embed(part, provenance)
                 return self.folder.place(part, stem + image_extension(content_type, url))
 
             try:
@@ -309,9 +329,6 @@ class Tracker:
             remote = fresh
         self.counts.downloads += 1
         self.counts.bytes += download.bytes
-        entry = {
-            "path": relative(download.path, self.folder.root),
-            "sha256": download.sha256,
-            "bytes": download.bytes,
-        }
+        sha256, size = final.get("file", (download.sha256, download.bytes))
+        entry = {"path": relative(download.path, self.folder.root), "sha256": sha256, "bytes": size}
         return remote, entry
