@@ -380,6 +380,8 @@ def _run(args: argparse.Namespace) -> int:
         embed_metadata=not args.no_embed_metadata,
     )
     progress = Progress(live=sys.stderr.isatty(), interval=args.progress_interval)
+    if sys.stderr.isatty() and args.log_format == "text":
+        configure_logging(args.verbose, args.log_format, console=progress.console)
     try:
         result = asyncio.run(
             run_batch(

@@ -7,6 +7,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from rich.console import Console
+from rich.logging import RichHandler
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg (and exc when there is one)."""
@@ -23,12 +26,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(verbose: bool = False, fmt: str = "text") -> None:
-    """Log to stderr in the chosen format; quiet aiohttp's access chatter."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    verbose: bool = False, fmt: str = "text", console: Console | None = None
+) -> None:
+    """Log to stderr in the chosen format; quiet aiohttp's access chatter.
+
+    With ``console`` (a terminal showing live progress), text lines go through that rich
+    console, which prints them above the progress bars instead of through them."""
+    handler: logging.Handler
     if fmt == "json":
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
+    elif console is not None:
+        handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,4 +1,4 @@
-"""Progress of a run: a live table on a terminal, periodic log lines otherwise (cron)."""
+"""Progress of a run: live bars on a terminal, periodic log lines otherwise (cron)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import time
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+)
+from rich.progress import Progress as RichProgress
 
 if TYPE_CHECKING:
     from runner.engine import Engine
@@ -42,6 +48,7 @@ def snapshot(engine: Engine) -> dict[str, float | int | str]:
         "eta": _eta(remaining / rate if rate > 0 and remaining else None),
         "spend": spend_text(shot.spend_usd, shot.spend_units),
         "requests": requests_text(requests_per_job(shot.requests, shot.finished_now)),
+        "rate_limited": shot.rate_limited,
     }
 
 
@@ -54,19 +61,38 @@ def requests_text(per_job: dict[str, float]) -> str:
 
 
 class Progress:
-    """Call it with the engine as often as you like; it shows what is due."""
+    """Call it with the engine as often as you like; it shows what is due.
 
-    def __init__(self, live: bool, interval: float = 30.0) -> None:
+    On a terminal: rich progress bars, one per model and a total with rate, ETA, spend,
+    failures, jobs in flight and 429s, redrawn in place at the bottom; log lines go through
+    the same console (see ``console``), so they print above the bars instead of through them.
+    Elsewhere (cron, a pipe): a log line every ``interval`` seconds.
+    """
+
+    def __init__(self, live: bool, interval: float = 30.0, console: Console | None = None) -> None:
         self.interval = interval
         self._last = 0.0
-        self._live = Live(console=Console(stderr=True), refresh_per_second=4) if live else None
-        if self._live is not None:
-            self._live.start()
+        self.console = console or Console(stderr=True)
+        self._bars: RichProgress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._engine: Engine | None = None
+        if live:
+            self._bars = RichProgress(
+                TextColumn("{task.description}", style="bold"),
+                BarColumn(bar_width=30),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
+                refresh_per_second=4,
+            )
+            self._bars.start()
 
     def __call__(self, engine: Engine) -> None:
+        self._engine = engine
         figures = snapshot(engine)
-        if self._live is not None:
-            self._live.update(self._table(figures))
+        if self._bars is not None:
+            self._draw(self._bars, engine.snapshot().by_model, figures)
             return
         now = time.monotonic()
         if now - self._last >= self.interval:
@@ -78,33 +104,33 @@ class Progress:
                 figures,
             )
 
-    @staticmethod
-    def _table(f: dict[str, float | int | str]) -> Table:
-        table = Table(show_header=True, header_style="bold", box=None)
-        columns = (
-            "done",
-            "failed",
-            "in flight",
-            "queued",
-            "jobs/s",
-            "ETA",
-            "spend",
-            "requests",
-        )
-        for column in columns:
-            table.add_column(column, justify="right")
-        table.add_row(
-            f"{f['done']}/{f['total']}",
-            str(f["failed"]),
-            str(f["in_flight"]),
-            str(f["queued"]),
-            f"{float(f['rate']):.2f}",
-            str(f["eta"]),
-            str(f["spend"]),
-            str(f["requests"]),
-        )
-        return table
+    def _draw(
+        self,
+        bars: RichProgress,
+        by_model: dict[str, tuple[int, int]],
+        figures: dict[str, float | int | str],
+    ) -> None:
+        ended = int(figures["done"]) + int(figures["failed"])
+        rows = {**by_model, TOTAL: (ended, int(figures["total"]))}
+        for name, (finished, total) in rows.items():
+            if name not in self._tasks:
+                self._tasks[name] = bars.add_task(name, total=total, info="")
+            info = _summary_line(figures) if name == TOTAL else ""
+            bars.update(self._tasks[name], completed=finished, total=total, info=info)
 
     def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
+        """Draw the final figures, then leave the bars on the screen as they ended."""
+        if self._bars is not None:
+            if self._engine is not None:
+                self._draw(self._bars, self._engine.snapshot().by_model, snapshot(self._engine))
+            self._bars.stop()
+
+
+TOTAL = "total"
+
+
+def _summary_line(f: dict[str, float | int | str]) -> str:
+    return (
+        f"{float(f['rate']):.2f} jobs/s · ETA {f['eta']} · {f['spend']} · "
+        f"{f['failed']} failed · {f['in_flight']} in flight · {f['rate_limited']} 429s"
+    )

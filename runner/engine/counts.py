@@ -17,7 +17,7 @@ class Counts:
     completed: int = 0
     failed: int = 0
     ambiguous_jobs: int = 0  # ended ambiguous: a lost answer no listing could attribute
-    skipped: int = 0  # finished in an earlier run
+    skipped: int = 0  # finished in an earlier run (counted before anything is sent)
     resumed: int = 0  # already submitted by an earlier run, polled again
     deferred: int = 0  # left for the next run (download or check failed)
     cancelled: int = 0  # cancelled on exit; the next run submits them again
@@ -37,6 +37,7 @@ class Counts:
     bytes: int = 0
     spend_units: float = 0.0  # of finished jobs without a USD price
     spend_usd: float = 0.0
+    by_model: dict[str, list[int]] = field(default_factory=dict)  # model → [finished, total]
 
     def saw(self, error: TransientApiError) -> None:
         """Count a transient error (and which kind of 429 it was)."""

@@ -92,6 +92,8 @@ class Snapshot:
     spend_units: float
     spend_usd: float
     requests: dict[str, int]  # sent by kind: submit, list, job, cancel, download
+    by_model: dict[str, tuple[int, int]] = field(default_factory=dict)  # (finished, total)
+    rate_limited: int = 0  # 429s seen
 
 
 def _free_space(folder: Path) -> str:
@@ -198,6 +200,8 @@ class Engine:
             spend_units=counts.spend_units,
             spend_usd=counts.spend_usd,
             requests=dict(self.client.requests_by),
+            by_model={model: (done, total) for model, (done, total) in counts.by_model.items()},
+            rate_limited=counts.overload_429 + counts.rate_limited_429,
         )
 
     # ---- the run ----------------------------------------------------------------------------
@@ -267,11 +271,18 @@ class Engine:
         running remotely (they are polled before anything new is submitted)."""
         names: dict[str, int] = {}
         states = self.states
+        retry_failed = self.options.retry_failed
         for spec in self.specs():
             self.counts.total += 1
             self.keys.append(spec.key)
+            model = self.counts.by_model.setdefault(spec.model, [0, 0])
+            model[1] += 1
             state = states.get(spec.key)
-            if state is not None and state.remote:
+            if state is not None and state.done is not None:
+                if not (state.done == "failed" and retry_failed):
+                    self.counts.skipped += 1  # known at once, not as the producer reaches it
+                    model[0] += 1
+            elif state is not None and state.remote:
                 self._resumed.append(spec)
             if self._name_stem == DEFAULT_TEMPLATE:
                 continue  # keys are unique by construction
@@ -319,8 +330,7 @@ class Engine:
         if state.done == "failed" and self.options.retry_failed:
             state.reopen()
             return False
-        self.counts.skipped += 1
-        return True
+        return True  # counted as skipped by _survey
 
     async def _work(self, receive: ObjectReceiveStream[JobSpec]) -> None:
         async with receive:
@@ -457,6 +467,7 @@ class Engine:
             return
         await self.journal.record("done", spec.key, record=record)
         self.folder.append_result(record)
+        self.counts.by_model.setdefault(spec.model, [0, 0])[0] += 1
         if isinstance(outcome, Completed):
             self.counts.completed += 1
             if record.get("cost_usd") is not None:

@@ -1,0 +1,70 @@
+"""What a person sees on a real terminal: bars redrawn in place, log lines above them."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import anyio
+import pyte
+
+from runner.emulator import EmulatorConfig, Latency, run_emulator
+from tests.conftest import ROOT
+from tests.engine_helpers import manifest_text
+
+COLUMNS, LINES = 150, 40
+
+
+def _run_in_a_terminal(manifest: Path, out: Path, url: str) -> tuple[int, bytes]:
+    """Run the CLI on a pseudo-terminal of 150×40; returns its exit code and every byte."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0))
+    env = {**os.environ, "KREA_API_TOKEN": "t", "TERM": "xterm-256color", "COLUMNS": "150"}
+    env.pop("NO_COLOR", None)
+    command = [sys.executable, "-m", "runner", "run", str(manifest), "--out", str(out)]
+    process = subprocess.Popen(
+        [*command, "--api-base", url], stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return process.wait(60), b"".join(chunks)
+
+
+async def test_the_live_view_stays_at_the_bottom_and_log_lines_scroll_above_it(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(12, concurrency=4, poll_interval=0.05))
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.3"))
+    async with run_emulator(config) as emu:
+        code, output = await anyio.to_thread.run_sync(
+            _run_in_a_terminal, manifest, tmp_path / "out", emu.url
+        )
+    screen = pyte.HistoryScreen(COLUMNS, LINES, history=10_000)
+    pyte.ByteStream(screen).feed(output)
+    scrolled = ["".join(line[x].data for x in range(COLUMNS)) for line in screen.history.top]
+    lines = [line.rstrip() for line in [*scrolled, *screen.display]]
+    assert code == 0, "\n".join(lines)
+    bars = [line for line in lines if line.lstrip().startswith(("total ", "seedream-4 "))]
+    assert len(bars) == 2, "each bar is drawn once, in place:\n" + "\n".join(lines)
+    assert "12/12" in bars[-1]
+    assert "100%" in bars[-1]
+    done = [line for line in lines if "← done" in line]
+    assert len(done) == 12, "every per-job line printed whole, once:\n" + "\n".join(lines)
+    assert lines.index(bars[0]) > max(lines.index(line) for line in done), "bars stay at the bottom"
+    assert "12 completed, 0 failed" in "\n".join(lines)
