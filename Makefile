@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/throughput.py $(MANY_IN_FLIGHT)
 	$(BIN)/python bench/throughput.py $(MANY_IN_FLIGHT) --poll-mode job
 	$(BIN)/python bench/listing.py
+	$(BIN)/python bench/rerun.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -115,14 +115,18 @@ async def run_batch(
 
         # Each file of the finishing stage is written on its own: one that cannot be (a full
         # disk, an image that will not open) is a warning, never the loss of the run.
-        written = _best_effort(
-            folder.results_path, lambda: folder.write_results(records()), default=-1
-        )
-        _best_effort(
-            folder.root / METADATA_NAME,
-            lambda: folder.write_metadata(metadata_rows(folder.root, records())),
-            default=None,
-        )
+        current = _up_to_date(folder, result.counts.finished_now)
+        if current:
+            written = sum(1 for key in engine.keys if engine.states[key].done_at is not None)
+        else:
+            written = _best_effort(
+                folder.results_path, lambda: folder.write_results(records()), default=-1
+            )
+            _best_effort(
+                folder.root / METADATA_NAME,
+                lambda: folder.write_metadata(metadata_rows(folder.root, records())),
+                default=None,
+            )
         result.summary = _summary(manifest, folder, result, base_url, started, written, client)
         if engine.lister is not None:
             result.summary["listing"] = dataclasses.asdict(engine.lister.stats)
@@ -131,14 +135,26 @@ async def run_batch(
         _best_effort(
             folder.summary_path, lambda: folder.write_summary(result.summary), default=None
         )
-        _best_effort(
-            folder.root / "report.html",
-            lambda: write_report(folder.root, records(), result.summary),
-            default=None,
-        )
+        if not current:
+            _best_effort(
+                folder.root / "report.html",
+                lambda: write_report(folder.root, records(), result.summary),
+                default=None,
+            )
     if notify_url:
         await notify(notify_url, result.summary)
     return result
+
+
+def _up_to_date(folder: OutputFolder, finished_now: int) -> bool:
+    """Whether results.jsonl, metadata.jsonl and report.html already say all there is: this
+    run finished nothing, and they were written after the journal's last event (a run that
+    stopped before its finishing stage leaves the journal newer)."""
+    files = (folder.results_path, folder.root / METADATA_NAME, folder.root / "report.html")
+    if finished_now or not all(path.exists() for path in files):
+        return False
+    journal = folder.journal_path.stat().st_mtime_ns if folder.journal_path.exists() else 0
+    return all(path.stat().st_mtime_ns >= journal for path in files)
 
 
 def _best_effort(path: Path, write: Callable[[], T], default: T) -> T:

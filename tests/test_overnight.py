@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from runner.batch import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.engine import Engine
 from runner.logs import configure_logging
 from runner.manifest import parse_manifest
 from runner.settings import parse_deadline
@@ -184,3 +186,37 @@ def test_max_runtime_and_deadline_take_the_earlier() -> None:
     assert both is not None
     assert both - now <= 3600 + 5
     assert _deadline(None, None) is None
+
+
+async def test_a_rerun_of_a_finished_folder_leaves_its_files_as_they_are(tmp_path: Path) -> None:
+    """Nothing new finished: results, metadata and report are not written again, unless the
+    journal is newer than them (a run stopped before its finishing stage)."""
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+        url = emu.url
+        await run_batch(small_manifest(4), tmp_path, api_base=url, token="t", options=FAST)
+        results = tmp_path / "results.jsonl"
+        written = results.stat().st_mtime_ns
+        shots: list[tuple[int, int]] = []
+
+        def look(engine: Engine) -> None:
+            shot = engine.snapshot()
+            shots.append((shot.done, shot.total))
+
+        again = await run_batch(
+            small_manifest(4),
+            tmp_path,
+            api_base=url,
+            token="t",
+            options=FAST,
+            on_progress=look,
+        )
+        assert again.counts.skipped == 4
+        assert shots[0] == (4, 4), "jobs finished earlier count as done from the first look"
+        assert results.stat().st_mtime_ns == written
+        assert json.loads((tmp_path / "summary.json").read_text())["results_records"] == 4
+        journal = tmp_path / ".krea-batch" / "journal.jsonl"
+        later = written + 5_000_000_000
+        os.utime(journal, ns=(later, later))
+        await run_batch(small_manifest(4), tmp_path, api_base=url, token="t", options=FAST)
+        assert results.stat().st_mtime_ns != written
+    assert len(read_results(tmp_path)) == 4

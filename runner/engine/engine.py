@@ -316,6 +316,8 @@ class Engine:
         async with send:
             for spec in resumed:
                 await send.send(spec)
+            if self.counts.skipped + len(resumed) >= self.counts.total:
+                return  # every other job finished earlier: no need to expand the manifest again
             for spec in self.specs():
                 if spec.key in resumed_keys or self._already_done(spec.key):
                     continue
