@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python bench/throughput.py $(MANY_IN_FLIGHT) --poll-mode job
 	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/rerun.py
+	$(BIN)/python bench/report_scale.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from runner.batch import run_batch
 from runner.emulator import EmulatorConfig, Latency, run_emulator
@@ -17,7 +20,7 @@ from runner.errors import UsageError
 from runner.jobspec import JobSpec
 from runner.manifest import parse_manifest
 from runner.naming import check_template, render_name
-from runner.report import render_report
+from runner.report import write_report
 from tests.engine_helpers import FAST, read_results
 
 MATRIX = textwrap.dedent("""
@@ -162,13 +165,21 @@ def _records() -> list[dict[str, Any]]:
     return done + failed
 
 
-def test_the_report_has_a_grid_a_model_comparison_and_failures() -> None:
-    page = render_report(_records(), {"manifest": "jobs.yaml"})
-    assert page.count('class="card"') == 4
+def test_the_report_has_pages_of_cards_a_model_comparison_and_failures(tmp_path: Path) -> None:
+    page = write_report(tmp_path, _records(), {"manifest": "jobs.yaml"}).read_text()
     assert "<th>model flux-1-dev</th><th>model seedream-4</th>" in page
     assert "Content moderation flagged the prompt" in page
     assert "<b>fox</b>" not in page  # prompts are escaped
+    assert "&lt;b&gt;fox&lt;/b&gt;" in page
     assert "http" not in page.replace("http-equiv", "")  # nothing fetched from elsewhere
+    chunks = sorted(p.name for p in (tmp_path / "report").iterdir())
+    assert chunks == ["c00001.js", "f00001.js"]
+    completed = (tmp_path / "report" / "c00001.js").read_text()
+    assert completed.startswith('kreaBatchChunk("c00001",')
+    assert completed.count('"status":"completed"') == 4
+    write_report(tmp_path, _records()[:1], {})  # written again: the old chunks are replaced
+    assert completed != (tmp_path / "report" / "c00001.js").read_text()
+    assert not (tmp_path / "report" / "f00001.js").exists()
 
 
 def chromium() -> str | None:
@@ -178,13 +189,13 @@ def chromium() -> str | None:
     return found
 
 
-async def test_the_gallery_renders_every_image_in_headless_chromium(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def headless_page() -> AsyncIterator[Any]:
+    """A page of Debian's chromium, driven by playwright (skips where there is none)."""
     browser_path = chromium()
     if browser_path is None:
         pytest.skip("no chromium on this machine (CI installs it)")
     playwright = pytest.importorskip("playwright.async_api")
-    await run_matrix(tmp_path)
-    assert (tmp_path / "report.html").is_file()
     async with playwright.async_playwright() as p:
         browser = await p.chromium.launch(
             executable_path=browser_path,
@@ -198,19 +209,59 @@ async def test_the_gallery_renders_every_image_in_headless_chromium(tmp_path: Pa
             ],
         )
         try:
-            page = await browser.new_page()
-            await page.goto((tmp_path / "report.html").as_uri())
-            await page.evaluate("for (const i of document.images) i.loading = 'eager'")
-            await page.wait_for_function(
-                "Array.from(document.querySelectorAll('.card img')).every(i => i.complete)"
-            )
-            sizes = await page.evaluate(
-                "Array.from(document.querySelectorAll('.card img')).map(i => i.naturalWidth)"
-            )
-            await page.click("text=Compare")
-            columns = await page.locator("#compare th").all_inner_texts()
+            yield await browser.new_page()
         finally:
             await browser.close()
+
+
+async def test_a_gallery_of_20000_jobs_pages_and_filters_in_headless_chromium(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "images" / "one.png"
+    image.parent.mkdir()
+    Image.new("RGB", (8, 8), "teal").save(image)
+    records = (
+        {
+            "key": f"{n:016x}",
+            "status": "completed" if n % 100 else "failed",
+            "prompt": f"a lighthouse number {n}",
+            "model": ("flux-1-dev", "seedream-4")[n % 2],
+            "seed": n,
+            "files": [{"path": "images/one.png"}] if n % 100 else [],
+            "error": None if n % 100 else "moderated",
+        }
+        for n in range(20_000)
+    )
+    write_report(tmp_path, records, {"manifest": "big.yaml"})
+    async with headless_page() as page:
+        await page.goto((tmp_path / "report.html").as_uri())
+        await page.wait_for_function("document.querySelectorAll('.card').length === 300")
+        assert await page.inner_text("#where") == "page 1 of 66"
+        await page.click("text=next ›")
+        await page.wait_for_function("document.getElementById('where').textContent[5] === '2'")
+        await page.fill("#f-text", "number 19999")
+        await page.wait_for_function("document.querySelectorAll('.card').length === 1")
+        await page.fill("#f-text", "")
+        await page.select_option("#f-status", "failed")
+        await page.wait_for_function("document.querySelectorAll('.card').length === 200")
+        assert "moderated" in await page.inner_text("#grid")
+
+
+async def test_the_gallery_renders_every_image_in_headless_chromium(tmp_path: Path) -> None:
+    await run_matrix(tmp_path)
+    assert (tmp_path / "report.html").is_file()
+    async with headless_page() as page:
+        await page.goto((tmp_path / "report.html").as_uri())
+        await page.wait_for_function("document.querySelectorAll('.card img').length === 9")
+        await page.evaluate("for (const i of document.images) i.loading = 'eager'")
+        await page.wait_for_function(
+            "Array.from(document.querySelectorAll('.card img')).every(i => i.complete)"
+        )
+        sizes = await page.evaluate(
+            "Array.from(document.querySelectorAll('.card img')).map(i => i.naturalWidth)"
+        )
+        await page.click("text=Compare")
+        columns = await page.locator("#compare th").all_inner_texts()
     assert len(sizes) == 9
     assert all(width > 0 for width in sizes)
     assert "model seedream-4" in columns
