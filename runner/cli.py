@@ -24,6 +24,7 @@ from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions
 from runner.errors import RunnerError, UsageError
+from runner.exitcodes import ExitCode
 from runner.live import read_live
 from runner.logs import configure_logging
 from runner.manifest import load_manifest
@@ -53,7 +54,12 @@ examples:
   krea-batch status out                        what a folder holds, offline
   krea-batch models flux-1-dev                 one model's parameters and price"""
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = (
+    ExitCode.OK,
+    ExitCode.FAILED,
+    ExitCode.USAGE,
+    ExitCode.STOPPED,
+)
 
 
 class _Parser(argparse.ArgumentParser):

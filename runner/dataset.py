@@ -14,13 +14,15 @@ from typing import Any
 
 from PIL import Image
 
+from runner.records import RecordStatus
+
 METADATA_NAME = "metadata.jsonl"
 
 
 def metadata_rows(root: Path, records: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
     """One row per image file of every completed record (pure but for reading image headers)."""
     for record in records:
-        if record.get("status") != "completed":
+        if record.get("status") != RecordStatus.COMPLETED:
             continue
         params = dict(record.get("params") or {})
         for entry in record.get("files", []):

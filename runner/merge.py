@@ -13,6 +13,7 @@ from typing import Any
 from runner.dataset import metadata_rows
 from runner.errors import UsageError
 from runner.outputs import OutputFolder
+from runner.records import RecordStatus
 from runner.report import load_records, write_report
 
 
@@ -28,7 +29,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def _better(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
-    return old is None or (new.get("status") == "completed" and old.get("status") != "completed")
+    done = RecordStatus.COMPLETED
+    return old is None or (new.get("status") == done and old.get("status") != done)
 
 
 def _sha256(path: Path) -> str:
@@ -89,7 +91,7 @@ def merge_folders(sources: Sequence[Path], out: Path) -> dict[str, Any]:
         records.sort(key=lambda r: (r.get("index", 0), r["key"]))
         folder.write_results(records)
         folder.write_metadata(metadata_rows(out, records))
-        done = sum(r.get("status") == "completed" for r in records)
+        done = sum(r.get("status") == RecordStatus.COMPLETED for r in records)
         summary = {
             "merged_from": [str(s) for s in sources],
             "out": str(out),

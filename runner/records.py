@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from runner.jobspec import JobSpec
 from runner.journal import KeyState
 from runner.remote import RemoteJob
 from runner.timefmt import iso_time
+
+
+class RecordStatus(StrEnum):
+    """How a job ended, as results.jsonl and the journal write it."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    AMBIGUOUS = "ambiguous"  # its answer was lost and no listing could tell which job it made
 
 
 def _base(spec: JobSpec, state: KeyState) -> dict[str, Any]:
@@ -30,7 +39,7 @@ def completed_record(
     return {
         **_base(spec, state),
         "job_id": remote.job_id,
-        "status": "completed",
+        "status": RecordStatus.COMPLETED.value,
         "files": files,
         "error": None,
         "timings": {
@@ -59,7 +68,7 @@ def ambiguous_record(
     return {
         **_base(spec, state),
         "job_id": None,
-        "status": "ambiguous",
+        "status": RecordStatus.AMBIGUOUS.value,
         "files": files,
         "candidates": list(candidates),
         "error": (
@@ -75,7 +84,7 @@ def failed_record(spec: JobSpec, state: KeyState, reason: str) -> dict[str, Any]
     """A job that ended without images; failed jobs are not billed."""
     return {
         **_base(spec, state),
-        "status": "failed",
+        "status": RecordStatus.FAILED.value,
         "files": [],
         "error": reason,
         "timings": {"submitted_at": iso_time(state.submitted_at)},

@@ -23,6 +23,7 @@ import jinja2
 
 from runner.money import spend_text
 from runner.outputs import fsync_dir, read_records, write_atomic
+from runner.records import RecordStatus
 
 REPORT_NAME = "report.html"
 DATA_DIR = "report"
@@ -112,14 +113,14 @@ class _Gallery:
     cells: dict[tuple[str, str, Any], dict[str, Any]] = field(default_factory=dict)
 
     def add(self, record: Mapping[str, Any]) -> None:
-        if record.get("status") == "failed":
+        if record.get("status") == RecordStatus.FAILED:
             self.failed_count += 1
             if len(self.failed) < MAX_FAILED:
                 self.failed.append(record)
             self.models.setdefault(str(record.get("model")), None)
             self.failed_chunks.add(_card(record))
             return
-        if record.get("status") != "completed" or not record.get("files"):
+        if record.get("status") != RecordStatus.COMPLETED or not record.get("files"):
             return
         self.done += 1
         self.images += len(record["files"])

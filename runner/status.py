@@ -12,6 +12,7 @@ from runner.errors import ApiError, UsageError
 from runner.journal import fold, read_events
 from runner.money import spend_text
 from runner.outputs import STATE_DIR
+from runner.records import RecordStatus
 
 
 @dataclass
@@ -61,7 +62,7 @@ def read_status(root: Path) -> FolderStatus:
     ledger = fold(read_events(journal))
     status = FolderStatus(str(root))
     for key, state in ledger.states.items():
-        if state.done == "completed":
+        if state.done == RecordStatus.COMPLETED:
             status.completed += 1
             status.spend_units += state.done_units
             status.spend_usd += state.done_usd

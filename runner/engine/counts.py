@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.errors import TransientApiError
+from runner.exitcodes import ExitCode
 
 
 @dataclass
@@ -82,12 +83,12 @@ class RunResult:
     @property
     def exit_code(self) -> int:
         if self.fatal:
-            return 4
+            return ExitCode.FATAL
         if self.stopped or self.counts.unfinished > self.counts.deferred:
-            return 3
+            return ExitCode.STOPPED
         if self.counts.failed or self.counts.ambiguous_jobs or self.counts.deferred:
-            return 1
-        return 0
+            return ExitCode.FAILED
+        return ExitCode.OK
 
 
 REQUEST_KINDS = ("submit", "list", "job", "cancel", "download", "asset")

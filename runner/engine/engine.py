@@ -49,7 +49,7 @@ from runner.manifest import Manifest, expand
 from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
 from runner.outputs import OutputFolder, intact_records
 from runner.provenance import spec_provenance
-from runner.records import ambiguous_record, completed_record, failed_record
+from runner.records import RecordStatus, ambiguous_record, completed_record, failed_record
 from runner.remote import JobStatus, RemoteJob
 from runner.settings import RunSettings
 
@@ -279,7 +279,7 @@ class Engine:
             model[1] += 1
             state = states.get(spec.key)
             if state is not None and state.done is not None:
-                if not (state.done == "failed" and retry_failed):
+                if not (state.done == RecordStatus.FAILED and retry_failed):
                     self.counts.skipped += 1  # known at once, not as the producer reaches it
                     model[0] += 1
             elif state is not None and state.remote:
@@ -329,7 +329,7 @@ class Engine:
         state = self.states.get(key)
         if state is None or state.done is None:
             return False
-        if state.done == "failed" and self.options.retry_failed:
+        if state.done == RecordStatus.FAILED and self.options.retry_failed:
             state.reopen()
             return False
         return True  # counted as skipped by _survey
