@@ -287,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser(
         "inspect", help="the prompt, model, seed and job written into an image by a run"
     )
-    inspect.add_argument("image")
+    inspect.add_argument("image", help="an image a run wrote (PNG or JPEG)")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
     serve = commands.add_parser("serve", help="run the Krea API emulator")
