@@ -16,7 +16,6 @@ from runner.client import DEFAULT_API_BASE, KreaClient, Limits, Timeouts
 from runner.dataset import METADATA_NAME, metadata_rows
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.engine import Engine, EngineOptions, RunResult
-from runner.engine.counts import REQUEST_KINDS, requests_per_job
 from runner.errors import UsageError
 from runner.journal import records_at
 from runner.limiter import SharedRate
@@ -24,7 +23,7 @@ from runner.live import LiveStatus
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder
 from runner.report import write_report
-from runner.timefmt import iso_time
+from runner.summary import summary
 from runner.webhooks import Receiver, WebhookSettings, receiving
 
 log = logging.getLogger(__name__)
@@ -187,31 +186,25 @@ def _summary(
     records: int,
     client: KreaClient,
 ) -> dict[str, Any]:
-    ended = time.time()
-    counts = result.counts.to_json()
-    return {
-        "manifest": manifest.file,
-        "out": str(folder.root),
-        "api_base": api_base,
-        "started_at": iso_time(started),
-        "ended_at": iso_time(ended),
-        "wall_seconds": round(ended - started, 3),
-        "exit_code": result.exit_code,
-        "stopped": result.stopped,
-        "results_records": records,
-        "api_requests": client.requests,
-        "requests": {kind: client.requests_by.get(kind, 0) for kind in REQUEST_KINDS},
-        "requests_per_job": requests_per_job(client.requests_by, result.counts.finished_now),
-        "counts": counts,
-        "estimated_spend_units": counts["spend_units"],
-        "estimated_spend_usd": counts["spend_usd"],
-        "settings": {
-            "concurrency": manifest.settings.concurrency,
-            "submit_concurrency": manifest.settings.submit_concurrency,
-            "rate_limit_per_s": manifest.settings.rate_limit,
-            "poll_interval_s": manifest.settings.poll_interval,
-            "poll_mode": manifest.settings.poll_mode,
-            "max_attempts": manifest.settings.max_attempts,
-            "job_timeout_s": manifest.settings.job_timeout,
+    settings = manifest.settings
+    return summary(
+        out=str(folder.root),
+        counts=result.counts,
+        records=records,
+        started=started,
+        ended=time.time(),
+        exit_code=result.exit_code,
+        stopped=result.stopped,
+        manifest=manifest.file,
+        api_base=api_base,
+        requests=client.requests_by,
+        settings={
+            "concurrency": settings.concurrency,
+            "submit_concurrency": settings.submit_concurrency,
+            "rate_limit_per_s": settings.rate_limit,
+            "poll_interval_s": settings.poll_interval,
+            "poll_mode": settings.poll_mode,
+            "max_attempts": settings.max_attempts,
+            "job_timeout_s": settings.job_timeout,
         },
-    }
+    )

@@ -6,15 +6,19 @@ import hashlib
 import os
 import re
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runner.dataset import metadata_rows
 from runner.errors import UsageError
+from runner.exitcodes import ExitCode
 from runner.outputs import OutputFolder
 from runner.records import RecordStatus
 from runner.report import load_records, write_report
+from runner.summary import counts_of
+from runner.summary import summary as run_summary
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -65,6 +69,7 @@ def _inside(source: Path, path: object, key: str) -> None:
 
 def merge_folders(sources: Sequence[Path], out: Path) -> dict[str, Any]:
     """Combine the results and images of several output folders into ``out``."""
+    started = time.time()
     chosen: dict[str, tuple[Path, dict[str, Any]]] = {}
     for source in sources:
         if not (source / "results.jsonl").exists():
@@ -91,16 +96,16 @@ def merge_folders(sources: Sequence[Path], out: Path) -> dict[str, Any]:
         records.sort(key=lambda r: (r.get("index", 0), r["key"]))
         folder.write_results(records)
         folder.write_metadata(metadata_rows(out, records))
-        done = sum(r.get("status") == RecordStatus.COMPLETED for r in records)
-        summary = {
-            "merged_from": [str(s) for s in sources],
-            "out": str(out),
-            "counts": {"completed": done, "failed": len(records) - done},
-            "estimated_spend_units": round(
-                sum(r.get("cost_units") or 0.0 for r in records if r.get("cost_usd") is None), 3
-            ),
-            "estimated_spend_usd": round(sum(r.get("cost_usd") or 0.0 for r in records), 4),
-        }
+        counts = counts_of(records)
+        summary = run_summary(
+            out=str(out),
+            counts=counts,
+            records=len(records),
+            started=started,
+            ended=time.time(),
+            exit_code=ExitCode.OK if counts.completed == len(records) else ExitCode.FAILED,
+            merged_from=[str(s) for s in sources],
+        )
         folder.write_summary(summary)
         write_report(out, records, summary)
     return summary

@@ -116,3 +116,10 @@ async def test_two_shards_run_apart_and_merge_into_one_dataset(tmp_path: Path) -
     rows = (tmp_path / "all" / "metadata.jsonl").read_text().splitlines()
     assert len(rows) == 16
     assert (tmp_path / "all" / "report.html").is_file()
+    merged = json.loads((tmp_path / "all" / "summary.json").read_text())
+    run = json.loads((tmp_path / "shard1" / "summary.json").read_text())
+    assert merged.keys() == run.keys(), "one summary.json shape for a run and a merge"
+    assert merged["counts"].keys() == run["counts"].keys()
+    assert merged["counts"]["completed"] == merged["results_records"] == 16
+    assert merged["merged_from"] == [str(tmp_path / "shard1"), str(tmp_path / "shard2")]
+    assert run["merged_from"] is None

@@ -1,0 +1,77 @@
+"""``summary.json``: one shape for a run and for a merge of shard folders.
+
+Every key is always there; what does not apply is null (a merge has no manifest, API,
+requests or settings; a run is merged from nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from runner.engine.counts import REQUEST_KINDS, Counts, requests_per_job
+from runner.records import RecordStatus
+from runner.timefmt import iso_time
+
+
+def summary(
+    *,
+    out: str,
+    counts: Counts,
+    records: int,
+    started: float,
+    ended: float,
+    exit_code: int,
+    stopped: str | None = None,
+    manifest: str | None = None,
+    api_base: str | None = None,
+    requests: Mapping[str, int] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    merged_from: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    data = counts.to_json()
+    return {
+        "manifest": manifest,
+        "merged_from": list(merged_from) if merged_from is not None else None,
+        "out": out,
+        "api_base": api_base,
+        "started_at": iso_time(started),
+        "ended_at": iso_time(ended),
+        "wall_seconds": round(ended - started, 3),
+        "exit_code": exit_code,
+        "stopped": stopped,
+        "results_records": records,
+        "api_requests": None
+        if requests is None
+        else sum(n for kind, n in requests.items() if kind != "download"),
+        "requests": None
+        if requests is None
+        else {kind: requests.get(kind, 0) for kind in REQUEST_KINDS},
+        "requests_per_job": None
+        if requests is None
+        else requests_per_job(requests, counts.finished_now),
+        "counts": data,
+        "estimated_spend_units": data["spend_units"],
+        "estimated_spend_usd": data["spend_usd"],
+        "settings": None if settings is None else dict(settings),
+        "listing": None,  # the job listing's passes and pages (a run in list mode)
+        "webhooks": None,  # deliveries used, ignored and refused (a run with webhooks)
+    }
+
+
+def counts_of(records: Sequence[Mapping[str, Any]]) -> Counts:
+    """The counts of a finished set of records (a merge)."""
+    counts = Counts(total=len(records))
+    for record in records:
+        status = record.get("status")
+        if status == RecordStatus.COMPLETED:
+            counts.completed += 1
+            if record.get("cost_usd") is not None:
+                counts.spend_usd += record["cost_usd"]
+            else:
+                counts.spend_units += record.get("cost_units") or 0.0
+        elif status == RecordStatus.AMBIGUOUS:
+            counts.ambiguous_jobs += 1
+        else:
+            counts.failed += 1
+    return counts
