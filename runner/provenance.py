@@ -77,7 +77,9 @@ def embed(path: Path, fields: Mapping[str, Any]) -> tuple[str, int]:
     content = path.read_bytes()
     changed = _with_png_text(content, fields) or _with_jpeg_xmp(content, fields)
     if changed is not None:
-        tmp = path.with_name(path.name + ".meta")
+        # Hidden and ending in .part, like the download itself: a crash leaves nothing that
+        # the next start does not clear away.
+        tmp = path.with_name(f".{path.name.lstrip('.')}.meta.part")
         with tmp.open("wb") as handle:
             handle.write(changed)
             handle.flush()

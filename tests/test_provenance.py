@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runner import run_batch
+from runner import provenance, run_batch
 from runner.cli import main
 from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.outputs import OutputFolder
 from runner.provenance import embed, read
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 
@@ -68,3 +69,23 @@ def test_inspect_refuses_what_is_not_an_image(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_bytes(io.BytesIO(b"hello").getvalue())
     assert main(["inspect", str(path)]) == 2
+
+
+def test_a_crash_while_embedding_leaves_nothing_the_next_start_keeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OutputFolder(tmp_path) as folder:
+        part = folder.partial_path("0123456789abcdef")
+        Image.new("RGB", (4, 4)).save(part, "PNG")
+
+    def killed(*args: object) -> None:
+        raise RuntimeError("killed between writing the copy and renaming it")
+
+    monkeypatch.setattr(provenance.os, "replace", killed)
+    with pytest.raises(RuntimeError):
+        embed(part, FIELDS)
+    monkeypatch.undo()
+    assert len([p for p in (tmp_path / "images").rglob("*") if p.is_file()]) == 2
+    with OutputFolder(tmp_path):
+        pass
+    assert not [p for p in (tmp_path / "images").rglob("*") if p.is_file()]
