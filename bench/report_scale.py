@@ -19,23 +19,26 @@ from typing import Any
 
 from PIL import Image
 
-from runner.report import write_report
+from runner.outputs.records import parse_record
+from runner.outputs.report import write_report
 
 
 def records(jobs: int) -> Any:
     for n in range(jobs):
         done = n % 100 != 0
-        yield {
-            "key": f"{n:016x}",
-            "status": "completed" if done else "failed",
-            "prompt": f"a lighthouse on a cliff at dusk, number {n}",
-            "model": ("flux-1-dev", "seedream-4", "krea-2-medium")[n % 3],
-            "seed": n,
-            "files": [{"path": "images/one.png"}] if done else [],
-            "error": None if done else "moderated",
-            "timings": {"seconds": 6.5},
-            "params": {"width": 1024, "height": 1024},
-        }
+        yield parse_record(
+            {
+                "key": f"{n:016x}",
+                "status": "completed" if done else "failed",
+                "prompt": f"a lighthouse on a cliff at dusk, number {n}",
+                "model": ("flux-1-dev", "seedream-4", "krea-2-medium")[n % 3],
+                "seed": n,
+                "files": [{"path": "images/one.png"}] if done else [],
+                "error": None if done else "moderated",
+                "timings": {"seconds": 6.5},
+                "params": {"width": 1024, "height": 1024},
+            }
+        )
 
 
 async def first_page(page_path: Path) -> float | None:

@@ -13,17 +13,17 @@ from typing import Any, TypeVar
 import aiohttp
 
 from runner.client import DEFAULT_API_BASE, KreaClient, Limits, Timeouts
-from runner.dataset import METADATA_NAME, metadata_rows
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.engine import Engine, EngineOptions, RunResult
 from runner.errors import UsageError
 from runner.journal import records_at
 from runner.limiter import SharedRate
-from runner.live import LiveStatus
 from runner.manifest import Manifest, load_manifest
-from runner.outputs import OutputFolder
-from runner.report import write_report
-from runner.summary import summary
+from runner.outputs import OutputFolder, ResultRecord
+from runner.outputs.live import LiveStatus
+from runner.outputs.metadata import metadata_rows
+from runner.outputs.report import write_report
+from runner.outputs.summary import summary
 from runner.webhooks import Receiver, WebhookSettings, receiving
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ async def run_batch(
                 result = await engine.run()
                 live.write(engine, "finished")
 
-        def records() -> Iterator[dict[str, Any]]:
+        def records() -> Iterator[ResultRecord]:
             states = engine.states
             offsets = (states[key].done_at for key in engine.keys if key in states)
             return records_at(folder.journal_path, (o for o in offsets if o is not None))
@@ -122,7 +122,7 @@ async def run_batch(
                 folder.results_path, lambda: folder.write_results(records()), default=-1
             )
             _best_effort(
-                folder.root / METADATA_NAME,
+                folder.layout.metadata,
                 lambda: folder.write_metadata(metadata_rows(folder.root, records())),
                 default=None,
             )
@@ -136,7 +136,7 @@ async def run_batch(
         )
         if not current:
             _best_effort(
-                folder.root / "report.html",
+                folder.layout.report,
                 lambda: write_report(folder.root, records(), result.summary),
                 default=None,
             )
@@ -149,7 +149,7 @@ def _up_to_date(folder: OutputFolder, finished_now: int) -> bool:
     """Whether results.jsonl, metadata.jsonl and report.html already say all there is: this
     run finished nothing, and they were written after the journal's last event (a run that
     stopped before its finishing stage leaves the journal newer)."""
-    files = (folder.results_path, folder.root / METADATA_NAME, folder.root / "report.html")
+    files = (folder.results_path, folder.layout.metadata, folder.layout.report)
     if finished_now or not all(path.exists() for path in files):
         return False
     journal = folder.journal_path.stat().st_mtime_ns if folder.journal_path.exists() else 0

@@ -25,15 +25,16 @@ from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions
 from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
-from runner.live import read_live
 from runner.logs import configure_logging
 from runner.manifest import load_manifest
 from runner.merge import merge_folders, parse_shard
 from runner.money import parse_budget, spend_text
+from runner.outputs import Layout, latest_records
+from runner.outputs.live import read_live
+from runner.outputs.report import write_report
 from runner.plan import make_plan
 from runner.progress import Progress
 from runner.provenance import read as read_provenance
-from runner.report import load_records, write_report
 from runner.secrets import find_token, read_token_file
 from runner.settings import POLL_MODES, RunSettings, parse_deadline, parse_duration
 from runner.status import read_status, refresh, render_status
@@ -480,12 +481,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    root = Path(args.out)
-    if not (root / "results.jsonl").exists():
-        raise UsageError(f"{root} holds no results.jsonl: is it a krea-batch output folder?")
-    summary_path = root / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    path = write_report(root, load_records(root), summary)
+    layout = Layout(Path(args.out))
+    if not layout.results.exists():
+        raise UsageError(f"{layout.root} holds no results.jsonl: is it a krea-batch output folder?")
+    summary = json.loads(layout.summary.read_text()) if layout.summary.exists() else {}
+    path = write_report(layout.root, latest_records(layout.results), summary)
     print(f"wrote {path}")
     return EXIT_OK
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypedDict
 
 KEY_LENGTH = 16  # hex digits: 64 bits, so a million jobs collide with odds of about 1 in 30 million
 
@@ -33,6 +33,22 @@ def derive_seed(key: str) -> int:
     return int(key[:8], 16)
 
 
+class JobDescription(TypedDict):
+    """A spec as plain JSON data (what every results record starts with)."""
+
+    key: str
+    index: int
+    entry: int
+    name: str | None
+    model: str
+    endpoint: str
+    prompt: str
+    seed: int | None
+    params: dict[str, Any]
+    vars: dict[str, Any]
+    replica: int
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One job to run: the request (endpoint and body) and what the manifest said about it."""
@@ -57,7 +73,7 @@ class JobSpec:
     def at(self, index: int) -> JobSpec:
         return replace(self, index=index)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JobDescription:
         """The spec as plain JSON data: what `plan --show` prints, and each record starts with."""
         return {
             "key": self.key,

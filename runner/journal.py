@@ -30,6 +30,13 @@ from typing import Any, BinaryIO
 import anyio
 
 from runner.errors import DiskError
+from runner.outputs.records import (
+    RecordStatus,
+    ResultRecord,
+    parse_record,
+    spend_of,
+    status_of,
+)
 from runner.skew import ClockSkew
 
 log = logging.getLogger(__name__)
@@ -46,7 +53,7 @@ class KeyState:
     answered_at: float | None = None  # when its POST was answered: the job existed by then
     pending_since: float | None = None  # a POST went out at this time and its answer is unknown
     candidates: tuple[str, ...] = ()  # ambiguous: the remote jobs that could be ours
-    done: str | None = None  # "completed", "failed" or "ambiguous", once finished
+    done: RecordStatus | None = None  # once finished
     done_at: int | None = None  # where the `done` line (the full record) starts in the journal
     done_units: float = 0.0  # its estimated cost in compute units, when it has no USD price
     done_usd: float = 0.0  # its estimated cost in US dollars
@@ -112,15 +119,15 @@ def apply(ledger: Ledger, event: Mapping[str, Any], offset: int | None = None) -
         state.candidates = tuple(str(c) for c in event.get("candidates", ()))
         ledger.known_ids.update(state.candidates)
     elif kind == "done":
-        record = event.get("record") or {}
-        state.done = str(record.get("status", "failed"))
+        record = event.get("record")
+        record = record if isinstance(record, dict) else {}
+        state.done = status_of(record)
         state.done_at = offset
-        usd = record.get("cost_usd")
-        state.done_usd = float(usd) if isinstance(usd, int | float) else 0.0
-        state.done_units = 0.0 if state.done_usd else float(record.get("cost_units") or 0.0)
-        state.done_error = record.get("error")
+        state.done_usd, state.done_units = spend_of(record)
+        error = record.get("error")
+        state.done_error = None if error is None else str(error)
         state.job_id = state.pending_since = None
-        if state.done != "ambiguous":
+        if state.done != RecordStatus.AMBIGUOUS:
             state.candidates = ()  # an ambiguous job keeps them: `status` lists them
         state.accepted = 0
 
@@ -167,13 +174,13 @@ def read_events(
             stats.good_bytes = offset
 
 
-def records_at(path: Path, offsets: Iterable[int]) -> Iterator[dict[str, Any]]:
+def records_at(path: Path, offsets: Iterable[int]) -> Iterator[ResultRecord]:
     """The results records of the `done` lines at these offsets, read one at a time."""
     with path.open("rb") as handle:
         for offset in offsets:
             handle.seek(offset)
-            record = json.loads(handle.readline()).get("record")
-            if isinstance(record, dict):
+            record = parse_record(json.loads(handle.readline()).get("record"))
+            if record is not None:
                 yield record
 
 

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from runner.dataset import metadata_rows
 from runner.errors import UsageError
 from runner.exitcodes import ExitCode
-from runner.outputs import OutputFolder
-from runner.records import RecordStatus
-from runner.report import load_records, write_report
-from runner.summary import counts_of
-from runner.summary import summary as run_summary
+from runner.outputs import Layout, OutputFolder, RecordStatus, ResultRecord, latest_records
+from runner.outputs.images import file_sha256, inside
+from runner.outputs.metadata import metadata_rows
+from runner.outputs.report import write_report
+from runner.outputs.summary import counts_of
+from runner.outputs.summary import summary as run_summary
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -32,17 +31,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def _better(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+def _better(new: ResultRecord, old: ResultRecord | None) -> bool:
     done = RecordStatus.COMPLETED
-    return old is None or (new.get("status") == done and old.get("status") != done)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return old is None or (new["status"] == done and old["status"] != done)
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -53,14 +44,9 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _inside(source: Path, path: object, key: str) -> None:
+def _inside(source: Path, path: str, key: str) -> None:
     """Refuse a file path of a results record that would leave its folder (or the merged one)."""
-    if not isinstance(path, str) or not path:
-        raise UsageError(f"{source}/results.jsonl: job {key} lists a file without a path")
-    resolved = (source / path).resolve()
-    if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
-        resolved = Path("/")  # never inside
-    if not resolved.is_relative_to(source.resolve()):
+    if inside(source, path) is None:
         raise UsageError(
             f"{source}/results.jsonl: job {key} lists the file {path[:80]!r}, outside its "
             "folder; not merged"
@@ -70,30 +56,31 @@ def _inside(source: Path, path: object, key: str) -> None:
 def merge_folders(sources: Sequence[Path], out: Path) -> dict[str, Any]:
     """Combine the results and images of several output folders into ``out``."""
     started = time.time()
-    chosen: dict[str, tuple[Path, dict[str, Any]]] = {}
+    chosen: dict[str, tuple[Path, ResultRecord]] = {}
     for source in sources:
-        if not (source / "results.jsonl").exists():
+        results = Layout(source).results
+        if not results.exists():
             raise UsageError(f"{source} holds no results.jsonl: is it a krea-batch output folder?")
-        for record in load_records(source):
+        for record in latest_records(results):
             previous = chosen.get(record["key"])
             if _better(record, previous[1] if previous else None):
                 chosen[record["key"]] = (source, record)
     for source, record in chosen.values():
-        for entry in record.get("files", []):
-            _inside(source, entry.get("path"), record["key"])
+        for entry in record["files"]:
+            _inside(source, entry["path"], record["key"])
     with OutputFolder(out) as folder:
         for source, record in chosen.values():
-            for entry in record.get("files", []):
+            for entry in record["files"]:
                 target = out / entry["path"]
                 if target.exists():
-                    if _sha256(target) != entry["sha256"]:
+                    if file_sha256(target) != entry["sha256"]:
                         raise UsageError(
                             f"{target} exists with other content: merge into a new folder"
                         )
                     continue
                 _copy(source / entry["path"], target)
         records = [record for _, record in chosen.values()]
-        records.sort(key=lambda r: (r.get("index", 0), r["key"]))
+        records.sort(key=lambda r: (r["index"], r["key"]))
         folder.write_results(records)
         folder.write_metadata(metadata_rows(out, records))
         counts = counts_of(records)

@@ -11,8 +11,7 @@ from runner.client import KreaClient
 from runner.errors import ApiError, UsageError
 from runner.journal import fold, read_events
 from runner.money import spend_text
-from runner.outputs import STATE_DIR
-from runner.records import RecordStatus
+from runner.outputs import STATE_DIR, Layout, RecordStatus
 
 
 @dataclass
@@ -54,7 +53,7 @@ class FolderStatus:
 
 def read_status(root: Path) -> FolderStatus:
     """Fold the folder's journal (read only: a run may be writing it right now)."""
-    journal = root / STATE_DIR / "journal.jsonl"
+    journal = Layout(root).journal
     if not journal.exists():
         raise UsageError(
             f"{root} has no {STATE_DIR}/journal.jsonl: is it a krea-batch output folder?"

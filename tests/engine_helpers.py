@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from runner.backoff import Backoff
 from runner.emulator import Emulator
 from runner.engine import EngineOptions, RetryPolicy
 from runner.manifest import Manifest, parse_manifest
+from runner.outputs.records import ResultRecord, parse_record
 
 # Backoffs about a thousand times shorter, so fault tests take milliseconds, not minutes.
 QUICK_RETRY = RetryPolicy(
@@ -41,6 +43,13 @@ def manifest_text(jobs: int = 20, model: str = "seedream-4", **run: Any) -> str:
 
 def small_manifest(jobs: int = 20, **run: Any) -> Manifest:
     return parse_manifest(manifest_text(jobs, **run))
+
+
+def as_records(raw: Iterable[dict[str, Any]]) -> list[ResultRecord]:
+    """Hand-written partial records in their full shape, as a results file would be read."""
+    records = [parse_record(r) for r in raw]
+    assert all(r is not None for r in records)
+    return [r for r in records if r is not None]
 
 
 def read_results(out: Path) -> list[dict[str, Any]]:

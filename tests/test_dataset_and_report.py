@@ -20,8 +20,9 @@ from runner.errors import UsageError
 from runner.jobspec import JobSpec
 from runner.manifest import parse_manifest
 from runner.naming import check_template, render_name
-from runner.report import write_report
-from tests.engine_helpers import FAST, read_results
+from runner.outputs import ResultRecord
+from runner.outputs.report import write_report
+from tests.engine_helpers import FAST, as_records, read_results
 
 MATRIX = textwrap.dedent("""
     version: 1
@@ -136,7 +137,7 @@ async def test_metadata_rows_describe_each_image(tmp_path: Path) -> None:
         assert {"prompt", "model", "seed", "width", "height", "params"} <= set(row)
 
 
-def _records() -> list[dict[str, Any]]:
+def _records() -> list[ResultRecord]:
     done = [
         {
             "key": f"k{m}{s}",
@@ -162,7 +163,7 @@ def _records() -> list[dict[str, Any]]:
             "files": [],
         }
     ]
-    return done + failed
+    return as_records(done + failed)
 
 
 def test_the_report_has_pages_of_cards_a_model_comparison_and_failures(tmp_path: Path) -> None:
@@ -220,7 +221,7 @@ async def test_a_gallery_of_20000_jobs_pages_and_filters_in_headless_chromium(
     image = tmp_path / "images" / "one.png"
     image.parent.mkdir()
     Image.new("RGB", (8, 8), "teal").save(image)
-    records = (
+    records = as_records(
         {
             "key": f"{n:016x}",
             "status": "completed" if n % 100 else "failed",

@@ -199,7 +199,9 @@ async def test_append_returns_where_each_line_starts(tmp_path: Path) -> None:
     offsets: dict[str, int] = {}
 
     async def done(key: str) -> None:
-        offsets[key] = await journal.record("done", key, record={"key": key, "status": "completed"})
+        offsets[key] = await journal.record(
+            "done", key, record={"key": key, "status": "completed", "files": []}
+        )
 
     async with anyio.create_task_group() as tg:
         for i in range(50):

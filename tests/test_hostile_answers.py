@@ -15,13 +15,14 @@ from PIL import Image
 from runner.addresses import PrivateAddress, PublicOnlyResolver
 from runner.cli import main
 from runner.client import KreaClient, Limits
-from runner.dataset import metadata_rows
 from runner.engine.counts import Counts
 from runner.engine.outcome import Failed
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
 from runner.outputs import OutputFolder, image_problem
+from runner.outputs.metadata import metadata_rows
 from runner.remote import JobStatus, MalformedJob, RemoteJob
+from tests.engine_helpers import as_records
 from tests.http_helpers import fake_server
 from tests.virtual_time import VirtualClock, virtual_time
 
@@ -124,7 +125,7 @@ def test_an_image_whose_header_claims_a_bomb_still_gets_metadata(tmp_path: Path)
         "params": {"width": 512, "height": 512},
         "files": [{"path": "images/bomb.png"}],
     }
-    [row] = metadata_rows(tmp_path, [record])
+    [row] = metadata_rows(tmp_path, as_records([record]))
     assert (row["width"], row["height"]) == (512, 512)
 
 

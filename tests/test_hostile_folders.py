@@ -20,8 +20,7 @@ from runner.errors import ManifestError, UsageError
 from runner.journal import Journal
 from runner.manifest import load_manifest, parse_manifest
 from runner.merge import merge_folders
-from runner.outputs import OutputFolder
-from runner.report import load_records
+from runner.outputs import OutputFolder, latest_records
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 from tests.http_helpers import fake_server
 
@@ -85,7 +84,7 @@ def test_report_and_merge_skip_a_results_line_that_is_not_utf_8(tmp_path: Path) 
     (tmp_path / "results.jsonl").write_bytes(
         json.dumps(record).encode() + b"\n\xff\xfe not json \xe9\n"
     )
-    assert [r["key"] for r in load_records(tmp_path)] == ["k1"]
+    assert [r["key"] for r in latest_records(tmp_path / "results.jsonl")] == ["k1"]
     assert main(["report", str(tmp_path)]) == 0
 
 

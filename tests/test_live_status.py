@@ -13,7 +13,7 @@ from runner import run_batch
 from runner.cli import main
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import Engine
-from runner.live import STALE_AFTER, read_live
+from runner.outputs.live import STALE_AFTER, read_live
 from tests.engine_helpers import FAST, small_manifest
 
 

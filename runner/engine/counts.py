@@ -40,6 +40,11 @@ class Counts:
     spend_usd: float = 0.0
     by_model: dict[str, list[int]] = field(default_factory=dict)  # model → [finished, total]
 
+    def add_spend(self, usd: float, units: float) -> None:
+        """Count a finished job's cost (runner.outputs.records.spend_of)."""
+        self.spend_usd += usd
+        self.spend_units += units
+
     def saw(self, error: TransientApiError) -> None:
         """Count a transient error (and which kind of 429 it was)."""
         self.transient_errors += 1

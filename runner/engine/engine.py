@@ -33,7 +33,6 @@ from runner.engine.outcome import (
     Completed,
     Deferred,
     Failed,
-    FileEntry,
     NotSubmitted,
     Outcome,
 )
@@ -47,9 +46,15 @@ from runner.journal import Journal, KeyState, Ledger
 from runner.limiter import AdaptiveLimit
 from runner.manifest import Manifest, expand
 from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
-from runner.outputs import OutputFolder, intact_records
+from runner.outputs import FileEntry, OutputFolder, intact_records
+from runner.outputs.records import (
+    RecordStatus,
+    ambiguous_record,
+    completed_record,
+    failed_record,
+    spend_of,
+)
 from runner.provenance import spec_provenance
-from runner.records import RecordStatus, ambiguous_record, completed_record, failed_record
 from runner.remote import JobStatus, RemoteJob
 from runner.settings import RunSettings
 
@@ -472,10 +477,7 @@ class Engine:
         self.counts.by_model.setdefault(spec.model, [0, 0])[0] += 1
         if isinstance(outcome, Completed):
             self.counts.completed += 1
-            if record.get("cost_usd") is not None:
-                self.counts.spend_usd += record["cost_usd"]
-            else:
-                self.counts.spend_units += record.get("cost_units") or 0.0
+            self.counts.add_spend(*spend_of(record))
             files = len(outcome.files)
             plural = "" if files == 1 else "s"
             log.info("← done %s %s (%d file%s)", spec.key, spec.model, files, plural)

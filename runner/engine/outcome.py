@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from runner.outputs.records import FileEntry
 from runner.remote import RemoteJob
-
-FileEntry = dict[str, Any]  # {path, sha256, bytes} as results.jsonl lists it
 
 
 @dataclass(frozen=True, slots=True)

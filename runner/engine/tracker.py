@@ -16,11 +16,11 @@ import anyio
 from runner.backoff import jittered
 from runner.client import KreaClient
 from runner.engine.counts import Counts
-from runner.engine.outcome import Deferred, Failed, FileEntry
+from runner.engine.outcome import Deferred, Failed
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.engine.watching import Lister, Watch
 from runner.errors import BadImage, ExpiredUrl, PermanentApiError, TransientApiError
-from runner.outputs import OutputFolder, image_extension, image_problem, relative
+from runner.outputs import FileEntry, OutputFolder, image_extension, image_problem, relative
 from runner.provenance import embed
 from runner.remote import JobStatus, RemoteJob
 
@@ -330,5 +330,6 @@ class Tracker:
         self.counts.downloads += 1
         self.counts.bytes += download.bytes
         sha256, size = final.get("file", (download.sha256, download.bytes))
-        entry = {"path": relative(download.path, self.folder.root), "sha256": sha256, "bytes": size}
+        path = relative(download.path, self.folder.root)
+        entry: FileEntry = {"path": path, "sha256": sha256, "bytes": size}
         return remote, entry

@@ -22,11 +22,10 @@ from typing import Any
 import jinja2
 
 from runner.money import spend_text
-from runner.outputs import fsync_dir, read_records, write_atomic
-from runner.records import RecordStatus
+from runner.outputs.atomic import fsync_dir, write_atomic
+from runner.outputs.layout import REPORT_DATA_DIR, Layout
+from runner.outputs.records import RecordStatus, ResultRecord, spend_of
 
-REPORT_NAME = "report.html"
-DATA_DIR = "report"
 PER_PAGE = 300
 MAX_COMPARE_ROWS = 300
 MAX_FAILED = 1000
@@ -39,32 +38,32 @@ _TEMPLATES = jinja2.Environment(
 )
 
 
-def _caption(record: Mapping[str, Any]) -> str:
-    parts = [str(record.get("model"))]
-    if record.get("seed") is not None:
+def _caption(record: ResultRecord) -> str:
+    parts = [record["model"]]
+    if record["seed"] is not None:
         parts.append(f"seed {record['seed']}")
-    seconds = (record.get("timings") or {}).get("seconds")
-    if seconds is not None:
+    seconds = record["timings"].get("seconds")
+    if isinstance(seconds, int | float):
         parts.append(f"{seconds:g} s")
     return " · ".join(parts)
 
 
-def _tooltip(record: Mapping[str, Any]) -> str:
-    params = json.dumps(record.get("params") or {}, ensure_ascii=False, sort_keys=True)
-    return f"{record.get('prompt')}\nkey {record.get('key')}\nparams {params}"
+def _tooltip(record: ResultRecord) -> str:
+    params = json.dumps(record["params"], ensure_ascii=False, sort_keys=True)
+    return f"{record['prompt']}\nkey {record['key']}\nparams {params}"
 
 
-def _card(record: Mapping[str, Any]) -> dict[str, Any]:
+def _card(record: ResultRecord) -> dict[str, Any]:
     """What the page's script needs of one record."""
-    files = record.get("files") or []
+    files = record["files"]
     return {
-        "key": record.get("key"),
-        "status": record.get("status"),
-        "model": record.get("model"),
-        "seed": record.get("seed"),
-        "prompt": str(record.get("prompt", "")),
+        "key": record["key"],
+        "status": record["status"],
+        "model": record["model"],
+        "seed": record["seed"],
+        "prompt": record["prompt"],
         "path": files[0]["path"] if files else None,
-        "error": record.get("error"),
+        "error": record["error"],
     }
 
 
@@ -106,35 +105,34 @@ class _Gallery:
     spend_usd: float = 0.0
     models: dict[str, None] = field(default_factory=dict)
     seeds: dict[Any, None] = field(default_factory=dict)
-    failed: list[Mapping[str, Any]] = field(default_factory=list)
+    failed: list[ResultRecord] = field(default_factory=list)
     failed_count: int = 0
     prompts: dict[str, None] = field(default_factory=dict)
     more_prompts: bool = False
     cells: dict[tuple[str, str, Any], dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, record: Mapping[str, Any]) -> None:
-        if record.get("status") == RecordStatus.FAILED:
+    def add(self, record: ResultRecord) -> None:
+        if record["status"] == RecordStatus.FAILED:
             self.failed_count += 1
             if len(self.failed) < MAX_FAILED:
                 self.failed.append(record)
-            self.models.setdefault(str(record.get("model")), None)
+            self.models.setdefault(record["model"], None)
             self.failed_chunks.add(_card(record))
             return
-        if record.get("status") != RecordStatus.COMPLETED or not record.get("files"):
+        if record["status"] != RecordStatus.COMPLETED or not record["files"]:
             return
         self.done += 1
         self.images += len(record["files"])
-        if record.get("cost_usd") is not None:
-            self.spend_usd += record["cost_usd"]
-        else:
-            self.spend += record.get("cost_units") or 0.0
-        self.models.setdefault(str(record["model"]), None)
-        self.seeds.setdefault(record.get("seed"), None)
+        usd, units = spend_of(record)
+        self.spend_usd += usd
+        self.spend += units
+        self.models.setdefault(record["model"], None)
+        self.seeds.setdefault(record["seed"], None)
         self.completed.add(_card(record))
         self._compare(record)
 
-    def _compare(self, record: Mapping[str, Any]) -> None:
-        prompt = str(record["prompt"])
+    def _compare(self, record: ResultRecord) -> None:
+        prompt = record["prompt"]
         if prompt not in self.prompts:
             if len(self.prompts) >= MAX_COMPARE_ROWS:
                 self.more_prompts = True
@@ -147,7 +145,7 @@ class _Gallery:
             "tooltip": _tooltip(record),
         }
         self.cells.setdefault((prompt, "model", record["model"]), cell)
-        self.cells.setdefault((prompt, "seed", record.get("seed")), cell)
+        self.cells.setdefault((prompt, "seed", record["seed"]), cell)
 
     def compare(self) -> dict[str, Any]:
         if not self.done:
@@ -168,13 +166,12 @@ class _Gallery:
         }
 
 
-def write_report(
-    root: Path, records: Iterable[Mapping[str, Any]], summary: Mapping[str, Any]
-) -> Path:
+def write_report(root: Path, records: Iterable[ResultRecord], summary: Mapping[str, Any]) -> Path:
     """Write ``report.html`` and its ``report/`` chunks into the output folder; returns the
     page's path. The chunks are built in a fresh folder and swapped in, then the page is
     replaced atomically."""
-    building = root / f".{DATA_DIR}.new"
+    layout = Layout(root)
+    building = root / f".{REPORT_DATA_DIR}.new"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir()
     gallery = _Gallery(_Chunks(building, "c"), _Chunks(building, "f"))
@@ -183,16 +180,15 @@ def write_report(
     gallery.completed.flush()
     gallery.failed_chunks.flush()
     page = render_page(gallery, summary)
-    current, old = root / DATA_DIR, root / f".{DATA_DIR}.old"
+    current, old = layout.report_data, root / f".{REPORT_DATA_DIR}.old"
     shutil.rmtree(old, ignore_errors=True)
     if current.exists():
         os.replace(current, old)
     os.replace(building, current)
     fsync_dir(root)
     shutil.rmtree(old, ignore_errors=True)
-    path = root / REPORT_NAME
-    write_atomic(path, page)
-    return path
+    write_atomic(layout.report, page)
+    return layout.report
 
 
 def render_page(gallery: _Gallery, summary: Mapping[str, Any]) -> str:
@@ -208,7 +204,7 @@ def render_page(gallery: _Gallery, summary: Mapping[str, Any]) -> str:
     if summary.get("ended_at"):
         stats.append(("finished", str(summary["ended_at"]).replace("T", " ")[:19]))
     setup = {
-        "dir": DATA_DIR,
+        "dir": REPORT_DATA_DIR,
         "per_page": PER_PAGE,
         "completed_chunks": gallery.completed.count,
         "failed_chunks": gallery.failed_chunks.count,
@@ -222,11 +218,3 @@ def render_page(gallery: _Gallery, summary: Mapping[str, Any]) -> str:
         failed_count=gallery.failed_count,
         setup=setup,
     )
-
-
-def load_records(root: Path) -> list[dict[str, Any]]:
-    """The current record of each job in ``results.jsonl`` (the last one wins)."""
-    latest: dict[str, dict[str, Any]] = {}
-    for record in read_records(root / "results.jsonl"):
-        latest[record["key"]] = record
-    return list(latest.values())

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runner.engine.counts import REQUEST_KINDS, Counts, requests_per_job
-from runner.records import RecordStatus
+from runner.outputs.records import RecordStatus, ResultRecord, spend_of
 from runner.timefmt import iso_time
 
 
@@ -59,17 +59,14 @@ def summary(
     }
 
 
-def counts_of(records: Sequence[Mapping[str, Any]]) -> Counts:
+def counts_of(records: Sequence[ResultRecord]) -> Counts:
     """The counts of a finished set of records (a merge)."""
     counts = Counts(total=len(records))
     for record in records:
-        status = record.get("status")
+        status = record["status"]
         if status == RecordStatus.COMPLETED:
             counts.completed += 1
-            if record.get("cost_usd") is not None:
-                counts.spend_usd += record["cost_usd"]
-            else:
-                counts.spend_units += record.get("cost_units") or 0.0
+            counts.add_spend(*spend_of(record))
         elif status == RecordStatus.AMBIGUOUS:
             counts.ambiguous_jobs += 1
         else:

@@ -10,24 +10,36 @@ import json
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from PIL import Image
 
-from runner.records import RecordStatus
+from runner.outputs.images import inside
+from runner.outputs.records import RecordStatus, ResultRecord
 
-METADATA_NAME = "metadata.jsonl"
+
+class MetadataRow(TypedDict):
+    file_name: str
+    key: str
+    prompt: str
+    model: str
+    seed: int | None
+    width: int | None
+    height: int | None
+    name: str | None
+    params: str  # JSON: one text column keeps the schema the same whatever each model took
+    job_id: str | None
 
 
-def metadata_rows(root: Path, records: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+def metadata_rows(root: Path, records: Iterable[ResultRecord]) -> Iterator[MetadataRow]:
     """One row per image file of every completed record (pure but for reading image headers)."""
     for record in records:
-        if record.get("status") != RecordStatus.COMPLETED:
+        if record["status"] != RecordStatus.COMPLETED:
             continue
-        params = dict(record.get("params") or {})
-        for entry in record.get("files", []):
-            path = (root / entry["path"]).resolve()
-            if not path.is_relative_to(root.resolve()):
+        params = record["params"]
+        for entry in record["files"]:
+            path = inside(root, entry["path"])
+            if path is None:
                 continue  # a results file pointing outside its folder: not ours to read
             width, height = _size(path, params)
             yield {
@@ -35,13 +47,12 @@ def metadata_rows(root: Path, records: Iterable[Mapping[str, Any]]) -> Iterator[
                 "key": record["key"],
                 "prompt": record["prompt"],
                 "model": record["model"],
-                "seed": record.get("seed"),
+                "seed": record["seed"],
                 "width": width,
                 "height": height,
-                "name": record.get("name"),
-                # One text column keeps the schema the same whatever parameters each model took.
+                "name": record["name"],
                 "params": json.dumps(params, sort_keys=True, ensure_ascii=False),
-                "job_id": record.get("job_id"),
+                "job_id": record["job_id"],
             }
 
 
@@ -54,8 +65,12 @@ def _size(path: Path, params: Mapping[str, Any]) -> tuple[int | None, int | None
             with Image.open(path) as image:
                 return image.size
     except (OSError, Image.DecompressionBombError):
-        return params.get("width"), params.get("height")
+        width, height = params.get("width"), params.get("height")
+        return (
+            width if isinstance(width, int) else None,
+            height if isinstance(height, int) else None,
+        )
 
 
-def metadata_lines(rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+def metadata_lines(rows: Iterable[MetadataRow]) -> Iterator[str]:
     return (json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

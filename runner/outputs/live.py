@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.engine.counts import REQUEST_KINDS, requests_per_job
+from runner.outputs.atomic import write_atomic
+from runner.outputs.layout import Layout
 from runner.timefmt import iso_time
 
 if TYPE_CHECKING:
     from runner.engine import Engine
 
-STATUS_NAME = "status.json"
 STALE_AFTER = 10.0  # seconds without a heartbeat before a status is a past run's
 
 
@@ -87,17 +88,11 @@ def prometheus(status: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class LiveStatus:
     """Called with the engine as often as the engine likes; writes every ``every`` seconds."""
 
     def __init__(self, root: Path, metrics: Path | None = None, every: float = 2.0) -> None:
-        self.path = root / STATUS_NAME
+        self.path = Layout(root).status
         self.metrics = metrics
         self.every = every
         self._last = -float("inf")
@@ -112,9 +107,9 @@ class LiveStatus:
         """Write both files now; a failure is not worth stopping a run for."""
         status = payload(engine, state)
         try:
-            _replace(self.path, json.dumps(status, indent=1) + "\n")
+            write_atomic(self.path, json.dumps(status, indent=1) + "\n", durable=False)
             if self.metrics is not None:
-                _replace(self.metrics, prometheus(status))
+                write_atomic(self.metrics, prometheus(status), durable=False)
         except OSError:
             pass  # a full disk is caught where it matters: the journal
 
@@ -122,7 +117,7 @@ class LiveStatus:
 def read_live(root: Path, now: float | None = None) -> dict[str, Any] | None:
     """The status of a run writing to ``root`` right now, or None (none, or a past one)."""
     try:
-        status = json.loads((root / STATUS_NAME).read_text(encoding="utf-8"))
+        status = json.loads(Layout(root).status.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(status, dict) or status.get("state") != "running":

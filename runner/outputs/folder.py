@@ -1,0 +1,133 @@
+"""An output folder opened for writing: its lock, downloads put in place, and the files
+written at the end of a run (results.jsonl, metadata.jsonl, summary.json)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from runner.errors import DiskError, UsageError
+from runner.outputs.atomic import fsync_dir, write_atomic
+from runner.outputs.images import intact
+from runner.outputs.layout import Layout
+from runner.outputs.metadata import MetadataRow, metadata_lines
+from runner.outputs.records import ResultRecord, read_records, record_line
+
+
+class OutputFolder:
+    """One run's output folder, locked for as long as the object is open."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layout = Layout(root)
+        self.state = self.layout.state
+        self.images = self.layout.images
+        self.journal_path = self.layout.journal
+        self.results_path = self.layout.results
+        self.summary_path = self.layout.summary
+        self._lock: TextIO | None = None
+        self._results: TextIO | None = None
+
+    def open(self) -> None:
+        """Create the folder, take the lock (a UsageError if another run holds it), tidy up."""
+        try:
+            self.images.mkdir(parents=True, exist_ok=True)
+            self.state.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create the output folder {self.root}: {exc.strerror}"
+            ) from exc
+        try:
+            lock = self.layout.lock.open("a+", encoding="utf-8")
+        except OSError as exc:  # a read-only file system, no permission, a full disk
+            raise UsageError(
+                f"cannot write to the output folder {self.root}: {exc.strerror}; nothing was sent"
+            ) from exc
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise UsageError(
+                f"{self.root} is in use by another krea-batch run ({holder}); "
+                "wait for it to end or choose another --out"
+            ) from exc
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+        for partial in self.images.rglob(".*.part"):
+            partial.unlink(missing_ok=True)  # downloads cut short by a crash
+        self._results = self.results_path.open("a", encoding="utf-8")
+
+    def close(self) -> None:
+        if self._results is not None:
+            self._results.close()
+            self._results = None
+        if self._lock is not None:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> OutputFolder:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def partial_path(self, name: str) -> Path:
+        return self.images / f".{name}.part"
+
+    def place(self, partial: Path, name: str) -> Path:
+        """Move a finished download into place atomically; returns its final path."""
+        final = self.images / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, final)
+        fsync_dir(final.parent)
+        return final
+
+    def append_result(self, record: ResultRecord) -> None:
+        """Add a record to results.jsonl as it happens (compacted to one per job at the end)."""
+        if self._results is not None:
+            try:
+                self._results.write(record_line(record))
+                self._results.flush()
+            except OSError as exc:
+                raise DiskError(str(self.root), exc) from exc
+
+    def write_results(self, records: Iterable[ResultRecord]) -> int:
+        """Rewrite results.jsonl with exactly the given records (streamed); returns how many."""
+        count = 0
+
+        def lines() -> Iterator[str]:
+            nonlocal count
+            for record in records:
+                count += 1
+                yield record_line(record)
+
+        if self._results is not None:
+            self._results.close()
+        write_atomic(self.results_path, lines())
+        self._results = self.results_path.open("a", encoding="utf-8")
+        return count
+
+    def write_metadata(self, rows: Iterable[MetadataRow]) -> None:
+        write_atomic(self.layout.metadata, metadata_lines(rows))
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        write_atomic(self.summary_path, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+
+
+def intact_records(root: Path) -> Iterator[ResultRecord]:
+    """The records of ``root``/results.jsonl whose files are all there, unchanged (sha256),
+    inside the folder. What a folder whose journal was lost still proves it holds."""
+    for record in read_records(Layout(root).results):
+        if all(intact(root, entry) for entry in record["files"]):
+            yield record

@@ -1,0 +1,83 @@
+"""Where each file of an output folder lives (pure: paths only, nothing is touched).
+
+OUT/
+  images/              one file per result URL, named from the job key (_unmatched/: the
+                       images of ambiguous jobs' candidates)
+  results.jsonl        one current record per job (appended live, compacted at the end)
+  metadata.jsonl       one row per image, the Hugging Face imagefolder layout
+  summary.json         counts, spend, wall time, settings (runner.outputs.summary)
+  report.html          the gallery; report/ holds its chunks of records
+  status.json          a live run's heartbeat, rewritten every few seconds
+  .krea-batch/         journal.jsonl (the write-ahead journal) and the lock
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_DIR = ".krea-batch"
+IMAGES_DIR = "images"
+RESULTS_NAME = "results.jsonl"
+METADATA_NAME = "metadata.jsonl"
+SUMMARY_NAME = "summary.json"
+REPORT_NAME = "report.html"
+REPORT_DATA_DIR = "report"
+STATUS_NAME = "status.json"
+JOURNAL_NAME = "journal.jsonl"
+LOCK_NAME = "lock"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The paths of one output folder."""
+
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / IMAGES_DIR
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def journal(self) -> Path:
+        return self.state / JOURNAL_NAME
+
+    @property
+    def lock(self) -> Path:
+        return self.state / LOCK_NAME
+
+    @property
+    def results(self) -> Path:
+        return self.root / RESULTS_NAME
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / METADATA_NAME
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY_NAME
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_NAME
+
+    @property
+    def report_data(self) -> Path:
+        return self.root / REPORT_DATA_DIR
+
+    @property
+    def status(self) -> Path:
+        return self.root / STATUS_NAME
+
+
+def relative(path: Path, root: Path) -> str:
+    """``path`` as results.jsonl names it: relative to the folder's root where it lies inside."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(root))
+    return str(path)

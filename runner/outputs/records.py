@@ -1,0 +1,279 @@
+"""The results record of a job: its type, how it is written, and how it is read back.
+
+results.jsonl holds one per line and the journal's `done` event carries one. This module is
+the only place that knows their keys: the engine builds records here, and the report, the
+metadata, merge, status and the journal read them through ``parse_record`` and the small
+accessors below, so a record read from disk is always the shape the type says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from runner.jobspec import JobDescription
+from runner.timefmt import iso_time
+
+if TYPE_CHECKING:
+    from runner.jobspec import JobSpec
+    from runner.journal import KeyState
+    from runner.remote import RemoteJob
+
+log = logging.getLogger(__name__)
+
+
+class RecordStatus(StrEnum):
+    """How a job ended, as results.jsonl and the journal write it."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    AMBIGUOUS = "ambiguous"  # its answer was lost and no listing could tell which job it made
+
+
+class FileEntry(TypedDict):
+    """One image of a job, relative to the output folder; sha256 and size of the final file."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+
+class Timings(TypedDict, total=False):
+    submitted_at: str | None
+    created_at: str | None
+    completed_at: str | None
+    noticed_at: str | None  # when the run learnt that the job had ended
+    seconds: float | None  # created → completed, by the server's clock
+
+
+class ResultRecord(JobDescription):
+    """A job's outcome: the spec as sent (JobSpec.describe) and what became of it."""
+
+    job_id: str | None
+    attempts: int
+    status: RecordStatus
+    files: list[FileEntry]
+    error: str | None
+    timings: Timings
+    cost_units: float | None  # the catalog's estimate; None where no price is published
+    cost_usd: float | None  # where Krea publishes a USD price
+    candidates: list[str]  # an ambiguous job's possible remote jobs
+
+
+def _record(
+    spec: JobSpec,
+    state: KeyState,
+    status: RecordStatus,
+    *,
+    job_id: str | None,
+    files: list[FileEntry],
+    error: str | None = None,
+    timings: Timings | None = None,
+    cost_units: float | None = 0.0,
+    cost_usd: float | None = None,
+    candidates: tuple[str, ...] = (),
+) -> ResultRecord:
+    return ResultRecord(
+        **spec.describe(),
+        job_id=job_id,
+        attempts=state.attempts,
+        status=status,
+        files=files,
+        error=error,
+        timings=timings or {"submitted_at": iso_time(state.submitted_at)},
+        cost_units=cost_units,
+        cost_usd=cost_usd,
+        candidates=list(candidates),
+    )
+
+
+def completed_record(
+    spec: JobSpec,
+    state: KeyState,
+    remote: RemoteJob,
+    files: list[FileEntry],
+    noticed_at: float | None = None,
+) -> ResultRecord:
+    """A finished job with its files; cost is the catalog's estimate.
+
+    ``noticed_at``: when the run learnt that the job had ended, so its downloads began."""
+    seconds = None
+    if remote.created_at is not None and remote.completed_at is not None:
+        seconds = round(remote.completed_at - remote.created_at, 3)
+    timings: Timings = {
+        "submitted_at": iso_time(state.submitted_at),
+        "created_at": iso_time(remote.created_at),
+        "completed_at": iso_time(remote.completed_at),
+        "noticed_at": iso_time(noticed_at),
+        "seconds": seconds,
+    }
+    return _record(
+        spec,
+        state,
+        RecordStatus.COMPLETED,
+        job_id=remote.job_id,
+        files=files,
+        timings=timings,
+        cost_units=spec.units,
+        cost_usd=spec.usd,
+    )
+
+
+def ambiguous_record(
+    spec: JobSpec, state: KeyState, candidates: tuple[str, ...], files: list[FileEntry]
+) -> ResultRecord:
+    """A job whose submit's answer was lost and could not be told apart from other jobs.
+
+    It was not sent again (that could pay twice); the candidates' images, paid for, are kept
+    under images/_unmatched/ and listed in ``files``.
+    """
+    return _record(
+        spec,
+        state,
+        RecordStatus.AMBIGUOUS,
+        job_id=None,
+        files=files,
+        error=(
+            f"a submit's answer was lost and {len(candidates)} remote job(s) could be it "
+            f"({', '.join(candidates) or 'none listed'}); not sent again, to never pay twice"
+        ),
+        candidates=candidates,
+    )
+
+
+def failed_record(spec: JobSpec, state: KeyState, reason: str) -> ResultRecord:
+    """A job that ended without images; failed jobs are not billed."""
+    return _record(spec, state, RecordStatus.FAILED, job_id=state.job_id, files=[], error=reason)
+
+
+def record_line(record: ResultRecord) -> str:
+    """The record as one line of results.jsonl."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+# Reading. Records come back from files a person, an older version or a crash may have
+# touched: whatever is missing or of the wrong type takes its default, and a line without a
+# key is not a record at all.
+
+
+def status_of(raw: Mapping[str, Any]) -> RecordStatus:
+    """A record's status; one this version does not know is read as failed (never paid)."""
+    try:
+        return RecordStatus(str(raw.get("status")))
+    except ValueError:
+        return RecordStatus.FAILED
+
+
+def spend_of(record: Mapping[str, Any]) -> tuple[float, float]:
+    """(US dollars, compute units) a record cost: its USD price where it has one, else units;
+    nothing unless it completed."""
+    if status_of(record) != RecordStatus.COMPLETED:
+        return 0.0, 0.0
+    usd = record.get("cost_usd")
+    if isinstance(usd, int | float):
+        return float(usd), 0.0
+    units = record.get("cost_units")
+    return 0.0, float(units) if isinstance(units, int | float) else 0.0
+
+
+def _of(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:
+    return value if isinstance(value, kind) and not isinstance(value, bool) else default
+
+
+def _file(raw: Any) -> FileEntry | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
+        return None
+    return {
+        "path": raw["path"],
+        "sha256": str(raw.get("sha256", "")),
+        "bytes": _of(raw.get("bytes"), int, 0),
+    }
+
+
+def _timings(raw: Any) -> Timings:
+    if not isinstance(raw, dict):
+        return {}
+    timings: Timings = {}
+    for name in ("submitted_at", "created_at", "completed_at", "noticed_at"):
+        if name in raw:
+            timings[name] = _of(raw[name], str, None)
+    if "seconds" in raw:
+        timings["seconds"] = _of(raw["seconds"], (int, float), None)
+    return timings
+
+
+def parse_record(raw: Any) -> ResultRecord | None:
+    """The record in a decoded JSON value, in its full shape; None if it is not one (no key,
+    no list of files, or a file without a path: its images could not be found)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("key"), str):
+        return None
+    raw_files = raw.get("files")
+    if not isinstance(raw_files, list):
+        return None
+    files = [_file(entry) for entry in raw_files]
+    if any(entry is None for entry in files):
+        return None
+    get = raw.get
+    timings = get("timings")
+    record: ResultRecord = {
+        "key": raw["key"],
+        "index": _of(get("index"), int, 0),
+        "entry": _of(get("entry"), int, 0),
+        "name": _of(get("name"), str, None),
+        "model": str(get("model", "")),
+        "endpoint": str(get("endpoint", "")),
+        "prompt": str(get("prompt", "")),
+        "seed": _of(get("seed"), int, None),
+        "params": _of(get("params"), dict, {}),
+        "vars": _of(get("vars"), dict, {}),
+        "replica": _of(get("replica"), int, 0),
+        "job_id": _of(get("job_id"), str, None),
+        "attempts": _of(get("attempts"), int, 0),
+        "status": status_of(raw),
+        "files": [entry for entry in files if entry is not None],
+        "error": None if get("error") is None else str(get("error")),
+        "timings": _timings(timings),
+        "cost_units": _of(get("cost_units"), (int, float), None),
+        "cost_usd": _of(get("cost_usd"), (int, float), None),
+        "candidates": [str(c) for c in _of(get("candidates"), list, [])],
+    }
+    return record
+
+
+def parse_lines(lines: Iterable[bytes], source: str) -> Iterator[ResultRecord]:
+    """The records among JSON lines; lines that are not one (torn by a crash, not JSON, not
+    UTF-8, not a record) are skipped, and counted in one warning naming ``source``."""
+    skipped = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = parse_record(json.loads(line))
+        except ValueError:
+            record = None
+        if record is None:
+            skipped += 1
+        else:
+            yield record
+    if skipped:
+        log.warning("%s: %d line(s) skipped that are not a results record", source, skipped)
+
+
+def read_records(path: Path) -> Iterator[ResultRecord]:
+    """Every record of a results.jsonl, in order (a job may appear more than once)."""
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        yield from parse_lines(handle, str(path))
+
+
+def latest_records(path: Path) -> list[ResultRecord]:
+    """The current record of each job in a results.jsonl (the last one wins)."""
+    latest: dict[str, ResultRecord] = {}
+    for record in read_records(path):
+        latest[record["key"]] = record
+    return list(latest.values())
