@@ -32,6 +32,7 @@ from runner.money import parse_budget, spend_text
 from runner.outputs import Layout, latest_records
 from runner.outputs.live import read_live
 from runner.outputs.report import write_report
+from runner.outputs.summary import read_summary
 from runner.plan import make_plan
 from runner.progress import Progress
 from runner.provenance import read as read_provenance
@@ -54,13 +55,6 @@ examples:
   krea-batch run jobs.yaml --out out           again: finished jobs are skipped
   krea-batch status out                        what a folder holds, offline
   krea-batch models flux-1-dev                 one model's parameters and price"""
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = (
-    ExitCode.OK,
-    ExitCode.FAILED,
-    ExitCode.USAGE,
-    ExitCode.STOPPED,
-)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -312,7 +306,7 @@ def _plan(args: argparse.Namespace) -> int:
     print(
         json.dumps(plan.to_json(), ensure_ascii=False, indent=1) if args.json else plan_text(plan)
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -342,7 +336,7 @@ def _models(args: argparse.Namespace) -> int:
         )
     else:
         print(catalog_table(catalog))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -450,7 +444,7 @@ def _status(args: argparse.Namespace) -> int:
                 + (f", ETA {eta:.0f} s" if eta is not None else "")
             )
         print(render_status(status))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -460,7 +454,7 @@ def _merge(args: argparse.Namespace) -> int:
         f"merged {len(args.sources)} folders into {args.out}: {counts['completed']} completed, "
         f"{counts['failed']} failed"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -473,21 +467,21 @@ def _inspect(args: argparse.Namespace) -> int:
         raise UsageError(f"{path} carries no krea-batch provenance")
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=1))
-        return EXIT_OK
+        return ExitCode.OK
     for name in ("prompt", "model", "endpoint", "seed", "job_id", "key", "krea_batch"):
         print(f"{name + ':':<11} {found.get(name)}")
     print(f"{'params:':<11} {json.dumps(found.get('params', {}), ensure_ascii=False)}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _report(args: argparse.Namespace) -> int:
     layout = Layout(Path(args.out))
     if not layout.results.exists():
         raise UsageError(f"{layout.root} holds no results.jsonl: is it a krea-batch output folder?")
-    summary = json.loads(layout.summary.read_text()) if layout.summary.exists() else {}
+    summary = read_summary(layout.summary)
     path = write_report(layout.root, latest_records(layout.results), summary)
     print(f"wrote {path}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _deadline(deadline: str | None, max_runtime: str | None) -> float | None:
@@ -511,7 +505,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     asyncio.run(serve_forever(config, args.host, args.port))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 COMMANDS = {
@@ -530,19 +524,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     refusal = _refuse_secret_flags(sys.argv[1:] if argv is None else argv)
     if refusal is not None:
         print(f"krea-batch: error: {refusal}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     args = _parser().parse_args(argv)
     configure_logging(args.verbose, args.log_format)
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"krea-batch: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except RunnerError as exc:
         print(f"krea-batch: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         print("krea-batch: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.STOPPED
     except BrokenPipeError:
-        return EXIT_OK
+        return ExitCode.OK

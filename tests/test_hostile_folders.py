@@ -88,6 +88,14 @@ def test_report_and_merge_skip_a_results_line_that_is_not_utf_8(tmp_path: Path) 
     assert main(["report", str(tmp_path)]) == 0
 
 
+def test_report_is_written_over_a_summary_that_is_not_json(tmp_path: Path) -> None:
+    record = {"key": "k1", "status": "failed", "files": [], "error": "x", "prompt": "p"}
+    (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
+    (tmp_path / "summary.json").write_text('{"manifest": "cut sho')
+    assert main(["report", str(tmp_path)]) == 0
+    assert "cut sho" not in (tmp_path / "report.html").read_text()
+
+
 def test_merge_refuses_a_shard_whose_results_point_outside_it(tmp_path: Path) -> None:
     shard = tmp_path / "shard"
     shard.mkdir()

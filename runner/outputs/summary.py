@@ -6,7 +6,9 @@ requests or settings; a run is merged from nothing).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from runner.engine.counts import REQUEST_KINDS, Counts, requests_per_job
@@ -72,3 +74,13 @@ def counts_of(records: Sequence[ResultRecord]) -> Counts:
         else:
             counts.failed += 1
     return counts
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A folder's summary.json; empty where there is none or it is not a JSON object (a run
+    killed before writing it, or a file edited by hand)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
