@@ -84,7 +84,7 @@ async def run_batch(
                 base_url,
                 api_token,
                 limiter=SharedRate(settings.rate_limit),
-                timeouts=Timeouts(api=options.api_timeout),
+                timeouts=Timeouts(api=options.api_timeout, stall=options.download_stall),
                 limits=Limits(image_bytes=settings.max_image_bytes),
                 max_connections=max(16, settings.concurrency * 2),
             )

@@ -186,6 +186,12 @@ def _parser() -> argparse.ArgumentParser:
         help="refuse a downloaded image larger than this (100MB); the job is kept for later",
     )
     run.add_argument(
+        "--max-retry-after",
+        metavar="S",
+        help="wait at most this long when the server asks to retry later "
+        f"({_default('max_retry_after')} s)",
+    )
+    run.add_argument(
         "--lost-answer-wait",
         metavar="S",
         help="after a POST's answer is lost, wait this long before looking for its job (1s)",
@@ -353,6 +359,7 @@ def _run(args: argparse.Namespace) -> int:
             "job_timeout",
             "lost_answer_wait",
             "max_image_bytes",
+            "max_retry_after",
             "max_jobs",
             "name_template",
         )

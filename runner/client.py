@@ -16,9 +16,11 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +44,10 @@ from runner.errors import (
 )
 from runner.limiter import SharedRate
 from runner.remote import ListedJob, MalformedJob, RemoteJob
+from runner.skew import http_date
+
+# Told of every API answer that carries a Date header: (sent, received, server time).
+ServerTimeHook = Callable[[float, float, float], None]
 
 DEFAULT_API_BASE = "https://api.krea.ai"
 
@@ -52,7 +58,10 @@ class Timeouts:
 
     connect: float = 10.0
     api: float = 30.0  # whole request, for JSON calls
-    read: float = 60.0  # between two chunks of a download
+    stall: float = 30.0  # a download with less than STALL_BYTES in this long is dropped
+
+
+STALL_BYTES = 1024  # a download must bring at least this much every Timeouts.stall seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +106,12 @@ class KreaClient:
         self._closed = False
         self.requests = 0  # API requests sent, downloads excluded
         self.requests_by: Counter[str] = Counter()  # by kind: submit, list, job, cancel, download
+        self._now: Callable[[], float] = time.time
+        self._on_server_time: ServerTimeHook | None = None
+
+    def watch_server_clock(self, now: Callable[[], float], hook: ServerTimeHook) -> None:
+        """Tell ``hook`` the server's ``Date`` of every API answer, timed by ``now``."""
+        self._now, self._on_server_time = now, hook
 
     def __repr__(self) -> str:  # never shows the token
         return f"KreaClient({self.base_url!r})"
@@ -134,15 +149,26 @@ class KreaClient:
     # ---- the API ----------------------------------------------------------------------------
 
     async def submit(
-        self, endpoint: str, body: Mapping[str, Any], webhook_url: str | None = None
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        webhook_url: str | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> RemoteJob:
         """POST a job. AmbiguousSubmit means it may exist although we have no id for it.
 
-        Any other error means the server holds no job for this request.
+        Any other error means the server holds no job for this request. ``before_send`` is
+        awaited once the request may go, just before it does (the write-ahead journal line).
         """
         headers = {"X-Webhook-URL": webhook_url} if webhook_url else None
         data = await self._call(
-            "POST", endpoint, "submit", json_body=body, headers=headers, ambiguous=True
+            "POST",
+            endpoint,
+            "submit",
+            json_body=body,
+            headers=headers,
+            ambiguous=True,
+            before_send=before_send,
         )
         try:
             return RemoteJob.from_submit_answer(data)
@@ -207,6 +233,7 @@ class KreaClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         ambiguous: bool = False,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> Any:
         what = f"{method} {path}"
         # The token goes with API calls only, never with image downloads (pre-signed CDN URLs).
@@ -214,8 +241,11 @@ class KreaClient:
         if self._limiter is not None:
             # Submits take turns with the rest (polls, listings, cancels): neither starves.
             await self._limiter.acquire("submit" if kind == "submit" else "track")
+        if before_send is not None:
+            await before_send()
         self.requests += 1
         self.requests_by[kind] += 1
+        sent = self._now()
         try:
             async with self.session.request(
                 method,
@@ -226,7 +256,10 @@ class KreaClient:
                 headers=headers,
             ) as response:
                 status = response.status
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                server_time = http_date(response.headers.get("Date"))
+                if server_time is not None and self._on_server_time is not None:
+                    self._on_server_time(sent, self._now(), server_time)
+                retry_after = _retry_after(response.headers.get("Retry-After"), server_time)
                 raw = await _read_at_most(response, self.limits.answer_bytes)
                 if raw is None:
                     message = (
@@ -279,9 +312,8 @@ class KreaClient:
         ``place(dest, content_type)``, if given, moves the file into place in the same
         worker-thread call that wrote it; ``Download.path`` is then where it went.
         """
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=self.timeouts.connect, sock_read=self.timeouts.read
-        )
+        stall = self.timeouts.stall
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=stall)
         digest = hashlib.sha256()
         size = 0
         self.requests_by["download"] += 1
@@ -294,7 +326,11 @@ class KreaClient:
                     )
                 if response.status != 200:
                     raise TransientApiError(f"GET image: {response.status}", status=response.status)
-                expected = response.content_length
+                # Asked for none, a server may still encode the body: aiohttp decodes it, and the
+                # declared length is then the encoded one. The cap applies to decoded bytes.
+                encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+                encoded = encoding not in ("", "identity")
+                expected = None if encoded else response.content_length
                 content_type = response.headers.get("Content-Type", "")
                 cap = self.limits.image_bytes
                 if expected is not None and expected > cap:
@@ -303,9 +339,17 @@ class KreaClient:
                         "(--max-image-bytes)"
                     )
                 with _SpoolFile(dest) as out:
+                    since, recent = time.monotonic(), 0
                     async for chunk in response.content.iter_chunked(256 * 1024):
                         digest.update(chunk)
                         size += len(chunk)
+                        recent += len(chunk)
+                        if time.monotonic() - since >= stall:
+                            if recent < STALL_BYTES:
+                                raise TransientApiError(
+                                    f"GET image: stalled ({recent} bytes in {stall:g} s)"
+                                )
+                            since, recent = time.monotonic(), 0
                         if size > cap:
                             raise PermanentApiError(
                                 f"GET image: went on past the limit of {cap:,} bytes "
@@ -323,7 +367,11 @@ class KreaClient:
             if isinstance(exc.os_error, PrivateAddress):
                 raise PermanentApiError(f"GET image: {exc.os_error}") from exc
             raise TransientApiError(f"GET image: cannot connect ({exc.os_error})") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise TransientApiError("GET image: cannot connect (timed out)") from exc
+        except TimeoutError as exc:
+            raise TransientApiError(f"GET image: stalled (nothing for {stall:g} s)") from exc
+        except aiohttp.ClientError as exc:
             raise TransientApiError(
                 f"GET image: download cut short ({type(exc).__name__})"
             ) from exc
@@ -346,7 +394,10 @@ class KreaClient:
             if is_private(parts.hostname) and not is_private(self._api_host):
                 raise PermanentApiError(f"GET image: {parts.hostname} is a private address")
             async with self.session.get(
-                url, timeout=client_timeout, allow_redirects=False
+                url,
+                timeout=client_timeout,
+                allow_redirects=False,
+                headers={"Accept-Encoding": "identity"},
             ) as response:
                 location = response.headers.get("Location")
                 if response.status not in _REDIRECTS or not location:
@@ -440,13 +491,22 @@ def _lost(
     return TransientApiError(message, status=status, retry_after=retry)
 
 
-def _retry_after(value: str | None) -> float | None:
+def _retry_after(value: str | None, server_time: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` asks for: a number, or an HTTP date (measured from the
+    answer's own ``Date`` when it has one). Unreadable or NaN: None; a past date or a negative
+    number: 0; ``inf`` stays inf, for the retry loop to clamp."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value.strip())
     except ValueError:
-        return None  # an HTTP date: rare enough that our own backoff is fine
+        moment = http_date(value)
+        if moment is None:
+            return None
+        seconds = moment - (server_time if server_time is not None else time.time())
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
 
 
 def _server_message(text: str) -> str:

@@ -4,6 +4,7 @@
     ├── UsageError                   bad CLI input or settings (exit code 2)
     │   └── ManifestError            a manifest problem, with its file, YAML path and line
     ├── DiskError                    the output folder cannot be written mid-run (full, read-only)
+    ├── WouldPayTwice                the journal refused a second POST of an unsettled job
     └── ApiError                     the API (or the emulator) answered something unusable
         ├── TransientApiError        worth retrying: network trouble, 5xx, 429 (retry_after)
         ├── AmbiguousSubmit          a POST went out and its answer was lost: a paid job may
@@ -122,3 +123,16 @@ class ExpiredUrl(PermanentApiError):
 
 class FatalApiError(ApiError):
     """No job can succeed (401 not authenticated, 402 out of credits): stop submitting."""
+
+
+class WouldPayTwice(RunnerError):
+    """A POST was about to go out while an earlier one of the same job is unsettled.
+
+    Raised by the journal before it writes the line, so the POST is never sent: a bug guard.
+    """
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"refused to submit {key} again: an earlier submit of it may hold a job "
+            "(pending, running or ambiguous)"
+        )

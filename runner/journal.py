@@ -2,11 +2,13 @@
 
 It is the output folder's memory across crashes. Each line is one JSON event:
 
-    submitting  {k, a, t}              a POST is about to go out (written *before* it is sent)
+    submitting  {k, a, t, lo, hi}      a POST is about to go out (written *before* it is sent),
+                                       with the server's clock as known then (skew bounds)
     submitted   {k, a, id, ts, tr, c}  its answer: the remote job id (and timing, for clock skew)
     lost        {k, a}                 the POST certainly created nothing (refused, or checked)
     retry       {k, a, id, error}      the remote job failed; the next attempt may submit again
-    ambiguous   {k, a, candidates}     an answer was lost and we cannot tell which job is ours
+    ambiguous   {k, a, candidates, why} an answer was lost and nothing proves which job is ours
+    released    {k, a}                 the user chose to send an ambiguous job again
     done        {k, record}            the final outcome; written after its files are in place
     asset       {k, url}               a local reference image uploaded: k is its sha256
 
@@ -14,13 +16,18 @@ It is the output folder's memory across crashes. Each line is one JSON event:
 it, and a live run records every event through ``Journal.record``, which appends the line and
 then applies it. Appends from many tasks are grouped: one write and one fsync covers every line
 waiting, and each appender returns only once its line is on disk. A torn last line (a crash
-mid-write) is dropped on replay.
+mid-write) is dropped on replay, and so is a line whose fields have the wrong shape.
+
+The journal keeps the one promise that costs money: for any key, the POSTs sent less those
+proven to have created nothing is at most one. ``Journal.record`` refuses a ``submitting``
+line while an earlier POST of the key is unsettled (pending, ambiguous or running).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +36,7 @@ from typing import Any, BinaryIO
 
 import anyio
 
-from runner.errors import DiskError
+from runner.errors import DiskError, WouldPayTwice
 from runner.outputs.records import (
     RecordStatus,
     ResultRecord,
@@ -52,7 +59,9 @@ class KeyState:
     submitted_at: float | None = None  # when that job was submitted
     answered_at: float | None = None  # when its POST was answered: the job existed by then
     pending_since: float | None = None  # a POST went out at this time and its answer is unknown
+    pending_skew: ClockSkew | None = None  # the server's clock as known when it went out
     candidates: tuple[str, ...] = ()  # ambiguous: the remote jobs that could be ours
+    doubt: str | None = None  # ambiguous: why no job could be proven ours (or none)
     done: RecordStatus | None = None  # once finished
     done_at: int | None = None  # where the `done` line (the full record) starts in the journal
     done_units: float = 0.0  # its estimated cost in compute units, when it has no USD price
@@ -62,9 +71,12 @@ class KeyState:
     @property
     def remote(self) -> bool:
         """An earlier POST may have created a job that is not finished: poll, never resend."""
-        return self.done is None and bool(
-            self.job_id is not None or self.pending_since is not None or self.candidates
-        )
+        return self.done is None and not self.settled
+
+    @property
+    def settled(self) -> bool:
+        """No POST of this key may still hold a job we do not know: a new POST pays once."""
+        return self.job_id is None and self.pending_since is None and self.doubt is None
 
     def reopen(self) -> None:
         """Forget a failed outcome so the job runs again (``--retry-failed``)."""
@@ -96,12 +108,16 @@ def apply(ledger: Ledger, event: Mapping[str, Any], offset: int | None = None) -
     kind = event.get("e")
     if kind == "submitting":
         state.attempts = max(state.attempts, int(event.get("a", 0)))
-        state.pending_since = float(event.get("t", 0.0))
-        state.candidates = ()
+        state.pending_since = float(event["t"])
+        low, high = event.get("lo"), event.get("hi")
+        state.pending_skew = None
+        if low is not None and high is not None:
+            state.pending_skew = ClockSkew(float(low), float(high), measured=True)
+        state.candidates, state.doubt = (), None
     elif kind == "submitted":
         adopted = bool(event.get("adopted"))
         state.job_id = str(event["id"])
-        state.pending_since = None
+        state.pending_since = state.pending_skew = state.doubt = None
         state.accepted += 1
         state.submitted_at = event.get("ts")
         state.answered_at = event.get("tr")
@@ -111,13 +127,17 @@ def apply(ledger: Ledger, event: Mapping[str, Any], offset: int | None = None) -
         if sent is not None and received is not None and created is not None and not adopted:
             ledger.skew = ledger.skew.observe(float(sent), float(received), float(created))
     elif kind == "lost":
-        state.pending_since = None
+        state.pending_since = state.pending_skew = None
     elif kind == "retry":
         state.job_id = None
     elif kind in ("ambiguous", "unresolved"):  # "unresolved": its name in journals before 0.2
-        state.pending_since = None
+        state.pending_since = state.pending_skew = None
         state.candidates = tuple(str(c) for c in event.get("candidates", ()))
+        state.doubt = event.get("why") or "its lost submit matches no single job"
         ledger.known_ids.update(state.candidates)
+    elif kind == "released":
+        state.reopen()
+        state.candidates, state.doubt = (), None
     elif kind == "done":
         record = event.get("record")
         record = record if isinstance(record, dict) else {}
@@ -126,10 +146,57 @@ def apply(ledger: Ledger, event: Mapping[str, Any], offset: int | None = None) -
         state.done_usd, state.done_units = spend_of(record)
         error = record.get("error")
         state.done_error = None if error is None else str(error)
-        state.job_id = state.pending_since = None
+        state.job_id = state.pending_since = state.pending_skew = None
         if state.done != RecordStatus.AMBIGUOUS:
-            state.candidates = ()  # an ambiguous job keeps them: `status` lists them
+            state.candidates, state.doubt = (), None  # an ambiguous job keeps them for `status`
+        elif state.doubt is None:  # a folder rebuilt from results.jsonl
+            state.doubt = str(record.get("error") or "ambiguous")
         state.accepted = 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "k": lambda v: isinstance(v, str),
+    "a": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "t": _number,
+    "lo": _number,
+    "hi": _number,
+    "id": lambda v: isinstance(v, str) and bool(v),
+    "ts": lambda v: v is None or _number(v),
+    "tr": lambda v: v is None or _number(v),
+    "c": lambda v: v is None or _number(v),
+    "candidates": _text_list,
+    "why": lambda v: v is None or isinstance(v, str),
+    "record": lambda v: isinstance(v, dict),
+    "url": lambda v: isinstance(v, str),
+}
+_REQUIRED = {
+    "submitting": ("k", "t"),
+    "submitted": ("k", "id"),
+    "lost": ("k",),
+    "retry": ("k",),
+    "ambiguous": ("k", "candidates"),
+    "unresolved": ("k", "candidates"),
+    "released": ("k",),
+    "done": ("k", "record"),
+    "asset": ("k", "url"),
+}
+
+
+def well_formed(event: Mapping[str, Any]) -> bool:
+    """Whether ``event`` is a journal event this version can apply: a known kind, its fields
+    there, and every field it carries of the right type."""
+    required = _REQUIRED.get(event.get("e"))  # type: ignore[arg-type]
+    if required is None or any(name not in event for name in required):
+        return False
+    return all(check(event[name]) for name, check in _CHECKS.items() if name in event)
 
 
 @dataclass(slots=True)
@@ -138,6 +205,7 @@ class ReplayStats:
 
     lines: int = 0
     torn: int = 0
+    misshapen: int = 0  # whole JSON lines that are not events of this version
     good_bytes: int = 0  # the length of the journal up to its last whole line
 
 
@@ -167,9 +235,11 @@ def read_events(
             except ValueError:
                 stats.torn += 1  # kept, to not lose what follows it
                 event = None
-            if isinstance(event, dict):
+            if isinstance(event, dict) and well_formed(event):
                 stats.lines += 1
                 yield offset, event
+            elif event is not None:
+                stats.misshapen += 1
             offset += len(raw)
             stats.good_bytes = offset
 
@@ -225,11 +295,15 @@ class Journal:
                 handle.truncate(stats.good_bytes)  # drop the torn tail: the next line starts clean
         if stats.torn:
             log.warning("journal %s: skipped %d torn line(s)", path, stats.torn)
+        if stats.misshapen:
+            log.warning("journal %s: skipped %d line(s) of the wrong shape", path, stats.misshapen)
         return cls(path, path.open("ab"), ledger, offload)
 
     async def record(self, kind: str, key: str, **fields: Any) -> int:
         """Append one event, wait until it is fsynced, apply it; returns its line's offset."""
         event = {"e": kind, "k": key, **fields}
+        if kind == "submitting" and not self.ledger.state(key).settled:
+            raise WouldPayTwice(key)
         [offset] = await self._append([_line(event)])
         apply(self.ledger, event, offset)
         return offset

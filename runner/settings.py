@@ -98,6 +98,7 @@ class RunSettings:
     job_timeout: float = 3 * 3600.0  # give up on a job that has not ended (platform: 2 h max)
     lost_answer_wait: float = 1.0  # after a POST's answer is lost, wait before looking for its job
     max_image_bytes: int = 100_000_000  # a download declaring or streaming more fails softly
+    max_retry_after: float = 120.0  # a longer Retry-After is clamped to this (and logged)
     name_template: str = DEFAULT_TEMPLATE  # image file names under images/ (runner.naming)
 
     def merged(self, overrides: dict[str, Any]) -> RunSettings:
@@ -136,6 +137,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "job_timeout": parse_duration,
     "lost_answer_wait": parse_duration,
     "max_image_bytes": parse_size,
+    "max_retry_after": parse_duration,
     "name_template": _name_template,
 }
 SETTING_NAMES = tuple(f.name for f in fields(RunSettings))

@@ -65,7 +65,7 @@ def read_status(root: Path) -> FolderStatus:
             status.completed += 1
             status.spend_units += state.done_units
             status.spend_usd += state.done_usd
-        elif state.candidates:  # finished ambiguous, or yet to collect its candidates
+        elif state.doubt is not None:  # finished ambiguous, or yet to collect its candidates
             status.ambiguous[key] = state.candidates
         elif state.done is not None:
             status.failed += 1

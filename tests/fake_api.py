@@ -15,9 +15,10 @@ halfway; each POST meets the fate queued for it (``ok`` otherwise):
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +48,39 @@ class FakeApi:
         self.in_flight = 0
         self.most_in_flight = 0
         self.lists = 0
+        self.dates = True  # answers carry the server's time, as a Date header would
+        # How the listing behaves (see ``_snapshot_page``).
+        self.order = "newest"  # or "oldest", "shuffled"
+        self.odd_cursors = False  # offsets instead of creation times, even newest first
+        self.page_size = 1000
+        self.loop_after: int | None = None
+        self.overlap = False
+        self.jumps: list[tuple[float, float]] = []  # (our time, seconds the server's clock moves)
+        self.rng = random.Random(0)
+        self._snapshots: list[list[FakeJob]] = []
+        self._hook: Callable[[float, float, float], None] | None = None
+
+    def watch_server_clock(
+        self, now: Callable[[], float], hook: Callable[[float, float, float], None]
+    ) -> None:
+        self._hook = hook
+
+    def server_now(self) -> float:
+        return self.clock.now + self.skew_at(self.clock.now)
+
+    def skew_at(self, moment: float) -> float:
+        """The server's clock less ours at ``moment`` (our clock), jumps included."""
+        return self.skew + sum(seconds for at, seconds in self.jumps if at <= moment)
+
+    def _dated(self, sent: float) -> None:
+        """Report the server's time as a Date header does: whole seconds."""
+        if self.dates and self._hook is not None:
+            self._hook(sent, self.clock.now, float(int(self.server_now() - self.rtt / 2)))
 
     def create(self, prompt: str | None, at: float | None = None) -> FakeJob:
         """A job stamped now (or at ``at``, our clock) on the server's clock."""
-        stamp = (self.clock.now if at is None else at) + self.skew
+        moment = self.clock.now if at is None else at
+        stamp = moment + self.skew_at(moment)
         job = FakeJob(str(uuid.uuid4()), round(stamp, 3), prompt)
         self.jobs.append(job)
         self.jobs.sort(key=lambda j: j.created)
@@ -60,10 +90,17 @@ class FakeApi:
         return [j for j in self.jobs if j.prompt == prompt]
 
     async def submit(
-        self, endpoint: str, body: Mapping[str, Any], webhook_url: str | None = None
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        webhook_url: str | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> RemoteJob:
         fate = self.fates.popleft() if self.fates else "ok"
         prompt = str(body["prompt"])
+        if before_send is not None:
+            await before_send()
+        sent = self.clock.now
         if fate == "unsent":
             raise TransientApiError(f"POST {endpoint}: cannot connect")
         if fate == "429":
@@ -78,6 +115,8 @@ class FakeApi:
         finally:
             self.in_flight -= 1
         self.log.append((self.clock.now, "answer:" + fate, prompt))
+        if fate not in ("lost", "dropped"):
+            self._dated(sent)
         if fate in ("ok", "slow"):
             assert job is not None
             return RemoteJob(job.job_id, JobStatus.QUEUED, job.created, None, (), None)
@@ -91,8 +130,17 @@ class FakeApi:
         self, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[RemoteJob], str | None]:
         self.lists += 1
-        self.log.append((self.clock.now, "list", cursor or ""))
+        # A one-job page is the submitter reading the server's clock, not a search.
+        self.log.append((self.clock.now, "list" if limit > 1 else "clock", cursor or ""))
+        sent = self.clock.now
         await self.clock.sleep(self.rtt)
+        self._dated(sent)
+        if self.order == "newest" and not self.odd_cursors:
+            return self._newest_first(limit, cursor)
+        return self._snapshot_page(limit, cursor)
+
+    def _newest_first(self, limit: int, cursor: str | None) -> tuple[list[RemoteJob], str | None]:
+        """Krea's way: newest first, the cursor a creation time (jobs created before it)."""
         before = parse_time(cursor) if cursor else float("inf")
         assert before is not None
         newest_first = [j for j in reversed(self.jobs) if j.created < before][: limit + 1]
@@ -100,3 +148,29 @@ class FakeApi:
         more = len(newest_first) > limit
         jobs = [RemoteJob(j.job_id, JobStatus.QUEUED, j.created, None, (), None) for j in page]
         return jobs, (iso_time(page[-1].created) if more else None)
+
+    def _snapshot_page(self, limit: int, cursor: str | None) -> tuple[list[RemoteJob], str | None]:
+        """Any other order, over a snapshot taken at the first page; the cursor an offset.
+
+        ``page_size`` caps pages, after ``loop_after`` pages the cursor goes back to the first,
+        ``overlap`` repeats the last job of a page at the top of the next.
+        """
+        if cursor is None:
+            jobs = list(self.jobs)  # by creation
+            if self.order == "newest":
+                jobs.reverse()
+            elif self.order == "shuffled":
+                self.rng.shuffle(jobs)
+            self._snapshots.append(jobs)
+            snapshot, offset = len(self._snapshots) - 1, 0
+        else:
+            snapshot, offset = (int(part) for part in cursor.split(":"))
+        jobs = self._snapshots[snapshot]
+        size = min(limit, self.page_size)
+        page = jobs[offset : offset + size]
+        after = offset + size - (1 if self.overlap and size > 1 else 0)
+        if self.loop_after is not None and after >= self.loop_after * size:
+            after = 0  # back to the first page: its cursor repeats
+        nxt = f"{snapshot}:{after}" if offset + size < len(jobs) else None
+        listed = [RemoteJob(j.job_id, JobStatus.QUEUED, j.created, None, (), None) for j in page]
+        return listed, nxt

@@ -376,7 +376,7 @@ async def test_the_runner_understands_every_answer_shape_krea_has_shown(
 ) -> None:
     """POST answers without status, nextCursor, result.urls as objects or a map; with lost
     answers, so that the listing is read too."""
-    config = EmulatorConfig(latency=QUICK, dialect=dialect, reset_after_create=0.3, seed=3)
+    config = EmulatorConfig(latency=QUICK, dialect=dialect, reset_after_create=0.4, seed=3)
     async with run_emulator(config) as emu:
         result = await run_batch(
             small_manifest(8), tmp_path, api_base=emu.url, token="t", options=FAST

@@ -11,14 +11,27 @@ from runner.skew import DEFAULT_MARGIN, ClockSkew
 MEASURED = ClockSkew(-0.01, 0.01, measured=True)  # server and us agree within 10 ms
 
 
-def test_skew_starts_wide_and_narrows_with_each_answered_submit() -> None:
+def test_skew_starts_wide_and_keeps_the_narrowest_reading_that_agrees() -> None:
     skew = ClockSkew()
     assert (skew.low, skew.high) == (-DEFAULT_MARGIN, DEFAULT_MARGIN)
-    skew = skew.observe(sent=100.0, received=100.2, created=103.1)  # server 3 s ahead
+    skew = skew.observe(sent=100.0, received=100.2, stamp=103.1)  # server 3 s ahead
     assert (skew.low, skew.high) == pytest.approx((2.9, 3.1))
-    skew = skew.observe(sent=200.0, received=200.1, created=203.05)
+    skew = skew.observe(sent=200.0, received=200.1, stamp=203.05)
     assert (skew.low, skew.high) == pytest.approx((2.95, 3.05))
-    assert skew.observe(sent=300.0, received=300.1, created=290.0) == skew  # a clock jump
+    assert skew.observe(sent=201.0, received=201.3, stamp=204.0) == skew  # agrees, wider
+    moved = skew.observe(sent=300.0, received=300.1, stamp=290.0)  # the server went back 13 s
+    assert (moved.low, moved.high) == pytest.approx((-10.1, -10.0))
+
+
+def test_a_date_header_reads_the_clock_to_the_second_and_a_jump_either_way_widens() -> None:
+    before = ClockSkew().observe(sent=100.0, received=100.2, stamp=400.0, precision=1.0)
+    assert (before.low, before.high) == pytest.approx((298.8, 301.0))  # 5 minutes ahead
+    ahead = ClockSkew().observe(sent=200.0, received=200.1, stamp=620.0, precision=1.0)
+    assert before.hull(ahead).low == pytest.approx(298.8)
+    assert before.hull(ahead).high == pytest.approx(421.0)  # jumped 120 s forward
+    behind = ClockSkew().observe(sent=200.0, received=200.1, stamp=380.0, precision=1.0)
+    assert before.hull(behind).low == pytest.approx(178.9)
+    assert before.hull(ClockSkew()) == before  # nothing read after: the window as before
 
 
 def test_a_window_is_the_flight_of_the_post_moved_onto_the_servers_clock() -> None:

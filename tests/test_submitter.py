@@ -177,7 +177,7 @@ async def test_a_post_that_never_left_is_sent_again_without_looking(tmp_path: Pa
     async with rig_on(tmp_path) as rig:
         rig.api.fates.extend(["unsent", "unsent"])
         await rig.submit_all(1)
-        assert rig.api.lists == 0
+        assert events(rig.api, "list") == []  # no search: it never left
         assert rig.counts.ambiguous == 0
         assert rig.counts.transient_errors == 2
         assert rig.state(0).job_id is not None
@@ -260,7 +260,8 @@ async def test_a_crash_with_several_pending_submits_is_matched_on_the_next_start
     pair = [api.create("job 2", at=t0 + 200.05), api.create("job 3", at=t0 + 200.06)]
     lines = [
         {"e": "submitting", "k": "known", "a": 1, "t": t0},
-        {"e": "submitted", "k": "known", "a": 1, "id": known.job_id, "ts": t0, "tr": t0 + 0.1},
+        {"e": "submitted", "k": "known", "a": 1, "id": known.job_id, "ts": t0, "tr": t0 + 0.1}
+        | {"c": known.created},  # a journal from before 0.2 (no clock bounds on its lines)
         {"e": "submitting", "k": spec(0).key, "a": 1, "t": t0},
         {"e": "submitting", "k": spec(1).key, "a": 1, "t": t0 + 100.0},
         {"e": "submitting", "k": spec(2).key, "a": 1, "t": t0 + 200.0},
@@ -274,6 +275,19 @@ async def test_a_crash_with_several_pending_submits_is_matched_on_the_next_start
     for i in (2, 3):
         assert set(rig.state(i).candidates) == {j.job_id for j in pair}
     assert api.lists == 1
+
+
+async def test_a_crash_before_any_answer_with_no_clock_reading_leaves_submits_ambiguous(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock()
+    api = FakeApi(clock)
+    path = tmp_path / "journal.jsonl"
+    line = {"e": "submitting", "k": spec(0).key, "a": 1, "t": START - 60.0}
+    path.write_text(json.dumps(line) + "\n")
+    async with rig_on(tmp_path, api=api) as rig:
+        await rig.submitter.recover(rig.journal.ledger.states, run_started=clock.now)
+    assert rig.state(0).doubt is not None  # nothing read the server's clock before it went out
 
 
 async def test_the_budget_stays_exact_with_posts_in_parallel(tmp_path: Path) -> None:

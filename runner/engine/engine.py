@@ -18,7 +18,7 @@ import re
 import shutil
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -71,6 +71,7 @@ class EngineOptions:
     cancel_on_exit: bool = False  # cancel remote jobs still running when interrupted
     handle_signals: bool = True
     api_timeout: float = 30.0
+    download_stall: float = 30.0  # a download bringing less than 1 KiB in this long is retried
     deadline: float | None = None  # epoch seconds: stop submitting then, drain, exit 3
     budget: float | None = None  # the spend this run may commit to, in budget_unit
     budget_unit: str = "usd"  # usd or cu (compute units)
@@ -125,7 +126,8 @@ class Engine:
         self.settings: RunSettings = manifest.settings
         self.folder = folder
         self.client = client
-        self.options = options
+        retry = replace(options.retry, max_retry_after=self.settings.max_retry_after)
+        self.options = options = replace(options, retry=retry)
         self.clock: Clock = clock or SystemClock()
         self.on_progress = on_progress
         self.counts = Counts()
@@ -361,7 +363,7 @@ class Engine:
     async def _drive(self, spec: JobSpec, state: KeyState) -> Outcome:
         """Take one job from wherever the journal left it to its outcome."""
         while True:
-            if state.candidates:
+            if state.doubt is not None:
                 return await self._collect_unmatched(state)
             if state.pending_since is not None:
                 return Deferred("a lost submit could not be checked yet; the next run checks it")

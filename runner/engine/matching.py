@@ -12,26 +12,43 @@ exactly one to a POST the server answered 2xx (it surely created a job). Exactly
 assignment: each POST adopts its job, or was sent in vain and is sent again. None or several
 (another client's job in the window, two lost POSTs that cannot be told apart): nothing is
 sent again, and the group's POSTs end ambiguous with their candidates listed.
+
+All of this holds only if the listing was read over the whole window: ``ListingScan`` says
+whether the pages read prove that, whatever order the server lists in. When they do not
+(a cursor that repeats, pages without end, an order the stamps contradict), every lost POST
+ends ambiguous: nothing is sent again without proof that the first POST created nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from runner.skew import ClockSkew
+from runner.skew import STAMP_PRECISION, ClockSkew
 
 MAX_GROUP = 8  # lost POSTs solved together at most; a larger tangle is reported ambiguous
+MAX_SEARCH_PAGES = 50  # listing pages one search reads at most before it gives up proving
+# Stamps in descending order a search must have read before it takes the listing to be
+# newest first (a shuffled listing shows 8 in a row one time in 40,320).
+ORDER_EVIDENCE = 8
 
 
 @dataclass(frozen=True, slots=True)
 class LostPost:
-    """A POST that went out at ``sent`` and whose answer was lost at ``ended`` (our clock)."""
+    """A POST that went out at ``sent`` and whose answer was lost at ``ended`` (our clock).
+
+    ``before`` is what the server's clock was known to be when it went out.
+    """
 
     key: str
     sent: float
     ended: float
     created: bool = False  # the server answered 2xx, so a job exists for sure
+    before: ClockSkew = field(default_factory=ClockSkew)
+
+    def window(self, after: ClockSkew) -> tuple[float, float]:
+        """Its window on the server's clock, by the clock as known before it and ``after``."""
+        return self.before.hull(after).window(self.sent, self.ended)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,25 +67,106 @@ class Matching:
     resend: list[str] = field(default_factory=list)  # created nothing: send it again
     ambiguous: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key → candidate ids
     unseen: list[str] = field(default_factory=list)  # answered 2xx, yet no job is listed
+    doubt: str | None = None  # why the listing proves nothing: every POST is ambiguous
 
 
-def window_bounds(posts: Sequence[LostPost], skew: ClockSkew) -> tuple[float, float]:
+@dataclass(slots=True)
+class ListingScan:
+    """What the listing pages read so far prove about the server's jobs since ``start``.
+
+    The search may stop before the listing's end only when every stamp read so far came in
+    descending order (``ORDER_EVIDENCE`` of them at least, two of them different) and the
+    last lies before the window: newest first is then what the server shows, not what we
+    assume. Any other order is read to its end. A cursor seen before, or more than
+    ``MAX_SEARCH_PAGES`` pages, leave the window unproven (``doubt``). Jobs are kept once
+    each, those the folder owns dropped.
+    """
+
+    known: Collection[str]  # job ids the folder owns: never anyone's candidate
+    jobs: dict[str, Candidate] = field(default_factory=dict)
+    pages: int = 0
+    doubt: str | None = None
+    _cursors: set[str] = field(default_factory=set)
+    _last: float | None = None  # the previous stamp, in reading order
+    _descending: bool = True
+    _stamps: int = 0  # stamps read
+    _shown: bool = False  # two different stamps, newest first
+
+    def feed(self, page: Sequence[Candidate], cursor: str | None, start: float) -> bool:
+        """Take in one page; True while the next page (at ``cursor``) must be read."""
+        self.pages += 1
+        for job in page:
+            if job.job_id not in self.known:
+                self.jobs.setdefault(job.job_id, job)
+            self._order(job.created)
+        if cursor is None or not page:
+            return False  # the end of the listing: everything was read
+        if self._newest_first and self._last is not None and self._last < start:
+            return False  # newest first, and already older than the window
+        if cursor in self._cursors:
+            self.doubt = "the job listing's cursor repeats"
+            return False
+        if self.pages >= MAX_SEARCH_PAGES:
+            self.doubt = f"the job listing goes on past {MAX_SEARCH_PAGES} pages"
+            return False
+        self._cursors.add(cursor)
+        return True
+
+    @property
+    def _newest_first(self) -> bool:
+        return self._descending and self._shown and self._stamps >= ORDER_EVIDENCE
+
+    def _order(self, stamp: float | None) -> None:
+        if stamp is None:
+            return  # says nothing of the order (and is in every window anyway)
+        self._stamps += 1
+        if self._last is not None:
+            if stamp > self._last + STAMP_PRECISION:
+                self._descending = False
+            elif stamp < self._last - STAMP_PRECISION:
+                self._shown = True
+        self._last = stamp
+
+
+def window_bounds(posts: Sequence[LostPost], after: ClockSkew) -> tuple[float, float]:
     """The span of server time to list: from the earliest window start to the latest end."""
-    windows = [skew.window(p.sent, p.ended) for p in posts]
+    windows = [p.window(after) for p in posts]
     return min(w[0] for w in windows), max(w[1] for w in windows)
 
 
-def match(posts: Sequence[LostPost], jobs: Iterable[Candidate], skew: ClockSkew) -> Matching:
-    """Match lost POSTs to the unclaimed jobs listed around them (module docstring)."""
+def unknown_clock(posts: Sequence[LostPost], after: ClockSkew) -> bool:
+    """Whether the server's clock is unread before some lost POST, or since the answers were
+    lost: a jump in between could then hide the job, and nothing can be proven."""
+    return not after.measured or any(not p.before.measured for p in posts)
+
+
+def match(posts: Sequence[LostPost], jobs: Iterable[Candidate], after: ClockSkew) -> Matching:
+    """Match lost POSTs to the unclaimed jobs listed around them (module docstring).
+
+    ``after`` is the server's clock as read after the answers were lost.
+    """
     jobs = list(jobs)
     options: dict[str, list[Candidate]] = {}
     for post in posts:
-        start, end = skew.window(post.sent, post.ended)
+        start, end = post.window(after)
         # A job without a readable creation time could be anyone's: it is in every window.
         options[post.key] = [j for j in jobs if j.created is None or start <= j.created <= end]
     result = Matching()
     for group in _groups(posts, options):
         _solve(group, options, result)
+    return result
+
+
+def unproven(
+    posts: Sequence[LostPost], jobs: Iterable[Candidate], after: ClockSkew, doubt: str
+) -> Matching:
+    """Every lost POST ambiguous, with the jobs its window holds: nothing proves them empty."""
+    jobs = list(jobs)
+    result = Matching(doubt=doubt)
+    for post in posts:
+        start, end = post.window(after)
+        inside = (j.job_id for j in jobs if j.created is None or start <= j.created <= end)
+        result.ambiguous[post.key] = tuple(inside)
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from runner.backoff import NETWORK, OVERLOAD, Backoff
 from runner.errors import TransientApiError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):
@@ -55,6 +57,19 @@ class RetryPolicy:
     errors: Backoff = NETWORK
     throttled: Backoff = OVERLOAD
     max_errors: int | None = 8
+    max_retry_after: float = 120.0  # a server asking for longer waits this long (logged)
+
+    def server_wait(self, exc: TransientApiError) -> float | None:
+        """The server's Retry-After, clamped to ``max_retry_after``."""
+        asked = exc.retry_after
+        if asked is None or asked <= self.max_retry_after:
+            return asked
+        log.warning(
+            "the server asked to retry in %s s; waiting %g s instead (--max-retry-after)",
+            f"{asked:,.0f}" if asked != float("inf") else "∞",
+            self.max_retry_after,
+        )
+        return self.max_retry_after
 
 
 OnError = Callable[[TransientApiError, float], None]
@@ -80,13 +95,15 @@ async def retrying(
             return await call()
         except TransientApiError as exc:
             if exc.status == 429:
-                delay = policy.throttled.delay(min(throttled, 3), exc.retry_after, rng)
+                delay = policy.throttled.delay(min(throttled, 3), policy.server_wait(exc), rng)
                 throttled += 1
             else:
                 errors += 1
                 if policy.max_errors is not None and errors > policy.max_errors:
                     raise
-                delay = policy.errors.delay(errors - 1, exc.retry_after, rng)
+                delay = policy.errors.delay(errors - 1, policy.server_wait(exc), rng)
+            if exc.retry_after is not None:
+                delay = min(delay, policy.max_retry_after)
             if give_up_at is not None and clock.monotonic() + delay > give_up_at:
                 raise
             if on_error is not None:

@@ -10,6 +10,11 @@ answer is lost after it was sent (timeout, reset, 5xx, garbled 2xx) may have cre
 job, so it is never just sent again: a barrier stops new POSTs, the ones in flight settle,
 and then one round lists the jobs created around every lost POST and matches them
 (``runner.engine.matching``). The same round runs at start for the POSTs a crash left pending.
+
+Windows are on the server's clock, learnt from the ``Date`` of every answer (a cheap request
+before the run's first POST, then everything that comes back) and from answered submits: a
+jump of either clock widens them. A lost POST is sent again only when the listing, read in
+whatever order the server gives it, proves its window holds no job of its own.
 """
 
 from __future__ import annotations
@@ -28,7 +33,16 @@ import anyio
 from runner.client import KreaClient
 from runner.engine.budget import Budget
 from runner.engine.counts import Counts
-from runner.engine.matching import Candidate, LostPost, Matching, match, window_bounds
+from runner.engine.matching import (
+    Candidate,
+    ListingScan,
+    LostPost,
+    Matching,
+    match,
+    unknown_clock,
+    unproven,
+    window_bounds,
+)
 from runner.engine.outcome import Deferred, Failed, NotSubmitted, Outcome
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.engine.uploads import Uploads
@@ -37,10 +51,12 @@ from runner.errors import (
     ApiError,
     PermanentApiError,
     TransientApiError,
+    WouldPayTwice,
 )
 from runner.jobspec import JobSpec
 from runner.journal import Journal, KeyState
 from runner.limiter import AdaptiveLimit, SubmitWindow
+from runner.skew import DATE_PRECISION, ClockSkew
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +114,20 @@ class Submitter:
         self._lost: dict[str, LostPost] = {}
         self._outcomes: dict[str, Outcome | None] = {}
         self._round = anyio.Lock()
+        self._clock_read = False  # the server's clock was read in this run
+        self._reading_since: float | None = None  # a search's listing began then
+        self._after = ClockSkew()  # the server's clock as read by answers sent since
+        self._clock_lock = anyio.Lock()
         self.uploads = Uploads(client, journal, clock, settings.retry, assets or {}, self.rng)
+        client.watch_server_clock(clock.time, self._server_time)
+
+    def _server_time(self, sent: float, received: float, server: float) -> None:
+        seen = ClockSkew.between(sent, received, server, DATE_PRECISION)
+        ledger = self.journal.ledger
+        ledger.skew = ledger.skew.follow(seen)
+        self._clock_read = True
+        if seen is not None and self._reading_since is not None and sent >= self._reading_since:
+            self._after = self._after.hull(seen)
 
     # ---- one job ------------------------------------------------------------------------------
 
@@ -121,6 +150,7 @@ class Submitter:
         return outcome
 
     async def _submit_reserved(self, spec: JobSpec, state: KeyState) -> Outcome | None:
+        await self._read_server_clock()
         while True:
             try:
                 lost = await retrying(
@@ -132,6 +162,9 @@ class Submitter:
                 )
             except _Stopping:
                 return NotSubmitted("the run is stopping")
+            except WouldPayTwice as exc:  # a bug guard: the POST was not sent
+                log.error("%s", exc)
+                return Deferred(str(exc))
             except TransientApiError as exc:
                 return Failed(f"gave up submitting: {exc}")
             except PermanentApiError as exc:
@@ -139,7 +172,7 @@ class Submitter:
             if lost is None:
                 return None
             outcome = await self._settle(lost)
-            if outcome is not None or state.job_id is not None or state.candidates:
+            if outcome is not None or not state.settled:
                 return outcome
             # The lost POST created nothing: send it again.
 
@@ -154,23 +187,44 @@ class Submitter:
         async with self._post_slot():
             if self.stopping():
                 raise _Stopping
-            sent = self.clock.time()
-            await self.journal.record("submitting", spec.key, a=state.attempts + 1, t=sent)
-            posted = self.clock.time()
+            sent = posted = self.clock.time()
+            before = self.journal.ledger.skew
+
+            async def going_out() -> None:
+                # As late as the request can be announced: after the rate limiter let it go, so
+                # a crash while it waited leaves no pending POST behind.
+                nonlocal sent, posted, before
+                sent, before = self.clock.time(), self.journal.ledger.skew
+                bounds = {"lo": before.low, "hi": before.high} if before.measured else {}
+                await self.journal.record(
+                    "submitting", spec.key, a=state.attempts + 1, t=sent, **bounds
+                )
+                posted = self.clock.time()
+
             try:
                 remote = await self.client.submit(
-                    spec.endpoint, spec.body, webhook_url=self.settings.webhook_url
+                    spec.endpoint,
+                    spec.body,
+                    webhook_url=self.settings.webhook_url,
+                    before_send=going_out,
                 )
             except AmbiguousSubmit as exc:
                 self.counts.ambiguous += 1
-                lost = LostPost(spec.key, sent, self.clock.time(), created=exc.created)
+                lost = LostPost(spec.key, sent, self.clock.time(), exc.created, before)
                 self._raise_barrier(lost)
                 log.warning("? submit of %s lost its answer (%s): checking jobs", spec.key, exc)
                 return lost
             except ApiError:
-                await self.journal.record("lost", spec.key, a=state.attempts)
+                if state.pending_since is not None:  # it went out and was refused
+                    await self.journal.record("lost", spec.key, a=state.attempts)
                 raise
             received = self.clock.time()
+            owner = self.journal.ledger.known_ids
+            if remote.job_id in owner:
+                raise PermanentApiError(
+                    f"the server answered job {remote.job_id}, which another job of this folder "
+                    "already holds (a proxy or cache answering for the API?)"
+                )
             # Durable before the POST counts as settled: a crash must not turn an answered
             # POST back into a pending one, which the next start could find ambiguous.
             await self.journal.record(
@@ -188,6 +242,42 @@ class Submitter:
         self._slots.total_tokens = self.window.level
         log.debug("→ submitted %s as %s", spec.key, remote.job_id)
         return None
+
+    async def _read_server_clock(self) -> None:
+        """Before the run's first POST: one cheap request whose ``Date`` shows the server's
+        clock, so that even the first lost answer is looked for in the right window."""
+        if self._clock_read:
+            return
+        async with self._clock_lock:
+            if self._clock_read:
+                return
+            problem = "no Date header"
+
+            async def read_clock() -> None:
+                try:
+                    await self.client.list_jobs(1, None)
+                except TransientApiError:
+                    if not self._clock_read:  # a 429 or a 5xx still carries a Date
+                        raise
+
+            try:
+                await retrying(
+                    read_clock,
+                    self.settings.retry,
+                    self.clock,
+                    self.rng,
+                    on_error=lambda exc, delay: self.counts.saw(exc),
+                    give_up_at=self.clock.monotonic() + 2 * self.settings.api_timeout,
+                )
+            except (TransientApiError, PermanentApiError) as exc:
+                problem = str(exc)  # a refusal still carries a Date, and that is enough
+            if not self._clock_read:
+                log.warning(
+                    "could not read the server's clock (%s): a submit whose answer is lost "
+                    "before any other is answered cannot be checked, and ends ambiguous",
+                    problem,
+                )
+            self._clock_read = True
 
     @contextlib.asynccontextmanager
     async def _post_slot(self) -> AsyncIterator[None]:
@@ -232,7 +322,8 @@ class Submitter:
         for key, state in states.items():
             if state.pending_since is not None and state.done is None:
                 ended = min(state.pending_since + self.settings.api_timeout, run_started)
-                self._lost[key] = LostPost(key, state.pending_since, ended)
+                before = state.pending_skew or self.journal.ledger.skew  # older journals: none
+                self._lost[key] = LostPost(key, state.pending_since, ended, before=before)
         if self._lost:
             log.info("checking %d submit(s) an earlier run left unanswered", len(self._lost))
             async with self._round:
@@ -249,7 +340,7 @@ class Submitter:
                 now = self.clock.time()
                 posts = [p if p.created else replace(p, ended=now) for p in posts]
             try:
-                jobs = await self._unclaimed_jobs(*window_bounds(posts, self.journal.ledger.skew))
+                scan = await self._scan_listing(posts)
             except ApiError as exc:
                 self.counts.unchecked += len(posts)
                 reason = f"could not check whether a lost submit created a job: {exc}"
@@ -257,7 +348,13 @@ class Submitter:
                 for post in posts:  # the pending line stays: the next run checks again
                     self._outcomes[post.key] = Deferred(reason)
                 return
-            found = match(posts, jobs, self.journal.ledger.skew)
+            after, doubt = self._after, scan.doubt
+            if doubt is None and unknown_clock(posts, after):
+                doubt = "the server's clock was not read both before and after (no Date header?)"
+            jobs = scan.jobs.values()
+            found = (
+                match(posts, jobs, after) if doubt is None else unproven(posts, jobs, after, doubt)
+            )
             await self._record(posts, found)
         finally:
             if self._barrier is not None:
@@ -288,14 +385,22 @@ class Submitter:
             log.warning("? %s's lost submit created no job: sending it again", key)
             events.append({"e": "lost", "k": key, "a": states[key].attempts})
             self._outcomes[key] = None
+        why = found.doubt or "its lost submit matches no single job"
         for key, candidates in found.ambiguous.items():
             log.warning(
-                "? %s's lost submit matches no single job (candidates: %s): not sent again",
+                "? %s: %s (candidates: %s): not sent again",
                 key,
-                ", ".join(candidates),
+                why,
+                ", ".join(candidates) or "none listed",
             )
             events.append(
-                {"e": "ambiguous", "k": key, "a": states[key].attempts, "candidates": candidates}
+                {
+                    "e": "ambiguous",
+                    "k": key,
+                    "a": states[key].attempts,
+                    "candidates": list(candidates),
+                    "why": why,
+                }
             )
             self._outcomes[key] = None
         for key in found.unseen:
@@ -308,25 +413,23 @@ class Submitter:
         self.counts.unmatched += len(found.ambiguous)
         self.counts.unchecked += len(found.unseen)
 
-    async def _unclaimed_jobs(self, start: float, end: float) -> list[Candidate]:
-        """Jobs created in [start, end] (server clock) that no journal line claims."""
-        known = self.journal.ledger.known_ids
-        found: list[Candidate] = []
+    async def _scan_listing(self, posts: list[LostPost]) -> ListingScan:
+        """Read the listing until it proves what the lost POSTs' windows hold (or cannot)."""
+        scan = ListingScan(self.journal.ledger.known_ids)
         cursor: str | None = None
-        while True:
-            page, cursor = await retrying(
-                functools.partial(self.client.list_jobs, LIST_PAGE, cursor),
-                self.settings.retry,
-                self.clock,
-                self.rng,
-            )
-            for job in page:
-                created = job.created_at
-                if created is not None and created > end:
-                    continue
-                if created is not None and created < start:
-                    return found  # newest first: everything further is older
-                if job.job_id not in known:
-                    found.append(Candidate(job.job_id, created))
-            if cursor is None or not page:
-                return found
+        self._reading_since, self._after = self.clock.time(), ClockSkew()
+        try:
+            while True:
+                page, cursor = await retrying(
+                    functools.partial(self.client.list_jobs, LIST_PAGE, cursor),
+                    self.settings.retry,
+                    self.clock,
+                    self.rng,
+                )
+                # Bounds taken after each page: its Date may have shown a clock jump.
+                start, _ = window_bounds(posts, self._after)
+                listed = [Candidate(job.job_id, job.created_at) for job in page]
+                if not scan.feed(listed, cursor, start):
+                    return scan
+        finally:
+            self._reading_since = None

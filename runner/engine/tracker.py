@@ -106,6 +106,10 @@ class Tracker:
     def _count_error(self, exc: TransientApiError, delay: float) -> None:
         self.counts.saw(exc)
 
+    def _download_error(self, job_id: str, exc: TransientApiError, delay: float) -> None:
+        self.counts.saw(exc)
+        log.info("↻ job %s's download again in %.1f s: %s", job_id, delay, exc)
+
     def follow_listing(self) -> Lister:
         """The loop that learns how every job stands from the listing (list mode)."""
         self.listing = True
@@ -267,16 +271,21 @@ class Tracker:
         if provenance is not None:
             provenance = {**provenance, "job_id": remote.job_id}
         files = []
-        for index in range(len(remote.urls)):
-            suffix = "" if index == 0 else f"-{index}"
-            got = await self._download_one(
-                remote, index, stem + suffix, partial + suffix, provenance
-            )
-            if isinstance(got, Deferred | Failed):
-                return got
-            remote, entry = got
-            files.append(entry)
-        return files
+        limit = self.settings.job_timeout
+        deadline = self.clock.monotonic() + limit
+        with anyio.move_on_after(limit):  # tries included: a trickle cannot hold the job
+            for index in range(len(remote.urls)):
+                suffix = "" if index == 0 else f"-{index}"
+                got = await self._download_one(
+                    remote, index, stem + suffix, partial + suffix, provenance, deadline
+                )
+                if isinstance(got, Deferred | Failed):
+                    return got
+                remote, entry = got
+                files.append(entry)
+            return files
+        log.warning("… job %s's images did not arrive within %g s", remote.job_id, limit)
+        return Deferred(f"its images did not arrive within the job timeout ({limit:g} s)")
 
     async def _download_one(
         self,
@@ -285,6 +294,7 @@ class Tracker:
         stem: str,
         partial_name: str,
         provenance: Mapping[str, Any] | None,
+        deadline: float,
     ) -> tuple[RemoteJob, FileEntry] | Deferred | Failed:
         partial = self.folder.partial_path(partial_name)
         refreshes = bad_images = 0
@@ -306,7 +316,8 @@ class Tracker:
                     self.settings.retry,
                     self.clock,
                     self.rng,
-                    on_error=self._count_error,
+                    on_error=functools.partial(self._download_error, remote.job_id),
+                    give_up_at=deadline,
                 )
                 break
             except BadImage as exc:
