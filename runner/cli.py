@@ -134,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a manifest's jobs into an output folder")
     run.add_argument("manifest")
-    run.add_argument("--out", default="out", help="output folder (default: out)")
+    run.add_argument("--out", default="out", type=_folder, help="output folder (default: out)")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--emulator", action="store_true", help="use the built-in Krea emulator")
     where.add_argument("--api-base", metavar="URL", help="another Krea-compatible server")
@@ -272,7 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     status = commands.add_parser("status", help="what an output folder holds (offline)")
-    status.add_argument("out")
+    status.add_argument("out", type=_folder)
     status.add_argument("--refresh", action="store_true", help="ask the API about jobs in flight")
     status.add_argument("--api-base", metavar="URL", help="a Krea-compatible server for --refresh")
     status.add_argument("--token-file", help="read the API token from this file")
@@ -280,10 +280,10 @@ def _parser() -> argparse.ArgumentParser:
 
     merge = commands.add_parser("merge", help="combine the output folders of several shards")
     merge.add_argument("sources", nargs="+", metavar="OUT")
-    merge.add_argument("--out", required=True, help="the merged folder")
+    merge.add_argument("--out", required=True, type=_folder, help="the merged folder")
 
     report = commands.add_parser("report", help="write OUT/report.html, the gallery of a run")
-    report.add_argument("out")
+    report.add_argument("out", type=_folder)
 
     inspect = commands.add_parser(
         "inspect", help="the prompt, model, seed and job written into an image by a run"
@@ -343,6 +343,13 @@ def _models(args: argparse.Namespace) -> int:
     else:
         print(catalog_table(catalog))
     return ExitCode.OK
+
+
+def _folder(value: str) -> str:
+    """A folder argument: an empty one (an unset $OUT) would mean the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty folder name (is a variable like $OUT unset?)")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 import anyio
 
 from runner.errors import DiskError, WouldPayTwice
+from runner.files import bounded_lines, open_regular
 from runner.outputs.records import (
     RecordStatus,
     ResultRecord,
@@ -47,6 +48,8 @@ from runner.outputs.records import (
 from runner.skew import ClockSkew
 
 log = logging.getLogger(__name__)
+
+MAX_LINE = 16 << 20  # a journal line longer than this is no event of ours
 
 
 @dataclass(slots=True)
@@ -222,11 +225,16 @@ def read_events(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Stream ``(offset, event)`` from a journal file, stopping at a torn last line."""
     stats = stats or ReplayStats()
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
     offset = 0
-    with path.open("rb") as handle:
-        for raw in handle:
+    with open_regular(path, follow=False) as handle:
+        for raw, length in bounded_lines(handle, MAX_LINE):
+            if raw is None:  # far longer than any event: not one of ours
+                stats.misshapen += 1
+                offset += length
+                stats.good_bytes = offset
+                continue
             if not raw.endswith(b"\n"):
                 stats.torn += 1  # a write cut short by a crash: the event never happened
                 break
@@ -246,7 +254,7 @@ def read_events(
 
 def records_at(path: Path, offsets: Iterable[int]) -> Iterator[ResultRecord]:
     """The results records of the `done` lines at these offsets, read one at a time."""
-    with path.open("rb") as handle:
+    with open_regular(path, follow=False) as handle:
         for offset in offsets:
             handle.seek(offset)
             record = parse_record(json.loads(handle.readline()).get("record"))
@@ -291,13 +299,14 @@ class Journal:
         stats = ReplayStats()
         ledger = fold(read_events(path, stats))
         if path.exists() and stats.good_bytes < path.stat().st_size:
-            with path.open("r+b") as handle:
-                handle.truncate(stats.good_bytes)  # drop the torn tail: the next line starts clean
+            # Drop the torn tail, so the next line starts clean (read_events checked that the
+            # journal is a regular file, not a link).
+            os.truncate(path, stats.good_bytes)
         if stats.torn:
             log.warning("journal %s: skipped %d torn line(s)", path, stats.torn)
         if stats.misshapen:
             log.warning("journal %s: skipped %d line(s) of the wrong shape", path, stats.misshapen)
-        return cls(path, path.open("ab"), ledger, offload)
+        return cls(path, open_regular(path, follow=False, write=True), ledger, offload)
 
     async def record(self, kind: str, key: str, **fields: Any) -> int:
         """Append one event, wait until it is fsynced, apply it; returns its line's offset."""

@@ -2,6 +2,12 @@
 
 ``load`` returns plain Python data plus a map from document paths (``jobs[2].params.width``)
 to ``(line, column)``, so a schema error found later can point at the line a user must edit.
+
+What a hostile file could make of it is bounded: aliases may repeat at most
+``MAX_REPEATED_NODES`` nodes in all ("billion laughs" stops there, at once), an alias inside
+itself and nesting deeper than ``MAX_DEPTH`` are refused with their line, and so is text
+that cannot be written as UTF-8 (a lone surrogate such as "\\ud800"). Merge keys follow
+YAML: a key written in the mapping beats the same key merged from ``<<: *anchor``.
 """
 
 from __future__ import annotations
@@ -22,13 +28,17 @@ def join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+MAX_DEPTH = 64  # mappings and lists inside each other; a manifest needs five or six
+MAX_REPEATED_NODES = 100_000  # nodes aliases may repeat in all; a manifest needs a few hundred
+
+
 def load(text: str, file: str) -> tuple[Any, Marks]:
     """Parse one YAML document; syntax errors become ManifestErrors with line and column."""
-    loader = yaml.SafeLoader(text)
+    loader = _DepthBoundLoader(text)
     try:
         node = loader.get_single_node()
         marks: Marks = {}
-        data = None if node is None else _build(loader, node, "", marks, file)
+        data = None if node is None else _Builder(loader, marks, file).build(node, "", 0)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(filter(None, [exc.context, exc.problem]))
@@ -40,6 +50,10 @@ def load(text: str, file: str) -> tuple[Any, Marks]:
         ) from exc
     except yaml.YAMLError as exc:
         raise ManifestError(f"invalid YAML: {exc}", file=file) from exc
+    except RecursionError:  # the parser itself, before our own depth check could see it
+        raise ManifestError(
+            f"nested too deeply (more than {MAX_DEPTH} levels of lists and mappings)", file=file
+        ) from None
     finally:
         loader.dispose()
     return data, marks
@@ -55,26 +69,100 @@ def locate(marks: Marks, path: str) -> tuple[int, int] | None:
     return marks.get("")
 
 
-def _build(loader: yaml.SafeLoader, node: yaml.Node, path: str, marks: Marks, file: str) -> Any:
-    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
+class _DepthBoundLoader(yaml.SafeLoader):
+    """Refuses nesting past ``MAX_DEPTH`` as it composes, before the scanner reads further
+    (whose cost grows with the square of the depth: 50,000 ``[`` took 20 s)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH + 1:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested more than {MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Builder:
+    """Plain data from composed nodes, within the bounds of the module docstring."""
+
+    def __init__(self, loader: yaml.SafeLoader, marks: Marks, file: str) -> None:
+        self.loader, self.marks, self.file = loader, marks, file
+        self.built: set[int] = set()  # nodes built once: building one again is an alias
+        self.repeated = 0
+        self.open: set[int] = set()  # the nodes being built, outermost first
+
+    def build(self, node: yaml.Node, path: str, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _error(f"nested more than {MAX_DEPTH} levels deep", node, self.file, path)
+        if id(node) in self.open:
+            raise _error("an alias inside the node it names (it never ends)", node, self.file, path)
+        if id(node) in self.built:
+            self.repeated += 1
+            if self.repeated > MAX_REPEATED_NODES:
+                raise _error(
+                    f"aliases repeat more than {MAX_REPEATED_NODES:,} values (a YAML bomb?)",
+                    node,
+                    self.file,
+                    path,
+                )
+        self.built.add(id(node))
+        self.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            self.open.add(id(node))
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self._mapping(node, path, depth)
+                return [
+                    self.build(item, join(path, i), depth + 1) for i, item in enumerate(node.value)
+                ]
+            finally:
+                self.open.discard(id(node))
+        value = self.loader.construct_object(node, deep=True)
+        if isinstance(value, str):
+            _check_text(value, node, self.file, path)
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[Any, Any]:
+        written = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
+        self.loader.flatten_mapping(node)  # puts `<<: *anchor` keys first, in YAML's order
+        merged = len(node.value) - written
         result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+        from_merge: set[Any] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
+            if id(key_node) in self.open:
+                raise _error("an alias inside the node it names", key_node, self.file, path)
+            key = self.loader.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float | bool) and key is not None:
                 raise _error(
-                    f"a mapping key must be a plain value, not {key!r}", key_node, file, path
+                    f"a mapping key must be a plain value, not {key!r}", key_node, self.file, path
                 )
-            if key in result:
-                raise _error(f"duplicate key {key!r}", key_node, file, join(path, str(key)))
-            result[key] = _build(loader, value_node, join(path, str(key)), marks, file)
+            if isinstance(key, str):
+                _check_text(key, key_node, self.file, path)
+            if key in result and key not in from_merge:
+                raise _error(f"duplicate key {key!r}", key_node, self.file, join(path, str(key)))
+            from_merge.discard(key)  # a written key beats a merged one
+            if index < merged:
+                from_merge.add(key)
+            result[key] = self.build(value_node, join(path, str(key)), depth + 1)
         return result
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _build(loader, item, join(path, i), marks, file) for i, item in enumerate(node.value)
-        ]
-    return loader.construct_object(node, deep=True)
+
+
+def _check_text(text: str, node: yaml.Node, file: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        raise _error(
+            f"text that cannot be written as UTF-8 ({bad}: a lone surrogate)", node, file, path
+        ) from None
 
 
 def _error(message: str, node: yaml.Node, file: str, path: str) -> ManifestError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import itertools
 import json
 import math
@@ -26,9 +27,13 @@ from runner import located_yaml
 from runner.assets import AssetError, with_local_files
 from runner.catalog import Catalog, Model, load_catalog
 from runner.errors import ManifestError
+from runner.files import UnusableFile, open_regular, read_regular
 from runner.jobspec import JobSpec, derive_seed, job_key
 from runner.located_yaml import join
 from runner.settings import SETTING_NAMES, RunSettings, parse_settings
+
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; its prompts belong in prompts files
+MAX_PROMPTS_BYTES = 1 << 30  # a million prompts of a few hundred characters fit easily
 
 _SEED = {
     "type": "integer",
@@ -191,9 +196,11 @@ def load_manifest(
     """Read and validate a manifest file; ``overrides`` are run settings from the CLI."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_regular(Path(path), MAX_MANIFEST_BYTES).decode("utf-8-sig")
     except FileNotFoundError as exc:
         raise ManifestError("no such file", file=file) from exc
+    except UnusableFile as exc:
+        raise ManifestError(f"cannot read it: it {exc.strerror}", file=file) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read it: {exc}", file=file) from exc
     return parse_manifest(
@@ -434,7 +441,9 @@ def _prompts_file(
             columns.where, "takes a .csv or .jsonl prompts file (a .txt has no columns)"
         )
     try:
-        with file.open(encoding="utf-8", newline="") as handle:
+        raw_handle = open_regular(file, max_bytes=MAX_PROMPTS_BYTES)
+        # utf-8-sig: a byte-order mark (Excel, Notepad) is not part of the first prompt.
+        with io.TextIOWrapper(raw_handle, encoding="utf-8-sig", newline="") as handle:
             if suffix == ".txt":
                 prompts = [
                     Prompt(line.strip(), f"{file}:{n}")
@@ -447,6 +456,8 @@ def _prompts_file(
                 prompts = _jsonl_prompts(ctx, handle, file, columns, where)
     except FileNotFoundError as exc:
         raise ctx.error(where, f"prompts file {file} does not exist") from exc
+    except UnusableFile as exc:
+        raise ctx.error(where, f"cannot read {file}: it {exc.strerror}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ctx.error(where, f"cannot read {file}: {exc}") from exc
     if not prompts:
@@ -531,6 +542,13 @@ def _jsonl_prompts(
             raise ctx.error(where, f"{file}:{n}: not valid JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or not isinstance(record.get(column), str):
             raise ctx.error(where, f"{file}:{n}: expected an object with a text field {column!r}")
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+            raise ctx.error(
+                where, f"{file}:{n}: text that cannot be written as UTF-8 ({bad}: a lone surrogate)"
+            ) from None
         try:
             prompts.append(columns.row(record[column], f"{file}:{n}", record, typed=True))
         except ValueError as exc:

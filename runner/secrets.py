@@ -9,6 +9,7 @@ from pathlib import Path
 from runner.errors import UsageError
 
 TOKEN_VARIABLE = "KREA_API_TOKEN"
+MAX_TOKEN_BYTES = 64 << 10
 log = logging.getLogger(__name__)
 
 
@@ -17,9 +18,16 @@ def read_token_file(path: str) -> str:
     try:
         if Path(path).stat().st_mode & 0o077:
             log.warning("the token file %s can be read by other users: chmod 600 %s", path, path)
-        token = Path(path).read_text(encoding="utf-8").strip()
+        # A pipe is fine (--token-file <(pass show krea)); an endless file is read no further.
+        with Path(path).open("rb") as handle:
+            data = handle.read(MAX_TOKEN_BYTES + 1)
+        token = data.decode("utf-8").strip()
     except OSError as exc:
         raise UsageError(f"cannot read the token file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"the token file {path} is not UTF-8 text") from exc
+    if len(data) > MAX_TOKEN_BYTES:
+        raise UsageError(f"the token file {path} holds more than {MAX_TOKEN_BYTES:,} bytes")
     if not token:
         raise UsageError(f"the token file {path} is empty")
     return token

@@ -12,6 +12,7 @@ from runner.errors import ApiError, UsageError
 from runner.journal import fold, read_events
 from runner.money import spend_text
 from runner.outputs import STATE_DIR, Layout, RecordStatus
+from runner.outputs.layout import path_text
 
 
 @dataclass
@@ -31,7 +32,7 @@ class FolderStatus:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "out": self.root,
+            "out": path_text(self.root),
             "counts": {
                 "completed": self.completed,
                 "failed": self.failed,

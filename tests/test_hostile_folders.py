@@ -188,14 +188,14 @@ async def test_the_finishing_stage_cannot_lose_a_run(
 def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_is_sent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open = Path.open
+    real_open = os.open
 
-    def read_only(self: Path, *args: Any, **kwargs: Any) -> Any:
-        if self.name == "lock":
+    def read_only(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).name == "lock":
             raise OSError(30, "Read-only file system")
-        return real_open(self, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "open", read_only)
+    monkeypatch.setattr(os, "open", read_only)
     with pytest.raises(UsageError, match="Read-only file system"), OutputFolder(tmp_path):
         pass
 

@@ -22,8 +22,10 @@ def write_atomic(path: Path, text: str | Iterable[str], *, durable: bool = True)
     ``durable=False`` skips the fsyncs: for files rewritten every few seconds (status.json),
     where a crash may lose the latest copy but never leaves half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # whatever stands there, a link included, is not followed
     try:
-        with tmp.open("w", encoding="utf-8") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as handle:
             handle.writelines([text] if isinstance(text, str) else text)
             if durable:
                 handle.flush()

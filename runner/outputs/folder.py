@@ -8,9 +8,10 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from runner.errors import DiskError, UsageError
+from runner.files import UnusableFile, open_regular
 from runner.outputs.atomic import fsync_dir, write_atomic
 from runner.outputs.images import intact
 from runner.outputs.layout import Layout
@@ -30,7 +31,7 @@ class OutputFolder:
         self.results_path = self.layout.results
         self.summary_path = self.layout.summary
         self._lock: TextIO | None = None
-        self._results: TextIO | None = None
+        self._results: BinaryIO | None = None
 
     def open(self) -> None:
         """Create the folder, take the lock (a UsageError if another run holds it), tidy up."""
@@ -41,8 +42,10 @@ class OutputFolder:
             raise UsageError(
                 f"cannot create the output folder {self.root}: {exc.strerror}"
             ) from exc
+        self._refuse_links()
         try:
-            lock = self.layout.lock.open("a+", encoding="utf-8")
+            fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            lock = os.fdopen(fd, "r+", encoding="utf-8")
         except OSError as exc:  # a read-only file system, no permission, a full disk
             raise UsageError(
                 f"cannot write to the output folder {self.root}: {exc.strerror}; nothing was sent"
@@ -64,7 +67,25 @@ class OutputFolder:
         self._lock = lock
         for partial in self.images.rglob(".*.part"):
             partial.unlink(missing_ok=True)  # downloads cut short by a crash
-        self._results = self.results_path.open("a", encoding="utf-8")
+        self._results = self._open_results()
+
+    def _refuse_links(self) -> None:
+        """The folder's own files are ours: a symlink or anything but a file there is refused
+        (appending to a link could write into any file this user may write)."""
+        layout = self.layout
+        for path in (layout.lock, layout.journal, layout.results, layout.summary):
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                what = "a symlink" if path.is_symlink() else "not a regular file"
+                raise UsageError(
+                    f"{path} is {what}; krea-batch writes only its own files in the output "
+                    "folder: remove it (or choose another --out) and run again"
+                )
+
+    def _open_results(self) -> BinaryIO:
+        try:
+            return open_regular(self.results_path, follow=False, write=True)
+        except UnusableFile as exc:
+            raise UsageError(f"{self.results_path} {exc.strerror}") from exc
 
     def close(self) -> None:
         if self._results is not None:
@@ -97,7 +118,7 @@ class OutputFolder:
         """Add a record to results.jsonl as it happens (compacted to one per job at the end)."""
         if self._results is not None:
             try:
-                self._results.write(record_line(record))
+                self._results.write(record_line(record).encode())
                 self._results.flush()
             except OSError as exc:
                 raise DiskError(str(self.root), exc) from exc
@@ -115,7 +136,7 @@ class OutputFolder:
         if self._results is not None:
             self._results.close()
         write_atomic(self.results_path, lines())
-        self._results = self.results_path.open("a", encoding="utf-8")
+        self._results = self._open_results()
         return count
 
     def write_metadata(self, rows: Iterable[MetadataRow]) -> None:

@@ -81,3 +81,9 @@ def relative(path: Path, root: Path) -> str:
     with contextlib.suppress(ValueError):
         return str(path.relative_to(root))
     return str(path)
+
+
+def path_text(text: str) -> str:
+    """A path (or a message holding one) as text a JSON file can hold: bytes of a name that
+    is not UTF-8 (kept by Python as surrogates) are written as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

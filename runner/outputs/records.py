@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from runner.files import bounded_lines, open_regular
 from runner.jobspec import JobDescription
 from runner.timefmt import iso_time
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from runner.remote import RemoteJob
 
 log = logging.getLogger(__name__)
+
+MAX_LINE = 16 << 20  # a results line longer than this is no record of ours
 
 
 class RecordStatus(StrEnum):
@@ -244,11 +247,15 @@ def parse_record(raw: Any) -> ResultRecord | None:
     return record
 
 
-def parse_lines(lines: Iterable[bytes], source: str) -> Iterator[ResultRecord]:
+def parse_lines(lines: Iterable[bytes | None], source: str) -> Iterator[ResultRecord]:
     """The records among JSON lines; lines that are not one (torn by a crash, not JSON, not
-    UTF-8, not a record) are skipped, and counted in one warning naming ``source``."""
+    UTF-8, not a record, None for one too long to read) are skipped, and counted in one
+    warning naming ``source``."""
     skipped = 0
     for line in lines:
+        if line is None:
+            skipped += 1
+            continue
         if not line.strip():
             continue
         try:
@@ -265,10 +272,10 @@ def parse_lines(lines: Iterable[bytes], source: str) -> Iterator[ResultRecord]:
 
 def read_records(path: Path) -> Iterator[ResultRecord]:
     """Every record of a results.jsonl, in order (a job may appear more than once)."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
-    with path.open("rb") as handle:
-        yield from parse_lines(handle, str(path))
+    with open_regular(path, follow=False) as handle:
+        yield from parse_lines((line for line, _ in bounded_lines(handle, MAX_LINE)), str(path))
 
 
 def latest_records(path: Path) -> list[ResultRecord]:

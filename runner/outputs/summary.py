@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.engine.counts import REQUEST_KINDS, Counts, requests_per_job
+from runner.files import read_regular
+from runner.outputs.layout import path_text
 from runner.outputs.records import RecordStatus, ResultRecord, spend_of
 from runner.timefmt import iso_time
 
@@ -33,15 +35,15 @@ def summary(
 ) -> dict[str, Any]:
     data = counts.to_json()
     return {
-        "manifest": manifest,
-        "merged_from": list(merged_from) if merged_from is not None else None,
-        "out": out,
+        "manifest": None if manifest is None else path_text(manifest),
+        "merged_from": [path_text(s) for s in merged_from] if merged_from is not None else None,
+        "out": path_text(out),
         "api_base": api_base,
         "started_at": iso_time(started),
         "ended_at": iso_time(ended),
         "wall_seconds": round(ended - started, 3),
         "exit_code": exit_code,
-        "stopped": stopped,
+        "stopped": None if stopped is None else path_text(stopped),
         "results_records": records,
         "api_requests": None
         if requests is None
@@ -80,7 +82,7 @@ def read_summary(path: Path) -> dict[str, Any]:
     """A folder's summary.json; empty where there is none or it is not a JSON object (a run
     killed before writing it, or a file edited by hand)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path, 64 << 20))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
