@@ -208,6 +208,12 @@ def _parser() -> argparse.ArgumentParser:
         help="image file names, e.g. '{model}/{key}' or '{name}/{index:05d}'",
     )
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
+    run.add_argument(
+        "--retry-ambiguous",
+        action="store_true",
+        help="send ambiguous jobs again (a lost answer nothing could match), after saying how "
+        "many images that may pay for twice",
+    )
     run.add_argument("--limit", type=int, metavar="N", help="only the first N jobs")
     run.add_argument(
         "--drain-timeout",
@@ -389,6 +395,7 @@ def _run(args: argparse.Namespace) -> int:
         budget=budget,
         budget_unit=budget_unit,
         retry_failed=args.retry_failed,
+        retry_ambiguous=args.retry_ambiguous,
         limit=args.limit,
         drain_timeout=args.drain_timeout,
         cancel_on_exit=args.cancel_on_exit,

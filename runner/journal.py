@@ -50,6 +50,8 @@ from runner.skew import ClockSkew
 log = logging.getLogger(__name__)
 
 MAX_LINE = 16 << 20  # a journal line longer than this is no event of ours
+# Why a lost submit is ambiguous when the listing was read whole but matched no single job.
+NO_SINGLE_MATCH = "its lost submit matches no single job"
 
 
 @dataclass(slots=True)
@@ -136,7 +138,7 @@ def apply(ledger: Ledger, event: Mapping[str, Any], offset: int | None = None) -
     elif kind in ("ambiguous", "unresolved"):  # "unresolved": its name in journals before 0.2
         state.pending_since = state.pending_skew = None
         state.candidates = tuple(str(c) for c in event.get("candidates", ()))
-        state.doubt = event.get("why") or "its lost submit matches no single job"
+        state.doubt = event.get("why") or NO_SINGLE_MATCH
         ledger.known_ids.update(state.candidates)
     elif kind == "released":
         state.reopen()

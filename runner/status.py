@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.ambiguity import Risk, risk_of
 from runner.client import KreaClient
 from runner.errors import ApiError, UsageError
 from runner.journal import fold, read_events
@@ -29,6 +30,7 @@ class FolderStatus:
     spend_usd: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     remote_status: dict[str, str] = field(default_factory=dict)  # filled by --refresh
+    risk: Risk = field(default_factory=lambda: Risk(0, 0, 0))  # of sending ambiguous ones again
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +47,7 @@ class FolderStatus:
             "failure_reasons": dict(Counter(reason for _, reason in self.failures).most_common()),
             "failed": [{"key": k, "error": e} for k, e in self.failures],
             "ambiguous": [{"key": k, "candidates": list(c)} for k, c in self.ambiguous.items()],
+            "retry_ambiguous_pays_twice_at_most": self.risk.twice,
             "in_flight": [
                 {"key": k, "job_id": j, "remote_status": self.remote_status.get(j)}
                 for k, j in self.in_flight.items()
@@ -75,6 +78,7 @@ def read_status(root: Path) -> FolderStatus:
             status.in_flight[key] = state.job_id
         elif state.pending_since is not None:
             status.unknown_submits.append(key)
+    status.risk = risk_of(ledger.states)
     return status
 
 
@@ -99,6 +103,7 @@ def render_status(status: FolderStatus, show_failed: int = 20) -> str:
             "ambiguous (a submit's answer was lost; not sent again; candidates' images are in "
             "images/_unmatched/):"
         )
+        lines.append(f"  {status.risk.sentence()}; `run … --retry-ambiguous` does that")
         for key, candidates in status.ambiguous.items():
             lines.append(f"  {key}  {', '.join(candidates) or '(no candidate listed)'}")
     if status.in_flight:

@@ -368,6 +368,36 @@ async def test_an_ambiguous_job_keeps_its_candidates_images_and_is_never_sent_ag
     status = read_status(tmp_path)
     assert status.ambiguous == {spec.key: tuple(ids)}
     assert "ambiguous" in render_status(status)
+    assert (
+        "1 ambiguous job, 2 candidate job(s) exist: sending them again pays for at most "
+        "1 image(s) twice" in render_status(status)
+    )
+
+
+async def test_retry_ambiguous_says_the_worst_case_first_then_sends_them_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = small_manifest(3)
+    specs = list(expand(manifest))
+    journal = tmp_path / ".krea-batch" / "journal.jsonl"
+    journal.parent.mkdir(parents=True)
+    lines = [{"e": "submitting", "k": s.key, "a": 1, "t": time.time()} for s in specs[:2]]
+    lines += [
+        {"e": "ambiguous", "k": specs[0].key, "a": 1, "candidates": ["job-x"]},
+        {"e": "ambiguous", "k": specs[1].key, "a": 1, "candidates": [], "why": "cursor loops"},
+    ]
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    options = dataclasses.replace(FAST, retry_ambiguous=True)
+    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+        result = await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=options)
+        check_folder(tmp_path, 3, emu.emulator)
+        assert emu.emulator.stats["submits"] == 3  # each once: the two released, and the third
+    assert result.exit_code == 0
+    assert (
+        "2 ambiguous jobs, 1 candidate job(s) exists, 1 with a listing that could not be read "
+        "whole: sending them again pays for at most 2 image(s) twice (34.4 CU)" in caplog.text
+    )
+    assert read_status(tmp_path).risk.jobs == 0
 
 
 @pytest.mark.parametrize("dialect", ["spec", "docs", "map"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.journal import fold, read_events
 from tests.engine_helpers import check_folder, manifest_text
 from tests.test_resume import kill_at, run_to_end
 
@@ -48,3 +49,37 @@ async def test_twenty_kill_9s_amid_faults_lose_nothing_and_never_pay_twice(
     kept = {Path(f["path"]) for r in records for f in r["files"]}
     on_disk = {p.relative_to(out) for p in (out / "images").rglob("*") if p.is_file()}
     assert on_disk == kept, "stray or missing image files"
+
+
+@pytest.mark.timeout(300)
+async def test_kill_9s_with_posts_on_the_wire_behind_a_round_trip_never_pay_twice(
+    tmp_path: Path,
+) -> None:
+    """A distant API: POSTs are in flight at every kill, so a crash leaves several pending.
+    Nothing is paid twice, every job ends with one record, and the jobs left ambiguous are
+    the ones whose POSTs really were on the wire together."""
+    jobs = 160
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(jobs, concurrency=8, poll_interval=0.1))
+    out = tmp_path / "out"
+    config = EmulatorConfig(
+        latency=Latency.parse("uniform:0.2-0.6"),
+        rtt=0.08,
+        seed=4,
+        error_rate=0.03,
+        reset_after_create=0.03,
+    )
+    moments = random.Random(8)
+    pending_at_kills = 0
+    async with run_emulator(config) as emu:
+        for _ in range(8):
+            event = moments.choice(["submit", "submit", "submit", "list", "download"])
+            await kill_at(emu, event, moments.randint(3, 25), manifest, out)
+            ledger = fold(read_events(out / ".krea-batch" / "journal.jsonl"))
+            pending_at_kills += sum(s.pending_since is not None for s in ledger.states.values())
+        code, stderr = await run_to_end(emu, manifest, out)
+        records = check_folder(out, jobs, emu.emulator)
+    assert pending_at_kills > 0, "no kill found a POST on the wire: the test proves nothing"
+    statuses = [r["status"] for r in records]
+    assert set(statuses) <= {"completed", "ambiguous"}, stderr
+    assert code in (0, 1), stderr

@@ -172,7 +172,35 @@ class _EndlessListing:
         self.pages += 1
         start = self.newest - (self.pages - 1) * limit
         jobs = [ListedJob(f"other-{start - n}", start - n, "processing") for n in range(limit)]
-        return jobs, "more"
+        return jobs, f"page-{self.pages + 1}"
+
+
+class _LoopingListing(_EndlessListing):
+    """A listing whose cursor comes back to the same first page."""
+
+    async def list_jobs(self, limit: int, cursor: str | None = None) -> tuple[list[Any], str]:
+        self.pages += 1
+        jobs = [ListedJob(f"other-{n}", self.newest - n, "processing") for n in range(limit)]
+        return jobs, "again"
+
+
+async def test_a_listing_whose_cursor_loops_hands_its_jobs_to_their_own_polls() -> None:
+    clock = VirtualClock()
+    client = _LoopingListing(newest=clock.time())
+    watch = Watch("mine", 2.0, due=0.0, created_after=clock.time() - 1_000)
+    lister = Lister(
+        client,  # type: ignore[arg-type]
+        clock,
+        {"mine": watch},
+        2.0,
+        rng=random.Random(0),
+        on_refused=lambda exc: None,
+        on_error=lambda exc: None,
+    )
+    await lister.sweep([watch])
+    assert client.pages == 2  # the second page came back with the same cursor: no third
+    assert watch.alone
+    assert watch.poll_now
 
 
 async def test_a_job_older_than_the_pages_read_is_polled_alone_at_once() -> None:

@@ -55,7 +55,9 @@ def written() -> list[ResultRecord]:
     return [
         completed_record(SPEC, STATE, remote, [FILE], noticed_at=1_700_000_008.0),
         failed_record(SPEC, STATE, "moderated"),
-        ambiguous_record(SPEC, STATE, ("job-a", "job-b"), []),
+        ambiguous_record(
+            SPEC, STATE, ("job-a", "job-b"), [], "its lost submit matches no single job"
+        ),
     ]
 
 

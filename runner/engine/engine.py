@@ -24,6 +24,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
+from runner.ambiguity import is_ambiguous, risk_of, worst_cost
 from runner.client import KreaClient
 from runner.engine.budget import Budget
 from runner.engine.counts import Counts, RunResult
@@ -42,7 +43,7 @@ from runner.engine.tracker import Tracker, TrackSettings
 from runner.engine.watching import Lister
 from runner.errors import DiskError, FatalApiError, UsageError
 from runner.jobspec import JobSpec, in_shard
-from runner.journal import Journal, KeyState, Ledger
+from runner.journal import NO_SINGLE_MATCH, Journal, KeyState, Ledger
 from runner.limiter import AdaptiveLimit
 from runner.manifest import Manifest, expand
 from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
@@ -66,6 +67,7 @@ class EngineOptions:
     """How a run behaves beyond the manifest's run settings."""
 
     retry_failed: bool = False
+    retry_ambiguous: bool = False  # send ambiguous jobs again, after saying the worst case
     limit: int | None = None  # only the first N jobs of the manifest
     drain_timeout: float = 120.0  # after the first signal, wait this long for jobs in flight
     cancel_on_exit: bool = False  # cancel remote jobs still running when interrupted
@@ -141,6 +143,7 @@ class Engine:
         self.started = self.clock.time()
         self.keys: list[str] = []  # every job's key, in manifest order
         self._resumed: list[JobSpec] = []
+        self._released: list[JobSpec] = []  # ambiguous jobs to send again (--retry-ambiguous)
         self._journal: Journal | None = None
         self._submitter: Submitter | None = None
         self._work_scope: anyio.CancelScope | None = None
@@ -219,6 +222,7 @@ class Engine:
             if not journal.ledger.states:
                 await self._rebuild_from_results()
             self._survey()
+            await self._release_ambiguous()
             self._submitter = Submitter(
                 self.client,
                 journal,
@@ -285,7 +289,9 @@ class Engine:
             model = self.counts.by_model.setdefault(spec.model, [0, 0])
             model[1] += 1
             state = states.get(spec.key)
-            if state is not None and state.done is not None:
+            if self.options.retry_ambiguous and state is not None and is_ambiguous(state):
+                self._released.append(spec)
+            elif state is not None and state.done is not None:
                 if not (state.done == RecordStatus.FAILED and retry_failed):
                     self.counts.skipped += 1  # known at once, not as the producer reaches it
                     model[0] += 1
@@ -302,6 +308,19 @@ class Engine:
             names[name] = spec.index
         if names:
             check_names(names, self.settings.name_template, self.folder.images)
+
+    async def _release_ambiguous(self) -> None:
+        """--retry-ambiguous: say what sending them again may cost, then free them to go."""
+        released, self._released = self._released, []
+        if not released:
+            return
+        risk = risk_of(self.states, (spec.key for spec in released))
+        cost = worst_cost(risk, ((spec.usd, spec.units) for spec in released))
+        log.warning("--retry-ambiguous: %s", risk.sentence(cost))
+        await self.journal.record_many(
+            {"e": "released", "k": spec.key, "a": self.states[spec.key].attempts}
+            for spec in released
+        )
 
     async def _run_jobs(self) -> None:
         await self.submitter.recover(self.states, self.started)
@@ -470,7 +489,8 @@ class Engine:
         elif isinstance(outcome, Failed):
             record = failed_record(spec, state, outcome.reason)
         elif isinstance(outcome, Ambiguous):
-            record = ambiguous_record(spec, state, outcome.candidates, outcome.files)
+            why = state.doubt or NO_SINGLE_MATCH
+            record = ambiguous_record(spec, state, outcome.candidates, outcome.files, why)
         else:
             self._count_unfinished(spec, outcome)
             return

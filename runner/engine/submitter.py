@@ -54,7 +54,7 @@ from runner.errors import (
     WouldPayTwice,
 )
 from runner.jobspec import JobSpec
-from runner.journal import Journal, KeyState
+from runner.journal import NO_SINGLE_MATCH, Journal, KeyState
 from runner.limiter import AdaptiveLimit, SubmitWindow
 from runner.skew import DATE_PRECISION, ClockSkew
 
@@ -385,7 +385,7 @@ class Submitter:
             log.warning("? %s's lost submit created no job: sending it again", key)
             events.append({"e": "lost", "k": key, "a": states[key].attempts})
             self._outcomes[key] = None
-        why = found.doubt or "its lost submit matches no single job"
+        why = found.doubt or NO_SINGLE_MATCH
         for key, candidates in found.ambiguous.items():
             log.warning(
                 "? %s: %s (candidates: %s): not sent again",

@@ -177,6 +177,7 @@ class Lister:
         max_pages = max(2, math.ceil(4 * len(self.watches) / page))
         cursor: str | None = None
         reach: float | None = None  # creation time of the oldest job read, while more remain
+        cursors: set[str] = set()
         self.stats.passes += 1
         for _ in range(max_pages):
             jobs, cursor = await self.client.list_jobs(limit=page, cursor=cursor)
@@ -185,6 +186,10 @@ class Lister:
             if not unseen or cursor is None or not jobs:
                 reach = None
                 break
+            if cursor in cursors:  # the listing loops
+                reach = math.inf  # every job it did not show is polled on its own
+                break
+            cursors.add(cursor)
             reach = jobs[-1].created_at
             if oldest is not None and reach is not None and reach < oldest - CREATED_SLACK:
                 reach = None

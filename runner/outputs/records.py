@@ -127,7 +127,11 @@ def completed_record(
 
 
 def ambiguous_record(
-    spec: JobSpec, state: KeyState, candidates: tuple[str, ...], files: list[FileEntry]
+    spec: JobSpec,
+    state: KeyState,
+    candidates: tuple[str, ...],
+    files: list[FileEntry],
+    why: str,
 ) -> ResultRecord:
     """A job whose submit's answer was lost and could not be told apart from other jobs.
 
@@ -141,8 +145,9 @@ def ambiguous_record(
         job_id=None,
         files=files,
         error=(
-            f"a submit's answer was lost and {len(candidates)} remote job(s) could be it "
-            f"({', '.join(candidates) or 'none listed'}); not sent again, to never pay twice"
+            f"a submit's answer was lost ({why}); {len(candidates)} remote job(s) could be it "
+            f"({', '.join(candidates) or 'none listed'}); not sent again, to never pay twice "
+            "(--retry-ambiguous sends it again after saying what that may cost)"
         ),
         candidates=candidates,
     )
