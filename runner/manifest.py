@@ -512,7 +512,10 @@ def _csv_prompts(
     ctx: _Context, handle: Any, file: Path, columns: _Columns, where: str
 ) -> list[Prompt]:
     reader = csv.DictReader(handle)
-    names = reader.fieldnames or []
+    try:
+        names = reader.fieldnames or []
+    except csv.Error as exc:  # a NUL byte, a field past the csv module's size limit
+        raise ctx.error(where, f"{file}:{reader.line_num}: not a CSV file ({exc})") from None
     if columns.prompt not in names:
         raise ctx.error(
             where,
@@ -524,6 +527,8 @@ def _csv_prompts(
             columns.row(row[columns.prompt] or "", f"{file}:{reader.line_num}", row, typed=False)
             for row in reader
         ]
+    except csv.Error as exc:
+        raise ctx.error(where, f"{file}:{reader.line_num}: not a CSV file ({exc})") from None
     except ValueError as exc:
         raise ctx.error(columns.where, str(exc)) from None
 

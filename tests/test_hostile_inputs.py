@@ -88,12 +88,13 @@ def test_a_lone_surrogate_in_a_prompt_is_named_not_a_traceback(
 ) -> None:
     manifest = tmp_path / "jobs.yaml"
     manifest.write_text(manifest_with('- {prompt: "cat \\ud800", model: seedream-4}\n'))
-    args = [command, str(manifest)] + (["--emulator", "--out", str(tmp_path / "o")] * 0)
-    assert main(args) == 2
+    extra = ["--emulator", "--out", str(tmp_path / "out")] if command == "run" else []
+    assert main([command, str(manifest), *extra]) == 2
     err = capsys.readouterr().err
     assert "jobs[0].prompt" in err
     assert "lone surrogate" in err
     assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before anything was made
 
 
 def test_a_lone_surrogate_in_a_jsonl_row_is_named(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.engine.matching import MAX_GROUP, Candidate, LostPost, match
+from runner.engine.matching import MAX_GROUP, Candidate, ListingScan, LostPost, match
 from runner.limiter import SubmitWindow
 from runner.skew import DEFAULT_MARGIN, ClockSkew
 
@@ -147,3 +147,35 @@ def test_separate_windows_are_solved_separately() -> None:
     assert found.adopted["a"].job_id == "x"
     assert found.resend == ["b"]
     assert found.ambiguous == {"c": ("y", "z")}
+
+
+def stamped(*stamps: float) -> list[Candidate]:
+    return [Candidate(f"j{stamp:g}", stamp) for stamp in stamps]
+
+
+def test_a_search_stops_early_only_on_shown_newest_first_order() -> None:
+    newest_first = ListingScan(known=set())
+    assert newest_first.feed(stamped(*range(100, 95, -1)), "c1", start=99.5)
+    assert not newest_first.feed(stamped(*range(95, 90, -1)), "c2", start=99.5)  # proven
+    assert newest_first.doubt is None
+    oldest_first = ListingScan(known=set())
+    assert oldest_first.feed(stamped(*range(10)), "c1", start=99.5)  # read on: another order
+    two_only = ListingScan(known=set())
+    assert two_only.feed(stamped(20.0, 10.0), "c1", start=99.5)  # too few stamps to show it
+
+
+def test_an_empty_page_with_a_cursor_is_not_the_end_and_a_loop_is_doubt() -> None:
+    scan = ListingScan(known=set())
+    assert scan.feed([], "c1", start=0.0)
+    assert scan.feed(stamped(5.0), "c2", start=0.0)
+    assert not scan.feed(stamped(4.0), "c1", start=0.0)
+    assert scan.doubt == "the job listing's cursor repeats"
+    assert set(scan.jobs) == {"j5", "j4"}
+
+
+def test_known_jobs_are_no_ones_candidates_and_repeats_count_once() -> None:
+    scan = ListingScan(known={"j5"})
+    scan.feed(stamped(5.0, 4.0), "c1", start=0.0)
+    scan.feed(stamped(4.0, 3.0), None, start=0.0)
+    assert sorted(scan.jobs) == ["j3", "j4"]
+    assert scan.doubt is None

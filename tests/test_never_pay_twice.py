@@ -111,6 +111,17 @@ async def test_a_server_without_date_headers_proves_nothing(tmp_path: Path) -> N
         assert "clock was not read" in doubt
 
 
+async def test_jobs_stamped_after_the_servers_own_time_prove_nothing(tmp_path: Path) -> None:
+    """Its Date and its created_at come from two clocks that disagree: the window, read on
+    one, says nothing of stamps made on the other."""
+    async with rig_on(tmp_path) as rig:
+        rig.api.create(None, at=START + HOUR)  # stamped an hour ahead of the server's Date
+        rig.api.fates.append("dropped")
+        await rig.submit_all(1)
+        assert paid(rig.api, 0) == 0
+        assert rig.state(0).doubt == "the listing holds jobs stamped after the server's own time"
+
+
 async def test_a_job_id_answered_for_two_keys_is_accepted_once(tmp_path: Path) -> None:
     async with rig_on(tmp_path, concurrency=1) as rig:
         first = await rig.submitter.submit(spec(0), rig.state(0))

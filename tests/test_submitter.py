@@ -241,8 +241,10 @@ async def test_skew_in_either_direction_is_measured_and_the_window_follows_it(
         await rig.submit_all(3)  # three answered POSTs measure the skew
         assert rig.journal.ledger.skew.low == pytest.approx(skew - 0.05, abs=0.01)
         rig.api.fates.extend(["lost"])
-        # Another client's job stamped when ours would be on an unskewed server clock.
-        rig.api.create(None, at=rig.clock.now + 0.05 - skew)
+        # Another client's job stamped where ours would be if the skew were read wrong (on an
+        # unskewed clock, or with the wrong sign: never in the server's future).
+        stamp = rig.clock.now + 0.05 + (0.0 if skew > 0 else 2 * skew)
+        rig.api.create(None, at=stamp - skew)
         outcome = await rig.submitter.submit(spec(3), rig.state(3))
     assert outcome is None
     assert rig.state(3).job_id == rig.api.jobs_for("job 3")[0].job_id

@@ -90,6 +90,7 @@ class ListingScan:
     _last: float | None = None  # the previous stamp, in reading order
     _descending: bool = True
     _stamps: int = 0  # stamps read
+    newest: float | None = None  # the latest stamp read
     _shown: bool = False  # two different stamps, newest first
 
     def feed(self, page: Sequence[Candidate], cursor: str | None, start: float) -> bool:
@@ -99,7 +100,7 @@ class ListingScan:
             if job.job_id not in self.known:
                 self.jobs.setdefault(job.job_id, job)
             self._order(job.created)
-        if cursor is None or not page:
+        if cursor is None:
             return False  # the end of the listing: everything was read
         if self._newest_first and self._last is not None and self._last < start:
             return False  # newest first, and already older than the window
@@ -120,6 +121,7 @@ class ListingScan:
         if stamp is None:
             return  # says nothing of the order (and is in every window anyway)
         self._stamps += 1
+        self.newest = stamp if self.newest is None else max(self.newest, stamp)
         if self._last is not None:
             if stamp > self._last + STAMP_PRECISION:
                 self._descending = False

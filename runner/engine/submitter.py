@@ -351,6 +351,10 @@ class Submitter:
             after, doubt = self._after, scan.doubt
             if doubt is None and unknown_clock(posts, after):
                 doubt = "the server's clock was not read both before and after (no Date header?)"
+            elif doubt is None and scan.newest is not None:
+                latest = self.clock.time() + after.high + DATE_PRECISION
+                if scan.newest > latest:  # its stamps and its Date come from different clocks
+                    doubt = "the listing holds jobs stamped after the server's own time"
             jobs = scan.jobs.values()
             found = (
                 match(posts, jobs, after) if doubt is None else unproven(posts, jobs, after, doubt)
