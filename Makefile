@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/rerun.py
 	$(BIN)/python bench/report_scale.py
+	$(BIN)/python bench/kill_storm.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -31,7 +31,7 @@ import aiohttp
 import anyio
 from yarl import URL
 
-from runner import __version__
+from runner import __version__, jsontext
 from runner.addresses import PrivateAddress, is_private, resolver_for
 from runner.errors import (
     AmbiguousSubmit,
@@ -279,7 +279,7 @@ class KreaClient:
             if not raw and method == "DELETE":
                 return None
             try:
-                return json.loads(raw)  # any encoding JSON allows; anything else is malformed
+                return jsontext.loads(raw)  # any encoding JSON allows; anything else is malformed
             except ValueError as exc:
                 message = f"{what}: {status} with malformed JSON"
                 raise _lost(message, ambiguous, status=status, created=True) from exc
@@ -511,7 +511,7 @@ def _retry_after(value: str | None, server_time: float | None = None) -> float |
 
 def _server_message(text: str) -> str:
     try:
-        data = json.loads(text)
+        data = jsontext.loads(text)
     except json.JSONDecodeError:
         return text.strip()[:200]
     if isinstance(data, dict) and isinstance(data.get("error"), str):

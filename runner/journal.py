@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 import anyio
 
+from runner import jsontext
 from runner.errors import DiskError, WouldPayTwice
 from runner.files import bounded_lines, open_regular
 from runner.outputs.records import (
@@ -241,7 +242,7 @@ def read_events(
                 stats.torn += 1  # a write cut short by a crash: the event never happened
                 break
             try:
-                event = json.loads(raw)
+                event = jsontext.loads(raw)
             except ValueError:
                 stats.torn += 1  # kept, to not lose what follows it
                 event = None
@@ -259,7 +260,7 @@ def records_at(path: Path, offsets: Iterable[int]) -> Iterator[ResultRecord]:
     with open_regular(path, follow=False) as handle:
         for offset in offsets:
             handle.seek(offset)
-            record = parse_record(json.loads(handle.readline()).get("record"))
+            record = parse_record(jsontext.loads(handle.readline()).get("record"))
             if record is not None:
                 yield record
 

@@ -23,7 +23,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from runner import located_yaml
+from runner import jsontext, located_yaml
 from runner.assets import AssetError, with_local_files
 from runner.catalog import Catalog, Model, load_catalog
 from runner.errors import ManifestError
@@ -542,7 +542,7 @@ def _jsonl_prompts(
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = jsontext.loads(line)
         except json.JSONDecodeError as exc:
             raise ctx.error(where, f"{file}:{n}: not valid JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or not isinstance(record.get(column), str):

@@ -22,6 +22,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image
 
+from runner import jsontext
 from runner.jobspec import JobSpec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -100,7 +101,7 @@ def read(path: Path) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        data = json.loads(raw)
+        data = jsontext.loads(raw)
     except ValueError:
         return None
     return data if isinstance(data, dict) else None

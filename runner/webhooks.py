@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
 
+from runner import jsontext
 from runner.errors import UsageError
 from runner.remote import MalformedJob, RemoteJob
 
@@ -96,7 +96,7 @@ class Receiver:
             raw = await request.content.read(MAX_DELIVERY_BYTES + 1)
             if len(raw) > MAX_DELIVERY_BYTES:
                 raise ValueError("too large")
-            remote = RemoteJob.from_json(json.loads(raw))
+            remote = RemoteJob.from_json(jsontext.loads(raw))
         except (ValueError, MalformedJob) as exc:
             self.counts.malformed += 1
             log.info("webhook delivery that is not a job: %s", exc)

@@ -18,6 +18,7 @@ from runner.errors import ManifestError, UsageError
 from runner.journal import Journal
 from runner.manifest import expand, load_manifest, parse_manifest
 from runner.merge import merge_folders
+from runner.outputs import read_records
 from runner.status import read_status
 from tests.engine_helpers import FAST, check_folder, small_manifest
 
@@ -228,3 +229,36 @@ def test_journal_lines_of_the_wrong_shape_are_skipped_and_counted(
     assert "skipped 7 line(s) of the wrong shape" in caplog.text
     status = read_status(tmp_path)
     assert status.unknown_submits == ["a"]
+
+
+async def test_json_nested_past_the_parsers_depth_is_malformed_everywhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aiohttp import web
+
+    from runner.client import KreaClient
+    from runner.errors import AmbiguousSubmit, TransientApiError
+    from tests.http_helpers import fake_server
+
+    deep = "[" * 100_000 + "]" * 100_000
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=deep, content_type="application/json")
+
+    routes = {("POST", "/generate/image/bfl/flux-1-dev"): answer, ("GET", "/jobs/j"): answer}
+    async with fake_server(routes) as url, KreaClient(url, "t") as client:
+        with pytest.raises(AmbiguousSubmit) as lost:
+            await client.submit("/generate/image/bfl/flux-1-dev", {"prompt": "x"})
+        assert lost.value.created  # a 2xx: the job exists, its answer is unreadable
+        with pytest.raises(TransientApiError, match="malformed"):
+            await client.get_job("j")
+    state = tmp_path / ".krea-batch"
+    state.mkdir()
+    (state / "journal.jsonl").write_text(deep + "\n" + json.dumps({"e": "lost", "k": "a"}) + "\n")
+    (tmp_path / "results.jsonl").write_text(deep + "\n")
+    journal = Journal.open(state / "journal.jsonl")
+    journal.close()
+    assert set(journal.ledger.states) == {"a"}
+    assert read_status(tmp_path).completed == 0
+    assert list(read_records(tmp_path / "results.jsonl")) == []
+    assert "1 line(s) skipped that are not a results record" in caplog.text

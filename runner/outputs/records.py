@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from runner import jsontext
 from runner.files import bounded_lines, open_regular
 from runner.jobspec import JobDescription
 from runner.timefmt import iso_time
@@ -264,7 +265,7 @@ def parse_lines(lines: Iterable[bytes | None], source: str) -> Iterator[ResultRe
         if not line.strip():
             continue
         try:
-            record = parse_record(json.loads(line))
+            record = parse_record(jsontext.loads(line))
         except ValueError:
             record = None
         if record is None:

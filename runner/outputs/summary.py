@@ -6,11 +6,11 @@ requests or settings; a run is merged from nothing).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from runner import jsontext
 from runner.engine.counts import REQUEST_KINDS, Counts, requests_per_job
 from runner.files import read_regular
 from runner.outputs.layout import path_text
@@ -82,7 +82,7 @@ def read_summary(path: Path) -> dict[str, Any]:
     """A folder's summary.json; empty where there is none or it is not a JSON object (a run
     killed before writing it, or a file edited by hand)."""
     try:
-        data = json.loads(read_regular(path, 64 << 20))
+        data = jsontext.loads(read_regular(path, 64 << 20))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
