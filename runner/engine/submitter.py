@@ -123,10 +123,12 @@ class Submitter:
 
     def _server_time(self, sent: float, received: float, server: float) -> None:
         seen = ClockSkew.between(sent, received, server, DATE_PRECISION)
+        if seen is None:
+            return  # our own clock went back during the request: it says nothing
         ledger = self.journal.ledger
         ledger.skew = ledger.skew.follow(seen)
         self._clock_read = True
-        if seen is not None and self._reading_since is not None and sent >= self._reading_since:
+        if self._reading_since is not None and sent >= self._reading_since:
             self._after = self._after.hull(seen)
 
     # ---- one job ------------------------------------------------------------------------------
@@ -219,8 +221,7 @@ class Submitter:
                     await self.journal.record("lost", spec.key, a=state.attempts)
                 raise
             received = self.clock.time()
-            owner = self.journal.ledger.known_ids
-            if remote.job_id in owner:
+            if remote.job_id in self.journal.ledger.known_ids:
                 raise PermanentApiError(
                     f"the server answered job {remote.job_id}, which another job of this folder "
                     "already holds (a proxy or cache answering for the API?)"
