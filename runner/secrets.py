@@ -18,8 +18,12 @@ def read_token_file(path: str) -> str:
     try:
         if Path(path).stat().st_mode & 0o077:
             log.warning("the token file %s can be read by other users: chmod 600 %s", path, path)
-        # A pipe is fine (--token-file <(pass show krea)); an endless file is read no further.
-        with Path(path).open("rb") as handle:
+        # A pipe is fine (--token-file <(pass show krea)); a FIFO nobody writes to reads as
+        # empty instead of waiting forever (opened without blocking); an endless file is read
+        # no further than the limit.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as handle:
             data = handle.read(MAX_TOKEN_BYTES + 1)
         token = data.decode("utf-8").strip()
     except OSError as exc:

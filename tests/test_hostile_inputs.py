@@ -262,3 +262,13 @@ async def test_json_nested_past_the_parsers_depth_is_malformed_everywhere(
     assert read_status(tmp_path).completed == 0
     assert list(read_records(tmp_path / "results.jsonl")) == []
     assert "1 line(s) skipped that are not a results record" in caplog.text
+
+
+@pytest.mark.timeout(10)
+def test_a_token_fifo_nobody_writes_to_is_empty_not_a_hang(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.mkfifo(tmp_path / "token")
+    args = ["run", "jobs.example.yaml", "--token-file", str(tmp_path / "token")]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert "is empty" in capsys.readouterr().err

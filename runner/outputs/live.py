@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner import jsontext
 from runner.engine.counts import REQUEST_KINDS, requests_per_job
+from runner.files import read_regular
 from runner.outputs.atomic import write_atomic
 from runner.outputs.layout import Layout
 from runner.timefmt import iso_time
@@ -118,7 +119,7 @@ class LiveStatus:
 def read_live(root: Path, now: float | None = None) -> dict[str, Any] | None:
     """The status of a run writing to ``root`` right now, or None (none, or a past one)."""
     try:
-        status = jsontext.loads(Layout(root).status.read_text(encoding="utf-8"))
+        status = jsontext.loads(read_regular(Layout(root).status, 16 << 20))
     except (OSError, ValueError):
         return None
     if not isinstance(status, dict) or status.get("state") != "running":
