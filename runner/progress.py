@@ -19,8 +19,8 @@ from rich.progress import Progress as RichProgress
 if TYPE_CHECKING:
     from runner.engine import Engine
 
-from runner.engine.counts import requests_per_job
 from runner.money import spend_text
+from runner.outputs.figures import requests_per_job
 
 log = logging.getLogger("runner.progress")
 

@@ -15,11 +15,11 @@ from PIL import Image
 from runner.addresses import PrivateAddress, PublicOnlyResolver
 from runner.cli import main
 from runner.client import KreaClient, Limits
-from runner.engine.counts import Counts
 from runner.engine.outcome import Failed
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
 from runner.outputs import OutputFolder, image_problem
+from runner.outputs.figures import Counts
 from runner.outputs.metadata import metadata_rows
 from runner.remote import JobStatus, MalformedJob, RemoteJob
 from tests.engine_helpers import as_records

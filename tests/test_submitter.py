@@ -18,7 +18,6 @@ import pytest
 
 from runner.backoff import Backoff
 from runner.engine.budget import Budget
-from runner.engine.counts import Counts
 from runner.engine.outcome import Deferred, NotSubmitted, Outcome
 from runner.engine.retry import RetryPolicy
 from runner.engine.submitter import SubmitSettings, Submitter
@@ -26,6 +25,7 @@ from runner.errors import PermanentApiError
 from runner.jobspec import JobSpec
 from runner.journal import Journal, KeyState
 from runner.limiter import AdaptiveLimit
+from runner.outputs.figures import Counts
 from tests.fake_api import FakeApi
 from tests.virtual_time import START, VirtualClock, inline_offload, virtual_time
 

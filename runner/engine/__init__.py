@@ -8,12 +8,14 @@ watching.py   a job's watch, and the listing pass that looks at every job in fli
 outcome.py    how a job ends, as values
 retry.py      the one retry loop and the injectable clock
 budget.py     --budget, reserved before each POST
-counts.py     counts and the run's result (exit code)
+uploads.py    local reference images, uploaded once before the first POST needing them
+
+The figures it fills (Counts, Snapshot, RunResult) live below it, in runner.outputs.figures.
 """
 
-from runner.engine.counts import Counts, RunResult
-from runner.engine.engine import Engine, EngineOptions, Snapshot
+from runner.engine.engine import Engine, EngineOptions
 from runner.engine.retry import Clock, RetryPolicy, SystemClock
+from runner.outputs.figures import Counts, RunResult, Snapshot
 
 __all__ = [
     "Clock",

@@ -27,7 +27,6 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 from runner.ambiguity import is_ambiguous, risk_of, worst_cost
 from runner.client import KreaClient
 from runner.engine.budget import Budget
-from runner.engine.counts import Counts, RunResult
 from runner.engine.outcome import (
     Ambiguous,
     Cancelled,
@@ -48,6 +47,7 @@ from runner.limiter import AdaptiveLimit
 from runner.manifest import Manifest, expand
 from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
 from runner.outputs import FileEntry, OutputFolder, intact_records
+from runner.outputs.figures import Counts, RunResult, Snapshot
 from runner.outputs.records import (
     RecordStatus,
     ambiguous_record,
@@ -81,27 +81,6 @@ class EngineOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # backoffs for transient errors
     webhook_url: str | None = None  # sent as X-Webhook-URL with each submit (secret included)
     embed_metadata: bool = True  # write prompt, model, seed, … into each image
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The figures of a run at one moment, for progress displays."""
-
-    started: float
-    now: float
-    total: int
-    done: int  # completed, now or in an earlier run
-    finished_now: int  # brought to an outcome by this run
-    failed: int
-    ambiguous: int
-    in_flight: int  # jobs holding a slot: submitting or running remotely
-    posting: int  # POSTs on the wire
-    unfinished: int
-    spend_units: float
-    spend_usd: float
-    requests: dict[str, int]  # sent by kind: submit, list, job, cancel, download
-    by_model: dict[str, tuple[int, int]] = field(default_factory=dict)  # (finished, total)
-    rate_limited: int = 0  # 429s seen
 
 
 def _free_space(folder: Path) -> str:

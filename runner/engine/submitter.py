@@ -32,7 +32,6 @@ import anyio
 
 from runner.client import KreaClient
 from runner.engine.budget import Budget
-from runner.engine.counts import Counts
 from runner.engine.matching import (
     Candidate,
     ListingScan,
@@ -56,6 +55,7 @@ from runner.errors import (
 from runner.jobspec import JobSpec
 from runner.journal import NO_SINGLE_MATCH, Journal, KeyState
 from runner.limiter import AdaptiveLimit, SubmitWindow
+from runner.outputs.figures import Counts
 from runner.skew import DATE_PRECISION, ClockSkew
 
 log = logging.getLogger(__name__)

@@ -15,12 +15,12 @@ import anyio
 
 from runner.backoff import jittered
 from runner.client import KreaClient
-from runner.engine.counts import Counts
 from runner.engine.outcome import Deferred, Failed
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.engine.watching import Lister, Watch
 from runner.errors import BadImage, ExpiredUrl, PermanentApiError, TransientApiError
 from runner.outputs import FileEntry, OutputFolder, image_extension, image_problem, relative
+from runner.outputs.figures import Counts
 from runner.provenance import embed
 from runner.remote import JobStatus, RemoteJob
 

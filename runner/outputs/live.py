@@ -13,22 +13,28 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from runner import jsontext
-from runner.engine.counts import REQUEST_KINDS, requests_per_job
 from runner.files import read_regular
 from runner.outputs.atomic import write_atomic
+from runner.outputs.figures import REQUEST_KINDS, Counts, Snapshot, requests_per_job
 from runner.outputs.layout import Layout
 from runner.timefmt import iso_time
-
-if TYPE_CHECKING:
-    from runner.engine import Engine
 
 STALE_AFTER = 10.0  # seconds without a heartbeat before a status is a past run's
 
 
-def payload(engine: Engine, state: str, now: float | None = None) -> dict[str, Any]:
+class Run(Protocol):
+    """What a live view reads of a running engine."""
+
+    counts: Counts
+    stopping: str | None
+
+    def snapshot(self) -> Snapshot: ...
+
+
+def payload(engine: Run, state: str, now: float | None = None) -> dict[str, Any]:
     """What status.json says about a run (pure but for reading the engine)."""
     shot = engine.snapshot()
     now = shot.now if now is None else now
@@ -99,13 +105,13 @@ class LiveStatus:
         self.every = every
         self._last = -float("inf")
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: Run) -> None:
         now = time.monotonic()
         if now - self._last >= self.every:
             self._last = now
             self.write(engine, "running")
 
-    def write(self, engine: Engine, state: str) -> None:
+    def write(self, engine: Run, state: str) -> None:
         """Write both files now; a failure is not worth stopping a run for."""
         status = payload(engine, state)
         try:

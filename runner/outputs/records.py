@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from runner import jsontext
 from runner.files import bounded_lines, open_regular
@@ -22,8 +22,20 @@ from runner.timefmt import iso_time
 
 if TYPE_CHECKING:
     from runner.jobspec import JobSpec
-    from runner.journal import KeyState
     from runner.remote import RemoteJob
+
+
+class KeyState(Protocol):
+    """What a record takes from the journal's state of its job (runner.journal.KeyState)."""
+
+    @property
+    def attempts(self) -> int: ...
+
+    @property
+    def submitted_at(self) -> float | None: ...
+
+    @property
+    def job_id(self) -> str | None: ...
 
 log = logging.getLogger(__name__)
 

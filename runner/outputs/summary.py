@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from runner import jsontext
-from runner.engine.counts import REQUEST_KINDS, Counts, requests_per_job
 from runner.files import read_regular
+from runner.outputs.figures import REQUEST_KINDS, Counts, requests_per_job
 from runner.outputs.layout import path_text
 from runner.outputs.records import RecordStatus, ResultRecord, spend_of
 from runner.timefmt import iso_time

@@ -1,4 +1,6 @@
-"""What a run did: counts for progress and summary.json, and the result with its exit code."""
+"""What a run did: counts for progress and summary.json, a snapshot of them for live views, and
+the result with its exit code. Below the engine, which fills them, and the outputs, which read
+them."""
 
 from __future__ import annotations
 
@@ -104,3 +106,24 @@ def requests_per_job(requests: Mapping[str, int], jobs: int) -> dict[str, float]
     shares = {kind: round(requests.get(kind, 0) / max(1, jobs), 3) for kind in REQUEST_KINDS}
     api = sum(n for kind, n in requests.items() if kind != "download")
     return {"api": round(api / max(1, jobs), 3), **shares}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The figures of a run at one moment, for progress displays."""
+
+    started: float
+    now: float
+    total: int
+    done: int  # completed, now or in an earlier run
+    finished_now: int  # brought to an outcome by this run
+    failed: int
+    ambiguous: int
+    in_flight: int  # jobs holding a slot: submitting or running remotely
+    posting: int  # POSTs on the wire
+    unfinished: int
+    spend_units: float
+    spend_usd: float
+    requests: dict[str, int]  # sent by kind: submit, list, job, cancel, download
+    by_model: dict[str, tuple[int, int]] = field(default_factory=dict)  # (finished, total)
+    rate_limited: int = 0  # 429s seen
