@@ -39,7 +39,7 @@ run: {{max_jobs: {jobs}}}
 
 def measure(jobs: int) -> dict[str, float]:
     from runner.manifest import load_manifest
-    from runner.plan import make_plan
+    from runner.manifest.plan import make_plan
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.yaml"

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from runner.catalog import Catalog, Model
+from runner.manifest.plan import Plan, spec_json
 from runner.money import spend_text
-from runner.plan import Plan, spec_json
 
 
 def _table(rows: list[list[str]]) -> str:

@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from runner.assets import STAND_IN
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import ManifestError
 from runner.manifest import expand, load_manifest
+from runner.manifest.assets import STAND_IN
 from tests.engine_helpers import read_results
 from tests.test_resume import kill_at, run_to_end
 

@@ -78,7 +78,7 @@ def test_a_key_written_beside_a_merge_key_wins_as_yaml_says() -> None:
 
 
 def _yaml(text: str) -> object:
-    from runner import located_yaml
+    from runner.manifest import located_yaml
 
     return located_yaml.load(text, "m.yaml")[0]
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import anyio
 
-from runner.assets import resolved, stand_ins
 from runner.client import KreaClient
 from runner.engine.outcome import Failed
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.errors import PermanentApiError, TransientApiError
 from runner.jobspec import JobSpec
 from runner.journal import Journal
+from runner.manifest.assets import resolved, stand_ins
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ class KeyState(Protocol):
     @property
     def job_id(self) -> str | None: ...
 
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 16 << 20  # a results line longer than this is no record of ours

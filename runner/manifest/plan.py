@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.jobspec import JobSpec
-from runner.manifest import Manifest, expand
+from runner.manifest.expand import expand
+from runner.manifest.model import Manifest
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,192 @@
+"""Loading: the YAML and its prompts files in, validated entries out; the first problem is a
+ManifestError with file, path and line."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from runner.catalog import Catalog, load_catalog
+from runner.errors import ManifestError
+from runner.files import UnusableFile, read_regular
+from runner.manifest import located_yaml
+from runner.manifest.located_yaml import join
+from runner.manifest.model import MAX_MANIFEST_BYTES, Context, Entry, Manifest
+from runner.manifest.params import (
+    PLACEHOLDER,
+    check_rows,
+    entry_models,
+    entry_seeds,
+    entry_vars,
+    make_variant,
+    param_templates,
+    row_files,
+)
+from runner.manifest.schema import check_structure
+from runner.manifest.sources import entry_prompts
+from runner.settings import RunSettings, parse_settings
+
+
+def load_manifest(
+    path: str | Path,
+    *,
+    catalog: Catalog | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Read and validate a manifest file; ``overrides`` are run settings from the CLI."""
+    file = str(path)
+    try:
+        text = read_regular(Path(path), MAX_MANIFEST_BYTES).decode("utf-8-sig")
+    except FileNotFoundError as exc:
+        raise ManifestError("no such file", file=file) from exc
+    except UnusableFile as exc:
+        raise ManifestError(f"cannot read it: it {exc.strerror}", file=file) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read it: {exc}", file=file) from exc
+    return parse_manifest(
+        text, file=file, base_dir=Path(path).parent, catalog=catalog, overrides=overrides
+    )
+
+
+def parse_manifest(
+    text: str,
+    *,
+    file: str = "<manifest>",
+    base_dir: Path = Path(),
+    catalog: Catalog | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Validate manifest text (see ``load_manifest``)."""
+    data, marks = located_yaml.load(text, file)
+    ctx = Context(file, marks, catalog or load_catalog(), base_dir)
+    if not isinstance(data, dict):
+        raise ctx.error("", "a manifest is a mapping with `version: 1` and `jobs:`")
+    check_structure(ctx, data)
+    raw_settings = dict(data.get("run") or {})
+    settings = _settings(ctx, raw_settings, overrides or {})
+    defaults = data.get("defaults") or {}
+    entries = tuple(_entry(ctx, i, raw, defaults, base_dir) for i, raw in enumerate(data["jobs"]))
+    prices = _prices(ctx, data.get("prices") or {})
+    manifest = Manifest(
+        file, entries, settings, raw_settings, tuple(ctx.warnings), prices, dict(ctx.assets)
+    )
+    if manifest.total_jobs > settings.max_jobs:
+        biggest = max(entries, key=lambda e: e.size)
+        raise ctx.error(
+            f"jobs[{biggest.index}]" if len(entries) > 1 else "jobs",
+            f"the manifest expands to {manifest.total_jobs:,} jobs "
+            f"(jobs[{biggest.index}] alone to {biggest.size:,}), above the cap of "
+            f"{settings.max_jobs:,}; raise run.max_jobs or --max-jobs if you mean it",
+        )
+    return manifest
+
+
+def _prices(ctx: Context, raw: Mapping[str, Any]) -> dict[str, float]:
+    """``prices:``: USD per image for models Krea publishes no USD price for."""
+    prices = {}
+    for name, usd in raw.items():
+        where = join("prices", name)
+        model = ctx.catalog.get(name)
+        if model is None:
+            raise ctx.error(where, ctx.catalog.unknown_model_message(name))
+        if model.usd_rules:
+            published = sorted({rule.units for rule in model.usd_rules})
+            raise ctx.error(
+                where,
+                f"{model.id} has a published price (${published[0]:g}"
+                + (f"–{published[-1]:g}" if len(published) > 1 else "")
+                + " per image); prices: is for models without one",
+            )
+        prices[model.id] = float(usd)
+    return prices
+
+
+def _settings(ctx: Context, raw: dict[str, Any], overrides: Mapping[str, Any]) -> RunSettings:
+    settings = RunSettings()
+    for source, values in (("run", raw), ("", overrides)):
+        for name, value in values.items():
+            if value is None:
+                continue
+            try:
+                parsed = parse_settings({name: value})
+            except ValueError as exc:
+                where = join(source, name) if source else f"--{name.replace('_', '-')}"
+                raise ctx.error(where, str(exc)) from exc
+            settings = settings.merged(parsed)
+    return settings
+
+
+def _entry(
+    ctx: Context, index: int, raw: dict[str, Any], defaults: dict[str, Any], base_dir: Path
+) -> Entry:
+    path = f"jobs[{index}]"
+    prompts = entry_prompts(ctx, raw, path, base_dir)
+    var_values = entry_vars(ctx, raw, path)
+    names = set(var_values)
+    name = raw.get("name")
+    used = set(PLACEHOLDER.findall(name or ""))
+    for prompt in prompts:
+        found = PLACEHOLDER.findall(prompt.text)
+        used.update(found)
+        missing = [p for p in found if p not in names]
+        if missing:
+            raise ctx.error(
+                prompt.where, f"placeholder {{{missing[0]}}} has no value: add it under {path}.vars"
+            )
+        if not prompt.text.strip():
+            raise ctx.error(prompt.where, "the prompt is empty")
+    for missing in PLACEHOLDER.findall(name or ""):
+        if missing not in names:
+            raise ctx.error(join(path, "name"), f"placeholder {{{missing}}} has no value")
+    for where, text in param_templates(raw, path):
+        found = PLACEHOLDER.findall(text)
+        used.update(found)
+        for missing in found:
+            if missing not in names:
+                raise ctx.error(where, f"placeholder {{{missing}}} has no value: add it to vars")
+    unused = sorted(names - used)
+    if unused:
+        raise ctx.error(
+            join(join(path, "vars"), unused[0]),
+            "is not used as a {placeholder} in the prompt or name",
+        )
+    models = entry_models(ctx, raw, defaults, path)
+    seeds = entry_seeds(ctx, raw, defaults, path)
+    sizes, sizes_path = _pick(raw, defaults, path, "sizes")
+    variants = tuple(
+        make_variant(ctx, model, size, sizes_path, i, raw, defaults, path, var_values)
+        for model in models
+        for i, size in enumerate(sizes or [None])
+    )
+    if "params_from" in raw:
+        prompts = tuple(row_files(ctx, p, models[0], join(path, "params_from")) for p in prompts)
+        check_rows(ctx, prompts, variants, join(path, "params_from"))
+    for model in models:
+        if not model.takes_seed and seeds != (None,):
+            ctx.warnings.append(
+                f"{path}: {model.id} takes no seed; "
+                + (
+                    "'seed: auto' sends none"
+                    if seeds == ("auto",)
+                    else f"the {len(seeds)} seeds give {len(seeds)} unseeded replicas"
+                )
+            )
+    count, _ = _pick(raw, defaults, path, "count")
+    return Entry(
+        index=index,
+        name=name,
+        prompts=prompts,
+        vars=tuple(var_values.items()),
+        variants=variants,
+        seeds=seeds,
+        count=count or 1,
+    )
+
+
+def _pick(
+    raw: Mapping[str, Any], defaults: Mapping[str, Any], path: str, key: str
+) -> tuple[Any, str]:
+    if key in raw:
+        return raw[key], join(path, key)
+    return defaults.get(key), join("defaults", key)

@@ -1,0 +1,105 @@
+"""What a loaded manifest is (prompts, variants, entries), and the loading context that
+places each error at its file, path and line."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.catalog import Catalog, Model
+from runner.errors import ManifestError
+from runner.manifest import located_yaml
+from runner.manifest.located_yaml import join
+from runner.settings import RunSettings
+
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; its prompts belong in prompts files
+
+
+MAX_PROMPTS_BYTES = 1 << 30  # a million prompts of a few hundred characters fit easily
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A prompt template and where it was written (for error messages); a row of a prompts
+    file may bring its own parameters and seed (``params_from``)."""
+
+    text: str
+    where: str
+    params: Mapping[str, Any] = field(default_factory=dict)  # as the file gives them
+    seed: int | None = None
+    typed: bool = True  # False: CSV text, converted to each model's parameter types
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One model of an entry with its merged, validated parameters (without prompt and seed)."""
+
+    model: Model
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One item of ``jobs:``, validated; expands into the product of its axes."""
+
+    index: int
+    name: str | None
+    prompts: tuple[Prompt, ...]
+    vars: tuple[tuple[str, tuple[Any, ...]], ...]
+    variants: tuple[Variant, ...]  # models × sizes
+    seeds: tuple[int | str | None, ...]  # an int, "auto", or None (server's choice)
+    count: int
+
+    @property
+    def size(self) -> int:
+        var_combos = math.prod(len(values) for _, values in self.vars)
+        seeded = sum(1 for prompt in self.prompts if prompt.seed is not None)
+        rows = seeded + (len(self.prompts) - seeded) * len(self.seeds)
+        return rows * var_combos * len(self.variants) * self.count
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded, validated manifest."""
+
+    file: str
+    entries: tuple[Entry, ...]
+    settings: RunSettings
+    raw_settings: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    prices: Mapping[str, float] = field(default_factory=dict)  # model id → USD per image
+    assets: Mapping[str, Path] = field(default_factory=dict)  # local images: sha256 → path
+
+    @property
+    def total_jobs(self) -> int:
+        """Jobs the manifest expands to, duplicates included."""
+        return sum(entry.size for entry in self.entries)
+
+
+class Context:
+    """The file being loaded, its line marks, and how to raise errors located in it."""
+
+    def __init__(
+        self, file: str, marks: located_yaml.Marks, catalog: Catalog, base_dir: Path = Path()
+    ) -> None:
+        self.file = file
+        self.base_dir = base_dir
+        self.assets: dict[str, Path] = {}  # local reference images named: sha256 → path
+        self.marks = marks
+        self.catalog = catalog
+        self.warnings: list[str] = []
+
+    def error(self, path: str, message: str) -> ManifestError:
+        mark = located_yaml.locate(self.marks, path)
+        line, column = mark if mark else (None, None)
+        return ManifestError(message, file=self.file, path=path, line=line, column=column)
+
+
+def one_of(ctx: Context, raw: Mapping[str, Any], path: str, *keys: str) -> str | None:
+    present = [k for k in keys if k in raw]
+    if len(present) > 1:
+        raise ctx.error(join(path, present[1]), f"use only one of {', '.join(keys)}")
+    return present[0] if present else None
