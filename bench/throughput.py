@@ -32,12 +32,12 @@ from bound import best_possible_wall
 from emulator_process import emulator_process, free_port
 from naive_client import run_naive
 
+from runner.api.remote import parse_time
+from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.emulator.config import Latency
 from runner.engine import EngineOptions
 from runner.manifest import parse_manifest
-from runner.remote import parse_time
-from runner.webhooks import WebhookSettings
 
 
 async def stats(url: str) -> dict[str, object]:

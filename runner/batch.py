@@ -12,19 +12,19 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from runner.client import DEFAULT_API_BASE, KreaClient, Limits, Timeouts
+from runner.api.client import DEFAULT_API_BASE, KreaClient, Limits, Timeouts
+from runner.api.limiter import SharedRate
+from runner.api.webhooks import Receiver, WebhookSettings, receiving
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.engine import Engine, EngineOptions, RunResult
 from runner.errors import UsageError
 from runner.journal import records_at
-from runner.limiter import SharedRate
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, ResultRecord
 from runner.outputs.live import LiveStatus
 from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report
 from runner.outputs.summary import summary
-from runner.webhooks import Receiver, WebhookSettings, receiving
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

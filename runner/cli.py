@@ -16,9 +16,11 @@ from typing import Any, NoReturn
 from PIL import UnidentifiedImageError
 
 from runner import __version__
+from runner.api.client import DEFAULT_API_BASE, KreaClient
+from runner.api.secrets import find_token, read_token_file
+from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
-from runner.client import DEFAULT_API_BASE, KreaClient
 from runner.emulator import serve_forever
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
@@ -36,11 +38,9 @@ from runner.outputs.report import write_report
 from runner.outputs.summary import read_summary
 from runner.progress import Progress
 from runner.provenance import read as read_provenance
-from runner.secrets import find_token, read_token_file
 from runner.settings import POLL_MODES, RunSettings, parse_deadline, parse_duration
 from runner.status import read_status, refresh, render_status
 from runner.views import catalog_table, model_detail, plan_text
-from runner.webhooks import WebhookSettings
 
 DESCRIPTION = """\
 Run thousands of Krea text-to-image jobs from a YAML manifest: concurrently, under rate

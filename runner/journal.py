@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 import anyio
 
 from runner import jsontext
+from runner.api.skew import ClockSkew
 from runner.errors import DiskError, WouldPayTwice
 from runner.files import bounded_lines, open_regular
 from runner.outputs.records import (
@@ -46,7 +47,6 @@ from runner.outputs.records import (
     spend_of,
     status_of,
 )
-from runner.skew import ClockSkew
 
 log = logging.getLogger(__name__)
 

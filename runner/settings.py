@@ -88,7 +88,7 @@ class RunSettings:
     """How a batch runs; every field is both a ``run:`` key and a CLI flag."""
 
     concurrency: int = 8  # jobs in flight at once
-    submit_concurrency: int = 32  # POSTs in flight at most (runner.limiter.SubmitWindow)
+    submit_concurrency: int = 32  # POSTs in flight at most (runner.api.limiter.SubmitWindow)
     rate_limit: float = 10.0  # API requests per second, polls included
     poll_interval: float = 2.0  # seconds between polls of one job (Krea asks for 2–5 s)
     webhook_poll_interval: float = 30.0  # with webhooks: polls are a safety net this often

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.ambiguity import Risk, risk_of
-from runner.client import KreaClient
+from runner.api.client import KreaClient
 from runner.errors import ApiError, UsageError
 from runner.journal import fold, read_events
 from runner.money import spend_text

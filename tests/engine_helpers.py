@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from runner.backoff import Backoff
+from runner.api.backoff import Backoff
 from runner.emulator import Emulator
 from runner.engine import EngineOptions, RetryPolicy
 from runner.manifest import Manifest, parse_manifest

@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from runner.api.remote import JobStatus, RemoteJob, parse_time
 from runner.errors import AmbiguousSubmit, TransientApiError
-from runner.remote import JobStatus, RemoteJob, parse_time
 from runner.timefmt import iso_time
 from tests.virtual_time import VirtualClock
 

@@ -172,7 +172,7 @@ async def test_serve_answers_the_docs_flow_and_stops_on_sigterm() -> None:
 def test_a_token_file_others_can_read_gets_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from runner.secrets import read_token_file
+    from runner.api.secrets import read_token_file
 
     path = tmp_path / "token"
     path.write_text("abc\n")

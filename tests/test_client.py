@@ -9,9 +9,9 @@ import socket
 import pytest
 from aiohttp import web
 
-from runner.client import KreaClient, Timeouts
+from runner.api.client import KreaClient, Timeouts
+from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
-from runner.remote import JobStatus, MalformedJob, RemoteJob
 from tests.http_helpers import fake_server
 
 FLUX = "/generate/image/bfl/flux-1-dev"

@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from runner.api.remote import parse_time
 from runner.catalog import Catalog
 from runner.emulator import run_emulator
 from runner.emulator.config import EmulatorConfig, Latency
-from runner.remote import parse_time
 from tests.emulator_helpers import FLUX, harness, minimal_body
 from tests.http_helpers import receiver
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runner.backoff import NETWORK, OVERLOAD, Backoff, jittered
-from runner.client import KreaClient
+from runner.api.backoff import NETWORK, OVERLOAD, Backoff, jittered
+from runner.api.client import KreaClient
+from runner.api.limiter import AdaptiveLimit, decreased, increased
+from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.errors import AmbiguousSubmit, FatalApiError, PermanentApiError, TransientApiError
 from runner.journal import Journal, ReplayStats, fold, read_events, records_at
-from runner.limiter import AdaptiveLimit, decreased, increased
-from runner.remote import JobStatus, MalformedJob, RemoteJob
 
 
 def test_backoff_grows_then_caps_and_jitters_within_bounds() -> None:

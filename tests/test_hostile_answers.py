@@ -12,16 +12,16 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from runner.addresses import PrivateAddress, PublicOnlyResolver
+from runner.api.addresses import PrivateAddress, PublicOnlyResolver
+from runner.api.client import KreaClient, Limits
+from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.cli import main
-from runner.client import KreaClient, Limits
 from runner.engine.outcome import Failed
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
 from runner.outputs import OutputFolder, image_problem
 from runner.outputs.figures import Counts
 from runner.outputs.metadata import metadata_rows
-from runner.remote import JobStatus, MalformedJob, RemoteJob
 from tests.engine_helpers import as_records
 from tests.http_helpers import fake_server
 from tests.virtual_time import VirtualClock, virtual_time

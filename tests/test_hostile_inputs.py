@@ -236,7 +236,7 @@ async def test_json_nested_past_the_parsers_depth_is_malformed_everywhere(
 ) -> None:
     from aiohttp import web
 
-    from runner.client import KreaClient
+    from runner.api.client import KreaClient
     from runner.errors import AmbiguousSubmit, TransientApiError
     from tests.http_helpers import fake_server
 

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from runner.client import KreaClient, Timeouts, _retry_after
+from runner.api.client import KreaClient, Timeouts, _retry_after
 from runner.engine.retry import RetryPolicy, retrying
 from runner.errors import TransientApiError
 from tests.http_helpers import fake_server

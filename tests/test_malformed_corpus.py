@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runner import run_batch
-from runner.client import KreaClient, Limits
+from runner.api.client import KreaClient, Limits
+from runner.api.remote import ListedJob, MalformedJob, RemoteJob
 from runner.errors import RunnerError
-from runner.remote import ListedJob, MalformedJob, RemoteJob
 from tests.engine_helpers import FAST, read_results, small_manifest
 from tests.http_helpers import fake_server
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from runner.api.limiter import SubmitWindow
+from runner.api.skew import DEFAULT_MARGIN, ClockSkew
 from runner.engine.matching import MAX_GROUP, Candidate, ListingScan, LostPost, match
-from runner.limiter import SubmitWindow
-from runner.skew import DEFAULT_MARGIN, ClockSkew
 
 MEASURED = ClockSkew(-0.01, 0.01, measured=True)  # server and us agree within 10 ms
 

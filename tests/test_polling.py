@@ -14,11 +14,11 @@ import anyio
 import pytest
 
 from runner import run_batch
+from runner.api.limiter import SharedRate
+from runner.api.remote import JobStatus, ListedJob
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.emulator.jobs import EmulatedJob
 from runner.engine.watching import ENDS_PER_PAGE, Lister, Watch
-from runner.limiter import SharedRate
-from runner.remote import JobStatus, ListedJob
 from tests.engine_helpers import FAST, check_folder, small_manifest
 from tests.virtual_time import VirtualClock, virtual_time
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.api.remote import JobStatus, RemoteJob
 from runner.jobspec import JobSpec
 from runner.journal import KeyState
 from runner.outputs import (
@@ -30,7 +31,6 @@ from runner.outputs.records import (
     record_line,
     spend_of,
 )
-from runner.remote import JobStatus, RemoteJob
 
 SPEC = JobSpec(
     key="0123456789abcdef",

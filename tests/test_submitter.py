@@ -16,7 +16,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runner.backoff import Backoff
+from runner.api.backoff import Backoff
+from runner.api.limiter import AdaptiveLimit
 from runner.engine.budget import Budget
 from runner.engine.outcome import Deferred, NotSubmitted, Outcome
 from runner.engine.retry import RetryPolicy
@@ -24,7 +25,6 @@ from runner.engine.submitter import SubmitSettings, Submitter
 from runner.errors import PermanentApiError
 from runner.jobspec import JobSpec
 from runner.journal import Journal, KeyState
-from runner.limiter import AdaptiveLimit
 from runner.outputs.figures import Counts
 from tests.fake_api import FakeApi
 from tests.virtual_time import START, VirtualClock, inline_offload, virtual_time

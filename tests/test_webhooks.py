@@ -13,14 +13,14 @@ import anyio
 import pytest
 
 from runner import run_batch
+from runner.api.remote import RemoteJob
+from runner.api.webhooks import SECRET_PARAM, Receiver, WebhookSettings, receiving, with_secret
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine.retry import SystemClock
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.errors import UsageError
 from runner.outputs import OutputFolder
 from runner.outputs.figures import Counts
-from runner.remote import RemoteJob
-from runner.webhooks import SECRET_PARAM, Receiver, WebhookSettings, receiving, with_secret
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 from tests.virtual_time import VirtualClock, virtual_time
 

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.api.remote import TERMINAL, JobStatus, parse_time
 from runner.catalog import Model
 from runner.emulator.config import EmulatorConfig
 from runner.jobspec import canonical_json
-from runner.remote import TERMINAL, JobStatus, parse_time
 from runner.timefmt import iso_time
 
 # Share of a job's run time at which each running status begins.

@@ -25,7 +25,9 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from runner.ambiguity import is_ambiguous, risk_of, worst_cost
-from runner.client import KreaClient
+from runner.api.client import KreaClient
+from runner.api.limiter import AdaptiveLimit
+from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.budget import Budget
 from runner.engine.outcome import (
     Ambiguous,
@@ -43,7 +45,6 @@ from runner.engine.watching import Lister
 from runner.errors import DiskError, FatalApiError, UsageError
 from runner.jobspec import JobSpec, in_shard
 from runner.journal import NO_SINGLE_MATCH, Journal, KeyState, Ledger
-from runner.limiter import AdaptiveLimit
 from runner.manifest import Manifest, expand
 from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
 from runner.outputs import FileEntry, OutputFolder, intact_records
@@ -56,7 +57,6 @@ from runner.outputs.records import (
     spend_of,
 )
 from runner.provenance import spec_provenance
-from runner.remote import JobStatus, RemoteJob
 from runner.settings import RunSettings
 
 log = logging.getLogger(__name__)

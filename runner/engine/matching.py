@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from runner.skew import STAMP_PRECISION, ClockSkew
+from runner.api.skew import STAMP_PRECISION, ClockSkew
 
 MAX_GROUP = 8  # lost POSTs solved together at most; a larger tangle is reported ambiguous
 MAX_SEARCH_PAGES = 50  # listing pages one search reads at most before it gives up proving

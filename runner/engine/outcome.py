@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runner.api.remote import RemoteJob
 from runner.outputs.records import FileEntry
-from runner.remote import RemoteJob
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The one retry loop, over the pure policies of ``runner.backoff``, on an injectable clock."""
+"""The one retry loop, over the pure policies of ``runner.api.backoff``, on an injectable clock."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Protocol, TypeVar
 
 import anyio
 
-from runner.backoff import NETWORK, OVERLOAD, Backoff
+from runner.api.backoff import NETWORK, OVERLOAD, Backoff
 from runner.errors import TransientApiError
 
 T = TypeVar("T")

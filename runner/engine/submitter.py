@@ -30,7 +30,9 @@ from typing import Any
 
 import anyio
 
-from runner.client import KreaClient
+from runner.api.client import KreaClient
+from runner.api.limiter import AdaptiveLimit, SubmitWindow
+from runner.api.skew import DATE_PRECISION, ClockSkew
 from runner.engine.budget import Budget
 from runner.engine.matching import (
     Candidate,
@@ -54,9 +56,7 @@ from runner.errors import (
 )
 from runner.jobspec import JobSpec
 from runner.journal import NO_SINGLE_MATCH, Journal, KeyState
-from runner.limiter import AdaptiveLimit, SubmitWindow
 from runner.outputs.figures import Counts
-from runner.skew import DATE_PRECISION, ClockSkew
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import anyio
 
-from runner.backoff import jittered
-from runner.client import KreaClient
+from runner.api.backoff import jittered
+from runner.api.client import KreaClient
+from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.outcome import Deferred, Failed
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.engine.watching import Lister, Watch
@@ -22,7 +23,6 @@ from runner.errors import BadImage, ExpiredUrl, PermanentApiError, TransientApiE
 from runner.outputs import FileEntry, OutputFolder, image_extension, image_problem, relative
 from runner.outputs.figures import Counts
 from runner.provenance import embed
-from runner.remote import JobStatus, RemoteJob
 
 log = logging.getLogger(__name__)
 

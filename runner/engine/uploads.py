@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from runner.client import KreaClient
+from runner.api.client import KreaClient
 from runner.engine.outcome import Failed
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.errors import PermanentApiError, TransientApiError

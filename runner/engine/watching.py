@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.lowlevel
 
-from runner.backoff import jittered
-from runner.client import KreaClient
+from runner.api.backoff import jittered
+from runner.api.client import KreaClient
+from runner.api.remote import TERMINAL, JobStatus, ListedJob, MalformedJob, RemoteJob
 from runner.engine.retry import Clock
 from runner.errors import PermanentApiError, TransientApiError
-from runner.remote import TERMINAL, JobStatus, ListedJob, MalformedJob, RemoteJob
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from runner.jobspec import JobDescription
 from runner.timefmt import iso_time
 
 if TYPE_CHECKING:
+    from runner.api.remote import RemoteJob
     from runner.jobspec import JobSpec
-    from runner.remote import RemoteJob
 
 
 class KeyState(Protocol):

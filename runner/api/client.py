@@ -32,7 +32,10 @@ import anyio
 from yarl import URL
 
 from runner import __version__, jsontext
-from runner.addresses import PrivateAddress, is_private, resolver_for
+from runner.api.addresses import PrivateAddress, is_private, resolver_for
+from runner.api.limiter import SharedRate
+from runner.api.remote import ListedJob, MalformedJob, RemoteJob
+from runner.api.skew import http_date
 from runner.errors import (
     AmbiguousSubmit,
     ApiError,
@@ -42,9 +45,6 @@ from runner.errors import (
     PermanentApiError,
     TransientApiError,
 )
-from runner.limiter import SharedRate
-from runner.remote import ListedJob, MalformedJob, RemoteJob
-from runner.skew import http_date
 
 # Told of every API answer that carries a Date header: (sent, received, server time).
 ServerTimeHook = Callable[[float, float, float], None]

@@ -20,8 +20,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from aiohttp import web
 
 from runner import jsontext
+from runner.api.remote import MalformedJob, RemoteJob
 from runner.errors import UsageError
-from runner.remote import MalformedJob, RemoteJob
 
 log = logging.getLogger(__name__)
 
