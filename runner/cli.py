@@ -38,7 +38,13 @@ from runner.outputs.report import write_report
 from runner.outputs.summary import read_summary
 from runner.progress import Progress
 from runner.provenance import read as read_provenance
-from runner.settings import POLL_MODES, RunSettings, parse_deadline, parse_duration
+from runner.settings import (
+    POLL_MODES,
+    SETTING_FLAGS,
+    SETTING_NAMES,
+    parse_deadline,
+    parse_duration,
+)
 from runner.status import read_status, refresh, render_status
 from runner.views import catalog_table, model_detail, plan_text
 
@@ -110,11 +116,6 @@ def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
-def _default(name: str) -> str:
-    """A run setting's default, as its help text shows it."""
-    return f"default: {getattr(RunSettings(), name):g}"
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="krea-batch",
@@ -141,72 +142,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--token-file", help="read the API token from this file ($KREA_API_TOKEN otherwise)"
     )
-    run.add_argument(
-        "--concurrency",
-        type=int,
-        metavar="N",
-        help=f"jobs at the server at once ({_default('concurrency')})",
+    settings = run.add_argument_group(
+        "run settings", "each also a key of the manifest's run: block; a flag beats the manifest"
     )
-    run.add_argument(
-        "--submit-concurrency",
-        type=int,
-        metavar="N",
-        help="POSTs in flight at most, when POSTs are slow (default 32; 1 after a lost answer)",
-    )
-    run.add_argument(
-        "--rate-limit",
-        metavar="R",
-        help=f"API requests per second: 2, 2/s, 120/min ({_default('rate_limit')}/s)",
-    )
-    run.add_argument(
-        "--poll-interval",
-        metavar="S",
-        help=f"seconds between polls of a job ({_default('poll_interval')} s)",
-    )
-    run.add_argument(
-        "--poll-mode",
-        choices=POLL_MODES,
-        help="list: one GET /jobs pass a tick covers every job in flight; job: one GET per "
-        f"job (default: {RunSettings().poll_mode})",
-    )
-    run.add_argument(
-        "--max-attempts",
-        type=int,
-        metavar="N",
-        help=f"submissions of a job whose run fails ({_default('max_attempts')})",
-    )
-    run.add_argument(
-        "--job-timeout",
-        metavar="S",
-        help=f"give up on a job after this long ({_default('job_timeout')} s)",
-    )
-    run.add_argument(
-        "--max-image-bytes",
-        metavar="SIZE",
-        help="refuse a downloaded image larger than this (100MB); the job is kept for later",
-    )
-    run.add_argument(
-        "--max-retry-after",
-        metavar="S",
-        help="wait at most this long when the server asks to retry later "
-        f"({_default('max_retry_after')} s)",
-    )
-    run.add_argument(
-        "--lost-answer-wait",
-        metavar="S",
-        help="after a POST's answer is lost, wait this long before looking for its job (1s)",
-    )
-    run.add_argument(
-        "--max-jobs",
-        type=int,
-        metavar="N",
-        help=f"cap on the expanded job count ({_default('max_jobs')})",
-    )
-    run.add_argument(
-        "--name-template",
-        metavar="T",
-        help="image file names, e.g. '{model}/{key}' or '{name}/{index:05d}'",
-    )
+    for name in SETTING_NAMES:
+        setting = SETTING_FLAGS[name]
+        settings.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int if setting.whole else str,
+            choices=POLL_MODES if name == "poll_mode" else None,
+            metavar=None if name == "poll_mode" else setting.metavar,
+            help=setting.text(name),
+        )
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     run.add_argument(
         "--retry-ambiguous",
@@ -252,12 +199,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="public address of this machine for Krea's webhooks (with --webhook-listen); "
         "polls then only every --webhook-poll-interval, as a safety net",
-    )
-    run.add_argument(
-        "--webhook-poll-interval",
-        metavar="S",
-        help="with webhooks, seconds between safety-net looks at a job "
-        f"({_default('webhook_poll_interval')} s)",
     )
     run.add_argument(
         "--webhook-listen",
@@ -359,24 +300,7 @@ def _folder(value: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    overrides = {
-        name: getattr(args, name)
-        for name in (
-            "concurrency",
-            "submit_concurrency",
-            "rate_limit",
-            "poll_interval",
-            "poll_mode",
-            "webhook_poll_interval",
-            "max_attempts",
-            "job_timeout",
-            "lost_answer_wait",
-            "max_image_bytes",
-            "max_retry_after",
-            "max_jobs",
-            "name_template",
-        )
-    }
+    overrides = {name: getattr(args, name) for name in SETTING_NAMES}
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit takes a whole number of at least 1")
     manifest = load_manifest(args.manifest, overrides=overrides)

@@ -143,6 +143,62 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 SETTING_NAMES = tuple(f.name for f in fields(RunSettings))
 
 
+@dataclass(frozen=True, slots=True)
+class SettingFlag:
+    """How a run setting appears on the command line (``--`` and its name with dashes)."""
+
+    metavar: str
+    help: str  # ``{default}`` is replaced by the default as the help shows it
+    whole: bool = False  # a whole number, checked by argparse
+
+    def text(self, name: str) -> str:
+        value = getattr(RunSettings(), name)
+        shown = f"{value:g}" if isinstance(value, int | float) else str(value)
+        return self.help.format(default=shown)
+
+
+SETTING_FLAGS: dict[str, SettingFlag] = {
+    "concurrency": SettingFlag("N", "jobs at the server at once (default: {default})", True),
+    "submit_concurrency": SettingFlag(
+        "N",
+        "POSTs in flight at most, when POSTs are slow (default {default}; 1 after a lost answer)",
+        True,
+    ),
+    "rate_limit": SettingFlag(
+        "R", "API requests per second: 2, 2/s, 120/min (default: {default}/s)"
+    ),
+    "poll_interval": SettingFlag("S", "seconds between polls of a job (default: {default} s)"),
+    "webhook_poll_interval": SettingFlag(
+        "S", "with webhooks, seconds between safety-net looks at a job (default: {default} s)"
+    ),
+    "poll_mode": SettingFlag(
+        "{list,job}",
+        "list: one GET /jobs pass a tick covers every job in flight; job: one GET "
+        "per job (default: {default})",
+    ),
+    "max_attempts": SettingFlag(
+        "N", "submissions of a job whose run fails (default: {default})", True
+    ),
+    "max_jobs": SettingFlag("N", "cap on the expanded job count (default: {default})", True),
+    "job_timeout": SettingFlag("S", "give up on a job after this long (default: {default} s)"),
+    "lost_answer_wait": SettingFlag(
+        "S",
+        "after a POST's answer is lost, wait this long before looking for its job "
+        "(default: {default} s)",
+    ),
+    "max_image_bytes": SettingFlag(
+        "SIZE",
+        "refuse a downloaded image larger than this (default: 100MB); the job is kept for later",
+    ),
+    "max_retry_after": SettingFlag(
+        "S", "wait at most this long when the server asks to retry later (default: {default} s)"
+    ),
+    "name_template": SettingFlag(
+        "T", "image file names, e.g. '{{model}}/{{key}}' or '{{name}}/{{index:05d}}'"
+    ),
+}
+
+
 def parse_settings(raw: dict[str, Any]) -> dict[str, Any]:
     """Parse raw values by setting name; raises KeyError or ValueError naming the bad one."""
     parsed = {}

@@ -53,3 +53,17 @@ def test_budgets_are_in_dollars_unless_said_in_compute_units(
 def test_a_budget_that_is_not_an_amount_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="give dollars"):
         parse_budget("lots")
+
+
+def test_every_run_setting_is_a_flag_of_run_built_from_one_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from runner.cli import main
+    from runner.settings import SETTING_FLAGS, SETTING_NAMES
+
+    assert set(SETTING_FLAGS) == set(SETTING_NAMES)
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for name in SETTING_NAMES:
+        assert "--" + name.replace("_", "-") in text, name
