@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +15,6 @@ import aiohttp
 from runner.api.client import DEFAULT_API_BASE, KreaClient, Limits, Timeouts
 from runner.api.limiter import SharedRate
 from runner.api.webhooks import Receiver, WebhookSettings, receiving
-from runner.emulator import EmulatorConfig, run_emulator
 from runner.engine import Engine, EngineOptions, RunResult
 from runner.errors import UsageError
 from runner.journal import records_at
@@ -28,26 +27,6 @@ from runner.outputs.summary import summary
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-EMULATOR_TOKEN = "emulator"
-
-
-@contextlib.asynccontextmanager
-async def _api(
-    api_base: str | None, token: str | None, emulator: bool | EmulatorConfig
-) -> AsyncIterator[tuple[str, str]]:
-    """The base URL and token to use, starting an in-process emulator if asked."""
-    if emulator is not False:
-        config = emulator if isinstance(emulator, EmulatorConfig) else EmulatorConfig()
-        async with run_emulator(config) as running:
-            log.info("using the built-in emulator at %s", running.url)
-            yield running.url, token or EMULATOR_TOKEN
-        return
-    if token is None and api_base is None:
-        raise UsageError(
-            "no API token: set KREA_API_TOKEN or pass --token-file FILE (create a token in your "
-            "Krea account under Settings → API), or try it without one: --emulator"
-        )
-    yield api_base or DEFAULT_API_BASE, token or "anonymous"
 
 
 async def run_batch(
@@ -56,7 +35,6 @@ async def run_batch(
     *,
     api_base: str | None = None,
     token: str | None = None,
-    emulator: bool | EmulatorConfig = False,
     overrides: Mapping[str, Any] | None = None,
     options: EngineOptions | None = None,
     on_progress: Callable[[Engine], None] | None = None,
@@ -66,12 +44,21 @@ async def run_batch(
 ) -> RunResult:
     """Run every job of ``manifest`` into the folder ``out``; safe to call again to resume.
 
+    ``api_base`` is Krea's API by default, or anything that answers like it (the emulator,
+    which the CLI starts for ``--emulator``); a token is needed unless ``api_base`` is given.
+
     ``overrides`` are run settings (concurrency, rate_limit, …) that beat the manifest's;
     ``notify_url`` receives the summary as JSON when the run ends; OUT/status.json (and
     ``metrics_file``, in Prometheus text format) tell how the run goes while it runs.
     With ``webhook``, submits ask the API to report each job's end to a receiver this run
     serves, and polling becomes a slow safety net.
     """
+    if token is None and api_base is None:  # before the folder is made: nothing is left behind
+        raise UsageError(
+            "no API token: set KREA_API_TOKEN or pass --token-file FILE (create a token in your "
+            "Krea account under Settings → API), or try it without one: --emulator"
+        )
+    base_url, api_token = api_base or DEFAULT_API_BASE, token or "anonymous"
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, overrides=overrides)
     options = options or EngineOptions()
@@ -79,33 +66,32 @@ async def run_batch(
     folder = OutputFolder(Path(out))
     started = time.time()
     with folder:
-        async with _api(api_base, token, emulator) as (base_url, api_token):
-            client = KreaClient(
-                base_url,
-                api_token,
-                limiter=SharedRate(settings.rate_limit),
-                timeouts=Timeouts(api=options.api_timeout, stall=options.download_stall),
-                limits=Limits(image_bytes=settings.max_image_bytes),
-                max_connections=max(16, settings.concurrency * 2),
-            )
-            async with client, contextlib.AsyncExitStack() as stack:
-                receiver = None
-                if webhook is not None:
-                    receiver = Receiver(deliver=lambda remote: False)
-                    url = await stack.enter_async_context(receiving(webhook, receiver))
-                    options = dataclasses.replace(options, webhook_url=url)
-                live = LiveStatus(folder.root, Path(metrics_file) if metrics_file else None)
+        client = KreaClient(
+            base_url,
+            api_token,
+            limiter=SharedRate(settings.rate_limit),
+            timeouts=Timeouts(api=options.api_timeout, stall=options.download_stall),
+            limits=Limits(image_bytes=settings.max_image_bytes),
+            max_connections=max(16, settings.concurrency * 2),
+        )
+        async with client, contextlib.AsyncExitStack() as stack:
+            receiver = None
+            if webhook is not None:
+                receiver = Receiver(deliver=lambda remote: False)
+                url = await stack.enter_async_context(receiving(webhook, receiver))
+                options = dataclasses.replace(options, webhook_url=url)
+            live = LiveStatus(folder.root, Path(metrics_file) if metrics_file else None)
 
-                def progress(engine: Engine) -> None:
-                    live(engine)
-                    if on_progress is not None:
-                        on_progress(engine)
+            def progress(engine: Engine) -> None:
+                live(engine)
+                if on_progress is not None:
+                    on_progress(engine)
 
-                engine = Engine(manifest, folder, client, options, on_progress=progress)
-                if receiver is not None:
-                    receiver.deliver = engine.tracker.delivered
-                result = await engine.run()
-                live.write(engine, "finished")
+            engine = Engine(manifest, folder, client, options, on_progress=progress)
+            if receiver is not None:
+                receiver.deliver = engine.tracker.delivered
+            result = await engine.run()
+            live.write(engine, "finished")
 
         def records() -> Iterator[ResultRecord]:
             states = engine.states

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,10 +22,10 @@ from runner.api.secrets import find_token, read_token_file
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
-from runner.emulator import serve_forever
+from runner.emulator import EmulatorConfig, run_emulator, serve_forever
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
-from runner.engine import EngineOptions
+from runner.engine import EngineOptions, RunResult
 from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
 from runner.logs import configure_logging
@@ -53,6 +54,7 @@ Run thousands of Krea text-to-image jobs from a YAML manifest: concurrently, und
 limits, resumably, and never paying for a job twice. Images land in OUT/images, one record
 per job in OUT/results.jsonl."""
 
+EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
 EXAMPLES = """\
 examples:
   krea-batch plan jobs.yaml                    check a manifest: jobs per model, estimated cost
@@ -328,21 +330,21 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress(live=sys.stderr.isatty(), interval=args.progress_interval)
     if sys.stderr.isatty() and args.log_format == "text":
         configure_logging(args.verbose, args.log_format, console=progress.console)
+    batch = functools.partial(
+        run_batch,
+        manifest,
+        args.out,
+        options=options,
+        on_progress=progress,
+        notify_url=args.notify_url,
+        metrics_file=args.metrics_file,
+        webhook=webhook,
+    )
     try:
-        result = asyncio.run(
-            run_batch(
-                manifest,
-                args.out,
-                api_base=args.api_base,
-                token=token,
-                emulator=args.emulator,
-                options=options,
-                on_progress=progress,
-                notify_url=args.notify_url,
-                metrics_file=args.metrics_file,
-                webhook=webhook,
-            )
-        )
+        if args.emulator:
+            result = asyncio.run(_on_the_emulator(batch))
+        else:
+            result = asyncio.run(batch(api_base=args.api_base, token=token))
     finally:
         progress.close()
     counts = result.counts
@@ -360,6 +362,13 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return result.exit_code
+
+
+async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunResult:
+    """``--emulator``: the run against a Krea emulator started in this process."""
+    async with run_emulator(EmulatorConfig()) as emulator:
+        logging.getLogger("runner").info("using the built-in emulator at %s", emulator.url)
+        return await batch(api_base=emulator.url, token=EMULATOR_TOKEN)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -97,6 +97,7 @@ def test_run_without_a_token_says_how_to_get_one(
     err = capsys.readouterr().err
     assert "KREA_API_TOKEN" in err
     assert "--emulator" in err
+    assert not (tmp_path / "out").exists()  # refused before anything was made
 
 
 def test_an_empty_token_file_is_a_usage_error(

@@ -203,7 +203,7 @@ async def test_an_expired_image_url_is_refreshed_by_fetching_the_job_again(tmp_p
 
 async def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     with OutputFolder(tmp_path), pytest.raises(UsageError, match="in use by another"):
-        await run_batch(small_manifest(1), tmp_path, emulator=True, options=FAST)
+        await run_batch(small_manifest(1), tmp_path, api_base="http://127.0.0.1:9", options=FAST)
 
 
 async def test_a_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
