@@ -16,12 +16,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from runner.api.remote import TERMINAL, JobStatus
 from runner.catalog import Catalog, load_catalog
 from runner.emulator.assets import AssetStore
 from runner.emulator.config import EmulatorConfig
 from runner.emulator.images import image_format, image_size, render
 from runner.emulator.jobs import EmulatedJob, JobStore, Refused, body_hash, iso, parse_iso
+from runner.emulator.statuses import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

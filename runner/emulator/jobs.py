@@ -13,11 +13,12 @@ import random
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from runner.api.remote import TERMINAL, JobStatus, parse_time
 from runner.catalog import Model
 from runner.emulator.config import EmulatorConfig
+from runner.emulator.statuses import TERMINAL, JobStatus
 from runner.jobspec import canonical_json
 from runner.timefmt import iso_time
 
@@ -42,11 +43,11 @@ def iso(timestamp: float) -> str:
 
 
 def parse_iso(text: str) -> float:
-    """A cursor's time; ValueError when it is not ISO 8601."""
-    moment = parse_time(text)
-    if moment is None:
-        raise ValueError(text)
-    return moment
+    """A cursor's time; ValueError when it is not ISO 8601 (a naive time is UTC)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def body_hash(body: Mapping[str, Any]) -> str:
