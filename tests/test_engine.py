@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from runner import run_batch
+from runner.cli.status import read_status, render_status
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import Engine, EngineOptions, RetryPolicy
 from runner.errors import UsageError
 from runner.manifest import expand
 from runner.outputs import OutputFolder
-from runner.status import read_status, render_status
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 
 QUICK = Latency.parse("fixed:0.05")

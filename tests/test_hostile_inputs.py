@@ -13,13 +13,13 @@ import pytest
 
 from runner import run_batch
 from runner.cli import main
+from runner.cli.status import read_status
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import ManifestError, UsageError
 from runner.journal import Journal
 from runner.manifest import expand, load_manifest, parse_manifest
 from runner.merge import merge_folders
 from runner.outputs import read_records
-from runner.status import read_status
 from tests.engine_helpers import FAST, check_folder, small_manifest
 
 QUICK = Latency.parse("fixed:0.02")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from runner.batch import run_batch
+from runner.cli.logs import configure_logging
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import Engine
-from runner.logs import configure_logging
 from runner.manifest import parse_manifest
 from runner.settings import parse_deadline
 from tests.engine_helpers import (
@@ -176,7 +176,7 @@ def test_the_cli_refuses_a_bad_deadline(capsys: pytest.CaptureFixture[str], tmp_
 
 
 def test_max_runtime_and_deadline_take_the_earlier() -> None:
-    from runner.cli import _deadline
+    from runner.cli.main import _deadline
 
     now = time.time()
     soon = _deadline(None, "90m")

@@ -11,12 +11,12 @@ import pytest
 
 from runner.batch import run_batch
 from runner.cli import main
+from runner.cli.status import read_status
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import UsageError
 from runner.jobspec import in_shard
 from runner.manifest import expand
 from runner.merge import parse_shard
-from runner.status import read_status
 from tests.engine_helpers import FAST, check_folder, manifest_text, read_results, small_manifest
 
 

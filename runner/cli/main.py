@@ -22,13 +22,16 @@ from runner.api.secrets import find_token, read_token_file
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
+from runner.cli.logs import configure_logging
+from runner.cli.progress import Progress
+from runner.cli.status import read_status, refresh, render_status
+from runner.cli.views import catalog_table, model_detail, plan_text
 from runner.emulator import EmulatorConfig, run_emulator, serve_forever
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions, RunResult
 from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
-from runner.logs import configure_logging
 from runner.manifest import load_manifest
 from runner.manifest.plan import make_plan
 from runner.merge import merge_folders, parse_shard
@@ -37,7 +40,6 @@ from runner.outputs import Layout, latest_records
 from runner.outputs.live import read_live
 from runner.outputs.report import write_report
 from runner.outputs.summary import read_summary
-from runner.progress import Progress
 from runner.provenance import read as read_provenance
 from runner.settings import (
     POLL_MODES,
@@ -46,8 +48,6 @@ from runner.settings import (
     parse_deadline,
     parse_duration,
 )
-from runner.status import read_status, refresh, render_status
-from runner.views import catalog_table, model_detail, plan_text
 
 DESCRIPTION = """\
 Run thousands of Krea text-to-image jobs from a YAML manifest: concurrently, under rate

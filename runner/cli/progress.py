@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 from runner.money import spend_text
 from runner.outputs.figures import requests_per_job
 
-log = logging.getLogger("runner.progress")
+log = logging.getLogger("runner.cli.progress")
 
 
 def _eta(seconds: float | None) -> str:
