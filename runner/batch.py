@@ -17,9 +17,9 @@ from runner.api.limiter import SharedRate
 from runner.api.webhooks import Receiver, WebhookSettings, receiving
 from runner.engine import Engine, EngineOptions, RunResult
 from runner.errors import UsageError
-from runner.journal import records_at
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, ResultRecord
+from runner.outputs.journal import records_at
 from runner.outputs.live import LiveStatus
 from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report

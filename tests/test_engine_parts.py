@@ -15,7 +15,7 @@ from runner.api.limiter import AdaptiveLimit, decreased, increased
 from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.errors import AmbiguousSubmit, FatalApiError, PermanentApiError, TransientApiError
-from runner.journal import Journal, ReplayStats, fold, read_events, records_at
+from runner.outputs.journal import Journal, ReplayStats, fold, read_events, records_at
 
 
 def test_backoff_grows_then_caps_and_jitters_within_bounds() -> None:

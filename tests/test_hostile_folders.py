@@ -17,10 +17,10 @@ from runner import run_batch
 from runner.cli import main
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import ManifestError, UsageError
-from runner.journal import Journal
 from runner.manifest import load_manifest, parse_manifest
-from runner.merge import merge_folders
 from runner.outputs import OutputFolder, latest_records
+from runner.outputs.journal import Journal
+from runner.outputs.merge import merge_folders
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 from tests.http_helpers import fake_server
 

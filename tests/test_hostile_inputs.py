@@ -16,10 +16,10 @@ from runner.cli import main
 from runner.cli.status import read_status
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import ManifestError, UsageError
-from runner.journal import Journal
 from runner.manifest import expand, load_manifest, parse_manifest
-from runner.merge import merge_folders
 from runner.outputs import read_records
+from runner.outputs.journal import Journal
+from runner.outputs.merge import merge_folders
 from tests.engine_helpers import FAST, check_folder, small_manifest
 
 QUICK = Latency.parse("fixed:0.02")

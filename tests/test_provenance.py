@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runner import provenance, run_batch
+from runner import run_batch
 from runner.cli import main
 from runner.emulator import EmulatorConfig, Latency, run_emulator
-from runner.outputs import OutputFolder
-from runner.provenance import embed, read
+from runner.outputs import OutputFolder, provenance
+from runner.outputs.provenance import embed, read
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 
 FIELDS = {"prompt": "a fox «in the snow» & <stars>", "model": "flux-1-dev", "seed": 7}

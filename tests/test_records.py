@@ -11,7 +11,6 @@ import pytest
 
 from runner.api.remote import JobStatus, RemoteJob
 from runner.jobspec import JobSpec
-from runner.journal import KeyState
 from runner.outputs import (
     FileEntry,
     Layout,
@@ -22,6 +21,7 @@ from runner.outputs import (
 )
 from runner.outputs.atomic import write_atomic
 from runner.outputs.images import inside
+from runner.outputs.journal import KeyState
 from runner.outputs.records import (
     ResultRecord,
     ambiguous_record,

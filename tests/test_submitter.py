@@ -24,8 +24,8 @@ from runner.engine.retry import RetryPolicy
 from runner.engine.submitter import SubmitSettings, Submitter
 from runner.errors import PermanentApiError
 from runner.jobspec import JobSpec
-from runner.journal import Journal, KeyState
 from runner.outputs.figures import Counts
+from runner.outputs.journal import Journal, KeyState
 from tests.fake_api import FakeApi
 from tests.virtual_time import START, VirtualClock, inline_offload, virtual_time
 

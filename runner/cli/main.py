@@ -34,13 +34,13 @@ from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
 from runner.manifest import load_manifest
 from runner.manifest.plan import make_plan
-from runner.merge import merge_folders, parse_shard
 from runner.money import parse_budget, spend_text
 from runner.outputs import Layout, latest_records
 from runner.outputs.live import read_live
+from runner.outputs.merge import merge_folders, parse_shard
+from runner.outputs.provenance import read as read_provenance
 from runner.outputs.report import write_report
 from runner.outputs.summary import read_summary
-from runner.provenance import read as read_provenance
 from runner.settings import (
     POLL_MODES,
     SETTING_FLAGS,

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.ambiguity import Risk, risk_of
 from runner.api.client import KreaClient
+from runner.engine.ambiguity import Risk, risk_of
 from runner.errors import ApiError, UsageError
-from runner.journal import fold, read_events
 from runner.money import spend_text
 from runner.outputs import STATE_DIR, Layout, RecordStatus
+from runner.outputs.journal import fold, read_events
 from runner.outputs.layout import path_text
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
-from runner.ambiguity import is_ambiguous, risk_of, worst_cost
 from runner.api.client import KreaClient
 from runner.api.limiter import AdaptiveLimit
 from runner.api.remote import JobStatus, RemoteJob
+from runner.engine.ambiguity import is_ambiguous, risk_of, worst_cost
 from runner.engine.budget import Budget
 from runner.engine.outcome import (
     Ambiguous,
@@ -44,11 +44,12 @@ from runner.engine.tracker import Tracker, TrackSettings
 from runner.engine.watching import Lister
 from runner.errors import DiskError, FatalApiError, UsageError
 from runner.jobspec import JobSpec, in_shard
-from runner.journal import NO_SINGLE_MATCH, Journal, KeyState, Ledger
 from runner.manifest import Manifest, expand
-from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
 from runner.outputs import FileEntry, OutputFolder, intact_records
 from runner.outputs.figures import Counts, RunResult, Snapshot
+from runner.outputs.journal import NO_SINGLE_MATCH, Journal, KeyState, Ledger
+from runner.outputs.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
+from runner.outputs.provenance import spec_provenance
 from runner.outputs.records import (
     RecordStatus,
     ambiguous_record,
@@ -56,7 +57,6 @@ from runner.outputs.records import (
     failed_record,
     spend_of,
 )
-from runner.provenance import spec_provenance
 from runner.settings import RunSettings
 
 log = logging.getLogger(__name__)

@@ -55,8 +55,8 @@ from runner.errors import (
     WouldPayTwice,
 )
 from runner.jobspec import JobSpec
-from runner.journal import NO_SINGLE_MATCH, Journal, KeyState
 from runner.outputs.figures import Counts
+from runner.outputs.journal import NO_SINGLE_MATCH, Journal, KeyState
 
 log = logging.getLogger(__name__)
 

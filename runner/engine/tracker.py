@@ -22,7 +22,7 @@ from runner.engine.watching import Lister, Watch
 from runner.errors import BadImage, ExpiredUrl, PermanentApiError, TransientApiError
 from runner.outputs import FileEntry, OutputFolder, image_extension, image_problem, relative
 from runner.outputs.figures import Counts
-from runner.provenance import embed
+from runner.outputs.provenance import embed
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class Tracker:
         """Every result of ``remote`` into images/STEM(-N).ext, each atomically.
 
         ``partial`` names the hidden file a download is streamed into (unique per job);
-        ``provenance`` is written into each image (runner.provenance) before it is placed.
+        ``provenance`` is written into each image (runner.outputs.provenance) before it is placed.
         """
         if provenance is not None:
             provenance = {**provenance, "job_id": remote.job_id}

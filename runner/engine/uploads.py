@@ -16,8 +16,8 @@ from runner.engine.outcome import Failed
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.errors import PermanentApiError, TransientApiError
 from runner.jobspec import JobSpec
-from runner.journal import Journal
 from runner.manifest.assets import resolved, stand_ins
+from runner.outputs.journal import Journal
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from runner.journal import NO_SINGLE_MATCH, KeyState
 from runner.money import dollars
+from runner.outputs.journal import NO_SINGLE_MATCH, KeyState
 from runner.outputs.records import RecordStatus
 
 
