@@ -15,6 +15,7 @@ from runner.api.limiter import AdaptiveLimit, decreased, increased
 from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.errors import AmbiguousSubmit, FatalApiError, PermanentApiError, TransientApiError
+from runner.outputs.events import Done, Lost
 from runner.outputs.journal import Journal, ReplayStats, fold, read_events, records_at
 
 
@@ -105,20 +106,20 @@ async def test_journal_drops_a_torn_tail_and_appends_cleanly(tmp_path: Path) -> 
     path.write_text('{"e":"submitting","k":"a","a":1,"t":1}\n{"e":"submi')
     journal = Journal.open(path)
     assert journal.ledger.states["a"].pending_since == 1
-    await journal.record("lost", "a", a=1)
+    await journal.record(Lost("a", 1))
     assert journal.ledger.states["a"].pending_since is None
     journal.close()
     stats = ReplayStats()
     events = [event for _, event in read_events(path, stats)]
     assert stats.torn == 0
-    assert [e["e"] for e in events] == ["submitting", "lost"]
+    assert [type(e).__name__ for e in events] == ["Submitting", "Lost"]
 
 
 async def test_journal_appends_from_many_tasks_all_land(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path / "journal.jsonl")
     async with anyio.create_task_group() as tg:
         for i in range(200):
-            tg.start_soon(journal.record, "lost", f"k{i}")
+            tg.start_soon(journal.record, Lost(f"k{i}"))
     journal.close()
     lines = (tmp_path / "journal.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["k"] for line in lines) == sorted(f"k{i}" for i in range(200))
@@ -200,7 +201,7 @@ async def test_append_returns_where_each_line_starts(tmp_path: Path) -> None:
 
     async def done(key: str) -> None:
         offsets[key] = await journal.record(
-            "done", key, record={"key": key, "status": "completed", "files": []}
+            Done(key, {"key": key, "status": "completed", "files": []})
         )
 
     async with anyio.create_task_group() as tg:
@@ -220,3 +221,47 @@ def test_journals_written_before_ambiguous_had_a_name_still_replay() -> None:
     assert ledger.states["a"].candidates == ("j1", "j2")
     assert ledger.states["a"].remote
     assert ledger.known_ids == {"j1", "j2"}
+
+
+def test_every_event_is_written_as_the_journals_before_and_read_back_the_same() -> None:
+    from runner.outputs.events import (
+        Ambiguous,
+        Asset,
+        Released,
+        Retry,
+        Submitted,
+        Submitting,
+        decode,
+        encode,
+    )
+
+    lines = [  # as journals of the previous version wrote them
+        {"e": "submitting", "k": "a", "a": 1, "t": 10.0},
+        {"e": "submitting", "k": "a", "a": 2, "t": 10.0, "lo": -0.5, "hi": 0.5},
+        {"e": "submitted", "k": "a", "a": 1, "id": "j1", "ts": 10.0, "tr": 10.2, "c": 10.1},
+        {"e": "submitted", "k": "a", "a": 1, "id": "j1", "ts": 1.0, "tr": 2.0, "c": None}
+        | {"adopted": True},
+        {"e": "lost", "k": "a", "a": 1},
+        {"e": "retry", "k": "a", "a": 1, "id": "j1", "error": "nsfw"},
+        {"e": "ambiguous", "k": "a", "a": 1, "candidates": ["j2"], "why": "cursor loops"},
+        {"e": "released", "k": "a", "a": 1},
+        {"e": "done", "k": "a", "record": {"status": "completed"}},
+        {"e": "asset", "k": "f" * 64, "url": "https://x/y.png"},
+    ]
+    events = [decode(line) for line in lines]
+    assert [type(e) for e in events] == [
+        Submitting,
+        Submitting,
+        Submitted,
+        Submitted,
+        Lost,
+        Retry,
+        Ambiguous,
+        Released,
+        Done,
+        Asset,
+    ]
+    assert [encode(e) for e in events if e is not None] == lines
+    old = decode({"e": "unresolved", "k": "a", "a": 1, "candidates": ["j1"]})
+    assert isinstance(old, Ambiguous)
+    assert old.candidates == ("j1",)

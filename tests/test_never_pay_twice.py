@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from runner.engine.matching import MAX_SEARCH_PAGES
 from runner.engine.outcome import Deferred, Failed
 from runner.errors import WouldPayTwice
+from runner.outputs.events import Submitting
 from tests.fake_api import FakeApi
 from tests.test_submitter import events, make_rig, rig_on, spec
 from tests.virtual_time import START, VirtualClock, virtual_time
@@ -150,7 +151,7 @@ async def test_the_journal_refuses_a_second_post_while_the_first_is_unsettled(
         await rig.submit_all(1)  # two jobs in the lost POST's window: ambiguous
         assert rig.state(0).doubt is not None
         try:
-            await rig.journal.record("submitting", spec(0).key, a=9, t=rig.clock.now)
+            await rig.journal.record(Submitting(spec(0).key, 9, rig.clock.now))
         except WouldPayTwice:
             pass
         else:

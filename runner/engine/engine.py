@@ -46,6 +46,7 @@ from runner.errors import DiskError, FatalApiError, UsageError
 from runner.jobspec import JobSpec, in_shard
 from runner.manifest import Manifest, expand
 from runner.outputs import FileEntry, OutputFolder, intact_records
+from runner.outputs.events import Done, Released, Retry
 from runner.outputs.figures import Counts, RunResult, Snapshot
 from runner.outputs.journal import NO_SINGLE_MATCH, Journal, KeyState, Ledger
 from runner.outputs.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
@@ -251,9 +252,7 @@ class Engine:
                 self.folder.root,
                 len(records),
             )
-            await self.journal.record_many(
-                {"e": "done", "k": r["key"], "record": r} for r in records
-            )
+            await self.journal.record_many(Done(r["key"], r) for r in records)
 
     def _survey(self) -> None:
         """The one pass before anything is sent: count the jobs and fix their order, check that
@@ -297,8 +296,7 @@ class Engine:
         cost = worst_cost(risk, ((spec.usd, spec.units) for spec in released))
         log.warning("--retry-ambiguous: %s", risk.sentence(cost))
         await self.journal.record_many(
-            {"e": "released", "k": spec.key, "a": self.states[spec.key].attempts}
-            for spec in released
+            Released(spec.key, self.states[spec.key].attempts) for spec in released
         )
 
     async def _run_jobs(self) -> None:
@@ -389,9 +387,7 @@ class Engine:
             if state.submitted_at is not None and state.submitted_at >= self.started:
                 self.budget.refund(spec)  # failed and cancelled jobs are not billed
             if ended.status == JobStatus.FAILED and state.accepted < self.settings.max_attempts:
-                await self.journal.record(
-                    "retry", spec.key, a=state.attempts, id=ended.job_id, error=reason
-                )
+                await self.journal.record(Retry(spec.key, state.attempts, ended.job_id, reason))
                 self.counts.retries += 1
                 log.info("↻ retry %s after remote failure: %s", spec.key, reason)
                 continue
@@ -431,9 +427,7 @@ class Engine:
             cancelled = await self.tracker.cancel(job_id)
             if cancelled:
                 # Cancelled jobs are not billed: the next run submits this one afresh.
-                await self.journal.record(
-                    "retry", key, a=state.attempts, id=job_id, error="cancelled on exit"
-                )
+                await self.journal.record(Retry(key, state.attempts, job_id, "cancelled on exit"))
         if not cancelled:
             return Deferred(f"could not cancel job {job_id}; the next run polls it")
         return Cancelled(job_id)
@@ -473,7 +467,7 @@ class Engine:
         else:
             self._count_unfinished(spec, outcome)
             return
-        await self.journal.record("done", spec.key, record=record)
+        await self.journal.record(Done(spec.key, record))
         self.folder.append_result(record)
         self.counts.by_model.setdefault(spec.model, [0, 0])[0] += 1
         if isinstance(outcome, Completed):

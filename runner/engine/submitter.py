@@ -26,7 +26,6 @@ import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -55,6 +54,7 @@ from runner.errors import (
     WouldPayTwice,
 )
 from runner.jobspec import JobSpec
+from runner.outputs.events import Ambiguous, Event, Lost, Submitted, Submitting
 from runner.outputs.figures import Counts
 from runner.outputs.journal import NO_SINGLE_MATCH, Journal, KeyState
 
@@ -197,10 +197,8 @@ class Submitter:
                 # a crash while it waited leaves no pending POST behind.
                 nonlocal sent, posted, before
                 sent, before = self.clock.time(), self.journal.ledger.skew
-                bounds = {"lo": before.low, "hi": before.high} if before.measured else {}
-                await self.journal.record(
-                    "submitting", spec.key, a=state.attempts + 1, t=sent, **bounds
-                )
+                low, high = (before.low, before.high) if before.measured else (None, None)
+                await self.journal.record(Submitting(spec.key, state.attempts + 1, sent, low, high))
                 posted = self.clock.time()
 
             try:
@@ -218,7 +216,7 @@ class Submitter:
                 return lost
             except ApiError:
                 if state.pending_since is not None:  # it went out and was refused
-                    await self.journal.record("lost", spec.key, a=state.attempts)
+                    await self.journal.record(Lost(spec.key, state.attempts))
                 raise
             received = self.clock.time()
             if remote.job_id in self.journal.ledger.known_ids:
@@ -229,13 +227,9 @@ class Submitter:
             # Durable before the POST counts as settled: a crash must not turn an answered
             # POST back into a pending one, which the next start could find ambiguous.
             await self.journal.record(
-                "submitted",
-                spec.key,
-                a=state.attempts,
-                id=remote.job_id,
-                ts=sent,
-                tr=received,
-                c=remote.created_at,
+                Submitted(
+                    spec.key, state.attempts, remote.job_id, sent, received, remote.created_at
+                )
             )
         self.counts.submits += 1
         self.gate.accepted()
@@ -369,26 +363,17 @@ class Submitter:
     async def _record(self, posts: list[LostPost], found: Matching) -> None:
         by_key = {p.key: p for p in posts}
         states = self.journal.ledger.states
-        events: list[dict[str, Any]] = []
+        events: list[Event] = []
         for key, job in found.adopted.items():
             post, state = by_key[key], states[key]
             log.warning("? found %s's job %s: adopted, not sent again", key, job.job_id)
             events.append(
-                {
-                    "e": "submitted",
-                    "k": key,
-                    "a": state.attempts,
-                    "id": job.job_id,
-                    "ts": post.sent,
-                    "tr": post.ended,
-                    "c": job.created,
-                    "adopted": True,
-                }
+                Submitted(key, state.attempts, job.job_id, post.sent, post.ended, job.created, True)
             )
             self._outcomes[key] = None
         for key in found.resend:
             log.warning("? %s's lost submit created no job: sending it again", key)
-            events.append({"e": "lost", "k": key, "a": states[key].attempts})
+            events.append(Lost(key, states[key].attempts))
             self._outcomes[key] = None
         why = found.doubt or NO_SINGLE_MATCH
         for key, candidates in found.ambiguous.items():
@@ -398,15 +383,7 @@ class Submitter:
                 why,
                 ", ".join(candidates) or "none listed",
             )
-            events.append(
-                {
-                    "e": "ambiguous",
-                    "k": key,
-                    "a": states[key].attempts,
-                    "candidates": list(candidates),
-                    "why": why,
-                }
-            )
+            events.append(Ambiguous(key, states[key].attempts, tuple(candidates), why))
             self._outcomes[key] = None
         for key in found.unseen:
             reason = "the server accepted a submit whose job the listing does not show yet"

@@ -17,6 +17,7 @@ from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.errors import PermanentApiError, TransientApiError
 from runner.jobspec import JobSpec
 from runner.manifest.assets import resolved, stand_ins
+from runner.outputs.events import Asset
 from runner.outputs.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,6 @@ class Uploads:
                 return f"uploading {path}: {exc}"
             except OSError as exc:
                 return f"reading {path}: {exc.strerror or exc}"
-            await self.journal.record("asset", digest, url=url)
+            await self.journal.record(Asset(digest, url))
             log.info("↑ uploaded %s as %s", path, url)
             return None

@@ -1,16 +1,8 @@
 """The journal: an append-only, fsynced log of what was sent and what finished, per job key.
 
-It is the output folder's memory across crashes. Each line is one JSON event:
-
-    submitting  {k, a, t, lo, hi}      a POST is about to go out (written *before* it is sent),
-                                       with the server's clock as known then (skew bounds)
-    submitted   {k, a, id, ts, tr, c}  its answer: the remote job id (and timing, for clock skew)
-    lost        {k, a}                 the POST certainly created nothing (refused, or checked)
-    retry       {k, a, id, error}      the remote job failed; the next attempt may submit again
-    ambiguous   {k, a, candidates, why} an answer was lost and nothing proves which job is ours
-    released    {k, a}                 the user chose to send an ambiguous job again
-    done        {k, record}            the final outcome; written after its files are in place
-    asset       {k, url}               a local reference image uploaded: k is its sha256
+It is the output folder's memory across crashes. Each line is one event of
+``runner.outputs.events`` (Submitting, Submitted, Lost, Retry, Ambiguous, Released, Done,
+Asset), serialised there and nowhere else.
 
 ``apply`` is the one place where an event changes a job's state: replay folds the file with
 it, and a live run records every event through ``Journal.record``, which appends the line and
@@ -27,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +31,19 @@ from runner import jsontext
 from runner.api.skew import ClockSkew
 from runner.errors import DiskError, WouldPayTwice
 from runner.files import bounded_lines, open_regular
+from runner.outputs.events import (
+    Ambiguous,
+    Asset,
+    Done,
+    Event,
+    Lost,
+    Released,
+    Retry,
+    Submitted,
+    Submitting,
+    decode,
+    encode,
+)
 from runner.outputs.records import (
     RecordStatus,
     ResultRecord,
@@ -102,107 +106,53 @@ class Ledger:
         return self.states.setdefault(key, KeyState())
 
 
-def apply(ledger: Ledger, event: Mapping[str, Any], offset: int | None = None) -> None:
-    """Change ``ledger`` as one journal event says (see the module docstring for the events)."""
-    key = event.get("k")
-    if event.get("e") == "asset" and isinstance(event.get("url"), str):
-        ledger.assets[str(key)] = event["url"]  # its key is the file's sha256
+def apply(ledger: Ledger, event: Event, offset: int | None = None) -> None:
+    """Change ``ledger`` as one journal event says."""
+    if isinstance(event, Asset):
+        ledger.assets[event.sha256] = event.url
         return
-    if not isinstance(key, str):
-        return
-    state = ledger.state(key)
-    kind = event.get("e")
-    if kind == "submitting":
-        state.attempts = max(state.attempts, int(event.get("a", 0)))
-        state.pending_since = float(event["t"])
-        low, high = event.get("lo"), event.get("hi")
-        state.pending_skew = None
-        if low is not None and high is not None:
-            state.pending_skew = ClockSkew(float(low), float(high), measured=True)
-        state.candidates, state.doubt = (), None
-    elif kind == "submitted":
-        adopted = bool(event.get("adopted"))
-        state.job_id = str(event["id"])
-        state.pending_since = state.pending_skew = state.doubt = None
-        state.accepted += 1
-        state.submitted_at = event.get("ts")
-        state.answered_at = event.get("tr")
-        ledger.known_ids.add(state.job_id)
-        sent, received, created = event.get("ts"), event.get("tr"), event.get("c")
-        # An adopted job's times say nothing of the clocks: only answered POSTs measure them.
-        if sent is not None and received is not None and created is not None and not adopted:
-            ledger.skew = ledger.skew.observe(float(sent), float(received), float(created))
-    elif kind == "lost":
-        state.pending_since = state.pending_skew = None
-    elif kind == "retry":
-        state.job_id = None
-    elif kind in ("ambiguous", "unresolved"):  # "unresolved": its name in journals before 0.2
-        state.pending_since = state.pending_skew = None
-        state.candidates = tuple(str(c) for c in event.get("candidates", ()))
-        state.doubt = event.get("why") or NO_SINGLE_MATCH
-        ledger.known_ids.update(state.candidates)
-    elif kind == "released":
-        state.reopen()
-        state.candidates, state.doubt = (), None
-    elif kind == "done":
-        record = event.get("record")
-        record = record if isinstance(record, dict) else {}
-        state.done = status_of(record)
-        state.done_at = offset
-        state.done_usd, state.done_units = spend_of(record)
-        error = record.get("error")
-        state.done_error = None if error is None else str(error)
-        state.job_id = state.pending_since = state.pending_skew = None
-        if state.done != RecordStatus.AMBIGUOUS:
-            state.candidates, state.doubt = (), None  # an ambiguous job keeps them for `status`
-        elif state.doubt is None:  # a folder rebuilt from results.jsonl
-            state.doubt = str(record.get("error") or "ambiguous")
-        state.accepted = 0
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _text_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "k": lambda v: isinstance(v, str),
-    "a": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-    "t": _number,
-    "lo": _number,
-    "hi": _number,
-    "id": lambda v: isinstance(v, str) and bool(v),
-    "ts": lambda v: v is None or _number(v),
-    "tr": lambda v: v is None or _number(v),
-    "c": lambda v: v is None or _number(v),
-    "candidates": _text_list,
-    "why": lambda v: v is None or isinstance(v, str),
-    "record": lambda v: isinstance(v, dict),
-    "url": lambda v: isinstance(v, str),
-}
-_REQUIRED = {
-    "submitting": ("k", "t"),
-    "submitted": ("k", "id"),
-    "lost": ("k",),
-    "retry": ("k",),
-    "ambiguous": ("k", "candidates"),
-    "unresolved": ("k", "candidates"),
-    "released": ("k",),
-    "done": ("k", "record"),
-    "asset": ("k", "url"),
-}
-
-
-def well_formed(event: Mapping[str, Any]) -> bool:
-    """Whether ``event`` is a journal event this version can apply: a known kind, its fields
-    there, and every field it carries of the right type."""
-    required = _REQUIRED.get(event.get("e"))  # type: ignore[arg-type]
-    if required is None or any(name not in event for name in required):
-        return False
-    return all(check(event[name]) for name, check in _CHECKS.items() if name in event)
+    state = ledger.state(event.key)
+    match event:
+        case Submitting(_, attempt, at, low, high):
+            state.attempts = max(state.attempts, attempt)
+            state.pending_since = at
+            state.pending_skew = None
+            if low is not None and high is not None:
+                state.pending_skew = ClockSkew(low, high, measured=True)
+            state.candidates, state.doubt = (), None
+        case Submitted(_, _, job_id, sent, answered, created, adopted):
+            state.job_id = job_id
+            state.pending_since = state.pending_skew = state.doubt = None
+            state.accepted += 1
+            state.submitted_at, state.answered_at = sent, answered
+            ledger.known_ids.add(job_id)
+            # An adopted job's times say nothing of the clocks: only answered POSTs measure them.
+            if sent is not None and answered is not None and created is not None and not adopted:
+                ledger.skew = ledger.skew.observe(sent, answered, created)
+        case Lost():
+            state.pending_since = state.pending_skew = None
+        case Retry():
+            state.job_id = None
+        case Ambiguous(_, _, candidates, why):
+            state.pending_since = state.pending_skew = None
+            state.candidates = candidates
+            state.doubt = why or NO_SINGLE_MATCH
+            ledger.known_ids.update(candidates)
+        case Released():
+            state.reopen()
+            state.candidates, state.doubt = (), None
+        case Done(_, record):
+            state.done = status_of(record)
+            state.done_at = offset
+            state.done_usd, state.done_units = spend_of(record)
+            error = record.get("error")
+            state.done_error = None if error is None else str(error)
+            state.job_id = state.pending_since = state.pending_skew = None
+            if state.done != RecordStatus.AMBIGUOUS:
+                state.candidates, state.doubt = (), None  # an ambiguous job keeps them
+            elif state.doubt is None:  # a folder rebuilt from results.jsonl
+                state.doubt = str(record.get("error") or "ambiguous")
+            state.accepted = 0
 
 
 @dataclass(slots=True)
@@ -215,17 +165,18 @@ class ReplayStats:
     good_bytes: int = 0  # the length of the journal up to its last whole line
 
 
-def fold(events: Iterable[tuple[int, Mapping[str, Any]]]) -> Ledger:
-    """Fold ``(offset, event)`` pairs into a ledger."""
+def fold(events: Iterable[tuple[int, Event | Mapping[str, Any]]]) -> Ledger:
+    """Fold ``(offset, event)`` pairs into a ledger (a journal line's JSON object is decoded;
+    one of the wrong shape changes nothing)."""
     ledger = Ledger()
     for offset, event in events:
-        apply(ledger, event, offset)
+        typed = decode(event) if isinstance(event, Mapping) else event
+        if typed is not None:
+            apply(ledger, typed, offset)
     return ledger
 
 
-def read_events(
-    path: Path, stats: ReplayStats | None = None
-) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_events(path: Path, stats: ReplayStats | None = None) -> Iterator[tuple[int, Event]]:
     """Stream ``(offset, event)`` from a journal file, stopping at a torn last line."""
     stats = stats or ReplayStats()
     if not path.exists() and not path.is_symlink():
@@ -242,14 +193,15 @@ def read_events(
                 stats.torn += 1  # a write cut short by a crash: the event never happened
                 break
             try:
-                event = jsontext.loads(raw)
+                line = jsontext.loads(raw)
             except ValueError:
                 stats.torn += 1  # kept, to not lose what follows it
-                event = None
-            if isinstance(event, dict) and well_formed(event):
+                line = None
+            event = decode(line) if isinstance(line, dict) else None
+            if event is not None:
                 stats.lines += 1
                 yield offset, event
-            elif event is not None:
+            elif line is not None:
                 stats.misshapen += 1
             offset += len(raw)
             stats.good_bytes = offset
@@ -265,8 +217,9 @@ def records_at(path: Path, offsets: Iterable[int]) -> Iterator[ResultRecord]:
                 yield record
 
 
-def _line(event: Mapping[str, Any]) -> bytes:
-    return (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+def _line(event: Event) -> bytes:
+    text = json.dumps(encode(event), ensure_ascii=False, separators=(",", ":"))
+    return (text + "\n").encode()
 
 
 Offload = Callable[[Callable[[bytes], None], bytes], Awaitable[None]]
@@ -311,16 +264,15 @@ class Journal:
             log.warning("journal %s: skipped %d line(s) of the wrong shape", path, stats.misshapen)
         return cls(path, open_regular(path, follow=False, write=True), ledger, offload)
 
-    async def record(self, kind: str, key: str, **fields: Any) -> int:
+    async def record(self, event: Event) -> int:
         """Append one event, wait until it is fsynced, apply it; returns its line's offset."""
-        event = {"e": kind, "k": key, **fields}
-        if kind == "submitting" and not self.ledger.state(key).settled:
-            raise WouldPayTwice(key)
+        if isinstance(event, Submitting) and not self.ledger.state(event.key).settled:
+            raise WouldPayTwice(event.key)
         [offset] = await self._append([_line(event)])
         apply(self.ledger, event, offset)
         return offset
 
-    async def record_many(self, events: Iterable[Mapping[str, Any]]) -> None:
+    async def record_many(self, events: Iterable[Event]) -> None:
         """Append several events in one write and one fsync, then apply them in order."""
         events = list(events)
         offsets = await self._append([_line(event) for event in events])

@@ -1,0 +1,185 @@
+"""The journal's events as types, and their one serialisation.
+
+A journal line is one event as compact JSON with one-letter keys (``e`` the kind, ``k`` the
+job key, ``a`` the attempt…), as every version has written them; ``encode`` writes that shape
+and ``decode`` reads it back, checking every field: a line of the wrong shape (a wrong type, a
+missing field, an event this version does not know) decodes to None and is skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Submitting:
+    """A POST is about to leave (written before it does), with the server's clock as known."""
+
+    key: str
+    attempt: int
+    at: float
+    low: float | None = None  # bounds on (server clock - ours) when it left, if measured
+    high: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The POST's answer: the remote job is the key's (``adopted``: found by a listing)."""
+
+    key: str
+    attempt: int
+    job_id: str
+    sent: float | None = None
+    answered: float | None = None
+    created: float | None = None  # the job's created_at, on the server's clock
+    adopted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The POST certainly created nothing: refused, never sent, or proven by the listing."""
+
+    key: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The remote job failed (or was cancelled on exit): the next attempt may submit again."""
+
+    key: str
+    attempt: int = 0
+    job_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ambiguous:
+    """An answer was lost and nothing proves which job, if any, is the key's."""
+
+    key: str
+    attempt: int = 0
+    candidates: tuple[str, ...] = ()
+    why: str | None = None
+    kind: str = "ambiguous"  # "unresolved" in journals before 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The user chose to send an ambiguous job again (``--retry-ambiguous``)."""
+
+    key: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The job's final record, written once its files are in place."""
+
+    key: str
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """A local reference image uploaded: its sha256 and the URL it was given."""
+
+    sha256: str
+    url: str
+
+
+Event = Submitting | Submitted | Lost | Retry | Ambiguous | Released | Done | Asset
+
+
+def encode(event: Event) -> dict[str, Any]:
+    """The event as its journal line's JSON object."""
+    match event:
+        case Submitting(key, attempt, at, low, high):
+            bounds = {} if low is None or high is None else {"lo": low, "hi": high}
+            return {"e": "submitting", "k": key, "a": attempt, "t": at, **bounds}
+        case Submitted(key, attempt, job_id, sent, answered, created, adopted):
+            line = {"e": "submitted", "k": key, "a": attempt, "id": job_id}
+            line |= {"ts": sent, "tr": answered, "c": created}
+            return line | ({"adopted": True} if adopted else {})
+        case Lost(key, attempt):
+            return {"e": "lost", "k": key, "a": attempt}
+        case Retry(key, attempt, job_id, error):
+            return {"e": "retry", "k": key, "a": attempt, "id": job_id, "error": error}
+        case Ambiguous(key, attempt, candidates, why, _):
+            line = {"e": "ambiguous", "k": key, "a": attempt, "candidates": list(candidates)}
+            return line | ({"why": why} if why is not None else {})
+        case Released(key, attempt):
+            return {"e": "released", "k": key, "a": attempt}
+        case Done(key, record):
+            return {"e": "done", "k": key, "record": dict(record)}
+        case Asset(sha256, url):
+            return {"e": "asset", "k": sha256, "url": url}
+    raise TypeError(f"not a journal event: {event!r}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "k": lambda v: isinstance(v, str),
+    "a": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "t": _number,
+    "lo": _number,
+    "hi": _number,
+    "id": lambda v: v is None or (isinstance(v, str) and bool(v)),
+    "ts": lambda v: v is None or _number(v),
+    "tr": lambda v: v is None or _number(v),
+    "c": lambda v: v is None or _number(v),
+    "adopted": lambda v: isinstance(v, bool),
+    "error": lambda v: v is None or isinstance(v, str),
+    "candidates": _text_list,
+    "why": lambda v: v is None or isinstance(v, str),
+    "record": lambda v: isinstance(v, dict),
+    "url": lambda v: isinstance(v, str),
+}
+_REQUIRED = {
+    "submitting": ("k", "t"),
+    "submitted": ("k", "id"),
+    "lost": ("k",),
+    "retry": ("k",),
+    "ambiguous": ("k", "candidates"),
+    "unresolved": ("k", "candidates"),
+    "released": ("k",),
+    "done": ("k", "record"),
+    "asset": ("k", "url"),
+}
+
+
+def decode(line: Mapping[str, Any]) -> Event | None:
+    """The event a journal line holds, or None when it is not one this version can apply."""
+    kind = line.get("e")
+    required = _REQUIRED.get(kind) if isinstance(kind, str) else None
+    if required is None or any(line.get(name) is None for name in required):
+        return None
+    if not all(check(line[name]) for name, check in _CHECKS.items() if name in line):
+        return None
+    key, attempt = line["k"], line.get("a", 0)
+    if kind == "submitting":
+        return Submitting(key, attempt, float(line["t"]), line.get("lo"), line.get("hi"))
+    if kind == "submitted":
+        stamps = (line.get("ts"), line.get("tr"), line.get("c"))
+        return Submitted(key, attempt, line["id"], *stamps, adopted=line.get("adopted", False))
+    if kind == "lost":
+        return Lost(key, attempt)
+    if kind == "retry":
+        return Retry(key, attempt, line.get("id"), line.get("error"))
+    if kind in ("ambiguous", "unresolved"):
+        return Ambiguous(key, attempt, tuple(line["candidates"]), line.get("why"), kind)
+    if kind == "released":
+        return Released(key, attempt)
+    if kind == "done":
+        return Done(key, line["record"])
+    return Asset(key, line["url"])
