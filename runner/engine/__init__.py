@@ -1,6 +1,8 @@
 """The engine package: a run's task group, submits, tracking, outcomes and retries.
 
-engine.py     task group, producer and workers, stop → drain → abort, signals, deadline
+engine.py     task group, producer and workers
+options.py    EngineOptions: how a run behaves beyond the manifest's settings
+stopping.py   stop → drain → abort: signals, deadline, 401/402, a failing disk
 submitter.py  parallel POSTs, write-ahead journal lines, the barrier and matching rounds
 matching.py   pure: which listed job a lost POST created
 tracker.py    following a job to its end (polls, webhooks), downloads with URL refresh
@@ -8,12 +10,14 @@ watching.py   a job's watch, and the listing pass that looks at every job in fli
 outcome.py    how a job ends, as values
 retry.py      the one retry loop and the injectable clock
 budget.py     --budget, reserved before each POST
+ambiguity.py  the worst case of sending ambiguous jobs again
 uploads.py    local reference images, uploaded once before the first POST needing them
 
 The figures it fills (Counts, Snapshot, RunResult) live below it, in runner.outputs.figures.
 """
 
-from runner.engine.engine import Engine, EngineOptions
+from runner.engine.engine import Engine
+from runner.engine.options import EngineOptions
 from runner.engine.retry import Clock, RetryPolicy, SystemClock
 from runner.outputs.figures import Counts, RunResult, Snapshot
 

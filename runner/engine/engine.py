@@ -15,20 +15,18 @@ import itertools
 import logging
 import random
 import re
-import shutil
-import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from runner.api.client import KreaClient
 from runner.api.limiter import AdaptiveLimit
 from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.ambiguity import is_ambiguous, risk_of, worst_cost
 from runner.engine.budget import Budget
+from runner.engine.options import EngineOptions
 from runner.engine.outcome import (
     Ambiguous,
     Cancelled,
@@ -38,7 +36,8 @@ from runner.engine.outcome import (
     NotSubmitted,
     Outcome,
 )
-from runner.engine.retry import Clock, RetryPolicy, SystemClock
+from runner.engine.retry import Clock, SystemClock
+from runner.engine.stopping import Stopping
 from runner.engine.submitter import SubmitSettings, Submitter
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.engine.watching import Lister
@@ -63,35 +62,7 @@ from runner.settings import RunSettings
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """How a run behaves beyond the manifest's run settings."""
-
-    retry_failed: bool = False
-    retry_ambiguous: bool = False  # send ambiguous jobs again, after saying the worst case
-    limit: int | None = None  # only the first N jobs of the manifest
-    drain_timeout: float = 120.0  # after the first signal, wait this long for jobs in flight
-    cancel_on_exit: bool = False  # cancel remote jobs still running when interrupted
-    handle_signals: bool = True
-    api_timeout: float = 30.0
-    download_stall: float = 30.0  # a download bringing less than 1 KiB in this long is retried
-    deadline: float | None = None  # epoch seconds: stop submitting then, drain, exit 3
-    budget: float | None = None  # the spend this run may commit to, in budget_unit
-    budget_unit: str = "usd"  # usd or cu (compute units)
-    shard: tuple[int, int] | None = None  # (I, N): only the jobs of shard I of N
-    retry: RetryPolicy = field(default_factory=RetryPolicy)  # backoffs for transient errors
-    webhook_url: str | None = None  # sent as X-Webhook-URL with each submit (secret included)
-    embed_metadata: bool = True  # write prompt, model, seed, … into each image
-
-
-def _free_space(folder: Path) -> str:
-    try:
-        return f"{shutil.disk_usage(folder).free / 1e6:,.1f} MB"
-    except OSError:
-        return "unknown space"
-
-
-class Engine:
+class Engine(Stopping):
     """Runs one manifest into one output folder (see the module docstring)."""
 
     def __init__(
@@ -495,63 +466,6 @@ class Engine:
             log.info("$ not submitting %s: %s", spec.key, outcome.reason)
         else:
             self.counts.not_started += 1
-
-    # ---- stopping -------------------------------------------------------------------------------
-
-    def stop(self, reason: str) -> None:
-        """Stop submitting; jobs in flight finish (within the drain timeout)."""
-        if self.stopping is None:
-            self.stopping = reason
-            log.warning(
-                "stopping (%s): no new submits; waiting up to %g s for jobs in flight",
-                reason,
-                self.options.drain_timeout,
-            )
-            for scope in self._follow_scopes:
-                scope.cancel()  # --cancel-on-exit: cancel what runs rather than wait for it
-
-    def _stop_for_fatal(self, exc: FatalApiError) -> None:
-        if self.fatal is None:
-            self.fatal = exc
-            log.error("%s: no more submits; jobs in flight will finish", exc)
-        self.stop(f"fatal: {exc}")
-
-    def _stop_for_disk(self, exc: DiskError) -> None:
-        """Nothing more can be recorded: stop at once. What was not recorded is resumed."""
-        if self.disk_error is None:
-            self.disk_error = exc
-            free = _free_space(self.folder.root)
-            log.error("%s (%s free): stopping now; free some space and run again", exc, free)
-            self.stop(f"{exc} ({free} free); free some space and run the same command again")
-        self.abort()
-
-    def abort(self) -> None:
-        """Stop at once; the output folder resumes correctly on the next run."""
-        if self._work_scope is not None:
-            self._work_scope.cancel()
-
-    async def _watch_signals(self, helpers: TaskGroup) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                if self.stopping is None:
-                    self.interrupted = True
-                    self.stop(f"interrupted by {signal.Signals(signum).name}")
-                    helpers.start_soon(self._abort_after_drain)
-                else:
-                    log.warning("second signal: stopping now")
-                    self.abort()
-                    return
-
-    async def _stop_at_deadline(self, helpers: TaskGroup, deadline: float) -> None:
-        await self.clock.sleep(max(0.0, deadline - self.clock.time()))
-        if self.stopping is None:
-            self.stop("deadline reached")
-            helpers.start_soon(self._abort_after_drain)
-
-    async def _abort_after_drain(self) -> None:
-        await self.clock.sleep(self.options.drain_timeout)
-        log.warning("drain timeout reached: stopping now")
-        self.abort()
 
     async def _report_progress(self) -> None:
         assert self.on_progress is not None
