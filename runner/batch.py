@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from runner.api.client import DEFAULT_API_BASE, KreaClient, Limits, Timeouts
+from runner.api.bounds import Limits, Timeouts
+from runner.api.client import DEFAULT_API_BASE, KreaClient
 from runner.api.limiter import SharedRate
 from runner.api.webhooks import Receiver, WebhookSettings, receiving
 from runner.engine import Engine, EngineOptions, RunResult

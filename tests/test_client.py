@@ -9,7 +9,8 @@ import socket
 import pytest
 from aiohttp import web
 
-from runner.api.client import KreaClient, Timeouts
+from runner.api.bounds import Timeouts
+from runner.api.client import KreaClient
 from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
 from tests.http_helpers import fake_server

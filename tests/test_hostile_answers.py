@@ -13,7 +13,8 @@ from aiohttp import web
 from PIL import Image
 
 from runner.api.addresses import PrivateAddress, PublicOnlyResolver
-from runner.api.client import KreaClient, Limits
+from runner.api.bounds import Limits
+from runner.api.client import KreaClient
 from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.cli import main
 from runner.engine.outcome import Failed

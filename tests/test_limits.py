@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from runner.api.client import KreaClient, Timeouts, _retry_after
+from runner.api.bounds import Timeouts
+from runner.api.client import KreaClient, _retry_after
 from runner.engine.retry import RetryPolicy, retrying
 from runner.errors import TransientApiError
 from tests.http_helpers import fake_server

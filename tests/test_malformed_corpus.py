@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runner import run_batch
-from runner.api.client import KreaClient, Limits
+from runner.api.bounds import Limits
+from runner.api.client import KreaClient
 from runner.api.remote import ListedJob, MalformedJob, RemoteJob
 from runner.errors import RunnerError
 from tests.engine_helpers import FAST, read_results, small_manifest

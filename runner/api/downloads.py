@@ -1,0 +1,200 @@
+"""Image downloads: streamed to a hidden file, bounded in size and in stalls, redirects
+checked hop by hop, fsynced; never with the API token (result URLs are pre-signed CDN URLs)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+from yarl import URL
+
+from runner.api.addresses import PrivateAddress, is_private
+from runner.api.bounds import STALL_BYTES, Limits, Timeouts
+from runner.errors import DiskError, ExpiredUrl, PermanentApiError, TransientApiError
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A file written by ``download``."""
+
+    path: Path
+    bytes: int
+    sha256: str
+    content_type: str
+
+
+async def download(
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    place: Callable[[Path, str], Path] | None = None,
+    *,
+    api_host: str | None,
+    limits: Limits,
+    timeouts: Timeouts,
+) -> Download:
+    """Stream ``url`` into ``dest``, fsynced.
+
+    ``place(dest, content_type)``, if given, moves the file into place in the same
+    worker-thread call that wrote it; ``Download.path`` is then where it went.
+    """
+    stall = timeouts.stall
+    timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=stall)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        async with _follow(session, url, timeout, api_host) as response:
+            if response.status in (401, 403, 404, 410):
+                raise ExpiredUrl(
+                    f"GET image: {response.status} (the URL expired or is gone)",
+                    status=response.status,
+                )
+            if response.status != 200:
+                raise TransientApiError(f"GET image: {response.status}", status=response.status)
+            # Asked for none, a server may still encode the body: aiohttp decodes it, and the
+            # declared length is then the encoded one. The cap applies to decoded bytes.
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            encoded = encoding not in ("", "identity")
+            expected = None if encoded else response.content_length
+            content_type = response.headers.get("Content-Type", "")
+            cap = limits.image_bytes
+            if expected is not None and expected > cap:
+                raise PermanentApiError(
+                    f"GET image: declares {expected:,} bytes, above the limit of {cap:,} "
+                    "(--max-image-bytes)"
+                )
+            with _SpoolFile(dest) as out:
+                since, recent = time.monotonic(), 0
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    recent += len(chunk)
+                    if time.monotonic() - since >= stall:
+                        if recent < STALL_BYTES:
+                            raise TransientApiError(
+                                f"GET image: stalled ({recent} bytes in {stall:g} s)"
+                            )
+                        since, recent = time.monotonic(), 0
+                    if size > cap:
+                        raise PermanentApiError(
+                            f"GET image: went on past the limit of {cap:,} bytes "
+                            "(--max-image-bytes)"
+                        )
+                    await out.write(chunk)
+                if expected is not None and size != expected:
+                    raise TransientApiError(f"GET image: got {size} of {expected} bytes")
+                if size == 0:
+                    raise TransientApiError("GET image: empty file")
+                path = await out.commit(
+                    None if place is None else functools.partial(place, dest, content_type)
+                )
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, PrivateAddress):
+            raise PermanentApiError(f"GET image: {exc.os_error}") from exc
+        raise TransientApiError(f"GET image: cannot connect ({exc.os_error})") from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise TransientApiError("GET image: cannot connect (timed out)") from exc
+    except TimeoutError as exc:
+        raise TransientApiError(f"GET image: stalled (nothing for {stall:g} s)") from exc
+    except aiohttp.ClientError as exc:
+        raise TransientApiError(f"GET image: download cut short ({type(exc).__name__})") from exc
+    except ValueError as exc:  # a URL no library can use (a host label over 63 characters)
+        raise PermanentApiError(f"GET image: unusable URL ({exc})") from exc
+    except OSError as exc:  # writing the file, not the network: ours to stop for
+        raise DiskError(str(dest.parent), exc) from exc
+    return Download(path, size, digest.hexdigest(), content_type)
+
+
+@contextlib.asynccontextmanager
+async def _follow(
+    session: aiohttp.ClientSession,
+    url: str,
+    client_timeout: aiohttp.ClientTimeout,
+    api_host: str | None,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """GET ``url``, following redirects by hand so that each hop is checked: http(s)
+    only, and no private address unless the API itself is at one."""
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise PermanentApiError(f"GET image: {parts.scheme or 'no'} scheme; http(s) only")
+        if is_private(parts.hostname) and not is_private(api_host):
+            raise PermanentApiError(f"GET image: {parts.hostname} is a private address")
+        async with session.get(
+            url,
+            timeout=client_timeout,
+            allow_redirects=False,
+            headers={"Accept-Encoding": "identity"},
+        ) as response:
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECTS or not location:
+                yield response
+                return
+            url = str(response.url.join(URL(location)))
+    raise PermanentApiError(f"GET image: more than {MAX_REDIRECTS} redirects")
+
+
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class _SpoolFile:
+    """A file written from the event loop with as few thread hops as possible.
+
+    Chunks wait in memory and go to disk in one worker-thread call (write, flush, fsync) at
+    the end, or whenever ``SPILL`` bytes are waiting: an image of a few MB costs one hop, not
+    one per chunk, and memory stays bounded for a large one.
+    """
+
+    SPILL = 8 << 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._chunks: list[bytes] = []
+        self._waiting = 0
+        self._handle: BinaryIO | None = None
+
+    def __enter__(self) -> _SpoolFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        if kind is not None:
+            self.path.unlink(missing_ok=True)  # nothing half-written stays behind
+
+    async def write(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._waiting += len(chunk)
+        if self._waiting >= self.SPILL:
+            await anyio.to_thread.run_sync(self._drain, False)
+
+    async def commit(self, then: Callable[[], Path] | None = None) -> Path:
+        """Everything on disk, fsynced, closed; then ``then()`` in the same thread call."""
+        return await anyio.to_thread.run_sync(self._finish, then)
+
+    def _drain(self, sync: bool) -> None:
+        if self._handle is None:
+            self._handle = self.path.open("wb")
+        self._handle.write(b"".join(self._chunks))
+        self._chunks, self._waiting = [], 0
+        if sync:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+
+    def _finish(self, then: Callable[[], Path] | None) -> Path:
+        self._drain(True)
+        assert self._handle is not None
+        self._handle.close()
+        self._handle = None
+        return self.path if then is None else then()
