@@ -272,3 +272,25 @@ def test_a_token_fifo_nobody_writes_to_is_empty_not_a_hang(
     args = ["run", "jobs.example.yaml", "--token-file", str(tmp_path / "token")]
     assert main([*args, "--out", str(tmp_path / "out")]) == 2
     assert "is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", ["txt", "csv", "jsonl"])
+def test_a_prompts_file_past_the_job_cap_is_refused_without_reading_it_all(
+    tmp_path: Path, suffix: str
+) -> None:
+    rows = [f"prompt {i}" for i in range(50)]
+    text = {
+        "txt": "\n".join(rows),
+        "csv": "prompt\n" + "\n".join(rows),
+        "jsonl": "\n".join(json.dumps({"prompt": r}) for r in rows),
+    }[suffix]
+    (tmp_path / f"p.{suffix}").write_text(text + "\n")
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        manifest_with(
+            f"- {{prompts_file: p.{suffix}, model: seedream-4, sizes: [1024x1024]}}\n",
+            extra="run: {max_jobs: 10}\n",
+        )
+    )
+    with pytest.raises(ManifestError, match="holds more than 10 prompts"):
+        load_manifest(manifest)

@@ -65,6 +65,7 @@ def parse_manifest(
     check_structure(ctx, data)
     raw_settings = dict(data.get("run") or {})
     settings = _settings(ctx, raw_settings, overrides or {})
+    ctx.max_rows = settings.max_jobs
     defaults = data.get("defaults") or {}
     entries = tuple(_entry(ctx, i, raw, defaults, base_dir) for i, raw in enumerate(data["jobs"]))
     prices = _prices(ctx, data.get("prices") or {})

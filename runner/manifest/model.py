@@ -91,6 +91,7 @@ class Context:
         self.marks = marks
         self.catalog = catalog
         self.warnings: list[str] = []
+        self.max_rows = RunSettings().max_jobs  # rows a prompts file may hold (run.max_jobs)
 
     def error(self, path: str, message: str) -> ManifestError:
         mark = located_yaml.locate(self.marks, path)

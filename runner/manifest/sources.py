@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,15 +53,23 @@ def _prompts_file(
         # utf-8-sig: a byte-order mark (Excel, Notepad) is not part of the first prompt.
         with io.TextIOWrapper(raw_handle, encoding="utf-8-sig", newline="") as handle:
             if suffix == ".txt":
-                prompts = [
+                rows: Iterator[Prompt] = (
                     Prompt(line.strip(), f"{file}:{n}")
                     for n, line in enumerate(handle, 1)
                     if line.strip() and not line.lstrip().startswith("#")
-                ]
+                )
             elif suffix == ".csv":
-                prompts = _csv_prompts(ctx, handle, file, columns, where)
+                rows = _csv_prompts(ctx, handle, file, columns, where)
             else:
-                prompts = _jsonl_prompts(ctx, handle, file, columns, where)
+                rows = _jsonl_prompts(ctx, handle, file, columns, where)
+            # Each row is at least one job: rows past the job cap are never read (or held).
+            prompts = list(itertools.islice(rows, ctx.max_rows + 1))
+            if len(prompts) > ctx.max_rows:
+                raise ctx.error(
+                    where,
+                    f"{file} holds more than {ctx.max_rows:,} prompts, above the cap on jobs; "
+                    "raise run.max_jobs or --max-jobs if you mean it",
+                )
     except FileNotFoundError as exc:
         raise ctx.error(where, f"prompts file {file} does not exist") from exc
     except UnusableFile as exc:
@@ -117,7 +126,7 @@ class _Columns:
 
 def _csv_prompts(
     ctx: Context, handle: Any, file: Path, columns: _Columns, where: str
-) -> list[Prompt]:
+) -> Iterator[Prompt]:
     reader = csv.DictReader(handle)
     try:
         names = reader.fieldnames or []
@@ -130,10 +139,9 @@ def _csv_prompts(
         )
     columns.check(ctx, file, names)
     try:
-        return [
-            columns.row(row[columns.prompt] or "", f"{file}:{reader.line_num}", row, typed=False)
-            for row in reader
-        ]
+        for row in reader:
+            text = row[columns.prompt] or ""
+            yield columns.row(text, f"{file}:{reader.line_num}", row, typed=False)
     except csv.Error as exc:
         raise ctx.error(where, f"{file}:{reader.line_num}: not a CSV file ({exc})") from None
     except ValueError as exc:
@@ -142,8 +150,7 @@ def _csv_prompts(
 
 def _jsonl_prompts(
     ctx: Context, handle: Any, file: Path, columns: _Columns, where: str
-) -> list[Prompt]:
-    prompts = []
+) -> Iterator[Prompt]:
     column = columns.prompt
     for n, line in enumerate(handle, 1):
         if not line.strip():
@@ -162,7 +169,7 @@ def _jsonl_prompts(
                 where, f"{file}:{n}: text that cannot be written as UTF-8 ({bad}: a lone surrogate)"
             ) from None
         try:
-            prompts.append(columns.row(record[column], f"{file}:{n}", record, typed=True))
+            prompt = columns.row(record[column], f"{file}:{n}", record, typed=True)
         except ValueError as exc:
             raise ctx.error(columns.where, str(exc)) from None
-    return prompts
+        yield prompt
