@@ -69,7 +69,9 @@ def _kind(mode: int) -> str:
 def read_regular(path: Path, max_bytes: int) -> bytes:
     """The whole of a regular file of at most ``max_bytes``."""
     with open_regular(path, max_bytes=max_bytes) as handle:
-        data = handle.read(max_bytes + 1)
+        # Read what the file holds, not the cap: read(n) sets aside n bytes before reading.
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(min(size, max_bytes) + 1)
     if len(data) > max_bytes:  # it grew since it was checked
         raise UnusableFile(errno.EFBIG, f"is above the limit of {max_bytes:,} bytes")
     return data

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from runner.errors import UsageError
-from runner.outputs.naming import DEFAULT_TEMPLATE, check_template
+from runner.naming import DEFAULT_TEMPLATE, check_template
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
 _UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -99,7 +99,7 @@ class RunSettings:
     lost_answer_wait: float = 1.0  # after a POST's answer is lost, wait before looking for its job
     max_image_bytes: int = 100_000_000  # a download declaring or streaming more fails softly
     max_retry_after: float = 120.0  # a longer Retry-After is clamped to this (and logged)
-    name_template: str = DEFAULT_TEMPLATE  # image file names under images/ (runner.outputs.naming)
+    name_template: str = DEFAULT_TEMPLATE  # image file names under images/ (runner.naming)
 
     def merged(self, overrides: dict[str, Any]) -> RunSettings:
         """A copy with the non-None ``overrides`` parsed and applied."""

@@ -19,8 +19,8 @@ from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import UsageError
 from runner.jobspec import JobSpec
 from runner.manifest import parse_manifest
+from runner.naming import check_template, render_name
 from runner.outputs import ResultRecord
-from runner.outputs.naming import check_template, render_name
 from runner.outputs.report import write_report
 from tests.engine_helpers import FAST, as_records, read_results
 

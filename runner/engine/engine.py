@@ -44,11 +44,11 @@ from runner.engine.watching import Lister
 from runner.errors import DiskError, FatalApiError, UsageError
 from runner.jobspec import JobSpec, in_shard
 from runner.manifest import Manifest, expand
+from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
 from runner.outputs import FileEntry, OutputFolder, intact_records
 from runner.outputs.events import Done, Released, Retry
 from runner.outputs.figures import Counts, RunResult, Snapshot
 from runner.outputs.journal import NO_SINGLE_MATCH, Journal, KeyState, Ledger
-from runner.outputs.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
 from runner.outputs.provenance import spec_provenance
 from runner.outputs.records import (
     RecordStatus,
