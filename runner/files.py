@@ -10,6 +10,7 @@ folder, without following a symlink; ``bounded_lines`` reads lines of bounded le
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from collections.abc import Iterator
@@ -80,10 +81,7 @@ def read_regular(path: Path, max_bytes: int) -> bytes:
 def bounded_lines(handle: BinaryIO, limit: int) -> Iterator[tuple[bytes | None, int]]:
     """``(line, length)`` for each line of ``handle`` (with its newline); the line is None when
     longer than ``limit``: such a line is read past in pieces and never held whole."""
-    while True:
-        line = handle.readline(limit + 1)
-        if not line:
-            return
+    for line in iter(functools.partial(handle.readline, limit + 1), b""):
         if len(line) <= limit or line.endswith(b"\n"):
             yield line, len(line)
             continue

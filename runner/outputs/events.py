@@ -161,11 +161,19 @@ _REQUIRED = {
 def decode(line: Mapping[str, Any]) -> Event | None:
     """The event a journal line holds, or None when it is not one this version can apply."""
     kind = line.get("e")
+    if kind == "done" and len(line) == 3:  # nine lines in ten of a long journal: the short way
+        key, record = line.get("k"), line.get("record")
+        return Done(key, record) if isinstance(key, str) and isinstance(record, dict) else None
     required = _REQUIRED.get(kind) if isinstance(kind, str) else None
-    if required is None or any(line.get(name) is None for name in required):
+    if required is None:
         return None
-    if not all(check(line[name]) for name, check in _CHECKS.items() if name in line):
-        return None
+    for name in required:
+        if line.get(name) is None:
+            return None
+    for name, value in line.items():  # a loop, not all(): replay reads 100,000 lines
+        check = _CHECKS.get(name)
+        if check is not None and not check(value):
+            return None
     key, attempt = line["k"], line.get("a", 0)
     if kind == "submitting":
         return Submitting(key, attempt, float(line["t"]), line.get("lo"), line.get("hi"))

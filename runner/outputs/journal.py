@@ -17,10 +17,11 @@ line while an earlier POST of the key is unsettled (pending, ambiguous or runnin
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,7 +31,7 @@ import anyio
 from runner import jsontext
 from runner.api.skew import ClockSkew
 from runner.errors import DiskError, WouldPayTwice
-from runner.files import bounded_lines, open_regular
+from runner.files import open_regular
 from runner.outputs.events import (
     Ambiguous,
     Asset,
@@ -113,6 +114,18 @@ def apply(ledger: Ledger, event: Event, offset: int | None = None) -> None:
         return
     state = ledger.state(event.key)
     match event:
+        case Done(_, record):
+            state.done = status_of(record)
+            state.done_at = offset
+            state.done_usd, state.done_units = spend_of(record)
+            error = record.get("error")
+            state.done_error = None if error is None else str(error)
+            state.job_id = state.pending_since = state.pending_skew = None
+            if state.done != RecordStatus.AMBIGUOUS:
+                state.candidates, state.doubt = (), None  # an ambiguous job keeps them
+            elif state.doubt is None:  # a folder rebuilt from results.jsonl
+                state.doubt = str(record.get("error") or "ambiguous")
+            state.accepted = 0
         case Submitting(_, attempt, at, low, high):
             state.attempts = max(state.attempts, attempt)
             state.pending_since = at
@@ -141,18 +154,6 @@ def apply(ledger: Ledger, event: Event, offset: int | None = None) -> None:
         case Released():
             state.reopen()
             state.candidates, state.doubt = (), None
-        case Done(_, record):
-            state.done = status_of(record)
-            state.done_at = offset
-            state.done_usd, state.done_units = spend_of(record)
-            error = record.get("error")
-            state.done_error = None if error is None else str(error)
-            state.job_id = state.pending_since = state.pending_skew = None
-            if state.done != RecordStatus.AMBIGUOUS:
-                state.candidates, state.doubt = (), None  # an ambiguous job keeps them
-            elif state.doubt is None:  # a folder rebuilt from results.jsonl
-                state.doubt = str(record.get("error") or "ambiguous")
-            state.accepted = 0
 
 
 @dataclass(slots=True)
@@ -165,12 +166,12 @@ class ReplayStats:
     good_bytes: int = 0  # the length of the journal up to its last whole line
 
 
-def fold(events: Iterable[tuple[int, Event | Mapping[str, Any]]]) -> Ledger:
+def fold(events: Iterable[tuple[int, Event | dict[str, Any]]]) -> Ledger:
     """Fold ``(offset, event)`` pairs into a ledger (a journal line's JSON object is decoded;
     one of the wrong shape changes nothing)."""
     ledger = Ledger()
     for offset, event in events:
-        typed = decode(event) if isinstance(event, Mapping) else event
+        typed = decode(event) if isinstance(event, dict) else event
         if typed is not None:
             apply(ledger, typed, offset)
     return ledger
@@ -183,18 +184,23 @@ def read_events(path: Path, stats: ReplayStats | None = None) -> Iterator[tuple[
         return
     offset = 0
     with open_regular(path, follow=False) as handle:
-        for raw, length in bounded_lines(handle, MAX_LINE):
-            if raw is None:  # far longer than any event: not one of ours
+        # readline with a cap, so that a line of gigabytes is never held (bounded_lines does
+        # the same; this loop is written out because replay reads 100,000 lines at start-up)
+        for raw in iter(functools.partial(handle.readline, MAX_LINE + 1), b""):
+            if not raw.endswith(b"\n"):
+                if len(raw) <= MAX_LINE:
+                    stats.torn += 1  # a write cut short by a crash: the event never happened
+                    break
+                while raw and not raw.endswith(b"\n"):  # far longer than any event of ours
+                    offset += len(raw)
+                    raw = handle.readline(1 << 20)
                 stats.misshapen += 1
-                offset += length
+                offset += len(raw)
                 stats.good_bytes = offset
                 continue
-            if not raw.endswith(b"\n"):
-                stats.torn += 1  # a write cut short by a crash: the event never happened
-                break
             try:
-                line = jsontext.loads(raw)
-            except ValueError:
+                line = json.loads(raw)
+            except (ValueError, RecursionError):
                 stats.torn += 1  # kept, to not lose what follows it
                 line = None
             event = decode(line) if isinstance(line, dict) else None
