@@ -16,10 +16,11 @@ from runner.api.bounds import Limits, Timeouts
 from runner.api.client import DEFAULT_API_BASE, KreaClient
 from runner.api.limiter import SharedRate
 from runner.api.webhooks import Receiver, WebhookSettings, receiving
-from runner.engine import Engine, EngineOptions, RunResult
+from runner.engine import Engine, EngineOptions, RunResult, RunStats
 from runner.errors import UsageError
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, ResultRecord
+from runner.outputs.figures import stats_of
 from runner.outputs.journal import records_at
 from runner.outputs.live import LiveStatus
 from runner.outputs.metadata import metadata_rows
@@ -113,7 +114,8 @@ async def run_batch(
                 lambda: folder.write_metadata(metadata_rows(folder.root, records())),
                 default=None,
             )
-        result.summary = _summary(manifest, folder, result, base_url, started, written, client)
+        stats = stats_of(result.counts, started, time.time(), requests=client.requests_by)
+        result.summary = _summary(manifest, folder, result, base_url, stats, written)
         if engine.lister is not None:
             result.summary["listing"] = dataclasses.asdict(engine.lister.stats)
         if receiver is not None:
@@ -169,22 +171,18 @@ def _summary(
     folder: OutputFolder,
     result: RunResult,
     api_base: str,
-    started: float,
+    stats: RunStats,
     records: int,
-    client: KreaClient,
 ) -> dict[str, Any]:
     settings = manifest.settings
     return summary(
         out=str(folder.root),
-        counts=result.counts,
+        stats=stats,
         records=records,
-        started=started,
-        ended=time.time(),
         exit_code=result.exit_code,
         stopped=result.stopped,
         manifest=manifest.file,
         api_base=api_base,
-        requests=client.requests_by,
         settings={
             "concurrency": settings.concurrency,
             "submit_concurrency": settings.submit_concurrency,

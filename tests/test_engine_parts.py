@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -15,8 +16,19 @@ from runner.api.limiter import AdaptiveLimit, decreased, increased
 from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.errors import AmbiguousSubmit, FatalApiError, PermanentApiError, TransientApiError
-from runner.outputs.events import Done, Lost
-from runner.outputs.journal import Journal, ReplayStats, fold, read_events, records_at
+from runner.outputs.events import Ambiguous, Done, Lost, Retry, Submitted, Submitting
+from runner.outputs.figures import Counts
+from runner.outputs.journal import Journal, ReplayStats, read_events, records_at
+from runner.outputs.ledger import CANCELLED_ON_EXIT, RunLedger, fold
+from runner.outputs.records import RecordStatus
+from runner.outputs.run_events import (
+    Downloaded,
+    LeftOver,
+    LostChecked,
+    Planned,
+    TransientError,
+    Unfinished,
+)
 
 
 def test_backoff_grows_then_caps_and_jitters_within_bounds() -> None:
@@ -265,3 +277,39 @@ def test_every_event_is_written_as_the_journals_before_and_read_back_the_same() 
     old = decode({"e": "unresolved", "k": "a", "a": 1, "candidates": ["j1"]})
     assert isinstance(old, Ambiguous)
     assert old.candidates == ("j1",)
+
+
+def test_the_run_ledger_counts_live_events_and_not_a_replay() -> None:
+    """One fold: journal events change states and this run's figures; noted events the figures
+    alone; a replayed journal changes states and no figure."""
+    done = {"key": "a", "model": "flux", "status": "completed", "cost_usd": 0.25}
+    journaled: list[Any] = [
+        Submitting("a", 1, 10.0),
+        Submitted("a", 1, "j1", 10.0, 10.1, 10.05),
+        Retry("a", 1, "j1", "boom"),
+        Submitted("b", 1, "j2", adopted=True),
+        Retry("b", 1, "j2", CANCELLED_ON_EXIT),
+        Ambiguous("c", 1, ("j3",)),
+        Done("a", done),
+    ]
+    replayed = fold(enumerate(journaled))
+    assert replayed.counts == Counts()
+    assert replayed.states["a"].done == RecordStatus.COMPLETED
+
+    ledger = RunLedger()
+    for event in [Planned("a", "flux", False), Planned("d", "flux", True), *journaled]:
+        ledger.apply(event)
+    ledger.apply(TransientError(429, overload=True))
+    ledger.apply(TransientError(503))
+    ledger.apply(Downloaded(1000))
+    ledger.apply(Unfinished("b", LeftOver.DEFERRED))
+    ledger.apply(LostChecked(resent=2, unchecked=1))
+    counts = ledger.counts
+    assert (counts.total, counts.skipped, counts.completed) == (2, 1, 1)
+    assert counts.by_model == {"flux": [2, 2]}
+    assert (counts.submits, counts.adopted, counts.retries, counts.unmatched) == (2, 1, 1, 1)
+    assert (counts.transient_errors, counts.overload_429, counts.rate_limited_429) == (2, 1, 0)
+    assert (counts.downloads, counts.bytes, counts.deferred) == (1, 1000, 1)
+    assert (counts.resent, counts.unchecked) == (2, 1)
+    assert counts.spend_usd == 0.25
+    assert ledger.states["a"].done == replayed.states["a"].done

@@ -21,7 +21,6 @@ from runner.engine.outcome import Failed
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
 from runner.outputs import OutputFolder, image_problem
-from runner.outputs.figures import Counts
 from runner.outputs.metadata import metadata_rows
 from tests.engine_helpers import as_records
 from tests.http_helpers import fake_server
@@ -152,7 +151,7 @@ async def test_a_timed_out_job_that_cannot_be_cancelled_is_not_recorded_cancelle
             folder,
             clock,
             settings,
-            counts=Counts(),
+            note=lambda event: None,
             rng=random.Random(0),
         )
         outcome = await tracker.wait("job-1")

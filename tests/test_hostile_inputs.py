@@ -259,7 +259,7 @@ async def test_json_nested_past_the_parsers_depth_is_malformed_everywhere(
     journal = Journal.open(state / "journal.jsonl")
     journal.close()
     assert set(journal.ledger.states) == {"a"}
-    assert read_status(tmp_path).completed == 0
+    assert read_status(tmp_path).counts.completed == 0
     assert list(read_records(tmp_path / "results.jsonl")) == []
     assert "1 line(s) skipped that are not a results record" in caplog.text
 

@@ -199,8 +199,8 @@ async def test_a_rerun_of_a_finished_folder_leaves_its_files_as_they_are(tmp_pat
         shots: list[tuple[int, int]] = []
 
         def look(engine: Engine) -> None:
-            shot = engine.snapshot()
-            shots.append((shot.done, shot.total))
+            stats = engine.stats()
+            shots.append((stats.done, stats.counts.total))
 
         again = await run_batch(
             small_manifest(4),

@@ -21,7 +21,7 @@ from runner.outputs import (
 )
 from runner.outputs.atomic import write_atomic
 from runner.outputs.images import inside
-from runner.outputs.journal import KeyState
+from runner.outputs.ledger import KeyState
 from runner.outputs.records import (
     ResultRecord,
     ambiguous_record,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -11,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from runner.batch import run_batch
 from runner.emulator import EmulatorConfig, Latency, RunningEmulator, run_emulator
 from tests.conftest import ROOT
-from tests.engine_helpers import check_folder, manifest_text, read_results
+from tests.engine_helpers import FAST, check_folder, manifest_text, read_results
 
 JOBS = 8
 
@@ -154,3 +157,58 @@ async def test_a_second_signal_stops_at_once_and_the_folder_still_resumes(tmp_pa
         assert code == 0, stderr_text
         check_folder(out, 4, emu.emulator)
         assert emu.emulator.stats["submits"] == 4
+
+
+OLD_FOLDER = ROOT / "tests" / "data" / "folder_from_a67a27b"  # written by krea-batch at a67a27b
+
+
+def _old_folder(tmp_path: Path, crash_before_answer: str | None = None) -> Path:
+    """A copy of the folder an older version wrote; with ``crash_before_answer``, cut as if that
+    job's POST had gone out and the run died before its answer."""
+    out = tmp_path / "out"
+    shutil.copytree(OLD_FOLDER, out, ignore=shutil.ignore_patterns("jobs.yaml"))
+    if crash_before_answer is not None:
+        journal = out / ".krea-batch" / "journal.jsonl"
+        lines = journal.read_text().splitlines(keepends=True)
+        kept = [
+            line
+            for line in lines
+            if json.loads(line)["k"] != crash_before_answer or json.loads(line)["e"] == "submitting"
+        ]
+        journal.write_text("".join(kept))
+        results = out / "results.jsonl"
+        rows = results.read_text().splitlines(keepends=True)
+        results.write_text("".join(r for r in rows if json.loads(r)["key"] != crash_before_answer))
+        (out / "images" / f"{crash_before_answer}.png").unlink()
+    return out
+
+
+async def test_a_folder_written_before_the_typed_events_resumes_without_paying_again(
+    tmp_path: Path,
+) -> None:
+    out = _old_folder(tmp_path)
+    async with run_emulator(EmulatorConfig(latency=Latency(0.05, 0.05))) as emu:
+        result = await run_batch(
+            OLD_FOLDER / "jobs.yaml", out, api_base=emu.url, token="t", options=FAST
+        )
+        assert emu.emulator.snapshot().get("submits", 0) == 0
+    assert (result.counts.skipped, result.counts.completed) == (4, 0)
+    assert result.exit_code == 0
+
+
+async def test_an_old_folder_cut_mid_submit_checks_the_listing_and_sends_once(
+    tmp_path: Path,
+) -> None:
+    lost = "cd9c5aa713583b25"
+    out = _old_folder(tmp_path, crash_before_answer=lost)
+    async with run_emulator(EmulatorConfig(latency=Latency(0.05, 0.05))) as emu:
+        result = await run_batch(
+            OLD_FOLDER / "jobs.yaml", out, api_base=emu.url, token="t", options=FAST
+        )
+        stats = emu.emulator.snapshot()
+        # The old submitting line is read, its window searched, proven empty: sent once more.
+        assert stats["submits"] == 1
+        assert result.counts.resent == 1
+        assert (result.counts.skipped, result.counts.completed) == (3, 1)
+        check_folder(out, 4, emu.emulator)
+    assert result.exit_code == 0

@@ -44,9 +44,9 @@ async def test_status_counts_failures_and_what_is_still_running(tmp_path: Path) 
     records = read_results(tmp_path)
     failed = [r for r in records if r["status"] == "failed"]
     assert 0 < len(failed) < 10
-    assert (status.completed, status.failed) == (10 - len(failed), len(failed))
+    assert (status.counts.completed, status.counts.failed) == (10 - len(failed), len(failed))
     assert status.in_flight == {"feedfacefeedface": "11111111-2222-4333-8444-555555555555"}
-    assert status.spend_units == pytest.approx((10 - len(failed)) * 17.2)
+    assert status.counts.spend_units == pytest.approx((10 - len(failed)) * 17.2)
     assert {k for k, _ in status.failures} == {r["key"] for r in failed}
 
 

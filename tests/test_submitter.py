@@ -25,7 +25,8 @@ from runner.engine.submitter import SubmitSettings, Submitter
 from runner.errors import PermanentApiError
 from runner.jobspec import JobSpec
 from runner.outputs.figures import Counts
-from runner.outputs.journal import Journal, KeyState
+from runner.outputs.journal import Journal
+from runner.outputs.ledger import KeyState
 from tests.fake_api import FakeApi
 from tests.virtual_time import START, VirtualClock, inline_offload, virtual_time
 
@@ -105,7 +106,6 @@ def make_rig(
 ) -> Rig:
     writes: list[int] = []
     journal = Journal.open(tmp_path / "journal.jsonl", offload=inline_offload(writes))
-    counts = Counts()
     retry = RetryPolicy(errors=Backoff(base=1.0, jitter=0), throttled=Backoff(base=5.0, jitter=0))
     submitter = Submitter(
         api,  # type: ignore[arg-type]  # it answers like a KreaClient
@@ -114,13 +114,12 @@ def make_rig(
         SubmitSettings(
             concurrency=concurrency, lost_answer_wait=1.0, api_timeout=30.0, retry=retry
         ),
-        counts=counts,
         budget=Budget(budget, "cu"),
         gate=AdaptiveLimit(64),
         stopping=lambda: False,
         rng=random.Random(0),
     )
-    return Rig(clock, api, journal, submitter, counts, writes)
+    return Rig(clock, api, journal, submitter, journal.ledger.counts, writes)
 
 
 def events(api: FakeApi, what: str) -> list[float]:

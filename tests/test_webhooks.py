@@ -20,7 +20,6 @@ from runner.engine.retry import SystemClock
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.errors import UsageError
 from runner.outputs import OutputFolder
-from runner.outputs.figures import Counts
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 from tests.virtual_time import VirtualClock, virtual_time
 
@@ -116,7 +115,7 @@ async def test_a_lost_delivery_is_found_once_the_job_is_slower_than_its_peers(
         OutputFolder(tmp_path),
         clock,
         TrackSettings(poll_interval=2, webhook_poll_interval=600),
-        counts=Counts(),
+        note=lambda event: None,
         rng=random.Random(0),
     )
     for seconds in range(1, 11):  # peers took 1 s to 10 s: nine in ten had ended by 10 s
@@ -146,7 +145,7 @@ async def test_forged_repeated_late_and_unknown_deliveries_change_nothing(tmp_pa
         OutputFolder(tmp_path),
         SystemClock(),
         TrackSettings(poll_interval=3600, webhook_poll_interval=3600),
-        counts=Counts(),
+        note=lambda event: None,
         rng=random.Random(0),
     )
     receiver = Receiver(deliver=tracker.delivered)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from runner.engine import Engine
 
 from runner.money import spend_text
-from runner.outputs.figures import requests_per_job
+from runner.outputs.figures import RunStats
 
 log = logging.getLogger("runner.cli.progress")
 
@@ -33,22 +33,20 @@ def _eta(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def snapshot(engine: Engine) -> dict[str, float | int | str]:
+def figures_of(stats: RunStats) -> dict[str, float | int | str]:
     """The figures both displays show."""
-    shot = engine.snapshot()
-    rate = shot.finished_now / max(1e-6, shot.now - shot.started)
-    remaining = shot.unfinished
+    counts = stats.counts
     return {
-        "done": shot.done,
-        "failed": shot.failed + shot.ambiguous,
-        "in_flight": shot.in_flight,
-        "queued": max(0, remaining - shot.in_flight),
-        "total": shot.total,
-        "rate": rate,
-        "eta": _eta(remaining / rate if rate > 0 and remaining else None),
-        "spend": spend_text(shot.spend_usd, shot.spend_units),
-        "requests": requests_text(requests_per_job(shot.requests, shot.finished_now)),
-        "rate_limited": shot.rate_limited,
+        "done": stats.done,
+        "failed": counts.failed + counts.ambiguous_jobs,
+        "in_flight": stats.in_flight,
+        "queued": max(0, counts.unfinished - stats.in_flight),
+        "total": counts.total,
+        "rate": stats.jobs_per_second,
+        "eta": _eta(stats.eta_seconds),
+        "spend": spend_text(counts.spend_usd, counts.spend_units),
+        "requests": requests_text(stats.per_job),
+        "rate_limited": stats.rate_limited,
     }
 
 
@@ -90,9 +88,10 @@ class Progress:
 
     def __call__(self, engine: Engine) -> None:
         self._engine = engine
-        figures = snapshot(engine)
+        stats = engine.stats()
+        figures = figures_of(stats)
         if self._bars is not None:
-            self._draw(self._bars, engine.snapshot().by_model, figures)
+            self._draw(self._bars, stats.counts.by_model, figures)
             return
         now = time.monotonic()
         if now - self._last >= self.interval:
@@ -107,7 +106,7 @@ class Progress:
     def _draw(
         self,
         bars: RichProgress,
-        by_model: dict[str, tuple[int, int]],
+        by_model: dict[str, list[int]],
         figures: dict[str, float | int | str],
     ) -> None:
         ended = int(figures["done"]) + int(figures["failed"])
@@ -122,7 +121,8 @@ class Progress:
         """Draw the final figures, then leave the bars on the screen as they ended."""
         if self._bars is not None:
             if self._engine is not None:
-                self._draw(self._bars, self._engine.snapshot().by_model, snapshot(self._engine))
+                stats = self._engine.stats()
+                self._draw(self._bars, stats.counts.by_model, figures_of(stats))
             self._bars.stop()
 
 

@@ -12,22 +12,22 @@ from runner.engine.ambiguity import Risk, risk_of
 from runner.errors import ApiError, UsageError
 from runner.money import spend_text
 from runner.outputs import STATE_DIR, Layout, RecordStatus
-from runner.outputs.journal import fold, read_events
+from runner.outputs.figures import Counts
+from runner.outputs.journal import read_events
 from runner.outputs.layout import path_text
+from runner.outputs.ledger import fold, folder_counts
 
 
 @dataclass
 class FolderStatus:
-    """Counts by status, spend, failure reasons and the jobs still running remotely."""
+    """What a folder holds (``counts``, over all its runs), why jobs failed, and the jobs still
+    running remotely."""
 
     root: str
-    completed: int = 0
-    failed: int = 0
+    counts: Counts = field(default_factory=Counts)
     in_flight: dict[str, str] = field(default_factory=dict)  # key → remote job id
     unknown_submits: list[str] = field(default_factory=list)  # answer lost; next run checks
     ambiguous: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key → candidate ids
-    spend_units: float = 0.0
-    spend_usd: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     remote_status: dict[str, str] = field(default_factory=dict)  # filled by --refresh
     risk: Risk = field(default_factory=lambda: Risk(0, 0, 0))  # of sending ambiguous ones again
@@ -36,14 +36,14 @@ class FolderStatus:
         return {
             "out": path_text(self.root),
             "counts": {
-                "completed": self.completed,
-                "failed": self.failed,
+                "completed": self.counts.completed,
+                "failed": self.counts.failed,
                 "in_flight": len(self.in_flight),
                 "unknown_submits": len(self.unknown_submits),
                 "ambiguous": len(self.ambiguous),
             },
-            "estimated_spend_units": round(self.spend_units, 3),
-            "estimated_spend_usd": round(self.spend_usd, 4),
+            "estimated_spend_units": round(self.counts.spend_units, 3),
+            "estimated_spend_usd": round(self.counts.spend_usd, 4),
             "failure_reasons": dict(Counter(reason for _, reason in self.failures).most_common()),
             "failed": [{"key": k, "error": e} for k, e in self.failures],
             "ambiguous": [{"key": k, "candidates": list(c)} for k, c in self.ambiguous.items()],
@@ -63,17 +63,14 @@ def read_status(root: Path) -> FolderStatus:
             f"{root} has no {STATE_DIR}/journal.jsonl: is it a krea-batch output folder?"
         )
     ledger = fold(read_events(journal))
-    status = FolderStatus(str(root))
+    status = FolderStatus(str(root), folder_counts(ledger))
     for key, state in ledger.states.items():
-        if state.done == RecordStatus.COMPLETED:
-            status.completed += 1
-            status.spend_units += state.done_units
-            status.spend_usd += state.done_usd
-        elif state.doubt is not None:  # finished ambiguous, or yet to collect its candidates
+        if state.doubt is not None:
             status.ambiguous[key] = state.candidates
-        elif state.done is not None:
-            status.failed += 1
+        elif state.done == RecordStatus.FAILED:
             status.failures.append((key, str(state.done_error)))
+        elif state.done is not None:
+            continue
         elif state.job_id is not None:
             status.in_flight[key] = state.job_id
         elif state.pending_since is not None:
@@ -89,7 +86,7 @@ def render_status(status: FolderStatus, show_failed: int = 20) -> str:
         f"{status.root}: {counts['completed']} completed, {counts['failed']} failed, "
         f"{counts['in_flight']} in flight remotely, {counts['unknown_submits']} submits to check, "
         f"{counts['ambiguous']} ambiguous",
-        f"estimated spend: {spend_text(status.spend_usd, status.spend_units)}",
+        f"estimated spend: {spend_text(status.counts.spend_usd, status.counts.spend_units)}",
     ]
     if data["failure_reasons"]:
         lines.append("failure reasons:")

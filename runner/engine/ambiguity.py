@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from runner.money import dollars
-from runner.outputs.journal import NO_SINGLE_MATCH, KeyState
+from runner.outputs.ledger import NO_SINGLE_MATCH, KeyState
 from runner.outputs.records import RecordStatus
 
 

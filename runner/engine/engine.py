@@ -47,16 +47,17 @@ from runner.manifest import Manifest, expand
 from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
 from runner.outputs import FileEntry, OutputFolder, intact_records
 from runner.outputs.events import Done, Released, Retry
-from runner.outputs.figures import Counts, RunResult, Snapshot
-from runner.outputs.journal import NO_SINGLE_MATCH, Journal, KeyState, Ledger
+from runner.outputs.figures import Counts, RunResult, RunStats, stats_of
+from runner.outputs.journal import Journal
+from runner.outputs.ledger import CANCELLED_ON_EXIT, NO_SINGLE_MATCH, KeyState, RunLedger
 from runner.outputs.provenance import spec_provenance
 from runner.outputs.records import (
     RecordStatus,
     ambiguous_record,
     completed_record,
     failed_record,
-    spend_of,
 )
+from runner.outputs.run_events import LeftOver, Planned, Resumed, RunEvent, Unfinished
 from runner.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,6 @@ class Engine(Stopping):
         self.options = options = replace(options, retry=retry)
         self.clock: Clock = clock or SystemClock()
         self.on_progress = on_progress
-        self.counts = Counts()
         self.gate = AdaptiveLimit(self.settings.concurrency)
         self.budget = Budget(options.budget, options.budget_unit)
         self.rng = random.Random()
@@ -113,7 +113,7 @@ class Engine(Stopping):
                 job_timeout=self.settings.job_timeout,
                 retry=self.options.retry,
             ),
-            counts=self.counts,
+            note=self._note,
             rng=self.rng,
         )
         self.lister: Lister | None = None  # the listing loop, in list mode
@@ -131,8 +131,17 @@ class Engine(Stopping):
         return self._submitter
 
     @property
-    def ledger(self) -> Ledger:
+    def ledger(self) -> RunLedger:
         return self.journal.ledger
+
+    @property
+    def counts(self) -> Counts:
+        """This run's figures, as the ledger folded them (zero before the run starts)."""
+        return self._journal.ledger.counts if self._journal is not None else Counts()
+
+    def _note(self, event: RunEvent) -> None:
+        if self._journal is not None:
+            self._journal.note(event)
 
     @property
     def states(self) -> dict[str, KeyState]:
@@ -145,24 +154,15 @@ class Engine(Stopping):
             specs = (spec for spec in specs if in_shard(spec.key, shard))
         return itertools.islice(specs, self.options.limit)
 
-    def snapshot(self) -> Snapshot:
-        counts = self.counts
-        return Snapshot(
-            started=self.started,
-            now=self.clock.time(),
-            total=counts.total,
-            done=counts.completed + counts.skipped,
-            finished_now=counts.finished_now,
-            failed=counts.failed,
-            ambiguous=counts.ambiguous_jobs,
+    def stats(self) -> RunStats:
+        """The run's figures now, for the views."""
+        return stats_of(
+            self.counts,
+            self.started,
+            self.clock.time(),
             in_flight=self.gate.in_use,
             posting=self._submitter.in_flight if self._submitter else 0,
-            unfinished=counts.unfinished,
-            spend_units=counts.spend_units,
-            spend_usd=counts.spend_usd,
-            requests=dict(self.client.requests_by),
-            by_model={model: (done, total) for model, (done, total) in counts.by_model.items()},
-            rate_limited=counts.overload_429 + counts.rate_limited_429,
+            requests=self.client.requests_by,
         )
 
     # ---- the run ----------------------------------------------------------------------------
@@ -185,7 +185,6 @@ class Engine(Stopping):
                     retry=self.options.retry,
                     webhook_url=self.options.webhook_url,
                 ),
-                counts=self.counts,
                 budget=self.budget,
                 gate=self.gate,
                 stopping=lambda: self.stopping is not None,
@@ -223,7 +222,7 @@ class Engine(Stopping):
                 self.folder.root,
                 len(records),
             )
-            await self.journal.record_many(Done(r["key"], r) for r in records)
+            await self.journal.record_many((Done(r["key"], r) for r in records), earlier=True)
 
     def _survey(self) -> None:
         """The one pass before anything is sent: count the jobs and fix their order, check that
@@ -232,20 +231,19 @@ class Engine(Stopping):
         names: dict[str, int] = {}
         states = self.states
         retry_failed = self.options.retry_failed
+        note = self.journal.note
         for spec in self.specs():
-            self.counts.total += 1
             self.keys.append(spec.key)
-            model = self.counts.by_model.setdefault(spec.model, [0, 0])
-            model[1] += 1
             state = states.get(spec.key)
+            finished = False
             if self.options.retry_ambiguous and state is not None and is_ambiguous(state):
                 self._released.append(spec)
             elif state is not None and state.done is not None:
-                if not (state.done == RecordStatus.FAILED and retry_failed):
-                    self.counts.skipped += 1  # known at once, not as the producer reaches it
-                    model[0] += 1
+                # Counted as skipped at once, not as the producer reaches it.
+                finished = not (state.done == RecordStatus.FAILED and retry_failed)
             elif state is not None and state.remote:
                 self._resumed.append(spec)
+            note(Planned(spec.key, spec.model, finished))
             if self._name_stem == DEFAULT_TEMPLATE:
                 continue  # keys are unique by construction
             name = render_name(self._name_stem, spec)
@@ -316,7 +314,7 @@ class Engine(Stopping):
     async def _run_job(self, spec: JobSpec) -> None:
         state = self.ledger.state(spec.key)
         if state.remote:
-            self.counts.resumed += 1
+            self.journal.note(Resumed(spec.key))
         try:
             try:
                 outcome = await self._drive(spec, state)
@@ -359,7 +357,6 @@ class Engine(Stopping):
                 self.budget.refund(spec)  # failed and cancelled jobs are not billed
             if ended.status == JobStatus.FAILED and state.accepted < self.settings.max_attempts:
                 await self.journal.record(Retry(spec.key, state.attempts, ended.job_id, reason))
-                self.counts.retries += 1
                 log.info("↻ retry %s after remote failure: %s", spec.key, reason)
                 continue
             return Failed(reason)
@@ -398,7 +395,7 @@ class Engine(Stopping):
             cancelled = await self.tracker.cancel(job_id)
             if cancelled:
                 # Cancelled jobs are not billed: the next run submits this one afresh.
-                await self.journal.record(Retry(key, state.attempts, job_id, "cancelled on exit"))
+                await self.journal.record(Retry(key, state.attempts, job_id, CANCELLED_ON_EXIT))
         if not cancelled:
             return Deferred(f"could not cancel job {job_id}; the next run polls it")
         return Cancelled(job_id)
@@ -440,32 +437,28 @@ class Engine(Stopping):
             return
         await self.journal.record(Done(spec.key, record))
         self.folder.append_result(record)
-        self.counts.by_model.setdefault(spec.model, [0, 0])[0] += 1
         if isinstance(outcome, Completed):
-            self.counts.completed += 1
-            self.counts.add_spend(*spend_of(record))
             files = len(outcome.files)
             plural = "" if files == 1 else "s"
             log.info("← done %s %s (%d file%s)", spec.key, spec.model, files, plural)
         elif isinstance(outcome, Failed):
-            self.counts.failed += 1
             log.warning("! failed %s %s: %s", spec.key, spec.model, outcome.reason)
         else:
-            self.counts.ambiguous_jobs += 1
             log.warning("? ambiguous %s %s: %s", spec.key, spec.model, record["error"])
 
     def _count_unfinished(self, spec: JobSpec, outcome: Outcome) -> None:
         if isinstance(outcome, Deferred):
-            self.counts.deferred += 1
+            why = LeftOver.DEFERRED
             log.warning("… %s left for the next run: %s", spec.key, outcome.reason)
         elif isinstance(outcome, Cancelled):
-            self.counts.cancelled += 1
+            why = LeftOver.CANCELLED
             log.info("× cancelled %s (job %s) on exit", spec.key, outcome.job_id)
         elif isinstance(outcome, NotSubmitted) and outcome.over_budget:
-            self.counts.over_budget += 1
+            why = LeftOver.OVER_BUDGET
             log.info("$ not submitting %s: %s", spec.key, outcome.reason)
         else:
-            self.counts.not_started += 1
+            why = LeftOver.NOT_STARTED
+        self.journal.note(Unfinished(spec.key, why))
 
     async def _report_progress(self) -> None:
         assert self.on_progress is not None

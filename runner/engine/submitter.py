@@ -55,8 +55,9 @@ from runner.errors import (
 )
 from runner.jobspec import JobSpec
 from runner.outputs.events import Ambiguous, Event, Lost, Submitted, Submitting
-from runner.outputs.figures import Counts
-from runner.outputs.journal import NO_SINGLE_MATCH, Journal, KeyState
+from runner.outputs.journal import Journal
+from runner.outputs.ledger import NO_SINGLE_MATCH, KeyState
+from runner.outputs.run_events import LostAnswer, LostChecked, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,6 @@ class Submitter:
         clock: Clock,
         settings: SubmitSettings,
         *,
-        counts: Counts,
         budget: Budget,
         gate: AdaptiveLimit,
         stopping: Callable[[], bool],
@@ -101,7 +101,6 @@ class Submitter:
         self.journal = journal
         self.clock = clock
         self.settings = settings
-        self.counts = counts
         self.budget = budget
         self.gate = gate
         self.stopping = stopping
@@ -178,8 +177,11 @@ class Submitter:
                 return outcome
             # The lost POST created nothing: send it again.
 
+    def _saw(self, exc: TransientApiError) -> None:
+        self.journal.note(TransientError(exc.status, exc.overload))
+
     def _backing_off(self, spec: JobSpec, exc: TransientApiError, delay: float) -> None:
-        self.counts.saw(exc)
+        self._saw(exc)
         if exc.overload:
             self.gate.overloaded()
         log.info("↻ submit of %s in %.1fs: %s", spec.key, delay, exc)
@@ -209,7 +211,7 @@ class Submitter:
                     before_send=going_out,
                 )
             except AmbiguousSubmit as exc:
-                self.counts.ambiguous += 1
+                self.journal.note(LostAnswer(spec.key))
                 lost = LostPost(spec.key, sent, self.clock.time(), exc.created, before)
                 self._raise_barrier(lost)
                 log.warning("? submit of %s lost its answer (%s): checking jobs", spec.key, exc)
@@ -231,7 +233,6 @@ class Submitter:
                     spec.key, state.attempts, remote.job_id, sent, received, remote.created_at
                 )
             )
-        self.counts.submits += 1
         self.gate.accepted()
         self.window.clean(received - posted)  # the round trip alone, not our fsync
         self._slots.total_tokens = self.window.level
@@ -261,7 +262,7 @@ class Submitter:
                     self.settings.retry,
                     self.clock,
                     self.rng,
-                    on_error=lambda exc, delay: self.counts.saw(exc),
+                    on_error=lambda exc, delay: self._saw(exc),
                     give_up_at=self.clock.monotonic() + 2 * self.settings.api_timeout,
                 )
             except (TransientApiError, PermanentApiError) as exc:
@@ -337,7 +338,7 @@ class Submitter:
             try:
                 scan = await self._scan_listing(posts)
             except ApiError as exc:
-                self.counts.unchecked += len(posts)
+                self.journal.note(LostChecked(unchecked=len(posts)))
                 reason = f"could not check whether a lost submit created a job: {exc}"
                 log.warning("? %s (%d submits)", reason, len(posts))
                 for post in posts:  # the pending line stays: the next run checks again
@@ -389,11 +390,7 @@ class Submitter:
             reason = "the server accepted a submit whose job the listing does not show yet"
             self._outcomes[key] = Deferred(reason)
         await self.journal.record_many(events)
-        self.counts.adopted += len(found.adopted)
-        self.counts.submits += len(found.adopted)
-        self.counts.resent += len(found.resend)
-        self.counts.unmatched += len(found.ambiguous)
-        self.counts.unchecked += len(found.unseen)
+        self.journal.note(LostChecked(resent=len(found.resend), unchecked=len(found.unseen)))
 
     async def _scan_listing(self, posts: list[LostPost]) -> ListingScan:
         """Read the listing until it proves what the lost POSTs' windows hold (or cannot)."""

@@ -6,7 +6,7 @@ import functools
 import logging
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,8 @@ from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.engine.watching import Lister, Watch
 from runner.errors import BadImage, ExpiredUrl, PermanentApiError, TransientApiError
 from runner.outputs import FileEntry, OutputFolder, image_extension, image_problem, relative
-from runner.outputs.figures import Counts
 from runner.outputs.provenance import embed
+from runner.outputs.run_events import Downloaded, RunEvent, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,14 @@ class Tracker:
         clock: Clock,
         settings: TrackSettings,
         *,
-        counts: Counts,
+        note: Callable[[RunEvent], None],
         rng: random.Random | None = None,
     ) -> None:
         self.client = client
         self.folder = folder
         self.clock = clock
         self.settings = settings
-        self.counts = counts
+        self.note = note
         self.rng = rng or random.Random()
         # Polls of a paid job never give up on errors before the job's own deadline.
         self._poll_retry = replace(settings.retry, max_errors=None)
@@ -103,11 +103,14 @@ class Tracker:
         self.watches: dict[str, Watch] = {}  # the jobs being followed, by remote id
         self.listing = False  # whether a Lister looks at them (else each is polled alone)
 
+    def _saw(self, exc: TransientApiError) -> None:
+        self.note(TransientError(exc.status, exc.overload))
+
     def _count_error(self, exc: TransientApiError, delay: float) -> None:
-        self.counts.saw(exc)
+        self._saw(exc)
 
     def _download_error(self, job_id: str, exc: TransientApiError, delay: float) -> None:
-        self.counts.saw(exc)
+        self._saw(exc)
         log.info("↻ job %s's download again in %.1f s: %s", job_id, delay, exc)
 
     def follow_listing(self) -> Lister:
@@ -121,7 +124,7 @@ class Tracker:
             min_gap=self.settings.listing_gap,
             rng=self.rng,
             on_refused=self._listing_refused,
-            on_error=self.counts.saw,
+            on_error=self._saw,
         )
 
     def _listing_refused(self, exc: PermanentApiError) -> None:
@@ -338,8 +341,7 @@ class Tracker:
             if isinstance(fresh, Deferred):
                 return fresh
             remote = fresh
-        self.counts.downloads += 1
-        self.counts.bytes += download.bytes
+        self.note(Downloaded(download.bytes))
         sha256, size = final.get("file", (download.sha256, download.bytes))
         path = relative(download.path, self.folder.root)
         entry: FileEntry = {"path": path, "sha256": sha256, "bytes": size}

@@ -1,14 +1,12 @@
-"""What a run did: counts for progress and summary.json, a snapshot of them for live views, and
-the result with its exit code. Below the engine, which fills them, and the outputs, which read
-them."""
+"""What a run did: its counts (changed by the ledger's fold alone), ``RunStats`` (the one shape
+every view reads) and the result with its exit code. Below the engine and the views."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from runner.errors import TransientApiError
 from runner.exitcodes import ExitCode
 
 
@@ -46,15 +44,6 @@ class Counts:
         """Count a finished job's cost (runner.outputs.records.spend_of)."""
         self.spend_usd += usd
         self.spend_units += units
-
-    def saw(self, error: TransientApiError) -> None:
-        """Count a transient error (and which kind of 429 it was)."""
-        self.transient_errors += 1
-        if error.status == 429:
-            if error.overload:
-                self.overload_429 += 1
-            else:
-                self.rate_limited_429 += 1
 
     @property
     def finished(self) -> int:
@@ -109,21 +98,51 @@ def requests_per_job(requests: Mapping[str, int], jobs: int) -> dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The figures of a run at one moment, for progress displays."""
+class RunStats:
+    """A run's figures at one moment: the one shape that progress, status.json, the metrics
+    and summary.json read. ``counts`` is a copy of the ledger's (runner.outputs.ledger)."""
 
     started: float
     now: float
-    total: int
-    done: int  # completed, now or in an earlier run
-    finished_now: int  # brought to an outcome by this run
-    failed: int
-    ambiguous: int
-    in_flight: int  # jobs holding a slot: submitting or running remotely
-    posting: int  # POSTs on the wire
-    unfinished: int
-    spend_units: float
-    spend_usd: float
-    requests: dict[str, int]  # sent by kind: submit, list, job, cancel, download
-    by_model: dict[str, tuple[int, int]] = field(default_factory=dict)  # (finished, total)
-    rate_limited: int = 0  # 429s seen
+    counts: Counts
+    in_flight: int = 0  # jobs holding a slot: submitting or running remotely
+    posting: int = 0  # POSTs on the wire
+    requests: Mapping[str, int] = field(default_factory=dict)  # sent by kind (REQUEST_KINDS)
+
+    @property
+    def done(self) -> int:
+        """Jobs completed, in this run or an earlier one."""
+        return self.counts.completed + self.counts.skipped
+
+    @property
+    def jobs_per_second(self) -> float:
+        """Jobs this run brought to an outcome, per second since it started."""
+        return self.counts.finished_now / max(1e-6, self.now - self.started)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        rate, left = self.jobs_per_second, self.counts.unfinished
+        return left / rate if rate > 0 and left else None
+
+    @property
+    def rate_limited(self) -> int:
+        """429s seen, of both kinds."""
+        return self.counts.overload_429 + self.counts.rate_limited_429
+
+    @property
+    def per_job(self) -> dict[str, float]:
+        return requests_per_job(self.requests, self.counts.finished_now)
+
+
+def stats_of(
+    counts: Counts,
+    started: float,
+    now: float,
+    *,
+    in_flight: int = 0,
+    posting: int = 0,
+    requests: Mapping[str, int] | None = None,
+) -> RunStats:
+    """Freeze ``counts`` (copied: the ledger goes on changing its own) into ``RunStats``."""
+    copied = replace(counts, by_model={m: list(pair) for m, pair in counts.by_model.items()})
+    return RunStats(started, now, copied, in_flight, posting, dict(requests or {}))

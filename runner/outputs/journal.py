@@ -4,10 +4,13 @@ It is the output folder's memory across crashes. Each line is one event of
 ``runner.outputs.events`` (Submitting, Submitted, Lost, Retry, Ambiguous, Released, Done,
 Asset), serialised there and nowhere else.
 
-``apply`` is the one place where an event changes a job's state: replay folds the file with
-it, and a live run records every event through ``Journal.record``, which appends the line and
-then applies it. Appends from many tasks are grouped: one write and one fsync covers every line
-waiting, and each appender returns only once its line is on disk. A torn last line (a crash
+``RunLedger.apply`` (runner.outputs.ledger) is the one place where an event changes a job's
+state: replay folds the file with it, and a live run records every event through
+``Journal.record``, which appends the line and then applies it (``Journal.note`` applies the
+events the journal does not keep, which change only this run's figures).
+
+Appends from many tasks are grouped: one write and one fsync covers every line waiting, and
+each appender returns only once its line is on disk. A torn last line (a crash
 mid-write) is dropped on replay, and so is a line whose fields have the wrong shape.
 
 The journal keeps the one promise that costs money: for any key, the POSTs sent less those
@@ -22,138 +25,23 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import anyio
 
 from runner import jsontext
-from runner.api.skew import ClockSkew
 from runner.errors import DiskError, WouldPayTwice
 from runner.files import open_regular
-from runner.outputs.events import (
-    Ambiguous,
-    Asset,
-    Done,
-    Event,
-    Lost,
-    Released,
-    Retry,
-    Submitted,
-    Submitting,
-    decode,
-    encode,
-)
-from runner.outputs.records import (
-    RecordStatus,
-    ResultRecord,
-    parse_record,
-    spend_of,
-    status_of,
-)
+from runner.outputs.events import Event, Submitting, decode, encode
+from runner.outputs.ledger import RunLedger, apply_to_states, fold
+from runner.outputs.records import ResultRecord, parse_record
+from runner.outputs.run_events import RunEvent
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 16 << 20  # a journal line longer than this is no event of ours
-# Why a lost submit is ambiguous when the listing was read whole but matched no single job.
-NO_SINGLE_MATCH = "its lost submit matches no single job"
-
-
-@dataclass(slots=True)
-class KeyState:
-    """What the journal says about one job key (small: a folder may hold 100,000 of them)."""
-
-    attempts: int = 0  # POSTs sent for this key, over all runs
-    accepted: int = 0  # remote jobs created for it in the current round of attempts
-    job_id: str | None = None  # the remote job currently ours, not yet finished
-    submitted_at: float | None = None  # when that job was submitted
-    answered_at: float | None = None  # when its POST was answered: the job existed by then
-    pending_since: float | None = None  # a POST went out at this time and its answer is unknown
-    pending_skew: ClockSkew | None = None  # the server's clock as known when it went out
-    candidates: tuple[str, ...] = ()  # ambiguous: the remote jobs that could be ours
-    doubt: str | None = None  # ambiguous: why no job could be proven ours (or none)
-    done: RecordStatus | None = None  # once finished
-    done_at: int | None = None  # where the `done` line (the full record) starts in the journal
-    done_units: float = 0.0  # its estimated cost in compute units, when it has no USD price
-    done_usd: float = 0.0  # its estimated cost in US dollars
-    done_error: str | None = None
-
-    @property
-    def remote(self) -> bool:
-        """An earlier POST may have created a job that is not finished: poll, never resend."""
-        return self.done is None and not self.settled
-
-    @property
-    def settled(self) -> bool:
-        """No POST of this key may still hold a job we do not know: a new POST pays once."""
-        return self.job_id is None and self.pending_since is None and self.doubt is None
-
-    def reopen(self) -> None:
-        """Forget a failed outcome so the job runs again (``--retry-failed``)."""
-        self.done, self.done_at, self.done_error, self.accepted = None, None, None, 0
-
-
-@dataclass(slots=True)
-class Ledger:
-    """Every key's state, the remote job ids the folder knows, and the measured clock skew."""
-
-    states: dict[str, KeyState] = field(default_factory=dict)
-    known_ids: set[str] = field(default_factory=set)
-    skew: ClockSkew = field(default_factory=ClockSkew)
-    assets: dict[str, str] = field(default_factory=dict)  # uploaded files: sha256 → URL
-
-    def state(self, key: str) -> KeyState:
-        return self.states.setdefault(key, KeyState())
-
-
-def apply(ledger: Ledger, event: Event, offset: int | None = None) -> None:
-    """Change ``ledger`` as one journal event says."""
-    if isinstance(event, Asset):
-        ledger.assets[event.sha256] = event.url
-        return
-    state = ledger.state(event.key)
-    match event:
-        case Done(_, record):
-            state.done = status_of(record)
-            state.done_at = offset
-            state.done_usd, state.done_units = spend_of(record)
-            error = record.get("error")
-            state.done_error = None if error is None else str(error)
-            state.job_id = state.pending_since = state.pending_skew = None
-            if state.done != RecordStatus.AMBIGUOUS:
-                state.candidates, state.doubt = (), None  # an ambiguous job keeps them
-            elif state.doubt is None:  # a folder rebuilt from results.jsonl
-                state.doubt = str(record.get("error") or "ambiguous")
-            state.accepted = 0
-        case Submitting(_, attempt, at, low, high):
-            state.attempts = max(state.attempts, attempt)
-            state.pending_since = at
-            state.pending_skew = None
-            if low is not None and high is not None:
-                state.pending_skew = ClockSkew(low, high, measured=True)
-            state.candidates, state.doubt = (), None
-        case Submitted(_, _, job_id, sent, answered, created, adopted):
-            state.job_id = job_id
-            state.pending_since = state.pending_skew = state.doubt = None
-            state.accepted += 1
-            state.submitted_at, state.answered_at = sent, answered
-            ledger.known_ids.add(job_id)
-            # An adopted job's times say nothing of the clocks: only answered POSTs measure them.
-            if sent is not None and answered is not None and created is not None and not adopted:
-                ledger.skew = ledger.skew.observe(sent, answered, created)
-        case Lost():
-            state.pending_since = state.pending_skew = None
-        case Retry():
-            state.job_id = None
-        case Ambiguous(_, _, candidates, why):
-            state.pending_since = state.pending_skew = None
-            state.candidates = candidates
-            state.doubt = why or NO_SINGLE_MATCH
-            ledger.known_ids.update(candidates)
-        case Released():
-            state.reopen()
-            state.candidates, state.doubt = (), None
 
 
 @dataclass(slots=True)
@@ -164,17 +52,6 @@ class ReplayStats:
     torn: int = 0
     misshapen: int = 0  # whole JSON lines that are not events of this version
     good_bytes: int = 0  # the length of the journal up to its last whole line
-
-
-def fold(events: Iterable[tuple[int, Event | dict[str, Any]]]) -> Ledger:
-    """Fold ``(offset, event)`` pairs into a ledger (a journal line's JSON object is decoded;
-    one of the wrong shape changes nothing)."""
-    ledger = Ledger()
-    for offset, event in events:
-        typed = decode(event) if isinstance(event, dict) else event
-        if typed is not None:
-            apply(ledger, typed, offset)
-    return ledger
 
 
 def read_events(path: Path, stats: ReplayStats | None = None) -> Iterator[tuple[int, Event]]:
@@ -242,7 +119,7 @@ class Journal:
         self,
         path: Path,
         handle: BinaryIO,
-        ledger: Ledger,
+        ledger: RunLedger,
         offload: Offload = anyio.to_thread.run_sync,
     ) -> None:
         self.path = path
@@ -275,15 +152,26 @@ class Journal:
         if isinstance(event, Submitting) and not self.ledger.state(event.key).settled:
             raise WouldPayTwice(event.key)
         [offset] = await self._append([_line(event)])
-        apply(self.ledger, event, offset)
+        self.ledger.apply(event, offset)
         return offset
 
-    async def record_many(self, events: Iterable[Event]) -> None:
-        """Append several events in one write and one fsync, then apply them in order."""
+    async def record_many(self, events: Iterable[Event], *, earlier: bool = False) -> None:
+        """Append several events in one write and one fsync, then apply them in order.
+
+        ``earlier``: they tell what an earlier run did (a folder rebuilt from its results), so
+        they change the jobs' states and not this run's figures, as a replay does.
+        """
         events = list(events)
         offsets = await self._append([_line(event) for event in events])
         for event, offset in zip(events, offsets, strict=True):
-            apply(self.ledger, event, offset)
+            if earlier:
+                apply_to_states(self.ledger, event, offset)
+            else:
+                self.ledger.apply(event, offset)
+
+    def note(self, event: RunEvent) -> None:
+        """Apply an event this run's figures need and the folder does not keep."""
+        self.ledger.apply(event)
 
     async def flush(self) -> None:
         """Wait until every line recorded or noted so far is on disk."""

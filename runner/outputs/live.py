@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from runner import jsontext
 from runner.files import read_regular
 from runner.outputs.atomic import write_atomic
-from runner.outputs.figures import REQUEST_KINDS, Counts, Snapshot, requests_per_job
+from runner.outputs.figures import REQUEST_KINDS, RunStats
 from runner.outputs.layout import Layout
 from runner.timefmt import iso_time
 
@@ -28,45 +28,41 @@ STALE_AFTER = 10.0  # seconds without a heartbeat before a status is a past run'
 class Run(Protocol):
     """What a live view reads of a running engine."""
 
-    counts: Counts
-    stopping: str | None
+    @property
+    def stopping(self) -> str | None: ...
 
-    def snapshot(self) -> Snapshot: ...
+    def stats(self) -> RunStats: ...
 
 
-def payload(engine: Run, state: str, now: float | None = None) -> dict[str, Any]:
-    """What status.json says about a run (pure but for reading the engine)."""
-    shot = engine.snapshot()
-    now = shot.now if now is None else now
-    counts = engine.counts
-    elapsed = max(1e-6, now - shot.started)
-    rate = shot.finished_now / elapsed
+def payload(stats: RunStats, state: str, stopping: str | None = None) -> dict[str, Any]:
+    """What status.json says about a run (pure)."""
+    counts, eta = stats.counts, stats.eta_seconds
     return {
         "state": state,  # running | finished
         "pid": os.getpid(),
-        "started_at": iso_time(shot.started),
-        "heartbeat_at": iso_time(now),
-        "heartbeat": round(now, 3),
-        "total": shot.total,
-        "done": shot.done,
-        "failed": shot.failed,
-        "ambiguous": shot.ambiguous,
-        "in_flight": shot.in_flight,
-        "posting": shot.posting,
-        "unfinished": shot.unfinished,
-        "jobs_per_second": round(rate, 4),
-        "eta_seconds": round(shot.unfinished / rate, 1) if rate > 0 and shot.unfinished else None,
-        "spend_units": round(shot.spend_units, 3),
-        "spend_usd": round(shot.spend_usd, 4),
+        "started_at": iso_time(stats.started),
+        "heartbeat_at": iso_time(stats.now),
+        "heartbeat": round(stats.now, 3),
+        "total": counts.total,
+        "done": stats.done,
+        "failed": counts.failed,
+        "ambiguous": counts.ambiguous_jobs,
+        "in_flight": stats.in_flight,
+        "posting": stats.posting,
+        "unfinished": counts.unfinished,
+        "jobs_per_second": round(stats.jobs_per_second, 4),
+        "eta_seconds": None if eta is None else round(eta, 1),
+        "spend_units": round(counts.spend_units, 3),
+        "spend_usd": round(counts.spend_usd, 4),
         "errors": {
             "transient": counts.transient_errors,
             "overload_429": counts.overload_429,
             "rate_limited_429": counts.rate_limited_429,
             "lost_answers": counts.ambiguous,
         },
-        "requests": {kind: shot.requests.get(kind, 0) for kind in REQUEST_KINDS},
-        "requests_per_job": requests_per_job(shot.requests, shot.finished_now),
-        "stopping": engine.stopping,
+        "requests": {kind: stats.requests.get(kind, 0) for kind in REQUEST_KINDS},
+        "requests_per_job": stats.per_job,
+        "stopping": stopping,
     }
 
 
@@ -113,7 +109,7 @@ class LiveStatus:
 
     def write(self, engine: Run, state: str) -> None:
         """Write both files now; a failure is not worth stopping a run for."""
-        status = payload(engine, state)
+        status = payload(engine.stats(), state, engine.stopping)
         try:
             write_atomic(self.path, json.dumps(status, indent=1) + "\n", durable=False)
             if self.metrics is not None:

@@ -13,6 +13,7 @@ from typing import Any
 from runner.errors import UsageError
 from runner.exitcodes import ExitCode
 from runner.outputs import Layout, OutputFolder, RecordStatus, ResultRecord, latest_records
+from runner.outputs.figures import stats_of
 from runner.outputs.images import file_sha256, inside
 from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report
@@ -86,10 +87,8 @@ def merge_folders(sources: Sequence[Path], out: Path) -> dict[str, Any]:
         counts = counts_of(records)
         summary = run_summary(
             out=str(out),
-            counts=counts,
+            stats=stats_of(counts, started, time.time()),
             records=len(records),
-            started=started,
-            ended=time.time(),
             exit_code=ExitCode.OK if counts.completed == len(records) else ExitCode.FAILED,
             merged_from=[str(s) for s in sources],
         )

@@ -12,7 +12,7 @@ from typing import Any
 
 from runner import jsontext
 from runner.files import read_regular
-from runner.outputs.figures import REQUEST_KINDS, Counts, requests_per_job
+from runner.outputs.figures import REQUEST_KINDS, Counts, RunStats
 from runner.outputs.layout import path_text
 from runner.outputs.records import RecordStatus, ResultRecord, spend_of
 from runner.timefmt import iso_time
@@ -21,27 +21,27 @@ from runner.timefmt import iso_time
 def summary(
     *,
     out: str,
-    counts: Counts,
+    stats: RunStats,
     records: int,
-    started: float,
-    ended: float,
     exit_code: int,
     stopped: str | None = None,
     manifest: str | None = None,
     api_base: str | None = None,
-    requests: Mapping[str, int] | None = None,
     settings: Mapping[str, Any] | None = None,
     merged_from: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    data = counts.to_json()
+    """summary.json of a run that started at ``stats.started`` and ended at ``stats.now`` (a
+    merge has no requests)."""
+    data = stats.counts.to_json()
+    requests = None if merged_from is not None else stats.requests
     return {
         "manifest": None if manifest is None else path_text(manifest),
         "merged_from": [path_text(s) for s in merged_from] if merged_from is not None else None,
         "out": path_text(out),
         "api_base": api_base,
-        "started_at": iso_time(started),
-        "ended_at": iso_time(ended),
-        "wall_seconds": round(ended - started, 3),
+        "started_at": iso_time(stats.started),
+        "ended_at": iso_time(stats.now),
+        "wall_seconds": round(stats.now - stats.started, 3),
         "exit_code": exit_code,
         "stopped": None if stopped is None else path_text(stopped),
         "results_records": records,
@@ -51,9 +51,7 @@ def summary(
         "requests": None
         if requests is None
         else {kind: requests.get(kind, 0) for kind in REQUEST_KINDS},
-        "requests_per_job": None
-        if requests is None
-        else requests_per_job(requests, counts.finished_now),
+        "requests_per_job": None if requests is None else stats.per_job,
         "counts": data,
         "estimated_spend_units": data["spend_units"],
         "estimated_spend_usd": data["spend_usd"],

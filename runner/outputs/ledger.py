@@ -1,0 +1,237 @@
+"""The one fold: every event of a run, journaled or only noted, changes the run's state here.
+
+``RunLedger.apply`` is the only code that changes a job's state (``KeyState``) and the run's
+figures (``Counts``). Replaying a journal at start-up folds its events into the states alone
+(``fold``): what an earlier run did is not this run's work. A live run applies each event as
+the journal writes it (``Journal.record``) or notes it (``Journal.note``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.api.skew import ClockSkew
+from runner.outputs.events import (
+    Ambiguous,
+    Asset,
+    Done,
+    Event,
+    Lost,
+    Released,
+    Retry,
+    Submitted,
+    Submitting,
+    decode,
+)
+from runner.outputs.figures import Counts
+from runner.outputs.records import RecordStatus, spend_of, status_of
+from runner.outputs.run_events import (
+    Downloaded,
+    LeftOver,
+    LostAnswer,
+    LostChecked,
+    Planned,
+    Resumed,
+    RunEvent,
+    TransientError,
+    Unfinished,
+)
+
+# Why a lost submit is ambiguous when the listing was read whole but matched no single job.
+NO_SINGLE_MATCH = "its lost submit matches no single job"
+# The reason of a Retry event that is no remote failure: the job was cancelled as the run stopped.
+CANCELLED_ON_EXIT = "cancelled on exit"
+
+
+@dataclass(slots=True)
+class KeyState:
+    """What the journal says about one job key (small: a folder may hold 100,000 of them)."""
+
+    attempts: int = 0  # POSTs sent for this key, over all runs
+    accepted: int = 0  # remote jobs created for it in the current round of attempts
+    job_id: str | None = None  # the remote job currently ours, not yet finished
+    submitted_at: float | None = None  # when that job was submitted
+    answered_at: float | None = None  # when its POST was answered: the job existed by then
+    pending_since: float | None = None  # a POST went out at this time and its answer is unknown
+    pending_skew: ClockSkew | None = None  # the server's clock as known when it went out
+    candidates: tuple[str, ...] = ()  # ambiguous: the remote jobs that could be ours
+    doubt: str | None = None  # ambiguous: why no job could be proven ours (or none)
+    done: RecordStatus | None = None  # once finished
+    done_at: int | None = None  # where the `done` line (the full record) starts in the journal
+    done_units: float = 0.0  # its estimated cost in compute units, when it has no USD price
+    done_usd: float = 0.0  # its estimated cost in US dollars
+    done_error: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        """An earlier POST may have created a job that is not finished: poll, never resend."""
+        return self.done is None and not self.settled
+
+    @property
+    def settled(self) -> bool:
+        """No POST of this key may still hold a job we do not know: a new POST pays once."""
+        return self.job_id is None and self.pending_since is None and self.doubt is None
+
+    def reopen(self) -> None:
+        """Forget a failed outcome so the job runs again (``--retry-failed``)."""
+        self.done, self.done_at, self.done_error, self.accepted = None, None, None, 0
+
+
+@dataclass(slots=True)
+class RunLedger:
+    """Every key's state, the remote job ids the folder knows, and the measured clock skew."""
+
+    states: dict[str, KeyState] = field(default_factory=dict)
+    known_ids: set[str] = field(default_factory=set)
+    skew: ClockSkew = field(default_factory=ClockSkew)
+    assets: dict[str, str] = field(default_factory=dict)  # uploaded files: sha256 → URL
+    counts: Counts = field(default_factory=Counts)  # this run's figures
+
+    def state(self, key: str) -> KeyState:
+        return self.states.setdefault(key, KeyState())
+
+    def apply(self, event: Event | RunEvent, offset: int | None = None) -> None:
+        """The run's one fold: a journal event changes a job's state and this run's figures;
+        a noted event changes the figures alone."""
+        if isinstance(event, RunEvent):
+            _count_noted(self.counts, event)
+            return
+        apply_to_states(self, event, offset)
+        _count_journaled(self.counts, event)
+
+
+def _count_journaled(counts: Counts, event: Event) -> None:
+    match event:
+        case Submitted(adopted=adopted):
+            counts.submits += 1
+            counts.adopted += adopted
+        case Retry(error=error) if error != CANCELLED_ON_EXIT:
+            counts.retries += 1
+        case Ambiguous():
+            counts.unmatched += 1
+        case Done(_, record):
+            model = counts.by_model.get(str(record.get("model")))
+            if model is not None:
+                model[0] += 1
+            status = status_of(record)
+            if status == RecordStatus.COMPLETED:
+                counts.completed += 1
+                counts.add_spend(*spend_of(record))
+            elif status == RecordStatus.AMBIGUOUS:
+                counts.ambiguous_jobs += 1
+            else:
+                counts.failed += 1
+
+
+def _count_noted(counts: Counts, event: RunEvent) -> None:
+    match event:
+        case Planned(_, model, finished_before):
+            counts.total += 1
+            per_model = counts.by_model.setdefault(model, [0, 0])
+            per_model[1] += 1
+            if finished_before:
+                counts.skipped += 1
+                per_model[0] += 1
+        case Resumed():
+            counts.resumed += 1
+        case TransientError(status, overload):
+            counts.transient_errors += 1
+            if status == 429:
+                if overload:
+                    counts.overload_429 += 1
+                else:
+                    counts.rate_limited_429 += 1
+        case LostAnswer():
+            counts.ambiguous += 1
+        case LostChecked(resent, unchecked):
+            counts.resent += resent
+            counts.unchecked += unchecked
+        case Downloaded(size):
+            counts.downloads += 1
+            counts.bytes += size
+        case Unfinished(_, why):
+            match why:
+                case LeftOver.DEFERRED:
+                    counts.deferred += 1
+                case LeftOver.CANCELLED:
+                    counts.cancelled += 1
+                case LeftOver.OVER_BUDGET:
+                    counts.over_budget += 1
+                case LeftOver.NOT_STARTED:
+                    counts.not_started += 1
+
+
+def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) -> None:
+    """Change the jobs' states as one journal event says (replay: no figure changes)."""
+    if isinstance(event, Asset):
+        ledger.assets[event.sha256] = event.url
+        return
+    state = ledger.state(event.key)
+    match event:
+        case Done(_, record):
+            state.done = status_of(record)
+            state.done_at = offset
+            state.done_usd, state.done_units = spend_of(record)
+            error = record.get("error")
+            state.done_error = None if error is None else str(error)
+            state.job_id = state.pending_since = state.pending_skew = None
+            if state.done != RecordStatus.AMBIGUOUS:
+                state.candidates, state.doubt = (), None  # an ambiguous job keeps them
+            elif state.doubt is None:  # a folder rebuilt from results.jsonl
+                state.doubt = str(record.get("error") or "ambiguous")
+            state.accepted = 0
+        case Submitting(_, attempt, at, low, high):
+            state.attempts = max(state.attempts, attempt)
+            state.pending_since = at
+            state.pending_skew = None
+            if low is not None and high is not None:
+                state.pending_skew = ClockSkew(low, high, measured=True)
+            state.candidates, state.doubt = (), None
+        case Submitted(_, _, job_id, sent, answered, created, adopted):
+            state.job_id = job_id
+            state.pending_since = state.pending_skew = state.doubt = None
+            state.accepted += 1
+            state.submitted_at, state.answered_at = sent, answered
+            ledger.known_ids.add(job_id)
+            # An adopted job's times say nothing of the clocks: only answered POSTs measure them.
+            if sent is not None and answered is not None and created is not None and not adopted:
+                ledger.skew = ledger.skew.observe(sent, answered, created)
+        case Lost():
+            state.pending_since = state.pending_skew = None
+        case Retry():
+            state.job_id = None
+        case Ambiguous(_, _, candidates, why):
+            state.pending_since = state.pending_skew = None
+            state.candidates = candidates
+            state.doubt = why or NO_SINGLE_MATCH
+            ledger.known_ids.update(candidates)
+        case Released():
+            state.reopen()
+            state.candidates, state.doubt = (), None
+
+
+def fold(events: Iterable[tuple[int, Event | dict[str, Any]]]) -> RunLedger:
+    """Fold ``(offset, event)`` pairs into a ledger (a journal line's JSON object is decoded;
+    one of the wrong shape changes nothing)."""
+    ledger = RunLedger()
+    for offset, event in events:
+        typed = decode(event) if isinstance(event, dict) else event
+        if typed is not None:
+            apply_to_states(ledger, typed, offset)
+    return ledger
+
+
+def folder_counts(ledger: RunLedger) -> Counts:
+    """What a folder holds, over all its runs: the counts of its finished jobs, and its spend."""
+    counts = Counts(total=len(ledger.states))
+    for state in ledger.states.values():
+        if state.done == RecordStatus.COMPLETED:
+            counts.completed += 1
+            counts.add_spend(state.done_usd, state.done_units)
+        elif state.doubt is not None:  # finished ambiguous, or yet to collect its candidates
+            counts.ambiguous_jobs += 1
+        elif state.done is not None:
+            counts.failed += 1
+    return counts

@@ -1,0 +1,76 @@
+"""What a run notes beside its journal: events that change this run's figures and no job's
+state, so they are never written down (a resumed run counts afresh).
+
+They go through the same fold as the journal's events (``RunLedger.apply``); the engine's
+parts emit them with ``Journal.note``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A job of the manifest, seen once before anything is sent."""
+
+    key: str
+    model: str
+    finished_before: bool  # an earlier run brought it to its outcome: skipped
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A job an earlier run submitted, polled again instead of sent."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransientError:
+    """An error worth trying again after (a 429 says which kind it is)."""
+
+    status: int | None = None
+    overload: bool = False  # "maximum number of concurrent jobs"
+
+
+@dataclass(frozen=True, slots=True)
+class LostAnswer:
+    """A POST whose answer never came: what it created is checked against the listing."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LostChecked:
+    """What a check of lost answers found: ``resent`` created nothing, ``unchecked`` could not
+    be read (the next run checks them). Adopted and ambiguous ones are journal events."""
+
+    resent: int = 0
+    unchecked: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """An image in place."""
+
+    bytes: int
+
+
+class LeftOver(Enum):
+    """Why a job this run took up ended without an outcome (the next run continues it)."""
+
+    DEFERRED = "deferred"
+    CANCELLED = "cancelled"
+    OVER_BUDGET = "over_budget"
+    NOT_STARTED = "not_started"
+
+
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    key: str
+    why: LeftOver
+
+
+RunEvent = Planned | Resumed | TransientError | LostAnswer | LostChecked | Downloaded | Unfinished
