@@ -102,13 +102,11 @@ async def run_batch(
 
         # Each file of the finishing stage is written on its own: one that cannot be (a full
         # disk, an image that will not open) is a warning, never the loss of the run.
+        # results.jsonl is the writer's, already written as jobs finished.
+        states = engine.states
+        written = sum(1 for key in engine.keys if key in states and states[key].done_at is not None)
         current = _up_to_date(folder, result.counts.finished_now)
-        if current:
-            written = sum(1 for key in engine.keys if engine.states[key].done_at is not None)
-        else:
-            written = _best_effort(
-                folder.results_path, lambda: folder.write_results(records()), default=-1
-            )
+        if not current:
             _best_effort(
                 folder.layout.metadata,
                 lambda: folder.write_metadata(metadata_rows(folder.root, records())),
@@ -135,10 +133,10 @@ async def run_batch(
 
 
 def _up_to_date(folder: OutputFolder, finished_now: int) -> bool:
-    """Whether results.jsonl, metadata.jsonl and report.html already say all there is: this
+    """Whether metadata.jsonl and report.html already say all there is: this
     run finished nothing, and they were written after the journal's last event (a run that
     stopped before its finishing stage leaves the journal newer)."""
-    files = (folder.results_path, folder.layout.metadata, folder.layout.report)
+    files = (folder.layout.metadata, folder.layout.report)
     if finished_now or not all(path.exists() for path in files):
         return False
     journal = folder.journal_path.stat().st_mtime_ns if folder.journal_path.exists() else 0

@@ -189,13 +189,15 @@ def test_max_runtime_and_deadline_take_the_earlier() -> None:
 
 
 async def test_a_rerun_of_a_finished_folder_leaves_its_files_as_they_are(tmp_path: Path) -> None:
-    """Nothing new finished: results, metadata and report are not written again, unless the
-    journal is newer than them (a run stopped before its finishing stage)."""
+    """Nothing new finished: results, metadata and report are not written again. Metadata
+    and report are when the journal is newer than them (a run stopped before its finishing
+    stage); results.jsonl only when it disagrees with the journal."""
     async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
         url = emu.url
         await run_batch(small_manifest(4), tmp_path, api_base=url, token="t", options=FAST)
         results = tmp_path / "results.jsonl"
-        written = results.stat().st_mtime_ns
+        metadata = tmp_path / "metadata.jsonl"
+        written, described = results.stat().st_mtime_ns, metadata.stat().st_mtime_ns
         shots: list[tuple[int, int]] = []
 
         def look(engine: Engine) -> None:
@@ -213,10 +215,15 @@ async def test_a_rerun_of_a_finished_folder_leaves_its_files_as_they_are(tmp_pat
         assert again.counts.skipped == 4
         assert shots[0] == (4, 4), "jobs finished earlier count as done from the first look"
         assert results.stat().st_mtime_ns == written
+        assert metadata.stat().st_mtime_ns == described
         assert json.loads((tmp_path / "summary.json").read_text())["results_records"] == 4
         journal = tmp_path / ".krea-batch" / "journal.jsonl"
         later = written + 5_000_000_000
         os.utime(journal, ns=(later, later))
         await run_batch(small_manifest(4), tmp_path, api_base=url, token="t", options=FAST)
-        assert results.stat().st_mtime_ns != written
+        assert metadata.stat().st_mtime_ns != described
+        assert results.stat().st_mtime_ns == written, "it agrees with the journal: kept"
+        lines = results.read_text().splitlines()
+        results.write_text("\n".join(lines[:3]) + "\n")  # a line lost between two writes
+        await run_batch(small_manifest(4), tmp_path, api_base=url, token="t", options=FAST)
     assert len(read_results(tmp_path)) == 4

@@ -14,7 +14,6 @@ from runner.jobspec import JobSpec
 from runner.outputs import (
     FileEntry,
     Layout,
-    OutputFolder,
     RecordStatus,
     latest_records,
     read_records,
@@ -31,6 +30,7 @@ from runner.outputs.records import (
     record_line,
     spend_of,
 )
+from runner.outputs.results_log import ResultsLog, file_digest, key_digest
 
 SPEC = JobSpec(
     key="0123456789abcdef",
@@ -148,14 +148,44 @@ def test_reading_skips_torn_lines_says_how_many_and_keeps_the_last_of_each_job(
     assert latest_records(path) == [first]
 
 
-def test_the_folder_writes_records_where_the_layout_says(tmp_path: Path) -> None:
-    records = written()
-    with OutputFolder(tmp_path) as folder:
-        folder.append_result(records[1])
-        assert folder.write_results(records) == 3
-    layout = Layout(tmp_path)
-    assert list(read_records(layout.results)) == records
-    assert layout.lock.exists()
+def test_results_are_written_once_and_rewritten_only_when_the_journal_disagrees(
+    tmp_path: Path,
+) -> None:
+    records = [{**record, "key": f"key-{n}"} for n, record in enumerate(written())]
+    path = Layout(tmp_path).results
+    log = ResultsLog(path)
+    assert not log.open(key_digest([]), iter(()))  # no file, nothing finished: agrees
+    for record in records[:2]:
+        log.append(record)
+    log.close()
+    before = path.read_bytes()
+    digest = key_digest(r["key"] for r in records[:2])
+    assert file_digest(path) == digest
+    log = ResultsLog(path)
+    assert not log.open(digest, iter(())), "agrees: appended to, not rewritten"
+    log.close()
+    assert path.read_bytes() == before
+
+    # A crash between the journal's line and this file's: rewritten from the journal's records.
+    log = ResultsLog(path)
+    assert log.open(key_digest(r["key"] for r in records), iter(records))
+    log.close()
+    assert [r["key"] for r in read_records(path)] == ["key-0", "key-1", "key-2"]
+
+    # A torn last line, or a job twice in place of another, does not agree either.
+    path.write_bytes(before + b'{"key": "key-2", "sta')
+    assert file_digest(path) is None
+    path.write_bytes(before + record_line(records[0]).encode())
+    assert file_digest(path) != key_digest(r["key"] for r in records)
+
+    # A job finished again: its earlier line goes when the writer closes.
+    log = ResultsLog(path)
+    log.rewrite(records)
+    log.append(records[1], again=True)
+    assert log.stale
+    log.rewrite(records)
+    log.close()
+    assert [r["key"] for r in read_records(path)] == ["key-0", "key-1", "key-2"]
 
 
 def test_a_path_that_leaves_the_folder_is_not_inside_it(tmp_path: Path) -> None:

@@ -266,9 +266,7 @@ class KreaClient:
             raise _lost(f"{what}: {status} {message}", ambiguous, status=status, retry=retry_after)
         raise PermanentApiError(f"{what}: {status} {message}", status=status)
 
-    async def download(
-        self, url: str, dest: Path, place: Callable[[Path, str], Path] | None = None
-    ) -> Download:
+    async def download(self, url: str, dest: Path) -> Download:
         """Stream an image into ``dest`` (``runner.api.downloads.download``); not counted
         among API requests, and sent without the token."""
         self.requests_by["download"] += 1
@@ -276,7 +274,6 @@ class KreaClient:
             self.session,
             url,
             dest,
-            place,
             api_host=self._api_host,
             limits=self.limits,
             timeouts=self.timeouts,

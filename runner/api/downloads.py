@@ -4,11 +4,10 @@ checked hop by hop, fsynced; never with the API token (result URLs are pre-signe
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -25,7 +24,7 @@ from runner.errors import DiskError, ExpiredUrl, PermanentApiError, TransientApi
 
 @dataclass(frozen=True, slots=True)
 class Download:
-    """A file written by ``download``."""
+    """A file written by ``download``: where, how long, its sha256 and declared type."""
 
     path: Path
     bytes: int
@@ -37,17 +36,13 @@ async def download(
     session: aiohttp.ClientSession,
     url: str,
     dest: Path,
-    place: Callable[[Path, str], Path] | None = None,
     *,
     api_host: str | None,
     limits: Limits,
     timeouts: Timeouts,
 ) -> Download:
-    """Stream ``url`` into ``dest``, fsynced.
-
-    ``place(dest, content_type)``, if given, moves the file into place in the same
-    worker-thread call that wrote it; ``Download.path`` is then where it went.
-    """
+    """Stream ``url`` into ``dest``, fsynced: bytes, checked for size and stalls, and nothing
+    more (what they hold and where they go is the output writer's business)."""
     stall = timeouts.stall
     timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=stall)
     digest = hashlib.sha256()
@@ -95,9 +90,7 @@ async def download(
                     raise TransientApiError(f"GET image: got {size} of {expected} bytes")
                 if size == 0:
                     raise TransientApiError("GET image: empty file")
-                path = await out.commit(
-                    None if place is None else functools.partial(place, dest, content_type)
-                )
+                await out.commit()
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, PrivateAddress):
             raise PermanentApiError(f"GET image: {exc.os_error}") from exc
@@ -112,7 +105,7 @@ async def download(
         raise PermanentApiError(f"GET image: unusable URL ({exc})") from exc
     except OSError as exc:  # writing the file, not the network: ours to stop for
         raise DiskError(str(dest.parent), exc) from exc
-    return Download(path, size, digest.hexdigest(), content_type)
+    return Download(dest, size, digest.hexdigest(), content_type)
 
 
 @contextlib.asynccontextmanager
@@ -179,9 +172,9 @@ class _SpoolFile:
         if self._waiting >= self.SPILL:
             await anyio.to_thread.run_sync(self._drain, False)
 
-    async def commit(self, then: Callable[[], Path] | None = None) -> Path:
-        """Everything on disk, fsynced, closed; then ``then()`` in the same thread call."""
-        return await anyio.to_thread.run_sync(self._finish, then)
+    async def commit(self) -> None:
+        """Everything on disk, fsynced, closed."""
+        await anyio.to_thread.run_sync(self._finish)
 
     def _drain(self, sync: bool) -> None:
         if self._handle is None:
@@ -192,9 +185,8 @@ class _SpoolFile:
             self._handle.flush()
             os.fsync(self._handle.fileno())
 
-    def _finish(self, then: Callable[[], Path] | None) -> Path:
+    def _finish(self) -> None:
         self._drain(True)
         assert self._handle is not None
         self._handle.close()
         self._handle = None
-        return self.path if then is None else then()

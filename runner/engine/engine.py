@@ -48,16 +48,19 @@ from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_
 from runner.outputs import FileEntry, OutputFolder, intact_records
 from runner.outputs.events import Done, Released, Retry
 from runner.outputs.figures import Counts, RunResult, RunStats, stats_of
-from runner.outputs.journal import Journal
+from runner.outputs.journal import Journal, records_at
 from runner.outputs.ledger import CANCELLED_ON_EXIT, NO_SINGLE_MATCH, KeyState, RunLedger
 from runner.outputs.provenance import spec_provenance
 from runner.outputs.records import (
     RecordStatus,
+    ResultRecord,
     ambiguous_record,
     completed_record,
     failed_record,
 )
+from runner.outputs.results_log import key_digest
 from runner.outputs.run_events import LeftOver, Planned, Resumed, RunEvent, Unfinished
+from runner.outputs.writers import Writer, open_writer
 from runner.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -75,10 +78,12 @@ class Engine(Stopping):
         *,
         clock: Clock | None = None,
         on_progress: Callable[[Engine], None] | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self.manifest = manifest
         self.settings: RunSettings = manifest.settings
         self.folder = folder
+        self.writer = writer or open_writer(folder)
         self.client = client
         retry = replace(options.retry, max_retry_after=self.settings.max_retry_after)
         self.options = options = replace(options, retry=retry)
@@ -100,10 +105,11 @@ class Engine(Stopping):
         self._work_scope: anyio.CancelScope | None = None
         self._follow_scopes: set[anyio.CancelScope] = set()
         self._collected: set[str] = set()  # candidates of ambiguous jobs already fetched
+        self._again: set[str] = set()  # finished in an earlier run, run again in this one
         self._name_stem = check_template(self.settings.name_template)
         self.tracker = Tracker(
             self.client,
-            self.folder,
+            self.writer,
             self.clock,
             TrackSettings(
                 poll_interval=self.settings.poll_interval,
@@ -210,7 +216,31 @@ class Engine(Stopping):
                 helpers.cancel_scope.cancel()
         finally:
             journal.close()
+            await self._close_writer()
         return self._result()
+
+    def finished_records(self) -> Iterator[ResultRecord]:
+        """The current record of every finished job, in the order they finished (from the
+        journal, read one line at a time)."""
+        offsets = sorted(s.done_at for s in self.states.values() if s.done_at is not None)
+        return records_at(self.folder.journal_path, offsets)
+
+    async def _open_writer(self) -> None:
+        finished = key_digest(k for k, s in self.states.items() if s.done_at is not None)
+        try:
+            await anyio.to_thread.run_sync(self.writer.open, finished, self.finished_records)
+        except OSError as exc:
+            raise DiskError(str(self.folder.root), exc) from exc
+
+    async def _close_writer(self) -> None:
+        """Close the writer (shielded: it runs as a cancelled run ends); a failure is a warning,
+        since every outcome is in the journal and the next run writes it again."""
+        complete = self.counts.unfinished == 0
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(self.writer.close, self.finished_records, complete)
+            except OSError as exc:
+                log.warning("could not finish the output (%s); the next run does", exc)
 
     async def _rebuild_from_results(self) -> None:
         """A folder without a journal (copied without its dot-files, say) still holds its
@@ -267,8 +297,10 @@ class Engine(Stopping):
         await self.journal.record_many(
             Released(spec.key, self.states[spec.key].attempts) for spec in released
         )
+        self._again.update(spec.key for spec in released)
 
     async def _run_jobs(self) -> None:
+        await self._open_writer()
         await self.submitter.recover(self.states, self.started)
         send, receive = anyio.create_memory_object_stream[JobSpec](self.settings.concurrency)
         async with anyio.create_task_group() as workers:
@@ -303,6 +335,7 @@ class Engine(Stopping):
             return False
         if state.done == RecordStatus.FAILED and self.options.retry_failed:
             state.reopen()
+            self._again.add(key)
             return False
         return True  # counted as skipped by _survey
 
@@ -436,7 +469,7 @@ class Engine(Stopping):
             self._count_unfinished(spec, outcome)
             return
         await self.journal.record(Done(spec.key, record))
-        self.folder.append_result(record)
+        self.writer.finished(record, again=spec.key in self._again)
         if isinstance(outcome, Completed):
             files = len(outcome.files)
             plural = "" if files == 1 else "s"

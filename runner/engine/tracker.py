@@ -8,7 +8,6 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,10 +18,10 @@ from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.outcome import Deferred, Failed
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.engine.watching import Lister, Watch
-from runner.errors import BadImage, ExpiredUrl, PermanentApiError, TransientApiError
-from runner.outputs import FileEntry, OutputFolder, image_extension, image_problem, relative
-from runner.outputs.provenance import embed
+from runner.errors import BadImage, DiskError, ExpiredUrl, PermanentApiError, TransientApiError
+from runner.outputs import FileEntry
 from runner.outputs.run_events import Downloaded, RunEvent, TransientError
+from runner.outputs.writers import Fetched, Writer
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ class Tracker:
     def __init__(
         self,
         client: KreaClient,
-        folder: OutputFolder,
+        writer: Writer,
         clock: Clock,
         settings: TrackSettings,
         *,
@@ -92,7 +91,7 @@ class Tracker:
         rng: random.Random | None = None,
     ) -> None:
         self.client = client
-        self.folder = folder
+        self.writer = writer
         self.clock = clock
         self.settings = settings
         self.note = note
@@ -299,29 +298,28 @@ class Tracker:
         provenance: Mapping[str, Any] | None,
         deadline: float,
     ) -> tuple[RemoteJob, FileEntry] | Deferred | Failed:
-        partial = self.folder.partial_path(partial_name)
+        partial = self.writer.partial_path(partial_name)
         refreshes = bad_images = 0
-        final: dict[str, tuple[str, int]] = {}  # the file's sha256 and size once embedded
         while True:
             url = remote.urls[index]
-
-            def place(part: Path, content_type: str, url: str = url) -> Path:
-                problem = image_problem(part)
-                if problem is not None:
-                    raise BadImage(f"GET image: {problem}")
-                if provenance is not None:
-                    final["file"] = embed(part, provenance)
-                return self.folder.place(part, stem + image_extension(content_type, url))
-
             try:
                 download = await retrying(
-                    functools.partial(self.client.download, url, partial, place),
+                    functools.partial(self.client.download, url, partial),
                     self.settings.retry,
                     self.clock,
                     self.rng,
                     on_error=functools.partial(self._download_error, remote.job_id),
                     give_up_at=deadline,
                 )
+                fetched = Fetched(
+                    download.path, download.sha256, download.bytes, download.content_type, url
+                )
+                try:
+                    entry = await anyio.to_thread.run_sync(
+                        self.writer.place, fetched, stem, provenance
+                    )
+                except OSError as exc:  # the disk, not the image: ours to stop for
+                    raise DiskError(str(partial.parent), exc) from exc
                 break
             except BadImage as exc:
                 bad_images += 1
@@ -342,7 +340,4 @@ class Tracker:
                 return fresh
             remote = fresh
         self.note(Downloaded(download.bytes))
-        sha256, size = final.get("file", (download.sha256, download.bytes))
-        path = relative(download.path, self.folder.root)
-        entry: FileEntry = {"path": path, "sha256": sha256, "bytes": size}
         return remote, entry

@@ -1,5 +1,6 @@
 """An output folder opened for writing: its lock, downloads put in place, and the files
-written at the end of a run (results.jsonl, metadata.jsonl, summary.json)."""
+written at the end of a run (metadata.jsonl, summary.json). results.jsonl is the writer's
+(runner.outputs.results_log)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,14 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
-from runner.errors import DiskError, UsageError
-from runner.files import UnusableFile, open_regular
+from runner.errors import UsageError
 from runner.outputs.atomic import fsync_dir, write_atomic
 from runner.outputs.images import intact
 from runner.outputs.layout import Layout
 from runner.outputs.metadata import MetadataRow, metadata_lines
-from runner.outputs.records import ResultRecord, read_records, record_line
+from runner.outputs.records import ResultRecord, read_records
 
 
 class OutputFolder:
@@ -31,7 +31,6 @@ class OutputFolder:
         self.results_path = self.layout.results
         self.summary_path = self.layout.summary
         self._lock: TextIO | None = None
-        self._results: BinaryIO | None = None
 
     def open(self) -> None:
         """Create the folder, take the lock (a UsageError if another run holds it), tidy up."""
@@ -67,7 +66,6 @@ class OutputFolder:
         self._lock = lock
         for partial in self.images.rglob(".*.part"):
             partial.unlink(missing_ok=True)  # downloads cut short by a crash
-        self._results = self._open_results()
 
     def _refuse_links(self) -> None:
         """The folder's own files are ours: a symlink or anything but a file there is refused
@@ -81,16 +79,7 @@ class OutputFolder:
                     "folder: remove it (or choose another --out) and run again"
                 )
 
-    def _open_results(self) -> BinaryIO:
-        try:
-            return open_regular(self.results_path, follow=False, write=True)
-        except UnusableFile as exc:
-            raise UsageError(f"{self.results_path} {exc.strerror}") from exc
-
     def close(self) -> None:
-        if self._results is not None:
-            self._results.close()
-            self._results = None
         if self._lock is not None:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
             self._lock.close()
@@ -113,31 +102,6 @@ class OutputFolder:
         os.replace(partial, final)
         fsync_dir(final.parent)
         return final
-
-    def append_result(self, record: ResultRecord) -> None:
-        """Add a record to results.jsonl as it happens (compacted to one per job at the end)."""
-        if self._results is not None:
-            try:
-                self._results.write(record_line(record).encode())
-                self._results.flush()
-            except OSError as exc:
-                raise DiskError(str(self.root), exc) from exc
-
-    def write_results(self, records: Iterable[ResultRecord]) -> int:
-        """Rewrite results.jsonl with exactly the given records (streamed); returns how many."""
-        count = 0
-
-        def lines() -> Iterator[str]:
-            nonlocal count
-            for record in records:
-                count += 1
-                yield record_line(record)
-
-        if self._results is not None:
-            self._results.close()
-        write_atomic(self.results_path, lines())
-        self._results = self._open_results()
-        return count
 
     def write_metadata(self, rows: Iterable[MetadataRow]) -> None:
         write_atomic(self.layout.metadata, metadata_lines(rows))

@@ -3,7 +3,7 @@
 OUT/
   images/              one file per result URL, named from the job key (_unmatched/: the
                        images of ambiguous jobs' candidates)
-  results.jsonl        one current record per job (appended live, compacted at the end)
+  results.jsonl        one current record per job, appended as each finishes (results_log.py)
   metadata.jsonl       one row per image, the Hugging Face imagefolder layout
   summary.json         counts, spend, wall time, settings (runner.outputs.summary)
   report.html          the gallery; report/ holds its chunks of records

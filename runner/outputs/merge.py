@@ -17,6 +17,7 @@ from runner.outputs.figures import stats_of
 from runner.outputs.images import file_sha256, inside
 from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report
+from runner.outputs.results_log import ResultsLog
 from runner.outputs.summary import counts_of
 from runner.outputs.summary import summary as run_summary
 
@@ -82,7 +83,7 @@ def merge_folders(sources: Sequence[Path], out: Path) -> dict[str, Any]:
                 _copy(source / entry["path"], target)
         records = [record for _, record in chosen.values()]
         records.sort(key=lambda r: (r["index"], r["key"]))
-        folder.write_results(records)
+        ResultsLog(folder.results_path).rewrite(records)
         folder.write_metadata(metadata_rows(out, records))
         counts = counts_of(records)
         summary = run_summary(

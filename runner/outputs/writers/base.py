@@ -1,0 +1,79 @@
+"""The writer seam: what happens to a job's images once downloaded and to its record once
+finished. The engine hands over bytes and records and never knows the layout."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.errors import BadImage
+from runner.outputs.folder import OutputFolder
+from runner.outputs.images import image_problem
+from runner.outputs.provenance import embed
+from runner.outputs.records import FileEntry, ResultRecord
+from runner.outputs.results_log import ResultsLog
+
+RecordSource = Callable[[], Iterable[ResultRecord]]  # every finished job's current record
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One downloaded image, fsynced in a hidden file of the writer's choosing."""
+
+    path: Path
+    sha256: str
+    bytes: int
+    content_type: str
+    url: str
+
+
+def checked(fetched: Fetched, provenance: Mapping[str, Any] | None) -> tuple[str, int]:
+    """Refuse a file that is no usable image (BadImage; the file is removed), then write the
+    provenance into it; returns the final file's sha256 and size."""
+    problem = image_problem(fetched.path)
+    if problem is not None:
+        fetched.path.unlink(missing_ok=True)
+        raise BadImage(f"GET image: {problem}")
+    if provenance is not None:
+        return embed(fetched.path, provenance)
+    return fetched.sha256, fetched.bytes
+
+
+class Writer(ABC):
+    """Puts images and records in an output folder, in one format."""
+
+    format: str = ""
+
+    def __init__(self, folder: OutputFolder) -> None:
+        self.folder = folder
+        self.results = ResultsLog(folder.results_path)
+
+    def open(
+        self, finished: tuple[int, int], records: Callable[[], Iterable[ResultRecord]]
+    ) -> None:
+        """Before the run: results.jsonl checked against the journal's finished jobs
+        (``runner.outputs.results_log.key_digest``), and rewritten from ``records`` if need be."""
+        self.results.open(finished, records())
+
+    @abstractmethod
+    def partial_path(self, name: str) -> Path:
+        """Where a download named ``name`` (unique per job and image) is streamed to."""
+
+    @abstractmethod
+    def place(self, fetched: Fetched, stem: str, provenance: Mapping[str, Any] | None) -> FileEntry:
+        """Check, embed and keep one image as ``stem`` (blocking: a worker thread runs it).
+        Once it returns, the image survives a crash; its record is not written yet."""
+
+    def finished(self, record: ResultRecord, again: bool = False) -> None:
+        """A job's record, after the journal holds it (``again``: it replaces an earlier one)."""
+        self.results.append(record, again)
+
+    def close(self, records: RecordSource, complete: bool) -> None:
+        """After the run (``complete``: no job is left for a later run). ``records``: every
+        finished job's current record, for a results.jsonl that must be compacted."""
+        if self.results.stale:
+            self.results.rewrite(records())
+        self.results.close()
