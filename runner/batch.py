@@ -26,6 +26,7 @@ from runner.outputs.live import LiveStatus
 from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report
 from runner.outputs.summary import summary
+from runner.outputs.writers import claim_format
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +69,7 @@ async def run_batch(
     folder = OutputFolder(Path(out))
     started = time.time()
     with folder:
+        claim_format(folder, settings.format)
         client = KreaClient(
             base_url,
             api_token,
@@ -105,7 +107,8 @@ async def run_batch(
         # results.jsonl is the writer's, already written as jobs finished.
         states = engine.states
         written = sum(1 for key in engine.keys if key in states and states[key].done_at is not None)
-        current = _up_to_date(folder, result.counts.finished_now)
+        loose = settings.format == "files"  # shards hold their images: no imagefolder, gallery
+        current = not loose or _up_to_date(folder, result.counts.finished_now)
         if not current:
             _best_effort(
                 folder.layout.metadata,

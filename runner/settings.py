@@ -100,6 +100,8 @@ class RunSettings:
     max_image_bytes: int = 100_000_000  # a download declaring or streaming more fails softly
     max_retry_after: float = 120.0  # a longer Retry-After is clamped to this (and logged)
     name_template: str = DEFAULT_TEMPLATE  # image file names under images/ (runner.naming)
+    format: str = "files"  # files | webdataset | parquet (runner.outputs.writers)
+    shard_size: int = 10_000  # samples per shard (webdataset and parquet)
 
     def merged(self, overrides: dict[str, Any]) -> RunSettings:
         """A copy with the non-None ``overrides`` parsed and applied."""
@@ -124,7 +126,14 @@ def _poll_mode(value: Any) -> str:
     return str(value)
 
 
+def _format(value: Any) -> str:
+    if value not in FORMATS:
+        raise ValueError(f"{value!r} is not an output format: use {', '.join(FORMATS)}")
+    return str(value)
+
+
 POLL_MODES = ("list", "job")
+FORMATS = ("files", "webdataset", "parquet")
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "concurrency": _positive_int,
     "submit_concurrency": _positive_int,
@@ -139,6 +148,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_image_bytes": parse_size,
     "max_retry_after": parse_duration,
     "name_template": _name_template,
+    "format": _format,
+    "shard_size": _positive_int,
 }
 SETTING_NAMES = tuple(f.name for f in fields(RunSettings))
 
@@ -195,6 +206,14 @@ SETTING_FLAGS: dict[str, SettingFlag] = {
     ),
     "name_template": SettingFlag(
         "T", "image file names, e.g. '{{model}}/{{key}}' or '{{name}}/{{index:05d}}'"
+    ),
+    "format": SettingFlag(
+        "{files,webdataset,parquet}",
+        "files: an image file each under images/; webdataset: tar shards; parquet: parquet "
+        "shards (default: {default})",
+    ),
+    "shard_size": SettingFlag(
+        "N", "samples per webdataset or parquet shard (default: {default})", True
     ),
 }
 

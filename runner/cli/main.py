@@ -42,6 +42,7 @@ from runner.outputs.provenance import read as read_provenance
 from runner.outputs.report import write_report
 from runner.outputs.summary import read_summary
 from runner.settings import (
+    FORMATS,
     POLL_MODES,
     SETTING_FLAGS,
     SETTING_NAMES,
@@ -152,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         settings.add_argument(
             "--" + name.replace("_", "-"),
             type=int if setting.whole else str,
-            choices=POLL_MODES if name == "poll_mode" else None,
+            choices={"poll_mode": POLL_MODES, "format": FORMATS}.get(name),
             metavar=None if name == "poll_mode" else setting.metavar,
             help=setting.text(name),
         )
@@ -354,7 +355,12 @@ def _run(args: argparse.Namespace) -> int:
         f"{counts.completed} completed, {counts.failed} failed{ambiguous}, "
         f"{counts.skipped} already done, {counts.unfinished} unfinished; "
         f"estimated spend {spend_text(counts.spend_usd, counts.spend_units)}\n"
-        f"results: {out / 'results.jsonl'}   gallery: {out / 'report.html'}"
+        f"results: {out / 'results.jsonl'}   "
+        + (
+            f"gallery: {out / 'report.html'}"
+            if (out / "report.html").exists()
+            else f"shards: {out / 'shards'}"
+        )
     )
     if result.stopped:
         print(

@@ -83,7 +83,7 @@ class Engine(Stopping):
         self.manifest = manifest
         self.settings: RunSettings = manifest.settings
         self.folder = folder
-        self.writer = writer or open_writer(folder)
+        self.writer = writer or open_writer(folder, self.settings.format, self.settings.shard_size)
         self.client = client
         retry = replace(options.retry, max_retry_after=self.settings.max_retry_after)
         self.options = options = replace(options, retry=retry)
@@ -262,8 +262,10 @@ class Engine(Stopping):
         states = self.states
         retry_failed = self.options.retry_failed
         note = self.journal.note
+        var_names: set[str] = set()
         for spec in self.specs():
             self.keys.append(spec.key)
+            var_names.update(spec.vars)
             state = states.get(spec.key)
             finished = False
             if self.options.retry_ambiguous and state is not None and is_ambiguous(state):
@@ -285,6 +287,7 @@ class Engine(Stopping):
             names[name] = spec.index
         if names:
             check_names(names, self.settings.name_template, self.folder.images)
+        self.writer.var_names = tuple(sorted(var_names))
 
     async def _release_ambiguous(self) -> None:
         """--retry-ambiguous: say what sending them again may cost, then free them to go."""
@@ -468,6 +471,7 @@ class Engine(Stopping):
         else:
             self._count_unfinished(spec, outcome)
             return
+        record = self.writer.assign(record)
         await self.journal.record(Done(spec.key, record))
         self.writer.finished(record, again=spec.key in self._again)
         if isinstance(outcome, Completed):

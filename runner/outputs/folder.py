@@ -35,8 +35,7 @@ class OutputFolder:
     def open(self) -> None:
         """Create the folder, take the lock (a UsageError if another run holds it), tidy up."""
         try:
-            self.images.mkdir(parents=True, exist_ok=True)
-            self.state.mkdir(exist_ok=True)
+            self.state.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(
                 f"cannot create the output folder {self.root}: {exc.strerror}"
@@ -93,6 +92,7 @@ class OutputFolder:
         self.close()
 
     def partial_path(self, name: str) -> Path:
+        self.images.mkdir(exist_ok=True)
         return self.images / f".{name}.part"
 
     def place(self, partial: Path, name: str) -> Path:

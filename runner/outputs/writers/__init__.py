@@ -1,19 +1,67 @@
 """Writers: where images and records go (``--format``). The engine sees only ``Writer``.
 
-base.py     the seam (Writer, Fetched) and the checks every format makes
-files.py    one file per image under images/
+base.py        the seam (Writer, Fetched) and the checks every format makes
+files.py       one file per image under images/
+shards.py      staging, numbering and per-job recovery shared by the shard formats
+webdataset.py  tar shards of KEY.png + KEY.json
+parquet.py     parquet shards with an image column as Hugging Face reads it
 """
 
+from runner.errors import UsageError
+from runner.outputs.atomic import write_atomic
 from runner.outputs.folder import OutputFolder
+from runner.outputs.shard_files import member_of
 from runner.outputs.writers.base import Fetched, Writer
 from runner.outputs.writers.files import FilesWriter
+from runner.outputs.writers.parquet import ParquetWriter
+from runner.outputs.writers.shards import ShardWriter
+from runner.outputs.writers.webdataset import WebDatasetWriter
+from runner.settings import FORMATS
 
-FORMATS = ("files",)
+DEFAULT_SHARD_SIZE = 10_000
 
 
-def open_writer(folder: OutputFolder, format: str = "files") -> Writer:
-    """The writer of ``format`` for ``folder``."""
+def claim_format(folder: OutputFolder, format: str) -> None:
+    """Note the folder's format on its first run; refuse another one later (a folder holds one
+    layout: loose files and shards do not mix)."""
+    path = folder.state / "format"
+    try:
+        held = path.read_text(encoding="utf-8").strip() if path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        held = None
+    if held is None:
+        has_results = folder.results_path.exists() and folder.results_path.stat().st_size > 0
+        held = "files" if has_results else None  # a folder from before formats: loose files
+    if held is not None and held != format:
+        raise UsageError(
+            f"{folder.root} holds a run in --format {held}; run it again with --format {held}, "
+            "or choose another --out for --format " + format
+        )
+    if held is None:
+        write_atomic(path, format + "\n")
+
+
+def open_writer(
+    folder: OutputFolder, format: str = "files", shard_size: int = DEFAULT_SHARD_SIZE
+) -> Writer:
+    """The writer of ``format`` (one of FORMATS) for ``folder``."""
+    if format == "webdataset":
+        return WebDatasetWriter(folder, shard_size)
+    if format == "parquet":
+        return ParquetWriter(folder, shard_size)
     return FilesWriter(folder)
 
 
-__all__ = ["FORMATS", "Fetched", "FilesWriter", "Writer", "open_writer"]
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "FORMATS",
+    "Fetched",
+    "FilesWriter",
+    "ParquetWriter",
+    "ShardWriter",
+    "WebDatasetWriter",
+    "Writer",
+    "claim_format",
+    "member_of",
+    "open_writer",
+]

@@ -49,6 +49,7 @@ class Writer(ABC):
 
     def __init__(self, folder: OutputFolder) -> None:
         self.folder = folder
+        self.var_names: tuple[str, ...] = ()  # every var of the manifest (columns, for some)
         self.results = ResultsLog(folder.results_path)
 
     def open(
@@ -66,6 +67,11 @@ class Writer(ABC):
     def place(self, fetched: Fetched, stem: str, provenance: Mapping[str, Any] | None) -> FileEntry:
         """Check, embed and keep one image as ``stem`` (blocking: a worker thread runs it).
         Once it returns, the image survives a crash; its record is not written yet."""
+
+    def assign(self, record: ResultRecord) -> ResultRecord:
+        """A finished job's record as the journal is to keep it, with its files where this
+        writer will keep them (a shard format names the shard and the member)."""
+        return record
 
     def finished(self, record: ResultRecord, again: bool = False) -> None:
         """A job's record, after the journal holds it (``again``: it replaces an earlier one)."""

@@ -1,0 +1,62 @@
+"""Reading shards back: what each member of a written shard holds (sha256), so that a folder
+whose journal was lost still proves which of its sharded images are there."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import tarfile
+from pathlib import Path
+
+SHARDS_DIR = "shards"
+
+
+def member_of(path: str) -> tuple[str, str] | None:
+    """``("shards/00003.tar", "KEY.png")`` for a record's path into a shard, else None."""
+    shard, hash_sign, member = path.partition("#")
+    return (shard, member) if hash_sign and shard.startswith(SHARDS_DIR + "/") else None
+
+
+def member_sha256(shard: Path, member: str) -> str | None:
+    """The sha256 of ``member`` in the written shard file ``shard``, or None."""
+    try:
+        stat = shard.stat()
+    except OSError:
+        return None
+    return _digests(shard, stat.st_mtime_ns, stat.st_size).get(member)
+
+
+@functools.lru_cache(maxsize=4)
+def _digests(shard: Path, mtime_ns: int, size: int) -> dict[str, str]:
+    """Every image member's sha256 (cached by the file's identity: records come shard by
+    shard, and a shard is read once)."""
+    try:
+        if shard.suffix == ".tar":
+            return _tar_digests(shard)
+        if shard.suffix == ".parquet":
+            return _parquet_digests(shard)
+    except (OSError, tarfile.TarError, ValueError):
+        pass  # a shard that does not open proves nothing
+    return {}
+
+
+def _tar_digests(shard: Path) -> dict[str, str]:
+    digests = {}
+    with tarfile.open(shard) as tar:
+        for info in tar:
+            if info.isfile() and not info.name.endswith(".json"):
+                handle = tar.extractfile(info)
+                if handle is not None:
+                    digests[info.name] = hashlib.sha256(handle.read()).hexdigest()
+    return digests
+
+
+def _parquet_digests(shard: Path) -> dict[str, str]:
+    import pyarrow.parquet as pq  # only a folder of parquet shards pays for the import
+
+    digests = {}
+    for batch in pq.ParquetFile(shard).iter_batches(columns=["image"], batch_size=100):
+        for image in batch.column("image").to_pylist():
+            if image and image.get("path") and image.get("bytes") is not None:
+                digests[image["path"]] = hashlib.sha256(image["bytes"]).hexdigest()
+    return digests

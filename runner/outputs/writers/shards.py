@@ -1,0 +1,209 @@
+"""Shards: samples gathered into numbered files of ``shard_size`` samples each (webdataset tars,
+parquet files), resumable per job rather than per shard.
+
+A downloaded image is staged in OUT/.krea-batch/staging/ (checked, with its provenance, fsynced)
+and belongs to its job as soon as the journal's ``done`` line says so: that line's record names
+the shard and the member (``shards/00003.tar#KEY.png``). A shard is written from its staged
+samples under a hidden name, fsynced, and renamed into place only once it is whole; then its
+staged files go. After a crash the journal says which samples each unwritten shard holds, so
+the next run writes the full ones, keeps filling the last, and no job is ever in two shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from abc import abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.outputs.atomic import fsync_dir
+from runner.outputs.folder import OutputFolder
+from runner.outputs.images import image_extension
+from runner.outputs.layout import relative
+from runner.outputs.records import FileEntry, RecordStatus, ResultRecord
+from runner.outputs.shard_files import SHARDS_DIR, member_of
+from runner.outputs.writers.base import Fetched, RecordSource, Writer, checked
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = "staging"
+UNMATCHED = "_unmatched/"  # the candidates' images of ambiguous jobs stay loose files
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One image of a finished job, as a shard holds it."""
+
+    shard: str  # "shards/00003.tar"
+    key: str  # the member's stem: the job key, then KEY-1, KEY-2 for further images
+    ext: str  # ".png", ".jpg", ".webp"
+    staged: Path
+    fields: Mapping[str, Any]  # what the record says of the job (sample_fields)
+
+
+def sample_fields(record: ResultRecord) -> dict[str, Any]:
+    """The record's fields a dataset row carries."""
+    return {
+        "key": record["key"],
+        "index": record["index"],
+        "name": record["name"],
+        "model": record["model"],
+        "prompt": record["prompt"],
+        "seed": record["seed"],
+        "params": record["params"],
+        "vars": record["vars"],
+        "job_id": record["job_id"],
+    }
+
+
+class ShardWriter(Writer):
+    """The staging, numbering and recovery every shard format shares; a format writes one
+    whole shard file (``write_shard``)."""
+
+    suffix = ""
+
+    def __init__(self, folder: OutputFolder, shard_size: int = 10_000) -> None:
+        super().__init__(folder)
+        self.shard_size = shard_size
+        self.shards = folder.root / SHARDS_DIR
+        self.staging = folder.state / STAGING_DIR
+        self._open_number = 0  # the shard being filled
+        self._assigned = 0  # samples given to it (jobs whose done line may be written)
+        self._members: dict[int, list[Sample]] = {}  # unwritten shards' samples, finished
+
+    # ---- before the run -----------------------------------------------------------------
+
+    def open(self, finished: tuple[int, int], records: RecordSource) -> None:
+        super().open(finished, records)
+        self.shards.mkdir(exist_ok=True)
+        self.staging.mkdir(exist_ok=True)
+        for part in self.staging.glob(".*.part"):
+            part.unlink(missing_ok=True)
+        written = [n for n in (self._number(p.name) for p in self.shards.iterdir()) if n >= 0]
+        self._open_number = max(written, default=-1) + 1
+        if any(self.staging.iterdir()):
+            self._recover(records, set(written))
+
+    def _number(self, name: str) -> int:
+        match = re.fullmatch(r"(\d{5,})" + re.escape(self.suffix), name)
+        return int(match.group(1)) if match else -1
+
+    def _recover(self, records: RecordSource, written: set[int]) -> None:
+        """An earlier run stopped with samples staged: sort them into their shards (from the
+        journal's records), write the shards that are full or left behind, drop the rest."""
+        kept: set[Path] = set()
+        for record in records():
+            for sample in self._samples(record):
+                number = self._number(Path(sample.shard).name)
+                if number in written:
+                    continue  # in a shard already: its staged copy is a leftover
+                self._members.setdefault(number, []).append(sample)
+                kept.add(sample.staged)
+        for stray in self.staging.iterdir():
+            if stray not in kept:
+                stray.unlink(missing_ok=True)  # placed, but its job never finished
+        if self._members:
+            last = max(self._members)
+            self._open_number = max(self._open_number, last)
+            for number in sorted(self._members):
+                if number < last or len(self._members[number]) >= self.shard_size:
+                    self._write(number)
+            self._assigned = len(self._members.get(self._open_number, []))
+            if self._assigned >= self.shard_size:
+                self._open_number, self._assigned = self._open_number + 1, 0
+
+    # ---- during the run -------------------------------------------------------------------
+
+    def partial_path(self, name: str) -> Path:
+        return self.staging / f".{name.replace('/', '_')}.part"
+
+    def place(self, fetched: Fetched, stem: str, provenance: Mapping[str, Any] | None) -> FileEntry:
+        sha256, size = checked(fetched, provenance)
+        ext = image_extension(fetched.content_type, fetched.url)
+        if stem.startswith(UNMATCHED):
+            final = self.folder.place(fetched.path, stem + ext)
+        else:
+            final = self.staging / (fetched.path.name[1 : -len(".part")] + ext)
+            os.replace(fetched.path, final)
+            fsync_dir(final.parent)
+        return {"path": relative(final, self.folder.root), "sha256": sha256, "bytes": size}
+
+    def assign(self, record: ResultRecord) -> ResultRecord:
+        if record["status"] != RecordStatus.COMPLETED or not record["files"]:
+            return record
+        if self._assigned >= self.shard_size:
+            self._open_number, self._assigned = self._open_number + 1, 0
+        self._assigned += 1
+        shard = f"{SHARDS_DIR}/{self._open_number:05d}{self.suffix}"
+        files = [
+            {**entry, "path": f"{shard}#{Path(entry['path']).name}"} for entry in record["files"]
+        ]
+        return {**record, "files": files}  # type: ignore[typeddict-item]
+
+    def finished(self, record: ResultRecord, again: bool = False) -> None:
+        super().finished(record, again)
+        samples = self._samples(record)
+        if not samples:
+            return
+        number = self._number(Path(samples[0].shard).name)
+        members = self._members.setdefault(number, [])
+        members.extend(samples)
+        if number < self._open_number or len(members) >= self.shard_size:
+            self._write(number)
+
+    def _samples(self, record: ResultRecord) -> list[Sample]:
+        samples = []
+        for entry in record["files"]:
+            place = member_of(entry["path"])
+            if place is None:
+                continue
+            shard, member = place
+            stem, dot, ext = member.rpartition(".")
+            samples.append(
+                Sample(shard, stem, dot + ext, self.staging / member, sample_fields(record))
+            )
+        return samples
+
+    # ---- writing a shard --------------------------------------------------------------------
+
+    def _write(self, number: int) -> None:
+        samples = self._members.pop(number, [])
+        if not samples:
+            return
+        final = self.shards / f"{number:05d}{self.suffix}"
+        hidden = self.shards / f".{final.name}.part"
+        self.write_shard(hidden, samples)
+        with open(hidden, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(hidden, final)
+        fsync_dir(self.shards)
+        for sample in samples:
+            sample.staged.unlink(missing_ok=True)
+        log.info("shard %s written: %d samples", relative(final, self.folder.root), len(samples))
+
+    @abstractmethod
+    def write_shard(self, path: Path, samples: list[Sample]) -> None:
+        """Write one whole shard file at ``path`` (the caller fsyncs and renames it)."""
+
+    def close(self, records: RecordSource, complete: bool) -> None:
+        """A run with nothing left writes its last shard however full; one that stopped early
+        leaves it staged for the next run to fill."""
+        if complete:
+            for number in sorted(self._members):
+                self._write(number)
+        super().close(records, complete)
+
+
+def sample_json(sample: Sample) -> bytes:
+    return json.dumps(dict(sample.fields), ensure_ascii=False, sort_keys=True).encode()
+
+
+def iter_samples(samples: list[Sample]) -> Iterator[tuple[Sample, bytes]]:
+    """Each sample with its image's bytes, read from staging one at a time."""
+    for sample in samples:
+        yield sample, sample.staged.read_bytes()
