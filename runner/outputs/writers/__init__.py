@@ -10,7 +10,7 @@ parquet.py     parquet shards with an image column as Hugging Face reads it
 from runner.errors import UsageError
 from runner.outputs.atomic import write_atomic
 from runner.outputs.folder import OutputFolder
-from runner.outputs.shard_files import member_of
+from runner.outputs.shard_files import SHARDS_DIR, member_of
 from runner.outputs.writers.base import Fetched, Writer
 from runner.outputs.writers.files import FilesWriter
 from runner.outputs.writers.parquet import ParquetWriter
@@ -29,9 +29,8 @@ def claim_format(folder: OutputFolder, format: str) -> None:
         held = path.read_text(encoding="utf-8").strip() if path.is_file() else None
     except (OSError, UnicodeDecodeError):
         held = None
-    if held is None:
-        has_results = folder.results_path.exists() and folder.results_path.stat().st_size > 0
-        held = "files" if has_results else None  # a folder from before formats: loose files
+    if held is None:  # a folder whose state was lost, or from before formats: what it holds
+        held = _format_held(folder)
     if held is not None and held != format:
         raise UsageError(
             f"{folder.root} holds a run in --format {held}; run it again with --format {held}, "
@@ -39,6 +38,16 @@ def claim_format(folder: OutputFolder, format: str) -> None:
         )
     if held is None:
         write_atomic(path, format + "\n")
+
+
+def _format_held(folder: OutputFolder) -> str | None:
+    shards = folder.root / SHARDS_DIR
+    if shards.is_dir():
+        for writer in (WebDatasetWriter, ParquetWriter):
+            if any(shards.glob("*" + writer.suffix)):
+                return writer.format
+    results = folder.results_path
+    return "files" if results.is_file() and results.stat().st_size > 0 else None
 
 
 def open_writer(

@@ -73,7 +73,7 @@ class ShardWriter(Writer):
         self.shards = folder.root / SHARDS_DIR
         self.staging = folder.state / STAGING_DIR
         self._open_number = 0  # the shard being filled
-        self._assigned = 0  # samples given to it (jobs whose done line may be written)
+        self._given: dict[int, int] = {}  # samples given to each unwritten shard
         self._members: dict[int, list[Sample]] = {}  # unwritten shards' samples, finished
 
     # ---- before the run -----------------------------------------------------------------
@@ -113,9 +113,7 @@ class ShardWriter(Writer):
             for number in sorted(self._members):
                 if number < last or len(self._members[number]) >= self.shard_size:
                     self._write(number)
-            self._assigned = len(self._members.get(self._open_number, []))
-            if self._assigned >= self.shard_size:
-                self._open_number, self._assigned = self._open_number + 1, 0
+            self._given[self._open_number] = len(self._members.get(self._open_number, []))
 
     # ---- during the run -------------------------------------------------------------------
 
@@ -136,9 +134,10 @@ class ShardWriter(Writer):
     def assign(self, record: ResultRecord) -> ResultRecord:
         if record["status"] != RecordStatus.COMPLETED or not record["files"]:
             return record
-        if self._assigned >= self.shard_size:
-            self._open_number, self._assigned = self._open_number + 1, 0
-        self._assigned += 1
+        if self._given.get(self._open_number, 0) >= self.shard_size:
+            self._open_number += 1
+        given = self._given.get(self._open_number, 0)
+        self._given[self._open_number] = given + len(record["files"])  # a job's images together
         shard = f"{SHARDS_DIR}/{self._open_number:05d}{self.suffix}"
         files = [
             {**entry, "path": f"{shard}#{Path(entry['path']).name}"} for entry in record["files"]
@@ -153,7 +152,8 @@ class ShardWriter(Writer):
         number = self._number(Path(samples[0].shard).name)
         members = self._members.setdefault(number, [])
         members.extend(samples)
-        if number < self._open_number or len(members) >= self.shard_size:
+        given = self._given.get(number, 0)
+        if given >= self.shard_size and len(members) >= given:  # full, and all of it finished
             self._write(number)
 
     def _samples(self, record: ResultRecord) -> list[Sample]:
@@ -173,6 +173,9 @@ class ShardWriter(Writer):
 
     def _write(self, number: int) -> None:
         samples = self._members.pop(number, [])
+        self._given.pop(number, None)
+        if number >= self._open_number:  # written: nothing more may join it
+            self._open_number = number + 1
         if not samples:
             return
         final = self.shards / f"{number:05d}{self.suffix}"
