@@ -135,6 +135,53 @@ jobs:
     ]
 
 
+def test_every_column_of_a_prompts_file_is_a_var_of_its_row(
+    write_manifest: Write, tmp_path: Path
+) -> None:
+    rows = ["prompt,style,id"] + [f"a fox,{style},{n}" for n, style in enumerate("ab" * 3)]
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "an owl", "style": "ink", "deep": {"x": 1}}\n')
+    path = write_manifest("""
+version: 1
+defaults: {model: flux-1-dev}
+jobs:
+  - prompts_file: p.csv
+    prompt_template: "{prompt}, in {style} style"
+    name: "{style}/{id}"
+  - prompts_file: p.jsonl
+    prompt_template: "{prompt} ({style})"
+""")
+    specs = list(expand(load_manifest(path)))
+    assert [s.prompt for s in specs[:2]] == ["a fox, in a style", "a fox, in b style"]
+    assert len(specs) == 3, "the same request twice is one job, whatever its id column says"
+    assert specs[0].vars == {"style": "a", "id": "0"}
+    assert specs[0].name == "a/0"
+    assert specs[2].prompt == "an owl (ink)"
+    assert specs[2].vars == {"style": "ink"}, "a nested JSON value is no var"
+
+
+def test_a_placeholder_no_column_or_var_fills_is_named(
+    write_manifest: Write, tmp_path: Path
+) -> None:
+    (tmp_path / "p.csv").write_text("prompt,style\na fox,ink\n")
+    path = write_manifest("""
+version: 1
+defaults: {model: flux-1-dev}
+jobs:
+  - {prompts_file: p.csv, prompt_template: "{prompt} in {mood}"}
+""")
+    with pytest.raises(ManifestError, match=r"jobs\[0\]\.prompt_template.*\{mood\} has no value"):
+        load_manifest(path)
+    path = write_manifest("""
+version: 1
+defaults: {model: flux-1-dev}
+jobs:
+  - {prompts_file: p.csv, prompt_template: "{prompt}, {style}", vars: {style: [a, b]}}
+""")
+    with pytest.raises(ManifestError, match=r"jobs\[0\]\.vars\.style.*also a column"):
+        load_manifest(path)
+
+
 def test_run_settings_come_from_the_manifest_and_yield_to_overrides() -> None:
     manifest = parse_manifest(
         textwrap.dedent("""

@@ -47,8 +47,10 @@ def _expand_entry(manifest: Manifest, entry: Entry) -> Iterator[JobSpec]:
     combos = list(itertools.product(*(values for _, values in entry.vars)))
     for prompt in entry.prompts:
         for combo in combos:
-            values = dict(zip(var_names, combo, strict=True))
+            values = {**prompt.columns, **dict(zip(var_names, combo, strict=True))}
             text = fill(prompt.text, values)
+            if entry.prompt_template:
+                text = fill(entry.prompt_template, {**values, "prompt": text})
             name = fill(entry.name, values) if entry.name else None
             for variant in entry.variants:
                 model = variant.model

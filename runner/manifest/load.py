@@ -126,20 +126,33 @@ def _entry(
     var_values = entry_vars(ctx, raw, path)
     names = set(var_values)
     name = raw.get("name")
-    used = set(PLACEHOLDER.findall(name or ""))
+    template = raw.get("prompt_template")
+    used = set(PLACEHOLDER.findall(name or "")) | set(PLACEHOLDER.findall(template or ""))
     for prompt in prompts:
+        clash = names & set(prompt.columns)
+        if clash:
+            raise ctx.error(
+                join(join(path, "vars"), sorted(clash)[0]),
+                f"is also a column of {prompt.where}: name the var or the column otherwise",
+            )
         found = PLACEHOLDER.findall(prompt.text)
         used.update(found)
-        missing = [p for p in found if p not in names]
+        missing = [p for p in found if p not in names and p not in prompt.columns]
         if missing:
             raise ctx.error(
                 prompt.where, f"placeholder {{{missing[0]}}} has no value: add it under {path}.vars"
             )
         if not prompt.text.strip():
             raise ctx.error(prompt.where, "the prompt is empty")
-    for missing in PLACEHOLDER.findall(name or ""):
-        if missing not in names:
-            raise ctx.error(join(path, "name"), f"placeholder {{{missing}}} has no value")
+        for field_name, text in (("name", name), ("prompt_template", template)):
+            known = names | set(prompt.columns) | ({"prompt"} if field_name != "name" else set())
+            for missing in PLACEHOLDER.findall(text or ""):
+                if missing not in known:
+                    raise ctx.error(
+                        join(path, field_name),
+                        f"placeholder {{{missing}}} has no value for {prompt.where} "
+                        "(a var, or a column of the prompts file)",
+                    )
     for where, text in param_templates(raw, path):
         found = PLACEHOLDER.findall(text)
         used.update(found)
@@ -182,6 +195,7 @@ def _entry(
         variants=variants,
         seeds=seeds,
         count=count or 1,
+        prompt_template=template,
     )
 
 

@@ -31,6 +31,7 @@ class Prompt:
     params: Mapping[str, Any] = field(default_factory=dict)  # as the file gives them
     seed: int | None = None
     typed: bool = True  # False: CSV text, converted to each model's parameter types
+    columns: Mapping[str, Any] = field(default_factory=dict)  # its row's other columns: vars
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class Entry:
     variants: tuple[Variant, ...]  # models × sizes
     seeds: tuple[int | str | None, ...]  # an int, "auto", or None (server's choice)
     count: int
+    prompt_template: str | None = None  # "{prompt}, in {style} style": the prompt sent
 
     @property
     def size(self) -> int:

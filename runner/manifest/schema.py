@@ -59,6 +59,7 @@ _ENTRY = {
         "prompts": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "prompts_file": {"type": "string", "minLength": 1},
         "column": {"type": "string", "minLength": 1},
+        "prompt_template": {"type": "string", "minLength": 1},
         "params_from": {
             "anyOf": [
                 {"const": "all"},

@@ -104,9 +104,17 @@ class _Columns:
                     )
 
     def row(self, text: str, where: str, record: Mapping[str, Any], typed: bool) -> Prompt:
-        """The prompt of one row, with its parameters; empty CSV cells are left out."""
+        """The prompt of one row, with its parameters (empty CSV cells are left out) and every
+        other column as a var of that row."""
+        columns = {
+            name: value
+            for name, value in record.items()
+            if isinstance(name, str)
+            and name != self.prompt
+            and isinstance(value, str | int | float | bool)
+        }
         if not self.params_from:
-            return Prompt(text, where)
+            return Prompt(text, where, columns=columns)
         if self.params_from == "all":
             pairs = [(name, name) for name in record if name != self.prompt]
         else:
@@ -121,7 +129,7 @@ class _Columns:
             seed = None if seed is None else int(seed)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: seed {seed!r} is not a whole number") from None
-        return Prompt(text, where, params, seed, typed)
+        return Prompt(text, where, params, seed, typed, columns)
 
 
 def _csv_prompts(

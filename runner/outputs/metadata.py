@@ -18,7 +18,7 @@ from runner.outputs.images import inside
 from runner.outputs.records import RecordStatus, ResultRecord
 
 
-class MetadataRow(TypedDict):
+class MetadataRow(TypedDict, total=False):
     file_name: str
     key: str
     prompt: str
@@ -29,6 +29,7 @@ class MetadataRow(TypedDict):
     name: str | None
     params: str  # JSON: one text column keeps the schema the same whatever each model took
     job_id: str | None
+    # and var_NAME: each var of the job (a column of its prompts file, say), as text
 
 
 def metadata_rows(root: Path, records: Iterable[ResultRecord]) -> Iterator[MetadataRow]:
@@ -42,7 +43,7 @@ def metadata_rows(root: Path, records: Iterable[ResultRecord]) -> Iterator[Metad
             if path is None:
                 continue  # a results file pointing outside its folder: not ours to read
             width, height = _size(path, params)
-            yield {
+            row: MetadataRow = {
                 "file_name": entry["path"],
                 "key": record["key"],
                 "prompt": record["prompt"],
@@ -54,6 +55,9 @@ def metadata_rows(root: Path, records: Iterable[ResultRecord]) -> Iterator[Metad
                 "params": json.dumps(params, sort_keys=True, ensure_ascii=False),
                 "job_id": record["job_id"],
             }
+            for name, value in record["vars"].items():
+                row[f"var_{name}"] = str(value)  # type: ignore[literal-required]
+            yield row
 
 
 def _size(path: Path, params: Mapping[str, Any]) -> tuple[int | None, int | None]:
