@@ -20,8 +20,10 @@ from runner.engine import Engine, EngineOptions, RunResult, RunStats
 from runner.errors import UsageError
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, ResultRecord
+from runner.outputs.card import dataset_card, write_card
 from runner.outputs.figures import stats_of
 from runner.outputs.journal import records_at
+from runner.outputs.ledger import folder_counts
 from runner.outputs.live import LiveStatus
 from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report
@@ -124,6 +126,11 @@ async def run_batch(
         _best_effort(
             folder.summary_path, lambda: folder.write_summary(result.summary), default=None
         )
+        completed = folder_counts(engine.ledger).completed
+        card = dataset_card(
+            settings.format, completed, sorted(result.counts.by_model), result.summary
+        )
+        _best_effort(folder.layout.card, lambda: write_card(folder.layout.card, card), default=None)
         if not current:
             _best_effort(
                 folder.layout.report,

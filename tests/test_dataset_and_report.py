@@ -21,6 +21,7 @@ from runner.jobspec import JobSpec
 from runner.manifest import parse_manifest
 from runner.naming import check_template, render_name
 from runner.outputs import ResultRecord
+from runner.outputs.card import dataset_card, write_card
 from runner.outputs.report import write_report
 from tests.engine_helpers import FAST, as_records, read_results
 
@@ -126,6 +127,46 @@ async def test_metadata_loads_with_the_datasets_imagefolder(
     assert row["image"].size == (256, 192)
     assert (row["width"], row["height"]) == (256, 192)
     assert json.loads(row["params"]) == {"width": 256, "height": 192, "seed": 1}
+
+
+async def test_the_folder_loads_by_its_card_as_one_split_whatever_its_folder_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flux-1-dev/ is no "dev" split: the card names the files, so every row is in train."""
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "out"
+    manifest = parse_manifest(
+        textwrap.dedent("""
+        version: 1
+        jobs:
+          - prompt: a {animal}
+            vars: {animal: [fox, owl, cat]}
+            models: [flux-1-dev, seedream-4]
+            params: {width: 512, height: 512}
+        run: {poll_interval: 0.02, rate_limit: 1000, concurrency: 8}
+    """),
+        overrides={"name_template": "{model}/{index:05d}"},
+    )
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
+        await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+    (out / "README.md").read_text().index("- krea-batch")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert list(loaded) == ["train"]
+    assert len(loaded["train"]) == 6
+    assert sorted(set(loaded["train"]["model"])) == ["flux-1-dev", "seedream-4"]
+    assert sorted(set(loaded["train"]["var_animal"])) == ["cat", "fox", "owl"]
+
+
+def test_a_readme_of_the_users_own_is_left_alone(tmp_path: Path) -> None:
+    card = tmp_path / "README.md"
+    assert write_card(card, dataset_card("files", 3, ["flux-1-dev"], {}))
+    assert write_card(card, dataset_card("files", 4, ["flux-1-dev"], {}))
+    assert "4 text-to-image jobs" in card.read_text()
+    card.write_text("# my notes\n")
+    assert not write_card(card, dataset_card("files", 5, ["flux-1-dev"], {}))
+    assert card.read_text() == "# my notes\n"
 
 
 async def test_metadata_rows_describe_each_image(tmp_path: Path) -> None:

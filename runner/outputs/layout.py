@@ -6,6 +6,8 @@ OUT/
   results.jsonl        one current record per job, appended as each finishes (results_log.py)
   metadata.jsonl       one row per image, the Hugging Face imagefolder layout
   summary.json         counts, spend, wall time, settings (runner.outputs.summary)
+  README.md            the dataset card: what the Hub and datasets.load_dataset(OUT) read
+  shards/              --format webdataset or parquet: NNNNN.tar or NNNNN.parquet
   report.html          the gallery; report/ holds its chunks of records
   status.json          a live run's heartbeat, rewritten every few seconds
   .krea-batch/         journal.jsonl (the write-ahead journal) and the lock
@@ -23,6 +25,7 @@ RESULTS_NAME = "results.jsonl"
 METADATA_NAME = "metadata.jsonl"
 SUMMARY_NAME = "summary.json"
 REPORT_NAME = "report.html"
+CARD_NAME = "README.md"
 REPORT_DATA_DIR = "report"
 STATUS_NAME = "status.json"
 JOURNAL_NAME = "journal.jsonl"
@@ -62,6 +65,10 @@ class Layout:
     @property
     def summary(self) -> Path:
         return self.root / SUMMARY_NAME
+
+    @property
+    def card(self) -> Path:
+        return self.root / CARD_NAME
 
     @property
     def report(self) -> Path:
