@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import anyio
 
 from runner.api.bounds import Limits, Timeouts
 from runner.api.client import DEFAULT_API_BASE, KreaClient
@@ -21,14 +23,16 @@ from runner.errors import UsageError
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, ResultRecord
 from runner.outputs.card import dataset_card, write_card
+from runner.outputs.destination import Destination, default_state_dir, destination_for
 from runner.outputs.figures import stats_of
 from runner.outputs.journal import records_at
+from runner.outputs.layout import RESULTS_NAME
 from runner.outputs.ledger import folder_counts
 from runner.outputs.live import LiveStatus
 from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report
 from runner.outputs.summary import summary
-from runner.outputs.writers import claim_format
+from runner.outputs.writers import claim_format, open_writer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,8 +50,13 @@ async def run_batch(
     notify_url: str | None = None,
     metrics_file: str | Path | None = None,
     webhook: WebhookSettings | None = None,
+    state_dir: str | Path | None = None,
 ) -> RunResult:
     """Run every job of ``manifest`` into the folder ``out``; safe to call again to resume.
+
+    ``out`` may be an fsspec URL (``s3://bucket/prefix``): the run then works in a local
+    ``state_dir`` (by default one per URL under ~/.local/state/krea-batch) and puts each file
+    there whole once it is final (runner.outputs.destination).
 
     ``api_base`` is Krea's API by default, or anything that answers like it (the emulator,
     which the CLI starts for ``--emulator``); a token is needed unless ``api_base`` is given.
@@ -68,10 +77,20 @@ async def run_batch(
         manifest = load_manifest(manifest, overrides=overrides)
     options = options or EngineOptions()
     settings = manifest.settings
-    folder = OutputFolder(Path(out))
+    destination = destination_for(str(out))
+    if state_dir is not None:
+        root = Path(state_dir)
+    else:
+        root = default_state_dir(str(out)) if destination.remote else Path(out)
+    folder = OutputFolder(root)
     started = time.time()
     with folder:
+        if destination.remote and not folder.journal_path.exists():
+            # Another machine's run, or a lost state folder: what the destination holds is
+            # read from its results and shard listing, and never paid for again.
+            await anyio.to_thread.run_sync(destination.fetch, RESULTS_NAME, folder.results_path)
         claim_format(folder, settings.format)
+        writer = open_writer(folder, settings.format, settings.shard_size, destination)
         client = KreaClient(
             base_url,
             api_token,
@@ -93,7 +112,7 @@ async def run_batch(
                 if on_progress is not None:
                     on_progress(engine)
 
-            engine = Engine(manifest, folder, client, options, on_progress=progress)
+            engine = Engine(manifest, folder, client, options, on_progress=progress, writer=writer)
             if receiver is not None:
                 receiver.deliver = engine.tracker.delivered
             result = await engine.run()
@@ -118,7 +137,7 @@ async def run_batch(
                 default=None,
             )
         stats = stats_of(result.counts, started, time.time(), requests=client.requests_by)
-        result.summary = _summary(manifest, folder, result, base_url, stats, written)
+        result.summary = _summary(manifest, str(out), result, base_url, stats, written)
         if engine.lister is not None:
             result.summary["listing"] = dataclasses.asdict(engine.lister.stats)
         if receiver is not None:
@@ -137,9 +156,26 @@ async def run_batch(
                 lambda: write_report(folder.root, records(), result.summary),
                 default=None,
             )
+        if destination.remote:
+            await anyio.to_thread.run_sync(
+                _publish, folder, destination, settings.format, result.counts.finished_now
+            )
     if notify_url:
         await notify(notify_url, result.summary)
     return result
+
+
+def _publish(folder: OutputFolder, destination: Destination, format: str, finished: int) -> None:
+    """Put the run's own files at a remote destination, whole; a run that finished nothing
+    puts nothing there that is there already."""
+    layout = folder.layout
+    files = [layout.results, layout.summary, layout.card]
+    if format == "files":
+        files.append(layout.metadata)
+    held = destination.listing("") if not finished else set()
+    for path in files:
+        if path.exists() and (finished or path.name not in held):
+            _best_effort(path, functools.partial(destination.put, path, path.name), default=None)
 
 
 def _up_to_date(folder: OutputFolder, finished_now: int) -> bool:
@@ -176,7 +212,7 @@ async def notify(url: str, summary: Mapping[str, Any]) -> None:
 
 def _summary(
     manifest: Manifest,
-    folder: OutputFolder,
+    out: str,
     result: RunResult,
     api_base: str,
     stats: RunStats,
@@ -184,7 +220,7 @@ def _summary(
 ) -> dict[str, Any]:
     settings = manifest.settings
     return summary(
-        out=str(folder.root),
+        out=out,
         stats=stats,
         records=records,
         exit_code=result.exit_code,

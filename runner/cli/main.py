@@ -36,6 +36,7 @@ from runner.manifest import load_manifest
 from runner.manifest.plan import make_plan
 from runner.money import parse_budget, spend_text
 from runner.outputs import Layout, latest_records
+from runner.outputs.destination import is_url
 from runner.outputs.live import read_live
 from runner.outputs.merge import merge_folders, parse_shard
 from runner.outputs.provenance import read as read_provenance
@@ -138,7 +139,19 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a manifest's jobs into an output folder")
     run.add_argument("manifest")
-    run.add_argument("--out", default="out", type=_folder, help="output folder (default: out)")
+    run.add_argument(
+        "--out",
+        default="out",
+        type=_folder,
+        help="output folder, or a URL fsspec knows: s3://bucket/prefix, gs://, hf://… "
+        "(default: out)",
+    )
+    run.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="with a URL --out: the local folder for the journal and the shards being made "
+        "(default: one per URL under ~/.local/state/krea-batch)",
+    )
     where = run.add_mutually_exclusive_group()
     where.add_argument("--emulator", action="store_true", help="use the built-in Krea emulator")
     where.add_argument("--api-base", metavar="URL", help="another Krea-compatible server")
@@ -340,6 +353,7 @@ def _run(args: argparse.Namespace) -> int:
         notify_url=args.notify_url,
         metrics_file=args.metrics_file,
         webhook=webhook,
+        state_dir=args.state_dir,
     )
     try:
         if args.emulator:
@@ -349,18 +363,18 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     counts = result.counts
-    out = Path(args.out)
     ambiguous = f", {counts.ambiguous_jobs} ambiguous" if counts.ambiguous_jobs else ""
+    out = str(args.out).rstrip("/")
+    sharded = manifest.settings.format != "files"
+    if is_url(out) or sharded:
+        where = f"shards: {out}/shards" if sharded else f"images: {out}/images"
+    else:
+        where = f"gallery: {out}/report.html"
     print(
         f"{counts.completed} completed, {counts.failed} failed{ambiguous}, "
         f"{counts.skipped} already done, {counts.unfinished} unfinished; "
         f"estimated spend {spend_text(counts.spend_usd, counts.spend_units)}\n"
-        f"results: {out / 'results.jsonl'}   "
-        + (
-            f"gallery: {out / 'report.html'}"
-            if (out / "report.html").exists()
-            else f"shards: {out / 'shards'}"
-        )
+        f"results: {out}/results.jsonl   {where}"
     )
     if result.stopped:
         print(

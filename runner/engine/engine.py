@@ -245,7 +245,8 @@ class Engine(Stopping):
     async def _rebuild_from_results(self) -> None:
         """A folder without a journal (copied without its dot-files, say) still holds its
         results: every record whose images are intact is finished, and never paid again."""
-        records = await anyio.to_thread.run_sync(lambda: list(intact_records(self.folder.root)))
+        root, holds = self.folder.root, self.writer.holds
+        records = await anyio.to_thread.run_sync(lambda: list(intact_records(root, holds)))
         if records:
             log.warning(
                 "%s has no journal: %d finished jobs recovered from results.jsonl",

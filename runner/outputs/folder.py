@@ -7,7 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,7 +16,7 @@ from runner.outputs.atomic import fsync_dir, write_atomic
 from runner.outputs.images import intact
 from runner.outputs.layout import Layout
 from runner.outputs.metadata import MetadataRow, metadata_lines
-from runner.outputs.records import ResultRecord, read_records
+from runner.outputs.records import FileEntry, ResultRecord, read_records
 
 
 class OutputFolder:
@@ -110,9 +110,13 @@ class OutputFolder:
         write_atomic(self.summary_path, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
 
 
-def intact_records(root: Path) -> Iterator[ResultRecord]:
+def intact_records(
+    root: Path, holds: Callable[[FileEntry], bool] | None = None
+) -> Iterator[ResultRecord]:
     """The records of ``root``/results.jsonl whose files are all there, unchanged (sha256),
-    inside the folder. What a folder whose journal was lost still proves it holds."""
+    inside the folder (or as ``holds`` says). What a folder whose journal was lost still proves
+    it holds."""
+    check = holds or (lambda entry: intact(root, entry))
     for record in read_records(Layout(root).results):
-        if all(intact(root, entry) for entry in record["files"]):
+        if all(check(entry) for entry in record["files"]):
             yield record

@@ -7,9 +7,13 @@ webdataset.py  tar shards of KEY.png + KEY.json
 parquet.py     parquet shards with an image column as Hugging Face reads it
 """
 
+from pathlib import Path
+
 from runner.errors import UsageError
 from runner.outputs.atomic import write_atomic
+from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
+from runner.outputs.records import read_records
 from runner.outputs.shard_files import SHARDS_DIR, member_of
 from runner.outputs.writers.base import Fetched, Writer
 from runner.outputs.writers.files import FilesWriter
@@ -46,19 +50,30 @@ def _format_held(folder: OutputFolder) -> str | None:
         for writer in (WebDatasetWriter, ParquetWriter):
             if any(shards.glob("*" + writer.suffix)):
                 return writer.format
-    results = folder.results_path
-    return "files" if results.is_file() and results.stat().st_size > 0 else None
+    for record in read_records(folder.results_path):
+        for entry in record["files"]:
+            place = member_of(entry["path"])
+            if place is None:
+                return "files"
+            suffix = Path(place[0]).suffix
+            formats = (WebDatasetWriter, ParquetWriter)
+            return next((w.format for w in formats if w.suffix == suffix), None)
+    return None
 
 
 def open_writer(
-    folder: OutputFolder, format: str = "files", shard_size: int = DEFAULT_SHARD_SIZE
+    folder: OutputFolder,
+    format: str = "files",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    destination: Destination | None = None,
 ) -> Writer:
-    """The writer of ``format`` (one of FORMATS) for ``folder``."""
+    """The writer of ``format`` (one of FORMATS) for ``folder``, putting its files at
+    ``destination`` (by default the folder itself)."""
     if format == "webdataset":
-        return WebDatasetWriter(folder, shard_size)
+        return WebDatasetWriter(folder, shard_size, destination)
     if format == "parquet":
-        return ParquetWriter(folder, shard_size)
-    return FilesWriter(folder)
+        return ParquetWriter(folder, shard_size, destination)
+    return FilesWriter(folder, destination)
 
 
 __all__ = [

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import BadImage
+from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
-from runner.outputs.images import image_problem
+from runner.outputs.images import image_problem, intact
 from runner.outputs.provenance import embed
 from runner.outputs.records import FileEntry, ResultRecord
 from runner.outputs.results_log import ResultsLog
@@ -47,8 +48,9 @@ class Writer(ABC):
 
     format: str = ""
 
-    def __init__(self, folder: OutputFolder) -> None:
+    def __init__(self, folder: OutputFolder, destination: Destination | None = None) -> None:
         self.folder = folder
+        self.destination = destination or Destination()
         self.var_names: tuple[str, ...] = ()  # every var of the manifest (columns, for some)
         self.results = ResultsLog(folder.results_path)
 
@@ -67,6 +69,11 @@ class Writer(ABC):
     def place(self, fetched: Fetched, stem: str, provenance: Mapping[str, Any] | None) -> FileEntry:
         """Check, embed and keep one image as ``stem`` (blocking: a worker thread runs it).
         Once it returns, the image survives a crash; its record is not written yet."""
+
+    def holds(self, entry: FileEntry) -> bool:
+        """Whether a file a results record names is there, whole (a folder that lost its
+        journal proves with this what it need not pay for again)."""
+        return intact(self.folder.root, entry)
 
     def assign(self, record: ResultRecord) -> ResultRecord:
         """A finished job's record as the journal is to keep it, with its files where this

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from runner.outputs.destination import Destination
+from runner.outputs.folder import OutputFolder
 from runner.outputs.images import image_extension
 from runner.outputs.layout import relative
 from runner.outputs.records import FileEntry
@@ -15,6 +17,10 @@ from runner.outputs.writers.base import Fetched, Writer, checked
 class FilesWriter(Writer):
     format = "files"
 
+    def __init__(self, folder: OutputFolder, destination: Destination | None = None) -> None:
+        super().__init__(folder, destination)
+        self._listed: dict[str, set[str]] = {}  # the destination's folders, once listed
+
     def partial_path(self, name: str) -> Path:
         return self.folder.partial_path(name)
 
@@ -23,4 +29,16 @@ class FilesWriter(Writer):
         final = self.folder.place(
             fetched.path, stem + image_extension(fetched.content_type, fetched.url)
         )
-        return {"path": relative(final, self.folder.root), "sha256": sha256, "bytes": size}
+        path = relative(final, self.folder.root)
+        if self.destination.remote:
+            self.destination.put(final, path)
+            final.unlink()
+        return {"path": path, "sha256": sha256, "bytes": size}
+
+    def holds(self, entry: FileEntry) -> bool:
+        if self.destination.remote:
+            folder, _, name = entry["path"].rpartition("/")
+            if folder not in self._listed:
+                self._listed[folder] = self.destination.listing(folder)
+            return name in self._listed[folder]
+        return super().holds(entry)

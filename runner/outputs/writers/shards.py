@@ -17,11 +17,13 @@ import os
 import re
 from abc import abstractmethod
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.outputs.atomic import fsync_dir
+from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
 from runner.outputs.images import image_extension
 from runner.outputs.layout import relative
@@ -67,14 +69,23 @@ class ShardWriter(Writer):
 
     suffix = ""
 
-    def __init__(self, folder: OutputFolder, shard_size: int = 10_000) -> None:
-        super().__init__(folder)
+    def __init__(
+        self,
+        folder: OutputFolder,
+        shard_size: int = 10_000,
+        destination: Destination | None = None,
+    ) -> None:
+        super().__init__(folder, destination)
         self.shard_size = shard_size
         self.shards = folder.root / SHARDS_DIR
         self.staging = folder.state / STAGING_DIR
         self._open_number = 0  # the shard being filled
         self._given: dict[int, int] = {}  # samples given to each unwritten shard
         self._members: dict[int, list[Sample]] = {}  # unwritten shards' samples, finished
+        # Shards are written (and uploaded) one at a time away from the event loop.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shards")
+        self._pending: list[Future[None]] = []
+        self._remote: set[str] | None = None  # the destination's shard names, once listed
 
     # ---- before the run -----------------------------------------------------------------
 
@@ -82,9 +93,13 @@ class ShardWriter(Writer):
         super().open(finished, records)
         self.shards.mkdir(exist_ok=True)
         self.staging.mkdir(exist_ok=True)
-        for part in self.staging.glob(".*.part"):
+        for part in [*self.staging.glob(".*.part"), *self.shards.glob(".*.part")]:
             part.unlink(missing_ok=True)
-        written = [n for n in (self._number(p.name) for p in self.shards.iterdir()) if n >= 0]
+        for local in sorted(self.shards.iterdir()):
+            if self.destination.remote and self._number(local.name) >= 0:
+                self._upload(local)  # written before a crash, not uploaded yet
+        names = {p.name for p in self.shards.iterdir()} | self.remote_shards()
+        written = [n for n in (self._number(name) for name in names) if n >= 0]
         self._open_number = max(written, default=-1) + 1
         if any(self.staging.iterdir()):
             self._recover(records, set(written))
@@ -112,7 +127,7 @@ class ShardWriter(Writer):
             self._open_number = max(self._open_number, last)
             for number in sorted(self._members):
                 if number < last or len(self._members[number]) >= self.shard_size:
-                    self._write(number)
+                    self._write(number, now=True)
             self._given[self._open_number] = len(self._members.get(self._open_number, []))
 
     # ---- during the run -------------------------------------------------------------------
@@ -171,13 +186,35 @@ class ShardWriter(Writer):
 
     # ---- writing a shard --------------------------------------------------------------------
 
-    def _write(self, number: int) -> None:
+    def remote_shards(self) -> set[str]:
+        """The shard files the destination holds (listed once a run)."""
+        if self._remote is None:
+            self._remote = (
+                self.destination.listing(SHARDS_DIR) if self.destination.remote else set()
+            )
+        return self._remote
+
+    def holds(self, entry: FileEntry) -> bool:
+        place = member_of(entry["path"])
+        if place is not None and self.destination.remote:
+            # An object store holds whole uploads only: a shard listed there is whole.
+            return Path(place[0]).name in self.remote_shards()
+        return super().holds(entry)
+
+    def _write(self, number: int, now: bool = False) -> None:
+        """Write shard ``number`` from its finished samples: in the background, or ``now``."""
         samples = self._members.pop(number, [])
         self._given.pop(number, None)
         if number >= self._open_number:  # written: nothing more may join it
             self._open_number = number + 1
         if not samples:
             return
+        if now:
+            self._write_samples(number, samples)
+        else:
+            self._pending.append(self._pool.submit(self._write_samples, number, samples))
+
+    def _write_samples(self, number: int, samples: list[Sample]) -> None:
         final = self.shards / f"{number:05d}{self.suffix}"
         hidden = self.shards / f".{final.name}.part"
         self.write_shard(hidden, samples)
@@ -185,9 +222,16 @@ class ShardWriter(Writer):
             os.fsync(handle.fileno())
         os.replace(hidden, final)
         fsync_dir(self.shards)
+        if self.destination.remote:
+            self._upload(final)
         for sample in samples:
             sample.staged.unlink(missing_ok=True)
         log.info("shard %s written: %d samples", relative(final, self.folder.root), len(samples))
+
+    def _upload(self, local: Path) -> None:
+        """Put a whole shard at the destination, then drop the local copy."""
+        self.destination.put(local, f"{SHARDS_DIR}/{local.name}")
+        local.unlink()
 
     @abstractmethod
     def write_shard(self, path: Path, samples: list[Sample]) -> None:
@@ -196,10 +240,16 @@ class ShardWriter(Writer):
     def close(self, records: RecordSource, complete: bool) -> None:
         """A run with nothing left writes its last shard however full; one that stopped early
         leaves it staged for the next run to fill."""
-        if complete:
-            for number in sorted(self._members):
-                self._write(number)
-        super().close(records, complete)
+        try:
+            if complete:
+                for number in sorted(self._members):
+                    self._write(number)
+            self._pool.shutdown(wait=True)
+            for future in self._pending:
+                future.result()  # an error here leaves the samples staged: the next run writes
+        finally:
+            self._pending.clear()
+            super().close(records, complete)
 
 
 def sample_json(sample: Sample) -> bytes:

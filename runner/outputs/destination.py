@@ -1,0 +1,101 @@
+"""Where a run's output ends up: the local folder itself, or any fsspec URL (``s3://``,
+``gs://``, ``hf://``, ``file://``…) that whole files are uploaded to.
+
+Object stores have no append and no rename, so nothing is ever written there piecemeal: the
+run works in a local state folder (journal, staging, shards being made) and puts each file
+there whole once it is final. Credentials and endpoints come from each backend's usual places
+(for S3 the AWS variables, ``AWS_ENDPOINT_URL`` included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def is_url(out: str) -> bool:
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", out) is not None
+
+
+def default_state_dir(url: str) -> Path:
+    """``$XDG_STATE_HOME/krea-batch/<readable part>-<hash>``: one state folder per destination."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[1]).strip("_")[:60]
+    digest = hashlib.sha256(url.encode()).hexdigest()[:10]
+    return base / "krea-batch" / f"{readable}-{digest}"
+
+
+class Destination:
+    """A local folder: files are already where they belong."""
+
+    remote = False
+    url = ""
+
+    def put(self, local: Path, relative: str) -> None:
+        """Make ``local`` the destination's ``relative`` (whole)."""
+
+    def listing(self, relative_dir: str) -> set[str]:
+        """The names of the files in the destination's ``relative_dir``."""
+        return set()
+
+    def fetch(self, relative: str, local: Path) -> bool:
+        """Copy the destination's ``relative`` to ``local``; False when it has none."""
+        return False
+
+
+class RemoteDestination(Destination):
+    """An fsspec URL (see the module docstring)."""
+
+    remote = True
+
+    def __init__(self, url: str) -> None:
+        try:
+            import fsspec
+            from fsspec.core import url_to_fs
+        except ImportError as exc:  # pragma: no cover - fsspec is a dependency
+            raise UsageError("--out URL needs fsspec: pip install fsspec") from exc
+        try:
+            self.fs, self.root = url_to_fs(url)
+        except (ImportError, ValueError) as exc:
+            scheme = url.split("://", 1)[0]
+            known = fsspec.available_protocols()
+            hint = f" (pip install krea-batch[{scheme}])" if scheme in ("s3", "gs") else ""
+            if scheme not in known:
+                raise UsageError(f"--out {url}: no filesystem for {scheme}://") from exc
+            raise UsageError(f"--out {url}: {exc}{hint}") from exc
+        self.url = url.rstrip("/")
+        self.root = self.root.rstrip("/")
+
+    def _path(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    def put(self, local: Path, relative: str) -> None:
+        self.fs.put_file(str(local), self._path(relative))
+
+    def listing(self, relative_dir: str) -> set[str]:
+        path = self._path(relative_dir)
+        self.fs.invalidate_cache(path)
+        try:
+            entries: list[Any] = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return set()
+        return {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries}
+
+    def fetch(self, relative: str, local: Path) -> bool:
+        try:
+            self.fs.get_file(self._path(relative), str(local))
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def destination_for(out: str) -> Destination:
+    return RemoteDestination(out) if is_url(out) else Destination()

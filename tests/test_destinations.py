@@ -1,0 +1,111 @@
+"""--out URL: shards go whole to an S3-compatible store (moto's server on 127.0.0.1, started
+here), a rerun resumes, a rerun of a finished run writes nothing, and a machine with no state
+pays for nothing the destination holds."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.batch import run_batch
+from runner.emulator import EmulatorConfig, Latency, run_emulator
+from tests.engine_helpers import FAST, manifest_text
+
+moto_server = pytest.importorskip("moto.server")
+s3fs = pytest.importorskip("s3fs")
+
+JOBS = 7
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: Any) -> str:
+    """A fresh bucket, reached through the standard AWS variables only."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+    name = "b" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return name
+
+
+def _objects(bucket: str) -> dict[str, Any]:
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    found = {}
+    for path, info in fs.find(bucket, detail=True).items():
+        found[path] = info.get("LastModified")
+    return found
+
+
+async def test_parquet_shards_to_s3_resume_and_load_back(
+    tmp_path: Path, bucket: str, s3_endpoint: str
+) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(JOBS, format="parquet", shard_size=3))
+    out = f"s3://{bucket}/run"
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
+        kwargs: dict[str, Any] = {"api_base": emu.url, "token": "t", "options": FAST}
+        first = await run_batch(manifest, out, state_dir=tmp_path / "state", **kwargs)
+        objects = _objects(bucket)
+        again = await run_batch(manifest, out, state_dir=tmp_path / "state", **kwargs)
+        assert _objects(bucket) == objects, "a finished run's rerun writes no object"
+        elsewhere = await run_batch(manifest, out, state_dir=tmp_path / "other", **kwargs)
+        submits = emu.emulator.snapshot()["submits"]
+    assert first.counts.completed == JOBS
+    assert again.counts.skipped == JOBS
+    assert elsewhere.counts.skipped == JOBS, "no local state: the destination's shards prove it"
+    assert submits == JOBS
+    names = sorted(path.split("/run/", 1)[1] for path in objects)
+    assert names == [
+        "README.md",
+        "results.jsonl",
+        "shards/00000.parquet",
+        "shards/00001.parquet",
+        "shards/00002.parquet",
+        "summary.json",
+    ]
+    assert not list((tmp_path / "state" / "shards").iterdir()), "uploaded, not kept twice"
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset(
+        "parquet",
+        data_files=f"s3://{bucket}/run/shards/*.parquet",
+        storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}},
+        split="train",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert len(loaded) == JOBS
+    assert loaded[0]["image"].size == (128, 128)
+
+
+async def test_an_unknown_scheme_is_a_usage_error(tmp_path: Path) -> None:
+    from runner.errors import UsageError
+
+    (tmp_path / "jobs.yaml").write_text(manifest_text(1))
+    with pytest.raises(UsageError, match="no filesystem for nosuch://"):
+        await run_batch(
+            tmp_path / "jobs.yaml", "nosuch://x/y", api_base="http://127.0.0.1:9", token="t"
+        )
