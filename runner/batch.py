@@ -145,11 +145,13 @@ async def run_batch(
         _best_effort(
             folder.summary_path, lambda: folder.write_summary(result.summary), default=None
         )
-        completed = folder_counts(engine.ledger).completed
-        card = dataset_card(
-            settings.format, completed, sorted(result.counts.by_model), result.summary
-        )
-        _best_effort(folder.layout.card, lambda: write_card(folder.layout.card, card), default=None)
+        if result.counts.finished_now or not folder.layout.card.exists():
+            completed = folder_counts(engine.ledger).completed
+            models = sorted(result.counts.by_model)
+            card = dataset_card(settings.format, completed, models, result.summary)
+            _best_effort(
+                folder.layout.card, lambda: write_card(folder.layout.card, card), default=None
+            )
         if not current:
             _best_effort(
                 folder.layout.report,

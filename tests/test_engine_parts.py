@@ -297,7 +297,7 @@ def test_the_run_ledger_counts_live_events_and_not_a_replay() -> None:
     assert replayed.states["a"].done == RecordStatus.COMPLETED
 
     ledger = RunLedger()
-    for event in [Planned("a", "flux", False), Planned("d", "flux", True), *journaled]:
+    for event in [Planned({"flux": (1, 2)}), *journaled]:
         ledger.apply(event)
     ledger.apply(TransientError(429, overload=True))
     ledger.apply(TransientError(503))

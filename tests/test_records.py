@@ -154,7 +154,7 @@ def test_results_are_written_once_and_rewritten_only_when_the_journal_disagrees(
     records = [{**record, "key": f"key-{n}"} for n, record in enumerate(written())]
     path = Layout(tmp_path).results
     log = ResultsLog(path)
-    assert not log.open(key_digest([]), iter(()))  # no file, nothing finished: agrees
+    assert not log.open(lambda: key_digest([]), iter(()))  # no file, nothing finished: agrees
     for record in records[:2]:
         log.append(record)
     log.close()
@@ -162,13 +162,13 @@ def test_results_are_written_once_and_rewritten_only_when_the_journal_disagrees(
     digest = key_digest(r["key"] for r in records[:2])
     assert file_digest(path) == digest
     log = ResultsLog(path)
-    assert not log.open(digest, iter(())), "agrees: appended to, not rewritten"
+    assert not log.open(lambda: digest, iter(())), "agrees: appended to, not rewritten"
     log.close()
     assert path.read_bytes() == before
 
     # A crash between the journal's line and this file's: rewritten from the journal's records.
     log = ResultsLog(path)
-    assert log.open(key_digest(r["key"] for r in records), iter(records))
+    assert log.open(lambda: key_digest(r["key"] for r in records), iter(records))
     log.close()
     assert [r["key"] for r in read_records(path)] == ["key-0", "key-1", "key-2"]
 
@@ -177,6 +177,18 @@ def test_results_are_written_once_and_rewritten_only_when_the_journal_disagrees(
     assert file_digest(path) is None
     path.write_bytes(before + record_line(records[0]).encode())
     assert file_digest(path) != key_digest(r["key"] for r in records)
+
+    # Closed with the journal's size noted: the next open reads neither file while both stand.
+    stamp = tmp_path / "stamp"
+    log = ResultsLog(path, stamp)
+    assert log.open(lambda: key_digest(r["key"] for r in records), iter(records))
+    log.close(journal_size=123)
+    unread = ResultsLog(path, stamp)
+    assert not unread.open(lambda: (0, 0), iter(()), journal_size=123), "trusted the stamp"
+    unread.close()
+    moved = ResultsLog(path, stamp)
+    assert moved.open(lambda: (0, 0), iter(records), journal_size=124), "the journal grew: read"
+    moved.close()
 
     # A job finished again: its earlier line goes when the writer closes.
     log = ResultsLog(path)

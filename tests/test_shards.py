@@ -166,7 +166,7 @@ def test_a_crash_with_samples_staged_is_finished_by_the_next_writer(
     records: list[ResultRecord] = []
     with OutputFolder(tmp_path) as folder:
         writer = open_writer(folder, format, shard_size=3)
-        writer.open(key_digest([]), lambda: iter(()))
+        writer.open(lambda: key_digest([]), lambda: iter(()))
         for n in range(5):
             fetched = _png(writer.partial_path(f"k{n}"), n)
             entry = writer.place(fetched, f"k{n}", None)
@@ -179,7 +179,7 @@ def test_a_crash_with_samples_staged_is_finished_by_the_next_writer(
     ]
     with OutputFolder(tmp_path) as folder:
         writer = open_writer(folder, format, shard_size=3)
-        writer.open(key_digest(r["key"] for r in records), lambda: iter(records))
+        writer.open(lambda: key_digest(r["key"] for r in records), lambda: iter(records))
         assert [p.name for p in (tmp_path / "shards").iterdir()] == [f"00000{writer.suffix}"]
         entry = writer.place(_png(writer.partial_path("k5"), 5), "k5", None)
         last = writer.assign(_record("k5", entry))

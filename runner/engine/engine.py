@@ -11,6 +11,7 @@ submitting and let jobs in flight finish (drain), then cancel what is left (abor
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -225,10 +226,21 @@ class Engine(Stopping):
         offsets = sorted(s.done_at for s in self.states.values() if s.done_at is not None)
         return records_at(self.folder.journal_path, offsets)
 
-    async def _open_writer(self) -> None:
-        finished = key_digest(k for k, s in self.states.items() if s.done_at is not None)
+    def _finished_digest(self) -> tuple[int, int]:
+        return key_digest(k for k, s in self.states.items() if s.done_at is not None)
+
+    def _journal_size(self) -> int | None:
         try:
-            await anyio.to_thread.run_sync(self.writer.open, finished, self.finished_records)
+            return self.folder.journal_path.stat().st_size
+        except OSError:
+            return None
+
+    async def _open_writer(self) -> None:
+        open_writer = functools.partial(
+            self.writer.open, self._finished_digest, self.finished_records, self._journal_size()
+        )
+        try:
+            await anyio.to_thread.run_sync(open_writer)
         except OSError as exc:
             raise DiskError(str(self.folder.root), exc) from exc
 
@@ -238,7 +250,10 @@ class Engine(Stopping):
         complete = self.counts.unfinished == 0
         with anyio.CancelScope(shield=True):
             try:
-                await anyio.to_thread.run_sync(self.writer.close, self.finished_records, complete)
+                close = functools.partial(
+                    self.writer.close, self.finished_records, complete, self._journal_size()
+                )
+                await anyio.to_thread.run_sync(close)
             except OSError as exc:
                 log.warning("could not finish the output (%s); the next run does", exc)
 
@@ -262,21 +277,23 @@ class Engine(Stopping):
         names: dict[str, int] = {}
         states = self.states
         retry_failed = self.options.retry_failed
-        note = self.journal.note
         var_names: set[str] = set()
+        by_model: dict[str, list[int]] = {}  # model → [finished before, jobs]
         for spec in self.specs():
             self.keys.append(spec.key)
             var_names.update(spec.vars)
+            model = by_model.setdefault(spec.model, [0, 0])
+            model[1] += 1
             state = states.get(spec.key)
-            finished = False
-            if self.options.retry_ambiguous and state is not None and is_ambiguous(state):
+            if state is None:
+                pass
+            elif self.options.retry_ambiguous and is_ambiguous(state):
                 self._released.append(spec)
-            elif state is not None and state.done is not None:
+            elif state.done is not None:
                 # Counted as skipped at once, not as the producer reaches it.
-                finished = not (state.done == RecordStatus.FAILED and retry_failed)
-            elif state is not None and state.remote:
+                model[0] += not (state.done == RecordStatus.FAILED and retry_failed)
+            elif state.remote:
                 self._resumed.append(spec)
-            note(Planned(spec.key, spec.model, finished))
             if self._name_stem == DEFAULT_TEMPLATE:
                 continue  # keys are unique by construction
             name = render_name(self._name_stem, spec)
@@ -289,6 +306,7 @@ class Engine(Stopping):
         if names:
             check_names(names, self.settings.name_template, self.folder.images)
         self.writer.var_names = tuple(sorted(var_names))
+        self.journal.note(Planned({m: (done, jobs) for m, (done, jobs) in by_model.items()}))
 
     async def _release_ambiguous(self) -> None:
         """--retry-ambiguous: say what sending them again may cost, then free them to go."""

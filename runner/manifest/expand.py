@@ -47,7 +47,9 @@ def _expand_entry(manifest: Manifest, entry: Entry) -> Iterator[JobSpec]:
     combos = list(itertools.product(*(values for _, values in entry.vars)))
     for prompt in entry.prompts:
         for combo in combos:
-            values = {**prompt.columns, **dict(zip(var_names, combo, strict=True))}
+            values = dict(zip(var_names, combo, strict=True))
+            if prompt.columns:
+                values = {**prompt.columns, **values}
             text = fill(prompt.text, values)
             if entry.prompt_template:
                 text = fill(entry.prompt_template, {**values, "prompt": text})

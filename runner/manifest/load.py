@@ -128,31 +128,38 @@ def _entry(
     name = raw.get("name")
     template = raw.get("prompt_template")
     used = set(PLACEHOLDER.findall(name or "")) | set(PLACEHOLDER.findall(template or ""))
+    # Placeholders of name and prompt_template that no var fills: each row's columns must.
+    from_columns = [
+        (field_name, found)
+        for field_name, text in (("name", name), ("prompt_template", template))
+        for found in PLACEHOLDER.findall(text or "")
+        if found not in names and not (found == "prompt" and field_name == "prompt_template")
+    ]
     for prompt in prompts:
-        clash = names & set(prompt.columns)
-        if clash:
+        if prompt.columns and not names.isdisjoint(prompt.columns):
             raise ctx.error(
-                join(join(path, "vars"), sorted(clash)[0]),
+                join(join(path, "vars"), sorted(names & set(prompt.columns))[0]),
                 f"is also a column of {prompt.where}: name the var or the column otherwise",
             )
         found = PLACEHOLDER.findall(prompt.text)
-        used.update(found)
-        missing = [p for p in found if p not in names and p not in prompt.columns]
-        if missing:
-            raise ctx.error(
-                prompt.where, f"placeholder {{{missing[0]}}} has no value: add it under {path}.vars"
-            )
+        if found:
+            used.update(found)
+            columns = prompt.columns or {}
+            missing = [p for p in found if p not in names and p not in columns]
+            if missing:
+                raise ctx.error(
+                    prompt.where,
+                    f"placeholder {{{missing[0]}}} has no value: add it under {path}.vars",
+                )
         if not prompt.text.strip():
             raise ctx.error(prompt.where, "the prompt is empty")
-        for field_name, text in (("name", name), ("prompt_template", template)):
-            known = names | set(prompt.columns) | ({"prompt"} if field_name != "name" else set())
-            for missing in PLACEHOLDER.findall(text or ""):
-                if missing not in known:
-                    raise ctx.error(
-                        join(path, field_name),
-                        f"placeholder {{{missing}}} has no value for {prompt.where} "
-                        "(a var, or a column of the prompts file)",
-                    )
+        for field_name, wanted in from_columns:
+            if wanted not in (prompt.columns or {}):
+                raise ctx.error(
+                    join(path, field_name),
+                    f"placeholder {{{wanted}}} has no value for {prompt.where} "
+                    "(a var, or a column of the prompts file)",
+                )
     for where, text in param_templates(raw, path):
         found = PLACEHOLDER.findall(text)
         used.update(found)

@@ -31,7 +31,7 @@ class Prompt:
     params: Mapping[str, Any] = field(default_factory=dict)  # as the file gives them
     seed: int | None = None
     typed: bool = True  # False: CSV text, converted to each model's parameter types
-    columns: Mapping[str, Any] = field(default_factory=dict)  # its row's other columns: vars
+    columns: Mapping[str, Any] | None = None  # its row's other columns: vars
 
 
 @dataclass(frozen=True, slots=True)

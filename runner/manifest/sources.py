@@ -112,7 +112,7 @@ class _Columns:
             if isinstance(name, str)
             and name != self.prompt
             and isinstance(value, str | int | float | bool)
-        }
+        } or None
         if not self.params_from:
             return Prompt(text, where, columns=columns)
         if self.params_from == "all":

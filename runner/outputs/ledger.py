@@ -127,13 +127,13 @@ def _count_journaled(counts: Counts, event: Event) -> None:
 
 def _count_noted(counts: Counts, event: RunEvent) -> None:
     match event:
-        case Planned(_, model, finished_before):
-            counts.total += 1
-            per_model = counts.by_model.setdefault(model, [0, 0])
-            per_model[1] += 1
-            if finished_before:
-                counts.skipped += 1
-                per_model[0] += 1
+        case Planned(by_model):
+            for model, (finished, jobs) in by_model.items():
+                counts.total += jobs
+                counts.skipped += finished
+                per_model = counts.by_model.setdefault(model, [0, 0])
+                per_model[0] += finished
+                per_model[1] += jobs
         case Resumed():
             counts.resumed += 1
         case TransientError(status, overload):

@@ -11,14 +11,14 @@ end. Otherwise each record is written once, in the order the jobs finished.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from runner import jsontext
 from runner.errors import DiskError, UsageError
-from runner.files import UnusableFile, open_regular
+from runner.files import UnusableFile, open_regular, read_regular
 from runner.outputs.atomic import write_atomic
 from runner.outputs.records import ResultRecord, record_line
 
@@ -27,11 +27,12 @@ _KEY_PREFIX = b'{"key": "'  # how record_line starts every record
 
 def key_digest(keys: Iterable[str]) -> tuple[int, int]:
     """How many keys, and a digest of them that ignores their order (a sum of hashes, so two
-    lists of the same keys agree and a key twice in place of another does not)."""
+    lists of the same keys agree and a key twice in place of another does not). Python's own
+    string hash: both sides are computed in the same process, which is all it is used for."""
     count = total = 0
     for key in keys:
         count += 1
-        total += int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+        total += hash(key)
     return count, total % (1 << 64)
 
 
@@ -72,19 +73,42 @@ def file_digest(path: Path) -> tuple[int, int] | None:
 class ResultsLog:
     """The one writer of results.jsonl (see the module docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stamp: Path | None = None) -> None:
         self.path = path
+        self.stamp = stamp  # the file's size and time, and the journal's size, when they agreed
         self._handle: BinaryIO | None = None
         self.stale = False  # a job finished again: its earlier line is to be dropped at the end
 
-    def open(self, finished: tuple[int, int], records: Iterable[ResultRecord]) -> bool:
-        """Check the file against ``finished`` (``key_digest`` of the journal's finished keys);
-        rewrite it from ``records`` when they disagree. Returns whether it was rewritten."""
-        if file_digest(self.path) != finished:
+    def open(
+        self,
+        finished: Callable[[], tuple[int, int]],
+        records: Iterable[ResultRecord],
+        journal_size: int | None = None,
+    ) -> bool:
+        """Check the file against ``finished()`` (``key_digest`` of the journal's finished
+        keys) unless neither file changed since they last agreed; rewrite it from ``records``
+        when they disagree. Returns whether it was rewritten."""
+        if not self._unchanged(journal_size) and file_digest(self.path) != finished():
             self.rewrite(records)
             return True
         self._handle = self._open()
         return False
+
+    def _sizes(self, journal_size: int | None) -> list[int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return None if journal_size is None else [stat.st_size, stat.st_mtime_ns, journal_size]
+
+    def _unchanged(self, journal_size: int | None) -> bool:
+        sizes = self._sizes(journal_size)
+        if self.stamp is None or sizes is None:
+            return False
+        try:
+            return bool(jsontext.loads(read_regular(self.stamp, 4096)) == sizes)
+        except (OSError, ValueError):
+            return False
 
     def _open(self) -> BinaryIO:
         try:
@@ -119,7 +143,12 @@ class ResultsLog:
         self.stale = False
         return count
 
-    def close(self) -> None:
+    def close(self, journal_size: int | None = None) -> None:
+        """Close the file; with ``journal_size`` (the run's journal, closed), note that the two
+        agree as they stand, so the next run need not read them to know it."""
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        sizes = self._sizes(journal_size)
+        if self.stamp is not None and sizes is not None and not self.stale:
+            write_atomic(self.stamp, json.dumps(sizes), durable=False)

@@ -7,17 +7,17 @@ parts emit them with ``Journal.note``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """A job of the manifest, seen once before anything is sent."""
+    """The manifest's jobs, surveyed once before anything is sent: per model, how many there
+    are and how many an earlier run brought to their outcome (skipped)."""
 
-    key: str
-    model: str
-    finished_before: bool  # an earlier run brought it to its outcome: skipped
+    by_model: Mapping[str, tuple[int, int]]  # model → (finished before, jobs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,14 +52,17 @@ class Writer(ABC):
         self.folder = folder
         self.destination = destination or Destination()
         self.var_names: tuple[str, ...] = ()  # every var of the manifest (columns, for some)
-        self.results = ResultsLog(folder.results_path)
+        self.results = ResultsLog(folder.results_path, folder.state / "results.stamp")
 
     def open(
-        self, finished: tuple[int, int], records: Callable[[], Iterable[ResultRecord]]
+        self,
+        finished: Callable[[], tuple[int, int]],
+        records: RecordSource,
+        journal_size: int | None = None,
     ) -> None:
         """Before the run: results.jsonl checked against the journal's finished jobs
-        (``runner.outputs.results_log.key_digest``), and rewritten from ``records`` if need be."""
-        self.results.open(finished, records())
+        (``runner.outputs.results_log``), and rewritten from ``records`` if need be."""
+        self.results.open(finished, records(), journal_size)
 
     @abstractmethod
     def partial_path(self, name: str) -> Path:
@@ -84,9 +87,9 @@ class Writer(ABC):
         """A job's record, after the journal holds it (``again``: it replaces an earlier one)."""
         self.results.append(record, again)
 
-    def close(self, records: RecordSource, complete: bool) -> None:
+    def close(self, records: RecordSource, complete: bool, journal_size: int | None = None) -> None:
         """After the run (``complete``: no job is left for a later run). ``records``: every
         finished job's current record, for a results.jsonl that must be compacted."""
         if self.results.stale:
             self.results.rewrite(records())
-        self.results.close()
+        self.results.close(journal_size)

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +89,13 @@ class ShardWriter(Writer):
 
     # ---- before the run -----------------------------------------------------------------
 
-    def open(self, finished: tuple[int, int], records: RecordSource) -> None:
-        super().open(finished, records)
+    def open(
+        self,
+        finished: Callable[[], tuple[int, int]],
+        records: RecordSource,
+        journal_size: int | None = None,
+    ) -> None:
+        super().open(finished, records, journal_size)
         self.shards.mkdir(exist_ok=True)
         self.staging.mkdir(exist_ok=True)
         for part in [*self.staging.glob(".*.part"), *self.shards.glob(".*.part")]:
@@ -237,7 +242,7 @@ class ShardWriter(Writer):
     def write_shard(self, path: Path, samples: list[Sample]) -> None:
         """Write one whole shard file at ``path`` (the caller fsyncs and renames it)."""
 
-    def close(self, records: RecordSource, complete: bool) -> None:
+    def close(self, records: RecordSource, complete: bool, journal_size: int | None = None) -> None:
         """A run with nothing left writes its last shard however full; one that stopped early
         leaves it staged for the next run to fill."""
         try:
@@ -249,7 +254,7 @@ class ShardWriter(Writer):
                 future.result()  # an error here leaves the samples staged: the next run writes
         finally:
             self._pending.clear()
-            super().close(records, complete)
+            super().close(records, complete, journal_size)
 
 
 def sample_json(sample: Sample) -> bytes:
