@@ -1,8 +1,10 @@
 """File names of downloaded images from a template, kept inside the output folder.
 
 A template such as ``{model}/{key}`` or ``{name}/{index:05d}`` names each image below
-``images/``; the extension comes from the downloaded file. Field values are reduced to safe
-characters, so no prompt, name or model can climb out of the folder or hide a file.
+``images/``; the extension comes from the downloaded file. The default, ``{bucket}/{key}``,
+keeps each folder under 10,000 files (``{bucket}`` is the job's index // 10,000). Field
+values are reduced to safe characters, so no prompt, name or model can climb out of the
+folder or hide a file.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 from runner.errors import UsageError
 from runner.jobspec import JobSpec
 
-DEFAULT_TEMPLATE = "{key}"
-FIELDS = ("key", "index", "model", "name", "seed", "replica", "entry", "prompt")
+BUCKET_SIZE = 10_000  # the Hugging Face Hub takes fewer files than this in one folder
+DEFAULT_TEMPLATE = "{bucket}/{key}"
+FIELDS = ("key", "index", "bucket", "model", "name", "seed", "replica", "entry", "prompt")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -58,6 +61,7 @@ def render_name(stem: str, spec: JobSpec) -> str:
     values = {
         "key": spec.key,
         "index": spec.index,
+        "bucket": f"{spec.index // BUCKET_SIZE:04d}",  # a folder per 10,000 jobs
         "model": slug(spec.model),
         "name": slug(spec.name or spec.model),
         "seed": spec.seed if spec.seed is not None else "noseed",
@@ -70,6 +74,18 @@ def render_name(stem: str, spec: JobSpec) -> str:
         slug(part, 120) for part in PurePosixPath(text).parts if part not in ("/", "", ".", "..")
     ]
     return "/".join(parts) or spec.key
+
+
+def add_name(names: dict[str, int], stem: str, template: str, spec: JobSpec) -> None:
+    """Name ``spec``'s image in ``names`` (name → job index); a UsageError when another job
+    has that name already."""
+    name = render_name(stem, spec)
+    if name in names:
+        raise UsageError(
+            f"the name template {template!r} gives jobs {names[name]} and {spec.index} the "
+            f"same file name images/{name}: add {{key}} or {{index}}"
+        )
+    names[name] = spec.index
 
 
 SUFFIX_ROOM = len("-99.jpeg")  # the later images of a job and the extension
@@ -98,6 +114,15 @@ def check_names(names: Mapping[str, int], template: str, images: Path) -> None:
                 f"the name template {template!r} gives job {index} a file name too long for "
                 f"the file system: images/{name[:60]}…"
             )
+
+
+def crowded_folders(names: Mapping[str, int]) -> dict[str, int]:
+    """The folders the names would fill with BUCKET_SIZE files or more, and how many."""
+    counts: dict[str, int] = {}
+    for name in names:
+        folder = name.rpartition("/")[0]
+        counts[folder] = counts.get(folder, 0) + 1
+    return {folder: n for folder, n in counts.items() if n >= BUCKET_SIZE}
 
 
 def _path_max(folder: Path) -> int:

@@ -3,6 +3,7 @@ open with the libraries people read them with, and resume per job after a kill -
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -191,3 +192,18 @@ def test_a_crash_with_samples_staged_is_finished_by_the_next_writer(
     assert not list((tmp_path / ".krea-batch" / "staging").iterdir())
     for record in [*records, last]:
         assert intact(tmp_path, record["files"][0])
+
+
+async def test_retry_failed_puts_the_failed_jobs_into_shards_once(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(10, format="webdataset", shard_size=4, max_attempts=1))
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.02"), failure_rate=0.5, seed=3)
+    async with run_emulator(config) as emu:
+        first = await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+        assert 0 < first.counts.failed < 10
+        emu.emulator.store.config = dataclasses.replace(config, failure_rate=0.0)
+        retry = dataclasses.replace(FAST, retry_failed=True)
+        again = await run_batch(manifest, out, api_base=emu.url, token="t", options=retry)
+    assert again.counts.completed == first.counts.failed
+    check_shards(out, 10)  # one record a job: the failed ones' lines were replaced
