@@ -1,14 +1,28 @@
-"""The output folder: its layout, its rules, and every file a run writes into it.
+"""The output folder: the run's state kept in it, and every file a run writes into it.
 
-layout.py    where each file lives (Layout), pure
-atomic.py    replacing a file so that readers and crashes see the old or the new
-folder.py    OutputFolder: the lock, downloads put in place, results/metadata/summary written
-records.py   ResultRecord: the one place that writes and reads results records
-images.py    a download's extension, whether it is an image, whether it is intact
-metadata.py  metadata.jsonl for Hugging Face datasets
-summary.py   summary.json, one shape for a run and a merge
-report.py    report.html and its chunks
-live.py      status.json and the Prometheus textfile of a live run
+The state (OUT/.krea-batch):
+events.py        the journal's events as types, serialised in one place
+run_events.py    what a run notes beside the journal (errors, downloads, jobs left over)
+ledger.py        RunLedger.apply: the one fold of both into job states and counts
+journal.py       the fsynced, group-committed event log
+figures.py       Counts, RunStats (what every view reads), RunResult
+
+The files:
+layout.py        where each file lives (Layout), pure
+atomic.py        replacing a file so that readers and crashes see the old or the new
+folder.py        OutputFolder: the lock, downloads put in place, metadata/summary written
+results_log.py   results.jsonl, one line per finished job, written once
+writers/         the writer seam and the formats: files, webdataset, parquet
+destination.py   fsspec URLs: files put there whole
+records.py       ResultRecord: the one place that writes and reads results records
+images.py        a download's extension, whether it is an image, whether it is intact
+shard_files.py   reading written shards back (members and their sha256)
+metadata.py      metadata.jsonl for Hugging Face datasets
+card.py          README.md, the dataset card
+summary.py       summary.json, one shape for a run and a merge
+report.py        report.html and its chunks
+live.py          status.json and the Prometheus textfile of a live run
+merge.py         shard folders of `--shard I/N` runs into one
 """
 
 from runner.outputs.atomic import fsync_dir, write_atomic

@@ -1,0 +1,91 @@
+"""The engine's output half: the writer opened against the journal before the first job,
+closed after the last, and a folder without a journal rebuilt from its results."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+
+import anyio
+
+from runner.errors import DiskError
+from runner.outputs import OutputFolder, intact_records
+from runner.outputs.events import Done
+from runner.outputs.figures import Counts
+from runner.outputs.journal import Journal, records_at
+from runner.outputs.ledger import KeyState
+from runner.outputs.records import ResultRecord
+from runner.outputs.results_log import key_digest
+from runner.outputs.writers import Writer
+
+log = logging.getLogger("runner.engine.engine")
+
+
+class Writing:
+    """What it needs of the engine is declared here."""
+
+    folder: OutputFolder
+    writer: Writer
+
+    @property
+    def journal(self) -> Journal:
+        raise NotImplementedError
+
+    @property
+    def states(self) -> dict[str, KeyState]:
+        raise NotImplementedError
+
+    @property
+    def counts(self) -> Counts:
+        raise NotImplementedError
+
+    def finished_records(self) -> Iterator[ResultRecord]:
+        """The current record of every finished job, in the order they finished (from the
+        journal, read one line at a time)."""
+        offsets = sorted(s.done_at for s in self.states.values() if s.done_at is not None)
+        return records_at(self.folder.journal_path, offsets)
+
+    def _finished_digest(self) -> tuple[int, int]:
+        return key_digest(k for k, s in self.states.items() if s.done_at is not None)
+
+    def _journal_size(self) -> int | None:
+        try:
+            return self.folder.journal_path.stat().st_size
+        except OSError:
+            return None
+
+    async def _open_writer(self) -> None:
+        open_writer = functools.partial(
+            self.writer.open, self._finished_digest, self.finished_records, self._journal_size()
+        )
+        try:
+            await anyio.to_thread.run_sync(open_writer)
+        except OSError as exc:
+            raise DiskError(str(self.folder.root), exc) from exc
+
+    async def _close_writer(self) -> None:
+        """Close the writer (shielded: it runs as a cancelled run ends); a failure is a warning,
+        since every outcome is in the journal and the next run writes it again."""
+        complete = self.counts.unfinished == 0
+        with anyio.CancelScope(shield=True):
+            try:
+                close = functools.partial(
+                    self.writer.close, self.finished_records, complete, self._journal_size()
+                )
+                await anyio.to_thread.run_sync(close)
+            except OSError as exc:
+                log.warning("could not finish the output (%s); the next run does", exc)
+
+    async def _rebuild_from_results(self) -> None:
+        """A folder without a journal (copied without its dot-files, say) still holds its
+        results: every record whose images are intact is finished, and never paid again."""
+        root, holds = self.folder.root, self.writer.holds
+        records = await anyio.to_thread.run_sync(lambda: list(intact_records(root, holds)))
+        if records:
+            log.warning(
+                "%s has no journal: %d finished jobs recovered from results.jsonl",
+                self.folder.root,
+                len(records),
+            )
+            await self.journal.record_many((Done(r["key"], r) for r in records), earlier=True)
