@@ -51,6 +51,33 @@ def test_max_jobs_flag_overrides_the_cap(
     assert main(["plan", str(path), "--max-jobs", "30"]) == 0
 
 
+def test_plan_checks_the_names_a_run_with_the_same_flags_would_give(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    example = str(ROOT / "jobs.example.yaml")
+    assert main(["plan", example, "--name-template", "{model}"]) == 2
+    assert "the same file name images/" in capsys.readouterr().err
+    assert main(["plan", example, "--name-template", "{model}/{key}"]) == 0
+
+
+def test_a_deadline_that_has_passed_today_says_it_means_tomorrow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import time
+
+    from runner.cli.main import _deadline
+
+    past = time.strftime("%H:%M", time.localtime(time.time() - 120))
+    soon = time.strftime("%H:%M", time.localtime(time.time() + 300))
+    with caplog.at_level("WARNING"):
+        _deadline(past, None)
+        if soon > past:  # not across midnight: later today, said nothing of
+            _deadline(soon, None)
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith(f"deadline {past} is tomorrow (in 23h5")
+    assert len(said) == 1, said
+
+
 def test_models_lists_the_catalog_and_one_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models"]) == 0
     assert "gpt-image-2" in capsys.readouterr().out
@@ -121,7 +148,7 @@ def test_run_with_the_emulator_writes_images_and_results(
     out_text = capsys.readouterr().out
     assert "2 completed, 0 failed" in out_text
     assert "report.html" in out_text
-    assert len(list((out / "images").glob("*.png"))) == 2
+    assert len(list((out / "images").glob("*/*.png"))) == 2  # images/0000/KEY.png
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
 

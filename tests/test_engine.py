@@ -102,8 +102,10 @@ async def test_every_fault_at_once_still_ends_every_job_with_nothing_paid_twice(
     assert counts.completed == sum(r["status"] == "completed" for r in records)
     for name in ("errors_5xx", "resets", "resets_after_create", "malformed", "downloads_truncated"):
         assert stats.get(name, 0) > 0, f"the {name} fault never fired: the test proves nothing"
-    assert counts.ambiguous > 0
-    assert counts.adopted + counts.resent + counts.unmatched + counts.unchecked == counts.ambiguous
+    assert counts.lost_answers > 0
+    assert (
+        counts.adopted + counts.resent + counts.unmatched + counts.unchecked == counts.lost_answers
+    )
 
 
 async def test_a_lost_submit_answer_is_found_not_resubmitted(tmp_path: Path) -> None:

@@ -46,7 +46,21 @@ def test_flags_are_never_abbreviated(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "jobs.yaml", "--token-f", "secret-file"])
     assert exit_info.value.code == 2
-    assert "unrecognized arguments" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown flag --token-f (did you mean --token-file?)" in err
+    assert "secret-file" not in err
+
+
+def test_a_mistyped_flag_is_named_with_the_one_meant_and_the_commands_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "jobs.yaml", "--concurency", "4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--concurency (did you mean --concurrency?)" in err
+    assert "values not shown" not in err
+    assert err.startswith("usage: krea-batch run")
 
 
 @pytest.mark.parametrize("words", [["--tok", "SECRET-123"], ["--tk=SECRET-123"]])

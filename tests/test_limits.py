@@ -139,7 +139,7 @@ async def test_a_run_whose_images_trickle_ends_within_the_job_timeout(
     from runner.engine import EngineOptions
     from tests.engine_helpers import manifest_text
 
-    caplog.set_level(logging.INFO, logger="runner")
+    caplog.set_level(logging.DEBUG, logger="runner")  # each retry is a -v line
     image = png_bytes()
 
     async def trickle(request: web.Request) -> web.StreamResponse:

@@ -91,9 +91,12 @@ async def test_a_dollar_budget_refuses_a_model_without_a_usd_price(
             small_manifest(2), tmp_path, api_base=emu.url, token="t", options=options
         )
         assert emu.emulator.stats.get("submits", 0) == 0
-    assert result.counts.over_budget == 2
-    assert "seedream-4 has no published USD price" in caplog.text
-    assert "prices: {seedream-4: 0.05}" in caplog.text
+    assert (result.counts.unpriced, result.counts.over_budget) == (2, 0)
+    said = [r.getMessage() for r in caplog.records if "no published USD price" in r.getMessage()]
+    assert len(said) == 1, "said once, not once a job"
+    assert said[0].startswith("--budget is in dollars and seedream-4 (2 jobs) has no published")
+    assert "prices: {seedream-4: 0.05}" in said[0]
+    assert result.stopped == "2 jobs not submitted: --budget cannot price their model"
 
 
 async def test_failed_jobs_give_their_budget_back(tmp_path: Path) -> None:

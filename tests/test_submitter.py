@@ -177,7 +177,7 @@ async def test_a_post_that_never_left_is_sent_again_without_looking(tmp_path: Pa
         rig.api.fates.extend(["unsent", "unsent"])
         await rig.submit_all(1)
         assert events(rig.api, "list") == []  # no search: it never left
-        assert rig.counts.ambiguous == 0
+        assert rig.counts.lost_answers == 0
         assert rig.counts.transient_errors == 2
         assert rig.state(0).job_id is not None
 

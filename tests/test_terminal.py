@@ -9,10 +9,12 @@ import struct
 import subprocess
 import sys
 import termios
+import textwrap
 from pathlib import Path
 
 import anyio
 import pyte
+import pytest
 
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from tests.conftest import ROOT
@@ -21,13 +23,16 @@ from tests.engine_helpers import manifest_text
 COLUMNS, LINES = 150, 40
 
 
-def _run_in_a_terminal(manifest: Path, out: Path, url: str) -> tuple[int, bytes]:
-    """Run the CLI on a pseudo-terminal of 150×40; returns its exit code and every byte."""
+def _run_in_a_terminal(
+    manifest: Path, out: Path, url: str, columns: int = COLUMNS, *flags: str
+) -> tuple[int, bytes]:
+    """Run the CLI on a pseudo-terminal of COLUMNS×40; returns its exit code and every byte."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0))
-    env = {**os.environ, "KREA_API_TOKEN": "t", "TERM": "xterm-256color", "COLUMNS": "150"}
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, columns, 0, 0))
+    env = {**os.environ, "KREA_API_TOKEN": "t", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
-    command = [sys.executable, "-m", "runner", "run", str(manifest), "--out", str(out)]
+    env.pop("COLUMNS", None)
+    command = [sys.executable, "-m", "runner", "run", str(manifest), "--out", str(out), *flags]
     process = subprocess.Popen(
         [*command, "--api-base", url], stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env
     )
@@ -53,7 +58,7 @@ async def test_the_live_view_stays_at_the_bottom_and_log_lines_scroll_above_it(
     config = EmulatorConfig(latency=Latency.parse("fixed:0.3"))
     async with run_emulator(config) as emu:
         code, output = await anyio.to_thread.run_sync(
-            _run_in_a_terminal, manifest, tmp_path / "out", emu.url
+            _run_in_a_terminal, manifest, tmp_path / "out", emu.url, COLUMNS, "-v"
         )
     screen = pyte.HistoryScreen(COLUMNS, LINES, history=10_000)
     pyte.ByteStream(screen).feed(output)
@@ -65,6 +70,47 @@ async def test_the_live_view_stays_at_the_bottom_and_log_lines_scroll_above_it(
     assert "12/12" in bars[-1]
     assert "100%" in bars[-1]
     done = [line for line in lines if "← done" in line]
-    assert len(done) == 12, "every per-job line printed whole, once:\n" + "\n".join(lines)
+    assert len(done) == 12, "with -v, every per-job line printed whole, once:\n" + "\n".join(lines)
     assert lines.index(bars[0]) > max(lines.index(line) for line in done), "bars stay at the bottom"
     assert "12 completed, 0 failed" in "\n".join(lines)
+
+
+def _screen(output: bytes, columns: int) -> list[str]:
+    screen = pyte.HistoryScreen(columns, LINES, history=10_000)
+    pyte.ByteStream(screen).feed(output)
+    scrolled = ["".join(line[x].data for x in range(columns)) for line in screen.history.top]
+    return [line.rstrip() for line in [*scrolled, *screen.display]]
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+async def test_the_live_view_reads_whole_at_any_width_with_no_line_per_job(
+    tmp_path: Path, columns: int
+) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        textwrap.dedent("""
+        version: 1
+        jobs:
+          - prompt: a tiny test image
+            models: [seedream-4, imagen-4-fast]
+            sizes: [512x512]
+            seeds: [1, 2, 3]
+        run: {concurrency: 4, poll_interval: 0.05, rate_limit: 1000}
+    """)
+    )
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.2"))
+    async with run_emulator(config) as emu:
+        code, output = await anyio.to_thread.run_sync(
+            _run_in_a_terminal, manifest, tmp_path / "out", emu.url, columns
+        )
+    lines = _screen(output, columns)
+    shown = "\n".join(lines)
+    assert code == 0, shown
+    for name, count in (("seedream-4", "3/3"), ("imagen-4-fast", "3/3"), ("total", "6/6")):
+        rows = [line for line in lines if line.lstrip().startswith(name)]
+        assert len(rows) == 1, f"{name}: drawn once, in place, at {columns} columns:\n{shown}"
+        assert count in rows[0], f"{name}'s n/N at {columns} columns:\n{shown}"
+    assert "ETA" in shown, shown
+    assert "CU" in shown, shown
+    assert "← done" not in shown, "no line per job without -v"
+    assert "runner." not in shown, "no module paths without -v"

@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 
 from rich.console import Console
+from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
 
 
@@ -29,7 +30,8 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(
     verbose: bool = False, fmt: str = "text", console: Console | None = None
 ) -> None:
-    """Log to stderr in the chosen format; quiet aiohttp's access chatter.
+    """Log to stderr in the chosen format; quiet aiohttp's access chatter. Each job's
+    progress (submitted, done, retried) shows with ``verbose`` only, and so do module names.
 
     With ``console`` (a terminal showing live progress), text lines go through that rich
     console, which prints them above the progress bars instead of through them."""
@@ -38,11 +40,20 @@ def configure_logging(
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
     elif console is not None:
-        handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler = RichHandler(
+            console=console,
+            show_path=False,
+            markup=False,
+            rich_tracebacks=False,
+            highlighter=NullHighlighter(),  # no colours on the digits of model names
+        )
+        handler.setFormatter(
+            logging.Formatter("%(name)s: %(message)s" if verbose else "%(message)s")
+        )
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = "%(name)s: " if verbose else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {where}%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import functools
 import json
 import logging
@@ -32,9 +33,10 @@ from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions, RunResult
 from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
-from runner.manifest import load_manifest
+from runner.manifest import expand, load_manifest
 from runner.manifest.plan import make_plan
 from runner.money import parse_budget, spend_text
+from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
 from runner.outputs import Layout, latest_records
 from runner.outputs.destination import is_url
 from runner.outputs.live import read_live
@@ -73,18 +75,42 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self._argv: Sequence[str] = ()
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        """Name unknown flags but never echo values: one of them may be a secret."""
+        """Name unknown flags, with the closest known one, but never echo values: one of them
+        may be a secret. The usage shown is the command's, not the whole tool's."""
         prefix = "unrecognized arguments: "
-        if message.startswith(prefix):
-            words = message.removeprefix(prefix).split()
-            flags = [word.split("=", 1)[0] for word in words if word.startswith("-")]
-            hidden = len(words) - len(flags) + sum("=" in w for w in words if w.startswith("-"))
-            message = (
-                prefix + " ".join(flags) + (f" (values not shown: {hidden})" if hidden else "")
-            )
-        super().error(message)
+        if not message.startswith(prefix):
+            super().error(message)
+        words = message.removeprefix(prefix).split()
+        flags = [word.split("=", 1)[0] for word in words if word.startswith("-")]
+        parser = self._command_parser()
+        known = [flag for action in parser._actions for flag in action.option_strings]
+        parts = []
+        for flag in flags:
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+            parts.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+        text = "unknown flag" + ("s " if len(parts) > 1 else " ") + ", ".join(parts)
+        if not flags:
+            text = f"unexpected argument{'s' if len(words) > 1 else ''} (values not shown)"
+        parser.print_usage(sys.stderr)
+        parser.exit(2, f"{parser.prog}: error: {text}\n")
+
+    def _command_parser(self) -> argparse.ArgumentParser:
+        """The parser of the command named on the command line, else this one."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for word in self._argv:
+                    if word in action.choices:
+                        return action.choices[word]  # type: ignore[no-any-return]
+        return self
 
 
 # Flags that would carry a secret on the command line (visible in ps, shell history, cron mail).
@@ -135,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("manifest")
     plan.add_argument("--show", type=int, default=0, metavar="N", help="print the first N specs")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
-    plan.add_argument("--max-jobs", type=int, metavar="N", help="cap on the expanded job count")
+    _setting_flags(plan, "the run's settings: those that change what is planned are checked")
 
     run = commands.add_parser("run", help="run a manifest's jobs into an output folder")
     run.add_argument("manifest")
@@ -158,18 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--token-file", help="read the API token from this file ($KREA_API_TOKEN otherwise)"
     )
-    settings = run.add_argument_group(
-        "run settings", "each also a key of the manifest's run: block; a flag beats the manifest"
-    )
-    for name in SETTING_NAMES:
-        setting = SETTING_FLAGS[name]
-        settings.add_argument(
-            "--" + name.replace("_", "-"),
-            type=int if setting.whole else str,
-            choices={"poll_mode": POLL_MODES, "format": FORMATS}.get(name),
-            metavar=None if name == "poll_mode" else setting.metavar,
-            help=setting.text(name),
-        )
+    _setting_flags(run, "each also a key of the manifest's run: block; a flag beats the manifest")
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     run.add_argument(
         "--retry-ambiguous",
@@ -269,8 +284,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setting_flags(parser: argparse.ArgumentParser, text: str) -> None:
+    """The run settings as flags, from the one table in runner.settings."""
+    settings = parser.add_argument_group("run settings", text)
+    for name in SETTING_NAMES:
+        setting = SETTING_FLAGS[name]
+        settings.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int if setting.whole else str,
+            choices={"poll_mode": POLL_MODES, "format": FORMATS}.get(name),
+            metavar=None if name == "poll_mode" else setting.metavar,
+            help=setting.text(name),
+        )
+
+
 def _plan(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.manifest, overrides={"max_jobs": args.max_jobs})
+    overrides = {name: getattr(args, name) for name in SETTING_NAMES}
+    manifest = load_manifest(args.manifest, overrides=overrides)
+    template = manifest.settings.name_template
+    if template != DEFAULT_TEMPLATE:  # the names a run would give, checked as it would
+        stem = check_template(template)
+        names: dict[str, int] = {}
+        for spec in expand(manifest):
+            add_name(names, stem, template, spec)
+        check_names(names, template, Path("out") / "images")
     plan = make_plan(manifest, show=max(args.show, 0))
     print(
         json.dumps(plan.to_json(), ensure_ascii=False, indent=1) if args.json else plan_text(plan)
@@ -463,7 +500,14 @@ def _deadline(deadline: str | None, max_runtime: str | None) -> float | None:
     candidates = []
     try:
         if deadline is not None:
-            candidates.append(parse_deadline(deadline))
+            moment = parse_deadline(deadline)
+            now = time.time()
+            if time.localtime(moment).tm_yday != time.localtime(now).tm_yday:
+                hours, minutes = divmod(int(moment - now) // 60, 60)
+                logging.getLogger("runner").warning(
+                    "deadline %s is tomorrow (in %dh%02dm)", deadline, hours, minutes
+                )
+            candidates.append(moment)
         if max_runtime is not None:
             candidates.append(time.time() + parse_duration(max_runtime))
     except ValueError as exc:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,6 +16,8 @@ from rich.progress import (
     TextColumn,
 )
 from rich.progress import Progress as RichProgress
+from rich.table import Column
+from rich.text import Text
 
 if TYPE_CHECKING:
     from runner.engine import Engine
@@ -71,18 +74,24 @@ class Progress:
         self.interval = interval
         self._last = 0.0
         self.console = console or Console(stderr=True)
-        self._bars: RichProgress | None = None
+        self._bars: _Bars | None = None
         self._tasks: dict[str, TaskID] = {}
         self._engine: Engine | None = None
         if live:
-            self._bars = RichProgress(
-                TextColumn("{task.description}", style="bold"),
-                BarColumn(bar_width=30),
-                MofNCompleteColumn(),
-                TaskProgressColumn(),
-                TextColumn("{task.fields[info]}"),
+            self._bars = _Bars(
+                # Any width: names give way first (cut with …), the bar takes what is left,
+                # the counts are never cut; the run's figures wrap on lines of their own.
+                TextColumn(
+                    "{task.description}",
+                    style="bold",
+                    table_column=Column(no_wrap=True, overflow="ellipsis", max_width=22),
+                ),
+                BarColumn(bar_width=None),
+                MofNCompleteColumn(table_column=Column(no_wrap=True)),
+                TaskProgressColumn(table_column=Column(no_wrap=True)),
                 console=self.console,
                 refresh_per_second=4,
+                expand=True,
             )
             self._bars.start()
 
@@ -105,7 +114,7 @@ class Progress:
 
     def _draw(
         self,
-        bars: RichProgress,
+        bars: _Bars,
         by_model: dict[str, list[int]],
         figures: dict[str, float | int | str],
     ) -> None:
@@ -113,17 +122,30 @@ class Progress:
         rows = {**by_model, TOTAL: (ended, int(figures["total"]))}
         for name, (finished, total) in rows.items():
             if name not in self._tasks:
-                self._tasks[name] = bars.add_task(name, total=total, info="")
-            info = _summary_line(figures) if name == TOTAL else ""
-            bars.update(self._tasks[name], completed=finished, total=total, info=info)
+                self._tasks[name] = bars.add_task(name, total=total)
+            bars.update(self._tasks[name], completed=finished, total=total)
+        bars.figures = _summary_line(figures)
 
     def close(self) -> None:
-        """Draw the final figures, then leave the bars on the screen as they ended."""
+        """Draw the final figures (no ETA: the run is over), then leave the bars on the screen
+        as they ended."""
         if self._bars is not None:
             if self._engine is not None:
                 stats = self._engine.stats()
-                self._draw(self._bars, stats.counts.by_model, figures_of(stats))
+                figures = {**figures_of(stats), "eta": "–"}
+                self._draw(self._bars, stats.counts.by_model, figures)
             self._bars.stop()
+
+
+class _Bars(RichProgress):
+    """The bars, then the run's figures on a line of their own that wraps at the width."""
+
+    figures = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.figures:
+            yield Text(self.figures, overflow="fold")
 
 
 TOTAL = "total"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from runner.jobspec import JobSpec
 from runner.money import dollars
 
@@ -33,6 +35,11 @@ class Budget:
     def _text(self, amount: float) -> str:
         return dollars(amount) if self.unit == "usd" else f"{amount:g} CU"
 
+    def covers(self, spec: JobSpec) -> bool:
+        """Whether the budget can price the job at all (a dollar budget cannot price a model
+        with no published USD price)."""
+        return self.limit is None or self.price(spec) is not None
+
     def reserve(self, spec: JobSpec) -> str | None:
         """Commit the job's price; returns why not when that would go over the limit."""
         price = self.price(spec)
@@ -57,3 +64,14 @@ class Budget:
 
     def refund(self, spec: JobSpec) -> None:
         self.committed -= self.price(spec) or 0.0
+
+
+def cannot_price(unpriced: Mapping[str, int]) -> str:
+    """What to tell of the jobs (by model) a dollar budget cannot price."""
+    models = ", ".join(f"{model} ({n} jobs)" for model, n in sorted(unpriced.items()))
+    verb = "has" if len(unpriced) == 1 else "have"
+    return (
+        f"--budget is in dollars and {models} {verb} no published USD price: those jobs are "
+        f"not sent; give a price in the manifest (prices: {{{min(unpriced)}: 0.05}}) or the "
+        "budget in compute units (--budget 500cu)"
+    )

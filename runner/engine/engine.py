@@ -11,7 +11,6 @@ submitting and let jobs in flight finish (drain), then cancel what is left (abor
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import random
@@ -26,7 +25,7 @@ from runner.api.client import KreaClient
 from runner.api.limiter import AdaptiveLimit
 from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.ambiguity import is_ambiguous, risk_of, worst_cost
-from runner.engine.budget import Budget
+from runner.engine.budget import Budget, cannot_price
 from runner.engine.options import EngineOptions
 from runner.engine.outcome import (
     Ambiguous,
@@ -42,24 +41,31 @@ from runner.engine.stopping import Stopping
 from runner.engine.submitter import SubmitSettings, Submitter
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.engine.watching import Lister
-from runner.errors import DiskError, FatalApiError, UsageError
+from runner.engine.writing import Writing
+from runner.errors import DiskError, FatalApiError
 from runner.jobspec import JobSpec, in_shard
 from runner.manifest import Manifest, expand
-from runner.naming import DEFAULT_TEMPLATE, check_names, check_template, render_name
-from runner.outputs import FileEntry, OutputFolder, intact_records
+from runner.naming import (
+    BUCKET_SIZE,
+    DEFAULT_TEMPLATE,
+    add_name,
+    check_names,
+    check_template,
+    crowded_folders,
+    render_name,
+)
+from runner.outputs import FileEntry, OutputFolder
 from runner.outputs.events import Done, Released, Retry
 from runner.outputs.figures import Counts, RunResult, RunStats, stats_of
-from runner.outputs.journal import Journal, records_at
+from runner.outputs.journal import Journal
 from runner.outputs.ledger import CANCELLED_ON_EXIT, NO_SINGLE_MATCH, KeyState, RunLedger
 from runner.outputs.provenance import spec_provenance
 from runner.outputs.records import (
     RecordStatus,
-    ResultRecord,
     ambiguous_record,
     completed_record,
     failed_record,
 )
-from runner.outputs.results_log import key_digest
 from runner.outputs.run_events import LeftOver, Planned, Resumed, RunEvent, Unfinished
 from runner.outputs.writers import Writer, open_writer
 from runner.settings import RunSettings
@@ -67,7 +73,7 @@ from runner.settings import RunSettings
 log = logging.getLogger(__name__)
 
 
-class Engine(Stopping):
+class Engine(Stopping, Writing):
     """Runs one manifest into one output folder (see the module docstring)."""
 
     def __init__(
@@ -220,56 +226,6 @@ class Engine(Stopping):
             await self._close_writer()
         return self._result()
 
-    def finished_records(self) -> Iterator[ResultRecord]:
-        """The current record of every finished job, in the order they finished (from the
-        journal, read one line at a time)."""
-        offsets = sorted(s.done_at for s in self.states.values() if s.done_at is not None)
-        return records_at(self.folder.journal_path, offsets)
-
-    def _finished_digest(self) -> tuple[int, int]:
-        return key_digest(k for k, s in self.states.items() if s.done_at is not None)
-
-    def _journal_size(self) -> int | None:
-        try:
-            return self.folder.journal_path.stat().st_size
-        except OSError:
-            return None
-
-    async def _open_writer(self) -> None:
-        open_writer = functools.partial(
-            self.writer.open, self._finished_digest, self.finished_records, self._journal_size()
-        )
-        try:
-            await anyio.to_thread.run_sync(open_writer)
-        except OSError as exc:
-            raise DiskError(str(self.folder.root), exc) from exc
-
-    async def _close_writer(self) -> None:
-        """Close the writer (shielded: it runs as a cancelled run ends); a failure is a warning,
-        since every outcome is in the journal and the next run writes it again."""
-        complete = self.counts.unfinished == 0
-        with anyio.CancelScope(shield=True):
-            try:
-                close = functools.partial(
-                    self.writer.close, self.finished_records, complete, self._journal_size()
-                )
-                await anyio.to_thread.run_sync(close)
-            except OSError as exc:
-                log.warning("could not finish the output (%s); the next run does", exc)
-
-    async def _rebuild_from_results(self) -> None:
-        """A folder without a journal (copied without its dot-files, say) still holds its
-        results: every record whose images are intact is finished, and never paid again."""
-        root, holds = self.folder.root, self.writer.holds
-        records = await anyio.to_thread.run_sync(lambda: list(intact_records(root, holds)))
-        if records:
-            log.warning(
-                "%s has no journal: %d finished jobs recovered from results.jsonl",
-                self.folder.root,
-                len(records),
-            )
-            await self.journal.record_many((Done(r["key"], r) for r in records), earlier=True)
-
     def _survey(self) -> None:
         """The one pass before anything is sent: count the jobs and fix their order, check that
         the name template gives each its own file, and pick out the jobs an earlier run left
@@ -279,6 +235,7 @@ class Engine(Stopping):
         retry_failed = self.options.retry_failed
         var_names: set[str] = set()
         by_model: dict[str, list[int]] = {}  # model → [finished before, jobs]
+        unpriced: dict[str, int] = {}  # model → jobs to run that --budget cannot price
         for spec in self.specs():
             self.keys.append(spec.key)
             var_names.update(spec.vars)
@@ -294,19 +251,25 @@ class Engine(Stopping):
                 model[0] += not (state.done == RecordStatus.FAILED and retry_failed)
             elif state.remote:
                 self._resumed.append(spec)
+            if (state is None or state.done is None) and not self.budget.covers(spec):
+                unpriced[spec.model] = unpriced.get(spec.model, 0) + 1
             if self._name_stem == DEFAULT_TEMPLATE:
                 continue  # keys are unique by construction
-            name = render_name(self._name_stem, spec)
-            if name in names:
-                raise UsageError(
-                    f"the name template {self.settings.name_template!r} gives jobs {names[name]} "
-                    f"and {spec.index} the same file name images/{name}: add {{key}} or {{index}}"
-                )
-            names[name] = spec.index
+            add_name(names, self._name_stem, self.settings.name_template, spec)
         if names:
             check_names(names, self.settings.name_template, self.folder.images)
+            for crowded, files in crowded_folders(names).items():
+                log.warning(
+                    "images/%s would hold %d files; the Hugging Face Hub takes fewer than "
+                    "%d a folder: add {bucket}/ to the name template",
+                    crowded,
+                    files,
+                    BUCKET_SIZE,
+                )
         self.writer.var_names = tuple(sorted(var_names))
         self.journal.note(Planned({m: (done, jobs) for m, (done, jobs) in by_model.items()}))
+        if unpriced:  # said once, before anything is sent
+            log.warning("%s", cannot_price(unpriced))
 
     async def _release_ambiguous(self) -> None:
         """--retry-ambiguous: say what sending them again may cost, then free them to go."""
@@ -412,7 +375,7 @@ class Engine(Stopping):
                 self.budget.refund(spec)  # failed and cancelled jobs are not billed
             if ended.status == JobStatus.FAILED and state.accepted < self.settings.max_attempts:
                 await self.journal.record(Retry(spec.key, state.attempts, ended.job_id, reason))
-                log.info("↻ retry %s after remote failure: %s", spec.key, reason)
+                log.debug("↻ retry %s after remote failure: %s", spec.key, reason)
                 continue
             return Failed(reason)
 
@@ -496,7 +459,7 @@ class Engine(Stopping):
         if isinstance(outcome, Completed):
             files = len(outcome.files)
             plural = "" if files == 1 else "s"
-            log.info("← done %s %s (%d file%s)", spec.key, spec.model, files, plural)
+            log.debug("← done %s %s (%d file%s)", spec.key, spec.model, files, plural)
         elif isinstance(outcome, Failed):
             log.warning("! failed %s %s: %s", spec.key, spec.model, outcome.reason)
         else:
@@ -508,10 +471,10 @@ class Engine(Stopping):
             log.warning("… %s left for the next run: %s", spec.key, outcome.reason)
         elif isinstance(outcome, Cancelled):
             why = LeftOver.CANCELLED
-            log.info("× cancelled %s (job %s) on exit", spec.key, outcome.job_id)
-        elif isinstance(outcome, NotSubmitted) and outcome.over_budget:
-            why = LeftOver.OVER_BUDGET
-            log.info("$ not submitting %s: %s", spec.key, outcome.reason)
+            log.debug("× cancelled %s (job %s) on exit", spec.key, outcome.job_id)
+        elif isinstance(outcome, NotSubmitted) and (outcome.over_budget or outcome.unpriced):
+            why = LeftOver.OVER_BUDGET if outcome.over_budget else LeftOver.UNPRICED
+            log.debug("$ not submitting %s: %s", spec.key, outcome.reason)
         else:
             why = LeftOver.NOT_STARTED
         self.journal.note(Unfinished(spec.key, why))
@@ -524,6 +487,13 @@ class Engine(Stopping):
 
     def _result(self) -> RunResult:
         stopped = self.stopping
-        if stopped is None and self.counts.over_budget:
-            stopped = f"budget reached: {self.counts.over_budget} jobs not submitted"
+        reasons = []
+        if self.counts.over_budget:
+            reasons.append(f"budget reached: {self.counts.over_budget} jobs not submitted")
+        if self.counts.unpriced:
+            reasons.append(
+                f"{self.counts.unpriced} jobs not submitted: --budget cannot price their model"
+            )
+        if stopped is None and reasons:
+            stopped = "; ".join(reasons)
         return RunResult(self.counts, stopped=stopped, fatal=self.fatal is not None)

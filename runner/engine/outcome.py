@@ -55,6 +55,7 @@ class NotSubmitted:
 
     reason: str
     over_budget: bool = False
+    unpriced: bool = False  # its model has no price in the budget's unit
 
 
 Outcome = Completed | Failed | Ambiguous | Deferred | Cancelled | NotSubmitted

@@ -140,7 +140,8 @@ class Submitter:
         """
         refusal = self.budget.reserve(spec)
         if refusal is not None:
-            return NotSubmitted(refusal, over_budget=True)
+            priced = self.budget.covers(spec)
+            return NotSubmitted(refusal, over_budget=priced, unpriced=not priced)
         body = await self.uploads.body_for(spec)
         if isinstance(body, Failed):
             self.budget.refund(spec)
@@ -184,7 +185,7 @@ class Submitter:
         self._saw(exc)
         if exc.overload:
             self.gate.overloaded()
-        log.info("↻ submit of %s in %.1fs: %s", spec.key, delay, exc)
+        log.debug("↻ submit of %s in %.1fs: %s", spec.key, delay, exc)
 
     async def _attempt(self, spec: JobSpec, state: KeyState) -> LostPost | None:
         """One POST, once no barrier is up and a POST slot is free. Returns it if lost."""

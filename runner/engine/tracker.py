@@ -110,7 +110,7 @@ class Tracker:
 
     def _download_error(self, job_id: str, exc: TransientApiError, delay: float) -> None:
         self._saw(exc)
-        log.info("↻ job %s's download again in %.1f s: %s", job_id, delay, exc)
+        log.debug("↻ job %s's download again in %.1f s: %s", job_id, delay, exc)
 
     def follow_listing(self) -> Lister:
         """The loop that learns how every job stands from the listing (list mode)."""
@@ -255,19 +255,19 @@ class Tracker:
                 await self.client.cancel(job_id)
                 return True
             except (TransientApiError, PermanentApiError) as exc:
-                log.info("could not cancel %s: %s", job_id, exc)
+                log.debug("could not cancel %s: %s", job_id, exc)
         return False
 
     async def download_all(
         self,
         remote: RemoteJob,
         stem: str,
-        partial: str,
+        partial_name: str,
         provenance: Mapping[str, Any] | None = None,
     ) -> list[FileEntry] | Deferred | Failed:
         """Every result of ``remote`` into images/STEM(-N).ext, each atomically.
 
-        ``partial`` names the hidden file a download is streamed into (unique per job);
+        ``partial_name`` names the hidden file a download is streamed into (unique per job);
         ``provenance`` is written into each image (runner.outputs.provenance) before it is placed.
         """
         if provenance is not None:
@@ -279,7 +279,7 @@ class Tracker:
             for index in range(len(remote.urls)):
                 suffix = "" if index == 0 else f"-{index}"
                 got = await self._download_one(
-                    remote, index, stem + suffix, partial + suffix, provenance, deadline
+                    remote, index, stem + suffix, partial_name + suffix, provenance, deadline
                 )
                 if isinstance(got, Deferred | Failed):
                     return got
@@ -298,13 +298,13 @@ class Tracker:
         provenance: Mapping[str, Any] | None,
         deadline: float,
     ) -> tuple[RemoteJob, FileEntry] | Deferred | Failed:
-        partial = self.writer.partial_path(partial_name)
+        part = self.writer.partial_path(partial_name)
         refreshes = bad_images = 0
         while True:
             url = remote.urls[index]
             try:
                 download = await retrying(
-                    functools.partial(self.client.download, url, partial),
+                    functools.partial(self.client.download, url, part),
                     self.settings.retry,
                     self.clock,
                     self.rng,
@@ -319,18 +319,18 @@ class Tracker:
                         self.writer.place, fetched, stem, provenance
                     )
                 except OSError as exc:  # the disk, not the image: ours to stop for
-                    raise DiskError(str(partial.parent), exc) from exc
+                    raise DiskError(str(part.parent), exc) from exc
                 break
             except BadImage as exc:
                 bad_images += 1
                 if bad_images > 1:  # fetched again, and again not an image
                     return Failed(str(exc))
-                log.info("↻ job %s's image is unusable: fetching the job again", remote.job_id)
+                log.debug("↻ job %s's image is unusable: fetching the job again", remote.job_id)
             except ExpiredUrl as exc:
                 refreshes += 1
                 if refreshes > (self.settings.retry.max_errors or 8):
                     return Deferred(f"its image URLs keep expiring: {exc}")
-                log.info("↻ job %s's image URL expired: fetching the job again", remote.job_id)
+                log.debug("↻ job %s's image URL expired: fetching the job again", remote.job_id)
             except TransientApiError as exc:
                 return Deferred(f"download kept failing: {exc}")
             except PermanentApiError as exc:  # an unusable URL: fetching the job gives it again

@@ -81,5 +81,5 @@ class Uploads:
             except OSError as exc:
                 return f"reading {path}: {exc.strerror or exc}"
             await self.journal.record(Asset(digest, url))
-            log.info("↑ uploaded %s as %s", path, url)
+            log.debug("↑ uploaded %s as %s", path, url)
             return None

@@ -25,12 +25,13 @@ class Counts:
     not_started: int = 0  # never submitted because the run stopped early
     submits: int = 0  # POSTs accepted by the server
     retries: int = 0  # resubmits after a remote failure
-    ambiguous: int = 0  # POSTs whose answer was lost
+    lost_answers: int = 0  # POSTs whose answer was lost
     adopted: int = 0  # ... whose job the listing showed: adopted, not sent again
     resent: int = 0  # ... which created nothing: sent again
     unmatched: int = 0  # ... which could not be told apart: the job ends ambiguous
     unchecked: int = 0  # ... which could not be checked in this run (the listing failed)
     over_budget: int = 0  # not submitted: it would have taken the spend over --budget
+    unpriced: int = 0  # not submitted: --budget cannot price its model
     overload_429: int = 0  # "maximum number of concurrent jobs"
     rate_limited_429: int = 0  # "too many requests"
     transient_errors: int = 0

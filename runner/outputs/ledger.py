@@ -144,7 +144,7 @@ def _count_noted(counts: Counts, event: RunEvent) -> None:
                 else:
                     counts.rate_limited_429 += 1
         case LostAnswer():
-            counts.ambiguous += 1
+            counts.lost_answers += 1
         case LostChecked(resent, unchecked):
             counts.resent += resent
             counts.unchecked += unchecked
@@ -159,6 +159,8 @@ def _count_noted(counts: Counts, event: RunEvent) -> None:
                     counts.cancelled += 1
                 case LeftOver.OVER_BUDGET:
                     counts.over_budget += 1
+                case LeftOver.UNPRICED:
+                    counts.unpriced += 1
                 case LeftOver.NOT_STARTED:
                     counts.not_started += 1
 

@@ -58,7 +58,7 @@ def payload(stats: RunStats, state: str, stopping: str | None = None) -> dict[st
             "transient": counts.transient_errors,
             "overload_429": counts.overload_429,
             "rate_limited_429": counts.rate_limited_429,
-            "lost_answers": counts.ambiguous,
+            "lost_answers": counts.lost_answers,
         },
         "requests": {kind: stats.requests.get(kind, 0) for kind in REQUEST_KINDS},
         "requests_per_job": stats.per_job,

@@ -64,6 +64,7 @@ class LeftOver(Enum):
     DEFERRED = "deferred"
     CANCELLED = "cancelled"
     OVER_BUDGET = "over_budget"
+    UNPRICED = "unpriced"  # a dollar budget cannot price its model
     NOT_STARTED = "not_started"
 
 
