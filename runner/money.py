@@ -12,15 +12,26 @@ from runner.errors import UsageError
 
 
 def dollars(usd: float) -> str:
-    """``$0.015``, ``$1.235``, ``$12.35``: cents and more precision for small sums."""
-    return f"${usd:,.2f}" if usd >= 10 else f"${usd:.4g}"
+    """A price: ``$0.065``, ``$0.007``, ``$4.20``, ``$12.35`` (cents at least, up to four
+    significant digits below $10, where prices per image live)."""
+    if usd >= 10:
+        return f"${usd:,.2f}"
+    text = f"{usd:.4g}"
+    if "e" in text or len(text.partition(".")[2]) < 2:
+        text = f"{usd:.2f}" if usd >= 0.01 or usd == 0 else f"{usd:.4f}".rstrip("0")
+    return f"${text}"
+
+
+def spent(usd: float) -> str:
+    """A spend: ``$4.20``, ``$0.55``, ``$1,234.50``; more digits only below a cent (``$0.007``)."""
+    return f"${usd:,.2f}" if usd >= 0.01 or usd == 0 else f"${usd:.2g}"
 
 
 def spend_text(usd: float, units: float) -> str:
     """A spend in dollars and compute units side by side, ``$0`` when there is none."""
     parts = []
     if usd:
-        parts.append(dollars(usd))
+        parts.append(spent(usd))
     if units:
         parts.append(f"{units:,.1f} CU")
     return " + ".join(parts) or "$0"

@@ -78,6 +78,27 @@ def test_a_deadline_that_has_passed_today_says_it_means_tomorrow(
     assert len(said) == 1, said
 
 
+def test_money_has_cents_and_more_only_below_a_cent_and_reasons_group_without_ids() -> None:
+    from runner.cli.status import reason_kind
+    from runner.money import dollars, spend_text
+
+    assert [spend_text(usd, 0) for usd in (4.2, 0.546, 2.31, 0.007)] == [
+        "$4.20",
+        "$0.55",
+        "$2.31",
+        "$0.007",
+    ]
+    assert [dollars(p) for p in (0.065, 0.007, 4.2, 12.345)] == [
+        "$0.065",
+        "$0.007",
+        "$4.20",
+        "$12.35",
+    ]
+    gone = "the remote job 0b4e9e71-1012-4dda-8b4e-9e711012dda5 is gone: 404"
+    other = "the remote job 2c4e9e71-1012-4dda-8b4e-9e711012dda6 is gone: 404"
+    assert reason_kind(gone) == reason_kind(other) == "the remote job … is gone: 404"
+
+
 def test_models_lists_the_catalog_and_one_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models"]) == 0
     assert "gpt-image-2" in capsys.readouterr().out

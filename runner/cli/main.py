@@ -418,6 +418,13 @@ def _run(args: argparse.Namespace) -> int:
             f"stopped early: {result.stopped}; run the same command again to resume",
             file=sys.stderr,
         )
+    if counts.failed:
+        print(
+            f"{counts.failed} failed: `krea-batch status {out}` groups the reasons; "
+            "`run … --retry-failed` sends them again (a job the API says is gone may still have "
+            "been paid for)",
+            file=sys.stderr,
+        )
     return result.exit_code
 
 
@@ -479,8 +486,11 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=1))
         return ExitCode.OK
+    shown = {**found}
+    if shown.get("seed") is None:
+        shown["seed"] = "none sent (the server chose one)"
     for name in ("prompt", "model", "endpoint", "seed", "job_id", "key", "krea_batch"):
-        print(f"{name + ':':<11} {found.get(name)}")
+        print(f"{name + ':':<11} {shown.get(name, '–')}")
     print(f"{'params:':<11} {json.dumps(found.get('params', {}), ensure_ascii=False)}")
     return ExitCode.OK
 

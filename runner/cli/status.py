@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,9 @@ class FolderStatus:
             },
             "estimated_spend_units": round(self.counts.spend_units, 3),
             "estimated_spend_usd": round(self.counts.spend_usd, 4),
-            "failure_reasons": dict(Counter(reason for _, reason in self.failures).most_common()),
+            "failure_reasons": dict(
+                Counter(reason_kind(reason) for _, reason in self.failures).most_common()
+            ),
             "failed": [{"key": k, "error": e} for k, e in self.failures],
             "ambiguous": [{"key": k, "candidates": list(c)} for k, c in self.ambiguous.items()],
             "retry_ambiguous_pays_twice_at_most": self.risk.twice,
@@ -53,6 +56,16 @@ class FolderStatus:
                 for k, j in self.in_flight.items()
             ],
         }
+
+
+_IDS = re.compile(
+    r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b|\b[0-9a-f]{16,}\b"
+)
+
+
+def reason_kind(reason: str) -> str:
+    """A failure reason without the ids in it, so that one cause is counted once."""
+    return _IDS.sub("…", reason)
 
 
 def read_status(root: Path) -> FolderStatus:
@@ -82,10 +95,17 @@ def read_status(root: Path) -> FolderStatus:
 def render_status(status: FolderStatus, show_failed: int = 20) -> str:
     data = status.to_json()
     counts = data["counts"]
+    parts = [f"{counts['completed']} completed", f"{counts['failed']} failed"]
+    if counts["in_flight"]:
+        parts.append(f"{counts['in_flight']} still running at the API")
+    if counts["unknown_submits"]:
+        parts.append(
+            f"{counts['unknown_submits']} submitted without an answer (the next run checks)"
+        )
+    if counts["ambiguous"]:
+        parts.append(f"{counts['ambiguous']} ambiguous")
     lines = [
-        f"{status.root}: {counts['completed']} completed, {counts['failed']} failed, "
-        f"{counts['in_flight']} in flight remotely, {counts['unknown_submits']} submits to check, "
-        f"{counts['ambiguous']} ambiguous",
+        f"{status.root}: {', '.join(parts)}",
         f"estimated spend: {spend_text(status.counts.spend_usd, status.counts.spend_units)}",
     ]
     if data["failure_reasons"]:
