@@ -86,7 +86,38 @@ async def test_an_encoded_image_is_asked_for_plain_and_decoded_before_the_size_c
         got = await client.download(url + "/img.png", tmp_path / "img.part")
     assert asked == ["identity"]
     assert got.bytes == len(raw)
-    assert (tmp_path / "img.part").read_bytes() == raw
+    assert got.data == raw  # held in memory: a small image needs no file
+
+
+async def test_a_large_image_goes_to_its_file_and_the_writer_keeps_it_with_its_provenance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past SPILL bytes the body is streamed to the hidden file, not held; the writer then
+    checks, embeds and places that file (the other route a small image never takes)."""
+    from runner.api import downloads
+    from runner.outputs import OutputFolder
+    from runner.outputs.provenance import read as read_provenance
+    from runner.outputs.writers import Fetched, open_writer
+
+    raw = png_bytes()
+    monkeypatch.setattr(downloads._SpoolFile, "SPILL", 64)
+
+    async def image(request: web.Request) -> web.Response:
+        return web.Response(body=raw, headers={"Content-Type": "image/png"})
+
+    with OutputFolder(tmp_path / "out") as folder:
+        writer = open_writer(folder)
+        part = writer.partial_path("k")
+        async with fake_server({("GET", "/i.png"): image}) as url, KreaClient(url, "t") as client:
+            got = await client.download(url + "/i.png", part)
+        assert got.data is None
+        assert part.read_bytes() == raw
+        fetched = Fetched(part, got.sha256, got.bytes, got.content_type, "u", got.data)
+        entry = writer.place(fetched, "0000/k", {"prompt": "a fox"})
+    placed = tmp_path / "out" / entry["path"]
+    assert entry["path"] == "images/0000/k.png"
+    assert read_provenance(placed) == {"prompt": "a fox"}
+    assert not part.exists()
 
 
 async def test_a_download_that_trickles_is_dropped_as_stalled(tmp_path: Path) -> None:

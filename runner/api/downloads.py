@@ -3,6 +3,7 @@ checked hop by hop, fsynced; never with the API token (result URLs are pre-signe
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import os
@@ -24,12 +25,14 @@ from runner.errors import DiskError, ExpiredUrl, PermanentApiError, TransientApi
 
 @dataclass(frozen=True, slots=True)
 class Download:
-    """A file written by ``download``: where, how long, its sha256 and declared type."""
+    """An image fetched by ``download``: its bytes in memory (``data``) or, past SPILL bytes,
+    in the file at ``path``; its length, sha256 and declared type."""
 
     path: Path
     bytes: int
     sha256: str
     content_type: str
+    data: builtins.bytes | None = None
 
 
 async def download(
@@ -41,8 +44,9 @@ async def download(
     limits: Limits,
     timeouts: Timeouts,
 ) -> Download:
-    """Stream ``url`` into ``dest``, fsynced: bytes, checked for size and stalls, and nothing
-    more (what they hold and where they go is the output writer's business)."""
+    """Fetch ``url``: bytes, checked for size and stalls, and nothing more (what they hold and
+    where they go is the output writer's business). A large image is streamed into ``dest``
+    (fsynced) rather than held."""
     stall = timeouts.stall
     timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=stall)
     digest = hashlib.sha256()
@@ -90,7 +94,7 @@ async def download(
                     raise TransientApiError(f"GET image: got {size} of {expected} bytes")
                 if size == 0:
                     raise TransientApiError("GET image: empty file")
-                await out.commit()
+                data = await out.commit()
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, PrivateAddress):
             raise PermanentApiError(f"GET image: {exc.os_error}") from exc
@@ -105,7 +109,7 @@ async def download(
         raise PermanentApiError(f"GET image: unusable URL ({exc})") from exc
     except OSError as exc:  # writing the file, not the network: ours to stop for
         raise DiskError(str(dest.parent), exc) from exc
-    return Download(dest, size, digest.hexdigest(), content_type)
+    return Download(dest, size, digest.hexdigest(), content_type, data)
 
 
 @contextlib.asynccontextmanager
@@ -142,12 +146,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class _SpoolFile:
-    """A file written from the event loop with as few thread hops as possible.
-
-    Chunks wait in memory and go to disk in one worker-thread call (write, flush, fsync) at
-    the end, or whenever ``SPILL`` bytes are waiting: an image of a few MB costs one hop, not
-    one per chunk, and memory stays bounded for a large one.
-    """
+    """A body kept in memory up to ``SPILL`` bytes (an image of a few MB is handed over as
+    bytes, with no file and no thread hop); past that, written to the file in worker-thread
+    calls (write, then flush and fsync at the end), so memory stays bounded."""
 
     SPILL = 8 << 20
 
@@ -172,9 +173,14 @@ class _SpoolFile:
         if self._waiting >= self.SPILL:
             await anyio.to_thread.run_sync(self._drain, False)
 
-    async def commit(self) -> None:
-        """Everything on disk, fsynced, closed."""
+    async def commit(self) -> bytes | None:
+        """The whole body if it never spilled (no file, no thread hop); else everything on
+        disk, fsynced, closed, and None."""
+        if self._handle is None:
+            data, self._chunks = b"".join(self._chunks), []
+            return data
         await anyio.to_thread.run_sync(self._finish)
+        return None
 
     def _drain(self, sync: bool) -> None:
         if self._handle is None:

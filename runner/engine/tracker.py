@@ -312,7 +312,12 @@ class Tracker:
                     give_up_at=deadline,
                 )
                 fetched = Fetched(
-                    download.path, download.sha256, download.bytes, download.content_type, url
+                    download.path,
+                    download.sha256,
+                    download.bytes,
+                    download.content_type,
+                    url,
+                    download.data,
                 )
                 try:
                     entry = await anyio.to_thread.run_sync(

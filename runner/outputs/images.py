@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from pathlib import Path, PurePosixPath
 
@@ -26,12 +27,14 @@ def image_extension(content_type: str, url: str) -> str:
     return ".png"
 
 
-def image_problem(path: Path) -> str | None:
-    """Why the file is not an image we can use, or None (header and checksums; no decoding)."""
+def image_problem(source: Path | bytes) -> str | None:
+    """Why the file (or bytes) is not an image we can use, or None (header and checksums; no
+    decoding)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            opened = io.BytesIO(source) if isinstance(source, bytes) else source
+            with Image.open(opened) as image:
                 image.verify()
     except Image.DecompressionBombError as exc:
         return f"the image claims too many pixels ({exc})"

@@ -72,6 +72,12 @@ def _with_jpeg_xmp(content: bytes, fields: Mapping[str, Any]) -> bytes | None:
     return content[:2] + segment + content[2:]
 
 
+def with_provenance(content: bytes, fields: Mapping[str, Any]) -> bytes:
+    """The image's bytes with ``fields`` written into them (as they were, for a WebP or a
+    prompt too long for a JPEG segment)."""
+    return _with_png_text(content, fields) or _with_jpeg_xmp(content, fields) or content
+
+
 def embed(path: Path, fields: Mapping[str, Any]) -> tuple[str, int]:
     """Write ``fields`` into the image at ``path`` (fsynced, replaced atomically); returns the
     final file's sha256 and size, which are what results.jsonl records."""

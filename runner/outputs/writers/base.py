@@ -3,6 +3,8 @@ finished. The engine hands over bytes and records and never knows the layout."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from runner.errors import BadImage
 from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
 from runner.outputs.images import image_problem, intact
-from runner.outputs.provenance import embed
+from runner.outputs.provenance import embed, with_provenance
 from runner.outputs.records import FileEntry, ResultRecord
 from runner.outputs.results_log import ResultsLog
 
@@ -24,23 +26,36 @@ RecordSource = Callable[[], Iterable[ResultRecord]]  # every finished job's curr
 class Fetched:
     """One downloaded image, fsynced in a hidden file of the writer's choosing."""
 
-    path: Path
+    path: Path  # where the writer wants it kept until it is placed (a hidden name)
     sha256: str
-    bytes: int
+    size: int
     content_type: str
     url: str
+    data: bytes | None = None  # the image itself; None: it is in the file at ``path``
 
 
 def checked(fetched: Fetched, provenance: Mapping[str, Any] | None) -> tuple[str, int]:
-    """Refuse a file that is no usable image (BadImage; the file is removed), then write the
-    provenance into it; returns the final file's sha256 and size."""
-    problem = image_problem(fetched.path)
+    """Refuse what is no usable image (BadImage; a file is removed), then write the
+    provenance into it, and leave it whole and fsynced at ``fetched.path``; returns the final
+    file's sha256 and size."""
+    if fetched.data is None:  # a large image, streamed to its file
+        problem = image_problem(fetched.path)
+        if problem is not None:
+            fetched.path.unlink(missing_ok=True)
+            raise BadImage(f"GET image: {problem}")
+        if provenance is not None:
+            return embed(fetched.path, provenance)
+        return fetched.sha256, fetched.size
+    problem = image_problem(fetched.data)
     if problem is not None:
-        fetched.path.unlink(missing_ok=True)
         raise BadImage(f"GET image: {problem}")
-    if provenance is not None:
-        return embed(fetched.path, provenance)
-    return fetched.sha256, fetched.bytes
+    content = fetched.data if provenance is None else with_provenance(fetched.data, provenance)
+    with open(fetched.path, "wb") as handle:  # one write and one fsync, provenance included
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    digest = fetched.sha256 if content is fetched.data else hashlib.sha256(content).hexdigest()
+    return digest, len(content)
 
 
 class Writer(ABC):
