@@ -26,7 +26,7 @@ from runner.outputs.events import (
     decode,
 )
 from runner.outputs.figures import Counts
-from runner.outputs.records import RecordStatus, spend_of, status_of
+from runner.outputs.records import RecordStatus, ResultRecord, spend_of, status_of
 from runner.outputs.run_events import (
     Downloaded,
     LeftOver,
@@ -237,3 +237,12 @@ def folder_counts(ledger: RunLedger) -> Counts:
         elif state.done is not None:
             counts.failed += 1
     return counts
+
+
+def counts_of(records: Iterable[ResultRecord]) -> Counts:
+    """The counts of a finished set of records (a merge), through the same fold."""
+    ledger = RunLedger()
+    for record in records:
+        ledger.apply(Done(record["key"], record))
+    ledger.counts.total = len(ledger.states)
+    return ledger.counts

@@ -15,10 +15,10 @@ from runner.exitcodes import ExitCode
 from runner.outputs import Layout, OutputFolder, RecordStatus, ResultRecord, latest_records
 from runner.outputs.figures import stats_of
 from runner.outputs.images import file_sha256, inside
+from runner.outputs.ledger import counts_of
 from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report
 from runner.outputs.results_log import ResultsLog
-from runner.outputs.summary import counts_of
 from runner.outputs.summary import summary as run_summary
 
 

@@ -12,9 +12,8 @@ from typing import Any
 
 from runner import jsontext
 from runner.files import read_regular
-from runner.outputs.figures import REQUEST_KINDS, Counts, RunStats
+from runner.outputs.figures import REQUEST_KINDS, RunStats
 from runner.outputs.layout import path_text
-from runner.outputs.records import RecordStatus, ResultRecord, spend_of
 from runner.timefmt import iso_time
 
 
@@ -59,21 +58,6 @@ def summary(
         "listing": None,  # the job listing's passes and pages (a run in list mode)
         "webhooks": None,  # deliveries used, ignored and refused (a run with webhooks)
     }
-
-
-def counts_of(records: Sequence[ResultRecord]) -> Counts:
-    """The counts of a finished set of records (a merge)."""
-    counts = Counts(total=len(records))
-    for record in records:
-        status = record["status"]
-        if status == RecordStatus.COMPLETED:
-            counts.completed += 1
-            counts.add_spend(*spend_of(record))
-        elif status == RecordStatus.AMBIGUOUS:
-            counts.ambiguous_jobs += 1
-        else:
-            counts.failed += 1
-    return counts
 
 
 def read_summary(path: Path) -> dict[str, Any]:
