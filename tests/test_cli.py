@@ -109,7 +109,7 @@ def test_models_lists_the_catalog_and_one_model(capsys: pytest.CaptureFixture[st
     assert main(["models", "krea-2-large"]) == 0
     large = capsys.readouterr().out
     assert "$0.06 per image" in large
-    assert "catalog_overlay.yaml" in large
+    assert "K2OV" not in large, "no internal source keys: the overlay keeps them"
 
 
 def test_an_unknown_model_exits_2_with_suggestions(capsys: pytest.CaptureFixture[str]) -> None:

@@ -114,3 +114,64 @@ async def test_the_live_view_reads_whole_at_any_width_with_no_line_per_job(
     assert "CU" in shown, shown
     assert "← done" not in shown, "no line per job without -v"
     assert "runner." not in shown, "no module paths without -v"
+
+
+def _take_the_terminal() -> None:
+    """In the child: a session of its own whose controlling terminal is the pty, so that a
+    ^C typed there is echoed and signalled as a person's would be."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _run_and_press_ctrl_c(manifest: Path, out: Path, url: str, columns: int) -> tuple[int, bytes]:
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, columns, 0, 0))
+    env = {**os.environ, "KREA_API_TOKEN": "t", "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    env.pop("COLUMNS", None)
+    command = [sys.executable, "-m", "runner", "run", str(manifest), "--out", str(out)]
+    process = subprocess.Popen(
+        [*command, "--api-base", url],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=ROOT,
+        env=env,
+        preexec_fn=_take_the_terminal,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    pressed = False
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if not pressed and b"total" in b"".join(chunks):  # the bars are up: press Ctrl-C once
+            os.write(master, b"\x03")
+            pressed = True
+    os.close(master)
+    return process.wait(60), b"".join(chunks)
+
+
+async def test_one_ctrl_c_drains_and_leaves_each_bar_once_with_no_eta(tmp_path: Path) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(12, concurrency=4, poll_interval=0.05))
+    config = EmulatorConfig(latency=Latency.parse("fixed:1.0"))
+    async with run_emulator(config) as emu:
+        code, output = await anyio.to_thread.run_sync(
+            _run_and_press_ctrl_c, manifest, tmp_path / "out", emu.url, 80
+        )
+    lines = _screen(output, 80)
+    shown = "\n".join(lines)
+    assert code == 3, shown  # drained and stopped early: the next run resumes
+    for name in ("seedream-4", "total"):
+        rows = [line for line in lines if line.lstrip().startswith(name)]
+        assert len(rows) == 1, f"{name} drawn once after a Ctrl-C:\n{shown}"
+    assert "^C" not in shown, shown
+    figures = [line for line in lines if "jobs/s" in line]
+    assert figures, shown
+    assert "ETA –" in figures[-1], "the final frame shows no ETA:\n" + shown

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import termios
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, RenderableType
 from rich.progress import (
@@ -77,7 +81,9 @@ class Progress:
         self._bars: _Bars | None = None
         self._tasks: dict[str, TaskID] = {}
         self._engine: Engine | None = None
+        self._tty: tuple[int, list[Any]] | None = None
         if live:
+            self._quiet_control_keys()
             self._bars = _Bars(
                 # Any width: names give way first (cut with …), the bar takes what is left,
                 # the counts are never cut; the run's figures wrap on lines of their own.
@@ -126,9 +132,30 @@ class Progress:
             bars.update(self._tasks[name], completed=finished, total=total)
         bars.figures = _summary_line(figures)
 
+    def _quiet_control_keys(self) -> None:
+        """While the live view owns the terminal, keys typed are not echoed into it (a ``^C``
+        after a full-width bar line wraps it and leaves a copy behind on every press) and a
+        signal does not throw away the frame being drawn; ``close`` restores the terminal."""
+        try:
+            fd = sys.stdin.fileno()
+            if not os.isatty(fd):
+                return
+            saved = termios.tcgetattr(fd)
+            quiet = [*saved]
+            quiet[3] = (quiet[3] & ~(termios.ECHO | termios.ECHOCTL)) | termios.NOFLSH
+            termios.tcsetattr(fd, termios.TCSANOW, quiet)
+            self._tty = (fd, saved)
+        except (OSError, ValueError, termios.error):
+            self._tty = None  # not a terminal we may change: the view works as it is
+
     def close(self) -> None:
         """Draw the final figures (no ETA: the run is over), then leave the bars on the screen
         as they ended."""
+        if self._tty is not None:
+            fd, saved = self._tty
+            with contextlib.suppress(OSError, termios.error):
+                termios.tcsetattr(fd, termios.TCSANOW, saved)
+            self._tty = None
         if self._bars is not None:
             if self._engine is not None:
                 stats = self._engine.stats()

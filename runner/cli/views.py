@@ -83,8 +83,6 @@ def model_detail(model: Model) -> str:
         f"  price: {_price_detail(model)}"
         + (f", about {model.average_seconds:g} s" if model.average_seconds else "")
     )
-    if model.source:
-        lines.append(f"  corrected by tools/catalog_overlay.yaml: {model.source}")
     rows = [["PARAM", "TYPE", "ALLOWED", "DEFAULT", "REQUIRED"]]
     for p in model.params:
         default = "" if p.default is None else json.dumps(p.default)
