@@ -283,6 +283,9 @@ async def test_a_gallery_of_20000_jobs_pages_and_filters_in_headless_chromium(
         await page.wait_for_function("document.getElementById('where').textContent[5] === '2'")
         await page.fill("#f-text", "number 19999")
         await page.wait_for_function("document.querySelectorAll('.card').length === 1")
+        await page.fill("#f-text", "house")  # inside "lighthouse": not a word of the prompt
+        await page.wait_for_function("document.querySelectorAll('.card').length === 0")
+        assert await page.inner_text("#where") == "page 1 of 1"
         await page.fill("#f-text", "")
         await page.select_option("#f-status", "failed")
         await page.wait_for_function("document.querySelectorAll('.card').length === 200")
@@ -302,8 +305,16 @@ async def test_the_gallery_renders_every_image_in_headless_chromium(tmp_path: Pa
         sizes = await page.evaluate(
             "Array.from(document.querySelectorAll('.card img')).map(i => i.naturalWidth)"
         )
+        subs = await page.locator(".card .sub").all_inner_texts()
+        await page.locator(".card img").first.click()
+        caption = await page.inner_text("#zoom figcaption")
+        await page.click("#zoom .close")
+        closed = await page.evaluate("!document.getElementById('zoom').classList.contains('on')")
         await page.click("text=Compare")
         columns = await page.locator("#compare th").all_inner_texts()
+    assert any("256×192" in sub for sub in subs), subs  # the size tells tiles apart
+    assert "studio photo" in caption or "passwd" in caption
+    assert closed
     assert len(sizes) == 9
     assert all(width > 0 for width in sizes)
     assert "model seedream-4" in columns

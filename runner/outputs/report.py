@@ -64,7 +64,18 @@ def _card(record: ResultRecord) -> dict[str, Any]:
         "prompt": record["prompt"],
         "path": files[0]["path"] if files else None,
         "error": record["error"],
+        "shape": _shape(record["params"]),
+        "replica": record["replica"],
     }
+
+
+def _shape(params: Mapping[str, Any]) -> str | None:
+    """``16:9`` or ``1024×576``: what tells two tiles of one prompt and seed apart."""
+    ratio = params.get("aspect_ratio")
+    if isinstance(ratio, str):
+        return ratio
+    width, height = params.get("width"), params.get("height")
+    return f"{width}×{height}" if isinstance(width, int) and isinstance(height, int) else None
 
 
 @dataclass
