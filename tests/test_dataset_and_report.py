@@ -312,6 +312,8 @@ async def test_the_gallery_renders_every_image_in_headless_chromium(tmp_path: Pa
         closed = await page.evaluate("!document.getElementById('zoom').classList.contains('on')")
         await page.click("text=Compare")
         columns = await page.locator("#compare th").all_inner_texts()
+        others = await page.locator("#compare td.cell .more img").count()
+    assert others == 4, "each prompt × model cell shows its other seed as a thumbnail"
     assert any("256×192" in sub for sub in subs), subs  # the size tells tiles apart
     assert "studio photo" in caption or "passwd" in caption
     assert closed

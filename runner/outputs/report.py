@@ -29,6 +29,7 @@ from runner.outputs.records import RecordStatus, ResultRecord, spend_of
 PER_PAGE = 300
 MAX_COMPARE_ROWS = 300
 MAX_FAILED = 1000
+MAX_MORE = 8  # thumbnails of a compare cell's other images
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("runner", "templates"),
@@ -149,14 +150,17 @@ class _Gallery:
                 self.more_prompts = True
                 return
             self.prompts[prompt] = None
-        cell = {
-            "path": record["files"][0]["path"],
-            "prompt": prompt,
-            "caption": _caption(record),
-            "tooltip": _tooltip(record),
-        }
-        self.cells.setdefault((prompt, "model", record["model"]), cell)
-        self.cells.setdefault((prompt, "seed", record["seed"]), cell)
+        for axis in ("model", "seed"):
+            cell = {
+                "path": record["files"][0]["path"],
+                "prompt": prompt,
+                "caption": _caption(record),
+                "tooltip": _tooltip(record),
+                "more": [],  # the cell's other images (other seeds, say), as thumbnails
+            }
+            first = self.cells.setdefault((prompt, axis, record[axis]), cell)
+            if first is not cell and len(first["more"]) < MAX_MORE:
+                first["more"].append(cell)
 
     def compare(self) -> dict[str, Any]:
         if not self.done:
