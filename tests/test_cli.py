@@ -101,7 +101,10 @@ def test_money_has_cents_and_more_only_below_a_cent_and_reasons_group_without_id
 
 def test_models_lists_the_catalog_and_one_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models"]) == 0
-    assert "gpt-image-2" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "gpt-image-2" in listing
+    seededit = next(line for line in listing.splitlines() if line.startswith("seededit "))
+    assert seededit.rstrip().endswith("unpublished")
     assert main(["models", "flux"]) == 0
     flux = capsys.readouterr().out
     assert "\nguidance_scale " in flux

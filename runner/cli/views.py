@@ -21,14 +21,15 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def _price(model: Model) -> str:
-    """``$0.06`` (or a range) where a USD price is published, else compute units, else ?."""
+    """``$0.06`` (or a range) where a USD price is published, else compute units, else
+    ``unpublished`` (a manifest's ``prices:`` can give one)."""
     dollars = sorted({rule.units for rule in model.usd_rules})
     if dollars:
         low, high = dollars[0], dollars[-1]
         return f"${low:g}" if low == high else f"${low:g}–{high:g}"
     units = sorted({rule.units for rule in model.price_rules})
     if not units:
-        return "?"
+        return "unpublished"
     low, high = units[0], units[-1]
     return (f"{low:g}" if low == high else f"{low:g}–{high:g}") + " CU"
 
@@ -93,7 +94,7 @@ def model_detail(model: Model) -> str:
 def _cost(usd: float, units: float, unpriced: int) -> str:
     """Dollars and compute units side by side (they are never added), and unpriced jobs."""
     if unpriced and not (usd or units):
-        return "?"
+        return "unpublished"
     return spend_text(usd, units) + (f" (+{unpriced} unpriced)" if unpriced else "")
 
 
