@@ -68,5 +68,7 @@ def test_status_shows_a_live_run_and_ignores_a_stale_one(
     }
     (tmp_path / "status.json").write_text(json.dumps(status))
     assert main(["status", str(tmp_path)]) == 0
-    assert "running now (pid 4242" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "running now (pid 4242" in shown
+    assert "3/10" not in shown, "counts come once, from the journal, not from two sources"
     assert read_live(tmp_path, now=beat + STALE_AFTER + 1) is None

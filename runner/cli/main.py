@@ -455,9 +455,10 @@ def _status(args: argparse.Namespace) -> int:
     else:
         if live is not None:
             eta = live["eta_seconds"]
+            # The counts come once, from the journal below: two sources read a moment apart
+            # would disagree. The live file adds what only the running process knows.
             print(
                 f"running now (pid {live['pid']}, heartbeat {live['heartbeat_at']}): "
-                f"{live['done']}/{live['total']} done, {live['in_flight']} in flight, "
                 f"{live['jobs_per_second']:.2f} jobs/s"
                 + (f", ETA {eta:.0f} s" if eta is not None else "")
             )
