@@ -50,6 +50,8 @@ def configure_logging(
         handler.setFormatter(
             logging.Formatter("%(name)s: %(message)s" if verbose else "%(message)s")
         )
+        if not verbose:  # a terminal shows no line per job: the live view counts them
+            handler.addFilter(lambda record: not getattr(record, "per_job", False))
     else:
         handler = logging.StreamHandler(sys.stderr)
         where = "%(name)s: " if verbose else ""

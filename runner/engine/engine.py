@@ -71,6 +71,9 @@ from runner.outputs.writers import Writer, open_writer
 from runner.settings import RunSettings
 
 log = logging.getLogger(__name__)
+# A job's own outcome: a line in a log file, but on a terminal only with -v (the live view
+# counts them, and `status` groups their reasons).
+PER_JOB = {"per_job": True}
 
 
 class Engine(Stopping, Writing):
@@ -461,14 +464,16 @@ class Engine(Stopping, Writing):
             plural = "" if files == 1 else "s"
             log.debug("← done %s %s (%d file%s)", spec.key, spec.model, files, plural)
         elif isinstance(outcome, Failed):
-            log.warning("! failed %s %s: %s", spec.key, spec.model, outcome.reason)
+            log.warning("! failed %s %s: %s", spec.key, spec.model, outcome.reason, extra=PER_JOB)
         else:
-            log.warning("? ambiguous %s %s: %s", spec.key, spec.model, record["error"])
+            log.warning(
+                "? ambiguous %s %s: %s", spec.key, spec.model, record["error"], extra=PER_JOB
+            )
 
     def _count_unfinished(self, spec: JobSpec, outcome: Outcome) -> None:
         if isinstance(outcome, Deferred):
             why = LeftOver.DEFERRED
-            log.warning("… %s left for the next run: %s", spec.key, outcome.reason)
+            log.warning("… %s left for the next run: %s", spec.key, outcome.reason, extra=PER_JOB)
         elif isinstance(outcome, Cancelled):
             why = LeftOver.CANCELLED
             log.debug("× cancelled %s (job %s) on exit", spec.key, outcome.job_id)
