@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 import functools
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
 from PIL import UnidentifiedImageError
 
-from runner import __version__
 from runner.api.client import DEFAULT_API_BASE, KreaClient
 from runner.api.secrets import find_token, read_token_file
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
 from runner.cli.logs import configure_logging
+from runner.cli.parser import build_parser, refuse_secret_flags
 from runner.cli.progress import Progress
 from runner.cli.status import read_status, refresh, render_status
 from runner.cli.views import catalog_table, model_detail, plan_text
@@ -45,257 +42,12 @@ from runner.outputs.provenance import read as read_provenance
 from runner.outputs.report import write_report
 from runner.outputs.summary import read_summary
 from runner.settings import (
-    FORMATS,
-    POLL_MODES,
-    SETTING_FLAGS,
     SETTING_NAMES,
     parse_deadline,
     parse_duration,
 )
 
-DESCRIPTION = """\
-Run thousands of Krea text-to-image jobs from a YAML manifest: concurrently, under rate
-limits, resumably, and never paying for a job twice. Images land in OUT/images, one record
-per job in OUT/results.jsonl."""
-
 EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
-EXAMPLES = """\
-examples:
-  krea-batch plan jobs.yaml                    check a manifest: jobs per model, estimated cost
-  krea-batch run jobs.yaml --emulator          try it on the built-in emulator, no token needed
-  KREA_API_TOKEN=... krea-batch run jobs.yaml --out out
-  krea-batch run jobs.yaml --out out           again: finished jobs are skipped
-  krea-batch status out                        what a folder holds, offline
-  krea-batch models flux-1-dev                 one model's parameters and price"""
-
-
-class _Parser(argparse.ArgumentParser):
-    """No abbreviated flags: ``--token`` must never quietly become ``--token-file``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-        self._argv: Sequence[str] = ()
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: Any = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        self._argv = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(args, namespace)
-
-    def error(self, message: str) -> NoReturn:
-        """Name unknown flags, with the closest known one, but never echo values: one of them
-        may be a secret. The usage shown is the command's, not the whole tool's."""
-        prefix = "unrecognized arguments: "
-        if not message.startswith(prefix):
-            super().error(message)
-        words = message.removeprefix(prefix).split()
-        flags = [word.split("=", 1)[0] for word in words if word.startswith("-")]
-        parser = self._command_parser()
-        known = [flag for action in parser._actions for flag in action.option_strings]
-        parts = []
-        for flag in flags:
-            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
-            parts.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
-        text = "unknown flag" + ("s " if len(parts) > 1 else " ") + ", ".join(parts)
-        if not flags:
-            text = f"unexpected argument{'s' if len(words) > 1 else ''} (values not shown)"
-        parser.print_usage(sys.stderr)
-        parser.exit(2, f"{parser.prog}: error: {text}\n")
-
-    def _command_parser(self) -> argparse.ArgumentParser:
-        """The parser of the command named on the command line, else this one."""
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for word in self._argv:
-                    if word in action.choices:
-                        return action.choices[word]  # type: ignore[no-any-return]
-        return self
-
-
-# Flags that would carry a secret on the command line (visible in ps, shell history, cron mail).
-_SECRET_FLAG = re.compile(r"--?(api[-_]?)?(token|key|secret|password|auth)(=.*)?", re.IGNORECASE)
-
-
-def _refuse_secret_flags(argv: Sequence[str]) -> str | None:
-    """The error for a secret-looking flag, naming the flag and never its value."""
-    for arg in argv:
-        if _SECRET_FLAG.fullmatch(arg):
-            flag = arg.split("=", 1)[0]
-            return (
-                f"{flag} is not accepted: a token on the command line ends up in shell history "
-                "and process lists; set KREA_API_TOKEN or pass --token-file FILE"
-            )
-    return None
-
-
-def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
-    """``-v`` and ``--log-format``, before the command or after it (the later one wins)."""
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=False if defaults else argparse.SUPPRESS,
-        help="debug logging",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text" if defaults else argparse.SUPPRESS,
-        help="json: one JSON object per log line, for journald, cron mail, jq (default: text)",
-    )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="krea-batch",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"krea-batch {__version__}")
-    _global_flags(parser, defaults=True)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    plan = commands.add_parser("plan", help="validate a manifest and show what it would run")
-    plan.add_argument("manifest")
-    plan.add_argument("--show", type=int, default=0, metavar="N", help="print the first N specs")
-    plan.add_argument("--json", action="store_true", help="machine-readable output")
-    _setting_flags(plan, "the run's settings: those that change what is planned are checked")
-
-    run = commands.add_parser("run", help="run a manifest's jobs into an output folder")
-    run.add_argument("manifest")
-    run.add_argument(
-        "--out",
-        default="out",
-        type=_folder,
-        help="output folder, or a URL fsspec knows: s3://bucket/prefix, gs://, hf://… "
-        "(default: out)",
-    )
-    run.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="with a URL --out: the local folder for the journal and the shards being made "
-        "(default: one per URL under ~/.local/state/krea-batch)",
-    )
-    where = run.add_mutually_exclusive_group()
-    where.add_argument("--emulator", action="store_true", help="use the built-in Krea emulator")
-    where.add_argument("--api-base", metavar="URL", help="another Krea-compatible server")
-    run.add_argument(
-        "--token-file", help="read the API token from this file ($KREA_API_TOKEN otherwise)"
-    )
-    _setting_flags(run, "each also a key of the manifest's run: block; a flag beats the manifest")
-    run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
-    run.add_argument(
-        "--retry-ambiguous",
-        action="store_true",
-        help="send ambiguous jobs again (a lost answer nothing could match), after saying how "
-        "many images that may pay for twice",
-    )
-    run.add_argument("--limit", type=int, metavar="N", help="only the first N jobs")
-    run.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=120.0,
-        metavar="S",
-        help="after Ctrl-C, wait this long for jobs in flight (default 120)",
-    )
-    run.add_argument(
-        "--cancel-on-exit",
-        action="store_true",
-        help="when interrupted, cancel remote jobs instead of leaving them running",
-    )
-    run.add_argument(
-        "--no-embed-metadata",
-        action="store_true",
-        help="leave images as the API sent them (by default PNG text chunks and JPEG XMP carry "
-        "prompt, model, seed, params and job id: `krea-batch inspect IMAGE`)",
-    )
-    run.add_argument(
-        "--deadline",
-        metavar="TIME",
-        help="stop submitting at HH:MM (its next occurrence) or an ISO time, drain, exit 3",
-    )
-    run.add_argument("--max-runtime", metavar="DURATION", help="stop submitting after 8h, 90m, …")
-    run.add_argument(
-        "--budget",
-        metavar="AMOUNT",
-        help="never submit a job that would take this run's estimated spend over AMOUNT: "
-        "dollars (25, 25usd, $25) or compute units (500cu)",
-    )
-    run.add_argument("--shard", metavar="I/N", help="run only shard I of N (split by job key)")
-    run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
-    run.add_argument(
-        "--webhook-url",
-        metavar="URL",
-        help="public address of this machine for Krea's webhooks (with --webhook-listen); "
-        "polls then only every --webhook-poll-interval, as a safety net",
-    )
-    run.add_argument(
-        "--webhook-listen",
-        metavar="HOST:PORT",
-        help="where this run takes webhook deliveries, e.g. 0.0.0.0:8080",
-    )
-    run.add_argument(
-        "--metrics-file",
-        metavar="PATH",
-        help="keep this file in Prometheus text format during the run (node_exporter textfile)",
-    )
-    run.add_argument(
-        "--progress-interval",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="seconds between progress lines when not on a terminal",
-    )
-
-    status = commands.add_parser("status", help="what an output folder holds (offline)")
-    status.add_argument("out", type=_folder)
-    status.add_argument("--refresh", action="store_true", help="ask the API about jobs in flight")
-    status.add_argument("--api-base", metavar="URL", help="a Krea-compatible server for --refresh")
-    status.add_argument("--token-file", help="read the API token from this file")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-
-    merge = commands.add_parser("merge", help="combine the output folders of several shards")
-    merge.add_argument("sources", nargs="+", metavar="OUT")
-    merge.add_argument("--out", required=True, type=_folder, help="the merged folder")
-
-    report = commands.add_parser("report", help="write OUT/report.html, the gallery of a run")
-    report.add_argument("out", type=_folder)
-
-    inspect = commands.add_parser(
-        "inspect", help="the prompt, model, seed and job written into an image by a run"
-    )
-    inspect.add_argument("image", help="an image a run wrote (PNG or JPEG)")
-    inspect.add_argument("--json", action="store_true", help="machine-readable output")
-
-    serve = commands.add_parser("serve", help="run the Krea API emulator")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8787)
-    serve.add_argument("--token-file", help="accept only the token in this file")
-    for flag, name, parse, text in EMULATOR_FLAGS:
-        serve.add_argument(flag, dest=name, type=parse, help=text)
-
-    models = commands.add_parser("models", help="list the models, or one model's parameters")
-    models.add_argument("name", nargs="?")
-    models.add_argument("--json", action="store_true", help="machine-readable output")
-    for command in commands.choices.values():
-        _global_flags(command, defaults=False)
-    return parser
-
-
-def _setting_flags(parser: argparse.ArgumentParser, text: str) -> None:
-    """The run settings as flags, from the one table in runner.settings."""
-    settings = parser.add_argument_group("run settings", text)
-    for name in SETTING_NAMES:
-        setting = SETTING_FLAGS[name]
-        settings.add_argument(
-            "--" + name.replace("_", "-"),
-            type=int if setting.whole else str,
-            choices={"poll_mode": POLL_MODES, "format": FORMATS}.get(name),
-            metavar=None if name == "poll_mode" else setting.metavar,
-            help=setting.text(name),
-        )
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -343,13 +95,6 @@ def _models(args: argparse.Namespace) -> int:
     else:
         print(catalog_table(catalog))
     return ExitCode.OK
-
-
-def _folder(value: str) -> str:
-    """A folder argument: an empty one (an unset $OUT) would mean the current folder."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError("an empty folder name (is a variable like $OUT unset?)")
-    return value
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -550,11 +295,11 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    refusal = _refuse_secret_flags(sys.argv[1:] if argv is None else argv)
+    refusal = refuse_secret_flags(sys.argv[1:] if argv is None else argv)
     if refusal is not None:
         print(f"krea-batch: error: {refusal}", file=sys.stderr)
         return ExitCode.USAGE
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.log_format)
     try:
         return COMMANDS[args.command](args)
