@@ -78,6 +78,7 @@ async def run_batch(
     options = options or EngineOptions()
     settings = manifest.settings
     destination = destination_for(str(out))
+    await anyio.to_thread.run_sync(destination.check)  # before the folder is made
     if state_dir is not None:
         root = Path(state_dir)
     else:

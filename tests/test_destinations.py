@@ -109,3 +109,20 @@ async def test_an_unknown_scheme_is_a_usage_error(tmp_path: Path) -> None:
         await run_batch(
             tmp_path / "jobs.yaml", "nosuch://x/y", api_base="http://127.0.0.1:9", token="t"
         )
+
+
+async def test_a_bucket_that_is_not_there_is_a_usage_error_before_anything_is_sent(
+    tmp_path: Path, bucket: str
+) -> None:
+    from runner.errors import UsageError
+
+    (tmp_path / "jobs.yaml").write_text(manifest_text(1))
+    with pytest.raises(UsageError, match="no such bucket"):
+        await run_batch(
+            tmp_path / "jobs.yaml",
+            f"s3://{bucket}-missing/run",
+            api_base="http://127.0.0.1:9",
+            token="t",
+            state_dir=tmp_path / "state",
+        )
+    assert not (tmp_path / "state").exists()

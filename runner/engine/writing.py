@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import anyio
 
-from runner.errors import DiskError
+from runner.errors import DiskError, UsageError
 from runner.outputs import OutputFolder, intact_records
 from runner.outputs.events import Done
 from runner.outputs.figures import Counts
@@ -81,7 +81,10 @@ class Writing:
         """A folder without a journal (copied without its dot-files, say) still holds its
         results: every record whose images are intact is finished, and never paid again."""
         root, holds = self.folder.root, self.writer.holds
-        records = await anyio.to_thread.run_sync(lambda: list(intact_records(root, holds)))
+        try:
+            records = await anyio.to_thread.run_sync(lambda: list(intact_records(root, holds)))
+        except OSError as exc:  # a destination that cannot be listed: nothing may be sent blind
+            raise UsageError(f"cannot tell what the output already holds: {exc}") from exc
         if records:
             log.warning(
                 "%s has no journal: %d finished jobs recovered from results.jsonl",

@@ -9,10 +9,12 @@ there whole once it is final. Credentials and endpoints come from each backend's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,9 @@ class Destination:
 
     remote = False
     url = ""
+
+    def check(self) -> None:
+        """Before anything is sent: a UsageError if the destination cannot be written to."""
 
     def put(self, local: Path, relative: str) -> None:
         """Make ``local`` the destination's ``relative`` (whole)."""
@@ -75,26 +80,53 @@ class RemoteDestination(Destination):
         self.root = self.root.rstrip("/")
 
     def _path(self, relative: str) -> str:
-        return f"{self.root}/{relative}"
+        return f"{self.root}/{relative}" if relative else self.root
+
+    def check(self) -> None:
+        """Something must already hold the destination (a bucket, a folder): a missing bucket
+        or no credentials are a usage error before anything is paid for."""
+        probe = self.root
+        try:
+            while probe and not self.fs.exists(probe):
+                probe = probe.rpartition("/")[0]
+        except Exception as exc:  # each backend has its own errors: no credentials, no network
+            raise UsageError(f"--out {self.url}: cannot reach it ({exc})") from exc
+        if not probe:
+            raise UsageError(f"--out {self.url}: nothing there to write into (no such bucket?)")
 
     def put(self, local: Path, relative: str) -> None:
-        self.fs.put_file(str(local), self._path(relative))
+        with _as_os_error(self.url):
+            self.fs.put_file(str(local), self._path(relative))
 
     def listing(self, relative_dir: str) -> set[str]:
         path = self._path(relative_dir)
-        self.fs.invalidate_cache(path)
-        try:
-            entries: list[Any] = self.fs.ls(path, detail=False)
-        except FileNotFoundError:
-            return set()
+        with _as_os_error(self.url):
+            self.fs.invalidate_cache(path)
+            try:
+                entries: list[Any] = self.fs.ls(path, detail=False)
+            except FileNotFoundError:
+                return set()
         return {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries}
 
     def fetch(self, relative: str, local: Path) -> bool:
-        try:
-            self.fs.get_file(self._path(relative), str(local))
-        except FileNotFoundError:
-            return False
+        with _as_os_error(self.url):
+            try:
+                self.fs.get_file(self._path(relative), str(local))
+            except FileNotFoundError:
+                return False
         return True
+
+
+@contextlib.contextmanager
+def _as_os_error(url: str) -> Iterator[None]:
+    """A backend's own error (botocore's, say) as an OSError, which the run handles as it does
+    a failing disk: the journal keeps every outcome, and the next run puts what is missing."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as exc:
+        raise OSError(f"{url}: {exc}") from exc
 
 
 def destination_for(out: str) -> Destination:
