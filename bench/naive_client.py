@@ -51,3 +51,12 @@ async def run_naive(base: str, prompts: list[str], concurrency: int, poll: float
     async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
         done = await asyncio.gather(*(guarded(i, p) for i, p in enumerate(prompts)))
     return sum(done)
+
+
+if __name__ == "__main__":  # python bench/naive_client.py URL JOBS CONCURRENCY POLL OUT
+    import sys
+
+    url, jobs, concurrency, poll, out = sys.argv[1:6]
+    prompts = [f"throughput benchmark {n}" for n in range(int(jobs))]
+    done = asyncio.run(run_naive(url, prompts, int(concurrency), float(poll), Path(out)))
+    print(done)

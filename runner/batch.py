@@ -7,7 +7,8 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ async def run_batch(
     *,
     api_base: str | None = None,
     token: str | None = None,
+    tokens: Sequence[str] = (),
     overrides: Mapping[str, Any] | None = None,
     options: EngineOptions | None = None,
     on_progress: Callable[[Engine], None] | None = None,
@@ -60,6 +62,8 @@ async def run_batch(
 
     ``api_base`` is Krea's API by default, or anything that answers like it (the emulator,
     which the CLI starts for ``--emulator``); a token is needed unless ``api_base`` is given.
+    ``tokens``: a pool of keys, each an account with the run's concurrency and request rate
+    (runner.engine.accounts); ``token`` is a pool of one.
 
     ``overrides`` are run settings (concurrency, rate_limit, …) that beat the manifest's;
     ``notify_url`` receives the summary as JSON when the run ends; OUT/status.json (and
@@ -67,15 +71,18 @@ async def run_batch(
     With ``webhook``, submits ask the API to report each job's end to a receiver this run
     serves, and polling becomes a slow safety net.
     """
-    if token is None and api_base is None:  # before the folder is made: nothing is left behind
+    keys = list(tokens) or ([token] if token else [])
+    if not keys and api_base is None:  # before the folder is made: nothing is left behind
         raise UsageError(
             "no API token: set KREA_API_TOKEN or pass --token-file FILE (create a token in your "
             "Krea account under Settings → API), or try it without one: --emulator"
         )
-    base_url, api_token = api_base or DEFAULT_API_BASE, token or "anonymous"
+    base_url = api_base or DEFAULT_API_BASE
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, overrides=overrides)
     options = options or EngineOptions()
+    if options.shard is not None:  # shards share the account: each takes its part of it
+        manifest, options = shard_share(manifest, options, options.shard[1])
     settings = manifest.settings
     destination = destination_for(str(out))
     await anyio.to_thread.run_sync(destination.check)  # before the folder is made
@@ -92,15 +99,20 @@ async def run_batch(
             await anyio.to_thread.run_sync(destination.fetch, RESULTS_NAME, folder.results_path)
         claim_format(folder, settings.format)
         writer = open_writer(folder, settings.format, settings.shard_size, destination)
-        client = KreaClient(
-            base_url,
-            api_token,
-            limiter=SharedRate(settings.rate_limit),
-            timeouts=Timeouts(api=options.api_timeout, stall=options.download_stall),
-            limits=Limits(image_bytes=settings.max_image_bytes),
-            max_connections=max(16, settings.concurrency * 2),
-        )
-        async with client, contextlib.AsyncExitStack() as stack:
+        clients = [
+            KreaClient(
+                base_url,
+                key,
+                limiter=SharedRate(settings.rate_limit),
+                timeouts=Timeouts(api=options.api_timeout, stall=options.download_stall),
+                limits=Limits(image_bytes=settings.max_image_bytes),
+                max_connections=max(16, settings.concurrency * 2),
+            )
+            for key in keys or ["anonymous"]
+        ]
+        async with contextlib.AsyncExitStack() as stack:
+            for client in clients:
+                await stack.enter_async_context(client)
             receiver = None
             if webhook is not None:
                 receiver = Receiver(deliver=lambda remote: False)
@@ -113,9 +125,9 @@ async def run_batch(
                 if on_progress is not None:
                     on_progress(engine)
 
-            engine = Engine(manifest, folder, client, options, on_progress=progress, writer=writer)
+            engine = Engine(manifest, folder, clients, options, on_progress=progress, writer=writer)
             if receiver is not None:
-                receiver.deliver = engine.tracker.delivered
+                receiver.deliver = engine.delivered
             result = await engine.run()
             live.write(engine, "finished")
 
@@ -137,10 +149,12 @@ async def run_batch(
                 lambda: folder.write_metadata(metadata_rows(folder.root, records())),
                 default=None,
             )
-        stats = stats_of(result.counts, started, time.time(), requests=client.requests_by)
+        requests = sum((client.requests_by for client in clients), Counter[str]())
+        stats = stats_of(result.counts, started, time.time(), requests=requests)
         result.summary = _summary(manifest, str(out), result, base_url, stats, written)
-        if engine.lister is not None:
-            result.summary["listing"] = dataclasses.asdict(engine.lister.stats)
+        listing = engine.listing_stats()
+        if listing is not None:
+            result.summary["listing"] = dataclasses.asdict(listing)
         if receiver is not None:
             result.summary["webhooks"] = receiver.counts.to_json()
         _best_effort(
@@ -166,6 +180,26 @@ async def run_batch(
     if notify_url:
         await notify(notify_url, result.summary)
     return result
+
+
+def shard_share(
+    manifest: Manifest, options: EngineOptions, shards: int
+) -> tuple[Manifest, EngineOptions]:
+    """One shard's part of what the shards share: the account's jobs at once, its request
+    rate and the budget, divided evenly (each shard runs on its own, with no coordinator)."""
+    settings = manifest.settings
+    concurrency = max(1, settings.concurrency // shards)
+    share = dataclasses.replace(
+        settings,
+        concurrency=concurrency,
+        submit_concurrency=min(settings.submit_concurrency, concurrency),
+        rate_limit=settings.rate_limit / shards,
+    )
+    budget = None if options.budget is None else options.budget / shards
+    return (
+        dataclasses.replace(manifest, settings=share),
+        dataclasses.replace(options, budget=budget),
+    )
 
 
 def _publish(folder: OutputFolder, destination: Destination, format: str, finished: int) -> None:

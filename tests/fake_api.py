@@ -40,6 +40,7 @@ class FakeApi:
 
     def __init__(self, clock: VirtualClock, *, rtt: float = 0.1, skew: float = 0.0) -> None:
         self.clock = clock
+        self.account = "fake0000"  # the fingerprint a KreaClient derives from its token
         self.rtt = rtt
         self.skew = skew
         self.jobs: list[FakeJob] = []

@@ -29,6 +29,7 @@ from runner import __version__, jsontext
 from runner.api.addresses import resolver_for
 from runner.api.bounds import Limits, Timeouts
 from runner.api.downloads import Download, download
+from runner.api.keys import fingerprint
 from runner.api.limiter import SharedRate
 from runner.api.remote import ListedJob, MalformedJob, RemoteJob
 from runner.api.skew import http_date
@@ -61,6 +62,7 @@ class KreaClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
+        self.account = fingerprint(token)  # how logs and the journal name the key
         self._limiter = limiter
         self.timeouts = timeouts or Timeouts()
         self.limits = limits or Limits()

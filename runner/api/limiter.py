@@ -93,7 +93,16 @@ class AdaptiveLimit:
     admitted in arrival order, one per free slot (no herd woken to find one winner).
     """
 
-    __slots__ = ("_clock", "_last_cut", "_waiters", "ceiling", "cooldown", "in_use", "limit")
+    __slots__ = (
+        "_clock",
+        "_last_cut",
+        "_waiters",
+        "ceiling",
+        "cooldown",
+        "in_use",
+        "limit",
+        "on_room",
+    )
 
     def __init__(
         self, ceiling: int, cooldown: float = 2.0, clock: Callable[[], float] = time.monotonic
@@ -105,6 +114,13 @@ class AdaptiveLimit:
         self._clock = clock
         self._last_cut = -float("inf")
         self._waiters: deque[anyio.Event] = deque()
+        # Told whenever a slot may have come free (a pool admits its own waiters then).
+        self.on_room: Callable[[], None] | None = None
+
+    @property
+    def room(self) -> int:
+        """Slots free now."""
+        return int(self.limit) - self.in_use
 
     @contextlib.asynccontextmanager
     async def slot(self, *, force: bool = False) -> AsyncIterator[None]:
@@ -137,6 +153,8 @@ class AdaptiveLimit:
         while self._waiters and self.in_use < int(self.limit):
             self.in_use += 1
             self._waiters.popleft().set()
+        if self.on_room is not None:
+            self.on_room()
 
     def overloaded(self) -> None:
         now = self._clock()

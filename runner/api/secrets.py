@@ -9,6 +9,7 @@ from pathlib import Path
 from runner.errors import UsageError
 
 TOKEN_VARIABLE = "KREA_API_TOKEN"
+TOKENS_VARIABLE = "KREA_API_TOKENS"  # several keys, comma-separated: a pool
 MAX_TOKEN_BYTES = 64 << 10
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,34 @@ def read_token_file(path: str) -> str:
     if not token:
         raise UsageError(f"the token file {path} is empty")
     return token
+
+
+def read_tokens_file(path: str) -> list[str]:
+    """The tokens in ``path``, one per line (blank lines and ``#`` comments skipped)."""
+    lines = read_token_file(path).splitlines()
+    tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not tokens:
+        raise UsageError(f"the token file {path} holds no token")
+    return _distinct(tokens, path)
+
+
+def find_tokens(token_file: str | None) -> list[str]:
+    """Every key of the run: ``--token-file`` (one per line) if given, else $KREA_API_TOKENS
+    (comma-separated), else $KREA_API_TOKEN; empty when none is set."""
+    if token_file:
+        return read_tokens_file(token_file)
+    several = [t.strip() for t in os.environ.get(TOKENS_VARIABLE, "").split(",") if t.strip()]
+    if several:
+        return _distinct(several, f"${TOKENS_VARIABLE}")
+    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    return [token] if token else []
+
+
+def _distinct(tokens: list[str], where: str) -> list[str]:
+    unique = list(dict.fromkeys(tokens))
+    if len(unique) < len(tokens):
+        log.warning("%s names a key more than once: each key is used once", where)
+    return unique
 
 
 def find_token(token_file: str | None) -> str | None:

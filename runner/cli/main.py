@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import UnidentifiedImageError
 
 from runner.api.client import DEFAULT_API_BASE, KreaClient
-from runner.api.secrets import find_token, read_token_file
+from runner.api.secrets import find_token, find_tokens, read_tokens_file
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest, overrides=overrides)
     for warning in manifest.warnings:
         logging.getLogger("runner").warning(warning)
-    token = None if args.emulator else find_token(args.token_file)
+    tokens = [] if args.emulator else find_tokens(args.token_file)
     webhook = None
     if args.webhook_url or args.webhook_listen:
         if not (args.webhook_url and args.webhook_listen):
@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.emulator:
             result = asyncio.run(_on_the_emulator(batch))
         else:
-            result = asyncio.run(batch(api_base=args.api_base, token=token))
+            result = asyncio.run(batch(api_base=args.api_base, tokens=tokens))
     finally:
         progress.close()
     counts = result.counts
@@ -272,10 +272,10 @@ def _deadline(deadline: str | None, max_runtime: str | None) -> float | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    token = read_token_file(args.token_file) if args.token_file else None
+    tokens = tuple(read_tokens_file(args.token_file)) if args.token_file else ()
     values = {name: getattr(args, name) for _, name, _, _ in EMULATOR_FLAGS}
     try:
-        config = config_from_flags(values, token=token)
+        config = config_from_flags(values, tokens=tokens)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     asyncio.run(serve_forever(config, args.host, args.port))

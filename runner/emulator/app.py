@@ -17,10 +17,11 @@ import aiohttp
 from aiohttp import web
 
 from runner.catalog import Catalog, load_catalog
+from runner.emulator.accounts import ANY_TOKEN, Account, open_accounts
 from runner.emulator.assets import AssetStore
 from runner.emulator.config import EmulatorConfig
 from runner.emulator.images import image_format, image_size, render
-from runner.emulator.jobs import EmulatedJob, JobStore, Refused, body_hash, iso, parse_iso
+from runner.emulator.jobs import EmulatedJob, Refused, body_hash, iso, parse_iso
 from runner.emulator.statuses import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ class Emulator:
         self.config = config or EmulatorConfig()
         self.catalog = catalog or load_catalog()
         self.rng = random.Random(self.config.seed)
-        self.store = JobStore(self.config, clock, self.rng)
+        self.accounts = open_accounts(self.config, clock, self.rng)
+        self.store = next(iter(self.accounts.values())).store  # the first account's jobs
         self.stats: Counter[str] = Counter()
         self.submits_by_body: Counter[str] = Counter()
         self.webhooks: list[tuple[str, str]] = []  # (job id, url) of each delivery made
@@ -59,8 +61,6 @@ class Emulator:
         # example, to kill the client mid-download).
         self.observers: list[Callable[[str, EmulatedJob], None]] = []
         self.assets = AssetStore(self.stats, clock)
-        self._tokens = 0.0
-        self._tokens_at = 0.0
         self._delivery: asyncio.Task[None] | None = None
         self._client: aiohttp.ClientSession | None = None
 
@@ -107,8 +107,14 @@ class Emulator:
         if self.rng.random() < self.config.reset_rate:
             self.stats["resets"] += 1
             return self._drop(request)
-        if not self._take_rate_token():
-            self.stats["rate_limited"] += 1
+        account = self._account_of(request)
+        if account is None:
+            self.stats["unauthorized"] += 1
+            return _error(401, "Unauthorized: send Authorization: Bearer <token>")
+        request["account"] = account
+        account.stats["requests"] += 1
+        if not account.take_rate_token(self.config.rate_limit, self.clock()):
+            self._count(request, "rate_limited")
             headers = {}
             if self.config.retry_after is not None:
                 headers["Retry-After"] = f"{self.config.retry_after:g}"
@@ -117,11 +123,6 @@ class Emulator:
             self.stats["errors_5xx"] += 1
             status = self.rng.choice((500, 502, 503))
             return _error(status, "Internal server error")
-        auth = request.headers.get("Authorization", "")
-        token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
-        if not token or (self.config.token is not None and token != self.config.token):
-            self.stats["unauthorized"] += 1
-            return _error(401, "Unauthorized: send Authorization: Bearer <token>")
         try:
             response = await handler(request)
         except _Dropped:
@@ -142,20 +143,39 @@ class Emulator:
             request.transport.abort()
         return web.Response(status=500)
 
-    def _take_rate_token(self) -> bool:
-        rate = self.config.rate_limit
-        if rate is None:
-            return True
-        now = self.clock()
-        # A bucket of one second's worth of requests, refilled continuously.
-        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
-        if self._tokens_at == 0.0:
-            self._tokens = rate  # starts full: a client's first second may burst to the limit
-        self._tokens_at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+    def _account_of(self, request: web.Request) -> Account | None:
+        """The account the request's bearer token opens (None: no such token)."""
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        if not token:
+            return None
+        if ANY_TOKEN in self.accounts:
+            return self.accounts[ANY_TOKEN]
+        return self.accounts.get(token)
+
+    def _count(self, request: web.Request, name: str) -> None:
+        """Count an event in the emulator's figures and in the requesting account's."""
+        self.stats[name] += 1
+        account: Account | None = request.get("account")
+        if account is not None:
+            account.stats[name] += 1
+
+    def _own_job(self, request: web.Request) -> EmulatedJob | None:
+        """The job the path names, if it is the requesting account's. Another account's job
+        is not found, as the real API answers (and counted as ``wrong_account``)."""
+        account: Account = request["account"]
+        job_id = request.match_info["id"]
+        job = account.store.get(job_id)
+        if job is None and self._any_job(job_id) is not None:
+            self._count(request, "wrong_account")
+        return job
+
+    def _any_job(self, job_id: str) -> EmulatedJob | None:
+        for account in self.accounts.values():
+            job = account.store.get(job_id)
+            if job is not None:
+                return job
+        return None
 
     # ---- API --------------------------------------------------------------------------------
 
@@ -165,7 +185,7 @@ class Emulator:
         if model is None or model.endpoint != endpoint:
             return _error(404, f"No such endpoint: POST {endpoint}")
         if model.id in self.config.retired:
-            self.stats["gone"] += 1
+            self._count(request, "gone")
             return _error(410, f"{model.name} has been shut down.", {"Sunset": SUNSET})
         try:
             body = await request.json()
@@ -184,12 +204,13 @@ class Emulator:
             self.stats["bad_requests"] += 1
             return _error(422, f"Invalid asset URL: {unknown}")
         try:
-            job = self.store.create(model, body, request.headers.get("X-Webhook-URL"))
+            store = request["account"].store
+            job = store.create(model, body, request.headers.get("X-Webhook-URL"))
             job.origin = f"{request.scheme}://{request.host}"  # for the URLs its webhook sends
         except Refused as refused:
-            self.stats["refused_429" if refused.status == 429 else "refused_402"] += 1
+            self._count(request, "refused_429" if refused.status == 429 else "refused_402")
             return _error(refused.status, str(refused))
-        self.stats["submits"] += 1
+        self._count(request, "submits")
         self.submits_by_body[body_hash(body)] += 1
         self._notify("submit", job)
         if self.rng.random() < self.config.reset_after_create:
@@ -206,25 +227,25 @@ class Emulator:
         return web.json_response(data, headers=headers)
 
     async def get_job(self, request: web.Request) -> web.Response:
-        self.stats["polls"] += 1
-        job = self.store.get(request.match_info["id"])
+        self._count(request, "polls")
+        job = self._own_job(request)
         if job is None:
             return _error(404, "Job not found")
         self._notify("poll", job)
         return web.json_response(self.job_json(job, request))
 
     async def cancel_job(self, request: web.Request) -> web.Response:
-        job = self.store.get(request.match_info["id"])
+        job = self._own_job(request)
         if job is None:
             return _error(404, "Job not found")
-        self.stats["cancels"] += 1
-        self.store.cancel(job)
+        self._count(request, "cancels")
+        request["account"].store.cancel(job)
         return web.json_response(self.job_json(job, request))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         if not self.config.listing:
             return _error(404, "Not found")
-        self.stats["lists"] += 1
+        self._count(request, "lists")
         query = request.query
         try:
             limit = int(query.get("limit", "100"))
@@ -243,7 +264,7 @@ class Emulator:
             except ValueError:
                 return _error(400, f"unknown status {query['status']!r}")
         types = {t for t in query.get("types", "").split(",") if t} or None
-        listed = self.store.newest_first(before, status)
+        listed = request["account"].store.newest_first(before, status)
         if types is not None:
             listed = (job for job in listed if job_type(job) in types)
         jobs = list(itertools.islice(listed, limit + 1))
@@ -300,7 +321,7 @@ class Emulator:
 
     async def image(self, request: web.Request) -> web.StreamResponse:
         self.stats["downloads"] += 1
-        job = self.store.get(request.match_info["id"])
+        job = self._any_job(request.match_info["id"])
         name = request.match_info["name"]
         if job is None:
             return _error(404, "No such image")
@@ -370,9 +391,15 @@ class Emulator:
         while True:
             await asyncio.sleep(0.02)
             now = self.clock()
-            waiting = self.store.awaiting_webhook
-            due = [job for job in waiting.values() if job.status(now) in TERMINAL]
-            for job in due:
+            due = [
+                (waiting, job)
+                for waiting in (
+                    account.store.awaiting_webhook for account in self.accounts.values()
+                )
+                for job in waiting.values()
+                if job.status(now) in TERMINAL
+            ]
+            for waiting, job in due:
                 del waiting[job.id]
                 for _ in range(self.config.webhook_repeats):
                     if self.rng.random() < self.config.webhook_drop_rate:
@@ -400,21 +427,33 @@ class Emulator:
         """Request bodies with more than one job that was not failed or cancelled (billed twice)."""
         now = self.clock()
         billed: Counter[str] = Counter()
-        for job in self.store.jobs.values():
+        jobs = (job for account in self.accounts.values() for job in account.store.jobs.values())
+        for job in jobs:
             if job.status(now) not in (JobStatus.FAILED, JobStatus.CANCELLED):
                 billed[body_hash(job.body)] += 1
         return [body for body, count in billed.items() if count > 1]
 
     def snapshot(self) -> dict[str, Any]:
         """What the emulator saw: counters, submits per request body, jobs by status."""
-        return {
+        now = self.clock()
+        by_status: Counter[str] = Counter()
+        for account in self.accounts.values():
+            by_status.update(account.store.counts())
+        data = {
             **dict(sorted(self.stats.items())),
             "submits_by_body": dict(self.submits_by_body),
             "duplicate_submits": sum(n - 1 for n in self.submits_by_body.values() if n > 1),
             "paid_twice": len(self.paid_twice()),
-            "jobs_by_status": self.store.counts(),
-            "credits_spent": round(self.store.spent(self.clock()), 3),
+            "jobs_by_status": dict(by_status),
+            "credits_spent": round(
+                sum(account.store.spent(now) for account in self.accounts.values()), 3
+            ),
         }
+        if len(self.accounts) > 1:
+            data["accounts"] = {
+                account.label: account.snapshot(now) for account in self.accounts.values()
+            }
+        return data
 
     async def get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())

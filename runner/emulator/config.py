@@ -61,6 +61,8 @@ class EmulatorConfig:
     """Every knob of the emulator; all off by default, so it behaves like a healthy API."""
 
     token: str | None = None  # accepted bearer token; None accepts any non-empty token
+    # Several accepted tokens: one account each (own jobs, limits, credits, figures).
+    tokens: tuple[str, ...] = ()
     seed: int = 0  # seeds all randomness, so a faulty run can be replayed
     latency: Latency = field(default_factory=Latency)
     time_scale: float = 1.0  # multiplies every job duration (0.01: a hundred times faster)
@@ -88,6 +90,13 @@ class EmulatorConfig:
     # them today (POST answers without status, nextCursor, result.urls as {type, url}
     # objects); "map" as "docs" but result.urls a map of name → URL.
     dialect: str = "spec"
+
+    @property
+    def accepted_tokens(self) -> tuple[str, ...]:
+        """The tokens that reach an account (none: any non-empty token reaches the one)."""
+        if self.tokens:
+            return self.tokens
+        return () if self.token is None else (self.token,)
 
     def __post_init__(self) -> None:
         for name in (
@@ -163,7 +172,8 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
 )
 
 
-def config_from_flags(values: dict[str, Any], token: str | None = None) -> EmulatorConfig:
-    """An EmulatorConfig from parsed flag values keyed by field name (None: default)."""
+def config_from_flags(values: dict[str, Any], tokens: tuple[str, ...] = ()) -> EmulatorConfig:
+    """An EmulatorConfig from parsed flag values keyed by field name (None: default); each
+    of ``tokens`` is an account of its own (none: any token is accepted)."""
     given = {name: value for name, value in values.items() if value is not None}
-    return EmulatorConfig(token=token, **given)
+    return EmulatorConfig(tokens=tokens, **given)

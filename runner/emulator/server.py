@@ -54,10 +54,11 @@ async def serve_forever(config: EmulatorConfig, host: str, port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with run_emulator(config, host=host, port=port) as running:
+        accounts = len(config.accepted_tokens)
         log.info(
-            "Krea emulator listening on %s (any bearer token%s)",
+            "Krea emulator listening on %s (%s)",
             running.url,
-            "" if config.token is None else " is refused but the configured one",
+            f"{accounts} account(s), one per accepted token" if accounts else "any bearer token",
         )
         await stop.wait()
         log.info(

@@ -15,8 +15,9 @@ import itertools
 import logging
 import random
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import fields, replace
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -24,6 +25,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from runner.api.client import KreaClient
 from runner.api.limiter import AdaptiveLimit
 from runner.api.remote import JobStatus, RemoteJob
+from runner.engine.accounts import Account, KeyPool, NoKeyLeft
 from runner.engine.ambiguity import is_ambiguous, risk_of, worst_cost
 from runner.engine.budget import Budget, cannot_price
 from runner.engine.options import EngineOptions
@@ -39,8 +41,8 @@ from runner.engine.outcome import (
 from runner.engine.retry import Clock, SystemClock
 from runner.engine.stopping import Stopping
 from runner.engine.submitter import SubmitSettings, Submitter
-from runner.engine.tracker import Tracker, TrackSettings
-from runner.engine.watching import Lister
+from runner.engine.tracker import Tracker, TrackSettings, TypicalLatency
+from runner.engine.watching import ListingStats
 from runner.engine.writing import Writing
 from runner.errors import DiskError, FatalApiError
 from runner.jobspec import JobSpec, in_shard
@@ -66,7 +68,14 @@ from runner.outputs.records import (
     completed_record,
     failed_record,
 )
-from runner.outputs.run_events import LeftOver, Planned, Resumed, RunEvent, Unfinished
+from runner.outputs.run_events import (
+    KeyRetired,
+    LeftOver,
+    Planned,
+    Resumed,
+    RunEvent,
+    Unfinished,
+)
 from runner.outputs.writers import Writer, open_writer
 from runner.settings import RunSettings
 
@@ -83,7 +92,7 @@ class Engine(Stopping, Writing):
         self,
         manifest: Manifest,
         folder: OutputFolder,
-        client: KreaClient,
+        clients: KreaClient | Sequence[KreaClient],
         options: EngineOptions,
         *,
         clock: Clock | None = None,
@@ -94,12 +103,10 @@ class Engine(Stopping, Writing):
         self.settings: RunSettings = manifest.settings
         self.folder = folder
         self.writer = writer or open_writer(folder, self.settings.format, self.settings.shard_size)
-        self.client = client
         retry = replace(options.retry, max_retry_after=self.settings.max_retry_after)
         self.options = options = replace(options, retry=retry)
         self.clock: Clock = clock or SystemClock()
         self.on_progress = on_progress
-        self.gate = AdaptiveLimit(self.settings.concurrency)
         self.budget = Budget(options.budget, options.budget_unit)
         self.rng = random.Random()
         self.stopping: str | None = None
@@ -111,40 +118,44 @@ class Engine(Stopping, Writing):
         self._resumed: list[JobSpec] = []
         self._released: list[JobSpec] = []  # ambiguous jobs to send again (--retry-ambiguous)
         self._journal: Journal | None = None
-        self._submitter: Submitter | None = None
         self._work_scope: anyio.CancelScope | None = None
         self._follow_scopes: set[anyio.CancelScope] = set()
         self._collected: set[str] = set()  # candidates of ambiguous jobs already fetched
         self._again: set[str] = set()  # finished in an earlier run, run again in this one
         self._name_stem = check_template(self.settings.name_template)
-        self.tracker = Tracker(
-            self.client,
-            self.writer,
-            self.clock,
-            TrackSettings(
-                poll_interval=self.settings.poll_interval,
-                webhook_poll_interval=self.settings.webhook_poll_interval,
-                # Listing passes take a tenth of the request rate at most.
-                listing_gap=10 / self.settings.rate_limit,
-                job_timeout=self.settings.job_timeout,
-                retry=self.options.retry,
-            ),
-            note=self._note,
-            rng=self.rng,
+        tracking = TrackSettings(
+            poll_interval=self.settings.poll_interval,
+            webhook_poll_interval=self.settings.webhook_poll_interval,
+            # Listing passes take a tenth of the request rate at most.
+            listing_gap=10 / self.settings.rate_limit,
+            job_timeout=self.settings.job_timeout,
+            retry=self.options.retry,
         )
-        self.lister: Lister | None = None  # the listing loop, in list mode
+        latency = TypicalLatency()  # the keys' jobs run the same models: learnt once
+        self.pool = KeyPool(
+            [
+                Account(
+                    client,
+                    AdaptiveLimit(self.settings.concurrency),
+                    Tracker(
+                        client,
+                        self.writer,
+                        self.clock,
+                        tracking,
+                        note=self._note,
+                        rng=self.rng,
+                        latency=latency,
+                    ),
+                )
+                for client in (clients if isinstance(clients, Sequence) else [clients])
+            ]
+        )
 
     @property
     def journal(self) -> Journal:
         if self._journal is None:
             raise RuntimeError("the engine is not running")
         return self._journal
-
-    @property
-    def submitter(self) -> Submitter:
-        if self._submitter is None:
-            raise RuntimeError("the engine is not running")
-        return self._submitter
 
     @property
     def ledger(self) -> RunLedger:
@@ -176,10 +187,24 @@ class Engine(Stopping, Writing):
             self.counts,
             self.started,
             self.clock.time(),
-            in_flight=self.gate.in_use,
-            posting=self._submitter.in_flight if self._submitter else 0,
-            requests=self.client.requests_by,
+            in_flight=self.pool.in_use,
+            posting=sum(a.submitter.in_flight for a in self.pool.accounts if a.submitter),
+            requests=sum((a.client.requests_by for a in self.pool.accounts), Counter()),
+            running=self.pool.running(),
         )
+
+    def listing_stats(self) -> ListingStats | None:
+        """What the listing did, over every key (None: the run did not list)."""
+        listers = [a.lister.stats for a in self.pool.accounts if a.lister is not None]
+        if not listers:
+            return None
+        return ListingStats(
+            *(sum(getattr(s, f.name) for s in listers) for f in fields(ListingStats))
+        )
+
+    def delivered(self, remote: RemoteJob) -> bool:
+        """A webhook told that ``remote`` ended: wake its task (False: not a job in flight)."""
+        return any(account.tracker.delivered(remote) for account in self.pool.accounts)
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -190,23 +215,25 @@ class Engine(Stopping, Writing):
                 await self._rebuild_from_results()
             self._survey()
             await self._release_ambiguous()
-            self._submitter = Submitter(
-                self.client,
-                journal,
-                self.clock,
-                SubmitSettings(
-                    concurrency=self.settings.submit_concurrency,
-                    lost_answer_wait=self.settings.lost_answer_wait,
-                    api_timeout=self.options.api_timeout,
-                    retry=self.options.retry,
-                    webhook_url=self.options.webhook_url,
-                ),
-                budget=self.budget,
-                gate=self.gate,
-                stopping=lambda: self.stopping is not None,
-                rng=self.rng,
-                assets=self.manifest.assets,
+            submitting = SubmitSettings(
+                concurrency=self.settings.submit_concurrency,
+                lost_answer_wait=self.settings.lost_answer_wait,
+                api_timeout=self.options.api_timeout,
+                retry=self.options.retry,
+                webhook_url=self.options.webhook_url,
             )
+            for account in self.pool.accounts:
+                account.submitter = Submitter(
+                    account.client,
+                    journal,
+                    self.clock,
+                    submitting,
+                    budget=self.budget,
+                    gate=account.gate,
+                    stopping=lambda: self.stopping is not None,
+                    rng=self.rng,
+                    assets=self.manifest.assets,
+                )
             async with anyio.create_task_group() as helpers:
                 if self.options.handle_signals:
                     helpers.start_soon(self._watch_signals, helpers)
@@ -215,8 +242,11 @@ class Engine(Stopping, Writing):
                 if self.on_progress is not None:
                     helpers.start_soon(self._report_progress)
                 if self.settings.poll_mode == "list":
-                    self.lister = self.tracker.follow_listing()
-                    helpers.start_soon(self.lister.run)
+                    for account in self.pool.accounts:
+                        account.lister = account.tracker.follow_listing(
+                            lambda exc, account=account: self._refused(account, exc)  # type: ignore[misc]
+                        )
+                        helpers.start_soon(account.lister.run)
                 with anyio.CancelScope() as scope:
                     self._work_scope = scope
                     try:
@@ -270,7 +300,10 @@ class Engine(Stopping, Writing):
                     BUCKET_SIZE,
                 )
         self.writer.var_names = tuple(sorted(var_names))
-        self.journal.note(Planned({m: (done, jobs) for m, (done, jobs) in by_model.items()}))
+        accounts = tuple(a.name for a in self.pool.accounts) if self.pool.several else ()
+        self.journal.note(
+            Planned({m: (done, jobs) for m, (done, jobs) in by_model.items()}, accounts)
+        )
         if unpriced:  # said once, before anything is sent
             log.warning("%s", cannot_price(unpriced))
 
@@ -289,13 +322,42 @@ class Engine(Stopping, Writing):
 
     async def _run_jobs(self) -> None:
         await self._open_writer()
-        await self.submitter.recover(self.states, self.started)
-        send, receive = anyio.create_memory_object_stream[JobSpec](self.settings.concurrency)
+        await self._recover()
+        room = self.settings.concurrency * len(self.pool.accounts)
+        send, receive = anyio.create_memory_object_stream[JobSpec](room)
         async with anyio.create_task_group() as workers:
             workers.start_soon(self._produce, send)
-            for _ in range(2 * self.settings.concurrency):
+            for _ in range(2 * room):
                 workers.start_soon(self._work, receive.clone())
             receive.close()
+
+    async def _recover(self) -> None:
+        """Match the POSTs an earlier run left unanswered, each in its own key's listing."""
+        by_account: dict[Account, dict[str, KeyState]] = {}
+        for key, state in self.states.items():
+            if state.pending_since is not None and state.done is None:
+                account = self.pool.owner(state)
+                if account is not None:  # else a key this run lacks: left pending, deferred
+                    by_account.setdefault(account, {})[key] = state
+        for account, owned in by_account.items():
+            try:
+                await account.submits.recover(owned, self.started)
+            except FatalApiError as exc:  # left pending: a run with a working key checks them
+                self._refused(account, exc)
+
+    def _refused(self, account: Account, exc: FatalApiError) -> None:
+        """The API refused a key (401, 402): retire it; stop submitting once none is left."""
+        if not self.pool.retire(account, str(exc)):
+            return
+        if self.pool.several:
+            self.journal.note(KeyRetired(account.name, str(exc)))
+        live = len(self.pool.live)
+        if live:
+            log.warning(
+                "key %s retired (%s); %d other key(s) carry the run", account.name, exc, live
+            )
+        else:
+            self._stop_for_fatal(exc)
 
     async def _produce(self, send: ObjectSendStream[JobSpec]) -> None:
         """Feed specs to the workers: jobs already running remotely first, then new ones.
@@ -355,24 +417,14 @@ class Engine(Stopping, Writing):
                 return Deferred("a lost submit could not be checked yet; the next run checks it")
             if state.job_id is None and self.stopping:
                 return NotSubmitted("the run is stopping")
-            async with self.gate.slot(force=state.job_id is not None):
-                if state.job_id is None:
-                    submitted = await self.submitter.submit(spec, state)
-                    if submitted is not None:
-                        return submitted
-                    if state.job_id is None:
-                        continue  # ambiguous: collect the candidates
-                ended = await self._follow(spec, state, state.job_id)
+            ended, account = await self._run_remotely(spec, state)
+            if ended is None:
+                continue  # sent to no key yet, or ambiguous: look again
             if not isinstance(ended, RemoteJob):
                 return ended
+            assert account is not None
             if ended.status == JobStatus.COMPLETED:
-                if not ended.urls:
-                    return Failed("the job completed without any result URL")
-                noticed = self.clock.time()
-                stem = render_name(self._name_stem, spec)
-                provenance = spec_provenance(spec) if self.options.embed_metadata else None
-                files = await self.tracker.download_all(ended, stem, spec.key, provenance)
-                return Completed(ended, files, noticed) if isinstance(files, list) else files
+                return await self._fetch(account, spec, ended)
             reason = ended.error or f"the job was {ended.status.value}"
             if state.submitted_at is not None and state.submitted_at >= self.started:
                 self.budget.refund(spec)  # failed and cancelled jobs are not billed
@@ -382,10 +434,66 @@ class Engine(Stopping, Writing):
                 continue
             return Failed(reason)
 
-    async def _follow(self, spec: JobSpec, state: KeyState, job_id: str) -> RemoteJob | Outcome:
+    async def _run_remotely(
+        self, spec: JobSpec, state: KeyState
+    ) -> tuple[RemoteJob | Outcome | None, Account | None]:
+        """Submit the job unless it runs already, and follow it to its end on the server,
+        holding a slot of its account meanwhile. None: nothing is settled yet (its key was
+        refused before the job was sent, or its submit ended ambiguous)."""
+        if state.job_id is not None:
+            account = self.pool.owner(state)
+            if account is None:
+                return self._keyless(state), None
+            async with account.gate.slot(force=True):
+                return await self._follow_with(account, spec, state, state.job_id), account
+        try:
+            async with self.pool.slot() as account:
+                try:
+                    submitted = await account.submits.submit(spec, state)
+                except FatalApiError as exc:  # nothing was created: another key may send it
+                    self._refused(account, exc)
+                    return (None if self.pool.live else NotSubmitted(str(exc))), account
+                if submitted is not None or state.job_id is None:
+                    return submitted, account
+                return await self._follow_with(account, spec, state, state.job_id), account
+        except NoKeyLeft:
+            return NotSubmitted(str(self.fatal or "every API key was refused")), None
+
+    def _keyless(self, state: KeyState) -> Deferred:
+        return Deferred(
+            f"it was submitted with key {state.account}, which this run does not have: "
+            "run with that key to collect it"
+        )
+
+    async def _follow_with(
+        self, account: Account, spec: JobSpec, state: KeyState, job_id: str
+    ) -> RemoteJob | Outcome:
+        try:
+            return await self._follow(account, spec, state, job_id)
+        except FatalApiError as exc:
+            self._refused(account, exc)
+            return Deferred(f"key {account.name} was refused while following job {job_id}: {exc}")
+
+    async def _fetch(self, account: Account, spec: JobSpec, ended: RemoteJob) -> Outcome:
+        """Download a completed job's images (its server slot already free)."""
+        if not ended.urls:
+            return Failed("the job completed without any result URL")
+        noticed = self.clock.time()
+        stem = render_name(self._name_stem, spec)
+        provenance = spec_provenance(spec) if self.options.embed_metadata else None
+        try:
+            files = await account.tracker.download_all(ended, stem, spec.key, provenance)
+        except FatalApiError as exc:  # refreshing its URLs was refused
+            self._refused(account, exc)
+            return Deferred(f"key {account.name} was refused while fetching its images: {exc}")
+        return Completed(ended, files, noticed) if isinstance(files, list) else files
+
+    async def _follow(
+        self, account: Account, spec: JobSpec, state: KeyState, job_id: str
+    ) -> RemoteJob | Outcome:
         """Poll a job to its end; with --cancel-on-exit, cancel it when the run stops."""
         sent = state.submitted_at
-        polls = self.tracker.wait(
+        polls = account.tracker.wait(
             job_id,
             spec.model,
             state.answered_at,
@@ -402,18 +510,20 @@ class Engine(Stopping, Writing):
                     return await polls
             except anyio.get_cancelled_exc_class():
                 if not scope.cancel_called:  # the whole run is aborting
-                    await self._cancel_on_exit(spec.key, state, job_id)
+                    await self._cancel_on_exit(account, spec.key, state, job_id)
                 raise
             finally:
                 self._follow_scopes.discard(scope)
                 polls.close()  # not awaited when the run was stopping already
         # Stopped (our scope cancelled, or the run was stopping already): cancel the job.
-        return await self._cancel_on_exit(spec.key, state, job_id)
+        return await self._cancel_on_exit(account, spec.key, state, job_id)
 
-    async def _cancel_on_exit(self, key: str, state: KeyState, job_id: str) -> Outcome:
+    async def _cancel_on_exit(
+        self, account: Account, key: str, state: KeyState, job_id: str
+    ) -> Outcome:
         """Cancel a job as the run stops (shielded: it runs while the run is being cancelled)."""
         with anyio.CancelScope(shield=True):
-            cancelled = await self.tracker.cancel(job_id)
+            cancelled = await account.tracker.cancel(job_id)
             if cancelled:
                 # Cancelled jobs are not billed: the next run submits this one afresh.
                 await self.journal.record(Retry(key, state.attempts, job_id, CANCELLED_ON_EXIT))
@@ -425,19 +535,30 @@ class Engine(Stopping, Writing):
         """An ambiguous job: keep the images of the candidates, which were paid for.
 
         Jobs that lost their answers together share candidates: each candidate is fetched by
-        the first of them to reach it, and listed in that one's record.
+        the first of them to reach it, and listed in that one's record. The candidates are in
+        the listing of the key that sent the lost POST, and are fetched with it.
         """
+        account = self.pool.owner(state)
+        if account is None:
+            return self._keyless(state)
         files: list[FileEntry] = []
-        async with self.gate.slot(force=True):
+        async with account.gate.slot(force=True):
             for job_id in state.candidates:
                 if job_id in self._collected:
                     continue
                 self._collected.add(job_id)
-                ended = await self.tracker.wait(job_id)
-                if not isinstance(ended, RemoteJob) or ended.status != JobStatus.COMPLETED:
-                    continue
-                safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:100]
-                got = await self.tracker.download_all(ended, f"_unmatched/{safe_id}", safe_id)
+                try:
+                    ended = await account.tracker.wait(job_id)
+                    if not isinstance(ended, RemoteJob) or ended.status != JobStatus.COMPLETED:
+                        continue
+                    safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:100]
+                    got = await account.tracker.download_all(
+                        ended, f"_unmatched/{safe_id}", safe_id
+                    )
+                except FatalApiError as exc:
+                    self._refused(account, exc)
+                    self._collected.discard(job_id)
+                    return Deferred(f"key {account.name} was refused: {exc}")
                 if isinstance(got, list):
                     files += got
         return Ambiguous(state.candidates, files)

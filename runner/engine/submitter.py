@@ -49,6 +49,7 @@ from runner.engine.uploads import Uploads
 from runner.errors import (
     AmbiguousSubmit,
     ApiError,
+    FatalApiError,
     PermanentApiError,
     TransientApiError,
     WouldPayTwice,
@@ -98,6 +99,7 @@ class Submitter:
         assets: Mapping[str, Path] | None = None,
     ) -> None:
         self.client = client
+        self.account = client.account  # the key's fingerprint, journaled with each POST
         self.journal = journal
         self.clock = clock
         self.settings = settings
@@ -146,7 +148,12 @@ class Submitter:
         if isinstance(body, Failed):
             self.budget.refund(spec)
             return body
-        outcome = await self._submit_reserved(replace(spec, body=body), state)
+        try:
+            outcome = await self._submit_reserved(replace(spec, body=body), state)
+        except FatalApiError:  # the key was refused (401, 402): another may send the job
+            if state.settled:
+                self.budget.refund(spec)  # nothing was created
+            raise
         if isinstance(outcome, Failed | NotSubmitted):
             self.budget.refund(spec)  # nothing was created
         return outcome
@@ -201,7 +208,9 @@ class Submitter:
                 nonlocal sent, posted, before
                 sent, before = self.clock.time(), self.journal.ledger.skew
                 low, high = (before.low, before.high) if before.measured else (None, None)
-                await self.journal.record(Submitting(spec.key, state.attempts + 1, sent, low, high))
+                await self.journal.record(
+                    Submitting(spec.key, state.attempts + 1, sent, low, high, self.account)
+                )
                 posted = self.clock.time()
 
             try:
@@ -231,7 +240,13 @@ class Submitter:
             # POST back into a pending one, which the next start could find ambiguous.
             await self.journal.record(
                 Submitted(
-                    spec.key, state.attempts, remote.job_id, sent, received, remote.created_at
+                    spec.key,
+                    state.attempts,
+                    remote.job_id,
+                    sent,
+                    received,
+                    remote.created_at,
+                    account=self.account,
                 )
             )
         self.gate.accepted()
@@ -370,7 +385,16 @@ class Submitter:
             post, state = by_key[key], states[key]
             log.warning("? found %s's job %s: adopted, not sent again", key, job.job_id)
             events.append(
-                Submitted(key, state.attempts, job.job_id, post.sent, post.ended, job.created, True)
+                Submitted(
+                    key,
+                    state.attempts,
+                    job.job_id,
+                    post.sent,
+                    post.ended,
+                    job.created,
+                    adopted=True,
+                    account=self.account,
+                )
             )
             self._outcomes[key] = None
         for key in found.resend:

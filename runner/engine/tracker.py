@@ -18,7 +18,14 @@ from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.outcome import Deferred, Failed
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.engine.watching import Lister, Watch
-from runner.errors import BadImage, DiskError, ExpiredUrl, PermanentApiError, TransientApiError
+from runner.errors import (
+    BadImage,
+    DiskError,
+    ExpiredUrl,
+    FatalApiError,
+    PermanentApiError,
+    TransientApiError,
+)
 from runner.outputs import FileEntry
 from runner.outputs.run_events import Downloaded, RunEvent, TransientError
 from runner.outputs.writers import Fetched, Writer
@@ -89,6 +96,7 @@ class Tracker:
         *,
         note: Callable[[RunEvent], None],
         rng: random.Random | None = None,
+        latency: TypicalLatency | None = None,
     ) -> None:
         self.client = client
         self.writer = writer
@@ -98,7 +106,7 @@ class Tracker:
         self.rng = rng or random.Random()
         # Polls of a paid job never give up on errors before the job's own deadline.
         self._poll_retry = replace(settings.retry, max_errors=None)
-        self.latency = TypicalLatency()
+        self.latency = latency or TypicalLatency()  # a pool's keys share what they learn
         self.watches: dict[str, Watch] = {}  # the jobs being followed, by remote id
         self.listing = False  # whether a Lister looks at them (else each is polled alone)
 
@@ -112,7 +120,7 @@ class Tracker:
         self._saw(exc)
         log.debug("↻ job %s's download again in %.1f s: %s", job_id, delay, exc)
 
-    def follow_listing(self) -> Lister:
+    def follow_listing(self, on_fatal: Callable[[FatalApiError], None]) -> Lister:
         """The loop that learns how every job stands from the listing (list mode)."""
         self.listing = True
         return Lister(
@@ -124,7 +132,16 @@ class Tracker:
             rng=self.rng,
             on_refused=self._listing_refused,
             on_error=self._saw,
+            on_fatal=lambda exc: self._listing_lost(exc, on_fatal),
         )
+
+    def _listing_lost(self, exc: FatalApiError, on_fatal: Callable[[FatalApiError], None]) -> None:
+        """The key was refused mid-run: each job is asked for on its own (and ends deferred
+        if the key is refused there too), and the pool hears of it."""
+        self.listing = False
+        for watch in self.watches.values():
+            watch.ask_alone()
+        on_fatal(exc)
 
     def _listing_refused(self, exc: PermanentApiError) -> None:
         log.warning("the job listing is refused (%s): polling each job on its own instead", exc)

@@ -24,7 +24,7 @@ from runner.api.backoff import jittered
 from runner.api.client import KreaClient
 from runner.api.remote import TERMINAL, JobStatus, ListedJob, MalformedJob, RemoteJob
 from runner.engine.retry import Clock
-from runner.errors import PermanentApiError, TransientApiError
+from runner.errors import FatalApiError, PermanentApiError, TransientApiError
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class Lister:
         rng: random.Random,
         on_refused: Callable[[PermanentApiError], None],
         on_error: Callable[[TransientApiError], None],
+        on_fatal: Callable[[FatalApiError], None] | None = None,
     ) -> None:
         self.client = client
         self.clock = clock
@@ -115,6 +116,7 @@ class Lister:
         self.rng = rng
         self.on_refused = on_refused
         self.on_error = on_error
+        self.on_fatal = on_fatal
         self.stats = ListingStats()
 
     async def run(self) -> None:
@@ -146,6 +148,11 @@ class Lister:
             pages, ends = self.stats.pages, self.stats.seen_ended
             try:
                 await self.sweep(due)
+            except FatalApiError as exc:  # the key is refused: the listing ends here
+                if self.on_fatal is None:
+                    raise
+                self.on_fatal(exc)
+                return
             except PermanentApiError as exc:
                 if exc.status in NO_LISTING:
                     self.on_refused(exc)

@@ -23,6 +23,7 @@ class Submitting:
     at: float
     low: float | None = None  # bounds on (server clock - ours) when it left, if measured
     high: float | None = None
+    account: str | None = None  # the fingerprint of the key it goes with (older lines: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,7 @@ class Submitted:
     answered: float | None = None
     created: float | None = None  # the job's created_at, on the server's clock
     adopted: bool = False
+    account: str | None = None  # the fingerprint of the key that holds the job
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +99,14 @@ Event = Submitting | Submitted | Lost | Retry | Ambiguous | Released | Done | As
 def encode(event: Event) -> dict[str, Any]:
     """The event as its journal line's JSON object."""
     match event:
-        case Submitting(key, attempt, at, low, high):
+        case Submitting(key, attempt, at, low, high, account):
             bounds = {} if low is None or high is None else {"lo": low, "hi": high}
-            return {"e": "submitting", "k": key, "a": attempt, "t": at, **bounds}
-        case Submitted(key, attempt, job_id, sent, answered, created, adopted):
+            owner = {} if account is None else {"acct": account}
+            return {"e": "submitting", "k": key, "a": attempt, "t": at, **bounds, **owner}
+        case Submitted(key, attempt, job_id, sent, answered, created, adopted, account):
             line = {"e": "submitted", "k": key, "a": attempt, "id": job_id}
             line |= {"ts": sent, "tr": answered, "c": created}
+            line |= {"acct": account} if account is not None else {}
             return line | ({"adopted": True} if adopted else {})
         case Lost(key, attempt):
             return {"e": "lost", "k": key, "a": attempt}
@@ -144,6 +148,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "why": lambda v: v is None or isinstance(v, str),
     "record": lambda v: isinstance(v, dict),
     "url": lambda v: isinstance(v, str),
+    "acct": lambda v: v is None or isinstance(v, str),
 }
 _REQUIRED = {
     "submitting": ("k", "t"),
@@ -176,10 +181,13 @@ def decode(line: Mapping[str, Any]) -> Event | None:
             return None
     key, attempt = line["k"], line.get("a", 0)
     if kind == "submitting":
-        return Submitting(key, attempt, float(line["t"]), line.get("lo"), line.get("hi"))
+        return Submitting(
+            key, attempt, float(line["t"]), line.get("lo"), line.get("hi"), line.get("acct")
+        )
     if kind == "submitted":
         stamps = (line.get("ts"), line.get("tr"), line.get("c"))
-        return Submitted(key, attempt, line["id"], *stamps, adopted=line.get("adopted", False))
+        adopted = line.get("adopted", False)
+        return Submitted(key, attempt, line["id"], *stamps, adopted, line.get("acct"))
     if kind == "lost":
         return Lost(key, attempt)
     if kind == "retry":

@@ -11,6 +11,28 @@ from runner.exitcodes import ExitCode
 
 
 @dataclass
+class KeyFigures:
+    """One key of a pool: the jobs it took and what they cost."""
+
+    submits: int = 0
+    completed: int = 0
+    failed: int = 0
+    spend_usd: float = 0.0
+    spend_units: float = 0.0
+    retired: str | None = None  # why it takes no more jobs
+
+    def add_spend(self, usd: float, units: float) -> None:
+        self.spend_usd += usd
+        self.spend_units += units
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["spend_usd"] = round(self.spend_usd, 4)
+        data["spend_units"] = round(self.spend_units, 3)
+        return data
+
+
+@dataclass
 class Counts:
     """What happened during a run."""
 
@@ -40,6 +62,8 @@ class Counts:
     spend_units: float = 0.0  # of finished jobs without a USD price
     spend_usd: float = 0.0
     by_model: dict[str, list[int]] = field(default_factory=dict)  # model → [finished, total]
+    # A pool of keys: each key's figures, by its fingerprint (one key: empty).
+    by_account: dict[str, KeyFigures] = field(default_factory=dict)
 
     def add_spend(self, usd: float, units: float) -> None:
         """Count a finished job's cost (runner.outputs.records.spend_of)."""
@@ -65,6 +89,9 @@ class Counts:
         data["unfinished"] = self.unfinished
         data["spend_units"] = round(self.spend_units, 3)
         data["spend_usd"] = round(self.spend_usd, 4)
+        data["by_account"] = {key: f.to_json() for key, f in self.by_account.items()}
+        if not self.by_account:
+            del data["by_account"]
         return data
 
 
@@ -109,6 +136,7 @@ class RunStats:
     in_flight: int = 0  # jobs holding a slot: submitting or running remotely
     posting: int = 0  # POSTs on the wire
     requests: Mapping[str, int] = field(default_factory=dict)  # sent by kind (REQUEST_KINDS)
+    running: Mapping[str, int] = field(default_factory=dict)  # a pool: jobs in flight per key
 
     @property
     def done(self) -> int:
@@ -143,7 +171,14 @@ def stats_of(
     in_flight: int = 0,
     posting: int = 0,
     requests: Mapping[str, int] | None = None,
+    running: Mapping[str, int] | None = None,
 ) -> RunStats:
     """Freeze ``counts`` (copied: the ledger goes on changing its own) into ``RunStats``."""
-    copied = replace(counts, by_model={m: list(pair) for m, pair in counts.by_model.items()})
-    return RunStats(started, now, copied, in_flight, posting, dict(requests or {}))
+    copied = replace(
+        counts,
+        by_model={m: list(pair) for m, pair in counts.by_model.items()},
+        by_account={a: replace(f) for a, f in counts.by_account.items()},
+    )
+    return RunStats(
+        started, now, copied, in_flight, posting, dict(requests or {}), dict(running or {})
+    )

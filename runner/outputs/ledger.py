@@ -25,10 +25,11 @@ from runner.outputs.events import (
     Submitting,
     decode,
 )
-from runner.outputs.figures import Counts
+from runner.outputs.figures import Counts, KeyFigures
 from runner.outputs.records import RecordStatus, ResultRecord, spend_of, status_of
 from runner.outputs.run_events import (
     Downloaded,
+    KeyRetired,
     LeftOver,
     LostAnswer,
     LostChecked,
@@ -63,6 +64,7 @@ class KeyState:
     done_units: float = 0.0  # its estimated cost in compute units, when it has no USD price
     done_usd: float = 0.0  # its estimated cost in US dollars
     done_error: str | None = None
+    account: str | None = None  # the fingerprint of the key its last POST went with
 
     @property
     def remote(self) -> bool:
@@ -100,6 +102,23 @@ class RunLedger:
             return
         apply_to_states(self, event, offset)
         _count_journaled(self.counts, event)
+        if isinstance(event, Submitted | Done):
+            _count_by_account(self.counts, event, self.states[event.key].account)
+
+
+def _count_by_account(counts: Counts, event: Submitted | Done, account: str | None) -> None:
+    """A pool's figures per key: jobs submitted, finished and paid for with each."""
+    if account is None or (figures := counts.by_account.get(account)) is None:
+        return
+    if isinstance(event, Submitted):
+        figures.submits += 1
+        return
+    status = status_of(event.record)
+    if status == RecordStatus.COMPLETED:
+        figures.completed += 1
+        figures.add_spend(*spend_of(event.record))
+    elif status == RecordStatus.FAILED:
+        figures.failed += 1
 
 
 def _count_journaled(counts: Counts, event: Event) -> None:
@@ -127,7 +146,9 @@ def _count_journaled(counts: Counts, event: Event) -> None:
 
 def _count_noted(counts: Counts, event: RunEvent) -> None:
     match event:
-        case Planned(by_model):
+        case Planned(by_model, accounts):
+            for account in accounts:
+                counts.by_account.setdefault(account, KeyFigures())
             for model, (finished, jobs) in by_model.items():
                 counts.total += jobs
                 counts.skipped += finished
@@ -148,6 +169,8 @@ def _count_noted(counts: Counts, event: RunEvent) -> None:
         case LostChecked(resent, unchecked):
             counts.resent += resent
             counts.unchecked += unchecked
+        case KeyRetired(account, reason):
+            counts.by_account.setdefault(account, KeyFigures()).retired = reason
         case Downloaded(size):
             counts.downloads += 1
             counts.bytes += size
@@ -184,15 +207,17 @@ def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) 
             elif state.doubt is None:  # a folder rebuilt from results.jsonl
                 state.doubt = str(record.get("error") or "ambiguous")
             state.accepted = 0
-        case Submitting(_, attempt, at, low, high):
+        case Submitting(_, attempt, at, low, high, account):
+            state.account = account
             state.attempts = max(state.attempts, attempt)
             state.pending_since = at
             state.pending_skew = None
             if low is not None and high is not None:
                 state.pending_skew = ClockSkew(low, high, measured=True)
             state.candidates, state.doubt = (), None
-        case Submitted(_, _, job_id, sent, answered, created, adopted):
+        case Submitted(_, _, job_id, sent, answered, created, adopted, account):
             state.job_id = job_id
+            state.account = account
             state.pending_since = state.pending_skew = state.doubt = None
             state.accepted += 1
             state.submitted_at, state.answered_at = sent, answered

@@ -18,6 +18,7 @@ class Planned:
     are and how many an earlier run brought to their outcome (skipped)."""
 
     by_model: Mapping[str, tuple[int, int]]  # model → (finished before, jobs)
+    accounts: tuple[str, ...] = ()  # the fingerprints of a pool's keys (one key: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,14 @@ class LostChecked:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyRetired:
+    """A key of the pool takes no more jobs (refused: 401, 402); the others carry the run."""
+
+    account: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Downloaded:
     """An image in place."""
 
@@ -74,4 +83,13 @@ class Unfinished:
     why: LeftOver
 
 
-RunEvent = Planned | Resumed | TransientError | LostAnswer | LostChecked | Downloaded | Unfinished
+RunEvent = (
+    Planned
+    | Resumed
+    | TransientError
+    | LostAnswer
+    | LostChecked
+    | KeyRetired
+    | Downloaded
+    | Unfinished
+)
