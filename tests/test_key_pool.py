@@ -1,0 +1,197 @@
+"""A pool of API keys: each key an account, each job with the key that submitted it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from runner import run_batch
+from runner.api.keys import fingerprint
+from runner.api.secrets import find_tokens
+from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.engine import Engine
+from runner.exitcodes import ExitCode
+from tests.engine_helpers import FAST, check_folder, small_manifest
+
+KEYS = ("key-one", "key-two", "key-three", "key-four")
+
+
+def accounts(emu_stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    by_label: dict[str, dict[str, Any]] = emu_stats["accounts"]
+    return by_label
+
+
+@pytest.mark.parametrize("poll_mode", ["list", "job"])
+async def test_a_pool_spreads_jobs_over_its_keys_and_asks_about_each_with_its_own(
+    tmp_path: Path, poll_mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Four accounts of 4 jobs at once each: 16 together. Each key holds its own cap of 4, so
+    # no account is ever asked for a fifth (which the emulator would refuse with a 429).
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.2"), tokens=KEYS, concurrency_limit=4)
+    manifest = small_manifest(48, concurrency=4, poll_mode=poll_mode)
+    async with run_emulator(config) as emu:
+        with caplog.at_level(logging.WARNING):
+            result = await run_batch(
+                manifest, tmp_path, api_base=emu.url, tokens=[*KEYS, "revoked"], options=FAST
+            )
+        check_folder(tmp_path, 48, emu.emulator)
+        stats = emu.emulator.snapshot()
+    assert result.exit_code == ExitCode.OK
+    assert stats.get("wrong_account", 0) == 0
+    assert stats.get("refused_429", 0) == 0
+    assert stats["duplicate_submits"] == 0
+    per_account = accounts(stats)
+    assert set(per_account) == {fingerprint(key) for key in KEYS}
+    assert all(account["submits"] >= 6 for account in per_account.values())
+    # The refused key was named once by its fingerprint, never by its token.
+    revoked = fingerprint("revoked")
+    assert sum(f"key {revoked} retired" in r.getMessage() for r in caplog.records) == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    by_key = summary["counts"]["by_account"]
+    assert by_key[revoked]["retired"] and by_key[revoked]["submits"] == 0
+    assert sum(by_key[fingerprint(k)]["completed"] for k in KEYS) == 48
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix in (".jsonl", ".json", ".html", ".md"):
+            text = path.read_text()
+            assert not any(key in text for key in (*KEYS, "revoked")), path
+
+
+async def _submit_then_abort(tmp_path: Path, url: str, keys: list[str], jobs: int) -> None:
+    """A run that sends every job and stops before any ends: each stays with its key."""
+
+    def abort_once_all_sent(engine: Engine) -> None:
+        if engine.counts.submits >= jobs:
+            engine.abort()
+
+    result = await run_batch(
+        small_manifest(jobs, concurrency=4),
+        tmp_path,
+        api_base=url,
+        tokens=keys,
+        options=FAST,
+        on_progress=abort_once_all_sent,
+    )
+    assert result.counts.submits == jobs
+    assert result.counts.completed == 0
+
+
+async def test_a_rerun_follows_each_job_with_the_key_that_holds_it(tmp_path: Path) -> None:
+    config = EmulatorConfig(latency=Latency.parse("fixed:1.5"), tokens=KEYS)
+    async with run_emulator(config) as emu:
+        await _submit_then_abort(tmp_path, emu.url, list(KEYS[:2]), 8)
+        # The keys in another order, and one more: the jobs are each polled with their own.
+        again = await run_batch(
+            small_manifest(8, concurrency=4),
+            tmp_path,
+            api_base=emu.url,
+            tokens=[KEYS[2], KEYS[1], KEYS[0]],
+            options=FAST,
+        )
+        check_folder(tmp_path, 8, emu.emulator)
+        stats = emu.emulator.snapshot()
+    assert again.exit_code == ExitCode.OK
+    assert again.counts.resumed == 8 and again.counts.submits == 0
+    assert stats["submits"] == 8
+    assert stats.get("wrong_account", 0) == 0
+
+
+async def test_a_job_whose_key_the_run_lacks_waits_for_a_run_with_it(tmp_path: Path) -> None:
+    config = EmulatorConfig(latency=Latency.parse("fixed:1.5"), tokens=KEYS)
+    async with run_emulator(config) as emu:
+        await _submit_then_abort(tmp_path, emu.url, list(KEYS[:2]), 8)
+        held_by_second = accounts(emu.emulator.snapshot())[fingerprint(KEYS[1])]["submits"]
+        assert held_by_second > 0
+        without = await run_batch(
+            small_manifest(8, concurrency=4),
+            tmp_path,
+            api_base=emu.url,
+            tokens=[KEYS[0]],
+            options=FAST,
+        )
+        assert without.counts.deferred == held_by_second  # never sent again with another key
+        assert without.counts.completed == 8 - held_by_second
+        assert emu.emulator.stats["submits"] == 8
+        assert without.exit_code == ExitCode.FAILED
+        with_it = await run_batch(
+            small_manifest(8, concurrency=4),
+            tmp_path,
+            api_base=emu.url,
+            tokens=[KEYS[1]],
+            options=FAST,
+        )
+        check_folder(tmp_path, 8, emu.emulator)
+        stats = emu.emulator.snapshot()
+    assert with_it.exit_code == ExitCode.OK
+    assert stats["submits"] == 8
+    assert stats.get("wrong_account", 0) == 0
+
+
+async def test_keys_out_of_credit_retire_one_by_one_and_then_the_run_stops(
+    tmp_path: Path,
+) -> None:
+    # Each account can pay for two jobs (17.2 units each): 4 of the 10 jobs run.
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.05"), tokens=KEYS[:2], credits=40)
+    async with run_emulator(config) as emu:
+        result = await run_batch(
+            small_manifest(10, concurrency=2),
+            tmp_path,
+            api_base=emu.url,
+            tokens=list(KEYS[:2]),
+            options=FAST,
+        )
+        stats = emu.emulator.snapshot()
+    assert stats["submits"] == 4
+    assert result.counts.completed == 4
+    assert result.fatal and result.exit_code == ExitCode.FATAL
+    by_key = result.counts.by_account
+    assert all(by_key[fingerprint(k)].retired for k in KEYS[:2])
+    assert all("402" in str(by_key[fingerprint(k)].retired) for k in KEYS[:2])
+
+
+async def test_the_emulator_hides_one_accounts_jobs_from_another() -> None:
+    async with (
+        run_emulator(EmulatorConfig(tokens=KEYS[:2])) as emu,
+        aiohttp.ClientSession() as session,
+    ):
+        first = {"Authorization": f"Bearer {KEYS[0]}"}
+        second = {"Authorization": f"Bearer {KEYS[1]}"}
+        url = f"{emu.url}/generate/image/bfl/flux-1-dev"
+        async with session.post(url, json={"prompt": "a fox", "width": 512, "height": 512}, headers=first) as response:
+            job_id = (await response.json())["job_id"]
+        async with session.get(f"{emu.url}/jobs/{job_id}", headers=second) as response:
+            assert response.status == 404
+        async with session.delete(f"{emu.url}/jobs/{job_id}", headers=second) as response:
+            assert response.status == 404
+        async with session.get(f"{emu.url}/jobs", headers=second) as response:
+            assert (await response.json())["items"] == []
+        async with session.get(f"{emu.url}/jobs/{job_id}", headers=first) as response:
+            assert response.status == 200
+        stats = emu.emulator.snapshot()
+    assert stats["wrong_account"] == 2
+    mine, theirs = accounts(stats)[fingerprint(KEYS[0])], accounts(stats)[fingerprint(KEYS[1])]
+    assert mine["submits"] == 1 and mine["polls"] == 1
+    assert theirs["wrong_account"] == 2 and theirs["lists"] == 1
+
+
+def test_keys_come_from_a_file_one_per_line_or_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("KREA_API_TOKEN", raising=False)
+    monkeypatch.delenv("KREA_API_TOKENS", raising=False)
+    assert find_tokens(None) == []
+    monkeypatch.setenv("KREA_API_TOKEN", "solo")
+    assert find_tokens(None) == ["solo"]
+    monkeypatch.setenv("KREA_API_TOKENS", " a, b ,,c ")
+    assert find_tokens(None) == ["a", "b", "c"]
+    keys = tmp_path / "keys"
+    keys.write_text("# the team's keys\nfirst\n\n  second  \nfirst\n")
+    keys.chmod(0o600)
+    with caplog.at_level(logging.WARNING):
+        assert find_tokens(str(keys)) == ["first", "second"]
+    assert "more than once" in caplog.text
+    assert "first" not in caplog.text.replace(str(keys), "")
