@@ -13,9 +13,11 @@ import pytest
 from runner import run_batch
 from runner.api.keys import fingerprint
 from runner.api.secrets import find_tokens
+from runner.cli.progress import keys_text
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import Engine
 from runner.exitcodes import ExitCode
+from runner.outputs.figures import stats_of
 from tests.engine_helpers import FAST, check_folder, small_manifest
 
 KEYS = ("key-one", "key-two", "key-three", "key-four")
@@ -37,7 +39,12 @@ async def test_a_pool_spreads_jobs_over_its_keys_and_asks_about_each_with_its_ow
     async with run_emulator(config) as emu:
         with caplog.at_level(logging.WARNING):
             result = await run_batch(
-                manifest, tmp_path, api_base=emu.url, tokens=[*KEYS, "revoked"], options=FAST
+                manifest,
+                tmp_path,
+                api_base=emu.url,
+                tokens=[*KEYS, "revoked"],
+                options=FAST,
+                metrics_file=tmp_path / "metrics.prom",
             )
         check_folder(tmp_path, 48, emu.emulator)
         stats = emu.emulator.snapshot()
@@ -55,8 +62,15 @@ async def test_a_pool_spreads_jobs_over_its_keys_and_asks_about_each_with_its_ow
     by_key = summary["counts"]["by_account"]
     assert by_key[revoked]["retired"] and by_key[revoked]["submits"] == 0
     assert sum(by_key[fingerprint(k)]["completed"] for k in KEYS) == 48
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["keys"][revoked]["retired"] and len(status["keys"]) == 5
+    metrics = (tmp_path / "metrics.prom").read_text()
+    assert f'krea_batch_key_retired{{key="{revoked}"}} 1' in metrics
+    assert f'krea_batch_key_jobs_done{{key="{fingerprint(KEYS[0])}"}}' in metrics
+    line = keys_text(stats_of(result.counts, 0.0, 1.0))
+    assert line.startswith("keys: ") and f"{revoked} retired (" in line
     for path in tmp_path.rglob("*"):
-        if path.is_file() and path.suffix in (".jsonl", ".json", ".html", ".md"):
+        if path.is_file() and path.suffix in (".jsonl", ".json", ".html", ".md", ".prom"):
             text = path.read_text()
             assert not any(key in text for key in (*KEYS, "revoked")), path
 

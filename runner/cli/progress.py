@@ -54,7 +54,22 @@ def figures_of(stats: RunStats) -> dict[str, float | int | str]:
         "spend": spend_text(counts.spend_usd, counts.spend_units),
         "requests": requests_text(stats.per_job),
         "rate_limited": stats.rate_limited,
+        "keys": keys_text(stats),
     }
+
+
+def keys_text(stats: RunStats) -> str:
+    """A pool's keys, each by fingerprint: jobs in flight, done and spend, or why retired
+    (empty for a run with one key)."""
+    parts = []
+    for name, key in stats.counts.by_account.items():
+        if key.retired is not None:
+            parts.append(f"{name} retired ({key.retired.split(': ', 1)[-1][:40]})")
+        else:
+            running = stats.running.get(name, 0)
+            spend = spend_text(key.spend_usd, key.spend_units)
+            parts.append(f"{name} {running} running {key.completed} done {spend}")
+    return ("keys: " + " · ".join(parts)) if parts else ""
 
 
 def requests_text(per_job: dict[str, float]) -> str:
@@ -114,8 +129,8 @@ class Progress:
             log.info(
                 "progress: %(done)d done, %(failed)d failed, %(in_flight)d in flight, "
                 "%(queued)d queued of %(total)d; %(rate).2f jobs/s, ETA %(eta)s, "
-                "spend %(spend)s; %(requests)s",
-                figures,
+                "spend %(spend)s; %(requests)s%(keys_line)s",
+                {**figures, "keys_line": f"; {figures['keys']}" if figures["keys"] else ""},
             )
 
     def _draw(
@@ -179,7 +194,8 @@ TOTAL = "total"
 
 
 def _summary_line(f: dict[str, float | int | str]) -> str:
-    return (
+    line = (
         f"{float(f['rate']):.2f} jobs/s · ETA {f['eta']} · {f['spend']} · "
         f"{f['failed']} failed · {f['in_flight']} in flight · {f['rate_limited']} 429s"
     )
+    return f"{line}\n{f['keys']}" if f["keys"] else line

@@ -62,6 +62,10 @@ def payload(stats: RunStats, state: str, stopping: str | None = None) -> dict[st
         },
         "requests": {kind: stats.requests.get(kind, 0) for kind in REQUEST_KINDS},
         "requests_per_job": stats.per_job,
+        "keys": {
+            name: {**key.to_json(), "in_flight": stats.running.get(name, 0)}
+            for name, key in counts.by_account.items()
+        },
         "stopping": stopping,
     }
 
@@ -89,6 +93,18 @@ def prometheus(status: Mapping[str, Any]) -> str:
     name = "krea_batch_requests_total"
     lines += [f"# HELP {name} Requests sent, by kind.", f"# TYPE {name} counter"]
     lines += [f'{name}{{kind="{kind}"}} {n}' for kind, n in status["requests"].items()]
+    per_key = (
+        ("krea_batch_key_jobs_in_flight", "Jobs at the server now, by key", "in_flight"),
+        ("krea_batch_key_jobs_done", "Jobs completed in this run, by key", "completed"),
+        ("krea_batch_key_spend_usd", "Estimated spend in US dollars, by key", "spend_usd"),
+        ("krea_batch_key_retired", "1 once the key takes no more jobs", "retired"),
+    )
+    keys = status.get("keys") or {}
+    for name, text, field in per_key if keys else ():
+        lines += [f"# HELP {name} {text}.", f"# TYPE {name} gauge"]
+        for key, figures in keys.items():
+            value = int(figures[field] is not None) if field == "retired" else figures[field]
+            lines.append(f'{name}{{key="{key}"}} {value}')
     return "\n".join(lines) + "\n"
 
 
