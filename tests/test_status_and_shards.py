@@ -16,7 +16,7 @@ from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import UsageError
 from runner.jobspec import in_shard
 from runner.manifest import expand
-from runner.outputs.merge import parse_shard
+from runner.sharding import parse_shard
 from tests.engine_helpers import FAST, check_folder, manifest_text, read_results, small_manifest
 
 

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,7 +38,7 @@ from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_templat
 from runner.outputs import Layout, latest_records
 from runner.outputs.destination import is_url
 from runner.outputs.live import read_live
-from runner.outputs.merge import merge_folders, parse_shard
+from runner.outputs.merge import merge_folders
 from runner.outputs.provenance import read as read_provenance
 from runner.outputs.report import write_report
 from runner.outputs.summary import read_summary
@@ -46,6 +47,7 @@ from runner.settings import (
     parse_deadline,
     parse_duration,
 )
+from runner.sharding import parse_shard
 
 EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
 
@@ -113,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     budget, budget_unit = parse_budget(args.budget) if args.budget else (None, "usd")
     options = EngineOptions(
         deadline=_deadline(args.deadline, args.max_runtime),
-        shard=parse_shard(args.shard) if args.shard else None,
+        shard=parse_shard(args.shard, os.environ) if args.shard else None,
         budget=budget,
         budget_unit=budget_unit,
         retry_failed=args.retry_failed,

@@ -183,7 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="never submit a job that would take this run's estimated spend over AMOUNT: "
         "dollars (25, 25usd, $25) or compute units (500cu)",
     )
-    run.add_argument("--shard", metavar="I/N", help="run only shard I of N (split by job key)")
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only shard I of N (split by job key), with 1/N of --concurrency, "
+        "--rate-limit and --budget; auto: the index from a Slurm array, a Kubernetes Indexed "
+        "Job or an AWS Batch array",
+    )
     run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
     run.add_argument(
         "--webhook-url",

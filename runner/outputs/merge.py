@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -20,17 +19,6 @@ from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report
 from runner.outputs.results_log import ResultsLog
 from runner.outputs.summary import summary as run_summary
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``2/4`` → (2, 4): the second of four shards."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match:
-        raise UsageError(f"--shard {text!r}: use I/N, like 2/4")
-    index, count = int(match.group(1)), int(match.group(2))
-    if not 1 <= index <= count:
-        raise UsageError(f"--shard {text!r}: I must be between 1 and N")
-    return index, count
 
 
 def _better(new: ResultRecord, old: ResultRecord | None) -> bool:
