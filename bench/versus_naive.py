@@ -74,7 +74,7 @@ def completed(url: str, jobs_before: int) -> int:
     return asyncio.run(read())
 
 
-def manifest(row: Row, folder: Path) -> Path:
+def manifest(row: Row, folder: Path, extra: str = "") -> Path:
     path = folder / "bench.yaml"
     path.write_text(
         textwrap.dedent(f"""\
@@ -89,6 +89,7 @@ def manifest(row: Row, folder: Path) -> Path:
           rate_limit: 2000
           poll_interval: {row.poll}
         """)
+        + extra
     )
     return path
 

@@ -314,3 +314,37 @@ async def test_a_listing_refused_while_matching_defers_the_job_and_keeps_it_pend
     assert isinstance(outcomes[0], Deferred)
     assert rig.state(0).pending_since is not None  # the next run looks again
     assert len(rig.api.jobs_for("job 0")) == 1  # and nothing was sent twice
+
+
+async def test_a_lone_posts_answer_reaches_the_disk_before_the_next_post_leaves(
+    tmp_path: Path,
+) -> None:
+    # A nearby API: one POST at a time. Its answer is not waited for on disk (one fsync a POST
+    # instead of two), and the next POST's write-ahead line carries it there first, so a power
+    # cut never leaves two answerless POSTs whose windows overlap.
+    clock = VirtualClock()
+    async with rig_on(tmp_path, api=FakeApi(clock, rtt=0.01)) as rig:
+        on_disk: list[list[str]] = []
+        create = rig.api.create
+
+        def seen_on_disk_then_create(prompt: str) -> object:
+            lines = rig.journal.path.read_text().splitlines()
+            on_disk.append([f"{json.loads(line)['e']} {json.loads(line)['k']}" for line in lines])
+            return create(prompt)
+
+        rig.api.create = seen_on_disk_then_create  # type: ignore[method-assign,assignment]
+        await rig.submitter.submit(spec(0), rig.state(0))
+        assert rig.state(0).job_id is not None
+        assert f"submitted {spec(0).key}" not in rig.journal.path.read_text().replace('"', "")
+        await rig.submitter.submit(spec(1), rig.state(1))
+        first, second = on_disk
+        assert first == [f"submitting {spec(0).key}"]
+        assert second[:3] == [
+            f"submitting {spec(0).key}",
+            f"submitted {spec(0).key}",
+            f"submitting {spec(1).key}",
+        ]
+    kinds = [
+        json.loads(line)["e"] for line in (tmp_path / "journal.jsonl").read_text().splitlines()
+    ]
+    assert kinds == ["submitting", "submitted", "submitting", "submitted"]  # close wrote the last

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import UnidentifiedImageError
 
+from runner import event_loop
 from runner.api.client import DEFAULT_API_BASE, KreaClient
 from runner.api.secrets import find_token, find_tokens, read_tokens_file
 from runner.api.webhooks import WebhookSettings
@@ -141,9 +142,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     try:
         if args.emulator:
-            result = asyncio.run(_on_the_emulator(batch))
+            result = event_loop.run(_on_the_emulator(batch))
         else:
-            result = asyncio.run(batch(api_base=args.api_base, tokens=tokens))
+            result = event_loop.run(batch(api_base=args.api_base, tokens=tokens))
     finally:
         progress.close()
     counts = result.counts

@@ -236,19 +236,24 @@ class Submitter:
                     f"the server answered job {remote.job_id}, which another job of this folder "
                     "already holds (a proxy or cache answering for the API?)"
                 )
-            # Durable before the POST counts as settled: a crash must not turn an answered
-            # POST back into a pending one, which the next start could find ambiguous.
-            await self.journal.record(
-                Submitted(
-                    spec.key,
-                    state.attempts,
-                    remote.job_id,
-                    sent,
-                    received,
-                    remote.created_at,
-                    account=self.account,
-                )
+            answered = Submitted(
+                spec.key,
+                state.attempts,
+                remote.job_id,
+                sent,
+                received,
+                remote.created_at,
+                account=self.account,
             )
+            if self.in_flight == 1 and self.window.level == 1:
+                # No other POST is out, and the next one writes this line to disk ahead of
+                # itself: a power cut before then leaves one pending POST whose window holds
+                # no other, which the next start adopts by the listing.
+                self.journal.record_soon(answered)
+            else:
+                # Durable before the POST counts as settled: a crash must not turn an answered
+                # POST back into a pending one among others, which could be found ambiguous.
+                await self.journal.record(answered)
         self.gate.accepted()
         self.window.clean(received - posted)  # the round trip alone, not our fsync
         self._slots.total_tokens = self.window.level
