@@ -92,7 +92,9 @@ class RunSettings:
     rate_limit: float = 10.0  # API requests per second, polls included
     poll_interval: float = 2.0  # seconds between polls of one job (Krea asks for 2–5 s)
     webhook_poll_interval: float = 30.0  # with webhooks: polls are a safety net this often
-    poll_mode: str = "list"  # list: one GET /jobs pass for all jobs a tick; job: a GET each
+    # list: one GET /jobs pass for all jobs a tick; job: a GET each; auto: a GET each for
+    # jobs that end within a few intervals when the request rate allows, else the listing
+    poll_mode: str = "auto"
     max_attempts: int = 3  # submissions of a job whose remote run failed
     max_jobs: int = 100_000  # a manifest expanding to more is surely a mistake
     job_timeout: float = 3 * 3600.0  # give up on a job that has not ended (platform: 2 h max)
@@ -132,7 +134,7 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-POLL_MODES = ("list", "job")
+POLL_MODES = ("auto", "list", "job")
 FORMATS = ("files", "webdataset", "parquet")
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "concurrency": _positive_int,
@@ -183,9 +185,10 @@ SETTING_FLAGS: dict[str, SettingFlag] = {
         "S", "with webhooks, seconds between safety-net looks at a job (default: {default} s)"
     ),
     "poll_mode": SettingFlag(
-        "{list,job}",
+        "{auto,list,job}",
         "list: one GET /jobs pass a tick covers every job in flight; job: one GET "
-        "per job (default: {default})",
+        "per job; auto: one GET per job while jobs end within a few poll intervals and the "
+        "request rate has room for it, else the listing (default: {default})",
     ),
     "max_attempts": SettingFlag(
         "N", "submissions of a job whose run fails (default: {default})", True

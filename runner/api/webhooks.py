@@ -15,9 +15,11 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from aiohttp import web
+if TYPE_CHECKING:  # the server side of aiohttp is loaded only by a run that takes webhooks
+    from aiohttp import web
 
 from runner import jsontext
 from runner.api.remote import MalformedJob, RemoteJob
@@ -88,6 +90,8 @@ class Receiver:
     counts: DeliveryCounts = field(default_factory=DeliveryCounts)
 
     async def handle(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         given = request.query.get(SECRET_PARAM, "")
         if not hmac.compare_digest(given.encode(), self.secret.encode()):
             self.counts.refused += 1
@@ -108,6 +112,8 @@ class Receiver:
         return web.json_response({"ok": True})
 
     def app(self) -> web.Application:
+        from aiohttp import web
+
         app = web.Application(client_max_size=MAX_DELIVERY_BYTES)
         app.router.add_route("POST", "/{tail:.*}", self.handle)
         return app
@@ -116,6 +122,8 @@ class Receiver:
 @contextlib.asynccontextmanager
 async def receiving(settings: WebhookSettings, receiver: Receiver) -> AsyncIterator[str]:
     """Serve ``receiver`` on the listen address; yields the URL to send as X-Webhook-URL."""
+    from aiohttp import web
+
     runner = web.AppRunner(receiver.app(), access_log=None)
     await runner.setup()
     try:

@@ -6,10 +6,10 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.highlighter import NullHighlighter
-from rich.logging import RichHandler
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,6 +40,9 @@ def configure_logging(
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
     elif console is not None:
+        from rich.highlighter import NullHighlighter
+        from rich.logging import RichHandler
+
         handler = RichHandler(
             console=console,
             show_path=False,

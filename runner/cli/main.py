@@ -26,7 +26,6 @@ from runner.cli.parser import build_parser, refuse_secret_flags
 from runner.cli.progress import Progress
 from runner.cli.status import read_status, refresh, render_status
 from runner.cli.views import catalog_table, model_detail, plan_text
-from runner.emulator import EmulatorConfig, run_emulator, serve_forever
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions, RunResult
@@ -178,7 +177,9 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunResult:
     """``--emulator``: the run against a Krea emulator started in this process."""
-    async with run_emulator(EmulatorConfig()) as emulator:
+    from runner.emulator.server import run_emulator
+
+    async with run_emulator() as emulator:
         logging.getLogger("runner").info("using the built-in emulator at %s", emulator.url)
         return await batch(api_base=emulator.url, token=EMULATOR_TOKEN)
 
@@ -281,6 +282,8 @@ def _serve(args: argparse.Namespace) -> int:
         config = config_from_flags(values, tokens=tokens)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    from runner.emulator.server import serve_forever
+
     asyncio.run(serve_forever(config, args.host, args.port))
     return ExitCode.OK
 

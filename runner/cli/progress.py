@@ -8,22 +8,12 @@ import os
 import sys
 import termios
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, RenderableType
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-)
-from rich.progress import Progress as RichProgress
-from rich.table import Column
-from rich.text import Text
-
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from runner.cli.live_view import Bars
     from runner.engine import Engine
 
 from runner.money import spend_text
@@ -89,31 +79,19 @@ class Progress:
     Elsewhere (cron, a pipe): a log line every ``interval`` seconds.
     """
 
-    def __init__(self, live: bool, interval: float = 30.0, console: Console | None = None) -> None:
+    def __init__(self, live: bool, interval: float = 30.0) -> None:
         self.interval = interval
         self._last = 0.0
-        self.console = console or Console(stderr=True)
-        self._bars: _Bars | None = None
-        self._tasks: dict[str, TaskID] = {}
+        self.console: Console | None = None  # the terminal's, when live
+        self._bars: Bars | None = None
         self._engine: Engine | None = None
         self._tty: tuple[int, list[Any]] | None = None
         if live:
+            from runner.cli.live_view import Bars, stderr_console
+
             self._quiet_control_keys()
-            self._bars = _Bars(
-                # Any width: names give way first (cut with …), the bar takes what is left,
-                # the counts are never cut; the run's figures wrap on lines of their own.
-                TextColumn(
-                    "{task.description}",
-                    style="bold",
-                    table_column=Column(no_wrap=True, overflow="ellipsis", max_width=22),
-                ),
-                BarColumn(bar_width=None),
-                MofNCompleteColumn(table_column=Column(no_wrap=True)),
-                TaskProgressColumn(table_column=Column(no_wrap=True)),
-                console=self.console,
-                refresh_per_second=4,
-                expand=True,
-            )
+            self.console = stderr_console()
+            self._bars = Bars(self.console)
             self._bars.start()
 
     def __call__(self, engine: Engine) -> None:
@@ -135,17 +113,16 @@ class Progress:
 
     def _draw(
         self,
-        bars: _Bars,
+        bars: Bars,
         by_model: dict[str, list[int]],
         figures: dict[str, float | int | str],
     ) -> None:
         ended = int(figures["done"]) + int(figures["failed"])
-        rows = {**by_model, TOTAL: (ended, int(figures["total"]))}
-        for name, (finished, total) in rows.items():
-            if name not in self._tasks:
-                self._tasks[name] = bars.add_task(name, total=total)
-            bars.update(self._tasks[name], completed=finished, total=total)
-        bars.figures = _summary_line(figures)
+        rows = {
+            **{m: (f, t) for m, (f, t) in by_model.items()},
+            TOTAL: (ended, int(figures["total"])),
+        }
+        bars.show(rows, _summary_line(figures))
 
     def _quiet_control_keys(self) -> None:
         """While the live view owns the terminal, keys typed are not echoed into it (a ``^C``
@@ -177,17 +154,6 @@ class Progress:
                 figures = {**figures_of(stats), "eta": "–"}
                 self._draw(self._bars, stats.counts.by_model, figures)
             self._bars.stop()
-
-
-class _Bars(RichProgress):
-    """The bars, then the run's figures on a line of their own that wraps at the width."""
-
-    figures = ""
-
-    def get_renderables(self) -> Iterable[RenderableType]:
-        yield self.make_tasks_table(self.tasks)
-        if self.figures:
-            yield Text(self.figures, overflow="fold")
 
 
 TOTAL = "total"

@@ -130,6 +130,7 @@ class Engine(Stopping, Writing):
             listing_gap=10 / self.settings.rate_limit,
             job_timeout=self.settings.job_timeout,
             retry=self.options.retry,
+            alone_when_short=self._alone_when_short(),
         )
         latency = TypicalLatency()  # the keys' jobs run the same models: learnt once
         self.pool = KeyPool(
@@ -150,6 +151,16 @@ class Engine(Stopping, Writing):
                 for client in (clients if isinstance(clients, Sequence) else [clients])
             ]
         )
+
+    def _alone_when_short(self) -> float | None:
+        """poll_mode auto: the request rate per-job polls may take (None: the listing alone).
+        Polling every job in flight each interval must fit in half the rate with room to
+        spare, the other half left to submits and downloads' refreshes."""
+        settings = self.settings
+        if settings.poll_mode != "auto":
+            return None
+        polls = settings.concurrency / settings.poll_interval
+        return polls if 4 * polls <= settings.rate_limit else None
 
     @property
     def journal(self) -> Journal:
@@ -241,7 +252,7 @@ class Engine(Stopping, Writing):
                     helpers.start_soon(self._stop_at_deadline, helpers, self.options.deadline)
                 if self.on_progress is not None:
                     helpers.start_soon(self._report_progress)
-                if self.settings.poll_mode == "list":
+                if self.settings.poll_mode in ("list", "auto"):
                     for account in self.pool.accounts:
                         account.lister = account.tracker.follow_listing(
                             lambda exc, account=account: self._refused(account, exc)  # type: ignore[misc]

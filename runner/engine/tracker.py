@@ -42,6 +42,20 @@ class TrackSettings:
     listing_gap: float = 0.0  # seconds between listing passes at least
     job_timeout: float = 3 * 3600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # poll_mode auto: with this many requests a second to spare for polls, a job whose model
+    # typically ends within SHORT_JOB intervals is polled on its own instead of listed.
+    alone_when_short: float | None = None
+
+    def polls_alone(self, typical: float | None) -> bool:
+        """Whether a job that typically takes ``typical`` seconds is best polled on its own:
+        its first poll then lands at its end, for about one request, and the listing's
+        passes (paced to spare the request rate) would see it later."""
+        if self.alone_when_short is None or typical is None:
+            return False
+        return typical <= SHORT_JOB * self.poll_interval
+
+
+SHORT_JOB = 4  # poll intervals: a job ending within this many is short (poll_mode auto)
 
 
 class TypicalLatency:
@@ -190,6 +204,8 @@ class Tracker:
         first = self._first_wait(typical, exists_since)
         wait = jittered(interval, rng=self.rng) if first is None else first
         watch = Watch(job_id, interval, due=now + wait, created_after=created_after)
+        if self.listing and not webhook and model is not None:
+            watch.alone = self.settings.polls_alone(self.latency.first_poll(model))
         self.watches[job_id] = watch
         try:
             while True:
@@ -262,7 +278,7 @@ class Tracker:
         # Just after the typical end, never before: spread (jobs sent together would poll
         # together) but only upwards, so a model of steady latency is seen done at once.
         interval = self.settings.poll_interval
-        spread = self.rng.uniform(0.0, min(0.02 * typical, 0.1 * interval))
+        spread = self.rng.uniform(0.0, min(0.005 * typical, 0.05 * interval))
         return max(interval, typical - elapsed) + spread
 
     async def cancel(self, job_id: str) -> bool:

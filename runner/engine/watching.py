@@ -23,7 +23,7 @@ import anyio.lowlevel
 from runner.api.backoff import jittered
 from runner.api.client import KreaClient
 from runner.api.remote import TERMINAL, JobStatus, ListedJob, MalformedJob, RemoteJob
-from runner.engine.retry import Clock
+from runner.engine.retry import Clock, SystemClock
 from runner.errors import FatalApiError, PermanentApiError, TransientApiError
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,10 @@ class Watch:
 
     async def wait(self, clock: Clock, seconds: float) -> None:
         """Sleep until there is news or ``seconds`` pass."""
-        if not self._news.is_set() and seconds > 0:
+        if not self._news.is_set() and seconds > 0 and isinstance(clock, SystemClock):
+            with anyio.move_on_after(seconds):  # the real clock: a timer, no task
+                await self._news.wait()
+        elif not self._news.is_set() and seconds > 0:
             news = self._news
             async with anyio.create_task_group() as group:
 

@@ -11,17 +11,19 @@ first failures: a 100,000-job report is written in seconds.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from runner.money import spend_text
+
+if TYPE_CHECKING:
+    import jinja2
 from runner.outputs.atomic import fsync_dir, write_atomic
 from runner.outputs.layout import REPORT_DATA_DIR, Layout
 from runner.outputs.records import RecordStatus, ResultRecord, spend_of
@@ -31,12 +33,19 @@ MAX_COMPARE_ROWS = 300
 MAX_FAILED = 1000
 MAX_MORE = 8  # thumbnails of a compare cell's other images
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("runner", "templates"),
-    autoescape=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The template environment, made when the first report is written (jinja2 is imported
+    then: a run does not pay for it before its end)."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("runner", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def _caption(record: ResultRecord) -> str:
@@ -224,12 +233,16 @@ def render_page(gallery: _Gallery, summary: Mapping[str, Any]) -> str:
         "completed_chunks": gallery.completed.count,
         "failed_chunks": gallery.failed_chunks.count,
     }
-    return _TEMPLATES.get_template("report.html.j2").render(
-        title=title,
-        stats=stats,
-        models=list(gallery.models),
-        compare=gallery.compare(),
-        failed=gallery.failed,
-        failed_count=gallery.failed_count,
-        setup=setup,
+    return (
+        _templates()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            stats=stats,
+            models=list(gallery.models),
+            compare=gallery.compare(),
+            failed=gallery.failed,
+            failed_count=gallery.failed_count,
+            setup=setup,
+        )
     )
