@@ -50,6 +50,7 @@ async def test_a_pool_spreads_jobs_over_its_keys_and_asks_about_each_with_its_ow
         stats = emu.emulator.snapshot()
     assert result.exit_code == ExitCode.OK
     assert stats.get("wrong_account", 0) == 0
+    assert stats["unauthorized"] == 1  # the revoked key is retired at its first refusal
     assert stats.get("refused_429", 0) == 0
     assert stats["duplicate_submits"] == 0
     per_account = accounts(stats)

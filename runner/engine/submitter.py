@@ -119,6 +119,7 @@ class Submitter:
         self._reading_since: float | None = None  # a search's listing began then
         self._after = ClockSkew()  # the server's clock as read by answers sent since
         self._clock_lock = anyio.Lock()
+        self.refused: FatalApiError | None = None  # the key was refused (401, 402): for good
         self.uploads = Uploads(client, journal, clock, settings.retry, assets or {}, self.rng)
         client.watch_server_clock(clock.time, self._server_time)
 
@@ -140,6 +141,8 @@ class Submitter:
         None: the state says what follows (``job_id`` to poll, or ``candidates`` to collect).
         Otherwise the job's outcome. FatalApiError (401, 402) passes through.
         """
+        if self.refused is not None:
+            raise self.refused
         refusal = self.budget.reserve(spec)
         if refusal is not None:
             priced = self.budget.covers(spec)
@@ -150,7 +153,8 @@ class Submitter:
             return body
         try:
             outcome = await self._submit_reserved(replace(spec, body=body), state)
-        except FatalApiError:  # the key was refused (401, 402): another may send the job
+        except FatalApiError as exc:  # the key was refused (401, 402): another may send the job
+            self.refused = self.refused or exc
             if state.settled:
                 self.budget.refund(spec)  # nothing was created
             raise
@@ -199,6 +203,8 @@ class Submitter:
         async with self._post_slot():
             if self.stopping():
                 raise _Stopping
+            if self.refused is not None:
+                raise self.refused
             sent = posted = self.clock.time()
             before = self.journal.ledger.skew
 
@@ -266,6 +272,8 @@ class Submitter:
         if self._clock_read:
             return
         async with self._clock_lock:
+            if self.refused is not None:  # the one before us found the key refused
+                raise self.refused
             if self._clock_read:
                 return
             problem = "no Date header"
