@@ -15,7 +15,6 @@ from pathlib import Path
 
 from PIL import UnidentifiedImageError
 
-from runner import event_loop
 from runner.api.client import DEFAULT_API_BASE, KreaClient
 from runner.api.secrets import find_token, find_tokens, read_tokens_file
 from runner.api.webhooks import WebhookSettings
@@ -141,9 +140,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     try:
         if args.emulator:
-            result = event_loop.run(_on_the_emulator(batch))
+            result = asyncio.run(_on_the_emulator(batch))
         else:
-            result = event_loop.run(batch(api_base=args.api_base, tokens=tokens))
+            result = asyncio.run(batch(api_base=args.api_base, tokens=tokens))
     finally:
         progress.close()
     counts = result.counts
