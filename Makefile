@@ -52,6 +52,9 @@ bench: install
 	$(BIN)/python bench/throughput.py $(UNDER_A_RATE_LIMIT) --webhooks --webhook-repeats 2 --webhook-drop-rate 0.1
 	$(BIN)/python bench/throughput.py $(MANY_IN_FLIGHT)
 	$(BIN)/python bench/throughput.py $(MANY_IN_FLIGHT) --poll-mode job
+	$(BIN)/python bench/versus_naive.py
+	$(BIN)/python bench/pool.py --scenario done-when
+	$(BIN)/python bench/pool.py --scenario pool
 	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/rerun.py
 	$(BIN)/python bench/report_scale.py

@@ -71,7 +71,7 @@ def main() -> None:
         default="krea-batch",
         help="naive: the sixty-line script of bench/naive_client.py, as a yardstick",
     )
-    parser.add_argument("--poll-mode", choices=("list", "job"), default="list")
+    parser.add_argument("--poll-mode", choices=("auto", "list", "job"), default="auto")
     parser.add_argument("--webhooks", action="store_true", help="jobs report their end by webhook")
     parser.add_argument("--webhook-repeats", type=int, default=1)
     parser.add_argument("--webhook-drop-rate", type=float, default=0.0)

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
 from runner import run_batch
 from runner.api.keys import fingerprint
 from runner.api.secrets import find_tokens
+from runner.cli.main import main
 from runner.cli.progress import keys_text
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import Engine
@@ -224,3 +226,23 @@ def test_keys_come_from_a_file_one_per_line_or_from_the_environment(
         assert find_tokens(str(keys)) == ["first", "second"]
     assert "more than once" in caplog.text
     assert "first" not in caplog.text.replace(str(keys), "")
+
+
+async def test_status_refresh_asks_about_each_job_with_the_key_that_holds_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = EmulatorConfig(latency=Latency.parse("fixed:30"), tokens=KEYS)
+    keys = tmp_path / "keys"
+    keys.write_text("\n".join(KEYS[:2]) + "\n")
+    keys.chmod(0o600)
+    out = tmp_path / "out"
+    async with run_emulator(config) as emu:
+        await _submit_then_abort(out, emu.url, list(KEYS[:2]), 8)
+        command = ["status", str(out), "--refresh", "--json", "--token-file", str(keys)]
+        code = await anyio.to_thread.run_sync(main, [*command, "--api-base", emu.url])
+        stats = emu.emulator.snapshot()
+    assert code == 0
+    in_flight = json.loads(capsys.readouterr().out)["in_flight"]
+    assert len(in_flight) == 8
+    assert {job["remote_status"] for job in in_flight} <= {"queued", "scheduled", "processing"}
+    assert stats.get("wrong_account", 0) == 0

@@ -64,11 +64,3 @@ def _distinct(tokens: list[str], where: str) -> list[str]:
     if len(unique) < len(tokens):
         log.warning("%s names a key more than once: each key is used once", where)
     return unique
-
-
-def find_token(token_file: str | None) -> str | None:
-    """The token from ``--token-file`` if given, else from $KREA_API_TOKEN, else None."""
-    if token_file:
-        return read_token_file(token_file)
-    token = os.environ.get(TOKEN_VARIABLE, "").strip()
-    return token or None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -16,7 +17,7 @@ from pathlib import Path
 from PIL import UnidentifiedImageError
 
 from runner.api.client import DEFAULT_API_BASE, KreaClient
-from runner.api.secrets import find_token, find_tokens, read_tokens_file
+from runner.api.secrets import find_tokens, read_tokens_file
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
@@ -186,15 +187,17 @@ async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunRes
 def _status(args: argparse.Namespace) -> int:
     status = read_status(Path(args.out))
     if args.refresh and status.in_flight:
-        token = find_token(args.token_file)
-        if token is None and args.api_base is None:
+        tokens = find_tokens(args.token_file)
+        if not tokens and args.api_base is None:
             raise UsageError("--refresh needs an API token: set KREA_API_TOKEN or --token-file")
 
         async def ask() -> None:
-            async with KreaClient(
-                args.api_base or DEFAULT_API_BASE, token or "anonymous"
-            ) as client:
-                await refresh(status, client)
+            base = args.api_base or DEFAULT_API_BASE
+            clients = [KreaClient(base, token) for token in tokens or ["anonymous"]]
+            async with contextlib.AsyncExitStack() as stack:
+                for client in clients:
+                    await stack.enter_async_context(client)
+                await refresh(status, clients)
 
         asyncio.run(ask())
     live = read_live(Path(args.out))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class FolderStatus:
     ambiguous: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key → candidate ids
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     remote_status: dict[str, str] = field(default_factory=dict)  # filled by --refresh
+    holders: dict[str, str | None] = field(default_factory=dict)  # job id → its key's fingerprint
     risk: Risk = field(default_factory=lambda: Risk(0, 0, 0))  # of sending ambiguous ones again
 
     def to_json(self) -> dict[str, Any]:
@@ -86,6 +88,7 @@ def read_status(root: Path) -> FolderStatus:
             continue
         elif state.job_id is not None:
             status.in_flight[key] = state.job_id
+            status.holders[state.job_id] = state.account
         elif state.pending_since is not None:
             status.unknown_submits.append(key)
     status.risk = risk_of(ledger.states)
@@ -131,9 +134,16 @@ def render_status(status: FolderStatus, show_failed: int = 20) -> str:
     return "\n".join(lines)
 
 
-async def refresh(status: FolderStatus, client: KreaClient) -> None:
-    """Ask the API for the current status of every job still in flight."""
+async def refresh(status: FolderStatus, clients: Sequence[KreaClient]) -> None:
+    """Ask the API for the current status of every job still in flight, each with the key
+    that holds it (a job journaled without one: the first key)."""
+    by_key = {client.account: client for client in clients}
     for job_id in status.in_flight.values():
+        holder = status.holders.get(job_id)
+        client = clients[0] if holder is None else by_key.get(holder)
+        if client is None:
+            status.remote_status[job_id] = f"unknown (held by key {holder}, not given)"
+            continue
         try:
             remote = await client.get_job(job_id)
             status.remote_status[job_id] = remote.status.value
