@@ -1,0 +1,152 @@
+"""OUT/krea-batch.json: what an output folder is, so a run never mixes two datasets in it.
+
+It names the folder's format, the API it was made against (``emulator`` for the built-in
+emulator or any server on this machine, else the API base), the manifests it came from (file
+name and sha256 of its text), the shard of a split it holds (``[index, count]``, 1-based) and,
+for a merged folder, what it was merged from. It is written on a folder's first run, checked
+by every later one, put at a remote destination with the run's other files, and read by
+``merge`` to tell shards of one split from a mix.
+
+Pure but for ``read_identity`` and ``write_identity``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.parse
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from runner.outputs.atomic import write_atomic
+
+IDENTITY_NAME = "krea-batch.json"
+EMULATOR = "emulator"
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestId:
+    """One manifest a folder holds the jobs of."""
+
+    name: str  # the file's name, without its folder
+    sha256: str  # of the file's bytes ("" when it came as an object, not a file)
+
+    def same(self, other: ManifestId) -> bool:
+        """The same manifest: the same text, or the same file name (an edited manifest still
+        resumes its folder: editing an entry changes only that entry's jobs)."""
+        return (bool(self.sha256) and self.sha256 == other.sha256) or self.name == other.name
+
+
+@dataclass(frozen=True, slots=True)
+class FolderIdentity:
+    format: str
+    api: str
+    manifests: tuple[ManifestId, ...] = ()
+    shard: tuple[int, int] | None = None  # (index, count), 1-based
+    merged_from: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["manifests"] = [asdict(m) for m in self.manifests]
+        data["shard"] = list(self.shard) if self.shard else None
+        data["merged_from"] = list(self.merged_from)
+        return data
+
+    def holds(self, manifest: ManifestId) -> bool:
+        return any(known.same(manifest) for known in self.manifests)
+
+    def with_manifest(self, manifest: ManifestId) -> FolderIdentity:
+        """The identity once ``manifest`` is appended (a deliberate second manifest)."""
+        if self.holds(manifest):
+            return self
+        return replace(self, manifests=(*self.manifests, manifest))
+
+
+def api_identity(api_base: str) -> str:
+    """``emulator`` for a server on this machine (the built-in emulator listens on a new port
+    each time), else the API base without a trailing slash."""
+    host = urllib.parse.urlsplit(api_base).hostname or ""
+    return EMULATOR if host in _LOCAL_HOSTS or host.startswith("127.") else api_base.rstrip("/")
+
+
+def manifest_id(file: str, text: bytes | None) -> ManifestId:
+    digest = hashlib.sha256(text).hexdigest() if text is not None else ""
+    return ManifestId(Path(file).name, digest)
+
+
+def manifest_id_of(file: str) -> ManifestId:
+    """The identity of the manifest at ``file`` (unreadable or not a file: by name alone)."""
+    try:
+        return manifest_id(file, Path(file).read_bytes())
+    except OSError:
+        return manifest_id(file, None)
+
+
+def parse_identity(data: Any) -> FolderIdentity | None:
+    """An identity from its JSON (None: not one of ours)."""
+    if not isinstance(data, dict):
+        return None
+    format, api = data.get("format"), data.get("api")
+    if not isinstance(format, str) or not isinstance(api, str):
+        return None
+    manifests = tuple(
+        ManifestId(str(m.get("name", "")), str(m.get("sha256", "")))
+        for m in data.get("manifests") or []
+        if isinstance(m, dict)
+    )
+    shard = data.get("shard")
+    pair: tuple[int, int] | None = None
+    numbers = shard if isinstance(shard, list) else []
+    if len(numbers) == 2 and all(type(n) is int for n in numbers):
+        pair = (numbers[0], numbers[1])
+    merged = data.get("merged_from") or []
+    return FolderIdentity(
+        format=format,
+        api=api,
+        manifests=manifests,
+        shard=pair,
+        merged_from=tuple(str(m) for m in merged) if isinstance(merged, list) else (),
+    )
+
+
+def read_identity(path: Path) -> FolderIdentity | None:
+    """The identity kept at ``path`` (None: none, or unreadable)."""
+    try:
+        return parse_identity(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+def write_identity(path: Path, identity: FolderIdentity) -> None:
+    write_atomic(path, json.dumps(identity.to_json(), indent=1, ensure_ascii=False) + "\n")
+
+
+def mismatch(held: FolderIdentity, wanted: FolderIdentity, *, append: bool = False) -> str | None:
+    """Why a run described by ``wanted`` may not write into a folder that is ``held`` (None:
+    it may). Pure; the caller adds the folder's name and the way out."""
+    if held.api != wanted.api:
+        return (
+            f"was made against {_api_words(held.api)}, and this run is against "
+            f"{_api_words(wanted.api)}: its jobs are not this API's jobs"
+        )
+    if held.shard != wanted.shard:
+        return f"holds {_shard_words(held.shard)}, and this run is {_shard_words(wanted.shard)}"
+    if not append:
+        for manifest in wanted.manifests:
+            if held.manifests and not held.holds(manifest):
+                names = ", ".join(m.name for m in held.manifests)
+                return (
+                    f"holds the jobs of the manifest {names}, not of {manifest.name}; "
+                    "add --append to add this manifest's jobs to it on purpose"
+                )
+    return None
+
+
+def _api_words(api: str) -> str:
+    return "the built-in emulator" if api == EMULATOR else api
+
+
+def _shard_words(shard: tuple[int, int] | None) -> str:
+    return "the whole manifest" if shard is None else f"shard {shard[0]} of {shard[1]}"
