@@ -26,8 +26,14 @@ from runner.outputs import OutputFolder, ResultRecord
 from runner.outputs.card import dataset_card, write_card
 from runner.outputs.destination import Destination, default_state_dir, destination_for
 from runner.outputs.figures import stats_of
+from runner.outputs.identity import (
+    FolderIdentity,
+    api_identity,
+    claim_identity,
+    manifest_id_of,
+)
 from runner.outputs.journal import records_at
-from runner.outputs.layout import RESULTS_NAME
+from runner.outputs.layout import IDENTITY_NAME, RESULTS_NAME
 from runner.outputs.ledger import folder_counts
 from runner.outputs.live import LiveStatus
 from runner.outputs.metadata import metadata_rows
@@ -53,6 +59,7 @@ async def run_batch(
     metrics_file: str | Path | None = None,
     webhook: WebhookSettings | None = None,
     state_dir: str | Path | None = None,
+    append: bool = False,
 ) -> RunResult:
     """Run every job of ``manifest`` into the folder ``out``; safe to call again to resume.
 
@@ -70,6 +77,9 @@ async def run_batch(
     ``metrics_file``, in Prometheus text format) tell how the run goes while it runs.
     With ``webhook``, submits ask the API to report each job's end to a receiver this run
     serves, and polling becomes a slow safety net.
+
+    A folder keeps one dataset: a run against another API, of another shard, or of another
+    manifest is refused (``append``: this manifest's jobs join the folder's on purpose).
     """
     keys = list(tokens) or ([token] if token else [])
     if not keys and api_base is None:  # before the folder is made: nothing is left behind
@@ -96,8 +106,16 @@ async def run_batch(
         if destination.remote and not folder.journal_path.exists():
             # Another machine's run, or a lost state folder: what the destination holds is
             # read from its results and shard listing, and never paid for again.
-            await anyio.to_thread.run_sync(destination.fetch, RESULTS_NAME, folder.results_path)
+            for name in (RESULTS_NAME, IDENTITY_NAME):
+                await anyio.to_thread.run_sync(destination.fetch, name, folder.root / name)
         claim_format(folder, settings.format)
+        wanted = FolderIdentity(
+            settings.format,
+            api_identity(base_url),
+            (manifest_id_of(manifest.file),),
+            shard=options.shard,
+        )
+        claim_identity(folder.root, wanted, str(out), append=append)
         writer = open_writer(folder, settings.format, settings.shard_size, destination)
         clients = [
             KreaClient(
@@ -132,9 +150,16 @@ async def run_batch(
             live.write(engine, "finished")
 
         def records() -> Iterator[ResultRecord]:
+            # Every finished job of the folder: this manifest's in its order, then any other's
+            # (an --append, an edited manifest), since the card counts them all.
             states = engine.states
-            offsets = (states[key].done_at for key in engine.keys if key in states)
-            return records_at(folder.journal_path, (o for o in offsets if o is not None))
+            ours = [states[key].done_at for key in engine.keys if key in states]
+            mine = set(engine.keys)
+            others = sorted(
+                s.done_at for k, s in states.items() if k not in mine and s.done_at is not None
+            )
+            offsets = [o for o in ours if o is not None] + others
+            return records_at(folder.journal_path, offsets)
 
         # Each file of the finishing stage is written on its own: one that cannot be (a full
         # disk, an image that will not open) is a warning, never the loss of the run.
@@ -206,7 +231,7 @@ def _publish(folder: OutputFolder, destination: Destination, format: str, finish
     """Put the run's own files at a remote destination, whole; a run that finished nothing
     puts nothing there that is there already."""
     layout = folder.layout
-    files = [layout.results, layout.summary, layout.card]
+    files = [layout.results, layout.summary, layout.card, layout.identity]
     if format == "files":
         files.append(layout.metadata)
     held = destination.listing("") if not finished else set()

@@ -82,6 +82,7 @@ async def test_parquet_shards_to_s3_resume_and_load_back(
     names = sorted(path.split("/run/", 1)[1] for path in objects)
     assert names == [
         "README.md",
+        "krea-batch.json",
         "results.jsonl",
         "shards/00000.parquet",
         "shards/00001.parquet",

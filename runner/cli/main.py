@@ -138,6 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_file=args.metrics_file,
         webhook=webhook,
         state_dir=args.state_dir,
+        append=args.append,
     )
     try:
         if args.emulator:

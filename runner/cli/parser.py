@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_flags(run, "each also a key of the manifest's run: block; a flag beats the manifest")
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     run.add_argument(
+        "--append",
+        action="store_true",
+        help="add this manifest's jobs to a folder that holds another manifest's, on purpose",
+    )
+    run.add_argument(
         "--retry-ambiguous",
         action="store_true",
         help="send ambiguous jobs again (a lost answer nothing could match), after saying how "

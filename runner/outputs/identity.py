@@ -19,9 +19,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from runner.errors import UsageError
 from runner.outputs.atomic import write_atomic
+from runner.outputs.layout import IDENTITY_NAME, SUMMARY_NAME
+from runner.outputs.summary import read_summary
 
-IDENTITY_NAME = "krea-batch.json"
 EMULATOR = "emulator"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -124,22 +126,24 @@ def write_identity(path: Path, identity: FolderIdentity) -> None:
 
 
 def mismatch(held: FolderIdentity, wanted: FolderIdentity, *, append: bool = False) -> str | None:
-    """Why a run described by ``wanted`` may not write into a folder that is ``held`` (None:
-    it may). Pure; the caller adds the folder's name and the way out."""
+    """Why a run described by ``wanted`` may not write into a folder that is ``held``, with
+    the way out (None: it may). Pure; the caller puts the folder's name first."""
+    elsewhere = "choose another --out for this run (a folder holds one dataset)"
     if held.api != wanted.api:
         return (
             f"was made against {_api_words(held.api)}, and this run is against "
-            f"{_api_words(wanted.api)}: its jobs are not this API's jobs"
+            f"{_api_words(wanted.api)}: {elsewhere}"
         )
     if held.shard != wanted.shard:
-        return f"holds {_shard_words(held.shard)}, and this run is {_shard_words(wanted.shard)}"
+        shards = f"holds {_shard_words(held.shard)}, and this run is {_shard_words(wanted.shard)}"
+        return f"{shards}: {elsewhere}"
     if not append:
         for manifest in wanted.manifests:
             if held.manifests and not held.holds(manifest):
                 names = ", ".join(m.name for m in held.manifests)
                 return (
-                    f"holds the jobs of the manifest {names}, not of {manifest.name}; "
-                    "add --append to add this manifest's jobs to it on purpose"
+                    f"holds the jobs of {names}, not of {manifest.name}: {elsewhere}, or add "
+                    "--append to add this manifest's jobs to it on purpose"
                 )
     return None
 
@@ -150,3 +154,31 @@ def _api_words(api: str) -> str:
 
 def _shard_words(shard: tuple[int, int] | None) -> str:
     return "the whole manifest" if shard is None else f"shard {shard[0]} of {shard[1]}"
+
+
+def claim_identity(root: Path, wanted: FolderIdentity, shown: str, *, append: bool = False) -> None:
+    """Refuse a run that does not fit the folder at ``root`` (shown as ``shown``), before
+    anything is sent; note the folder's identity on its first run (or a manifest appended)."""
+    path = root / IDENTITY_NAME
+    held = read_identity(path) or _from_summary(root, wanted)
+    if held is not None:
+        reason = mismatch(held, wanted, append=append)
+        if reason is not None:
+            raise UsageError(f"{shown} {reason}")
+        updated = held
+        for manifest in wanted.manifests:
+            updated = updated.with_manifest(manifest)
+        if updated == held and path.is_file():
+            return
+        wanted = updated
+    write_identity(path, wanted)
+
+
+def _from_summary(root: Path, wanted: FolderIdentity) -> FolderIdentity | None:
+    """A folder from before identities: what its summary.json says (None: nothing)."""
+    summary = read_summary(root / SUMMARY_NAME)
+    api_base, manifest = summary.get("api_base"), summary.get("manifest")
+    if not isinstance(api_base, str):
+        return None
+    manifests = (manifest_id(manifest, None),) if isinstance(manifest, str) else ()
+    return FolderIdentity(wanted.format, api_identity(api_base), manifests, shard=wanted.shard)

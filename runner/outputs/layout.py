@@ -6,6 +6,7 @@ OUT/
   results.jsonl        one current record per job, appended as each finishes (results_log.py)
   metadata.jsonl       one row per image, the Hugging Face imagefolder layout
   summary.json         counts, spend, wall time, settings (runner.outputs.summary)
+  krea-batch.json      what the folder is: format, API, manifests, shard (identity.py)
   README.md            the dataset card: what the Hub and datasets.load_dataset(OUT) read
   shards/              --format webdataset or parquet: NNNNN.tar or NNNNN.parquet
   report.html          the gallery; report/ holds its chunks of records
@@ -30,6 +31,7 @@ REPORT_DATA_DIR = "report"
 STATUS_NAME = "status.json"
 JOURNAL_NAME = "journal.jsonl"
 LOCK_NAME = "lock"
+IDENTITY_NAME = "krea-batch.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,10 @@ class Layout:
     @property
     def report_data(self) -> Path:
         return self.root / REPORT_DATA_DIR
+
+    @property
+    def identity(self) -> Path:
+        return self.root / IDENTITY_NAME
 
     @property
     def status(self) -> Path:
