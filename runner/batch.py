@@ -177,6 +177,13 @@ async def run_batch(
         requests = sum((client.requests_by for client in clients), Counter[str]())
         stats = stats_of(result.counts, started, time.time(), requests=requests)
         result.summary = _summary(manifest, str(out), result, base_url, stats, written)
+        held = folder_counts(engine.ledger)
+        result.summary["folder"] = {  # the whole folder, over every run (status says the same)
+            "jobs": held.total,
+            "completed": held.completed,
+            "failed": held.failed,
+            "ambiguous": held.ambiguous_jobs,
+        }
         listing = engine.listing_stats()
         if listing is not None:
             result.summary["listing"] = dataclasses.asdict(listing)
@@ -186,7 +193,7 @@ async def run_batch(
             folder.summary_path, lambda: folder.write_summary(result.summary), default=None
         )
         if result.counts.finished_now or not folder.layout.card.exists():
-            completed = folder_counts(engine.ledger).completed
+            completed = held.completed
             models = sorted(result.counts.by_model)
             card = dataset_card(settings.format, completed, models, result.summary)
             _best_effort(

@@ -20,6 +20,8 @@ that calls the library, and nowhere else.
 
 from __future__ import annotations
 
+import errno
+
 
 class RunnerError(Exception):
     """Base of every error krea-batch reports to its user."""
@@ -29,13 +31,50 @@ class UsageError(RunnerError):
     """The user asked for something impossible; the CLI exits with code 2."""
 
 
+class DestinationError(OSError):
+    """A remote destination (an fsspec URL) refused a file or could not be reached."""
+
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(f"{url}: {cause}")
+        self.url = url
+        self.cause = cause
+
+
 class DiskError(RunnerError):
     """Writing to the output folder failed (no space, read-only, I/O error): stop the run."""
 
     def __init__(self, folder: str, error: OSError) -> None:
         self.folder = folder
         self.error = error
-        super().__init__(f"cannot write to {folder}: {error.strerror or error}")
+        code = errno.errorcode.get(error.errno or 0)
+        cause = f"{code} {error.strerror}" if code and error.strerror else str(error)
+        if isinstance(error, DestinationError):
+            folder, cause = error.url, error.cause
+        super().__init__(f"cannot write to {folder}: {cause}")
+
+    @property
+    def full(self) -> bool:
+        """The disk (or the user's quota) is full: freeing space is what helps."""
+        return self.error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+    def advice(self) -> str:
+        """What to do, for this cause (pure)."""
+        if isinstance(self.error, DestinationError):
+            return "run the same command again once it can be reached (it resumes)"
+        match self.error.errno:
+            case errno.ENOSPC | errno.EDQUOT:
+                return "free some space and run the same command again"
+            case errno.EACCES | errno.EPERM:
+                return "give this user write access to it and run the same command again"
+            case errno.EROFS:
+                return "it is on a read-only file system: remount it or choose another --out"
+            case errno.ENOENT:
+                return (
+                    "a folder of the output was removed while the run went on: run the same "
+                    "command again (it resumes)"
+                )
+            case _:
+                return "run the same command again once it can be written (it resumes)"
 
 
 class ManifestError(UsageError):

@@ -60,10 +60,17 @@ async def test_failed_jobs_are_retried_up_to_max_attempts_then_only_on_request(
         assert emu.emulator.stats["submits"] == 6  # two attempts each
         assert first.exit_code == 1
         assert all(r["error"] for r in read_results(tmp_path))
-        await run_batch(
+        again = await run_batch(
             small_manifest(3, max_attempts=2), tmp_path, api_base=emu.url, token="t", options=FAST
         )
         assert emu.emulator.stats["submits"] == 6  # failed jobs are not retried unasked
+        # The folder still holds 3 failed jobs: the rerun is no success, and says so.
+        assert again.exit_code == 1
+        assert again.counts.failed_before == 3
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["exit_code"] == 1
+        assert summary["folder"] == {"jobs": 3, "completed": 0, "failed": 3, "ambiguous": 0}
+        assert summary["counts"]["failed_before"] == 3
         retry = dataclasses.replace(FAST, retry_failed=True)
         await run_batch(
             small_manifest(3, max_attempts=1), tmp_path, api_base=emu.url, token="t", options=retry
@@ -361,7 +368,8 @@ async def test_an_ambiguous_job_keeps_its_candidates_images_and_is_never_sent_ag
         records = check_folder(tmp_path, 2, emu.emulator)
         assert emu.emulator.stats["submits"] == 1  # only the other job
     assert result.exit_code == 1
-    assert again.exit_code == 0  # already finished: nothing to do
+    assert again.exit_code == 1  # nothing to do, but the folder still holds an ambiguous job
+    assert again.counts.ambiguous_before == 1
     [ambiguous] = [r for r in records if r["status"] == "ambiguous"]
     assert ambiguous["candidates"] == ids
     assert sorted(f["path"] for f in ambiguous["files"]) == sorted(

@@ -37,6 +37,7 @@ from runner.money import parse_budget, spend_text
 from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
 from runner.outputs import Layout, latest_records
 from runner.outputs.destination import is_url
+from runner.outputs.figures import Counts
 from runner.outputs.live import read_live
 from runner.outputs.merge import merge_folders
 from runner.outputs.provenance import read as read_provenance
@@ -173,7 +174,30 @@ def _run(args: argparse.Namespace) -> int:
             "been paid for)",
             file=sys.stderr,
         )
+    for line in earlier_outcomes(counts, out):
+        print(line, file=sys.stderr)
     return result.exit_code
+
+
+def earlier_outcomes(counts: Counts, out: str) -> list[str]:
+    """What the folder still holds from earlier runs that is no success (pure)."""
+    lines = []
+    if counts.failed_before:
+        lines.append(
+            f"{_jobs(counts.failed_before)} failed in an earlier run and still count as "
+            f"failed (exit 1): `krea-batch status {out}` groups the reasons; "
+            "`run … --retry-failed` sends them again"
+        )
+    if counts.ambiguous_before:
+        lines.append(
+            f"{_jobs(counts.ambiguous_before)} ended ambiguous in an earlier run (exit "
+            "1): `run … --retry-ambiguous` says what sending them again may cost, then sends them"
+        )
+    return lines
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
 
 
 async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunResult:

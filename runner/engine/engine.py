@@ -224,6 +224,7 @@ class Engine(Stopping, Writing):
         try:
             if not journal.ledger.states:
                 await self._rebuild_from_results()
+            await self._check_output()
             self._survey()
             await self._release_ambiguous()
             submitting = SubmitSettings(
@@ -266,8 +267,8 @@ class Engine(Stopping, Writing):
                         self._stop_for_disk(exc)
                 helpers.cancel_scope.cancel()
         finally:
+            await self._close_writer()  # before the journal closes: it may note lost images
             journal.close()
-            await self._close_writer()
         return self._result()
 
     def _survey(self) -> None:
@@ -280,6 +281,7 @@ class Engine(Stopping, Writing):
         var_names: set[str] = set()
         by_model: dict[str, list[int]] = {}  # model → [finished before, jobs]
         unpriced: dict[str, int] = {}  # model → jobs to run that --budget cannot price
+        failed_before = ambiguous_before = 0
         for spec in self.specs():
             self.keys.append(spec.key)
             var_names.update(spec.vars)
@@ -292,7 +294,10 @@ class Engine(Stopping, Writing):
                 self._released.append(spec)
             elif state.done is not None:
                 # Counted as skipped at once, not as the producer reaches it.
-                model[0] += not (state.done == RecordStatus.FAILED and retry_failed)
+                again = state.done == RecordStatus.FAILED and retry_failed
+                model[0] += not again
+                failed_before += state.done == RecordStatus.FAILED and not again
+                ambiguous_before += state.done == RecordStatus.AMBIGUOUS
             elif state.remote:
                 self._resumed.append(spec)
             if (state is None or state.done is None) and not self.budget.covers(spec):
@@ -313,7 +318,12 @@ class Engine(Stopping, Writing):
         self.writer.var_names = tuple(sorted(var_names))
         accounts = tuple(a.name for a in self.pool.accounts) if self.pool.several else ()
         self.journal.note(
-            Planned({m: (done, jobs) for m, (done, jobs) in by_model.items()}, accounts)
+            Planned(
+                {m: (done, jobs) for m, (done, jobs) in by_model.items()},
+                accounts,
+                failed_before,
+                ambiguous_before,
+            )
         )
         if unpriced:  # said once, before anything is sent
             log.warning("%s", cannot_price(unpriced))
@@ -631,6 +641,16 @@ class Engine(Stopping, Writing):
             reasons.append(
                 f"{self.counts.unpriced} jobs not submitted: --budget cannot price their model"
             )
-        if stopped is None and reasons:
-            stopped = "; ".join(reasons)
+        unsaved = self.writer.unsaved
+        if unsaved:
+            where = self.writer.destination.url or str(self.folder.root)
+            reasons.append(
+                f"{len(unsaved)} shard(s) not yet at {where} ({', '.join(unsaved[:3])}"
+                f"{', …' if len(unsaved) > 3 else ''}): the next run puts them there"
+            )
+        lost = len(self.writer.lost_jobs())
+        if lost:
+            reasons.append(f"{lost} job(s) lost their images: the next run fetches them again")
+        if reasons and (stopped is None or unsaved or lost):
+            stopped = "; ".join(([stopped] if stopped else []) + reasons)
         return RunResult(self.counts, stopped=stopped, fatal=self.fatal is not None)

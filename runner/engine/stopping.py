@@ -61,9 +61,9 @@ class Stopping:
         """Nothing more can be recorded: stop at once. What was not recorded is resumed."""
         if self.disk_error is None:
             self.disk_error = exc
-            free = _free_space(self.folder.root)
-            log.error("%s (%s free): stopping now; free some space and run again", exc, free)
-            self.stop(f"{exc} ({free} free); free some space and run the same command again")
+            free = f" ({_free_space(self.folder.root)} free)" if exc.full else ""
+            log.error("%s%s: stopping now; %s", exc, free, exc.advice())
+            self.stop(f"{exc}{free}; {exc.advice()}")
         self.abort()
 
     def abort(self) -> None:

@@ -11,7 +11,7 @@ import anyio
 
 from runner.errors import DiskError, UsageError
 from runner.outputs import OutputFolder, intact_records
-from runner.outputs.events import Done
+from runner.outputs.events import Done, Refetch
 from runner.outputs.figures import Counts
 from runner.outputs.journal import Journal, records_at
 from runner.outputs.ledger import KeyState
@@ -64,6 +64,28 @@ class Writing:
         except OSError as exc:
             raise DiskError(str(self.folder.root), exc) from exc
 
+    async def _check_output(self) -> None:
+        """Before the survey: the jobs whose images the output lost are fetched again from
+        their remote jobs (journaled first: never a new submit)."""
+        try:
+            lost = await anyio.to_thread.run_sync(self.writer.check, self.finished_records)
+        except OSError as exc:
+            raise DiskError(str(self.folder.root), exc) from exc
+        await self._refetch(
+            [(r["key"], r["job_id"]) for r in lost if r["job_id"]], "its image was lost"
+        )
+
+    async def _refetch(self, jobs: list[tuple[str, str]], why: str) -> None:
+        if not jobs:
+            return
+        await self.journal.record_many(Refetch(key, job_id, why) for key, job_id in jobs)
+        log.warning(
+            "%d finished job(s) lost their images from the output (%s): fetched again from "
+            "their jobs, never submitted again",
+            len(jobs),
+            ", ".join(key for key, _ in jobs[:5]) + (", …" if len(jobs) > 5 else ""),
+        )
+
     async def _close_writer(self) -> None:
         """Close the writer (shielded: it runs as a cancelled run ends); a failure is a warning,
         since every outcome is in the journal and the next run writes it again."""
@@ -76,6 +98,10 @@ class Writing:
                 await anyio.to_thread.run_sync(close)
             except OSError as exc:
                 log.warning("could not finish the output (%s); the next run does", exc)
+            try:
+                await self._refetch(self.writer.lost_jobs(), "its staged image was lost")
+            except DiskError as exc:
+                log.warning("%s; the next run checks the output again", exc)
 
     async def _rebuild_from_results(self) -> None:
         """A folder without a journal (copied without its dot-files, say) still holds its

@@ -10,6 +10,7 @@ there whole once it is final. Credentials and endpoints come from each backend's
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runner.errors import UsageError
+from runner.errors import DestinationError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,13 @@ class Destination:
     def fetch(self, relative: str, local: Path) -> bool:
         """Copy the destination's ``relative`` to ``local``; False when it has none."""
         return False
+
+    def sizes(self, relative_dir: str) -> dict[str, int]:
+        """The sizes of the files in the destination's ``relative_dir``, by name."""
+        return {}
+
+    def remove(self, relative: str) -> None:
+        """Delete the destination's ``relative`` (gone already: nothing to do)."""
 
 
 class RemoteDestination(Destination):
@@ -108,6 +116,24 @@ class RemoteDestination(Destination):
                 return set()
         return {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries}
 
+    def sizes(self, relative_dir: str) -> dict[str, int]:
+        path = self._path(relative_dir)
+        with _as_os_error(self.url):
+            self.fs.invalidate_cache(path)
+            try:
+                entries: list[Any] = self.fs.ls(path, detail=True)
+            except FileNotFoundError:
+                return {}
+        return {
+            str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]: int(entry.get("size") or 0)
+            for entry in entries
+            if entry.get("type") != "directory"
+        }
+
+    def remove(self, relative: str) -> None:
+        with _as_os_error(self.url), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(relative))
+
     def fetch(self, relative: str, local: Path) -> bool:
         with _as_os_error(self.url):
             try:
@@ -123,10 +149,16 @@ def _as_os_error(url: str) -> Iterator[None]:
     a failing disk: the journal keeps every outcome, and the next run puts what is missing."""
     try:
         yield
-    except OSError:
-        raise
-    except Exception as exc:
-        raise OSError(f"{url}: {exc}") from exc
+    except Exception as exc:  # s3fs says FileNotFoundError for a bucket deleted mid-run
+        raise DestinationError(url, _cause(exc)) from exc
+
+
+def _cause(exc: BaseException) -> str:
+    """A backend's error in a line: its class (NoSuchBucket, ENOENT…) and its message."""
+    code = errno.errorcode.get(exc.errno or 0) if isinstance(exc, OSError) else None
+    name = code or type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{name}: {text}" if text and name not in text else text or name
 
 
 def destination_for(out: str) -> Destination:

@@ -86,6 +86,16 @@ class Done:
 
 
 @dataclass(frozen=True, slots=True)
+class Refetch:
+    """A finished job's image was lost from the output (a shard damaged, a staged file gone):
+    fetch it again from its remote job ``job_id``, never by a new submit."""
+
+    key: str
+    job_id: str
+    why: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Asset:
     """A local reference image uploaded: its sha256 and the URL it was given."""
 
@@ -93,7 +103,7 @@ class Asset:
     url: str
 
 
-Event = Submitting | Submitted | Lost | Retry | Ambiguous | Released | Done | Asset
+Event = Submitting | Submitted | Lost | Retry | Ambiguous | Released | Done | Refetch | Asset
 
 
 def encode(event: Event) -> dict[str, Any]:
@@ -119,6 +129,8 @@ def encode(event: Event) -> dict[str, Any]:
             return {"e": "released", "k": key, "a": attempt}
         case Done(key, record):
             return {"e": "done", "k": key, "record": dict(record)}
+        case Refetch(key, job_id, why):
+            return {"e": "refetch", "k": key, "id": job_id, "why": why}
         case Asset(sha256, url):
             return {"e": "asset", "k": sha256, "url": url}
     raise TypeError(f"not a journal event: {event!r}")
@@ -160,6 +172,7 @@ _REQUIRED = {
     "released": ("k",),
     "done": ("k", "record"),
     "asset": ("k", "url"),
+    "refetch": ("k", "id"),
 }
 
 
@@ -198,4 +211,6 @@ def decode(line: Mapping[str, Any]) -> Event | None:
         return Released(key, attempt)
     if kind == "done":
         return Done(key, line["record"])
+    if kind == "refetch":
+        return Refetch(key, line["id"], line.get("why"))
     return Asset(key, line["url"])

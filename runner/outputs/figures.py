@@ -41,12 +41,15 @@ class Counts:
     failed: int = 0
     ambiguous_jobs: int = 0  # ended ambiguous: a lost answer no listing could attribute
     skipped: int = 0  # finished in an earlier run (counted before anything is sent)
+    failed_before: int = 0  # ... of them failed, and not sent again (no --retry-failed)
+    ambiguous_before: int = 0  # ... of them ambiguous, and not released (--retry-ambiguous)
     resumed: int = 0  # already submitted by an earlier run, polled again
     deferred: int = 0  # left for the next run (download or check failed)
     cancelled: int = 0  # cancelled on exit; the next run submits them again
     not_started: int = 0  # never submitted because the run stopped early
     submits: int = 0  # POSTs accepted by the server
     retries: int = 0  # resubmits after a remote failure
+    refetched: int = 0  # finished jobs whose lost images were fetched again (never resent)
     lost_answers: int = 0  # POSTs whose answer was lost
     adopted: int = 0  # ... whose job the listing showed: adopted, not sent again
     resent: int = 0  # ... which created nothing: sent again
@@ -112,6 +115,8 @@ class RunResult:
             return ExitCode.STOPPED
         if self.counts.failed or self.counts.ambiguous_jobs or self.counts.deferred:
             return ExitCode.FAILED
+        if self.counts.failed_before or self.counts.ambiguous_before:
+            return ExitCode.FAILED  # the folder still holds them: a rerun is no success
         return ExitCode.OK
 
 

@@ -19,6 +19,7 @@ from runner.outputs.events import (
     Done,
     Event,
     Lost,
+    Refetch,
     Released,
     Retry,
     Submitted,
@@ -65,6 +66,7 @@ class KeyState:
     done_usd: float = 0.0  # its estimated cost in US dollars
     done_error: str | None = None
     account: str | None = None  # the fingerprint of the key its last POST went with
+    refetching: bool = False  # finished, its image lost: fetched again from its job (no POST)
 
     @property
     def remote(self) -> bool:
@@ -100,8 +102,9 @@ class RunLedger:
         if isinstance(event, RunEvent):
             _count_noted(self.counts, event)
             return
+        again = isinstance(event, Done) and self.state(event.key).refetching
         apply_to_states(self, event, offset)
-        _count_journaled(self.counts, event)
+        _count_journaled(self.counts, event, again)
         if isinstance(event, Submitted | Done):
             _count_by_account(self.counts, event, self.states[event.key].account)
 
@@ -121,7 +124,8 @@ def _count_by_account(counts: Counts, event: Submitted | Done, account: str | No
         figures.failed += 1
 
 
-def _count_journaled(counts: Counts, event: Event) -> None:
+def _count_journaled(counts: Counts, event: Event, again: bool = False) -> None:
+    """``again``: a Done of a job fetched again, paid for once already."""
     match event:
         case Submitted(adopted=adopted):
             counts.submits += 1
@@ -130,6 +134,8 @@ def _count_journaled(counts: Counts, event: Event) -> None:
             counts.retries += 1
         case Ambiguous():
             counts.unmatched += 1
+        case Refetch():
+            counts.refetched += 1
         case Done(_, record):
             model = counts.by_model.get(str(record.get("model")))
             if model is not None:
@@ -137,7 +143,8 @@ def _count_journaled(counts: Counts, event: Event) -> None:
             status = status_of(record)
             if status == RecordStatus.COMPLETED:
                 counts.completed += 1
-                counts.add_spend(*spend_of(record))
+                if not again:
+                    counts.add_spend(*spend_of(record))
             elif status == RecordStatus.AMBIGUOUS:
                 counts.ambiguous_jobs += 1
             else:
@@ -146,7 +153,9 @@ def _count_journaled(counts: Counts, event: Event) -> None:
 
 def _count_noted(counts: Counts, event: RunEvent) -> None:
     match event:
-        case Planned(by_model, accounts):
+        case Planned(by_model, accounts, failed_before, ambiguous_before):
+            counts.failed_before += failed_before
+            counts.ambiguous_before += ambiguous_before
             for account in accounts:
                 counts.by_account.setdefault(account, KeyFigures())
             for model, (finished, jobs) in by_model.items():
@@ -207,6 +216,11 @@ def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) 
             elif state.doubt is None:  # a folder rebuilt from results.jsonl
                 state.doubt = str(record.get("error") or "ambiguous")
             state.accepted = 0
+            state.refetching = False
+        case Refetch(_, job_id):
+            state.done = state.done_at = state.done_error = None
+            state.job_id, state.refetching, state.accepted = job_id, True, 1
+            state.pending_since = state.pending_skew = None
         case Submitting(_, attempt, at, low, high, account):
             state.account = account
             state.attempts = max(state.attempts, attempt)

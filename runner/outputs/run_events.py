@@ -19,6 +19,8 @@ class Planned:
 
     by_model: Mapping[str, tuple[int, int]]  # model → (finished before, jobs)
     accounts: tuple[str, ...] = ()  # the fingerprints of a pool's keys (one key: none)
+    failed_before: int = 0  # of the finished before: failed, and not sent again in this run
+    ambiguous_before: int = 0  # ... ambiguous, and not released in this run
 
 
 @dataclass(frozen=True, slots=True)

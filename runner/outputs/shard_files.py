@@ -60,3 +60,24 @@ def _parquet_digests(shard: Path) -> dict[str, str]:
             if image and image.get("path") and image.get("bytes") is not None:
                 digests[image["path"]] = hashlib.sha256(image["bytes"]).hexdigest()
     return digests
+
+
+def read_member(shard: Path, member: str) -> bytes | None:
+    """The bytes of one image member of a shard file, or None (missing, unreadable, cut
+    short: a damaged shard gives up what it still holds whole)."""
+    try:
+        if shard.suffix == ".tar":
+            with tarfile.open(shard) as tar:
+                handle = tar.extractfile(member)
+                return None if handle is None else handle.read()
+        if shard.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(shard).iter_batches(columns=["image"], batch_size=100):
+                for image in batch.column("image").to_pylist():
+                    if image and image.get("path") == member:
+                        data = image.get("bytes")
+                        return data if isinstance(data, bytes) else None
+    except (OSError, tarfile.TarError, KeyError, ValueError, EOFError):
+        return None
+    return None

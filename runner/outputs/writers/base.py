@@ -68,6 +68,17 @@ class Writer(ABC):
         self.destination = destination or Destination()
         self.var_names: tuple[str, ...] = ()  # every var of the manifest (columns, for some)
         self.results = ResultsLog(folder.results_path, folder.state / "results.stamp")
+        self.unsaved: list[str] = []  # after close: files not confirmed at the destination
+
+    def check(self, records: RecordSource) -> list[ResultRecord]:
+        """Before the survey: the records of finished jobs whose images the output no longer
+        holds, to be fetched again from their jobs (a shard format checks its shards)."""
+        return []
+
+    def lost_jobs(self) -> list[tuple[str, str]]:
+        """After close: ``(key, job_id)`` of finished jobs whose images went missing before
+        they were written whole (the next run fetches them again)."""
+        return []
 
     def open(
         self,

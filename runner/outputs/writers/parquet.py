@@ -10,10 +10,12 @@ Row groups hold ``ROW_GROUP`` images, the size ``datasets`` itself writes image 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from runner.outputs.writers.shards import Sample, ShardWriter, iter_samples
+from runner.outputs.shard_ledger import file_digest
+from runner.outputs.writers.shards import Sample, ShardWriter
 
 ROW_GROUP = 100
 
@@ -48,20 +50,23 @@ class ParquetWriter(ShardWriter):
         metadata = {"huggingface": json.dumps({"info": {"features": features}})}
         return pa.schema(fields, metadata=metadata)
 
-    def write_shard(self, path: Path, samples: list[Sample]) -> None:
+    def write_shard(self, path: Path, samples: list[Sample]) -> tuple[int, str]:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         schema = self.schema()
         with pq.ParquetWriter(path, schema) as writer:
             rows: list[dict[str, Any]] = []
-            for sample, image in iter_samples(samples):
+            for sample, image in self.intact_samples(samples):
                 rows.append(self._row(sample, image))
                 if len(rows) >= ROW_GROUP:
                     writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                     rows = []
             if rows:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        return file_digest(path)  # read back: just written, so from the page cache
 
     def _row(self, sample: Sample, image: bytes) -> dict[str, Any]:
         fields = sample.fields

@@ -11,6 +11,8 @@ the next run writes the full ones, keeps filling the last, and no job is ever in
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -28,7 +30,8 @@ from runner.outputs.folder import OutputFolder
 from runner.outputs.images import image_extension
 from runner.outputs.layout import relative
 from runner.outputs.records import FileEntry, RecordStatus, ResultRecord
-from runner.outputs.shard_files import SHARDS_DIR, member_of
+from runner.outputs.shard_files import SHARDS_DIR, member_of, read_member
+from runner.outputs.shard_ledger import SHARD_LEDGER, Sealed, ShardLedger, file_digest
 from runner.outputs.writers.base import Fetched, RecordSource, Writer, checked
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class Sample:
     ext: str  # ".png", ".jpg", ".webp"
     staged: Path
     fields: Mapping[str, Any]  # what the record says of the job (sample_fields)
+    sha256: str = ""  # the image's, as its record says: checked before it goes into a shard
 
 
 def sample_fields(record: ResultRecord) -> dict[str, Any]:
@@ -86,8 +90,99 @@ class ShardWriter(Writer):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shards")
         self._pending: list[Future[None]] = []
         self._remote: set[str] | None = None  # the destination's shard names, once listed
+        self.ledger: ShardLedger | None = None  # the sealed shards (read by ``check``)
+        self._bad: dict[str, str] = {}  # shards found not as sealed → why (rebuilt by open)
+        self._failed: set[str] = set()  # shards that could not be written or uploaded
+        self.lost: list[Sample] = []  # staged images gone before their shard was written
 
     # ---- before the run -----------------------------------------------------------------
+
+    def check(self, records: RecordSource) -> list[ResultRecord]:
+        """Before the survey: every sealed shard is where it should be with its size (a stat,
+        or the destination's listing), every staged image matches its record. A shard that
+        does not is rebuilt (``open``) from the members and staged images that still prove
+        themselves; returns the records of the jobs whose images are lost, to be fetched
+        again from their jobs."""
+        self.shards.mkdir(exist_ok=True)
+        self.staging.mkdir(exist_ok=True)
+        for part in [*self.staging.glob(".*.part"), *self.shards.glob(".*.part")]:
+            part.unlink(missing_ok=True)
+        self.ledger = ShardLedger(self.folder.state / SHARD_LEDGER)
+        local = {
+            p.name: p.stat().st_size for p in self.shards.iterdir() if self._number(p.name) >= 0
+        }
+        remote = self.destination.sizes(SHARDS_DIR) if self.destination.remote else {}
+        self._remote = set(remote)
+        self._seal_unknown(local, remote)
+        self._bad = {
+            name: why
+            for name, sealed in self.ledger.sealed.items()
+            if (why := _problem(sealed, local, remote, self.destination.url)) is not None
+        } | dict(self.ledger.damaged)
+        for name, why in self._bad.items():
+            log.warning(
+                "shard %s/%s is not as it was sealed (%s): rebuilding it", SHARDS_DIR, name, why
+            )
+        if not self._bad and not any(self.staging.iterdir()):
+            return []
+        return self._sort_staged(records)
+
+    def _seal_unknown(self, local: dict[str, int], remote: dict[str, int]) -> None:
+        """Shards from before the ledger (or sealed by a torn line): taken as they are."""
+        assert self.ledger is not None
+        for name in sorted(set(local) | set(remote)):
+            if name in self.ledger.sealed or name in self.ledger.damaged:
+                continue
+            if name in local:
+                size, sha256 = file_digest(self.shards / name)
+                self.ledger.seal(Sealed(name, size, sha256))
+            else:
+                self.ledger.seal(Sealed(name, remote[name], ""))
+
+    def _sort_staged(self, records: RecordSource) -> list[ResultRecord]:
+        """Sort the staged samples (and a damaged shard's members) into the shards they are
+        to be written in; what no longer proves itself is lost."""
+        assert self.ledger is not None
+        lost: dict[str, ResultRecord] = {}
+        kept: set[Path] = set()
+        for record in records():
+            samples = self._samples(record)
+            placed: list[Sample] = []
+            for sample in samples:
+                name = Path(sample.shard).name
+                if name in self.ledger.sealed and name not in self._bad:
+                    continue  # in a good shard already: its staged copy is a leftover
+                if _staged_intact(sample) or (name in self._bad and self._extract(name, sample)):
+                    placed.append(sample)
+                    kept.add(sample.staged)
+            if len(placed) < len(samples) and record["job_id"]:
+                lost[record["key"]] = record
+                continue
+            for sample in placed:
+                self._members.setdefault(self._number(Path(sample.shard).name), []).append(sample)
+        for stray in self.staging.iterdir():
+            if stray not in kept:
+                stray.unlink(missing_ok=True)  # placed, but its job never finished (or lost)
+        for samples in self._members.values():
+            for sample in samples:
+                if sample.key in lost:  # another image of a lost job: it comes back whole
+                    sample.staged.unlink(missing_ok=True)
+        self._members = {
+            number: [s for s in samples if s.fields.get("key") not in lost]
+            for number, samples in self._members.items()
+        }
+        return list(lost.values())
+
+    def _extract(self, name: str, sample: Sample) -> bool:
+        """Stage a damaged shard's member that still matches its record; whether it did."""
+        data = read_member(self.shards / name, sample.key + sample.ext)
+        if data is None or hashlib.sha256(data).hexdigest() != sample.sha256:
+            return False
+        with open(sample.staged, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return True
 
     def open(
         self,
@@ -96,44 +191,48 @@ class ShardWriter(Writer):
         journal_size: int | None = None,
     ) -> None:
         super().open(finished, records, journal_size)
-        self.shards.mkdir(exist_ok=True)
-        self.staging.mkdir(exist_ok=True)
-        for part in [*self.staging.glob(".*.part"), *self.shards.glob(".*.part")]:
-            part.unlink(missing_ok=True)
+        if self.ledger is None:
+            self.check(records)
+        assert self.ledger is not None
+        for name in self._bad:  # its good members are staged: write it anew
+            (self.shards / name).unlink(missing_ok=True)
+            if self._remote is not None:
+                self._remote.discard(name)
         for local in sorted(self.shards.iterdir()):
             if self.destination.remote and self._number(local.name) >= 0:
                 self._upload(local)  # written before a crash, not uploaded yet
+        fsync_dir(self.staging)
         names = {p.name for p in self.shards.iterdir()} | self.remote_shards()
-        written = [n for n in (self._number(name) for name in names) if n >= 0]
-        self._open_number = max(written, default=-1) + 1
-        if any(self.staging.iterdir()):
-            self._recover(records, set(written))
-
-    def _number(self, name: str) -> int:
-        match = re.fullmatch(r"(\d{5,})" + re.escape(self.suffix), name)
-        return int(match.group(1)) if match else -1
-
-    def _recover(self, records: RecordSource, written: set[int]) -> None:
-        """An earlier run stopped with samples staged: sort them into their shards (from the
-        journal's records), write the shards that are full or left behind, drop the rest."""
-        kept: set[Path] = set()
-        for record in records():
-            for sample in self._samples(record):
-                number = self._number(Path(sample.shard).name)
-                if number in written:
-                    continue  # in a shard already: its staged copy is a leftover
-                self._members.setdefault(number, []).append(sample)
-                kept.add(sample.staged)
-        for stray in self.staging.iterdir():
-            if stray not in kept:
-                stray.unlink(missing_ok=True)  # placed, but its job never finished
+        written = {n for n in (self._number(name) for name in names) if n >= 0}
+        written |= {self._number(name) for name in self.ledger.sealed}
+        written -= {self._number(name) for name in self._bad}
+        self._open_number = max(written | {-1}) + 1
+        rebuilt = {self._number(name) for name in self._bad}
+        for number in rebuilt - set(self._members):
+            self._forget(number)  # nothing of it is left: its jobs are fetched again
         if self._members:
             last = max(self._members)
             self._open_number = max(self._open_number, last)
             for number in sorted(self._members):
-                if number < last or len(self._members[number]) >= self.shard_size:
+                if (
+                    number < last
+                    or len(self._members[number]) >= self.shard_size
+                    or (number in rebuilt)
+                ):
                     self._write(number, now=True)
             self._given[self._open_number] = len(self._members.get(self._open_number, []))
+        self._bad = {}
+
+    def _forget(self, number: int) -> None:
+        assert self.ledger is not None
+        name = f"{number:05d}{self.suffix}"
+        self.ledger.forget(name)
+        if self.destination.remote:
+            self.destination.remove(f"{SHARDS_DIR}/{name}")
+
+    def _number(self, name: str) -> int:
+        match = re.fullmatch(r"(\d{5,})" + re.escape(self.suffix), name)
+        return int(match.group(1)) if match else -1
 
     # ---- during the run -------------------------------------------------------------------
 
@@ -185,7 +284,14 @@ class ShardWriter(Writer):
             shard, member = place
             stem, dot, ext = member.rpartition(".")
             samples.append(
-                Sample(shard, stem, dot + ext, self.staging / member, sample_fields(record))
+                Sample(
+                    shard,
+                    stem,
+                    dot + ext,
+                    self.staging / member,
+                    sample_fields(record),
+                    entry["sha256"],
+                )
             )
         return samples
 
@@ -222,16 +328,43 @@ class ShardWriter(Writer):
     def _write_samples(self, number: int, samples: list[Sample]) -> None:
         final = self.shards / f"{number:05d}{self.suffix}"
         hidden = self.shards / f".{final.name}.part"
-        self.write_shard(hidden, samples)
-        with open(hidden, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(hidden, final)
-        fsync_dir(self.shards)
-        if self.destination.remote:
-            self._upload(final)
-        for sample in samples:
+        try:
+            lost = len(self.lost)
+            size, sha256 = self.write_shard(hidden, samples)
+            os.replace(hidden, final)
+            fsync_dir(self.shards)
+            gone = {id(sample) for sample in self.lost[lost:]}
+            good = [sample for sample in samples if id(sample) not in gone]
+            assert self.ledger is not None
+            self.ledger.seal(Sealed(final.name, size, sha256, len(good)))
+            if self.destination.remote:
+                self._upload(final)
+        except BaseException:
+            self._failed.add(final.name)
+            raise
+        for sample in good:
             sample.staged.unlink(missing_ok=True)
-        log.info("shard %s written: %d samples", relative(final, self.folder.root), len(samples))
+        log.info("shard %s written: %d samples", relative(final, self.folder.root), len(good))
+
+    def intact_samples(self, samples: list[Sample]) -> Iterator[tuple[Sample, bytes]]:
+        """Each sample with its image's bytes, read from staging one at a time and checked
+        against its record first: one that went missing or changed is left out of the shard
+        (in ``lost``), and its job is fetched again."""
+        for sample in samples:
+            try:
+                data = sample.staged.read_bytes()
+            except FileNotFoundError:
+                data = None
+            if data is not None and (
+                not sample.sha256 or hashlib.sha256(data).hexdigest() == sample.sha256
+            ):
+                yield sample, data
+                continue
+            log.warning(
+                "the staged image of job %s is gone or changed: it is fetched again",
+                sample.fields.get("key"),
+            )
+            self.lost.append(sample)
 
     def _upload(self, local: Path) -> None:
         """Put a whole shard at the destination, then drop the local copy."""
@@ -239,8 +372,9 @@ class ShardWriter(Writer):
         local.unlink()
 
     @abstractmethod
-    def write_shard(self, path: Path, samples: list[Sample]) -> None:
-        """Write one whole shard file at ``path`` (the caller fsyncs and renames it)."""
+    def write_shard(self, path: Path, samples: list[Sample]) -> tuple[int, str]:
+        """Write one whole shard file at ``path``, fsynced (the caller renames it); returns
+        its size and sha256."""
 
     def close(self, records: RecordSource, complete: bool, journal_size: int | None = None) -> None:
         """A run with nothing left writes its last shard however full; one that stopped early
@@ -251,17 +385,64 @@ class ShardWriter(Writer):
                     self._write(number)
             self._pool.shutdown(wait=True)
             for future in self._pending:
-                future.result()  # an error here leaves the samples staged: the next run writes
+                problem = future.exception()  # the samples stay staged: the next run writes
+                if isinstance(problem, OSError):
+                    log.warning("a shard could not be written or put in place: %s", problem)
+                elif problem is not None:
+                    raise problem
         finally:
             self._pending.clear()
             super().close(records, complete, journal_size)
+        self.unsaved = self._not_in_place()
+
+    def lost_jobs(self) -> list[tuple[str, str]]:
+        jobs = {
+            str(s.fields.get("key")): str(s.fields.get("job_id"))
+            for s in self.lost
+            if s.fields.get("job_id")
+        }
+        return sorted(jobs.items())
+
+    def _not_in_place(self) -> list[str]:
+        """The shards that are not at the destination as sealed, confirmed (a stat, or the
+        destination's listing), and those that could not be written."""
+        assert self.ledger is not None
+        try:
+            remote = self.destination.sizes(SHARDS_DIR) if self.destination.remote else {}
+        except OSError as exc:
+            log.warning("could not list %s/%s: %s", self.destination.url, SHARDS_DIR, exc)
+            return sorted(self.ledger.sealed) + sorted(self._failed)
+        local = {}
+        for name in self.ledger.sealed:
+            with contextlib.suppress(OSError):
+                local[name] = (self.shards / name).stat().st_size
+        missing = [
+            name
+            for name, sealed in self.ledger.sealed.items()
+            if _problem(sealed, {} if self.destination.remote else local, remote, "") is not None
+        ]
+        return sorted(set(missing) | self._failed)
+
+
+def _staged_intact(sample: Sample) -> bool:
+    try:
+        data = sample.staged.read_bytes()
+    except OSError:
+        return False
+    return not sample.sha256 or hashlib.sha256(data).hexdigest() == sample.sha256
+
+
+def _problem(
+    sealed: Sealed, local: Mapping[str, int], remote: Mapping[str, int], url: str
+) -> str | None:
+    """Why a sealed shard is not where it should be as it was sealed (None: it is)."""
+    size = local.get(sealed.name, remote.get(sealed.name))
+    if size is None:
+        return f"missing{' at ' + url if url else ''}"
+    if size != sealed.size:
+        return f"{size:,} bytes where {sealed.size:,} were sealed"
+    return None
 
 
 def sample_json(sample: Sample) -> bytes:
     return json.dumps(dict(sample.fields), ensure_ascii=False, sort_keys=True).encode()
-
-
-def iter_samples(samples: list[Sample]) -> Iterator[tuple[Sample, bytes]]:
-    """Each sample with its image's bytes, read from staging one at a time."""
-    for sample in samples:
-        yield sample, sample.staged.read_bytes()

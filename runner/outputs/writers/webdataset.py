@@ -10,21 +10,28 @@ saved. The tests read the shards back with the ``webdataset`` library and ``data
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
-from runner.outputs.writers.shards import Sample, ShardWriter, iter_samples, sample_json
+from runner.outputs.shard_ledger import HashingWriter
+from runner.outputs.writers.shards import Sample, ShardWriter, sample_json
 
 
 class WebDatasetWriter(ShardWriter):
     format = "webdataset"
     suffix = ".tar"
 
-    def write_shard(self, path: Path, samples: list[Sample]) -> None:
-        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-            for sample, image in iter_samples(samples):
-                _add(tar, sample.key + sample.ext, image)
-                _add(tar, sample.key + ".json", sample_json(sample))
+    def write_shard(self, path: Path, samples: list[Sample]) -> tuple[int, str]:
+        with open(path, "wb") as handle:
+            hashing = HashingWriter(handle)
+            with tarfile.open(fileobj=hashing, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                for sample, image in self.intact_samples(samples):
+                    _add(tar, sample.key + sample.ext, image)
+                    _add(tar, sample.key + ".json", sample_json(sample))
+            handle.flush()
+            os.fsync(handle.fileno())
+        return hashing.size, hashing.digest.hexdigest()
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
