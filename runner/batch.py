@@ -146,7 +146,9 @@ async def run_batch(
         if not current:
             _best_effort(
                 folder.layout.metadata,
-                lambda: folder.write_metadata(metadata_rows(folder.root, records())),
+                lambda: folder.write_metadata(
+                    metadata_rows(folder.root, records(), writer.var_names)
+                ),
                 default=None,
             )
         requests = sum((client.requests_by for client in clients), Counter[str]())

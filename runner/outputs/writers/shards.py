@@ -11,12 +11,11 @@ the next run writes the full ones, keeps filling the last, and no job is ever in
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,10 @@ from typing import Any
 from runner.outputs.atomic import fsync_dir
 from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
-from runner.outputs.images import image_extension
+from runner.outputs.images import image_extension, image_size
 from runner.outputs.layout import relative
 from runner.outputs.records import FileEntry, RecordStatus, ResultRecord
+from runner.outputs.schema import job_fields, requested_size, row
 from runner.outputs.shard_files import SHARDS_DIR, member_of
 from runner.outputs.writers.base import Fetched, RecordSource, Writer, checked
 
@@ -45,22 +45,16 @@ class Sample:
     key: str  # the member's stem: the job key, then KEY-1, KEY-2 for further images
     ext: str  # ".png", ".jpg", ".webp"
     staged: Path
-    fields: Mapping[str, Any]  # what the record says of the job (sample_fields)
+    job: Mapping[str, Any]  # what the record says of the job (runner.outputs.schema.job_fields)
 
+    @property
+    def member(self) -> str:
+        return self.key + self.ext
 
-def sample_fields(record: ResultRecord) -> dict[str, Any]:
-    """The record's fields a dataset row carries."""
-    return {
-        "key": record["key"],
-        "index": record["index"],
-        "name": record["name"],
-        "model": record["model"],
-        "prompt": record["prompt"],
-        "seed": record["seed"],
-        "params": record["params"],
-        "vars": record["vars"],
-        "job_id": record["job_id"],
-    }
+    def row(self, image: bytes, var_names: Sequence[str]) -> dict[str, Any]:
+        """The sample's row of the one schema, its size read from the image's header."""
+        size = image_size(image) or requested_size(self.job.get("params") or {})
+        return row(self.job, f"{self.shard}#{self.member}", size, var_names)
 
 
 class ShardWriter(Writer):
@@ -185,7 +179,7 @@ class ShardWriter(Writer):
             shard, member = place
             stem, dot, ext = member.rpartition(".")
             samples.append(
-                Sample(shard, stem, dot + ext, self.staging / member, sample_fields(record))
+                Sample(shard, stem, dot + ext, self.staging / member, job_fields(record))
             )
         return samples
 
@@ -255,10 +249,6 @@ class ShardWriter(Writer):
         finally:
             self._pending.clear()
             super().close(records, complete, journal_size)
-
-
-def sample_json(sample: Sample) -> bytes:
-    return json.dumps(dict(sample.fields), ensure_ascii=False, sort_keys=True).encode()
 
 
 def iter_samples(samples: list[Sample]) -> Iterator[tuple[Sample, bytes]]:

@@ -1,5 +1,7 @@
-"""``--format webdataset``: tar shards, each sample ``KEY.png`` (or .jpg, .webp as it came) and
-``KEY.json`` with the job's fields, in the order the jobs finished.
+"""``--format webdataset``: tar shards, each sample ``KEY.png`` (or .jpg, .webp as it came),
+``KEY.txt`` (its prompt, UTF-8: the caption webdataset loaders look for) and ``KEY.json`` (its
+row of the one schema, ``runner.outputs.schema``: the fields metadata.jsonl and the parquet
+columns carry, with the same names and values), in the order the jobs finished.
 
 Written with the standard library's ``tarfile``, not webdataset's ``TarWriter``: a shard is
 written to a hidden name, fsynced and renamed whole, which the library's writers (made for
@@ -10,10 +12,11 @@ saved. The tests read the shards back with the ``webdataset`` library and ``data
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
-from runner.outputs.writers.shards import Sample, ShardWriter, iter_samples, sample_json
+from runner.outputs.writers.shards import Sample, ShardWriter, iter_samples
 
 
 class WebDatasetWriter(ShardWriter):
@@ -23,8 +26,10 @@ class WebDatasetWriter(ShardWriter):
     def write_shard(self, path: Path, samples: list[Sample]) -> None:
         with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
             for sample, image in iter_samples(samples):
-                _add(tar, sample.key + sample.ext, image)
-                _add(tar, sample.key + ".json", sample_json(sample))
+                row = sample.row(image, self.var_names)
+                _add(tar, sample.member, image)
+                _add(tar, sample.key + ".txt", str(row["prompt"] or "").encode())
+                _add(tar, sample.key + ".json", json.dumps(row, ensure_ascii=False).encode())
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
