@@ -165,7 +165,9 @@ async def run_batch(
         if result.counts.finished_now or not folder.layout.card.exists():
             completed = folder_counts(engine.ledger).completed
             models = sorted(result.counts.by_model)
-            card = dataset_card(settings.format, completed, models, result.summary)
+            card = dataset_card(
+                settings.format, completed, models, result.summary, var_names=writer.var_names
+            )
             _best_effort(
                 folder.layout.card, lambda: write_card(folder.layout.card, card), default=None
             )
