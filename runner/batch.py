@@ -171,7 +171,9 @@ async def run_batch(
         if not current:
             _best_effort(
                 folder.layout.metadata,
-                lambda: folder.write_metadata(metadata_rows(folder.root, records())),
+                lambda: folder.write_metadata(
+                    metadata_rows(folder.root, records(), writer.var_names)
+                ),
                 default=None,
             )
         requests = sum((client.requests_by for client in clients), Counter[str]())
@@ -195,7 +197,9 @@ async def run_batch(
         if result.counts.finished_now or not folder.layout.card.exists():
             completed = held.completed
             models = sorted(result.counts.by_model)
-            card = dataset_card(settings.format, completed, models, result.summary)
+            card = dataset_card(
+                settings.format, completed, models, result.summary, var_names=writer.var_names
+            )
             _best_effort(
                 folder.layout.card, lambda: write_card(folder.layout.card, card), default=None
             )

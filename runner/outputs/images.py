@@ -43,6 +43,20 @@ def image_problem(source: Path | bytes) -> str | None:
     return None
 
 
+def image_size(source: Path | bytes) -> tuple[int, int] | None:
+    """The image's width and height from its header (nothing is decoded), or None: unreadable,
+    or a header that claims more pixels than Pillow opens."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = io.BytesIO(source) if isinstance(source, bytes) else source
+            with Image.open(opened) as image:
+                width, height = image.size
+                return width, height
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

@@ -1,79 +1,40 @@
 """``metadata.jsonl`` in the Hugging Face ``imagefolder`` layout, from the results records.
 
-``datasets.load_dataset("imagefolder", data_dir=OUT)`` then yields each image with its prompt,
-model, seed, width, height and the other request parameters.
+Each line is one image's row of the one schema (``runner.outputs.schema``) with its
+``file_name``, which imagefolder turns into the ``image`` column; ``file`` keeps the same path
+as a column of its own, as the shard formats have it.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
-from PIL import Image
-
-from runner.outputs.images import inside
+from runner.outputs.images import image_size, inside
 from runner.outputs.records import RecordStatus, ResultRecord
+from runner.outputs.schema import job_fields, requested_size, row
+
+MetadataRow = dict[str, Any]  # file_name, then the schema's fields (runner.outputs.schema)
 
 
-class MetadataRow(TypedDict, total=False):
-    file_name: str
-    key: str
-    prompt: str
-    model: str
-    seed: int | None
-    width: int | None
-    height: int | None
-    name: str | None
-    params: str  # JSON: one text column keeps the schema the same whatever each model took
-    job_id: str | None
-    # and var_NAME: each var of the job (a column of its prompts file, say), as text
-
-
-def metadata_rows(root: Path, records: Iterable[ResultRecord]) -> Iterator[MetadataRow]:
-    """One row per image file of every completed record (pure but for reading image headers)."""
+def metadata_rows(
+    root: Path, records: Iterable[ResultRecord], var_names: Sequence[str] = ()
+) -> Iterator[MetadataRow]:
+    """One row per image file of every completed record, with a var column for each of
+    ``var_names`` (the manifest's) and of the record's own vars (pure but for reading image
+    headers)."""
     for record in records:
         if record["status"] != RecordStatus.COMPLETED:
             continue
-        params = record["params"]
+        job = job_fields(record)
         for entry in record["files"]:
             path = inside(root, entry["path"])
             if path is None:
                 continue  # a results file pointing outside its folder: not ours to read
-            width, height = _size(path, params)
-            row: MetadataRow = {
-                "file_name": entry["path"],
-                "key": record["key"],
-                "prompt": record["prompt"],
-                "model": record["model"],
-                "seed": record["seed"],
-                "width": width,
-                "height": height,
-                "name": record["name"],
-                "params": json.dumps(params, sort_keys=True, ensure_ascii=False),
-                "job_id": record["job_id"],
-            }
-            for name, value in record["vars"].items():
-                row[f"var_{name}"] = str(value)  # type: ignore[literal-required]
-            yield row
-
-
-def _size(path: Path, params: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """The image's size from its header, else the requested one (unreadable, or a header that
-    claims more pixels than Pillow opens: nothing is decoded here either way)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.size
-    except (OSError, Image.DecompressionBombError):
-        width, height = params.get("width"), params.get("height")
-        return (
-            width if isinstance(width, int) else None,
-            height if isinstance(height, int) else None,
-        )
+            size = image_size(path) or requested_size(record["params"])
+            yield {"file_name": entry["path"], **row(job, entry["path"], size, var_names)}
 
 
 def metadata_lines(rows: Iterable[MetadataRow]) -> Iterator[str]:

@@ -44,7 +44,7 @@ def _tar_digests(shard: Path) -> dict[str, str]:
     digests = {}
     with tarfile.open(shard) as tar:
         for info in tar:
-            if info.isfile() and not info.name.endswith(".json"):
+            if info.isfile() and not info.name.endswith((".json", ".txt")):  # the image only
                 handle = tar.extractfile(info)
                 if handle is not None:
                     digests[info.name] = hashlib.sha256(handle.read()).hexdigest()

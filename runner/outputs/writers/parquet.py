@@ -1,9 +1,9 @@
 """``--format parquet``: parquet shards written with pyarrow, one row per image.
 
 The ``image`` column is Hugging Face's Image struct ``{bytes, path}``, and the schema's
-``huggingface`` metadata says so, so ``datasets`` decodes it as an image. The record's fields
-are columns; ``params`` and ``vars`` are JSON text (the same schema whatever each model took),
-and each var is also a column of its own (``var_style``), from the manifest's var names.
+``huggingface`` metadata says so, so ``datasets`` decodes it as an image. The other columns are
+the one schema's (``runner.outputs.schema``): the fields metadata.jsonl and the webdataset JSON
+carry too, ``params`` as JSON text and a ``var_NAME`` column for each of the manifest's vars.
 Row groups hold ``ROW_GROUP`` images, the size ``datasets`` itself writes image data with.
 """
 
@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from runner.outputs.schema import columns
 from runner.outputs.shard_ledger import file_digest
 from runner.outputs.writers.shards import Sample, ShardWriter
 
@@ -28,25 +29,14 @@ class ParquetWriter(ShardWriter):
         """The shards' schema (a pyarrow.Schema), with Hugging Face's features in its metadata."""
         import pyarrow as pa  # imported by the runs that write parquet only (40 MB of RSS)
 
+        types = {"string": pa.string(), "int64": pa.int64()}
         fields = [
             pa.field("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-            pa.field("key", pa.string()),
-            pa.field("index", pa.int64()),
-            pa.field("name", pa.string()),
-            pa.field("model", pa.string()),
-            pa.field("prompt", pa.string()),
-            pa.field("seed", pa.int64()),
-            pa.field("params", pa.string()),
-            pa.field("vars", pa.string()),
-            pa.field("job_id", pa.string()),
-            *(pa.field(f"var_{name}", pa.string()) for name in self.var_names),
+            *(pa.field(name, types[dtype]) for name, dtype in columns(self.var_names)),
         ]
-        features: dict[str, Any] = {
-            field.name: {"dtype": "string", "_type": "Value"} for field in fields
-        }
-        features["image"] = {"_type": "Image"}
-        for name in ("index", "seed"):
-            features[name] = {"dtype": "int64", "_type": "Value"}
+        features: dict[str, Any] = {"image": {"_type": "Image"}}
+        for name, dtype in columns(self.var_names):
+            features[name] = {"dtype": dtype, "_type": "Value"}
         metadata = {"huggingface": json.dumps({"info": {"features": features}})}
         return pa.schema(fields, metadata=metadata)
 
@@ -58,7 +48,8 @@ class ParquetWriter(ShardWriter):
         with pq.ParquetWriter(path, schema) as writer:
             rows: list[dict[str, Any]] = []
             for sample, image in self.intact_samples(samples):
-                rows.append(self._row(sample, image))
+                row = sample.row(image, self.var_names)
+                rows.append({"image": {"bytes": image, "path": sample.member}, **row})
                 if len(rows) >= ROW_GROUP:
                     writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                     rows = []
@@ -67,19 +58,3 @@ class ParquetWriter(ShardWriter):
         with open(path, "rb+") as handle:
             os.fsync(handle.fileno())
         return file_digest(path)  # read back: just written, so from the page cache
-
-    def _row(self, sample: Sample, image: bytes) -> dict[str, Any]:
-        fields = sample.fields
-        variables = fields.get("vars") or {}
-        row = {
-            "image": {"bytes": image, "path": sample.key + sample.ext},
-            **{name: fields.get(name) for name in ("key", "index", "name", "model", "prompt")},
-            "seed": fields.get("seed"),
-            "params": json.dumps(fields.get("params"), sort_keys=True, ensure_ascii=False),
-            "vars": json.dumps(variables, sort_keys=True, ensure_ascii=False),
-            "job_id": fields.get("job_id"),
-        }
-        for name in self.var_names:
-            value = variables.get(name)
-            row[f"var_{name}"] = None if value is None else str(value)
-        return row

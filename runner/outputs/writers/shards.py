@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,10 @@ from typing import Any
 from runner.outputs.atomic import fsync_dir
 from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
-from runner.outputs.images import image_extension
+from runner.outputs.images import image_extension, image_size
 from runner.outputs.layout import relative
 from runner.outputs.records import FileEntry, RecordStatus, ResultRecord
+from runner.outputs.schema import job_fields, requested_size, row
 from runner.outputs.shard_files import SHARDS_DIR, member_of, read_member
 from runner.outputs.shard_ledger import SHARD_LEDGER, Sealed, ShardLedger, file_digest
 from runner.outputs.writers.base import Fetched, RecordSource, Writer, checked
@@ -48,23 +48,17 @@ class Sample:
     key: str  # the member's stem: the job key, then KEY-1, KEY-2 for further images
     ext: str  # ".png", ".jpg", ".webp"
     staged: Path
-    fields: Mapping[str, Any]  # what the record says of the job (sample_fields)
+    job: Mapping[str, Any]  # what the record says of the job (runner.outputs.schema.job_fields)
     sha256: str = ""  # the image's, as its record says: checked before it goes into a shard
 
+    @property
+    def member(self) -> str:
+        return self.key + self.ext
 
-def sample_fields(record: ResultRecord) -> dict[str, Any]:
-    """The record's fields a dataset row carries."""
-    return {
-        "key": record["key"],
-        "index": record["index"],
-        "name": record["name"],
-        "model": record["model"],
-        "prompt": record["prompt"],
-        "seed": record["seed"],
-        "params": record["params"],
-        "vars": record["vars"],
-        "job_id": record["job_id"],
-    }
+    def row(self, image: bytes, var_names: Sequence[str]) -> dict[str, Any]:
+        """The sample's row of the one schema, its size read from the image's header."""
+        size = image_size(image) or requested_size(self.job.get("params") or {})
+        return row(self.job, f"{self.shard}#{self.member}", size, var_names)
 
 
 class ShardWriter(Writer):
@@ -165,10 +159,10 @@ class ShardWriter(Writer):
                 stray.unlink(missing_ok=True)  # placed, but its job never finished (or lost)
         for samples in self._members.values():
             for sample in samples:
-                if sample.key in lost:  # another image of a lost job: it comes back whole
+                if sample.job.get("key") in lost:  # another image of a lost job: it comes back whole
                     sample.staged.unlink(missing_ok=True)
         self._members = {
-            number: [s for s in samples if s.fields.get("key") not in lost]
+            number: [s for s in samples if s.job.get("key") not in lost]
             for number, samples in self._members.items()
         }
         return list(lost.values())
@@ -289,7 +283,7 @@ class ShardWriter(Writer):
                     stem,
                     dot + ext,
                     self.staging / member,
-                    sample_fields(record),
+                    job_fields(record),
                     entry["sha256"],
                 )
             )
@@ -362,7 +356,7 @@ class ShardWriter(Writer):
                 continue
             log.warning(
                 "the staged image of job %s is gone or changed: it is fetched again",
-                sample.fields.get("key"),
+                sample.job.get("key"),
             )
             self.lost.append(sample)
 
@@ -397,9 +391,9 @@ class ShardWriter(Writer):
 
     def lost_jobs(self) -> list[tuple[str, str]]:
         jobs = {
-            str(s.fields.get("key")): str(s.fields.get("job_id"))
+            str(s.job.get("key")): str(s.job.get("job_id"))
             for s in self.lost
-            if s.fields.get("job_id")
+            if s.job.get("job_id")
         }
         return sorted(jobs.items())
 
@@ -442,7 +436,3 @@ def _problem(
     if size != sealed.size:
         return f"{size:,} bytes where {sealed.size:,} were sealed"
     return None
-
-
-def sample_json(sample: Sample) -> bytes:
-    return json.dumps(dict(sample.fields), ensure_ascii=False, sort_keys=True).encode()

@@ -1,5 +1,7 @@
-"""``--format webdataset``: tar shards, each sample ``KEY.png`` (or .jpg, .webp as it came) and
-``KEY.json`` with the job's fields, in the order the jobs finished.
+"""``--format webdataset``: tar shards, each sample ``KEY.png`` (or .jpg, .webp as it came),
+``KEY.txt`` (its prompt, UTF-8: the caption webdataset loaders look for) and ``KEY.json`` (its
+row of the one schema, ``runner.outputs.schema``: the fields metadata.jsonl and the parquet
+columns carry, with the same names and values), in the order the jobs finished.
 
 Written with the standard library's ``tarfile``, not webdataset's ``TarWriter``: a shard is
 written to a hidden name, fsynced and renamed whole, which the library's writers (made for
@@ -10,12 +12,13 @@ saved. The tests read the shards back with the ``webdataset`` library and ``data
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
 
 from runner.outputs.shard_ledger import HashingWriter
-from runner.outputs.writers.shards import Sample, ShardWriter, sample_json
+from runner.outputs.writers.shards import Sample, ShardWriter
 
 
 class WebDatasetWriter(ShardWriter):
@@ -27,8 +30,10 @@ class WebDatasetWriter(ShardWriter):
             hashing = HashingWriter(handle)
             with tarfile.open(fileobj=hashing, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
                 for sample, image in self.intact_samples(samples):
-                    _add(tar, sample.key + sample.ext, image)
-                    _add(tar, sample.key + ".json", sample_json(sample))
+                    row = sample.row(image, self.var_names)
+                    _add(tar, sample.member, image)
+                    _add(tar, sample.key + ".txt", str(row["prompt"] or "").encode())
+                    _add(tar, sample.key + ".json", json.dumps(row, ensure_ascii=False).encode())
             handle.flush()
             os.fsync(handle.fileno())
         return hashing.size, hashing.digest.hexdigest()
