@@ -15,7 +15,7 @@ from runner.outputs.events import Done, Refetch
 from runner.outputs.figures import Counts
 from runner.outputs.journal import Journal, records_at
 from runner.outputs.ledger import KeyState
-from runner.outputs.records import ResultRecord
+from runner.outputs.records import RecordStatus, ResultRecord
 from runner.outputs.results_log import key_digest
 from runner.outputs.writers import Writer
 
@@ -68,7 +68,9 @@ class Writing:
         """Before the survey: the jobs whose images the output lost are fetched again from
         their remote jobs (journaled first: never a new submit)."""
         try:
-            lost = await anyio.to_thread.run_sync(self.writer.check, self.finished_records)
+            completed = sum(1 for s in self.states.values() if s.done == RecordStatus.COMPLETED)
+            check = functools.partial(self.writer.check, self.finished_records, completed)
+            lost = await anyio.to_thread.run_sync(check)
         except OSError as exc:
             raise DiskError(str(self.folder.root), exc) from exc
         await self._refetch(

@@ -103,8 +103,11 @@ class RemoteDestination(Destination):
             raise UsageError(f"--out {self.url}: nothing there to write into (no such bucket?)")
 
     def put(self, local: Path, relative: str) -> None:
+        target = self._path(relative)
         with _as_os_error(self.url):
-            self.fs.put_file(str(local), self._path(relative))
+            if "file" in self.fs.protocol:  # a file system with folders (object stores have none)
+                self.fs.makedirs(target.rpartition("/")[0], exist_ok=True)
+            self.fs.put_file(str(local), target)
 
     def listing(self, relative_dir: str) -> set[str]:
         path = self._path(relative_dir)

@@ -26,6 +26,15 @@ def member_sha256(shard: Path, member: str) -> str | None:
     return _digests(shard, stat.st_mtime_ns, stat.st_size).get(member)
 
 
+def member_digests(shard: Path) -> dict[str, str]:
+    """Every image member of a written shard file with its sha256 (empty: it does not open)."""
+    try:
+        stat = shard.stat()
+    except OSError:
+        return {}
+    return _digests(shard, stat.st_mtime_ns, stat.st_size)
+
+
 @functools.lru_cache(maxsize=4)
 def _digests(shard: Path, mtime_ns: int, size: int) -> dict[str, str]:
     """Every image member's sha256 (cached by the file's identity: records come shard by

@@ -70,7 +70,7 @@ class Writer(ABC):
         self.results = ResultsLog(folder.results_path, folder.state / "results.stamp")
         self.unsaved: list[str] = []  # after close: files not confirmed at the destination
 
-    def check(self, records: RecordSource) -> list[ResultRecord]:
+    def check(self, records: RecordSource, completed: int = 0) -> list[ResultRecord]:
         """Before the survey: the records of finished jobs whose images the output no longer
         holds, to be fetched again from their jobs (a shard format checks its shards)."""
         return []

@@ -30,7 +30,7 @@ from runner.outputs.images import image_extension, image_size
 from runner.outputs.layout import relative
 from runner.outputs.records import FileEntry, RecordStatus, ResultRecord
 from runner.outputs.schema import job_fields, requested_size, row
-from runner.outputs.shard_files import SHARDS_DIR, member_of, read_member
+from runner.outputs.shard_files import SHARDS_DIR, member_digests, member_of, read_member
 from runner.outputs.shard_ledger import SHARD_LEDGER, Sealed, ShardLedger, file_digest
 from runner.outputs.writers.base import Fetched, RecordSource, Writer, checked
 
@@ -91,12 +91,13 @@ class ShardWriter(Writer):
 
     # ---- before the run -----------------------------------------------------------------
 
-    def check(self, records: RecordSource) -> list[ResultRecord]:
+    def check(self, records: RecordSource, completed: int = 0) -> list[ResultRecord]:
         """Before the survey: every sealed shard is where it should be with its size (a stat,
-        or the destination's listing), every staged image matches its record. A shard that
-        does not is rebuilt (``open``) from the members and staged images that still prove
-        themselves; returns the records of the jobs whose images are lost, to be fetched
-        again from their jobs."""
+        or the destination's listing), every staged image matches its record (read when
+        something is amiss, or when the sealed shards hold fewer samples than the
+        ``completed`` jobs). A shard that does not is rebuilt (``open``) from the members and
+        staged images that still prove themselves; returns the records of the jobs whose
+        images are lost, to be fetched again from their jobs."""
         self.shards.mkdir(exist_ok=True)
         self.staging.mkdir(exist_ok=True)
         for part in [*self.staging.glob(".*.part"), *self.shards.glob(".*.part")]:
@@ -117,8 +118,9 @@ class ShardWriter(Writer):
             log.warning(
                 "shard %s/%s is not as it was sealed (%s): rebuilding it", SHARDS_DIR, name, why
             )
-        if not self._bad and not any(self.staging.iterdir()):
-            return []
+        sealed = sum(sealed.samples for sealed in self.ledger.sealed.values())
+        if not self._bad and not any(self.staging.iterdir()) and sealed >= completed:
+            return []  # every finished job's image is in a sealed shard: nothing to read
         return self._sort_staged(records)
 
     def _seal_unknown(self, local: dict[str, int], remote: dict[str, int]) -> None:
@@ -129,7 +131,8 @@ class ShardWriter(Writer):
                 continue
             if name in local:
                 size, sha256 = file_digest(self.shards / name)
-                self.ledger.seal(Sealed(name, size, sha256))
+                samples = len(member_digests(self.shards / name))
+                self.ledger.seal(Sealed(name, size, sha256, samples))
             else:
                 self.ledger.seal(Sealed(name, remote[name], ""))
 
@@ -140,12 +143,15 @@ class ShardWriter(Writer):
         lost: dict[str, ResultRecord] = {}
         kept: set[Path] = set()
         for record in records():
-            samples = self._samples(record)
+            samples = [
+                sample
+                for sample in self._samples(record)  # in a good shard: a staged copy is a leftover
+                if Path(sample.shard).name not in self.ledger.sealed
+                or Path(sample.shard).name in self._bad
+            ]
             placed: list[Sample] = []
             for sample in samples:
                 name = Path(sample.shard).name
-                if name in self.ledger.sealed and name not in self._bad:
-                    continue  # in a good shard already: its staged copy is a leftover
                 if _staged_intact(sample) or (name in self._bad and self._extract(name, sample)):
                     placed.append(sample)
                     kept.add(sample.staged)
@@ -159,7 +165,9 @@ class ShardWriter(Writer):
                 stray.unlink(missing_ok=True)  # placed, but its job never finished (or lost)
         for samples in self._members.values():
             for sample in samples:
-                if sample.job.get("key") in lost:  # another image of a lost job: it comes back whole
+                if (
+                    sample.job.get("key") in lost
+                ):  # another image of a lost job: it comes back whole
                     sample.staged.unlink(missing_ok=True)
         self._members = {
             number: [s for s in samples if s.job.get("key") not in lost]
@@ -236,8 +244,13 @@ class ShardWriter(Writer):
     def place(self, fetched: Fetched, stem: str, provenance: Mapping[str, Any] | None) -> FileEntry:
         sha256, size = checked(fetched, provenance)
         ext = image_extension(fetched.content_type, fetched.url)
-        if stem.startswith(UNMATCHED):
+        if stem.startswith(UNMATCHED):  # paid for: kept as loose files, at the destination too
             final = self.folder.place(fetched.path, stem + ext)
+            if self.destination.remote:
+                path = relative(final, self.folder.root)
+                self.destination.put(final, path)
+                final.unlink()
+                return {"path": path, "sha256": sha256, "bytes": size}
         else:
             final = self.staging / (fetched.path.name[1 : -len(".part")] + ext)
             os.replace(fetched.path, final)

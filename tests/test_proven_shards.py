@@ -1,0 +1,222 @@
+"""Shards a run can prove: sealed with their size and sha256, checked on every run, rebuilt
+from what still proves itself, lost images fetched again from their jobs (never resubmitted),
+and an exit code that says whether the destination holds everything."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from runner.batch import run_batch
+from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.errors import DestinationError, DiskError
+from runner.outputs.destination import RemoteDestination
+from runner.outputs.shard_files import member_sha256
+from runner.outputs.shard_ledger import ShardLedger
+from runner.outputs.writers.shards import ShardWriter
+from tests.engine_helpers import FAST, manifest_text, read_results
+from tests.test_shards import check_shards
+
+QUICK = EmulatorConfig(latency=Latency.parse("fixed:0.02"))
+JOBS = 6
+
+
+def every_member_matches(out: Path) -> None:
+    """Each record's member is in its shard with the record's sha256."""
+    for record in read_results(out):
+        for entry in record["files"]:
+            shard, member = entry["path"].split("#")
+            assert member_sha256(out / shard, member) == entry["sha256"], record["key"]
+
+
+def write_manifest(tmp_path: Path, format: str = "webdataset", shard_size: int = 4) -> Path:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(JOBS, format=format, shard_size=shard_size))
+    return manifest
+
+
+@pytest.mark.parametrize("format", ["webdataset", "parquet"])
+async def test_each_sealed_shard_is_journaled_with_its_size_and_sha256(
+    tmp_path: Path, format: str
+) -> None:
+    out = tmp_path / "out"
+    async with run_emulator(QUICK) as emu:
+        await run_batch(write_manifest(tmp_path, format), out, api_base=emu.url, token="t")
+    sealed = ShardLedger(out / ".krea-batch" / "shards.jsonl").sealed
+    shards = sorted((out / "shards").iterdir())
+    assert sorted(sealed) == [p.name for p in shards]
+    for path in shards:
+        data = path.read_bytes()
+        assert sealed[path.name].size == len(data)
+        assert sealed[path.name].sha256 == hashlib.sha256(data).hexdigest()
+    assert sum(s.samples for s in sealed.values()) == JOBS
+
+
+async def test_a_truncated_shard_is_rebuilt_and_its_lost_images_fetched_again(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    manifest = write_manifest(tmp_path)
+    async with run_emulator(QUICK) as emu:
+        await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+        first = out / "shards" / "00000.tar"
+        first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])  # cut in half
+        again = await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+        submits = emu.emulator.snapshot()["submits"]
+    assert submits == JOBS, "lost images come back from their jobs, never a new submit"
+    assert again.exit_code == 0
+    assert 1 <= again.counts.refetched <= 4
+    check_shards(out, JOBS)
+    every_member_matches(out)
+
+
+def stop_before_the_last_shard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run closes as one that stopped early: the last shard stays staged."""
+    close = ShardWriter.close
+
+    def early(self: ShardWriter, records: Any, complete: bool, size: int | None = None) -> None:
+        close(self, records, False, size)
+
+    monkeypatch.setattr(ShardWriter, "close", early)
+
+
+def other_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 128), "red").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["replaced", "staging removed"])
+async def test_a_staged_image_that_changed_or_went_is_fetched_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    out = tmp_path / "out"
+    manifest = write_manifest(tmp_path)
+    async with run_emulator(QUICK) as emu:
+        with monkeypatch.context() as patch:
+            stop_before_the_last_shard(patch)
+            await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+        staging = out / ".krea-batch" / "staging"
+        staged = sorted(staging.iterdir())
+        assert len(staged) == 2, "4 in the first shard, 2 staged for the next"
+        if damage == "replaced":
+            staged[0].write_bytes(other_png())
+        else:
+            shutil.rmtree(staging)
+        again = await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+        submits = emu.emulator.snapshot()["submits"]
+    assert submits == JOBS
+    assert again.exit_code == 0
+    assert again.counts.refetched == (1 if damage == "replaced" else 2)
+    check_shards(out, JOBS)
+    every_member_matches(out)
+
+
+def file_url(path: Path) -> str:
+    return "file://" + str(path)
+
+
+async def test_shards_not_put_at_the_destination_leave_the_run_non_zero_until_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    manifest = write_manifest(tmp_path)
+    state = tmp_path / "state"
+
+    def unreachable(self: RemoteDestination, local: Path, relative: str) -> None:
+        raise DestinationError(self.url, "ConnectionError: endpoint gone")
+
+    async with run_emulator(QUICK) as emu:
+        with monkeypatch.context() as patch:
+            patch.setattr(RemoteDestination, "put", unreachable)
+            blinked = await run_batch(
+                manifest, file_url(dest), api_base=emu.url, token="t", options=FAST,
+                state_dir=state,
+            )  # fmt: skip
+        assert blinked.exit_code == 3
+        assert blinked.stopped is not None
+        assert "2 shard(s) not yet at file://" in blinked.stopped
+        assert not (dest / "shards").exists()
+        again = await run_batch(
+            manifest, file_url(dest), api_base=emu.url, token="t", options=FAST, state_dir=state
+        )
+        submits = emu.emulator.snapshot()["submits"]
+    assert again.exit_code == 0
+    assert submits == JOBS
+    assert sorted(p.name for p in (dest / "shards").iterdir()) == ["00000.tar", "00001.tar"]
+
+
+async def test_shards_gone_from_the_destination_are_made_again_from_their_jobs(
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    manifest = write_manifest(tmp_path)
+    state = tmp_path / "state"
+    async with run_emulator(QUICK) as emu:
+        kwargs: dict[str, Any] = {"api_base": emu.url, "token": "t", "options": FAST}
+        await run_batch(manifest, file_url(dest), state_dir=state, **kwargs)
+        shutil.rmtree(dest / "shards")  # the bucket emptied behind the run's back
+        again = await run_batch(manifest, file_url(dest), state_dir=state, **kwargs)
+        submits = emu.emulator.snapshot()["submits"]
+    assert submits == JOBS
+    assert again.exit_code == 0
+    assert again.counts.refetched == JOBS
+    records = {r["key"]: r for r in read_results(state)}
+    for record in records.values():
+        [entry] = record["files"]
+        shard, member = entry["path"].split("#")
+        assert member_sha256(dest / shard, member) == entry["sha256"]
+
+
+def test_disk_errors_name_their_cause_and_advise_for_it() -> None:
+    full = DiskError("/data/out", OSError(errno.ENOSPC, "No space left on device"))
+    denied = DiskError("/data/out", PermissionError(errno.EACCES, "Permission denied"))
+    bucket = DiskError("/state", DestinationError("s3://b/x", "NoSuchBucket: bucket gone"))
+    assert "ENOSPC" in str(full)
+    assert "free some space" in full.advice()
+    assert "EACCES" in str(denied)
+    assert "write access" in denied.advice()
+    assert "free" not in denied.advice()
+    assert str(bucket) == "cannot write to s3://b/x: NoSuchBucket: bucket gone"
+    assert "free" not in bucket.advice()
+
+
+async def test_an_ambiguous_jobs_paid_images_reach_a_remote_destination(tmp_path: Path) -> None:
+    """The candidates' images of an ambiguous job (paid for) go where the dataset goes."""
+    import time
+
+    from runner.manifest import expand, parse_manifest
+
+    manifest = parse_manifest(manifest_text(2, format="webdataset"))
+    spec = next(iter(expand(manifest)))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    state = tmp_path / "state"
+    async with run_emulator(QUICK) as emu:
+        model = emu.emulator.catalog.resolve("seedream-4")
+        ids = [emu.emulator.store.create(model, dict(spec.body), None).id for _ in range(2)]
+        journal = state / ".krea-batch" / "journal.jsonl"
+        journal.parent.mkdir(parents=True)
+        journal.write_text(
+            json.dumps({"e": "submitting", "k": spec.key, "a": 1, "t": time.time()})
+            + "\n"
+            + json.dumps({"e": "ambiguous", "k": spec.key, "a": 1, "candidates": ids})
+            + "\n"
+        )
+        result = await run_batch(
+            manifest, file_url(dest), api_base=emu.url, token="t", options=FAST, state_dir=state
+        )
+    assert result.exit_code == 1
+    unmatched = sorted(p.name for p in (dest / "images" / "_unmatched").iterdir())
+    assert unmatched == sorted(f"{i}.png" for i in ids)
+    assert not list((state / "images").rglob("*.png")), "not left behind in the state folder"
