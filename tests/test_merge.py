@@ -284,6 +284,10 @@ def test_merge_into_a_folder_that_holds_something_else_is_refused(
     (out / "notes.txt").write_text("mine")
     err = _stderr_of(_merge(*split, "--out", out), 2, capsys)
     assert "already holds files and is no merge of these folders" in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"], "nothing of ours left in it"
+    assert _merge(*split, "--out", tmp_path / "new") == 0
+    again = [f"{s.parent}/./{s.name}/" for s in split]  # the same folders, spelt otherwise
+    assert _merge(*again, "--out", tmp_path / "new") == 0, capsys.readouterr().err
 
 
 def test_the_gallery_of_a_shard_folder_shows_thumbnails_up_to_a_cap(

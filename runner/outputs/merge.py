@@ -416,10 +416,10 @@ def _write(
     digest = _digest(names, records, copies)
     if tree.local is None:
         _check_bucket(tree)
+    plan_path = Layout(tree.state).state / PLAN_NAME
+    _refuse_foreign(tree, names, _read_plan(plan_path))  # before the lock makes a state folder
     with OutputFolder(tree.state) as folder:
-        plan_path = folder.state / PLAN_NAME
         plan = _read_plan(plan_path)
-        _refuse_foreign(tree, names, plan)
         if plan.get("digest") == digest and plan.get("done") and _all_there(tree, copies):
             log.info("%s: already merged from these folders; nothing written", tree)
             summary = _json(tree, SUMMARY_NAME)
@@ -464,14 +464,24 @@ def _write_plan(
 def _refuse_foreign(tree: Tree, names: list[str], plan: dict[str, Any]) -> None:
     """An output that holds anything must be a merge of these very folders (begun or done)."""
     held = tree.names() - {STATE_DIR}
-    if not held or plan.get("merged_from") == names:
+    if not held or _same_inputs(plan.get("merged_from"), names):
         return
     identity = parse_identity(_json(tree, IDENTITY_NAME))
-    if identity is not None and list(identity.merged_from) == names:
+    if identity is not None and _same_inputs(list(identity.merged_from), names):
         return
     raise UsageError(
         f"--out {tree} already holds files and is no merge of these folders: "
         "merge into a new folder"
+    )
+
+
+def _same_inputs(earlier: Any, names: list[str]) -> bool:
+    """The same inputs, in the same order (a path however spelt: ``./a`` is ``a``)."""
+    if not isinstance(earlier, list) or len(earlier) != len(names):
+        return False
+    return all(
+        same_or_inside(str(a), b) and same_or_inside(b, str(a))
+        for a, b in zip(earlier, names, strict=True)
     )
 
 
