@@ -157,9 +157,13 @@ def _read_input(name: str, scratch: Path) -> _Input:
             raise UsageError(
                 f"{name} is in use by a live krea-batch run ({holder}): merge it once it ends"
             )
-        scratch.mkdir(parents=True)
-        results = scratch / RESULTS_NAME
-        has_results = tree.fetch(RESULTS_NAME, results)
+        if tree.local is not None:  # read where it is: never followed through a symlink
+            results = tree.local / RESULTS_NAME
+            has_results = results.exists() or results.is_symlink()
+        else:
+            scratch.mkdir(parents=True)
+            results = scratch / RESULTS_NAME
+            has_results = tree.fetch(RESULTS_NAME, results)
         identity = parse_identity(_json(tree, IDENTITY_NAME))
         if not has_results and identity is None:
             raise UsageError(f"{name} holds no {RESULTS_NAME}: is it a krea-batch output folder?")
@@ -421,7 +425,7 @@ def _write(
     with OutputFolder(tree.state) as folder:
         plan = _read_plan(plan_path)
         if plan.get("digest") == digest and plan.get("done") and _all_there(tree, copies):
-            log.info("%s: already merged from these folders; nothing written", tree)
+            log.debug("%s: already merged from these folders; nothing written", tree)
             summary = _json(tree, SUMMARY_NAME)
             if isinstance(summary, dict) and "counts" in summary:
                 return MergeResult(summary, unchanged=True)
