@@ -127,3 +127,52 @@ async def test_a_bucket_that_is_not_there_is_a_usage_error_before_anything_is_se
             state_dir=tmp_path / "state",
         )
     assert not (tmp_path / "state").exists()
+
+
+async def test_shards_at_s3_merge_into_s3_with_status_and_gallery_there(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    import dataclasses
+    import json
+
+    import anyio
+
+    from runner.cli import main
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # the state folders per URL
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(4, format="parquet", shard_size=2))
+    base = f"s3://{bucket}/sets"
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
+        for index in (1, 2):
+            options = dataclasses.replace(FAST, shard=(index, 2))
+            await run_batch(
+                manifest,
+                f"{base}/shard-{index}",
+                api_base=emu.url,
+                token="t",
+                options=options,
+                state_dir=tmp_path / f"state-{index}",
+            )
+    merged = f"{base}/merged"
+    code = await anyio.to_thread.run_sync(
+        main, ["merge", f"{base}/shard-1", f"{base}/shard-2", "--out", merged]
+    )
+    assert code == 0, capsys.readouterr().err
+    names = sorted(path.split("/merged/", 1)[1] for path in _objects(bucket) if "/merged/" in path)
+    assert {"README.md", "krea-batch.json", "report.html", "results.jsonl", "summary.json"} <= set(
+        names
+    )
+    shards = [n for n in names if n.startswith("shards/")]
+    assert shards == [f"shards/{n:05d}.parquet" for n in range(len(shards))]
+    thumbs = [n for n in names if n.startswith("report/thumbs/")]
+    assert len(thumbs) == 4, "the gallery shows the images inside the shards"
+    capsys.readouterr()
+    assert await anyio.to_thread.run_sync(main, ["status", merged, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["completed"] == 4
+    shard = f"{base}/shard-1"
+    state = str(tmp_path / "state-1")
+    assert await anyio.to_thread.run_sync(main, ["status", shard, "--state-dir", state]) == 0
+    assert capsys.readouterr().out.startswith(f"{shard}: ")
+    assert await anyio.to_thread.run_sync(main, ["report", shard]) == 0
+    assert f"wrote {shard}/report.html" in capsys.readouterr().out

@@ -10,8 +10,9 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 from PIL import UnidentifiedImageError
@@ -38,11 +39,13 @@ from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_templat
 from runner.outputs import Layout, latest_records
 from runner.outputs.destination import is_url
 from runner.outputs.figures import Counts
+from runner.outputs.layout import RESULTS_NAME, SUMMARY_NAME
 from runner.outputs.live import read_live
-from runner.outputs.merge import merge_folders
+from runner.outputs.merge import IncompleteMerge, merge
 from runner.outputs.provenance import read as read_provenance
 from runner.outputs.report import write_report
 from runner.outputs.summary import read_summary
+from runner.outputs.trees import Tree
 from runner.settings import (
     SETTING_NAMES,
     parse_deadline,
@@ -209,8 +212,31 @@ async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunRes
         return await batch(api_base=emulator.url, token=EMULATOR_TOKEN)
 
 
+@contextlib.contextmanager
+def _readable(out: str, state_dir: str | None) -> Iterator[tuple[Path, Path]]:
+    """A local folder holding what ``out`` holds (its journal, or its results.jsonl and
+    summary.json), and the folder of its live status.json. For a URL: the state folder of
+    the run that writes it, where there is one; else a copy of the URL's own files."""
+    if not is_url(out):
+        yield Path(out), Path(out)
+        return
+    tree = Tree(out, state_dir)
+    if Layout(tree.state).journal.exists():
+        yield tree.state, tree.state
+        return
+    with tempfile.TemporaryDirectory(prefix="krea-batch-") as scratch:
+        try:
+            for name in (RESULTS_NAME, SUMMARY_NAME):
+                tree.fetch(name, Path(scratch) / name)
+        except OSError as exc:
+            raise UsageError(f"{out}: cannot read it ({exc})") from exc
+        yield Path(scratch), tree.state
+
+
 def _status(args: argparse.Namespace) -> int:
-    status = read_status(Path(args.out))
+    with _readable(args.out, args.state_dir) as (root, live_root):
+        status = read_status(root, args.out)
+        live = read_live(live_root)
     if args.refresh and status.in_flight:
         tokens = find_tokens(args.token_file)
         if not tokens and args.api_base is None:
@@ -225,7 +251,6 @@ def _status(args: argparse.Namespace) -> int:
                 await refresh(status, clients)
 
         asyncio.run(ask())
-    live = read_live(Path(args.out))
     if args.json:
         print(json.dumps({**status.to_json(), "live": live}, indent=1))
     else:
@@ -243,13 +268,32 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    summary = merge_folders([Path(s) for s in args.sources], Path(args.out))
-    counts = summary["counts"]
+    try:
+        result = merge(args.sources, args.out, partial=args.partial)
+    except IncompleteMerge as exc:
+        print(f"krea-batch: {exc}", file=sys.stderr)
+        return ExitCode.STOPPED
+    except OSError as exc:  # a disk or a bucket failing midway: the next run resumes
+        print(
+            f"krea-batch: merge stopped: {exc}; run the same command again to finish it",
+            file=sys.stderr,
+        )
+        return ExitCode.STOPPED
+    counts = result.summary["counts"]
+    for missing in result.missing:
+        print(f"krea-batch: not merged (--partial): {missing}", file=sys.stderr)
+    ambiguous = f", {counts['ambiguous_jobs']} ambiguous" if counts["ambiguous_jobs"] else ""
+    verb = "already merged" if result.unchanged else "merged"
     print(
-        f"merged {len(args.sources)} folders into {args.out}: {counts['completed']} completed, "
-        f"{counts['failed']} failed"
+        f"{verb} {len(args.sources)} folders into {args.out}: {counts['completed']} completed, "
+        f"{counts['failed']} failed{ambiguous}"
     )
-    return ExitCode.OK
+    if result.exit_code == ExitCode.FAILED:
+        print(
+            "some jobs failed: `run … --retry-failed` in their shard folder, then merge again",
+            file=sys.stderr,
+        )
+    return result.exit_code
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -273,12 +317,28 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    layout = Layout(Path(args.out))
-    if not layout.results.exists():
-        raise UsageError(f"{layout.root} holds no results.jsonl: is it a krea-batch output folder?")
-    summary = read_summary(layout.summary)
-    path = write_report(layout.root, latest_records(layout.results), summary)
-    print(f"wrote {path}")
+    with _readable(args.out, args.state_dir) as (root, _):
+        layout = Layout(root)
+        if not layout.results.exists():
+            raise UsageError(
+                f"{args.out} holds no results.jsonl: is it a krea-batch output folder?"
+            )
+        summary = read_summary(layout.summary)
+        if not is_url(args.out):
+            path = write_report(layout.root, latest_records(layout.results), summary)
+            print(f"wrote {path}")
+            return ExitCode.OK
+        tree = Tree(args.out, args.state_dir)
+        records = latest_records(layout.results)
+    with tempfile.TemporaryDirectory(prefix="krea-batch-") as scratch:
+        page = write_report(Path(scratch), records, summary, shards=tree)
+        try:
+            for path in sorted(Path(scratch).rglob("*")):
+                if path.is_file():
+                    tree.put(path, path.relative_to(scratch).as_posix())
+        except OSError as exc:
+            raise UsageError(f"{args.out}: cannot write the report there ({exc})") from exc
+    print(f"wrote {tree}/{page.name}")
     return ExitCode.OK
 
 

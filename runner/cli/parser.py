@@ -220,19 +220,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between progress lines when not on a terminal",
     )
 
+    state_help = (
+        "with a URL: the local state folder of its run (default: the one `run` uses for that "
+        "URL; without one, the URL's results.jsonl is read)"
+    )
     status = commands.add_parser("status", help="what an output folder holds (offline)")
-    status.add_argument("out", type=_folder)
+    status.add_argument(
+        "out", type=_folder, metavar="OUT", help="an output folder or the URL a run wrote to"
+    )
+    status.add_argument("--state-dir", metavar="DIR", help=state_help)
     status.add_argument("--refresh", action="store_true", help="ask the API about jobs in flight")
     status.add_argument("--api-base", metavar="URL", help="a Krea-compatible server for --refresh")
     status.add_argument("--token-file", help="read the API token from this file")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    merge = commands.add_parser("merge", help="combine the output folders of several shards")
-    merge.add_argument("sources", nargs="+", metavar="OUT")
-    merge.add_argument("--out", required=True, type=_folder, help="the merged folder")
+    merge = commands.add_parser(
+        "merge",
+        help="combine the output folders of a split's shards into one dataset (any format)",
+    )
+    merge.add_argument(
+        "sources",
+        nargs="+",
+        metavar="INPUT",
+        type=_folder,
+        help="the shard folders (paths or URLs), all of one format and one manifest",
+    )
+    merge.add_argument(
+        "--out",
+        required=True,
+        type=_folder,
+        help="the merged folder, new or an earlier merge of the same inputs (a path or URL)",
+    )
+    merge.add_argument(
+        "--partial",
+        action="store_true",
+        help="merge what is there when shards of the split are missing or unfinished "
+        "(without it: nothing is merged, exit 3)",
+    )
 
     report = commands.add_parser("report", help="write OUT/report.html, the gallery of a run")
-    report.add_argument("out", type=_folder)
+    report.add_argument(
+        "out", type=_folder, metavar="OUT", help="an output folder or the URL a run wrote to"
+    )
+    report.add_argument("--state-dir", metavar="DIR", help=state_help)
 
     inspect = commands.add_parser(
         "inspect", help="the prompt, model, seed and job written into an image by a run"

@@ -13,7 +13,8 @@ from runner.api.client import KreaClient
 from runner.engine.ambiguity import Risk, risk_of
 from runner.errors import ApiError, UsageError
 from runner.money import spend_text
-from runner.outputs import STATE_DIR, Layout, RecordStatus
+from runner.outputs import STATE_DIR, Layout, RecordStatus, latest_records
+from runner.outputs.events import Done
 from runner.outputs.figures import Counts
 from runner.outputs.journal import read_events
 from runner.outputs.layout import path_text
@@ -70,18 +71,27 @@ def reason_kind(reason: str) -> str:
     return _IDS.sub("…", reason)
 
 
-def read_status(root: Path) -> FolderStatus:
-    """Fold the folder's journal (read only: a run may be writing it right now)."""
-    journal = Layout(root).journal
-    if not journal.exists():
+def read_status(root: Path, name: str | None = None) -> FolderStatus:
+    """Fold the folder's journal (read only: a run may be writing it right now). A folder
+    without one (a merged folder, one copied without its state) is read from its
+    results.jsonl, each record as the journal's ``done`` line of its job would say."""
+    layout = Layout(root)
+    candidates: dict[str, tuple[str, ...]] = {}
+    if layout.journal.exists():
+        ledger = fold(read_events(layout.journal))
+    elif layout.results.exists():
+        records = latest_records(layout.results)
+        ledger = fold((0, Done(r["key"], r)) for r in records)
+        candidates = {r["key"]: tuple(r["candidates"]) for r in records if r["candidates"]}
+    else:
         raise UsageError(
-            f"{root} has no {STATE_DIR}/journal.jsonl: is it a krea-batch output folder?"
+            f"{name or root} has no {STATE_DIR}/journal.jsonl nor results.jsonl: is it a "
+            "krea-batch output folder?"
         )
-    ledger = fold(read_events(journal))
-    status = FolderStatus(str(root), folder_counts(ledger))
+    status = FolderStatus(name or str(root), folder_counts(ledger))
     for key, state in ledger.states.items():
         if state.doubt is not None:
-            status.ambiguous[key] = state.candidates
+            status.ambiguous[key] = state.candidates or candidates.get(key, ())
         elif state.done == RecordStatus.FAILED:
             status.failures.append((key, str(state.done_error)))
         elif state.done is not None:

@@ -22,6 +22,7 @@ card.py          README.md, the dataset card
 summary.py       summary.json, one shape for a run and a merge
 report.py        report.html and its chunks
 live.py          status.json and the Prometheus textfile of a live run
+trees.py         a folder to read or copy whole files in: a path or an fsspec URL
 merge.py         shard folders of `--shard I/N` runs into one
 """
 

@@ -7,31 +7,52 @@ one of them; filters load the others on demand. Nothing is fetched from elsewher
 are linked by their paths relative to the output folder, so the folder can be zipped and
 opened anywhere. Writing reads the records once and holds only the compare table and the
 first failures: a 100,000-job report is written in seconds.
+
+Images inside shards (webdataset, parquet) cannot be linked: the first MAX_THUMBS of them get a
+small JPEG thumbnail in ``report/thumbs/`` (read from their shard by member, a shard opened
+once; kept from the previous report where it is there already), so that the first pages and
+the compare view show pictures, and a 200,000-job folder's report stays a few megabytes. The
+tiles beyond them say which shard holds the image.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import json
+import logging
 import os
 import shutil
+import tarfile
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+
 from runner.money import spend_text
 
 if TYPE_CHECKING:
     import jinja2
+
+    from runner.outputs.trees import Tree
 from runner.outputs.atomic import fsync_dir, write_atomic
 from runner.outputs.layout import REPORT_DATA_DIR, Layout
 from runner.outputs.records import RecordStatus, ResultRecord, spend_of
+from runner.outputs.shard_files import member_of, read_members
+
+log = logging.getLogger(__name__)
 
 PER_PAGE = 300
 MAX_COMPARE_ROWS = 300
 MAX_FAILED = 1000
 MAX_MORE = 8  # thumbnails of a compare cell's other images
+MAX_THUMBS = 1200  # images inside shards shown as thumbnails: four pages' worth
+THUMBS_DIR = "thumbs"
+THUMB_SIDE = 256
 
 
 @functools.cache
@@ -63,20 +84,79 @@ def _tooltip(record: ResultRecord) -> str:
     return f"{record['prompt']}\nkey {record['key']}\nparams {params}"
 
 
-def _card(record: ResultRecord) -> dict[str, Any]:
-    """What the page's script needs of one record."""
-    files = record["files"]
-    return {
+def _card(record: ResultRecord, image: tuple[str | None, str | None]) -> dict[str, Any]:
+    """What the page's script needs of one record (``image``: its picture's path and, for an
+    image in a shard, the shard)."""
+    card = {
         "key": record["key"],
         "status": record["status"],
         "model": record["model"],
         "seed": record["seed"],
         "prompt": record["prompt"],
-        "path": files[0]["path"] if files else None,
+        "path": image[0],
         "error": record["error"],
         "shape": _shape(record["params"]),
         "replica": record["replica"],
     }
+    if image[1] is not None:
+        card["where"] = image[1]
+    return card
+
+
+@dataclass
+class _Thumbs:
+    """The shard members the page shows as thumbnails: shard → [(member, thumbnail name)]."""
+
+    wanted: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    count: int = 0
+
+    def image(self, record: ResultRecord) -> tuple[str | None, str | None]:
+        """A record's picture for the page: a loose file's path, a thumbnail's, or none."""
+        files = record["files"]
+        if not files:
+            return None, None
+        place = member_of(files[0]["path"])
+        if place is None:
+            return files[0]["path"], None
+        if self.count >= MAX_THUMBS:
+            return None, place[0]
+        self.count += 1
+        name = hashlib.sha256(record["key"].encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        self.wanted.setdefault(place[0], []).append((place[1], f"{name}.jpg"))
+        return f"{REPORT_DATA_DIR}/{THUMBS_DIR}/{name}.jpg", place[0]
+
+    def make(self, folder: Path, earlier: Path, shards: Tree) -> None:
+        """Write the thumbnails into ``folder`` (those of the ``earlier`` report linked)."""
+        if not self.wanted:
+            return
+        folder.mkdir()
+        for shard, members in self.wanted.items():
+            todo: dict[str, str] = {}
+            for member, name in members:
+                try:
+                    os.link(earlier / name, folder / name)
+                except OSError:
+                    todo[member] = name
+            if not todo:
+                continue
+            try:
+                with shards.open(shard) as handle:
+                    for member, data in read_members(handle, Path(shard).suffix, set(todo)):
+                        _thumbnail(data, folder / todo[member])
+            except (OSError, tarfile.TarError, ValueError) as exc:
+                log.warning("report: cannot read %s/%s for its thumbnails: %s", shards, shard, exc)
+
+
+def _thumbnail(data: bytes, target: Path) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.draft("RGB", (THUMB_SIDE, THUMB_SIDE))  # a JPEG decodes at a smaller scale
+                image.thumbnail((THUMB_SIDE, THUMB_SIDE))
+                image.convert("RGB").save(target, "JPEG", quality=80)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        log.warning("report: no thumbnail for %s: %s", target.name, exc)
 
 
 def _shape(params: Mapping[str, Any]) -> str | None:
@@ -131,6 +211,7 @@ class _Gallery:
     prompts: dict[str, None] = field(default_factory=dict)
     more_prompts: bool = False
     cells: dict[tuple[str, str, Any], dict[str, Any]] = field(default_factory=dict)
+    thumbs: _Thumbs = field(default_factory=_Thumbs)
 
     def add(self, record: ResultRecord) -> None:
         if record["status"] == RecordStatus.FAILED:
@@ -138,7 +219,7 @@ class _Gallery:
             if len(self.failed) < MAX_FAILED:
                 self.failed.append(record)
             self.models.setdefault(record["model"], None)
-            self.failed_chunks.add(_card(record))
+            self.failed_chunks.add(_card(record, (None, None)))
             return
         if record["status"] != RecordStatus.COMPLETED or not record["files"]:
             return
@@ -149,10 +230,11 @@ class _Gallery:
         self.spend += units
         self.models.setdefault(record["model"], None)
         self.seeds.setdefault(record["seed"], None)
-        self.completed.add(_card(record))
-        self._compare(record)
+        image = self.thumbs.image(record)
+        self.completed.add(_card(record, image))
+        self._compare(record, image[0])
 
-    def _compare(self, record: ResultRecord) -> None:
+    def _compare(self, record: ResultRecord, path: str | None) -> None:
         prompt = record["prompt"]
         if prompt not in self.prompts:
             if len(self.prompts) >= MAX_COMPARE_ROWS:
@@ -160,8 +242,8 @@ class _Gallery:
                 return
             self.prompts[prompt] = None
         for axis in ("model", "seed"):
-            cell = {
-                "path": record["files"][0]["path"],
+            cell: dict[str, Any] = {
+                "path": path,
                 "prompt": prompt,
                 "caption": _caption(record),
                 "tooltip": _tooltip(record),
@@ -190,10 +272,17 @@ class _Gallery:
         }
 
 
-def write_report(root: Path, records: Iterable[ResultRecord], summary: Mapping[str, Any]) -> Path:
+def write_report(
+    root: Path,
+    records: Iterable[ResultRecord],
+    summary: Mapping[str, Any],
+    *,
+    shards: Tree | None = None,
+) -> Path:
     """Write ``report.html`` and its ``report/`` chunks into the output folder; returns the
     page's path. The chunks are built in a fresh folder and swapped in, then the page is
-    replaced atomically."""
+    replaced atomically. ``shards``: where the records' shards are (the folder itself, or
+    the URL whose report is written here)."""
     layout = Layout(root)
     building = root / f".{REPORT_DATA_DIR}.new"
     shutil.rmtree(building, ignore_errors=True)
@@ -203,8 +292,13 @@ def write_report(root: Path, records: Iterable[ResultRecord], summary: Mapping[s
         gallery.add(record)
     gallery.completed.flush()
     gallery.failed_chunks.flush()
-    page = render_page(gallery, summary)
     current, old = layout.report_data, root / f".{REPORT_DATA_DIR}.old"
+    if shards is None:
+        from runner.outputs.trees import Tree
+
+        shards = Tree(str(root))
+    gallery.thumbs.make(building / THUMBS_DIR, current / THUMBS_DIR, shards)
+    page = render_page(gallery, summary)
     shutil.rmtree(old, ignore_errors=True)
     if current.exists():
         os.replace(current, old)

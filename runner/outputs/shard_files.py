@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 SHARDS_DIR = "shards"
 
@@ -90,3 +92,34 @@ def read_member(shard: Path, member: str) -> bytes | None:
     except (OSError, tarfile.TarError, KeyError, ValueError, EOFError):
         return None
     return None
+
+
+def read_members(handle: IO[bytes], suffix: str, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+    """The bytes of the image members ``wanted`` of one shard file (a ``.tar`` or a
+    ``.parquet``, opened as ``handle``), one at a time; stops once all are found. A tar is
+    read header by header, seeking past the other members; a parquet file by batches of its
+    image column alone."""
+    left = set(wanted)
+    if not left:
+        return
+    if suffix == ".tar":
+        with tarfile.open(fileobj=handle, mode="r:") as tar:
+            for info in tar:
+                if info.name in left and info.isfile():
+                    member = tar.extractfile(info)
+                    if member is not None:
+                        left.discard(info.name)
+                        yield info.name, member.read()
+                        if not left:
+                            return
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(handle).iter_batches(columns=["image"], batch_size=16):
+            for image in batch.column("image").to_pylist():
+                path = image.get("path") if image else None
+                if path in left and image.get("bytes") is not None:
+                    left.discard(path)
+                    yield path, image["bytes"]
+                    if not left:
+                        return
