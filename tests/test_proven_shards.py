@@ -220,3 +220,35 @@ async def test_an_ambiguous_jobs_paid_images_reach_a_remote_destination(tmp_path
     unmatched = sorted(p.name for p in (dest / "images" / "_unmatched").iterdir())
     assert unmatched == sorted(f"{i}.png" for i in ids)
     assert not list((state / "images").rglob("*.png")), "not left behind in the state folder"
+
+
+@pytest.mark.parametrize("format", ["files", "webdataset"])
+async def test_a_torn_journal_line_is_no_lost_job_when_results_and_image_prove_it(
+    tmp_path: Path, format: str
+) -> None:
+    """The done (and submitted) lines of one job torn in the middle of the journal: its
+    record in results.jsonl and its intact image prove it done; nothing is sent or fetched."""
+    out = tmp_path / "out"
+    manifest = write_manifest(tmp_path, format)
+    async with run_emulator(QUICK) as emu:
+        await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+        journal = out / ".krea-batch" / "journal.jsonl"
+        lines = journal.read_bytes().splitlines(keepends=True)
+        victim = json.loads(lines[-1])["k"] if b'"done"' in lines[-1] else None
+        victim = victim or next(json.loads(x)["k"] for x in lines if b'"e":"done"' in x)
+        for i, line in enumerate(lines):
+            event = json.loads(line)
+            if event.get("k") == victim and event["e"] in ("done", "submitted"):
+                lines[i] = line[: len(line) // 2] + b"\n"  # torn, then written past
+        journal.write_bytes(b"".join(lines))
+        again = await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+        submits = emu.emulator.snapshot()["submits"]
+    assert submits == JOBS
+    assert again.exit_code == 0
+    assert again.counts.skipped == JOBS
+    assert again.counts.refetched == 0
+    assert again.counts.ambiguous_jobs == 0
+    records = read_results(out)
+    assert sorted(r["key"] for r in records) == sorted({r["key"] for r in records})
+    assert len(records) == JOBS
+    assert victim in {r["key"] for r in records}

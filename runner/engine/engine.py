@@ -224,6 +224,7 @@ class Engine(Stopping, Writing):
         try:
             if not journal.ledger.states:
                 await self._rebuild_from_results()
+            await self._adopt_results()
             await self._check_output()
             self._survey()
             await self._release_ambiguous()

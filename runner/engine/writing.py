@@ -105,6 +105,36 @@ class Writing:
             except DiskError as exc:
                 log.warning("%s; the next run checks the output again", exc)
 
+    async def _adopt_results(self) -> None:
+        """A journal with torn or misshapen lines may have lost a job's ``done`` line:
+        results.jsonl still holds its record, and where the record's files are intact
+        (sha256) the job is done, not ambiguous, and its record stays."""
+        replay = self.journal.replay
+        if not (replay.torn or replay.misshapen):
+            return
+        states, root, holds = self.states, self.folder.root, self.writer.holds
+
+        def unjournaled() -> list[ResultRecord]:
+            return [
+                record
+                for record in intact_records(root, holds)
+                if record["status"] == RecordStatus.COMPLETED
+                and (record["key"] not in states or states[record["key"]].done is None)
+            ]
+
+        try:
+            records = await anyio.to_thread.run_sync(unjournaled)
+        except OSError as exc:
+            log.warning("could not read %s to mend the journal: %s", root, exc)
+            return
+        if records:
+            log.warning(
+                "journal: %d finished job(s) had lost their line; results.jsonl and their "
+                "intact images prove them done",
+                len(records),
+            )
+            await self.journal.record_many((Done(r["key"], r) for r in records), earlier=True)
+
     async def _rebuild_from_results(self) -> None:
         """A folder without a journal (copied without its dot-files, say) still holds its
         results: every record whose images are intact is finished, and never paid again."""

@@ -132,6 +132,7 @@ class Journal:
         self._written = -1  # number of the last batch on disk
         self._flushing = False
         self._flushed = anyio.Event()
+        self.replay = ReplayStats()  # what reading the file found (set by ``open``)
 
     @classmethod
     def open(cls, path: Path, offload: Offload = anyio.to_thread.run_sync) -> Journal:
@@ -145,7 +146,9 @@ class Journal:
             log.warning("journal %s: skipped %d torn line(s)", path, stats.torn)
         if stats.misshapen:
             log.warning("journal %s: skipped %d line(s) of the wrong shape", path, stats.misshapen)
-        return cls(path, open_regular(path, follow=False, write=True), ledger, offload)
+        journal = cls(path, open_regular(path, follow=False, write=True), ledger, offload)
+        journal.replay = stats
+        return journal
 
     async def record(self, event: Event) -> int:
         """Append one event, wait until it is fsynced, apply it; returns its line's offset."""
