@@ -176,3 +176,27 @@ async def test_shards_at_s3_merge_into_s3_with_status_and_gallery_there(
     assert capsys.readouterr().out.startswith(f"{shard}: ")
     assert await anyio.to_thread.run_sync(main, ["report", shard]) == 0
     assert f"wrote {shard}/report.html" in capsys.readouterr().out
+
+
+async def test_a_killed_array_to_s3_merges_there_and_loads_whole(
+    tmp_path: Path, bucket: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dataset flow with every folder at s3://: four Slurm-style tasks as processes, one
+    killed and run again, merged from S3 into S3, loaded from there."""
+    from tests.test_dataset_flow import ROWS, run_the_array, write_inputs
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # each task's state folder
+    manifest = write_inputs(tmp_path, "parquet")
+    base = f"s3://{bucket}/sets"
+    await run_the_array(manifest, lambda task: f"{base}/shard-{task}", f"{base}/merged")
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset(
+        "parquet",
+        data_files=f"{base}/merged/shards/*.parquet",
+        storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}},
+        split="train",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert len(loaded) == ROWS
+    assert len(set(loaded["key"])) == ROWS
+    assert {"var_style", "var_mood", "width", "height"} <= set(loaded.column_names)
