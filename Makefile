@@ -27,7 +27,7 @@ run: install-run
 	$(BIN)/krea-batch run jobs.example.yaml --emulator --out out
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4
 
 lint: install
 	$(BIN)/ruff check .

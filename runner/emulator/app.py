@@ -111,7 +111,6 @@ class Emulator:
         if account is None:
             self.stats["unauthorized"] += 1
             return _error(401, "Unauthorized: send Authorization: Bearer <token>")
-        request["account"] = account
         account.stats["requests"] += 1
         if not account.take_rate_token(self.config.rate_limit, self.clock()):
             self._count(request, "rate_limited")
@@ -153,17 +152,23 @@ class Emulator:
             return self.accounts[ANY_TOKEN]
         return self.accounts.get(token)
 
+    def _account(self, request: web.Request) -> Account:
+        """The account of a request ``_answer`` let through (its token opened one)."""
+        account = self._account_of(request)
+        assert account is not None
+        return account
+
     def _count(self, request: web.Request, name: str) -> None:
         """Count an event in the emulator's figures and in the requesting account's."""
         self.stats[name] += 1
-        account: Account | None = request.get("account")
+        account = self._account_of(request)
         if account is not None:
             account.stats[name] += 1
 
     def _own_job(self, request: web.Request) -> EmulatedJob | None:
         """The job the path names, if it is the requesting account's. Another account's job
         is not found, as the real API answers (and counted as ``wrong_account``)."""
-        account: Account = request["account"]
+        account = self._account(request)
         job_id = request.match_info["id"]
         job = account.store.get(job_id)
         if job is None and self._any_job(job_id) is not None:
@@ -204,7 +209,7 @@ class Emulator:
             self.stats["bad_requests"] += 1
             return _error(422, f"Invalid asset URL: {unknown}")
         try:
-            store = request["account"].store
+            store = self._account(request).store
             job = store.create(model, body, request.headers.get("X-Webhook-URL"))
             job.origin = f"{request.scheme}://{request.host}"  # for the URLs its webhook sends
         except Refused as refused:
@@ -239,7 +244,7 @@ class Emulator:
         if job is None:
             return _error(404, "Job not found")
         self._count(request, "cancels")
-        request["account"].store.cancel(job)
+        self._account(request).store.cancel(job)
         return web.json_response(self.job_json(job, request))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
@@ -264,7 +269,7 @@ class Emulator:
             except ValueError:
                 return _error(400, f"unknown status {query['status']!r}")
         types = {t for t in query.get("types", "").split(",") if t} or None
-        listed = request["account"].store.newest_first(before, status)
+        listed = self._account(request).store.newest_first(before, status)
         if types is not None:
             listed = (job for job in listed if job_type(job) in types)
         jobs = list(itertools.islice(listed, limit + 1))
