@@ -14,8 +14,9 @@ from runner.outputs import OutputFolder, intact_records
 from runner.outputs.events import Done, Refetch
 from runner.outputs.figures import Counts
 from runner.outputs.journal import Journal, records_at
+from runner.outputs.layout import Layout
 from runner.outputs.ledger import KeyState
-from runner.outputs.records import RecordStatus, ResultRecord
+from runner.outputs.records import RecordStatus, ResultRecord, read_records
 from runner.outputs.results_log import key_digest
 from runner.outputs.writers import Writer
 
@@ -110,16 +111,17 @@ class Writing:
         results.jsonl still holds its record, and where the record's files are intact
         (sha256) the job is done, not ambiguous, and its record stays."""
         replay = self.journal.replay
-        if not (replay.torn or replay.misshapen):
-            return
+        if not (replay.torn_inside or replay.misshapen):
+            return  # a torn last line is a crash's: its job's record never reached results
         states, root, holds = self.states, self.folder.root, self.writer.holds
 
         def unjournaled() -> list[ResultRecord]:
             return [
                 record
-                for record in intact_records(root, holds)
+                for record in read_records(Layout(root).results)
                 if record["status"] == RecordStatus.COMPLETED
                 and (record["key"] not in states or states[record["key"]].done is None)
+                and all(holds(entry) for entry in record["files"])
             ]
 
         try:

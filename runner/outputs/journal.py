@@ -51,6 +51,7 @@ class ReplayStats:
     lines: int = 0
     torn: int = 0
     misshapen: int = 0  # whole JSON lines that are not events of this version
+    torn_inside: int = 0  # torn lines with whole lines after them: damage, not a crash's tail
     good_bytes: int = 0  # the length of the journal up to its last whole line
 
 
@@ -79,6 +80,7 @@ def read_events(path: Path, stats: ReplayStats | None = None) -> Iterator[tuple[
                 line = json.loads(raw)
             except (ValueError, RecursionError):
                 stats.torn += 1  # kept, to not lose what follows it
+                stats.torn_inside += 1
                 line = None
             event = decode(line) if isinstance(line, dict) else None
             if event is not None:
