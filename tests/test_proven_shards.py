@@ -262,3 +262,21 @@ async def test_a_shard_run_writes_its_gallery_with_the_images_inside_its_shards(
         await run_batch(write_manifest(tmp_path), out, api_base=emu.url, token="t", options=FAST)
     assert (out / "report.html").is_file()
     assert len(list((out / "report" / "thumbs").iterdir())) == JOBS
+
+
+async def test_merge_refuses_a_shard_that_is_not_as_its_run_sealed_it(tmp_path: Path) -> None:
+    import dataclasses
+
+    from runner.errors import UsageError
+    from runner.outputs.merge import merge
+
+    manifest = write_manifest(tmp_path)
+    async with run_emulator(QUICK) as emu:
+        for index in (1, 2):
+            options = dataclasses.replace(FAST, shard=(index, 2))
+            out = tmp_path / f"shard-{index}"
+            await run_batch(manifest, out, api_base=emu.url, token="t", options=options)
+    [shard, *_] = sorted((tmp_path / "shard-2" / "shards").iterdir())
+    shard.write_bytes(shard.read_bytes()[:-512])
+    with pytest.raises(UsageError, match=r"where its run sealed .*run that shard's"):
+        merge([tmp_path / "shard-1", tmp_path / "shard-2"], tmp_path / "merged")

@@ -64,6 +64,7 @@ from runner.outputs.records import RecordStatus, ResultRecord, latest_records
 from runner.outputs.report import write_report
 from runner.outputs.results_log import ResultsLog
 from runner.outputs.shard_files import SHARDS_DIR, member_of
+from runner.outputs.shard_ledger import SHARD_LEDGER, ShardLedger
 from runner.outputs.summary import summary as run_summary
 from runner.outputs.trees import Tree, safe_relative, same_or_inside
 
@@ -98,6 +99,7 @@ class _Input:
     format: str | None
     shard: tuple[int, int] | None
     shard_names: set[str]  # the shard files written there
+    sealed: dict[str, int] = field(default_factory=dict)  # shard name → size when sealed
 
 
 def merge_folders(
@@ -184,7 +186,15 @@ def _read_input(name: str, scratch: Path) -> _Input:
                     f"{entry['path'][:80]!r}, outside its folder; not merged"
                 )
     shard = identity.shard if identity is not None and identity.shard else _summary_shard(summary)
-    return _Input(tree, identity, summary, records, format, shard, shard_names)
+    sealed = _sealed_sizes(tree)
+    return _Input(tree, identity, summary, records, format, shard, shard_names, sealed)
+
+
+def _sealed_sizes(tree: Tree) -> dict[str, int]:
+    """The sizes its run sealed the folder's shards at (its ledger, in the folder or, for a
+    URL, in the run's state folder on this machine; none known: empty)."""
+    ledger = ShardLedger(tree.state / STATE_DIR / SHARD_LEDGER)
+    return {name: sealed.size for name, sealed in ledger.sealed.items()}
 
 
 def _json(tree: Tree, relative: str) -> Any:
@@ -363,7 +373,9 @@ def _plan(inputs: list[_Input], format: str) -> tuple[list[ResultRecord], list[_
         for shard in sorted(s for m, s in used if m == n):
             new = f"{SHARDS_DIR}/{len(renumbered):05d}{suffix}"
             renumbered[(n, shard)] = new
-            copies.append(_Copy(n, shard, new, inputs[n].tree.size(shard)))
+            size = inputs[n].tree.size(shard)
+            _check_sealed(inputs[n], shard, size)
+            copies.append(_Copy(n, shard, new, size))
     records = []
     for n, record in chosen.values():
         files = []
@@ -377,6 +389,17 @@ def _plan(inputs: list[_Input], format: str) -> tuple[list[ResultRecord], list[_
         records.append({**record, "files": files})
     records.sort(key=lambda r: (r["index"], r["key"]))
     return records, copies  # type: ignore[return-value]
+
+
+def _check_sealed(one: _Input, shard: str, size: int | None) -> None:
+    """A shard merged is the shard its run sealed: one of another size is refused."""
+    sealed = one.sealed.get(Path(shard).name)
+    if sealed is not None and size is not None and size != sealed:
+        raise UsageError(
+            f"{one.tree}/{shard} is {size:,} bytes where its run sealed {sealed:,}: run that "
+            "shard's `krea-batch run` command again to repair it (nothing is paid again), "
+            "then merge"
+        )
 
 
 def _index(one: _Input) -> int:
