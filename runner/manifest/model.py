@@ -27,11 +27,17 @@ class Prompt:
     file may bring its own parameters and seed (``params_from``)."""
 
     text: str
-    where: str
+    source: str  # the manifest path, or the prompts file (one string shared by its rows)
     params: Mapping[str, Any] = field(default_factory=dict)  # as the file gives them
     seed: int | None = None
     typed: bool = True  # False: CSV text, converted to each model's parameter types
     columns: Mapping[str, Any] | None = None  # its row's other columns: vars
+    line: int = 0  # its line in the prompts file (a million rows keep no string each)
+
+    @property
+    def where(self) -> str:
+        """``jobs[0].prompt`` or ``prompts.csv:41``, for error messages."""
+        return f"{self.source}:{self.line}" if self.line else self.source
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,8 +53,9 @@ def _prompts_file(
         # utf-8-sig: a byte-order mark (Excel, Notepad) is not part of the first prompt.
         with io.TextIOWrapper(raw_handle, encoding="utf-8-sig", newline="") as handle:
             if suffix == ".txt":
+                name = str(file)
                 rows: Iterator[Prompt] = (
-                    Prompt(line.strip(), f"{file}:{n}")
+                    Prompt(line.strip(), name, line=n)
                     for n, line in enumerate(handle, 1)
                     if line.strip() and not line.lstrip().startswith("#")
                 )
@@ -103,7 +104,9 @@ class _Columns:
                         f"{file} has no column {column!r} (columns: {', '.join(names)})",
                     )
 
-    def row(self, text: str, where: str, record: Mapping[str, Any], typed: bool) -> Prompt:
+    def row(
+        self, text: str, source: str, line: int, record: Mapping[str, Any], typed: bool
+    ) -> Prompt:
         """The prompt of one row, with its parameters (empty CSV cells are left out) and every
         other column as a var of that row."""
         columns = {
@@ -114,7 +117,7 @@ class _Columns:
             and isinstance(value, str | int | float | bool)
         } or None
         if not self.params_from:
-            return Prompt(text, where, columns=columns)
+            return Prompt(text, source, columns=columns, line=line)
         if self.params_from == "all":
             pairs = [(name, name) for name in record if name != self.prompt]
         else:
@@ -128,8 +131,8 @@ class _Columns:
         try:
             seed = None if seed is None else int(seed)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: seed {seed!r} is not a whole number") from None
-        return Prompt(text, where, params, seed, typed, columns)
+            raise ValueError(f"{source}:{line}: seed {seed!r} is not a whole number") from None
+        return Prompt(text, source, params, seed, typed, columns, line)
 
 
 def _csv_prompts(
@@ -146,10 +149,11 @@ def _csv_prompts(
             f"{file} has no column {columns.prompt!r} (columns: {', '.join(names)}); set `column:`",
         )
     columns.check(ctx, file, names)
+    name = str(file)
     try:
         for row in reader:
             text = row[columns.prompt] or ""
-            yield columns.row(text, f"{file}:{reader.line_num}", row, typed=False)
+            yield columns.row(text, name, reader.line_num, row, typed=False)
     except csv.Error as exc:
         raise ctx.error(where, f"{file}:{reader.line_num}: not a CSV file ({exc})") from None
     except ValueError as exc:
@@ -159,7 +163,7 @@ def _csv_prompts(
 def _jsonl_prompts(
     ctx: Context, handle: Any, file: Path, columns: _Columns, where: str
 ) -> Iterator[Prompt]:
-    column = columns.prompt
+    column, name = columns.prompt, str(file)
     for n, line in enumerate(handle, 1):
         if not line.strip():
             continue
@@ -177,7 +181,7 @@ def _jsonl_prompts(
                 where, f"{file}:{n}: text that cannot be written as UTF-8 ({bad}: a lone surrogate)"
             ) from None
         try:
-            prompt = columns.row(record[column], f"{file}:{n}", record, typed=True)
+            prompt = columns.row(record[column], name, n, record, typed=True)
         except ValueError as exc:
             raise ctx.error(columns.where, str(exc)) from None
         yield prompt

@@ -207,7 +207,10 @@ def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) 
         case Done(_, record):
             state.done = status_of(record)
             state.done_at = offset
-            state.done_usd, state.done_units = spend_of(record)
+            usd, units = spend_of(record)
+            state.done_usd, state.done_units = _shared(usd), _shared(units)
+            # A finished job's times are in its record: 100,000 finished jobs keep no floats.
+            state.submitted_at = state.answered_at = None
             error = record.get("error")
             state.done_error = None if error is None else str(error)
             state.job_id = state.pending_since = state.pending_skew = None
@@ -251,6 +254,16 @@ def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) 
         case Released():
             state.reopen()
             state.candidates, state.doubt = (), None
+
+
+_PRICES: dict[float, float] = {}
+
+
+def _shared(value: float) -> float:
+    """One float object per price: a folder's jobs cost a handful of distinct amounts."""
+    if len(_PRICES) < 4096:
+        return _PRICES.setdefault(value, value)
+    return value
 
 
 def fold(events: Iterable[tuple[int, Event | dict[str, Any]]]) -> RunLedger:
