@@ -142,14 +142,16 @@ class ShardWriter(Writer):
         for record in records():
             samples = self._samples(record)
             placed: list[Sample] = []
+            written = 0  # its images in a good shard already (a staged copy is a leftover)
             for sample in samples:
                 name = Path(sample.shard).name
                 if name in self.ledger.sealed and name not in self._bad:
-                    continue  # in a good shard already: its staged copy is a leftover
+                    written += 1
+                    continue
                 if _staged_intact(sample) or (name in self._bad and self._extract(name, sample)):
                     placed.append(sample)
                     kept.add(sample.staged)
-            if len(placed) < len(samples) and record["job_id"]:
+            if written + len(placed) < len(samples) and record["job_id"]:
                 lost[record["key"]] = record
                 continue
             for sample in placed:
@@ -159,7 +161,7 @@ class ShardWriter(Writer):
                 stray.unlink(missing_ok=True)  # placed, but its job never finished (or lost)
         for samples in self._members.values():
             for sample in samples:
-                if sample.job.get("key") in lost:  # another image of a lost job: it comes back whole
+                if sample.job.get("key") in lost:  # another image of a lost job: back whole
                     sample.staged.unlink(missing_ok=True)
         self._members = {
             number: [s for s in samples if s.job.get("key") not in lost]
