@@ -298,4 +298,3 @@ async def test_a_url_is_checked_from_its_state_folder_and_the_destination(
     finally:
         shutil.rmtree(tmp_path / "state", ignore_errors=True)
         memory.rm("/verify-bucket", recursive=True)
-

@@ -23,6 +23,7 @@ summary.py       summary.json, one shape for a run and a merge
 report.py        report.html and its chunks
 live.py          status.json and the Prometheus textfile of a live run
 merge.py         shard folders of `--shard I/N` runs into one
+verify.py        `krea-batch verify`: every shard and image against what was recorded
 """
 
 from runner.outputs.atomic import fsync_dir, write_atomic
