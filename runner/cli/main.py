@@ -26,6 +26,7 @@ from runner.cli.logs import configure_logging
 from runner.cli.parser import build_parser, refuse_secret_flags
 from runner.cli.progress import Progress
 from runner.cli.status import read_status, refresh, render_status
+from runner.cli.verify import verify_command
 from runner.cli.views import catalog_table, model_detail, plan_text
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
@@ -383,6 +384,7 @@ COMMANDS = {
     "inspect": _inspect,
     "status": _status,
     "merge": _merge,
+    "verify": verify_command,
     "serve": _serve,
 }
 

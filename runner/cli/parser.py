@@ -26,6 +26,7 @@ examples:
   KREA_API_TOKEN=... krea-batch run jobs.yaml --out out
   krea-batch run jobs.yaml --out out           again: finished jobs are skipped
   krea-batch status out                        what a folder holds, offline
+  krea-batch verify out                        every shard and image against its record
   krea-batch models flux-1-dev                 one model's parameters and price"""
 
 
@@ -257,6 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge what is there when shards of the split are missing or unfinished "
         "(without it: nothing is merged, exit 3)",
     )
+
+    verify = commands.add_parser(
+        "verify",
+        help="check every shard and image of an output folder against what it recorded; "
+        "damaged shards are marked for the next run to repair",
+    )
+    verify.add_argument("out", type=_folder, help="the output folder, or the run's --out URL")
+    verify.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="with a URL: the run's local state folder, which holds the ledger and the records "
+        "(default: the one a run of that URL uses)",
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
 
     report = commands.add_parser("report", help="write OUT/report.html, the gallery of a run")
     report.add_argument(

@@ -24,6 +24,7 @@ report.py        report.html and its chunks
 live.py          status.json and the Prometheus textfile of a live run
 trees.py         a folder to read or copy whole files in: a path or an fsspec URL
 merge.py         shard folders of `--shard I/N` runs into one
+verify.py        `krea-batch verify`: every shard and image against what was recorded
 """
 
 from runner.outputs.atomic import fsync_dir, write_atomic

@@ -165,9 +165,7 @@ class ShardWriter(Writer):
                 stray.unlink(missing_ok=True)  # placed, but its job never finished (or lost)
         for samples in self._members.values():
             for sample in samples:
-                if (
-                    sample.job.get("key") in lost
-                ):  # another image of a lost job: it comes back whole
+                if sample.job.get("key") in lost:  # another image of a lost job: back whole
                     sample.staged.unlink(missing_ok=True)
         self._members = {
             number: [s for s in samples if s.job.get("key") not in lost]
