@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -27,6 +27,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged (a program that calls
+    ``main`` twice, or a test capturing stderr, never writes to a stream closed since)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure_logging(
     verbose: bool = False, fmt: str = "text", console: Console | None = None
 ) -> None:
@@ -37,7 +50,7 @@ def configure_logging(
     console, which prints them above the progress bars instead of through them."""
     handler: logging.Handler
     if fmt == "json":
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(JsonFormatter())
     elif console is not None:
         from rich.highlighter import NullHighlighter
@@ -56,7 +69,7 @@ def configure_logging(
         if not verbose:  # a terminal shows no line per job: the live view counts them
             handler.addFilter(lambda record: not getattr(record, "per_job", False))
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         where = "%(name)s: " if verbose else ""
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {where}%(message)s"))
     root = logging.getLogger()
