@@ -7,14 +7,19 @@ Usage: python bench/datasets_scale.py [--jobs 200000] [--format files|webdataset
 Prints, for the format: jobs/s of the whole run, peak RSS of this process (the runner), the
 shard writer's throughput (MB of shards a second of writing, measured around each shard), the
 time to plan the manifest and the time to resume the finished run, with both extrapolated
-linearly to 1,000,000 jobs beside the figure measured.
+linearly to 1,000,000 jobs beside the figure measured. Then each command a user runs on the
+finished folder, as its own process (the CLI, start-up included), with its wall time and peak
+RSS: the rerun, `status`, `report` and `verify` (where this version has them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
+import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -93,6 +98,13 @@ def main() -> None:
         again = asyncio.run(run_batch(path, out, api_base=url, token="bench", options=options))
         resume = time.perf_counter() - started
         on_disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        commands = {
+            "rerun": ("run", str(path), "--out", str(out), "--api-base", url),
+            "status": ("status", str(out)),
+            "report": ("report", str(out)),
+            "verify": ("verify", str(out)),
+        }
+        children = {name: child(args_) for name, args_ in commands.items()}
     scale = 1_000_000 / args.jobs
     print(f"format              {args.format} (shards of {args.shard_size:,})")
     print(f"jobs                {result.counts.completed:,} of {planned:,} completed")
@@ -111,6 +123,32 @@ def main() -> None:
         f"resume (finished)   {resume:.2f} s, {again.counts.skipped:,} skipped; "
         f"1M jobs: about {resume * scale:.1f} s"
     )
+    for name, (code, seconds, peak) in children.items():
+        if code is None:
+            print(f"{name:<19} not in this version")
+            continue
+        print(f"{name:<19} exit {code}, {seconds:.2f} s, peak RSS {peak:.0f} MiB (own process)")
+
+
+def child(arguments: tuple[str, ...]) -> tuple[int | None, float, float]:
+    """Run the CLI in a process of its own: (exit code, wall seconds, peak RSS in MiB); the
+    exit code is None where this version has no such command."""
+    env = {**os.environ, "KREA_API_TOKEN": "bench"}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", *arguments],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    errors = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    if b"invalid choice" in errors:
+        return None, seconds, 0.0
+    return process.returncode, seconds, usage.ru_maxrss / 1024
 
 
 if __name__ == "__main__":
