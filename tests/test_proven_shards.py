@@ -280,3 +280,33 @@ async def test_merge_refuses_a_shard_that_is_not_as_its_run_sealed_it(tmp_path: 
     shard.write_bytes(shard.read_bytes()[:-512])
     with pytest.raises(UsageError, match=r"where its run sealed .*run that shard's"):
         merge([tmp_path / "shard-1", tmp_path / "shard-2"], tmp_path / "merged")
+
+
+async def test_an_endpoint_that_blinks_costs_a_pause_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of the first puts fails once (an endpoint gone for a moment): tried again, the
+    run ends whole with every image at the destination."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(3))
+    failed: set[str] = set()
+    put_once = RemoteDestination._put_once
+
+    def blinking(self: RemoteDestination, local: Path, relative: str) -> None:
+        if relative.startswith("images/") and relative not in failed:
+            failed.add(relative)
+            raise DestinationError(self.url, "ConnectionError: endpoint gone")
+        put_once(self, local, relative)
+
+    monkeypatch.setattr(RemoteDestination, "_put_once", blinking)
+    monkeypatch.setattr(RemoteDestination, "retry_pauses", (0.0, 0.0))
+    async with run_emulator(QUICK) as emu:
+        result = await run_batch(
+            manifest, file_url(dest), api_base=emu.url, token="t", options=FAST,
+            state_dir=tmp_path / "state",
+        )  # fmt: skip
+    assert result.exit_code == 0
+    assert len(failed) == 3
+    assert len(list((dest / "images").rglob("*.png"))) == 3

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,23 @@ class RemoteDestination(Destination):
         if not probe:
             raise UsageError(f"--out {self.url}: nothing there to write into (no such bucket?)")
 
+    # Seconds between tries of a put: an endpoint gone for 15 s is a blip, not a stopped run.
+    retry_pauses: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+
     def put(self, local: Path, relative: str) -> None:
+        """Put a file (from a worker thread: it may wait between tries); the last try's
+        error is raised."""
+        for pause in (*self.retry_pauses, None):
+            try:
+                self._put_once(local, relative)
+                return
+            except DestinationError as exc:
+                if pause is None:
+                    raise
+                log.warning("%s; trying again in %g s", exc, pause)
+                time.sleep(pause)
+
+    def _put_once(self, local: Path, relative: str) -> None:
         target = self._path(relative)
         with _as_os_error(self.url):
             if "file" in self.fs.protocol:  # a file system with folders (object stores have none)
