@@ -75,7 +75,13 @@ async def start(*args: str, env: dict[str, str] | None = None) -> asyncio.subpro
 
 
 async def finish(process: asyncio.subprocess.Process) -> tuple[int, str]:
-    _, stderr = await process.communicate()
+    """Its exit code and stderr; a process the test stops waiting for is killed, never left."""
+    try:
+        _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
     return process.returncode, stderr.decode()
 
