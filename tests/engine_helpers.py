@@ -80,3 +80,17 @@ def check_folder(out: Path, jobs: int, emulator: Emulator) -> list[dict[str, Any
     assert not list((out / "images").rglob("*.part")), "partial downloads left behind"
     assert emulator.paid_twice() == [], "a request was billed twice"
     return records
+
+
+def write_ambiguous_journal(folder: Path, key: str, candidates: list[str]) -> None:
+    """A journal in which the one POST of ``key`` lost its answer and matched ``candidates``."""
+    import time
+
+    journal = folder / ".krea-batch" / "journal.jsonl"
+    journal.parent.mkdir(parents=True)
+    journal.write_text(
+        json.dumps({"e": "submitting", "k": key, "a": 1, "t": time.time()})
+        + "\n"
+        + json.dumps({"e": "ambiguous", "k": key, "a": 1, "candidates": candidates})
+        + "\n"
+    )

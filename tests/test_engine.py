@@ -16,7 +16,13 @@ from runner.engine import Engine, EngineOptions, RetryPolicy
 from runner.errors import UsageError
 from runner.manifest import expand
 from runner.outputs import OutputFolder
-from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
+from tests.engine_helpers import (
+    FAST,
+    check_folder,
+    read_results,
+    small_manifest,
+    write_ambiguous_journal,
+)
 
 QUICK = Latency.parse("fixed:0.05")
 
@@ -355,14 +361,7 @@ async def test_an_ambiguous_job_keeps_its_candidates_images_and_is_never_sent_ag
             emu.emulator.store.create(model, dict(spec.body), None).id,
             emu.emulator.store.create(model, {**spec.body, "seed": 999}, None).id,
         ]
-        journal = tmp_path / ".krea-batch" / "journal.jsonl"
-        journal.parent.mkdir(parents=True)
-        journal.write_text(
-            json.dumps({"e": "submitting", "k": spec.key, "a": 1, "t": time.time()})
-            + "\n"
-            + json.dumps({"e": "ambiguous", "k": spec.key, "a": 1, "candidates": ids})
-            + "\n"
-        )
+        write_ambiguous_journal(tmp_path, spec.key, ids)
         result = await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=FAST)
         again = await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=FAST)
         records = check_folder(tmp_path, 2, emu.emulator)

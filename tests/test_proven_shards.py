@@ -22,7 +22,7 @@ from runner.outputs.destination import RemoteDestination
 from runner.outputs.shard_files import member_sha256
 from runner.outputs.shard_ledger import ShardLedger
 from runner.outputs.writers.shards import ShardWriter
-from tests.engine_helpers import FAST, manifest_text, read_results
+from tests.engine_helpers import FAST, manifest_text, read_results, write_ambiguous_journal
 from tests.test_shards import check_shards
 
 QUICK = EmulatorConfig(latency=Latency.parse("fixed:0.02"))
@@ -193,7 +193,6 @@ def test_disk_errors_name_their_cause_and_advise_for_it() -> None:
 
 async def test_an_ambiguous_jobs_paid_images_reach_a_remote_destination(tmp_path: Path) -> None:
     """The candidates' images of an ambiguous job (paid for) go where the dataset goes."""
-    import time
 
     from runner.manifest import expand, parse_manifest
 
@@ -205,14 +204,7 @@ async def test_an_ambiguous_jobs_paid_images_reach_a_remote_destination(tmp_path
     async with run_emulator(QUICK) as emu:
         model = emu.emulator.catalog.resolve("seedream-4")
         ids = [emu.emulator.store.create(model, dict(spec.body), None).id for _ in range(2)]
-        journal = state / ".krea-batch" / "journal.jsonl"
-        journal.parent.mkdir(parents=True)
-        journal.write_text(
-            json.dumps({"e": "submitting", "k": spec.key, "a": 1, "t": time.time()})
-            + "\n"
-            + json.dumps({"e": "ambiguous", "k": spec.key, "a": 1, "candidates": ids})
-            + "\n"
-        )
+        write_ambiguous_journal(state, spec.key, ids)
         result = await run_batch(
             manifest, file_url(dest), api_base=emu.url, token="t", options=FAST, state_dir=state
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -56,14 +57,16 @@ class HashingWriter:
         self.handle.flush()
 
 
-def file_digest(path: Path) -> tuple[int, str]:
-    """The size and sha256 of a file, read in chunks."""
+def file_digest(path: Path, advance: Callable[[int], None] | None = None) -> tuple[int, str]:
+    """The size and sha256 of a file, read in chunks (``advance``: told each chunk's size)."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
+            if advance is not None:
+                advance(len(chunk))
     return size, digest.hexdigest()
 
 

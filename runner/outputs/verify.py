@@ -37,7 +37,7 @@ from runner.outputs.images import inside
 from runner.outputs.layout import Layout
 from runner.outputs.records import RecordStatus, read_records
 from runner.outputs.shard_files import SHARDS_DIR, member_of
-from runner.outputs.shard_ledger import CHUNK, SHARD_LEDGER, Sealed, ShardLedger
+from runner.outputs.shard_ledger import CHUNK, SHARD_LEDGER, Sealed, ShardLedger, file_digest
 
 STAGING = "staging"  # below .krea-batch/ (runner.outputs.writers.shards.STAGING_DIR)
 SHARD_NAME = re.compile(r"\d{5,}\.(tar|parquet)")
@@ -631,7 +631,7 @@ def _read_parquet(path: Path, advance: Callable[[int], None], sealed: Sealed | N
     """A parquet shard's size and sha256; its members' names when it is as sealed, else each
     image member's sha256 (a second read, only for a shard that is not)."""
     try:
-        size, sha256 = _hash(path, advance)
+        size, sha256 = file_digest(path, advance)
     except OSError as exc:
         return _Read(0, "", {}, f"cannot read it: {exc.strerror or exc}")
     whole = sealed is not None and sealed.sha256 == sha256 and sealed.size == size
@@ -655,24 +655,13 @@ def _read_parquet(path: Path, advance: Callable[[int], None], sealed: Sealed | N
     return _Read(size, sha256, members, error)
 
 
-def _hash(path: Path, advance: Callable[[int], None]) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            advance(len(chunk))
-    return size, digest.hexdigest()
-
-
 def _file_problem(path: Path, expected: _Expected, advance: Callable[[int], None]) -> str | None:
     """Why a file is not the one recorded (None: it is)."""
     try:
         if path.is_symlink() or not path.is_file():
             advance(expected.size)
             return "missing" if not path.exists() else "missing: not a regular file"
-        size, sha256 = _hash(path, advance)
+        size, sha256 = file_digest(path, advance)
     except OSError as exc:
         return f"missing: cannot read it ({exc.strerror or exc})"
     if size != expected.size:
