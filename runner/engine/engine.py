@@ -15,6 +15,7 @@ import itertools
 import logging
 import random
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, replace
@@ -284,7 +285,7 @@ class Engine(Stopping, Writing):
         unpriced: dict[str, int] = {}  # model → jobs to run that --budget cannot price
         failed_before = ambiguous_before = 0
         for spec in self.specs():
-            self.keys.append(spec.key)
+            self.keys.append(sys.intern(spec.key))  # one string with the ledger's
             var_names.update(spec.vars)
             model = by_model.setdefault(spec.model, [0, 0])
             model[1] += 1

@@ -8,6 +8,7 @@ the journal writes it (``Journal.record``) or notes it (``Journal.note``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,7 +95,10 @@ class RunLedger:
     counts: Counts = field(default_factory=Counts)  # this run's figures
 
     def state(self, key: str) -> KeyState:
-        return self.states.setdefault(key, KeyState())
+        state = self.states.get(key)
+        if state is None:  # the key interned: the engine's list of keys shares its string
+            state = self.states[sys.intern(key)] = KeyState()
+        return state
 
     def apply(self, event: Event | RunEvent, offset: int | None = None) -> None:
         """The run's one fold: a journal event changes a job's state and this run's figures;
