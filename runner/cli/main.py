@@ -37,7 +37,7 @@ from runner.manifest import expand, load_manifest
 from runner.manifest.plan import make_plan
 from runner.money import parse_budget, spend_text
 from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
-from runner.outputs import Layout, latest_records
+from runner.outputs import Layout, iter_latest_records
 from runner.outputs.destination import is_url
 from runner.outputs.figures import Counts
 from runner.outputs.layout import RESULTS_NAME, SUMMARY_NAME
@@ -326,19 +326,19 @@ def _report(args: argparse.Namespace) -> int:
             )
         summary = read_summary(layout.summary)
         if not is_url(args.out):
-            path = write_report(layout.root, latest_records(layout.results), summary)
+            path = write_report(layout.root, iter_latest_records(layout.results), summary)
             print(f"wrote {path}")
             return ExitCode.OK
         tree = Tree(args.out, args.state_dir)
-        records = latest_records(layout.results)
-    with tempfile.TemporaryDirectory(prefix="krea-batch-") as scratch:
-        page = write_report(Path(scratch), records, summary, shards=tree)
-        try:
-            for path in sorted(Path(scratch).rglob("*")):
-                if path.is_file():
-                    tree.put(path, path.relative_to(scratch).as_posix())
-        except OSError as exc:
-            raise UsageError(f"{args.out}: cannot write the report there ({exc})") from exc
+        records = iter_latest_records(layout.results)  # read while the folder is at hand
+        with tempfile.TemporaryDirectory(prefix="krea-batch-") as scratch:
+            page = write_report(Path(scratch), records, summary, shards=tree)
+            try:
+                for path in sorted(Path(scratch).rglob("*")):
+                    if path.is_file():
+                        tree.put(path, path.relative_to(scratch).as_posix())
+            except OSError as exc:
+                raise UsageError(f"{args.out}: cannot write the report there ({exc})") from exc
     print(f"wrote {tree}/{page.name}")
     return ExitCode.OK
 

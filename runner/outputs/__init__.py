@@ -35,6 +35,7 @@ from runner.outputs.records import (
     FileEntry,
     RecordStatus,
     ResultRecord,
+    iter_latest_records,
     latest_records,
     read_records,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "image_extension",
     "image_problem",
     "intact_records",
+    "iter_latest_records",
     "latest_records",
     "read_records",
     "relative",

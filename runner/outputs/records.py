@@ -297,6 +297,18 @@ def read_records(path: Path) -> Iterator[ResultRecord]:
         yield from parse_lines((line for line, _ in bounded_lines(handle, MAX_LINE)), str(path))
 
 
+def iter_latest_records(path: Path) -> Iterator[ResultRecord]:
+    """The current record of each job in a results.jsonl, streamed: the file is read twice
+    and a line number per job is all that is held (a million-job gallery, not a million
+    records in memory)."""
+    last: dict[str, int] = {}
+    for number, record in enumerate(read_records(path)):
+        last[record["key"]] = number
+    for number, record in enumerate(read_records(path)):
+        if last.get(record["key"]) == number:
+            yield record
+
+
 def latest_records(path: Path) -> list[ResultRecord]:
     """The current record of each job in a results.jsonl (the last one wins)."""
     latest: dict[str, ResultRecord] = {}
