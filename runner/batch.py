@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
 from collections import Counter
@@ -213,9 +212,14 @@ async def run_batch(
                 default=None,
             )
         if destination.remote:
-            await anyio.to_thread.run_sync(
+            failed = await anyio.to_thread.run_sync(
                 _publish, folder, destination, settings.format, result.counts.finished_now
             )
+            if failed:  # the run is not whole at --out: not a success
+                missing = (
+                    f"{', '.join(failed)} not yet at {destination.url}: the next run puts them"
+                )
+                result.stopped = f"{result.stopped}; {missing}" if result.stopped else missing
     if notify_url:
         await notify(notify_url, result.summary)
     return result
@@ -241,17 +245,37 @@ def shard_share(
     )
 
 
-def _publish(folder: OutputFolder, destination: Destination, format: str, finished: int) -> None:
-    """Put the run's own files at a remote destination, whole; a run that finished nothing
-    puts nothing there that is there already."""
+def _publish(
+    folder: OutputFolder, destination: Destination, format: str, finished: int
+) -> list[str]:
+    """Put the run's own files at a remote destination, whole; returns the names of those it
+    could not put. A run that finished nothing puts nothing there that is there already,
+    unless an earlier run could not put them all (a mark in the state folder says so)."""
     layout = folder.layout
     files = [layout.results, layout.summary, layout.card, layout.identity]
     if format == "files":
         files.append(layout.metadata)
-    held = destination.listing("") if not finished else set()
+    unfinished = folder.state / "unpublished"
+    everything = bool(finished) or unfinished.exists()
+    try:
+        held = destination.listing("") if not everything else set()
+    except OSError as exc:
+        log.warning(
+            "could not list %s: %s; the next run puts its files there", destination.url, exc
+        )
+        return [path.name for path in files if path.exists()]
+    unfinished.touch()
+    failed = []
     for path in files:
-        if path.exists() and (finished or path.name not in held):
-            _best_effort(path, functools.partial(destination.put, path, path.name), default=None)
+        if path.exists() and (everything or path.name not in held):
+            try:
+                destination.put(path, path.name)
+            except OSError as exc:
+                log.warning("could not put %s at %s: %s", path.name, destination.url, exc)
+                failed.append(path.name)
+    if not failed:
+        unfinished.unlink(missing_ok=True)
+    return failed
 
 
 def _up_to_date(folder: OutputFolder, finished_now: int, loose: bool = True) -> bool:
