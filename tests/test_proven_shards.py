@@ -153,7 +153,7 @@ async def test_shards_not_put_at_the_destination_leave_the_run_non_zero_until_th
     assert again.exit_code == 0
     assert submits == JOBS
     assert sorted(p.name for p in (dest / "shards").iterdir()) == ["00000.tar", "00001.tar"]
-    assert "results.jsonl not yet at" in blinked.stopped
+    assert "results.jsonl, summary.json" in blinked.stopped
     assert len(read_results(dest)) == JOBS, "the run's own files put there by the rerun"
     assert (dest / "krea-batch.json").is_file()
 
