@@ -13,8 +13,9 @@ from typing import Any
 
 from runner import jsontext
 from runner.files import UnusableFile, open_regular
+from runner.integers import NotAWholeNumber, parse_int
 from runner.manifest.located_yaml import join
-from runner.manifest.model import MAX_PROMPTS_BYTES, Context, Prompt, one_of
+from runner.manifest.model import MAX_PROMPTS_BYTES, MAX_SEED, Context, Prompt, one_of
 from runner.textfiles import TextError, text_lines
 
 
@@ -128,12 +129,20 @@ class _Columns:
             for param, column in pairs
             if record.get(column) is not None and record.get(column) != ""
         }
-        seed = params.pop("seed", None)
-        try:
-            seed = None if seed is None else int(seed)
-        except (TypeError, ValueError):
-            raise ValueError(f"{source}:{line}: seed {seed!r} is not a whole number") from None
+        seed = _row_seed(params.pop("seed", None), f"{source}:{line}: seed")
         return Prompt(text, source, params, seed, typed, columns, line)
+
+
+def _row_seed(value: Any, where: str) -> int | None:
+    """A row's seed: a whole number 0 to MAX_SEED, written as text (CSV) or a number (JSONL)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise NotAWholeNumber(where, f"{value!r} is not a whole number")
+        return parse_int(str(value), where, maximum=MAX_SEED)
+    except NotAWholeNumber as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _csv_prompts(
