@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from runner.catalog import load_catalog
 from runner.errors import UsageError
 from runner.integers import parse_int
 from runner.jobspec import JobSpec
@@ -124,15 +123,10 @@ def render_name(stem: str, spec: JobSpec) -> str:
     fields = _fields(stem, stem)
     where = f"name template {stem!r}: jobs[{spec.entry}] ({spec.model})"
     if fields.get("seed") and spec.seed is None:  # a bare {seed} is "noseed"
-        model = load_catalog().get(spec.model)
-        why = (
-            f"{spec.model} takes no seed"
-            if model is not None and not model.takes_seed
-            else "the entry gives no seed (seeds: or seed: auto would)"
-        )
         raise UsageError(
-            f"{where}: {why}, so {{seed}} has no number to format: use {{seed}} alone (it is "
-            "'noseed' for such jobs), {replica} or {key}"
+            f"{where}: the job sends no seed (its model takes none, or the entry gives none), "
+            "so {seed} has no number to format: use {seed} alone (it is 'noseed' for such "
+            "jobs), {replica} or {key}"
         )
     values = {
         "key": spec.key,

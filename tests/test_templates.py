@@ -50,9 +50,9 @@ def plan(tmp_path: Path, template: str, model: str = "nano-banana-pro") -> int:
         (
             "{seed:05d}-{key}",
             "nano-banana-pro",
-            "jobs[1] (nano-banana-pro): nano-banana-pro takes no seed",
+            "jobs[1] (nano-banana-pro): the job sends no seed",
         ),
-        ("{seed:x}-{key}", "gpt-image", "jobs[1] (gpt-image): gpt-image takes no seed"),
+        ("{seed:x}-{key}", "gpt-image", "jobs[1] (gpt-image): the job sends no seed"),
         ("{model}/{seed:>5}-{key}", "gpt-image", "so {seed} has no number to format"),
         ("{model}/{seed}", "gpt-image", "the same file name images/gpt-image/noseed"),
         ("{key:d}", "seedream-4", "{key} is a text, which this format spec does not fit"),
@@ -79,7 +79,7 @@ def test_a_seed_the_entry_does_not_give_is_named_with_the_entry(
     manifest = tmp_path / "jobs.yaml"
     manifest.write_text("version: 1\njobs:\n  - {prompt: a cat, model: flux-1-dev}\n")
     assert main(["plan", str(manifest), "--name-template={seed:05d}"]) == 2
-    assert "jobs[0] (flux-1-dev): the entry gives no seed" in capsys.readouterr().err
+    assert "jobs[0] (flux-1-dev): the job sends no seed" in capsys.readouterr().err
 
 
 def test_templates_that_fit_every_job_still_plan(tmp_path: Path) -> None:
