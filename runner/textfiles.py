@@ -46,10 +46,10 @@ def decode(data: bytes, file: str, *, first_line: int = 1) -> str:
         line = first_line + _breaks(data[: exc.start].decode("utf-8"))
         bad = data[exc.start : exc.start + 1].hex()
         raise TextError(file, line, f"not UTF-8 text (byte 0x{bad})") from None
-    return clean(text, file, first_line=first_line)
+    return clean(text, file, first_line=first_line, decoded=True)
 
 
-def clean(text: str, file: str, *, first_line: int = 1) -> str:
+def clean(text: str, file: str, *, first_line: int = 1, decoded: bool = False) -> str:
     """Text already decoded (an environment variable, a chunk of a file): the BOM dropped,
     line ends made ``\\n``; a NUL, or bytes Python kept undecoded (``surrogateescape``),
     are a TextError."""
@@ -60,7 +60,8 @@ def clean(text: str, file: str, *, first_line: int = 1) -> str:
         line = first_line + _breaks(text[:nul])
         raise TextError(file, line, "a NUL byte, which text never holds (a binary file?)")
     try:
-        text.encode("utf-8")
+        if not decoded:  # what UTF-8 bytes decode to always encodes again
+            text.encode("utf-8")
     except UnicodeEncodeError as exc:
         line = first_line + _breaks(text[: exc.start])
         raise TextError(file, line, "not UTF-8 text") from None
