@@ -37,7 +37,7 @@ def spend_text(usd: float, units: float) -> str:
     return " + ".join(parts) or "$0"
 
 
-_BUDGET = re.compile(r"\s*\$?\s*(\d+(?:\.\d+)?)\s*(usd|\$|cu)?\s*", re.IGNORECASE)
+_BUDGET = re.compile(r"\s*\$?\s*(\d+(?:\.\d+)?)\s*(usd|\$|cu)?\s*", re.IGNORECASE | re.ASCII)
 
 
 def parse_budget(text: str) -> tuple[float, str]:

@@ -9,6 +9,7 @@ folder or hide a file.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import string
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runner.errors import UsageError
+from runner.integers import parse_int
 from runner.jobspec import JobSpec
 
 BUCKET_SIZE = 10_000  # the Hugging Face Hub takes fewer files than this in one folder
@@ -33,31 +35,99 @@ def slug(value: Any, limit: int = 80) -> str:
 
 
 def check_template(template: str) -> str:
-    """The template without an image extension; a UsageError if it is unusable."""
+    """The template without an image extension; a UsageError if it is unusable for any job.
+
+    Each field is a bare name of FIELDS with at most a format spec that suits its kind of
+    value (``{index:05d}``, ``{prompt:.20}``): no conversion (``!r``), no attribute or index
+    lookup (``{prompt.upper}``, ``{prompt[0]}``), no field inside a spec, no width past
+    MAX_WIDTH. What only a given job can break (``{seed:05d}`` for a job without a seed;
+    a bare ``{seed}`` is ``noseed`` there) is checked when the job is named (``render_name``),
+    which plan and run do for every job before anything is sent.
+    """
     stem = template
     for suffix in _IMAGE_SUFFIXES:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
-    try:
-        parsed = list(string.Formatter().parse(stem))
-    except ValueError as exc:
-        raise UsageError(f"name template {template!r}: {exc}") from exc
-    for _, field, _, _ in parsed:
-        if field is not None and field not in FIELDS:
-            raise UsageError(
-                f"name template {template!r}: unknown field {{{field}}} "
-                f"(fields: {', '.join(FIELDS)})"
-            )
-    literal = "".join(text for text, *_ in parsed)
+    fields = _fields(template, stem)
+    literal = "".join(text for text, *_ in string.Formatter().parse(stem))
     if stem.startswith("/") or ".." in literal.split("/") or "\\" in literal:
         raise UsageError(f"name template {template!r} must stay inside the output folder")
-    if not any(field for _, field, _, _ in parsed):
+    if not fields:
         raise UsageError(f"name template {template!r} has no field: every job would get one name")
     return stem
 
 
+MAX_WIDTH = 255  # a width or precision past a file name's longest segment makes no sense
+_SAMPLES: dict[str, object] = {  # a value of each field's kind, to try a format spec on
+    "key": "0123456789abcdef",
+    "index": 0,
+    "bucket": "0000",
+    "model": "flux-1-dev",
+    "name": "name",
+    "seed": 0,
+    "replica": 0,
+    "entry": 0,
+    "prompt": "a prompt",
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _fields(template: str, stem: str) -> dict[str, bool]:
+    """The fields ``stem`` names (each with whether a format spec follows it anywhere),
+    each checked as ``check_template`` says."""
+    try:
+        parsed = list(string.Formatter().parse(stem))
+    except ValueError as exc:  # a lone brace, an unfinished field
+        raise UsageError(f"name template {template!r}: {exc}") from exc
+    fields: dict[str, bool] = {}
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        where = f"name template {template!r}: {{{field}"
+        if field not in FIELDS:
+            base = re.split(r"[.\[]", field, maxsplit=1)[0]
+            if base in FIELDS:
+                raise UsageError(
+                    f"{where}}}: no attribute or index lookup, only the field {{{base}}}"
+                )
+            raise UsageError(f"{where}}}: unknown field (fields: {', '.join(FIELDS)})")
+        if conversion is not None:
+            raise UsageError(f"{where}!{conversion}}}: no conversion, only {{{field}}}")
+        _check_spec(f"{where}:{spec}}}", field, spec or "")
+        fields[field] = fields.get(field, False) or bool(spec)
+    return fields
+
+
+def _check_spec(where: str, field: str, spec: str) -> None:
+    if not spec:
+        return
+    if "{" in spec or "}" in spec:
+        raise UsageError(f"{where}: a format spec holds no field")
+    if not spec.isascii() or not spec.isprintable():
+        raise UsageError(f"{where}: a format spec of visible ASCII only")
+    for digits in re.findall(r"[0-9]+", spec):
+        parse_int(digits, f"{where}: width or precision", maximum=MAX_WIDTH)
+    sample = _SAMPLES[field]
+    try:
+        format(sample, spec)
+    except (ValueError, TypeError) as exc:
+        kind = "a number" if isinstance(sample, int) else "a text"
+        raise UsageError(
+            f"{where}: {{{field}}} is {kind}, which this format spec does not fit ({exc})"
+        ) from None
+
+
 def render_name(stem: str, spec: JobSpec) -> str:
-    """The relative path (no extension) of a job's first image under ``images/``."""
+    """The relative path (no extension) of a job's first image under ``images/``; a
+    UsageError naming the job's entry and model when the template does not fit this job."""
+    fields = _fields(stem, stem)
+    where = f"name template {stem!r}: jobs[{spec.entry}] ({spec.model})"
+    if fields.get("seed") and spec.seed is None:  # a bare {seed} is "noseed"
+        raise UsageError(
+            f"{where}: the job sends no seed (its model takes none, or the entry gives none), "
+            "so {seed} has no number to format: use {seed} alone (it is 'noseed' for such "
+            "jobs), {replica} or {key}"
+        )
     values = {
         "key": spec.key,
         "index": spec.index,
@@ -69,7 +139,10 @@ def render_name(stem: str, spec: JobSpec) -> str:
         "entry": spec.entry,
         "prompt": slug(spec.prompt, 60),
     }
-    text = stem.format(**values)
+    try:
+        text = stem.format(**values)
+    except (ValueError, TypeError, OverflowError) as exc:  # {index:c} past chr's range
+        raise UsageError(f"{where}: {exc}") from None
     parts = [
         slug(part, 120) for part in PurePosixPath(text).parts if part not in ("/", "", ".", "..")
     ]

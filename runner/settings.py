@@ -11,9 +11,11 @@ from typing import Any
 from runner.errors import UsageError
 from runner.naming import DEFAULT_TEMPLATE, check_template
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$", re.ASCII)
 _UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
+_RATE = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$", re.ASCII
+)
 _PER_SECONDS = {
     None: 1.0,
     "s": 1.0,
@@ -59,7 +61,7 @@ def parse_rate(value: Any) -> float:
     return rate
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*$", re.IGNORECASE | re.ASCII)
 _SIZE_UNITS = {None: 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
 
 
@@ -234,7 +236,7 @@ def parse_settings(raw: dict[str, Any]) -> dict[str, Any]:
 def parse_deadline(text: str, now: datetime | None = None) -> float:
     """Epoch seconds from ``06:30`` (its next occurrence, local time) or an ISO 8601 time."""
     now = now or datetime.now().astimezone()
-    clock = re.fullmatch(r"\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*", text)
+    clock = re.fullmatch(r"\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*", text, re.ASCII)
     if clock:
         hour, minute, second = int(clock.group(1)), int(clock.group(2)), int(clock.group(3) or 0)
         if hour > 23 or minute > 59 or second > 59:

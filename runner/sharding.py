@@ -12,10 +12,12 @@ import re
 from collections.abc import Mapping
 
 from runner.errors import UsageError
+from runner.integers import parse_int
+from runner.textfiles import env_text
 
 SHARDS_VARIABLE = "KREA_BATCH_SHARDS"  # the shard count where the scheduler gives none
-_SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
-_AUTO = re.compile(r"\s*auto\s*(?:/\s*(\d+)\s*)?")
+_SHARD = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", re.ASCII)
+_AUTO = re.compile(r"\s*auto\s*(?:/\s*([0-9]+)\s*)?", re.ASCII)
 SCHEDULERS = (
     "a Slurm job array (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN)",
     f"a Kubernetes Indexed Job (JOB_COMPLETION_INDEX, with --shard auto/N or {SHARDS_VARIABLE})",
@@ -28,12 +30,12 @@ def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> tuple[in
     that started the process (``environ``)."""
     auto = _AUTO.fullmatch(text)
     if auto:
-        count = int(auto.group(1)) if auto.group(1) else None
+        count = parse_int(auto.group(1), "--shard auto/N") if auto.group(1) else None
         return shard_from_scheduler(environ or {}, count)
     match = _SHARD.fullmatch(text)
     if not match:
         raise UsageError(f"--shard {text!r}: use I/N, like 2/4, or auto")
-    index, count = int(match.group(1)), int(match.group(2))
+    index, count = (parse_int(match.group(n), f"--shard {text!r}") for n in (1, 2))
     if not 1 <= index <= count:
         raise UsageError(f"--shard {text!r}: I must be between 1 and N")
     return index, count
@@ -89,10 +91,7 @@ def _slurm(environ: Mapping[str, str], count: int | None) -> tuple[int, int]:
 
 
 def _number(environ: Mapping[str, str], name: str) -> int:
-    value = environ[name].strip()
-    if not value.isdigit():
-        raise UsageError(f"--shard auto: {name}={value!r} is not a whole number")
-    return int(value)
+    return parse_int(env_text(environ, name) or "", f"--shard auto: {name}")
 
 
 def _agree(flag: int | None, variable: int | None, name: str) -> int | None:

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from runner.errors import UsageError
+from runner.files import UnusableFile
+from runner.textfiles import TextError, env_text, read_piped_text
 
 TOKEN_VARIABLE = "KREA_API_TOKEN"
 TOKENS_VARIABLE = "KREA_API_TOKENS"  # several keys, comma-separated: a pool
@@ -15,32 +17,27 @@ log = logging.getLogger(__name__)
 
 
 def read_token_file(path: str) -> str:
-    """The token in ``path`` (surrounding whitespace removed); a UsageError if unusable."""
+    """The text in ``path`` (surrounding whitespace removed); a UsageError if unusable."""
     try:
         if Path(path).stat().st_mode & 0o077:
             log.warning("the token file %s can be read by other users: chmod 600 %s", path, path)
         # A pipe is fine (--token-file <(pass show krea)); a FIFO nobody writes to reads as
-        # empty instead of waiting forever (opened without blocking); an endless file is read
-        # no further than the limit.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read(MAX_TOKEN_BYTES + 1)
-        token = data.decode("utf-8").strip()
+        # empty instead of waiting forever; an endless file is read no further than the limit.
+        token = read_piped_text(path, MAX_TOKEN_BYTES).strip()
+    except UnusableFile as exc:
+        raise UsageError(f"the token file {path} {exc.strerror}") from exc
     except OSError as exc:
         raise UsageError(f"cannot read the token file {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"the token file {path} is not UTF-8 text") from exc
-    if len(data) > MAX_TOKEN_BYTES:
-        raise UsageError(f"the token file {path} holds more than {MAX_TOKEN_BYTES:,} bytes")
+    except TextError as exc:  # the reason and line only: never a piece of a secret
+        raise UsageError(f"the token file {path} is no text file: {exc.detail}") from exc
     if not token:
-        raise UsageError(f"the token file {path} is empty")
+        raise UsageError(f"the token file {path} is empty: it holds no token")
     return token
 
 
 def read_tokens_file(path: str) -> list[str]:
     """The tokens in ``path``, one per line (blank lines and ``#`` comments skipped)."""
-    lines = read_token_file(path).splitlines()
+    lines = read_token_file(path).split("\n")
     tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not tokens:
         raise UsageError(f"the token file {path} holds no token")
@@ -52,14 +49,22 @@ def find_tokens(token_file: str | None) -> list[str]:
     (comma-separated), else $KREA_API_TOKEN; empty when none is set."""
     if token_file:
         return read_tokens_file(token_file)
-    several = [t.strip() for t in os.environ.get(TOKENS_VARIABLE, "").split(",") if t.strip()]
-    if several:
-        return _distinct(several, f"${TOKENS_VARIABLE}")
-    token = os.environ.get(TOKEN_VARIABLE, "").strip()
-    return [token] if token else []
+    several = [t.strip() for t in (env_text(os.environ, TOKENS_VARIABLE) or "").split(",")]
+    if any(several):
+        return _distinct([t for t in several if t], f"${TOKENS_VARIABLE}")
+    token = env_text(os.environ, TOKEN_VARIABLE)
+    return _distinct([token], f"${TOKEN_VARIABLE}") if token else []
 
 
 def _distinct(tokens: list[str], where: str) -> list[str]:
+    for number, token in enumerate(tokens, 1):
+        # A key is visible ASCII; anything else (a zero-width space copied from a web page, a
+        # stray byte-order mark) would be sent and refused as a wrong key. Never echoed.
+        if not (token.isascii() and token.isprintable()) or " " in token:
+            raise UsageError(
+                f"{where}: key {number} holds a character no API key has (keys are visible "
+                "ASCII): copy it again"
+            )
     unique = list(dict.fromkeys(tokens))
     if len(unique) < len(tokens):
         log.warning("%s names a key more than once: each key is used once", where)

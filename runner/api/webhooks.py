@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the server side of aiohttp is loaded only by a run that tak
 from runner import jsontext
 from runner.api.remote import MalformedJob, RemoteJob
 from runner.errors import UsageError
+from runner.integers import parse_int
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,15 @@ class WebhookSettings:
                 "the API can reach this machine, e.g. https://batch.example.com/krea"
             )
         host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        try:
+            number = parse_int(port, "port", minimum=1, maximum=65535)
+        except UsageError:
+            number = None
+        if not host or number is None:
             raise UsageError(
                 f"--webhook-listen {listen!r} is not HOST:PORT, e.g. 0.0.0.0:8080 or 127.0.0.1:9000"
             )
-        return cls(public_url, host.strip("[]"), int(port))
+        return cls(public_url, host.strip("[]"), number)
 
 
 def with_secret(url: str, secret: str) -> str:

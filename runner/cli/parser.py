@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from runner import __version__
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
+from runner.integers import int_flag
 from runner.settings import FORMATS, POLL_MODES, SETTING_FLAGS, SETTING_NAMES
 
 DESCRIPTION = """\
@@ -120,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="validate a manifest and show what it would run")
     plan.add_argument("manifest")
-    plan.add_argument("--show", type=int, default=0, metavar="N", help="print the first N specs")
+    plan.add_argument(
+        "--show", type=int_flag(), default=0, metavar="N", help="print the first N specs"
+    )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     _setting_flags(plan, "the run's settings: those that change what is planned are checked")
 
@@ -158,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send ambiguous jobs again (a lost answer nothing could match), after saying how "
         "many images that may pay for twice",
     )
-    run.add_argument("--limit", type=int, metavar="N", help="only the first N jobs")
+    run.add_argument("--limit", type=int_flag(minimum=1), metavar="N", help="only the first N jobs")
     run.add_argument(
         "--drain-timeout",
         type=float,
@@ -287,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the Krea API emulator")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8787)
+    serve.add_argument("--port", type=int_flag(maximum=65535), default=8787)
     serve.add_argument("--token-file", help="accept only the token in this file")
     for flag, name, parse, text in EMULATOR_FLAGS:
         serve.add_argument(flag, dest=name, type=parse, help=text)
@@ -307,7 +310,7 @@ def _setting_flags(parser: argparse.ArgumentParser, text: str) -> None:
         setting = SETTING_FLAGS[name]
         settings.add_argument(
             "--" + name.replace("_", "-"),
-            type=int if setting.whole else str,
+            type=int_flag() if setting.whole else str,
             choices={"poll_mode": POLL_MODES, "format": FORMATS}.get(name),
             metavar=None if name == "poll_mode" else setting.metavar,
             help=setting.text(name),

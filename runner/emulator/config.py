@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.integers import int_flag
+
 
 @dataclass(frozen=True, slots=True)
 class Latency:
@@ -32,7 +34,7 @@ class Latency:
             "lognormal": r"lognormal:(\d+(?:\.\d+)?),(\d+(?:\.\d+)?)",
         }
         for kind, pattern in patterns.items():
-            match = re.fullmatch(pattern, text)
+            match = re.fullmatch(pattern, text, re.ASCII)
             if match:
                 a = float(match.group(1))
                 b = float(match.group(2) or a)
@@ -142,7 +144,7 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
         "fixed:S, uniform:A-B, lognormal:MEDIAN,SIGMA or model",
     ),
     ("--time-scale", "time_scale", float, "multiply job durations (0.01 is 100x faster)"),
-    ("--concurrency-limit", "concurrency_limit", int, "jobs the account may run at once"),
+    ("--concurrency-limit", "concurrency_limit", int_flag(), "jobs the account may run at once"),
     ("--overflow", "overflow", str, "past the limit: 429 (refuse) or backlog"),
     ("--rate-limit", "rate_limit", float, "API requests per second before 429"),
     ("--retry-after", "retry_after", float, "Retry-After seconds sent with 429s"),
@@ -159,16 +161,16 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--truncate-rate", "truncate_rate", float, "share of image downloads cut short"),
     ("--download-rate", "download_bytes_per_s", float, "image download bytes per second"),
     ("--url-ttl", "url_ttl", float, "image URLs expire after this many seconds"),
-    ("--webhook-repeats", "webhook_repeats", int, "deliveries of each webhook"),
+    ("--webhook-repeats", "webhook_repeats", int_flag(), "deliveries of each webhook"),
     ("--webhook-drop-rate", "webhook_drop_rate", float, "share of webhook deliveries lost"),
     ("--listing", "listing", _on_off, "on, or off: GET /jobs answers 404"),
     ("--credits", "credits", float, "compute units available (402 after)"),
     ("--retired", "retired", _models, "comma-separated model ids that answer 410"),
     ("--deprecated", "deprecated", _models, "comma-separated model ids sent with Sunset"),
-    ("--images-per-job", "images_per_job", int, "result URLs per job"),
+    ("--images-per-job", "images_per_job", int_flag(), "result URLs per job"),
     ("--rtt", "rtt", float, "seconds of round trip added to every request and download"),
     ("--dialect", "dialect", str, "answer shapes: spec, docs (Krea's pages today) or map"),
-    ("--seed", "seed", int, "seed for all injected randomness"),
+    ("--seed", "seed", int_flag(signed=True), "seed for all injected randomness"),
 )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from runner.catalog import Catalog, load_catalog
 from runner.errors import ManifestError
-from runner.files import UnusableFile, read_regular
+from runner.files import UnusableFile
 from runner.manifest import located_yaml
 from runner.manifest.located_yaml import join
 from runner.manifest.model import MAX_MANIFEST_BYTES, Context, Entry, Manifest
@@ -26,6 +26,7 @@ from runner.manifest.params import (
 from runner.manifest.schema import check_structure
 from runner.manifest.sources import entry_prompts
 from runner.settings import RunSettings, parse_settings
+from runner.textfiles import TextError, read_text
 
 
 def load_manifest(
@@ -37,13 +38,15 @@ def load_manifest(
     """Read and validate a manifest file; ``overrides`` are run settings from the CLI."""
     file = str(path)
     try:
-        text = read_regular(Path(path), MAX_MANIFEST_BYTES).decode("utf-8-sig")
+        text = read_text(Path(path), MAX_MANIFEST_BYTES)
     except FileNotFoundError as exc:
         raise ManifestError("no such file", file=file) from exc
     except UnusableFile as exc:
         raise ManifestError(f"cannot read it: it {exc.strerror}", file=file) from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ManifestError(f"cannot read it: {exc}", file=file) from exc
+    except TextError as exc:
+        raise ManifestError(exc.reason, file=file, line=exc.line) from exc
     return parse_manifest(
         text, file=file, base_dir=Path(path).parent, catalog=catalog, overrides=overrides
     )

@@ -34,8 +34,9 @@ MAX_REPEATED_NODES = 100_000  # nodes aliases may repeat in all; a manifest need
 
 def load(text: str, file: str) -> tuple[Any, Marks]:
     """Parse one YAML document; syntax errors become ManifestErrors with line and column."""
-    loader = _DepthBoundLoader(text)
+    loader: _DepthBoundLoader | None = None
     try:
+        loader = _DepthBoundLoader(text)  # its reader refuses control characters at once
         node = loader.get_single_node()
         marks: Marks = {}
         data = None if node is None else _Builder(loader, marks, file).build(node, "", 0)
@@ -48,6 +49,13 @@ def load(text: str, file: str) -> tuple[Any, Marks]:
             line=mark.line + 1 if mark else None,
             column=mark.column + 1 if mark else None,
         ) from exc
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ManifestError(
+            f"invalid YAML: character {exc.character:#06x} is not allowed in YAML text",
+            file=file,
+            line=line,
+        ) from exc
     except yaml.YAMLError as exc:
         raise ManifestError(f"invalid YAML: {exc}", file=file) from exc
     except RecursionError:  # the parser itself, before our own depth check could see it
@@ -55,7 +63,8 @@ def load(text: str, file: str) -> tuple[Any, Marks]:
             f"nested too deeply (more than {MAX_DEPTH} levels of lists and mappings)", file=file
         ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, marks
 
 

@@ -19,6 +19,7 @@ MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; its prompts belong in p
 
 
 MAX_PROMPTS_BYTES = 1 << 30  # a million prompts of a few hundred characters fit easily
+MAX_SEED = 2**32 - 1  # seeds are 32-bit unsigned everywhere Krea takes one
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,14 @@ row by row for prompts files that bring their own."""
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
 from runner.catalog import Model
+from runner.integers import NotAWholeNumber, parse_int
 from runner.manifest.assets import AssetError, with_local_files
 from runner.manifest.located_yaml import join
 from runner.manifest.model import Context, Prompt, Variant, one_of
@@ -167,15 +169,19 @@ def row_params(model: Model, prompt: Prompt) -> dict[str, Any]:
     return {name: _typed(model, name, value) for name, value in prompt.params.items()}
 
 
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # no nan, inf, ١
+
+
 def _typed(model: Model, name: str, text: str) -> Any:
     param = model.param(name)
     kind = param.type if param else "string"
     try:
         if "integer" in kind:
-            return int(text)
-        if "number" in kind:
-            return _normalise_number(float(text))
-    except ValueError:
+            return parse_int(text, name, signed=True)
+        if "number" in kind and _DECIMAL.fullmatch(text.strip()):
+            number = float(text)
+            return _normalise_number(number) if math.isfinite(number) else text
+    except (NotAWholeNumber, ValueError):
         return text  # the schema check then says what is allowed
     if "boolean" in kind and text.lower() in ("true", "false"):
         return text.lower() == "true"
@@ -234,7 +240,7 @@ def _size_params(size: str) -> dict[str, Any]:
     if ":" in text:
         return {"aspect_ratio": re.sub(r"\s+", "", text)}
     width, height = re.split(r"\s*[xX×]\s*", text)
-    return {"width": int(width), "height": int(height)}
+    return {"width": parse_int(width, "width"), "height": parse_int(height, "height")}
 
 
 def _normalise_number(value: Any) -> Any:

@@ -10,14 +10,14 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from runner.manifest.located_yaml import join
-from runner.manifest.model import Context
+from runner.manifest.model import MAX_SEED, Context
 from runner.settings import SETTING_NAMES
 
 _SEED = {
     "type": "integer",
     "minimum": 0,
-    "maximum": 2**32 - 1,
-    "x-allowed": "a whole number 0–4294967295",
+    "maximum": MAX_SEED,
+    "x-allowed": f"a whole number 0–{MAX_SEED}",
 }
 
 
@@ -32,7 +32,7 @@ _STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
 
 _SIZE = {
     "type": "string",
-    "pattern": r"^\s*(\d+\s*[xX×]\s*\d+|\d+(\.\d+)?\s*:\s*\d+(\.\d+)?)\s*$",
+    "pattern": r"(?a)^\s*(\d+\s*[xX×]\s*\d+|\d+(\.\d+)?\s*:\s*\d+(\.\d+)?)\s*$",
     "x-allowed": "WIDTHxHEIGHT (1024x576) or an aspect ratio (16:9)",
 }
 

@@ -4,18 +4,19 @@ whose rows may bring their own parameters and seed (``params_from``)."""
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner import jsontext
 from runner.files import UnusableFile, open_regular
+from runner.integers import NotAWholeNumber, parse_int
 from runner.manifest.located_yaml import join
-from runner.manifest.model import MAX_PROMPTS_BYTES, Context, Prompt, one_of
+from runner.manifest.model import MAX_PROMPTS_BYTES, MAX_SEED, Context, Prompt, one_of
+from runner.textfiles import TextError, text_lines
 
 
 def entry_prompts(
@@ -49,20 +50,19 @@ def _prompts_file(
             columns.where, "takes a .csv or .jsonl prompts file (a .txt has no columns)"
         )
     try:
-        raw_handle = open_regular(file, max_bytes=MAX_PROMPTS_BYTES)
-        # utf-8-sig: a byte-order mark (Excel, Notepad) is not part of the first prompt.
-        with io.TextIOWrapper(raw_handle, encoding="utf-8-sig", newline="") as handle:
+        with open_regular(file, max_bytes=MAX_PROMPTS_BYTES) as handle:
+            lines = text_lines(handle, str(file))
             if suffix == ".txt":
                 name = str(file)
                 rows: Iterator[Prompt] = (
                     Prompt(line.strip(), name, line=n)
-                    for n, line in enumerate(handle, 1)
+                    for n, line in lines
                     if line.strip() and not line.lstrip().startswith("#")
                 )
             elif suffix == ".csv":
-                rows = _csv_prompts(ctx, handle, file, columns, where)
+                rows = _csv_prompts(ctx, (line for _, line in lines), file, columns, where)
             else:
-                rows = _jsonl_prompts(ctx, handle, file, columns, where)
+                rows = _jsonl_prompts(ctx, lines, file, columns, where)
             # Each row is at least one job: rows past the job cap are never read (or held).
             prompts = list(itertools.islice(rows, ctx.max_rows + 1))
             if len(prompts) > ctx.max_rows:
@@ -75,8 +75,10 @@ def _prompts_file(
         raise ctx.error(where, f"prompts file {file} does not exist") from exc
     except UnusableFile as exc:
         raise ctx.error(where, f"cannot read {file}: it {exc.strerror}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ctx.error(where, f"cannot read {file}: {exc}") from exc
+    except TextError as exc:
+        raise ctx.error(where, str(exc)) from exc
     if not prompts:
         raise ctx.error(where, f"{file} holds no prompts")
     return tuple(prompts)
@@ -127,18 +129,26 @@ class _Columns:
             for param, column in pairs
             if record.get(column) is not None and record.get(column) != ""
         }
-        seed = params.pop("seed", None)
-        try:
-            seed = None if seed is None else int(seed)
-        except (TypeError, ValueError):
-            raise ValueError(f"{source}:{line}: seed {seed!r} is not a whole number") from None
+        seed = _row_seed(params.pop("seed", None), f"{source}:{line}: seed")
         return Prompt(text, source, params, seed, typed, columns, line)
 
 
+def _row_seed(value: Any, where: str) -> int | None:
+    """A row's seed: a whole number 0 to MAX_SEED, written as text (CSV) or a number (JSONL)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise NotAWholeNumber(where, f"{value!r} is not a whole number")
+        return parse_int(str(value), where, maximum=MAX_SEED)
+    except NotAWholeNumber as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _csv_prompts(
-    ctx: Context, handle: Any, file: Path, columns: _Columns, where: str
+    ctx: Context, lines: Iterable[str], file: Path, columns: _Columns, where: str
 ) -> Iterator[Prompt]:
-    reader = csv.DictReader(handle)
+    reader = csv.DictReader(lines)
     try:
         names = reader.fieldnames or []
     except csv.Error as exc:  # a NUL byte, a field past the csv module's size limit
@@ -161,10 +171,10 @@ def _csv_prompts(
 
 
 def _jsonl_prompts(
-    ctx: Context, handle: Any, file: Path, columns: _Columns, where: str
+    ctx: Context, lines: Iterable[tuple[int, str]], file: Path, columns: _Columns, where: str
 ) -> Iterator[Prompt]:
     column, name = columns.prompt, str(file)
-    for n, line in enumerate(handle, 1):
+    for n, line in lines:
         if not line.strip():
             continue
         try:
