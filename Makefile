@@ -27,7 +27,8 @@ run: install-run
 	$(BIN)/krea-batch run jobs.example.yaml --emulator --out out
 
 test: install
-	$(BIN)/python -m pytest -q -n 4
+	$(BIN)/python -m pytest -q -n 4 -m 'not serial'
+	$(BIN)/python -m pytest -q -m serial
 
 lint: install
 	$(BIN)/ruff check .

@@ -418,9 +418,9 @@ async def test_the_runner_understands_every_answer_shape_krea_has_shown(
     config = EmulatorConfig(latency=QUICK, dialect=dialect, reset_after_create=0.4, seed=3)
     async with run_emulator(config) as emu:
         result = await run_batch(
-            small_manifest(8), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(16), tmp_path, api_base=emu.url, token="t", options=FAST
         )
-        records = check_folder(tmp_path, 8, emu.emulator)
-        assert emu.emulator.stats["resets_after_create"] > 0
+        records = check_folder(tmp_path, 16, emu.emulator)
+        assert emu.emulator.stats["resets_after_create"] > 0  # 0.6**16: one run in 3,500
     assert result.exit_code == 0
     assert {r["status"] for r in records} == {"completed"}

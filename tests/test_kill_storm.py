@@ -16,6 +16,10 @@ from tests.test_resume import kill_at, run_to_end
 JOBS = 500
 KILLS = 20
 
+# Kill storms measure how often a crash leaves a job ambiguous: that depends on timing, so
+# they run alone, not beside other tests on two cores.
+pytestmark = pytest.mark.serial
+
 
 @pytest.mark.timeout(300)
 async def test_twenty_kill_9s_amid_faults_lose_nothing_and_never_pay_twice(
