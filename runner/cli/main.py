@@ -18,7 +18,8 @@ from pathlib import Path
 from PIL import UnidentifiedImageError
 
 from runner.api.client import DEFAULT_API_BASE, KreaClient
-from runner.api.secrets import find_tokens, read_tokens_file
+from runner.api.keys import keys_of
+from runner.api.secrets import find_tokens, read_tokens_file, token_source
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
@@ -111,7 +112,11 @@ def _run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest, overrides=overrides)
     for warning in manifest.warnings:
         logging.getLogger("runner").warning(warning)
-    tokens = [] if args.emulator else find_tokens(args.token_file)
+    tokens = (
+        []
+        if args.emulator
+        else keys_of(find_tokens(args.token_file), token_source(args.token_file))
+    )
     webhook = None
     if args.webhook_url or args.webhook_listen:
         if not (args.webhook_url and args.webhook_listen):
@@ -167,10 +172,8 @@ def _run(args: argparse.Namespace) -> int:
         f"results: {out}/results.jsonl   {where}"
     )
     if result.stopped:
-        print(
-            f"stopped early: {result.stopped}; run the same command again to resume",
-            file=sys.stderr,
-        )
+        advice = result.advice or "run the same command again to resume"
+        print(f"stopped early: {result.stopped}; {advice}", file=sys.stderr)
     if counts.failed:
         print(
             f"{counts.failed} failed: `krea-batch status {out}` groups the reasons; "
