@@ -412,12 +412,14 @@ class Engine(Stopping, Writing):
             self.fatal = exc
             self.advice = refusals_advice(self._refusals | {exc.status}, keys)
         if self.stopping is None:
-            running = self._running_remotely()
-            if running:
-                self.stop("every API key was refused" if len(keys) > 1 else str(exc))
+            why = "every API key was refused" if len(keys) > 1 else "the API key was refused"
+            if len(keys) == 1:
+                log.error("%s", exc)
+            if self._running_remotely():
+                self.stop(why)
             else:  # nothing to wait for: say so, once
-                self.stopping = "every API key was refused" if len(keys) > 1 else str(exc)
-                log.error("%s: no more submits, and no job is running", self.stopping)
+                self.stopping = why
+                log.error("%s: no more submits, and no job is running", why)
 
     def _running_remotely(self) -> int:
         """Jobs of this run's keys that run at the API now (a job id, no outcome yet)."""
