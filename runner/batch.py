@@ -17,7 +17,7 @@ import anyio
 
 from runner.api.bounds import Limits, Timeouts
 from runner.api.client import DEFAULT_API_BASE, KreaClient
-from runner.api.keys import ApiKey
+from runner.api.keys import ApiKey, KeyList
 from runner.api.limiter import SharedRate
 from runner.api.webhooks import Receiver, WebhookSettings, receiving
 from runner.engine import Engine, EngineOptions, RunResult, RunStats
@@ -53,7 +53,8 @@ async def run_batch(
     *,
     api_base: str | None = None,
     token: str | None = None,
-    tokens: Sequence[str | ApiKey] = (),
+    tokens: Sequence[str] = (),
+    key_source: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     options: EngineOptions | None = None,
     on_progress: Callable[[Engine], None] | None = None,
@@ -72,8 +73,9 @@ async def run_batch(
     ``api_base`` is Krea's API by default, or anything that answers like it (the emulator,
     which the CLI starts for ``--emulator``); a token is needed unless ``api_base`` is given.
     ``tokens``: a pool of keys, each an account with the run's concurrency and request rate
-    (runner.engine.accounts), opened when first used; ``token`` is a pool of one. ``ApiKey``s
-    name themselves in messages by where the user put them (``key 2 of keys.txt``).
+    (runner.engine.accounts), opened when first used; ``token`` is a pool of one.
+    ``key_source`` says where they come from, so that messages name a key the way a person
+    finds it: ``key 2 of keys.txt (35a34ba4)``.
 
     ``overrides`` are run settings (concurrency, rate_limit, …) that beat the manifest's;
     ``notify_url`` receives the summary as JSON when the run ends; OUT/status.json (and
@@ -133,11 +135,7 @@ async def run_batch(
                 max_connections=max(16, settings.concurrency * 2),
             )
 
-        given = keys or ["anonymous"]
-        ring = KeyRing(
-            [k if isinstance(k, ApiKey) else ApiKey(k, i) for i, k in enumerate(given, 1)],
-            client_for,
-        )
+        ring = KeyRing(KeyList(keys or ["anonymous"], key_source), client_for)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(ring.aclose)
             receiver = None

@@ -8,6 +8,8 @@ import json
 import logging
 import queue
 import threading
+import time
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +20,7 @@ import anyio
 import pytest
 
 from runner import run_batch
-from runner.api.keys import fingerprint, keys_of
+from runner.api.keys import fingerprint
 from runner.api.secrets import find_tokens
 from runner.cli.main import main
 from runner.cli.progress import keys_text
@@ -298,7 +300,8 @@ async def test_a_key_refused_without_end_hands_its_jobs_to_the_others_and_cools_
                 small_manifest(6, concurrency=4),
                 tmp_path,
                 api_base=emu.url,
-                tokens=keys_of(list(KEYS[:2]), "keys.txt"),
+                tokens=KEYS[:2],
+                key_source="keys.txt",
                 options=SICK_KEY_OPTIONS,
             )
         check_folder(tmp_path, 6, emu.emulator)
@@ -323,21 +326,22 @@ async def test_a_key_whose_listing_fails_holds_only_its_unchecked_jobs(
     sick, well = fingerprint(KEYS[0]), fingerprint(KEYS[1])
     faults = frozenset({(sick, "listing-down"), (sick, "lost-answers")})
     config = EmulatorConfig(latency=Latency.parse("fixed:0.05"), tokens=KEYS[:2], key_faults=faults)
-    keys = keys_of(list(KEYS[:2]), "keys.txt")
     async with run_emulator(config) as emu:
         with caplog.at_level(logging.WARNING), anyio.fail_after(10):
             result = await run_batch(
                 small_manifest(6, concurrency=4),
                 tmp_path,
                 api_base=emu.url,
-                tokens=keys,
+                tokens=KEYS[:2],
+                key_source="keys.txt",
                 options=SICK_KEY_OPTIONS,
             )
         again = await run_batch(
             small_manifest(6, concurrency=4),
             tmp_path,
             api_base=emu.url,
-            tokens=keys,
+            tokens=KEYS[:2],
+            key_source="keys.txt",
             options=SICK_KEY_OPTIONS,
         )
         per_account = accounts(emu.emulator.snapshot())
@@ -414,3 +418,46 @@ def test_every_key_refused_is_said_once_per_key_with_advice_that_fits(
     assert "waiting up to" not in err  # no job was in flight
     assert "run the same command again" not in err
     assert f"check the keys in {keys}" in err
+
+
+# ---- a pool of 10,000 keys (#28) ------------------------------------------------------------
+
+
+async def _measured(url: str, emu: Any, tokens: list[str], folder: Path) -> tuple[float, int]:
+    """A run of 6 jobs: seconds from its call to its first submit, and its peak of memory."""
+    first: list[float] = []
+
+    def on_submit(kind: str, job: Any) -> None:
+        if kind == "submit" and not first:
+            first.append(time.perf_counter())
+
+    emu.observers.append(on_submit)
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        result = await run_batch(
+            small_manifest(6), folder, api_base=url, tokens=tokens, options=FAST
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        emu.observers.remove(on_submit)
+    assert result.counts.completed == 6
+    return first[0] - started, peak
+
+
+async def test_ten_thousand_keys_cost_what_the_keys_in_use_cost(tmp_path: Path) -> None:
+    many = [f"pool-key-{i:05d}" for i in range(10_000)]
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.02"))
+    async with run_emulator(config) as emu:
+        await _measured(emu.url, emu.emulator, ["warm"], tmp_path / "warm")  # imports, caches
+        one = [
+            await _measured(emu.url, emu.emulator, ["solo"], tmp_path / f"one{i}") for i in (1, 2)
+        ]
+        pool = [await _measured(emu.url, emu.emulator, many, tmp_path / f"pool{i}") for i in (1, 2)]
+        stats = emu.emulator.snapshot()
+    assert stats["submits"] == 6 * 5
+    one_start, one_peak = min(s for s, _ in one), min(p for _, p in one)
+    pool_start, pool_peak = min(s for s, _ in pool), min(p for _, p in pool)
+    assert pool_peak <= 2 * one_peak, (pool_peak, one_peak)
+    assert pool_start <= 2 * one_start + 0.01, (pool_start, one_start)

@@ -4,6 +4,8 @@ and where the user put the key, so that a person can find it."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import overload
 
 FINGERPRINT_CHARS = 8
 
@@ -49,6 +51,24 @@ class ApiKey:
         return f"ApiKey({self.label!r})"
 
 
-def keys_of(tokens: list[str], source: str | None) -> list[ApiKey]:
-    """The tokens as keys, numbered from 1 in the order ``source`` gives them."""
-    return [ApiKey(token, index, source) for index, token in enumerate(tokens, 1)]
+class KeyList(Sequence[ApiKey]):
+    """The tokens as keys, numbered from 1 in the order ``source`` gives them; each
+    ``ApiKey`` made when asked for, so that 10,000 tokens cost no more than their strings."""
+
+    def __init__(self, tokens: Sequence[str], source: str | None = None) -> None:
+        self.tokens = tokens
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @overload
+    def __getitem__(self, index: int) -> ApiKey: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ApiKey]: ...
+    def __getitem__(self, index: int | slice) -> ApiKey | Sequence[ApiKey]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        return ApiKey(self.tokens[index], index + 1, self.source)

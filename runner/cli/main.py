@@ -18,7 +18,6 @@ from pathlib import Path
 from PIL import UnidentifiedImageError
 
 from runner.api.client import DEFAULT_API_BASE, KreaClient
-from runner.api.keys import keys_of
 from runner.api.secrets import find_tokens, read_tokens_file, token_source
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
@@ -112,11 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest, overrides=overrides)
     for warning in manifest.warnings:
         logging.getLogger("runner").warning(warning)
-    tokens = (
-        []
-        if args.emulator
-        else keys_of(find_tokens(args.token_file), token_source(args.token_file))
-    )
+    tokens = [] if args.emulator else find_tokens(args.token_file)
     webhook = None
     if args.webhook_url or args.webhook_listen:
         if not (args.webhook_url and args.webhook_listen):
@@ -154,7 +149,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.emulator:
             result = asyncio.run(_on_the_emulator(batch))
         else:
-            result = asyncio.run(batch(api_base=args.api_base, tokens=tokens))
+            source = token_source(args.token_file)
+            result = asyncio.run(batch(api_base=args.api_base, tokens=tokens, key_source=source))
     finally:
         progress.close()
     counts = result.counts
