@@ -461,3 +461,34 @@ async def test_ten_thousand_keys_cost_what_the_keys_in_use_cost(tmp_path: Path) 
     pool_start, pool_peak = min(s for s, _ in pool), min(p for _, p in pool)
     assert pool_peak <= 2 * one_peak, (pool_peak, one_peak)
     assert pool_start <= 2 * one_start + 0.01, (pool_start, one_start)
+
+
+async def test_status_shows_jobs_spend_and_state_per_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.05"), tokens=KEYS[:2])
+    async with run_emulator(config) as emu:
+        result = await run_batch(
+            small_manifest(8, concurrency=4),
+            tmp_path,
+            api_base=emu.url,
+            tokens=[*KEYS[:2], "revoked"],
+            key_source="keys.txt",
+            options=FAST,
+        )
+    assert result.counts.completed == 8
+    assert await anyio.to_thread.run_sync(main, ["status", str(tmp_path), "--json"]) == 0
+    keys = json.loads(capsys.readouterr().out)["keys"]
+    first, second, revoked = (fingerprint(k) for k in (*KEYS[:2], "revoked"))
+    assert keys[first]["completed"] + keys[second]["completed"] == 8
+    assert keys[first]["completed"] > 0
+    assert keys[first]["spend_usd"] + keys[first]["spend_units"] > 0
+    assert keys[first]["place"] == "key 1 of keys.txt"
+    assert keys[first]["state"] == "ok"
+    assert keys[revoked]["place"] == "key 3 of keys.txt"
+    assert keys[revoked]["state"].startswith("retired: ")
+    assert keys[revoked]["completed"] == 0
+    assert await anyio.to_thread.run_sync(main, ["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"  key 3 of keys.txt ({revoked}): no jobs, $0; retired: " in text
+    assert f"  key 1 of keys.txt ({first}): {keys[first]['completed']} completed, " in text
