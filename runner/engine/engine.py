@@ -412,9 +412,7 @@ class Engine(Stopping, Writing):
             self.fatal = exc
             self.advice = refusals_advice(self._refusals | {exc.status}, keys)
         if self.stopping is None:
-            why = "every API key was refused" if len(keys) > 1 else "the API key was refused"
-            if len(keys) == 1:
-                log.error("%s", exc)
+            why = "every API key was refused" if len(keys) > 1 else str(exc)
             if self._running_remotely():
                 self.stop(why)
             else:  # nothing to wait for: say so, once
