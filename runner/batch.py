@@ -16,9 +16,11 @@ import anyio
 
 from runner.api.bounds import Limits, Timeouts
 from runner.api.client import DEFAULT_API_BASE, KreaClient
+from runner.api.keys import ApiKey, KeyList
 from runner.api.limiter import SharedRate
 from runner.api.webhooks import Receiver, WebhookSettings, receiving
 from runner.engine import Engine, EngineOptions, RunResult, RunStats
+from runner.engine.accounts import KeyRing
 from runner.errors import UsageError
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, ResultRecord
@@ -51,6 +53,7 @@ async def run_batch(
     api_base: str | None = None,
     token: str | None = None,
     tokens: Sequence[str] = (),
+    key_source: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     options: EngineOptions | None = None,
     on_progress: Callable[[Engine], None] | None = None,
@@ -69,7 +72,9 @@ async def run_batch(
     ``api_base`` is Krea's API by default, or anything that answers like it (the emulator,
     which the CLI starts for ``--emulator``); a token is needed unless ``api_base`` is given.
     ``tokens``: a pool of keys, each an account with the run's concurrency and request rate
-    (runner.engine.accounts); ``token`` is a pool of one.
+    (runner.engine.accounts), opened when first used; ``token`` is a pool of one.
+    ``key_source`` says where they come from, so that messages name a key the way a person
+    finds it: ``key 2 of keys.txt (35a34ba4)``.
 
     ``overrides`` are run settings (concurrency, rate_limit, …) that beat the manifest's;
     ``notify_url`` receives the summary as JSON when the run ends; OUT/status.json (and
@@ -116,20 +121,22 @@ async def run_batch(
         )
         claim_identity(folder.root, wanted, str(out), append=append)
         writer = open_writer(folder, settings.format, settings.shard_size, destination)
-        clients = [
-            KreaClient(
+
+        timeouts = Timeouts(api=options.api_timeout, stall=options.download_stall)
+
+        def client_for(key: ApiKey) -> KreaClient:
+            return KreaClient(
                 base_url,
-                key,
+                key.token,
                 limiter=SharedRate(settings.rate_limit),
-                timeouts=Timeouts(api=options.api_timeout, stall=options.download_stall),
+                timeouts=timeouts,
                 limits=Limits(image_bytes=settings.max_image_bytes),
                 max_connections=max(16, settings.concurrency * 2),
             )
-            for key in keys or ["anonymous"]
-        ]
+
+        ring = KeyRing(KeyList(keys or ["anonymous"], key_source), client_for)
         async with contextlib.AsyncExitStack() as stack:
-            for client in clients:
-                await stack.enter_async_context(client)
+            stack.push_async_callback(ring.aclose)
             receiver = None
             if webhook is not None:
                 receiver = Receiver(deliver=lambda remote: False)
@@ -142,11 +149,12 @@ async def run_batch(
                 if on_progress is not None:
                     on_progress(engine)
 
-            engine = Engine(manifest, folder, clients, options, on_progress=progress, writer=writer)
+            engine = Engine(manifest, folder, ring, options, on_progress=progress, writer=writer)
             if receiver is not None:
                 receiver.deliver = engine.delivered
             result = await engine.run()
             live.write(engine, "finished")
+            clients = list(ring.opened)
 
         def records() -> Iterator[ResultRecord]:
             # Every finished job of the folder: this manifest's in its order, then any other's

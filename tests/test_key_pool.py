@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import queue
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +28,7 @@ from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import Engine
 from runner.exitcodes import ExitCode
 from runner.outputs.figures import stats_of
-from tests.engine_helpers import FAST, check_folder, small_manifest
+from tests.engine_helpers import FAST, check_folder, manifest_text, read_results, small_manifest
 
 KEYS = ("key-one", "key-two", "key-three", "key-four")
 
@@ -76,6 +84,28 @@ async def test_a_pool_spreads_jobs_over_its_keys_and_asks_about_each_with_its_ow
     assert line.startswith("keys: ")
     assert f"{revoked} retired (" in line
     assert_no_token_in(tmp_path)
+
+
+@contextlib.contextmanager
+def emulator_thread(config: EmulatorConfig) -> Iterator[str]:
+    """An emulator served from a thread of its own, so that the CLI runs in the main thread
+    (it handles signals there); yields its URL."""
+    started: queue.Queue[tuple[str, asyncio.AbstractEventLoop, asyncio.Event]] = queue.Queue()
+
+    async def serve() -> None:
+        done = asyncio.Event()
+        async with run_emulator(config) as emu:
+            started.put((emu.url, asyncio.get_running_loop(), done))
+            await done.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    url, loop, done = started.get(timeout=10)
+    try:
+        yield url
+    finally:
+        loop.call_soon_threadsafe(done.set)
+        thread.join()
 
 
 def assert_no_token_in(folder: Path) -> None:
@@ -246,3 +276,219 @@ async def test_status_refresh_asks_about_each_job_with_the_key_that_holds_it(
     assert len(in_flight) == 8
     assert {job["remote_status"] for job in in_flight} <= {"queued", "scheduled", "processing"}
     assert stats.get("wrong_account", 0) == 0
+
+
+# ---- a key's health (#28) ---------------------------------------------------------------------
+
+SICK_KEY_OPTIONS = replace(FAST, key_patience=0.2, key_cooldown=60.0)
+
+
+async def test_a_key_refused_without_end_hands_its_jobs_to_the_others_and_cools_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Key 1 answers every request with a 429 (proof that nothing was created): after its
+    # patience its jobs go to key 2, and it takes none while it cools down.
+    sick, well = fingerprint(KEYS[0]), fingerprint(KEYS[1])
+    config = EmulatorConfig(
+        latency=Latency.parse("fixed:0.05"),
+        tokens=KEYS[:2],
+        key_faults=frozenset({(sick, "throttled")}),
+    )
+    async with run_emulator(config) as emu:
+        with caplog.at_level(logging.WARNING), anyio.fail_after(10):
+            result = await run_batch(
+                small_manifest(6, concurrency=4),
+                tmp_path,
+                api_base=emu.url,
+                tokens=KEYS[:2],
+                key_source="keys.txt",
+                options=SICK_KEY_OPTIONS,
+            )
+        check_folder(tmp_path, 6, emu.emulator)
+        stats = emu.emulator.snapshot()
+    assert result.exit_code == ExitCode.OK
+    assert result.counts.completed == 6
+    per_account = accounts(stats)
+    assert per_account[well]["submits"] == 6
+    assert per_account[sick].get("submits", 0) == 0
+    assert per_account[sick]["rate_limited"] < 60, "the sick key was asked without end"
+    cooled = [r.getMessage() for r in caplog.records if "tried again in" in r.getMessage()]
+    assert len(cooled) == 1
+    assert cooled[0].startswith(f"key 1 of keys.txt ({sick}): ")
+    assert result.counts.by_account[sick].cooling is not None
+
+
+async def test_a_key_whose_listing_fails_holds_only_its_unchecked_jobs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Key 1 loses every submit's answer and cannot list: the one job it created cannot be
+    # checked, so it stays with key 1 (never sent again); every other job goes to key 2.
+    sick, well = fingerprint(KEYS[0]), fingerprint(KEYS[1])
+    faults = frozenset({(sick, "listing-down"), (sick, "lost-answers")})
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.05"), tokens=KEYS[:2], key_faults=faults)
+    async with run_emulator(config) as emu:
+        with caplog.at_level(logging.WARNING), anyio.fail_after(10):
+            result = await run_batch(
+                small_manifest(6, concurrency=4),
+                tmp_path,
+                api_base=emu.url,
+                tokens=KEYS[:2],
+                key_source="keys.txt",
+                options=SICK_KEY_OPTIONS,
+            )
+        again = await run_batch(
+            small_manifest(6, concurrency=4),
+            tmp_path,
+            api_base=emu.url,
+            tokens=KEYS[:2],
+            key_source="keys.txt",
+            options=SICK_KEY_OPTIONS,
+        )
+        per_account = accounts(emu.emulator.snapshot())
+        assert emu.emulator.paid_twice() == []
+    assert per_account[sick]["submits"] == 1
+    assert per_account[well]["submits"] == 5
+    assert (result.counts.completed, result.counts.deferred) == (5, 1)
+    assert result.exit_code == ExitCode.FAILED
+    held = [r.getMessage() for r in caplog.records if "could not settle" in r.getMessage()]
+    assert held
+    assert held[0].startswith(f"key 1 of keys.txt ({sick}) holds 1 job(s)")
+    # The next run asks key 1 again, and still sends the job with no other key.
+    assert (again.counts.submits, again.counts.deferred) == (0, 1)
+
+
+# ---- an API without a listing (#28) ---------------------------------------------------------
+
+
+async def test_a_lost_submit_on_an_api_without_a_listing_is_ambiguous_and_can_be_released(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = EmulatorConfig(
+        latency=Latency.parse("fixed:0.05"), listing=False, reset_after_create=1.0
+    )
+    async with run_emulator(config) as emu:
+        first = await run_batch(
+            small_manifest(2), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        records = read_results(tmp_path)
+        rerun = await run_batch(
+            small_manifest(2), tmp_path, api_base=emu.url, token="t", options=FAST
+        )
+        assert emu.emulator.stats["submits"] == 2  # nothing sent again on its own
+        emu.emulator.config = replace(config, reset_after_create=0.0)
+        with caplog.at_level(logging.WARNING):
+            released = await run_batch(
+                small_manifest(2),
+                tmp_path,
+                api_base=emu.url,
+                token="t",
+                options=replace(FAST, retry_ambiguous=True),
+            )
+    assert first.counts.ambiguous_jobs == 2
+    assert first.counts.deferred == 0
+    assert {r["status"] for r in records} == {"ambiguous"}
+    assert all("no job listing" in r["error"] for r in records)
+    assert (rerun.counts.submits, rerun.counts.ambiguous_before) == (0, 2)
+    assert "sending them again pays for at most 2 image(s) twice" in caplog.text
+    assert released.counts.completed == 2
+    assert released.exit_code == ExitCode.OK
+
+
+# ---- keys named the way a person finds them (#28) -----------------------------------------
+
+
+def test_every_key_refused_is_said_once_per_key_with_advice_that_fits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# none of these is accepted\nbad-one\nbad-two\nbad-three\n")
+    keys.chmod(0o600)
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(6))
+
+    with emulator_thread(EmulatorConfig(tokens=("good",))) as url:
+        command = ["run", str(manifest), "--out", str(tmp_path / "out")]
+        code = main([*command, "--token-file", str(keys), "--api-base", url])
+    err = capsys.readouterr().err
+    assert code == ExitCode.FATAL
+    for n, token in enumerate(("bad-one", "bad-two", "bad-three"), 1):
+        named = f"key {n} of {keys} ({fingerprint(token)}) retired: "
+        assert err.count(named) == 1, err
+    assert err.count("401") == 3, err  # once per key, nowhere else
+    assert "waiting up to" not in err  # no job was in flight
+    assert "run the same command again" not in err
+    assert f"check the keys in {keys}" in err
+
+
+# ---- a pool of 10,000 keys (#28) ------------------------------------------------------------
+
+
+async def _measured(url: str, emu: Any, tokens: list[str], folder: Path) -> tuple[float, int]:
+    """A run of 6 jobs: seconds from its call to its first submit, and its peak of memory."""
+    first: list[float] = []
+
+    def on_submit(kind: str, job: Any) -> None:
+        if kind == "submit" and not first:
+            first.append(time.perf_counter())
+
+    emu.observers.append(on_submit)
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        result = await run_batch(
+            small_manifest(6), folder, api_base=url, tokens=tokens, options=FAST
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        emu.observers.remove(on_submit)
+    assert result.counts.completed == 6
+    return first[0] - started, peak
+
+
+async def test_ten_thousand_keys_cost_what_the_keys_in_use_cost(tmp_path: Path) -> None:
+    many = [f"pool-key-{i:05d}" for i in range(10_000)]
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.02"))
+    async with run_emulator(config) as emu:
+        await _measured(emu.url, emu.emulator, ["warm"], tmp_path / "warm")  # imports, caches
+        one = [
+            await _measured(emu.url, emu.emulator, ["solo"], tmp_path / f"one{i}") for i in (1, 2)
+        ]
+        pool = [await _measured(emu.url, emu.emulator, many, tmp_path / f"pool{i}") for i in (1, 2)]
+        stats = emu.emulator.snapshot()
+    assert stats["submits"] == 6 * 5
+    one_start, one_peak = min(s for s, _ in one), min(p for _, p in one)
+    pool_start, pool_peak = min(s for s, _ in pool), min(p for _, p in pool)
+    assert pool_peak <= 2 * one_peak, (pool_peak, one_peak)
+    assert pool_start <= 2 * one_start + 0.01, (pool_start, one_start)
+
+
+async def test_status_shows_jobs_spend_and_state_per_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = EmulatorConfig(latency=Latency.parse("fixed:0.05"), tokens=KEYS[:2])
+    async with run_emulator(config) as emu:
+        result = await run_batch(
+            small_manifest(8, concurrency=4),
+            tmp_path,
+            api_base=emu.url,
+            tokens=[*KEYS[:2], "revoked"],
+            key_source="keys.txt",
+            options=FAST,
+        )
+    assert result.counts.completed == 8
+    assert await anyio.to_thread.run_sync(main, ["status", str(tmp_path), "--json"]) == 0
+    keys = json.loads(capsys.readouterr().out)["keys"]
+    first, second, revoked = (fingerprint(k) for k in (*KEYS[:2], "revoked"))
+    assert keys[first]["completed"] + keys[second]["completed"] == 8
+    assert keys[first]["completed"] > 0
+    assert keys[first]["spend_usd"] + keys[first]["spend_units"] > 0
+    assert keys[first]["place"] == "key 1 of keys.txt"
+    assert keys[first]["state"] == "ok"
+    assert keys[revoked]["place"] == "key 3 of keys.txt"
+    assert keys[revoked]["state"].startswith("retired: ")
+    assert keys[revoked]["completed"] == 0
+    assert await anyio.to_thread.run_sync(main, ["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"  key 3 of keys.txt ({revoked}): no jobs, $0; retired: " in text
+    assert f"  key 1 of keys.txt ({first}): {keys[first]['completed']} completed, " in text

@@ -83,6 +83,14 @@ class KreaClient:
         return f"KreaClient({self.base_url!r})"
 
     async def __aenter__(self) -> KreaClient:
+        self.open()
+        return self
+
+    def open(self) -> None:
+        """Make the session (inside a running event loop), as ``async with`` does: a pool
+        opens a key's client when the key first gets a job."""
+        if self._session is not None:
+            return
         if self._closed:
             raise RuntimeError("a KreaClient cannot be reopened once closed")
         self._session = aiohttp.ClientSession(
@@ -93,7 +101,6 @@ class KreaClient:
             timeout=aiohttp.ClientTimeout(total=self.timeouts.api, connect=self.timeouts.connect),
             raise_for_status=False,
         )
-        return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -69,3 +69,13 @@ def _distinct(tokens: list[str], where: str) -> list[str]:
     if len(unique) < len(tokens):
         log.warning("%s names a key more than once: each key is used once", where)
     return unique
+
+
+def token_source(token_file: str | None) -> str:
+    """Where ``find_tokens`` takes the keys from, as a person names it in a message: the
+    token file's path, ``$KREA_API_TOKENS`` or ``$KREA_API_TOKEN``."""
+    if token_file:
+        return token_file
+    if any(t.strip() for t in os.environ.get(TOKENS_VARIABLE, "").split(",")):
+        return f"${TOKENS_VARIABLE}"
+    return f"${TOKEN_VARIABLE}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import UnidentifiedImageError
 
 from runner.api.client import DEFAULT_API_BASE, KreaClient
-from runner.api.secrets import find_tokens, read_tokens_file
+from runner.api.secrets import find_tokens, read_tokens_file, token_source
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
@@ -149,7 +149,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.emulator:
             result = asyncio.run(_on_the_emulator(batch))
         else:
-            result = asyncio.run(batch(api_base=args.api_base, tokens=tokens))
+            source = token_source(args.token_file)
+            result = asyncio.run(batch(api_base=args.api_base, tokens=tokens, key_source=source))
     finally:
         progress.close()
     counts = result.counts
@@ -167,10 +168,8 @@ def _run(args: argparse.Namespace) -> int:
         f"results: {out}/results.jsonl   {where}"
     )
     if result.stopped:
-        print(
-            f"stopped early: {result.stopped}; run the same command again to resume",
-            file=sys.stderr,
-        )
+        advice = result.advice or "run the same command again to resume"
+        print(f"stopped early: {result.stopped}; {advice}", file=sys.stderr)
     if counts.failed:
         print(
             f"{counts.failed} failed: `krea-batch status {out}` groups the reasons; "

@@ -112,7 +112,8 @@ class Emulator:
             self.stats["unauthorized"] += 1
             return _error(401, "Unauthorized: send Authorization: Bearer <token>")
         account.stats["requests"] += 1
-        if not account.take_rate_token(self.config.rate_limit, self.clock()):
+        throttled = "throttled" in self.config.faults_of(account.label)
+        if throttled or not account.take_rate_token(self.config.rate_limit, self.clock()):
             self._count(request, "rate_limited")
             headers = {}
             if self.config.retry_after is not None:
@@ -218,7 +219,8 @@ class Emulator:
         self._count(request, "submits")
         self.submits_by_body[body_hash(body)] += 1
         self._notify("submit", job)
-        if self.rng.random() < self.config.reset_after_create:
+        lost = "lost-answers" in self.config.faults_of(self._account(request).label)
+        if lost or self.rng.random() < self.config.reset_after_create:
             self.stats["resets_after_create"] += 1
             self._drop(request)
             raise _Dropped
@@ -250,6 +252,9 @@ class Emulator:
     async def list_jobs(self, request: web.Request) -> web.Response:
         if not self.config.listing:
             return _error(404, "Not found")
+        if "listing-down" in self.config.faults_of(self._account(request).label):
+            self._count(request, "listing_down")
+            return _error(503, "Service unavailable")
         self._count(request, "lists")
         query = request.query
         try:

@@ -56,6 +56,9 @@ class Latency:
 
 
 DIALECTS = ("spec", "docs", "map")
+# What one account may suffer (--key-fault FINGERPRINT:FAULT): every request answered 429;
+# GET /jobs answered 503; every submit's job created and its answer lost (connection dropped).
+KEY_FAULTS = ("throttled", "listing-down", "lost-answers")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,13 @@ class EmulatorConfig:
     # them today (POST answers without status, nextCursor, result.urls as {type, url}
     # objects); "map" as "docs" but result.urls a map of name → URL.
     dialect: str = "spec"
+    # Faults of one account, by its token's fingerprint: (fingerprint, fault) pairs, a fault
+    # being one of KEY_FAULTS.
+    key_faults: frozenset[tuple[str, str]] = frozenset()
+
+    def faults_of(self, label: str) -> frozenset[str]:
+        """The faults of the account whose token has the fingerprint ``label``."""
+        return frozenset(fault for key, fault in self.key_faults if key == label)
 
     @property
     def accepted_tokens(self) -> tuple[str, ...]:
@@ -123,12 +133,27 @@ class EmulatorConfig:
             raise ValueError("time_scale must be above zero")
         if self.images_per_job < 1 or self.webhook_repeats < 1:
             raise ValueError("images_per_job and webhook_repeats are at least 1")
+        for _, fault in self.key_faults:
+            if fault not in KEY_FAULTS:
+                raise ValueError(f"{fault!r} is no key fault: use {', '.join(KEY_FAULTS)}")
 
 
 def _on_off(text: str) -> bool:
     if text not in ("on", "off"):
         raise ValueError(f"{text!r}: use on or off")
     return text == "on"
+
+
+def _key_faults(text: str) -> frozenset[tuple[str, str]]:
+    pairs = set()
+    for item in (part.strip() for part in text.split(",")):
+        key, colon, fault = item.partition(":")
+        if not item:
+            continue
+        if not colon or not key:
+            raise ValueError(f"{item!r}: use FINGERPRINT:FAULT")
+        pairs.add((key.strip(), fault.strip()))
+    return frozenset(pairs)
 
 
 def _models(text: str) -> frozenset[str]:
@@ -170,6 +195,13 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--images-per-job", "images_per_job", int_flag(), "result URLs per job"),
     ("--rtt", "rtt", float, "seconds of round trip added to every request and download"),
     ("--dialect", "dialect", str, "answer shapes: spec, docs (Krea's pages today) or map"),
+    (
+        "--key-fault",
+        "key_faults",
+        _key_faults,
+        "FINGERPRINT:FAULT,…: one account's fault: throttled (429 always), listing-down "
+        "(GET /jobs 503), lost-answers (every submit's answer lost after its job is made)",
+    ),
     ("--seed", "seed", int_flag(signed=True), "seed for all injected randomness"),
 )
 

@@ -1,24 +1,29 @@
-"""A pool of API keys: each an account with its own limits, and the jobs it holds.
+"""A pool of API keys: each an account with its own limits, health, and the jobs it holds.
 
-Every key is an ``Account``: a client (its token, its request rate), a cap on jobs at once
-(``AdaptiveLimit``, probed per account), a submitter (its lost POSTs are matched against its
-own listing) and a tracker (its jobs are polled and listed with it alone). A new job goes to
-the live account with the most free room; a job already submitted stays with the account
-that holds it, found by the key fingerprint the journal recorded. A key the API refuses
-(401, 402) is retired: it takes no new jobs, and the others carry the run.
+Every key in use is an ``Account``: a client (its token, its request rate), a cap on jobs at
+once (``AdaptiveLimit``, probed per account), a submitter (its lost POSTs are matched against
+its own listing), a tracker (its jobs are polled and listed with it alone) and its health
+(``runner.engine.health``). Accounts are opened lazily: a key costs a few bytes until it
+first gets a job, so a pool of 10,000 keys for 6 jobs opens 6 of them. A new job goes to the
+live, well account with the most free room (a key not opened yet has all of its room); a job
+already submitted stays with the account that holds it, found by the key fingerprint the
+journal recorded. A key the API refuses (401, 402) is retired: it takes no new jobs, and the
+others carry the run. A key whose submits keep being refused cools down for a while.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 
 import anyio
 
 from runner.api.client import KreaClient
+from runner.api.keys import ApiKey
 from runner.api.limiter import AdaptiveLimit
+from runner.engine.health import Health
 from runner.engine.submitter import Submitter
 from runner.engine.tracker import Tracker
 from runner.engine.watching import Lister
@@ -39,11 +44,19 @@ class Account:
     submitter: Submitter | None = None  # made when the run starts (it needs the journal)
     lister: Lister | None = None  # the listing loop, in list mode
     retired: str | None = None  # why it takes no new jobs
+    key: ApiKey | None = None  # where the user put it (None: a client given ready-made)
+    health: Health = field(default_factory=Health)
+    held: dict[str, int] = field(default_factory=dict)  # why → jobs left unsettled with it
 
     @property
     def name(self) -> str:
-        """The key's fingerprint, as the journal and the logs name it."""
+        """The key's fingerprint, as the journal names it."""
         return self.client.account
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``key 2 of keys.txt (35a34ba4)``, else ``key 35a34ba4``."""
+        return self.key.label if self.key is not None else f"key {self.name}"
 
     @property
     def submits(self) -> Submitter:
@@ -52,52 +65,150 @@ class Account:
         return self.submitter
 
 
+Opener = Callable[[ApiKey], Account]
+
+
+class KeyRing:
+    """The keys of a run and a client for each key in use, made when the key is first used
+    and closed with the ring (clients given ready-made stay their caller's to close)."""
+
+    def __init__(self, keys: Sequence[ApiKey], connect: Callable[[ApiKey], KreaClient]) -> None:
+        self.keys = keys
+        self._connect = connect
+        self._own = True
+        self.opened: list[KreaClient] = []
+
+    @classmethod
+    def of(cls, clients: Sequence[KreaClient]) -> KeyRing:
+        """Clients already open, as a ring (each key named by its fingerprint alone)."""
+        keys = [ApiKey("", i, known=c.account) for i, c in enumerate(clients, 1)]
+        ring = cls(keys, lambda key: clients[key.index - 1])
+        ring._own = False
+        return ring
+
+    def client(self, key: ApiKey) -> KreaClient:
+        client = self._connect(key)
+        client.open()
+        self.opened.append(client)
+        return client
+
+    async def aclose(self) -> None:
+        opened, self.opened = self.opened, []
+        if self._own:
+            for client in opened:
+                await client.close()
+
+
 class KeyPool:
-    """The accounts of a run, and the one queue of jobs waiting for room on any of them.
+    """The keys of a run, the accounts opened for them, and the one queue of jobs waiting
+    for room on any of them.
 
     Waiting jobs are admitted in arrival order, each to the account with the most free room
     at that moment. With one key this is exactly that key's cap.
     """
 
-    def __init__(self, accounts: Sequence[Account]) -> None:
-        if not accounts:
+    def __init__(
+        self,
+        keys: Sequence[ApiKey],
+        opener: Opener,
+        *,
+        ceiling: int,
+        now: Callable[[], float],
+    ) -> None:
+        if not keys:
             raise ValueError("a pool needs at least one key")
-        self.accounts = list(accounts)
-        self._by_name = {account.name: account for account in self.accounts}
+        self.keys = keys
+        self.accounts: list[Account] = []  # opened, in the order they were
+        self._open = opener
+        self._ceiling = ceiling  # the room of a key not opened yet
+        self._now = now
+        self._next = 0  # keys[_next:] are not opened yet
+        self._by_name: dict[str, Account] = {}
+        self._unopened: dict[str, int] | None = None  # fingerprint → index, made when needed
         self._waiters: deque[tuple[anyio.Event, list[Account]]] = deque()
-        for account in self.accounts:
-            account.gate.on_room = self._admit
+
+    def _opened(self, index: int) -> Account:
+        account = self._open(self.keys[index])
+        account.gate.on_room = self._admit
+        self.accounts.append(account)
+        self._by_name[account.name] = account
+        if self._unopened is not None:
+            self._unopened.pop(account.name, None)
+        return account
+
+    def _open_next(self) -> Account | None:
+        while self._next < len(self.keys):
+            index, self._next = self._next, self._next + 1
+            if self.keys[index].fingerprint not in self._by_name:
+                return self._opened(index)
+        return None
 
     @property
     def live(self) -> list[Account]:
         return [account for account in self.accounts if account.retired is None]
 
     @property
+    def any_live(self) -> bool:
+        """Some key may still take a job: a live account, or a key not opened yet."""
+        return self._next < len(self.keys) or any(a.retired is None for a in self.accounts)
+
+    @property
     def several(self) -> bool:
-        return len(self.accounts) > 1
+        return len(self.keys) > 1
 
     def owner(self, state: KeyState) -> Account | None:
-        """The account holding the job ``state`` describes (None: a key this run lacks).
+        """The account holding the job ``state`` describes (None: a key this run lacks),
+        opened if it was not.
 
         A job journaled before keys were recorded belongs to the pool's first key."""
         if state.account is None:
-            return self.accounts[0]
-        return self._by_name.get(state.account)
+            return self._by_name.get(self.keys[0].fingerprint) or self._opened(0)
+        account = self._by_name.get(state.account)
+        if account is not None:
+            return account
+        if self._unopened is None:  # fingerprints of every key: only when a job needs them
+            self._unopened = {
+                key.fingerprint: i for i, key in enumerate(self.keys) if i >= self._next
+            }
+            for name in self._by_name:
+                self._unopened.pop(name, None)
+        index = self._unopened.get(state.account)
+        return None if index is None else self._opened(index)
+
+    def opened(self, name: str | None) -> Account | None:
+        """The account of the key with fingerprint ``name``, if it was opened."""
+        if name is None:
+            return self.accounts[0] if self.accounts else None
+        return self._by_name.get(name)
 
     def retire(self, account: Account, reason: str) -> bool:
         """Take ``account`` out of the pool for new jobs; False if it was retired already."""
         if account.retired is not None:
             return False
         account.retired = reason
-        if not self.live:  # no room will ever come: wake every waiting job with nothing
+        if not self.any_live:  # no room will ever come: wake every waiting job with nothing
             while self._waiters:
                 self._waiters.popleft()[0].set()
         return True
 
+    def cool(self, account: Account) -> float:
+        """``account`` takes no new job for a while (its health says how long)."""
+        return account.health.cool(self._now())
+
+    def ready_besides(self, account: Account) -> bool:
+        """Whether a key other than ``account`` could take a job: live and not cooling."""
+        if self._next < len(self.keys):
+            return True
+        now = self._now()
+        return any(
+            other is not account and other.retired is None and not other.health.cooling(now)
+            for other in self.accounts
+        )
+
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[Account]:
         """Room for a new job on the account with the most of it, held for the block."""
-        if not self.live:
+        if not self.any_live:
             raise NoKeyLeft
         account = self._roomiest() if not self._waiters else None
         if account is not None:
@@ -129,11 +240,28 @@ class KeyPool:
         return given[0]
 
     def _roomiest(self) -> Account | None:
+        """The well account with the most room; a key not opened yet (all of its room) when
+        none has as much; a cooling one only when every live key is cooling."""
+        now = self._now()
         best, room = None, 0
+        cooling, cooling_room = None, 0
         for account in self.accounts:
             free = account.gate.room
-            if free > room and account.retired is None:
+            if account.retired is not None:
+                continue
+            if account.health.cooling(now):
+                if free > cooling_room:
+                    cooling, cooling_room = account, free
+            elif free > room:
                 best, room = account, free
+        if room < self._ceiling and self._next < len(self.keys):
+            opened = self._open_next()
+            if opened is not None:
+                return opened
+        if best is None and not any(
+            a.retired is None and not a.health.cooling(now) for a in self.accounts
+        ):
+            return cooling  # every live key cools: the one with room tries (as a pool of one)
         return best
 
     def _admit(self) -> None:

@@ -21,14 +21,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, replace
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from runner.api.client import KreaClient
+from runner.api.keys import ApiKey
 from runner.api.limiter import AdaptiveLimit
 from runner.api.remote import JobStatus, RemoteJob
-from runner.engine.accounts import Account, KeyPool, NoKeyLeft
+from runner.engine.accounts import Account, KeyPool, KeyRing, NoKeyLeft
 from runner.engine.ambiguity import is_ambiguous, risk_of, worst_cost
 from runner.engine.budget import Budget, cannot_price
+from runner.engine.health import Health, KeyUnwell
 from runner.engine.options import EngineOptions
 from runner.engine.outcome import (
     Ambiguous,
@@ -70,6 +72,8 @@ from runner.outputs.records import (
     failed_record,
 )
 from runner.outputs.run_events import (
+    KeyCooling,
+    KeyInUse,
     KeyRetired,
     LeftOver,
     Planned,
@@ -93,7 +97,7 @@ class Engine(Stopping, Writing):
         self,
         manifest: Manifest,
         folder: OutputFolder,
-        clients: KreaClient | Sequence[KreaClient],
+        clients: KreaClient | Sequence[KreaClient] | KeyRing,
         options: EngineOptions,
         *,
         clock: Clock | None = None,
@@ -113,6 +117,8 @@ class Engine(Stopping, Writing):
         self.stopping: str | None = None
         self.interrupted = False
         self.fatal: FatalApiError | None = None
+        self.advice: str | None = None  # what would help, when the run stops for a cause
+        self._refusals: set[int | None] = set()  # the statuses keys were refused with
         self.disk_error: DiskError | None = None
         self.started = self.clock.time()
         self.keys: list[str] = []  # every job's key, in manifest order
@@ -124,7 +130,7 @@ class Engine(Stopping, Writing):
         self._collected: set[str] = set()  # candidates of ambiguous jobs already fetched
         self._again: set[str] = set()  # finished in an earlier run, run again in this one
         self._name_stem = check_template(self.settings.name_template)
-        tracking = TrackSettings(
+        self._tracking = TrackSettings(
             poll_interval=self.settings.poll_interval,
             webhook_poll_interval=self.settings.webhook_poll_interval,
             # Listing passes take a tenth of the request rate at most.
@@ -133,25 +139,55 @@ class Engine(Stopping, Writing):
             retry=self.options.retry,
             alone_when_short=self._alone_when_short(),
         )
-        latency = TypicalLatency()  # the keys' jobs run the same models: learnt once
+        self._latency = TypicalLatency()  # the keys' jobs run the same models: learnt once
+        if isinstance(clients, KreaClient):
+            clients = [clients]
+        self.ring = clients if isinstance(clients, KeyRing) else KeyRing.of(clients)
+        self._submitting: SubmitSettings | None = None  # set when the run starts
+        self._helpers: TaskGroup | None = None  # where each account's listing loop runs
         self.pool = KeyPool(
-            [
-                Account(
-                    client,
-                    AdaptiveLimit(self.settings.concurrency),
-                    Tracker(
-                        client,
-                        self.writer,
-                        self.clock,
-                        tracking,
-                        note=self._note,
-                        rng=self.rng,
-                        latency=latency,
-                    ),
-                )
-                for client in (clients if isinstance(clients, Sequence) else [clients])
-            ]
+            self.ring.keys,
+            self._open_account,
+            ceiling=self.settings.concurrency,
+            now=self.clock.monotonic,
         )
+
+    def _open_account(self, key: ApiKey) -> Account:
+        """A key's account, made when the key first gets a job (or holds one)."""
+        if self._submitting is None or self._helpers is None:
+            raise RuntimeError("the run has not started")
+        client = self.ring.client(key)
+        gate = AdaptiveLimit(self.settings.concurrency)
+        tracker = Tracker(
+            client,
+            self.writer,
+            self.clock,
+            self._tracking,
+            note=self._note,
+            rng=self.rng,
+            latency=self._latency,
+        )
+        health = Health(self.options.key_patience, self.options.key_cooldown)
+        account = Account(client, gate, tracker, key=key, health=health)
+        account.submitter = Submitter(
+            client,
+            self.journal,
+            self.clock,
+            self._submitting,
+            budget=self.budget,
+            gate=gate,
+            stopping=lambda: self.stopping is not None,
+            rng=self.rng,
+            assets=self.manifest.assets,
+            health=health,
+            elsewhere=lambda: self.pool.ready_besides(account),
+        )
+        if self.settings.poll_mode in ("list", "auto"):
+            account.lister = tracker.follow_listing(lambda exc: self._refused(account, exc))
+            self._helpers.start_soon(account.lister.run)
+        if self.pool.several:
+            self.journal.note(KeyInUse(account.name, key.place))
+        return account
 
     def _alone_when_short(self) -> float | None:
         """poll_mode auto: the request rate per-job polls may take (None: the listing alone).
@@ -229,38 +265,21 @@ class Engine(Stopping, Writing):
             await self._check_output()
             self._survey()
             await self._release_ambiguous()
-            submitting = SubmitSettings(
+            self._submitting = SubmitSettings(
                 concurrency=self.settings.submit_concurrency,
                 lost_answer_wait=self.settings.lost_answer_wait,
                 api_timeout=self.options.api_timeout,
                 retry=self.options.retry,
                 webhook_url=self.options.webhook_url,
             )
-            for account in self.pool.accounts:
-                account.submitter = Submitter(
-                    account.client,
-                    journal,
-                    self.clock,
-                    submitting,
-                    budget=self.budget,
-                    gate=account.gate,
-                    stopping=lambda: self.stopping is not None,
-                    rng=self.rng,
-                    assets=self.manifest.assets,
-                )
             async with anyio.create_task_group() as helpers:
+                self._helpers = helpers
                 if self.options.handle_signals:
                     helpers.start_soon(self._watch_signals, helpers)
                 if self.options.deadline is not None:
                     helpers.start_soon(self._stop_at_deadline, helpers, self.options.deadline)
                 if self.on_progress is not None:
                     helpers.start_soon(self._report_progress)
-                if self.settings.poll_mode in ("list", "auto"):
-                    for account in self.pool.accounts:
-                        account.lister = account.tracker.follow_listing(
-                            lambda exc, account=account: self._refused(account, exc)  # type: ignore[misc]
-                        )
-                        helpers.start_soon(account.lister.run)
                 with anyio.CancelScope() as scope:
                     self._work_scope = scope
                     try:
@@ -268,7 +287,9 @@ class Engine(Stopping, Writing):
                     except DiskError as exc:  # before any worker ran: checking lost submits
                         self._stop_for_disk(exc)
                 helpers.cancel_scope.cancel()
+            self._say_held()
         finally:
+            self._helpers = None
             await self._close_writer()  # before the journal closes: it may note lost images
             journal.close()
         return self._result()
@@ -318,11 +339,10 @@ class Engine(Stopping, Writing):
                     BUCKET_SIZE,
                 )
         self.writer.var_names = tuple(sorted(var_names))
-        accounts = tuple(a.name for a in self.pool.accounts) if self.pool.several else ()
         self.journal.note(
             Planned(
                 {m: (done, jobs) for m, (done, jobs) in by_model.items()},
-                accounts,
+                (),  # a pool's keys are counted as they come into use
                 failed_before,
                 ambiguous_before,
             )
@@ -346,7 +366,10 @@ class Engine(Stopping, Writing):
     async def _run_jobs(self) -> None:
         await self._open_writer()
         await self._recover()
-        room = self.settings.concurrency * len(self.pool.accounts)
+        # Room for every key's cap, but never more than the jobs there are: a pool of 10,000
+        # keys for 6 jobs runs 6 workers' worth, not 80,000.
+        jobs = max(1, self.counts.total - self.counts.skipped)
+        room = min(self.settings.concurrency * len(self.pool.keys), jobs)
         send, receive = anyio.create_memory_object_stream[JobSpec](room)
         async with anyio.create_task_group() as workers:
             workers.start_soon(self._produce, send)
@@ -369,18 +392,66 @@ class Engine(Stopping, Writing):
                 self._refused(account, exc)
 
     def _refused(self, account: Account, exc: FatalApiError) -> None:
-        """The API refused a key (401, 402): retire it; stop submitting once none is left."""
+        """The API refused a key (401, 402): retire it, said once for the key; stop
+        submitting once none is left."""
         if not self.pool.retire(account, str(exc)):
             return
+        self._refusals.add(exc.status)
         if self.pool.several:
             self.journal.note(KeyRetired(account.name, str(exc)))
-        live = len(self.pool.live)
-        if live:
-            log.warning(
-                "key %s retired (%s); %d other key(s) carry the run", account.name, exc, live
-            )
-        else:
-            self._stop_for_fatal(exc)
+        if self.pool.any_live:
+            log.warning("%s retired: %s; the other keys carry the run", account.label, exc)
+            return
+        if self.pool.several:
+            log.warning("%s retired: %s", account.label, exc)
+        self._stop_for_refusals(exc)
+
+    def _stop_for_refusals(self, exc: FatalApiError) -> None:
+        """Every key was refused: stop, and say what would help (not "run it again")."""
+        keys = self.pool.keys
+        if self.fatal is None:
+            self.fatal = exc
+            self.advice = refusals_advice(self._refusals | {exc.status}, keys)
+        if self.stopping is None:
+            why = "every API key was refused" if len(keys) > 1 else str(exc)
+            if self._running_remotely():
+                self.stop(why)
+            else:  # nothing to wait for: say so, once
+                self.stopping = why
+                log.error("%s: no more submits, and no job is running", why)
+
+    def _running_remotely(self) -> int:
+        """Jobs of this run's keys that run at the API now (a job id, no outcome yet)."""
+        return sum(len(account.tracker.watches) for account in self.pool.accounts)
+
+    def _unwell(self, account: Account, reason: str) -> None:
+        """A key's submits keep being refused: its jobs not created go to the other keys."""
+        now = self.clock.monotonic()
+        if account.health.cooling(now):
+            return  # said when it began to cool
+        seconds = self.pool.cool(account)
+        if self.pool.several:
+            self.journal.note(KeyCooling(account.name, reason))
+        log.warning(
+            "%s: %s; the jobs it has not created go to the other keys, and it is tried "
+            "again in %g s",
+            account.label,
+            reason,
+            seconds,
+        )
+
+    def _say_held(self) -> None:
+        """Per key, the jobs left with it unsettled (its lost submits could not be checked,
+        or it could not be asked about them): a later run with that key settles them."""
+        for account in self.pool.accounts:
+            for why, jobs in account.held.items():
+                log.warning(
+                    "%s holds %d job(s) it could not settle (%s): a later run with this key "
+                    "checks them, and never sends them with another",
+                    account.label,
+                    jobs,
+                    why,
+                )
 
     async def _produce(self, send: ObjectSendStream[JobSpec]) -> None:
         """Feed specs to the workers: jobs already running remotely first, then new ones.
@@ -425,7 +496,7 @@ class Engine(Stopping, Writing):
             try:
                 outcome = await self._drive(spec, state)
             except FatalApiError as exc:
-                self._stop_for_fatal(exc)
+                self._stop_for_refusals(exc)
                 outcome = NotSubmitted(str(exc))
             await self._finish(spec, state, outcome)
         except DiskError as exc:
@@ -475,7 +546,10 @@ class Engine(Stopping, Writing):
                     submitted = await account.submits.submit(spec, state)
                 except FatalApiError as exc:  # nothing was created: another key may send it
                     self._refused(account, exc)
-                    return (None if self.pool.live else NotSubmitted(str(exc))), account
+                    return (None if self.pool.any_live else NotSubmitted(str(exc))), account
+                except KeyUnwell as exc:  # nothing was created: another key sends it
+                    self._unwell(account, str(exc))
+                    return None, account
                 if submitted is not None or state.job_id is None:
                     return submitted, account
                 return await self._follow_with(account, spec, state, state.job_id), account
@@ -599,6 +673,10 @@ class Engine(Stopping, Writing):
             record = ambiguous_record(spec, state, outcome.candidates, outcome.files, why)
         else:
             self._count_unfinished(spec, outcome)
+            if isinstance(outcome, Deferred) and not state.settled and self.pool.several:
+                holder = self.pool.opened(state.account)
+                if holder is not None:
+                    holder.held[outcome.reason] = holder.held.get(outcome.reason, 0) + 1
             return
         record = self.writer.assign(record)
         await self.journal.record(Done(spec.key, record))
@@ -655,4 +733,32 @@ class Engine(Stopping, Writing):
             reasons.append(f"{lost} job(s) lost their images: the next run fetches them again")
         if reasons and (stopped is None or unsaved or lost):
             stopped = "; ".join(([stopped] if stopped else []) + reasons)
-        return RunResult(self.counts, stopped=stopped, fatal=self.fatal is not None)
+        return RunResult(
+            self.counts, stopped=stopped, fatal=self.fatal is not None, advice=self.advice
+        )
+
+
+def refusal_advice(exc: FatalApiError, key: ApiKey | None) -> str:
+    """What helps when the API refused ``key`` (pure)."""
+    place = key.place if key is not None else None
+    if exc.status == 402:
+        whose = f"the account of {place}" if place else "the account"
+        return f"add credits to {whose}, then run the same command again"
+    what = place or "the API key"
+    return f"check {what}: revoked or mistyped? (Krea: Settings → API)"
+
+
+def refusals_advice(statuses: set[int | None], keys: Sequence[ApiKey]) -> str:
+    """What helps when the API refused every key, by the causes it gave (pure)."""
+    source = keys[0].source if keys else None
+    if len(keys) == 1:
+        key = keys[0]
+        one = FatalApiError("", status=402 if statuses == {402} else 401)
+        return refusal_advice(one, key)
+    where = f" in {source}" if source else ""
+    parts = []
+    if statuses - {402}:
+        parts.append(f"check the keys{where}: revoked or mistyped? (Krea: Settings → API)")
+    if 402 in statuses:
+        parts.append("add credits to the accounts out of them, then run the same command again")
+    return "; ".join(parts)

@@ -26,3 +26,7 @@ class EngineOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # backoffs for transient errors
     webhook_url: str | None = None  # sent as X-Webhook-URL with each submit (secret included)
     embed_metadata: bool = True  # write prompt, model, seed, … into each image
+    # A pool's key refused this long in a row hands the jobs it has not created to the other
+    # keys, and takes none for key_cooldown seconds (doubled each time in a row).
+    key_patience: float = 20.0
+    key_cooldown: float = 30.0

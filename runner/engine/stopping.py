@@ -51,12 +51,6 @@ class Stopping:
             for scope in self._follow_scopes:
                 scope.cancel()  # --cancel-on-exit: cancel what runs rather than wait for it
 
-    def _stop_for_fatal(self, exc: FatalApiError) -> None:
-        if self.fatal is None:
-            self.fatal = exc
-            log.error("%s: no more submits; jobs in flight will finish", exc)
-        self.stop(f"fatal: {exc}")
-
     def _stop_for_disk(self, exc: DiskError) -> None:
         """Nothing more can be recorded: stop at once. What was not recorded is resumed."""
         if self.disk_error is None:

@@ -33,6 +33,7 @@ from runner.api.client import KreaClient
 from runner.api.limiter import AdaptiveLimit, SubmitWindow
 from runner.api.skew import DATE_PRECISION, ClockSkew
 from runner.engine.budget import Budget
+from runner.engine.health import Health, KeyUnwell
 from runner.engine.matching import (
     Candidate,
     ListingScan,
@@ -63,6 +64,10 @@ from runner.outputs.run_events import LostAnswer, LostChecked, TransientError
 log = logging.getLogger(__name__)
 
 LIST_PAGE = 100  # jobs per listing page while matching lost POSTs
+# Answers to GET /jobs saying the API has no listing at all: a lost submit cannot be checked,
+# now or later.
+NO_LISTING = frozenset({403, 404, 405, 501})
+NO_LISTING_DOUBT = "the API has no job listing to check a lost submit against"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +102,12 @@ class Submitter:
         stopping: Callable[[], bool],
         rng: random.Random | None = None,
         assets: Mapping[str, Path] | None = None,
+        health: Health | None = None,
+        elsewhere: Callable[[], bool] = lambda: False,
     ) -> None:
         self.client = client
+        self.health = health or Health()
+        self.elsewhere = elsewhere  # whether another key could take a job this one gives up
         self.account = client.account  # the key's fingerprint, journaled with each POST
         self.journal = journal
         self.clock = clock
@@ -158,6 +167,9 @@ class Submitter:
             if state.settled:
                 self.budget.refund(spec)  # nothing was created
             raise
+        except KeyUnwell:  # raised only while the job is settled: another key sends it
+            self.budget.refund(spec)
+            raise
         if isinstance(outcome, Failed | NotSubmitted):
             self.budget.refund(spec)  # nothing was created
         return outcome
@@ -187,7 +199,9 @@ class Submitter:
             outcome = await self._settle(lost)
             if outcome is not None or not state.settled:
                 return outcome
-            # The lost POST created nothing: send it again.
+            # The lost POST created nothing: send it again (with this key, if it is well).
+            self.health.refused(self.clock.monotonic(), "its submits' answers are lost")
+            self.hand_over_if_unwell()
 
     def _saw(self, exc: TransientApiError) -> None:
         self.journal.note(TransientError(exc.status, exc.overload))
@@ -195,8 +209,19 @@ class Submitter:
     def _backing_off(self, spec: JobSpec, exc: TransientApiError, delay: float) -> None:
         self._saw(exc)
         if exc.overload:
-            self.gate.overloaded()
+            self.gate.overloaded()  # our own jobs fill the account: the cap, not the key's health
+        else:  # a 429 or a request that never reached the server: nothing was created
+            self.health.refused(self.clock.monotonic(), str(exc))
         log.debug("↻ submit of %s in %.1fs: %s", spec.key, delay, exc)
+        self.hand_over_if_unwell()
+
+    def hand_over_if_unwell(self) -> None:
+        """KeyUnwell when this key has been refused past its patience, or is cooling down,
+        and another key could take the job (only ever called while the job is settled)."""
+        now = self.clock.monotonic()
+        health = self.health
+        if (health.exhausted(now) or health.cooling(now)) and self.elsewhere():
+            raise KeyUnwell(health.reason or "its submits keep being refused")
 
     async def _attempt(self, spec: JobSpec, state: KeyState) -> LostPost | None:
         """One POST, once no barrier is up and a POST slot is free. Returns it if lost."""
@@ -205,6 +230,7 @@ class Submitter:
                 raise _Stopping
             if self.refused is not None:
                 raise self.refused
+            self.hand_over_if_unwell()
             sent = posted = self.clock.time()
             before = self.journal.ledger.skew
 
@@ -261,6 +287,7 @@ class Submitter:
                 # POST back into a pending one among others, which could be found ambiguous.
                 await self.journal.record(answered)
         self.gate.accepted()
+        self.health.accepted()
         self.window.clean(received - posted)  # the round trip alone, not our fsync
         self._slots.total_tokens = self.window.level
         log.debug("→ submitted %s as %s", spec.key, remote.job_id)
@@ -285,13 +312,18 @@ class Submitter:
                     if not self._clock_read:  # a 429 or a 5xx still carries a Date
                         raise
 
+            def unread(exc: TransientApiError, delay: float) -> None:
+                self._saw(exc)  # nothing was sent yet: another key may send the job
+                self.health.refused(self.clock.monotonic(), f"its clock cannot be read: {exc}")
+                self.hand_over_if_unwell()
+
             try:
                 await retrying(
                     read_clock,
                     self.settings.retry,
                     self.clock,
                     self.rng,
-                    on_error=lambda exc, delay: self._saw(exc),
+                    on_error=unread,
                     give_up_at=self.clock.monotonic() + 2 * self.settings.api_timeout,
                 )
             except (TransientApiError, PermanentApiError) as exc:
@@ -309,6 +341,7 @@ class Submitter:
         """A POST slot, taken once no barrier is up; counts the POST as in flight."""
         while True:
             while self._barrier is not None:
+                self.hand_over_if_unwell()
                 await self._barrier.wait()
             await self._slots.acquire()
             if self._barrier is None:
@@ -367,11 +400,7 @@ class Submitter:
             try:
                 scan = await self._scan_listing(posts)
             except ApiError as exc:
-                self.journal.note(LostChecked(unchecked=len(posts)))
-                reason = f"could not check whether a lost submit created a job: {exc}"
-                log.warning("? %s (%d submits)", reason, len(posts))
-                for post in posts:  # the pending line stays: the next run checks again
-                    self._outcomes[post.key] = Deferred(reason)
+                await self._unchecked(posts, exc)
                 return
             after, doubt = self._after, scan.doubt
             if doubt is None and unknown_clock(posts, after):
@@ -389,6 +418,27 @@ class Submitter:
             if self._barrier is not None:
                 self._barrier.set()
                 self._barrier = None
+
+    async def _unchecked(self, posts: list[LostPost], exc: ApiError) -> None:
+        """The listing could not be read. An API without one (404, 405, 501: it never will
+        be) leaves the lost submits ambiguous, with that reason, for ``--retry-ambiguous``
+        to release; any other failure leaves them pending, for a later look."""
+        if isinstance(exc, PermanentApiError) and exc.status in NO_LISTING:
+            why = f"{NO_LISTING_DOUBT} ({exc})"
+            states = self.journal.ledger.states
+            for post in posts:
+                log.warning("? %s: %s: not sent again", post.key, why)
+                self._outcomes[post.key] = None
+            await self.journal.record_many(
+                Ambiguous(post.key, states[post.key].attempts, (), why) for post in posts
+            )
+            return
+        self.journal.note(LostChecked(unchecked=len(posts)))
+        reason = f"could not check whether a lost submit created a job: {exc}"
+        log.warning("? %s (%d submits)", reason, len(posts))
+        self.health.unable(reason)  # its other jobs go to keys that can check theirs
+        for post in posts:  # the pending line stays: the next run checks again
+            self._outcomes[post.key] = Deferred(reason)
 
     async def _record(self, posts: list[LostPost], found: Matching) -> None:
         by_key = {p.key: p for p in posts}
@@ -430,6 +480,15 @@ class Submitter:
         await self.journal.record_many(events)
         self.journal.note(LostChecked(resent=len(found.resend), unchecked=len(found.unseen)))
 
+    def _listing_failed(self, exc: TransientApiError, delay: float) -> None:
+        """A page of the listing failed while lost submits wait for it: past the key's
+        patience, the jobs waiting behind the barrier (never sent) go to other keys."""
+        self._saw(exc)
+        self.health.refused(self.clock.monotonic(), f"its listing fails: {exc}")
+        if self._barrier is not None and self.health.exhausted(self.clock.monotonic()):
+            waiting, self._barrier = self._barrier, anyio.Event()
+            waiting.set()  # they look at the key's health, then wait on the new barrier
+
     async def _scan_listing(self, posts: list[LostPost]) -> ListingScan:
         """Read the listing until it proves what the lost POSTs' windows hold (or cannot)."""
         scan = ListingScan(self.journal.ledger.known_ids)
@@ -442,6 +501,7 @@ class Submitter:
                     self.settings.retry,
                     self.clock,
                     self.rng,
+                    on_error=self._listing_failed,
                 )
                 # Bounds taken after each page: its Date may have shown a clock jump.
                 start, _ = window_bounds(posts, self._after)

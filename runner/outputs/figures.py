@@ -20,6 +20,8 @@ class KeyFigures:
     spend_usd: float = 0.0
     spend_units: float = 0.0
     retired: str | None = None  # why it takes no more jobs
+    place: str | None = None  # where the user put it: "key 2 of keys.txt"
+    cooling: str | None = None  # why its submits went to other keys for a while (last time)
 
     def add_spend(self, usd: float, units: float) -> None:
         self.spend_usd += usd
@@ -105,6 +107,7 @@ class RunResult:
     counts: Counts
     stopped: str | None = None  # "interrupted", "fatal: …" or None
     fatal: bool = False
+    advice: str | None = None  # what would help, when not "run the same command again"
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -31,6 +31,8 @@ from runner.outputs.figures import Counts, KeyFigures
 from runner.outputs.records import RecordStatus, ResultRecord, spend_of, status_of
 from runner.outputs.run_events import (
     Downloaded,
+    KeyCooling,
+    KeyInUse,
     KeyRetired,
     LeftOver,
     LostAnswer,
@@ -184,6 +186,10 @@ def _count_noted(counts: Counts, event: RunEvent) -> None:
             counts.unchecked += unchecked
         case KeyRetired(account, reason):
             counts.by_account.setdefault(account, KeyFigures()).retired = reason
+        case KeyInUse(account, place):
+            counts.by_account.setdefault(account, KeyFigures()).place = place
+        case KeyCooling(account, reason):
+            counts.by_account.setdefault(account, KeyFigures()).cooling = reason
         case Downloaded(size):
             counts.downloads += 1
             counts.bytes += size

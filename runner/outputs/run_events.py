@@ -63,6 +63,22 @@ class KeyRetired:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyInUse:
+    """A key of the pool got its first job (or holds one): its figures start."""
+
+    account: str
+    place: str | None = None  # "key 2 of keys.txt"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCooling:
+    """A key's submits keep being refused: its jobs not created go to the other keys."""
+
+    account: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Downloaded:
     """An image in place."""
 
@@ -92,6 +108,8 @@ RunEvent = (
     | LostAnswer
     | LostChecked
     | KeyRetired
+    | KeyInUse
+    | KeyCooling
     | Downloaded
     | Unfinished
 )
