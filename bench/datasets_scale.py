@@ -80,11 +80,16 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--limit", type=int, default=256)
+    parser.add_argument(
+        "--keep", help="make the folder here and keep it (default: a temporary one)"
+    )
     args = parser.parse_args()
     _measure_shards()
     flags = ("--latency", f"fixed:{args.latency}", "--concurrency-limit", str(args.limit))
     options = EngineOptions(handle_signals=False)
-    with emulator_process(*flags) as url, tempfile.TemporaryDirectory() as folder:
+    with emulator_process(*flags) as url, tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep or scratch
+        Path(folder).mkdir(parents=True, exist_ok=True)
         path = manifest(Path(folder), args.jobs, args.format, args.shard_size, args.limit)
         started = time.perf_counter()
         planned = sum(1 for _ in expand(load_manifest(path)))
@@ -135,20 +140,33 @@ def child(arguments: tuple[str, ...]) -> tuple[int | None, float, float]:
     exit code is None where this version has no such command."""
     env = {**os.environ, "KREA_API_TOKEN": "bench"}
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runner", *arguments],
+    # The child reports its own high-water mark as it exits: a forked child's ru_maxrss
+    # starts at the parent's size, which would hide the command's own peak.
+    process = subprocess.run(
+        [sys.executable, "-c", PEAK_AT_EXIT, *arguments],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        check=False,
     )
-    assert process.stderr is not None
-    errors = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    if b"invalid choice" in errors:
+    if b"invalid choice" in process.stderr:
         return None, seconds, 0.0
-    return process.returncode, seconds, usage.ru_maxrss / 1024
+    peak = [line for line in process.stderr.decode().splitlines() if line.startswith("VmHWM")]
+    kib = int(peak[-1].split()[1]) if peak else 0
+    return process.returncode, seconds, kib / 1024
+
+
+PEAK_AT_EXIT = """
+import atexit, runpy, sys
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            sys.stderr.write(line)
+atexit.register(peak)
+sys.argv[0] = "krea-batch"
+runpy.run_module("runner", run_name="__main__")
+"""
 
 
 if __name__ == "__main__":
