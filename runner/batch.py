@@ -173,12 +173,9 @@ async def run_batch(
         # results.jsonl is the writer's, already written as jobs finished.
         states = engine.states
         written = sum(1 for key in engine.keys if key in states and states[key].done_at is not None)
-        loose = settings.format == "files"  # shards hold their images: no imagefolder
-        # The gallery of a shard folder reads thumbnails from its shards: here when they are
-        # local; at a URL, `krea-batch report URL` makes it there.
-        gallery = loose or not destination.remote
-        current = not gallery or _up_to_date(folder, result.counts.finished_now, loose)
-        if not current and loose:
+        loose = settings.format == "files"  # shards hold their images: no imagefolder, gallery
+        current = not loose or _up_to_date(folder, result.counts.finished_now)
+        if not current:
             _best_effort(
                 folder.layout.metadata,
                 lambda: folder.write_metadata(
@@ -286,12 +283,11 @@ def _publish(
     return failed
 
 
-def _up_to_date(folder: OutputFolder, finished_now: int, loose: bool = True) -> bool:
-    """Whether metadata.jsonl (``loose`` files) and report.html already say all there is:
-    this run finished nothing, and they were written after the journal's last event (a run
-    that stopped before its finishing stage leaves the journal newer)."""
-    layout = folder.layout
-    files = (layout.metadata, layout.report) if loose else (layout.report,)
+def _up_to_date(folder: OutputFolder, finished_now: int) -> bool:
+    """Whether metadata.jsonl and report.html already say all there is: this
+    run finished nothing, and they were written after the journal's last event (a run that
+    stopped before its finishing stage leaves the journal newer)."""
+    files = (folder.layout.metadata, folder.layout.report)
     if finished_now or not all(path.exists() for path in files):
         return False
     journal = folder.journal_path.stat().st_mtime_ns if folder.journal_path.exists() else 0

@@ -249,16 +249,6 @@ async def test_a_torn_journal_line_is_no_lost_job_when_results_and_image_prove_i
     assert victim in {r["key"] for r in records}
 
 
-async def test_a_shard_run_writes_its_gallery_with_the_images_inside_its_shards(
-    tmp_path: Path,
-) -> None:
-    out = tmp_path / "out"
-    async with run_emulator(QUICK) as emu:
-        await run_batch(write_manifest(tmp_path), out, api_base=emu.url, token="t", options=FAST)
-    assert (out / "report.html").is_file()
-    assert len(list((out / "report" / "thumbs").iterdir())) == JOBS
-
-
 async def test_merge_refuses_a_shard_that_is_not_as_its_run_sealed_it(tmp_path: Path) -> None:
     import dataclasses
 
