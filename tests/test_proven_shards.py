@@ -295,3 +295,26 @@ async def test_an_endpoint_that_blinks_costs_a_pause_not_the_run(
     assert result.exit_code == 0
     assert len(failed) == 3
     assert len(list((dest / "images").rglob("*.png"))) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("a.png", 1234), ("0123456789abcdef-1.json", 99_999_999), ("é.txt", 5)]
+)
+def test_a_members_header_is_the_one_tarfile_writes(name: str, size: int) -> None:
+    import tarfile
+
+    from runner.outputs.writers.webdataset import header
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size, 0o644
+    assert header(name, size) == info.tobuf(tarfile.PAX_FORMAT)
+
+
+@pytest.mark.parametrize("side", [(1, 1), (128, 96), (3000, 17)])
+def test_a_pngs_size_is_read_from_its_header_as_pillow_reads_it(side: tuple[int, int]) -> None:
+    from runner.outputs.images import image_size
+
+    buffer = io.BytesIO()
+    Image.new("L", side).save(buffer, format="PNG")
+    assert image_size(buffer.getvalue()) == side
+    assert image_size(b"\x89PNG\r\n\x1a\n" + b"\0" * 8) is None  # cut short: Pillow's verdict
