@@ -25,7 +25,7 @@ from runner.api.secrets import find_tokens
 from runner.cli.main import main
 from runner.cli.progress import keys_text
 from runner.emulator import EmulatorConfig, Latency, run_emulator
-from runner.engine import Engine
+from runner.engine import Engine, RunResult
 from runner.exitcodes import ExitCode
 from runner.outputs.figures import stats_of
 from tests.engine_helpers import FAST, check_folder, manifest_text, read_results, small_manifest
@@ -283,6 +283,18 @@ async def test_status_refresh_asks_about_each_job_with_the_key_that_holds_it(
 SICK_KEY_OPTIONS = replace(FAST, key_patience=0.2, key_cooldown=60.0)
 
 
+async def _two_keys(url: str, out: Path) -> RunResult:
+    """Six jobs on keys 1 and 2 of keys.txt, with a sick key's short patience."""
+    return await run_batch(
+        small_manifest(6, concurrency=4),
+        out,
+        api_base=url,
+        tokens=KEYS[:2],
+        key_source="keys.txt",
+        options=SICK_KEY_OPTIONS,
+    )
+
+
 async def test_a_key_refused_without_end_hands_its_jobs_to_the_others_and_cools_down(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -296,14 +308,7 @@ async def test_a_key_refused_without_end_hands_its_jobs_to_the_others_and_cools_
     )
     async with run_emulator(config) as emu:
         with caplog.at_level(logging.WARNING), anyio.fail_after(10):
-            result = await run_batch(
-                small_manifest(6, concurrency=4),
-                tmp_path,
-                api_base=emu.url,
-                tokens=KEYS[:2],
-                key_source="keys.txt",
-                options=SICK_KEY_OPTIONS,
-            )
+            result = await _two_keys(emu.url, tmp_path)
         check_folder(tmp_path, 6, emu.emulator)
         stats = emu.emulator.snapshot()
     assert result.exit_code == ExitCode.OK
@@ -328,22 +333,8 @@ async def test_a_key_whose_listing_fails_holds_only_its_unchecked_jobs(
     config = EmulatorConfig(latency=Latency.parse("fixed:0.05"), tokens=KEYS[:2], key_faults=faults)
     async with run_emulator(config) as emu:
         with caplog.at_level(logging.WARNING), anyio.fail_after(10):
-            result = await run_batch(
-                small_manifest(6, concurrency=4),
-                tmp_path,
-                api_base=emu.url,
-                tokens=KEYS[:2],
-                key_source="keys.txt",
-                options=SICK_KEY_OPTIONS,
-            )
-        again = await run_batch(
-            small_manifest(6, concurrency=4),
-            tmp_path,
-            api_base=emu.url,
-            tokens=KEYS[:2],
-            key_source="keys.txt",
-            options=SICK_KEY_OPTIONS,
-        )
+            result = await _two_keys(emu.url, tmp_path)
+        again = await _two_keys(emu.url, tmp_path)
         per_account = accounts(emu.emulator.snapshot())
         assert emu.emulator.paid_twice() == []
     assert per_account[sick]["submits"] == 1
