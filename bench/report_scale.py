@@ -19,8 +19,8 @@ from typing import Any
 
 from PIL import Image
 
-from runner.outputs.records import parse_record
 from runner.outputs.report import write_report
+from runner.state.records import parse_record
 
 
 def records(jobs: int) -> Any:

@@ -26,21 +26,21 @@ from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, ResultRecord
 from runner.outputs.card import dataset_card, write_card
 from runner.outputs.destination import Destination, default_state_dir, destination_for
-from runner.outputs.figures import stats_of
 from runner.outputs.identity import (
     FolderIdentity,
     api_identity,
     claim_identity,
     manifest_id_of,
 )
-from runner.outputs.journal import records_at
 from runner.outputs.layout import IDENTITY_NAME, RESULTS_NAME
-from runner.outputs.ledger import folder_counts
 from runner.outputs.live import LiveStatus
 from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report
 from runner.outputs.summary import summary
 from runner.outputs.writers import claim_format, open_writer
+from runner.state.figures import stats_of
+from runner.state.journal import records_at
+from runner.state.ledger import folder_counts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from runner.api.backoff import Backoff
 from runner.emulator import Emulator
 from runner.engine import EngineOptions, RetryPolicy
 from runner.manifest import Manifest, parse_manifest
-from runner.outputs.records import ResultRecord, parse_record
+from runner.state.records import ResultRecord, parse_record
 
 # Backoffs about a thousand times shorter, so fault tests take milliseconds, not minutes.
 QUICK_RETRY = RetryPolicy(

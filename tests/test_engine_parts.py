@@ -16,12 +16,12 @@ from runner.api.limiter import AdaptiveLimit, decreased, increased
 from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.errors import AmbiguousSubmit, FatalApiError, PermanentApiError, TransientApiError
-from runner.outputs.events import Ambiguous, Done, Lost, Retry, Submitted, Submitting
-from runner.outputs.figures import Counts
-from runner.outputs.journal import Journal, ReplayStats, read_events, records_at
-from runner.outputs.ledger import CANCELLED_ON_EXIT, RunLedger, fold
-from runner.outputs.records import RecordStatus
-from runner.outputs.run_events import (
+from runner.state.events import Ambiguous, Done, Lost, Retry, Submitted, Submitting
+from runner.state.figures import Counts
+from runner.state.journal import Journal, ReplayStats, read_events, records_at
+from runner.state.ledger import CANCELLED_ON_EXIT, RunLedger, fold
+from runner.state.records import RecordStatus
+from runner.state.run_events import (
     Downloaded,
     LeftOver,
     LostChecked,
@@ -236,7 +236,7 @@ def test_journals_written_before_ambiguous_had_a_name_still_replay() -> None:
 
 
 def test_every_event_is_written_as_the_journals_before_and_read_back_the_same() -> None:
-    from runner.outputs.events import (
+    from runner.state.events import (
         Ambiguous,
         Asset,
         Released,

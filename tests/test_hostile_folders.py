@@ -19,8 +19,8 @@ from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import ManifestError, UsageError
 from runner.manifest import load_manifest, parse_manifest
 from runner.outputs import OutputFolder, latest_records
-from runner.outputs.journal import Journal
 from runner.outputs.merge import merge_folders
+from runner.state.journal import Journal
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 from tests.http_helpers import fake_server
 

@@ -18,8 +18,8 @@ from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.errors import ManifestError, UsageError
 from runner.manifest import expand, load_manifest, parse_manifest
 from runner.outputs import read_records
-from runner.outputs.journal import Journal
 from runner.outputs.merge import merge_folders
+from runner.state.journal import Journal
 from tests.engine_helpers import FAST, check_folder, small_manifest
 
 QUICK = Latency.parse("fixed:0.02")

@@ -28,7 +28,7 @@ from runner.cli.progress import keys_text
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import Engine, RunResult
 from runner.exitcodes import ExitCode
-from runner.outputs.figures import stats_of
+from runner.state.figures import stats_of
 from tests.engine_helpers import FAST, check_folder, manifest_text, read_results, small_manifest
 
 KEYS = ("key-one", "key-two", "key-three", "key-four")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from runner.emulator import EmulatorConfig, Latency, run_emulator
-from runner.outputs.journal import read_events
-from runner.outputs.ledger import fold
+from runner.state.journal import read_events
+from runner.state.ledger import fold
 from tests.engine_helpers import check_folder, manifest_text
 from tests.test_resume import kill_at, run_to_end
 

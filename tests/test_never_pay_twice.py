@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from runner.engine.matching import MAX_SEARCH_PAGES
 from runner.engine.outcome import Deferred, Failed
 from runner.errors import WouldPayTwice
-from runner.outputs.events import Submitting
+from runner.state.events import Submitting
 from tests.fake_api import FakeApi
 from tests.test_submitter import events, make_rig, rig_on, spec
 from tests.virtual_time import START, VirtualClock, virtual_time

@@ -20,8 +20,9 @@ from runner.outputs import (
 )
 from runner.outputs.atomic import write_atomic
 from runner.outputs.images import inside
-from runner.outputs.ledger import KeyState
-from runner.outputs.records import (
+from runner.outputs.results_log import ResultsLog, file_digest, key_digest
+from runner.state.ledger import KeyState
+from runner.state.records import (
     ResultRecord,
     ambiguous_record,
     completed_record,
@@ -30,7 +31,6 @@ from runner.outputs.records import (
     record_line,
     spend_of,
 )
-from runner.outputs.results_log import ResultsLog, file_digest, key_digest
 
 SPEC = JobSpec(
     key="0123456789abcdef",

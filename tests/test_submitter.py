@@ -24,9 +24,9 @@ from runner.engine.retry import RetryPolicy
 from runner.engine.submitter import SubmitSettings, Submitter
 from runner.errors import PermanentApiError
 from runner.jobspec import JobSpec
-from runner.outputs.figures import Counts
-from runner.outputs.journal import Journal
-from runner.outputs.ledger import KeyState
+from runner.state.figures import Counts
+from runner.state.journal import Journal
+from runner.state.ledger import KeyState
 from tests.fake_api import FakeApi
 from tests.virtual_time import START, VirtualClock, inline_offload, virtual_time
 

@@ -39,7 +39,6 @@ from runner.money import parse_budget, spend_text
 from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
 from runner.outputs import Layout, iter_latest_records
 from runner.outputs.destination import is_url
-from runner.outputs.figures import Counts
 from runner.outputs.layout import RESULTS_NAME, SUMMARY_NAME
 from runner.outputs.live import read_live
 from runner.outputs.merge import IncompleteMerge, merge
@@ -53,6 +52,7 @@ from runner.settings import (
     parse_duration,
 )
 from runner.sharding import parse_shard
+from runner.state.figures import Counts
 
 EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from runner.engine import Engine
 
 from runner.money import spend_text
-from runner.outputs.figures import RunStats
+from runner.state.figures import RunStats
 
 log = logging.getLogger("runner.cli.progress")
 

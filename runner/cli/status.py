@@ -15,11 +15,11 @@ from runner.engine.ambiguity import Risk, risk_of
 from runner.errors import ApiError, UsageError
 from runner.money import spend_text
 from runner.outputs import STATE_DIR, Layout, RecordStatus, latest_records
-from runner.outputs.events import Done
-from runner.outputs.figures import Counts
-from runner.outputs.journal import read_events
 from runner.outputs.layout import path_text
-from runner.outputs.ledger import KeyState, fold, folder_counts
+from runner.state.events import Done
+from runner.state.figures import Counts
+from runner.state.journal import read_events
+from runner.state.ledger import KeyState, fold, folder_counts
 
 
 @dataclass

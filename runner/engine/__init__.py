@@ -13,13 +13,13 @@ budget.py     --budget, reserved before each POST
 ambiguity.py  the worst case of sending ambiguous jobs again
 uploads.py    local reference images, uploaded once before the first POST needing them
 
-The figures it fills (Counts, RunStats, RunResult) live below it, in runner.outputs.figures.
+The figures it fills (Counts, RunStats, RunResult) live below it, in runner.state.figures.
 """
 
 from runner.engine.engine import Engine
 from runner.engine.options import EngineOptions
 from runner.engine.retry import Clock, RetryPolicy, SystemClock
-from runner.outputs.figures import Counts, RunResult, RunStats
+from runner.state.figures import Counts, RunResult, RunStats
 
 __all__ = [
     "Clock",

@@ -27,7 +27,7 @@ from runner.engine.health import Health
 from runner.engine.submitter import Submitter
 from runner.engine.tracker import Tracker
 from runner.engine.watching import Lister
-from runner.outputs.ledger import KeyState
+from runner.state.ledger import KeyState
 
 
 class NoKeyLeft(Exception):

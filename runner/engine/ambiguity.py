@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from runner.money import dollars
-from runner.outputs.ledger import NO_SINGLE_MATCH, KeyState
-from runner.outputs.records import RecordStatus
+from runner.state.ledger import NO_SINGLE_MATCH, KeyState
+from runner.state.records import RecordStatus
 
 
 def is_ambiguous(state: KeyState) -> bool:

@@ -60,18 +60,20 @@ from runner.naming import (
     render_name,
 )
 from runner.outputs import FileEntry, OutputFolder
-from runner.outputs.events import Done, Released, Retry
-from runner.outputs.figures import Counts, RunResult, RunStats, stats_of
-from runner.outputs.journal import Journal
-from runner.outputs.ledger import CANCELLED_ON_EXIT, NO_SINGLE_MATCH, KeyState, RunLedger
 from runner.outputs.provenance import spec_provenance
-from runner.outputs.records import (
+from runner.outputs.writers import Writer, open_writer
+from runner.settings import RunSettings
+from runner.state.events import Done, Released, Retry
+from runner.state.figures import Counts, RunResult, RunStats, stats_of
+from runner.state.journal import Journal
+from runner.state.ledger import CANCELLED_ON_EXIT, NO_SINGLE_MATCH, KeyState, RunLedger
+from runner.state.records import (
     RecordStatus,
     ambiguous_record,
     completed_record,
     failed_record,
 )
-from runner.outputs.run_events import (
+from runner.state.run_events import (
     KeyCooling,
     KeyInUse,
     KeyRetired,
@@ -81,8 +83,6 @@ from runner.outputs.run_events import (
     RunEvent,
     Unfinished,
 )
-from runner.outputs.writers import Writer, open_writer
-from runner.settings import RunSettings
 
 log = logging.getLogger(__name__)
 # A job's own outcome: a line in a log file, but on a terminal only with -v (the live view

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from runner.api.remote import RemoteJob
-from runner.outputs.records import FileEntry
+from runner.state.records import FileEntry
 
 
 @dataclass(frozen=True, slots=True)

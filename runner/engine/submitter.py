@@ -56,10 +56,10 @@ from runner.errors import (
     WouldPayTwice,
 )
 from runner.jobspec import JobSpec
-from runner.outputs.events import Ambiguous, Event, Lost, Submitted, Submitting
-from runner.outputs.journal import Journal
-from runner.outputs.ledger import NO_SINGLE_MATCH, KeyState
-from runner.outputs.run_events import LostAnswer, LostChecked, TransientError
+from runner.state.events import Ambiguous, Event, Lost, Submitted, Submitting
+from runner.state.journal import Journal
+from runner.state.ledger import NO_SINGLE_MATCH, KeyState
+from runner.state.run_events import LostAnswer, LostChecked, TransientError
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from runner.errors import (
     TransientApiError,
 )
 from runner.outputs import FileEntry
-from runner.outputs.run_events import Downloaded, RunEvent, TransientError
 from runner.outputs.writers import Fetched, Writer
+from runner.state.run_events import Downloaded, RunEvent, TransientError
 
 log = logging.getLogger(__name__)
 

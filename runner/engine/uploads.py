@@ -17,8 +17,8 @@ from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.errors import PermanentApiError, TransientApiError
 from runner.jobspec import JobSpec
 from runner.manifest.assets import resolved, stand_ins
-from runner.outputs.events import Asset
-from runner.outputs.journal import Journal
+from runner.state.events import Asset
+from runner.state.journal import Journal
 
 log = logging.getLogger(__name__)
 

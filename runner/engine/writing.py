@@ -11,14 +11,14 @@ import anyio
 
 from runner.errors import DiskError, UsageError
 from runner.outputs import OutputFolder, intact_records
-from runner.outputs.events import Done, Refetch
-from runner.outputs.figures import Counts
-from runner.outputs.journal import Journal, records_at
 from runner.outputs.layout import Layout
-from runner.outputs.ledger import KeyState
-from runner.outputs.records import RecordStatus, ResultRecord, read_records
 from runner.outputs.results_log import key_digest
 from runner.outputs.writers import Writer
+from runner.state.events import Done, Refetch
+from runner.state.figures import Counts
+from runner.state.journal import Journal, records_at
+from runner.state.ledger import KeyState
+from runner.state.records import RecordStatus, ResultRecord, read_records
 
 log = logging.getLogger("runner.engine.engine")
 

@@ -1,20 +1,11 @@
-"""The output folder: the run's state kept in it, and every file a run writes into it.
+"""The output folder: every file a run writes into it (the state it keeps is runner.state).
 
-The state (OUT/.krea-batch):
-events.py        the journal's events as types, serialised in one place
-run_events.py    what a run notes beside the journal (errors, downloads, jobs left over)
-ledger.py        RunLedger.apply: the one fold of both into job states and counts
-journal.py       the fsynced, group-committed event log
-figures.py       Counts, RunStats (what every view reads), RunResult
-
-The files:
 layout.py        where each file lives (Layout), pure
 atomic.py        replacing a file so that readers and crashes see the old or the new
 folder.py        OutputFolder: the lock, downloads put in place, metadata/summary written
 results_log.py   results.jsonl, one line per finished job, written once
 writers/         the writer seam and the formats: files, webdataset, parquet
 destination.py   fsspec URLs: files put there whole
-records.py       ResultRecord: the one place that writes and reads results records
 images.py        a download's extension, whether it is an image, whether it is intact
 shard_files.py   reading written shards back (members and their sha256)
 metadata.py      metadata.jsonl for Hugging Face datasets
@@ -31,7 +22,7 @@ from runner.outputs.atomic import fsync_dir, write_atomic
 from runner.outputs.folder import OutputFolder, intact_records
 from runner.outputs.images import image_extension, image_problem
 from runner.outputs.layout import STATE_DIR, Layout, relative
-from runner.outputs.records import (
+from runner.state.records import (
     FileEntry,
     RecordStatus,
     ResultRecord,

@@ -16,7 +16,7 @@ from runner.outputs.atomic import fsync_dir, write_atomic
 from runner.outputs.images import intact
 from runner.outputs.layout import Layout
 from runner.outputs.metadata import MetadataRow, metadata_lines
-from runner.outputs.records import FileEntry, ResultRecord, read_records
+from runner.state.records import FileEntry, ResultRecord, read_records
 
 
 class OutputFolder:

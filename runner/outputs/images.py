@@ -10,8 +10,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from runner.outputs.records import FileEntry
 from runner.outputs.shard_files import member_of, member_sha256
+from runner.state.records import FileEntry
 
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 

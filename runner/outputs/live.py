@@ -18,8 +18,8 @@ from typing import Any, Protocol
 from runner import jsontext
 from runner.files import read_regular
 from runner.outputs.atomic import write_atomic
-from runner.outputs.figures import REQUEST_KINDS, RunStats
 from runner.outputs.layout import Layout
+from runner.state.figures import REQUEST_KINDS, RunStats
 from runner.timefmt import iso_time
 
 STALE_AFTER = 10.0  # seconds without a heartbeat before a status is a past run's

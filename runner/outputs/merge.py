@@ -37,7 +37,6 @@ from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
 from runner.outputs.atomic import write_atomic
 from runner.outputs.card import dataset_card, write_card
-from runner.outputs.figures import stats_of
 from runner.outputs.folder import OutputFolder
 from runner.outputs.identity import (
     FolderIdentity,
@@ -58,15 +57,16 @@ from runner.outputs.layout import (
     SUMMARY_NAME,
     Layout,
 )
-from runner.outputs.ledger import counts_of
 from runner.outputs.metadata import metadata_rows
-from runner.outputs.records import RecordStatus, ResultRecord, latest_records
 from runner.outputs.report import write_report
 from runner.outputs.results_log import ResultsLog
 from runner.outputs.shard_files import SHARDS_DIR, member_of
 from runner.outputs.shard_ledger import SHARD_LEDGER, ShardLedger
 from runner.outputs.summary import summary as run_summary
 from runner.outputs.trees import Tree, safe_relative, same_or_inside
+from runner.state.figures import stats_of
+from runner.state.ledger import counts_of
+from runner.state.records import RecordStatus, ResultRecord, latest_records
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.outputs.images import image_size, inside
-from runner.outputs.records import RecordStatus, ResultRecord
 from runner.outputs.schema import job_fields, requested_size, row
+from runner.state.records import RecordStatus, ResultRecord
 
 MetadataRow = dict[str, Any]  # file_name, then the schema's fields (runner.outputs.schema)
 

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from runner.outputs.trees import Tree
 from runner.outputs.atomic import fsync_dir, write_atomic
 from runner.outputs.layout import REPORT_DATA_DIR, Layout
-from runner.outputs.records import RecordStatus, ResultRecord, spend_of
 from runner.outputs.shard_files import member_of, read_members
+from runner.state.records import RecordStatus, ResultRecord, spend_of
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from runner import jsontext
 from runner.errors import DiskError, UsageError
 from runner.files import UnusableFile, open_regular, read_regular
 from runner.outputs.atomic import write_atomic
-from runner.outputs.records import ResultRecord, record_line
+from runner.state.records import ResultRecord, record_line
 
 _KEY_PREFIX = b'{"key": "'  # how record_line starts every record
 

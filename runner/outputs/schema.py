@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from runner.outputs.records import ResultRecord
+from runner.state.records import ResultRecord
 
 # The fields of every row, in order, with their dtype (the Hugging Face Value dtypes);
 # the var_NAME columns follow, sorted.

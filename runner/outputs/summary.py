@@ -12,8 +12,8 @@ from typing import Any
 
 from runner import jsontext
 from runner.files import read_regular
-from runner.outputs.figures import REQUEST_KINDS, RunStats
 from runner.outputs.layout import path_text
+from runner.state.figures import REQUEST_KINDS, RunStats
 from runner.timefmt import iso_time
 
 

@@ -35,9 +35,9 @@ from runner.errors import UsageError
 from runner.outputs.destination import Destination, default_state_dir, destination_for, is_url
 from runner.outputs.images import inside
 from runner.outputs.layout import Layout
-from runner.outputs.records import RecordStatus, read_records
 from runner.outputs.shard_files import SHARDS_DIR, member_of
 from runner.outputs.shard_ledger import CHUNK, SHARD_LEDGER, Sealed, ShardLedger, file_digest
+from runner.state.records import RecordStatus, read_records
 
 STAGING = "staging"  # below .krea-batch/ (runner.outputs.writers.shards.STAGING_DIR)
 SHARD_NAME = re.compile(r"\d{5,}\.(tar|parquet)")

@@ -13,7 +13,6 @@ from runner.errors import UsageError
 from runner.outputs.atomic import write_atomic
 from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
-from runner.outputs.records import read_records
 from runner.outputs.shard_files import SHARDS_DIR, member_of
 from runner.outputs.writers.base import Fetched, Writer
 from runner.outputs.writers.files import FilesWriter
@@ -21,6 +20,7 @@ from runner.outputs.writers.parquet import ParquetWriter
 from runner.outputs.writers.shards import ShardWriter
 from runner.outputs.writers.webdataset import WebDatasetWriter
 from runner.settings import FORMATS
+from runner.state.records import read_records
 
 DEFAULT_SHARD_SIZE = 10_000
 

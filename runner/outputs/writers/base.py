@@ -16,8 +16,8 @@ from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
 from runner.outputs.images import image_problem, intact
 from runner.outputs.provenance import embed, with_provenance
-from runner.outputs.records import FileEntry, ResultRecord
 from runner.outputs.results_log import ResultsLog
+from runner.state.records import FileEntry, ResultRecord
 
 RecordSource = Callable[[], Iterable[ResultRecord]]  # every finished job's current record
 

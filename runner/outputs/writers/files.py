@@ -10,8 +10,8 @@ from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
 from runner.outputs.images import image_extension
 from runner.outputs.layout import relative
-from runner.outputs.records import FileEntry
 from runner.outputs.writers.base import Fetched, Writer, checked
+from runner.state.records import FileEntry
 
 
 class FilesWriter(Writer):

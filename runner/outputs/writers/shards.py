@@ -28,11 +28,11 @@ from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
 from runner.outputs.images import image_extension, image_size
 from runner.outputs.layout import relative
-from runner.outputs.records import FileEntry, RecordStatus, ResultRecord
 from runner.outputs.schema import job_fields, requested_size, row
 from runner.outputs.shard_files import SHARDS_DIR, member_digests, member_of, read_member
 from runner.outputs.shard_ledger import SHARD_LEDGER, Sealed, ShardLedger, file_digest
 from runner.outputs.writers.base import Fetched, RecordSource, Writer, checked
+from runner.state.records import FileEntry, RecordStatus, ResultRecord
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """The journal: an append-only, fsynced log of what was sent and what finished, per job key.
 
 It is the output folder's memory across crashes. Each line is one event of
-``runner.outputs.events`` (Submitting, Submitted, Lost, Retry, Ambiguous, Released, Done,
+``runner.state.events`` (Submitting, Submitted, Lost, Retry, Ambiguous, Released, Done,
 Asset), serialised there and nowhere else.
 
-``RunLedger.apply`` (runner.outputs.ledger) is the one place where an event changes a job's
+``RunLedger.apply`` (runner.state.ledger) is the one place where an event changes a job's
 state: replay folds the file with it, and a live run records every event through
 ``Journal.record``, which appends the line and then applies it (``Journal.note`` applies the
 events the journal does not keep, which change only this run's figures).
@@ -34,10 +34,10 @@ import anyio
 from runner import jsontext
 from runner.errors import DiskError, WouldPayTwice
 from runner.files import open_regular
-from runner.outputs.events import Event, Submitting, decode, encode
-from runner.outputs.ledger import RunLedger, apply_to_states, fold
-from runner.outputs.records import ResultRecord, parse_record
-from runner.outputs.run_events import RunEvent
+from runner.state.events import Event, Submitting, decode, encode
+from runner.state.ledger import RunLedger, apply_to_states, fold
+from runner.state.records import ResultRecord, parse_record
+from runner.state.run_events import RunEvent
 
 log = logging.getLogger(__name__)
 

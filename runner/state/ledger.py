@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.api.skew import ClockSkew
-from runner.outputs.events import (
+from runner.state.events import (
     Ambiguous,
     Asset,
     Done,
@@ -27,9 +27,9 @@ from runner.outputs.events import (
     Submitting,
     decode,
 )
-from runner.outputs.figures import Counts, KeyFigures
-from runner.outputs.records import RecordStatus, ResultRecord, spend_of, status_of
-from runner.outputs.run_events import (
+from runner.state.figures import Counts, KeyFigures
+from runner.state.records import RecordStatus, ResultRecord, spend_of, status_of
+from runner.state.run_events import (
     Downloaded,
     KeyCooling,
     KeyInUse,

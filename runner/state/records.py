@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class KeyState(Protocol):
-    """What a record takes from the journal's state of its job (runner.outputs.journal.KeyState)."""
+    """What a record takes from the journal's state of its job (runner.state.journal.KeyState)."""
 
     @property
     def attempts(self) -> int: ...

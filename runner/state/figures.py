@@ -71,7 +71,7 @@ class Counts:
     by_account: dict[str, KeyFigures] = field(default_factory=dict)
 
     def add_spend(self, usd: float, units: float) -> None:
-        """Count a finished job's cost (runner.outputs.records.spend_of)."""
+        """Count a finished job's cost (runner.state.records.spend_of)."""
         self.spend_usd += usd
         self.spend_units += units
 
@@ -136,7 +136,7 @@ def requests_per_job(requests: Mapping[str, int], jobs: int) -> dict[str, float]
 @dataclass(frozen=True, slots=True)
 class RunStats:
     """A run's figures at one moment: the one shape that progress, status.json, the metrics
-    and summary.json read. ``counts`` is a copy of the ledger's (runner.outputs.ledger)."""
+    and summary.json read. ``counts`` is a copy of the ledger's (runner.state.ledger)."""
 
     started: float
     now: float
