@@ -18,9 +18,11 @@ from runner.api.bounds import Limits, Timeouts
 from runner.api.client import DEFAULT_API_BASE, KreaClient
 from runner.api.keys import ApiKey, KeyList
 from runner.api.limiter import SharedRate
+from runner.api.server_clock import ServerClock
 from runner.api.webhooks import Receiver, WebhookSettings, receiving
 from runner.engine import Engine, EngineOptions, RunResult, RunStats
 from runner.engine.accounts import KeyRing
+from runner.engine.tracker import Deliveries
 from runner.errors import UsageError
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, ResultRecord
@@ -120,26 +122,33 @@ async def run_batch(
             shard=options.shard,
         )
         claim_identity(folder.root, wanted, str(out), append=append)
-        writer = open_writer(folder, settings.format, settings.shard_size, destination)
+        writer = open_writer(
+            folder, settings.format, settings.shard_size, destination, manifest.var_names
+        )
 
         timeouts = Timeouts(api=options.api_timeout, stall=options.download_stall)
-
-        def client_for(key: ApiKey) -> KreaClient:
-            return KreaClient(
-                base_url,
-                key.token,
-                limiter=SharedRate(settings.rate_limit),
-                timeouts=timeouts,
-                limits=Limits(image_bytes=settings.max_image_bytes),
-                max_connections=max(16, settings.concurrency * 2),
-            )
-
-        ring = KeyRing(KeyList(keys or ["anonymous"], key_source), client_for)
+        server_clock = ServerClock()
         async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(ring.aclose)
+
+            def client_for(key: ApiKey) -> KreaClient:
+                client = KreaClient(
+                    base_url,
+                    key.token,
+                    limiter=SharedRate(settings.rate_limit),
+                    timeouts=timeouts,
+                    limits=Limits(image_bytes=settings.max_image_bytes),
+                    max_connections=max(16, settings.concurrency * 2),
+                    server_clock=server_clock,
+                )
+                client.open()
+                stack.push_async_callback(client.close)
+                return client
+
+            ring = KeyRing(KeyList(keys or ["anonymous"], key_source), client_for)
+            deliveries = Deliveries()
             receiver = None
             if webhook is not None:
-                receiver = Receiver(deliver=lambda remote: False)
+                receiver = Receiver(deliver=deliveries.deliver)
                 url = await stack.enter_async_context(receiving(webhook, receiver))
                 options = dataclasses.replace(options, webhook_url=url)
             live = LiveStatus(folder.root, Path(metrics_file) if metrics_file else None)
@@ -149,9 +158,16 @@ async def run_batch(
                 if on_progress is not None:
                     on_progress(engine)
 
-            engine = Engine(manifest, folder, ring, options, on_progress=progress, writer=writer)
-            if receiver is not None:
-                receiver.deliver = engine.delivered
+            engine = Engine(
+                manifest,
+                folder,
+                ring,
+                options,
+                on_progress=progress,
+                writer=writer,
+                deliveries=deliveries,
+                server_clock=server_clock,
+            )
             result = await engine.run()
             live.write(engine, "finished")
             clients = list(ring.opened)

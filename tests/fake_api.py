@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from runner.api.remote import JobStatus, RemoteJob, parse_time
-from runner.errors import AmbiguousSubmit, TransientApiError
+from runner.api.downloads import Download
+from runner.api.remote import JobStatus, ListedJob, RemoteJob, parse_time
+from runner.api.server_clock import ServerClock
+from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
 from runner.timefmt import iso_time
 from tests.virtual_time import VirtualClock
 
@@ -36,7 +39,8 @@ class FakeJob:
 
 
 class FakeApi:
-    """Stands in for ``KreaClient`` in front of the submitter (module docstring)."""
+    """An ``Api`` in front of the submitter (module docstring); it tells ``server_clock``
+    the server's time as a Date header would."""
 
     def __init__(self, clock: VirtualClock, *, rtt: float = 0.1, skew: float = 0.0) -> None:
         self.clock = clock
@@ -59,12 +63,8 @@ class FakeApi:
         self.jumps: list[tuple[float, float]] = []  # (our time, seconds the server's clock moves)
         self.rng = random.Random(0)
         self._snapshots: list[list[FakeJob]] = []
-        self._hook: Callable[[float, float, float], None] | None = None
-
-    def watch_server_clock(
-        self, now: Callable[[], float], hook: Callable[[float, float, float], None]
-    ) -> None:
-        self._hook = hook
+        self.server_clock = ServerClock()
+        self.requests_by: Counter[str] = Counter()
 
     def server_now(self) -> float:
         return self.clock.now + self.skew_at(self.clock.now)
@@ -75,8 +75,10 @@ class FakeApi:
 
     def _dated(self, sent: float) -> None:
         """Report the server's time as a Date header does: whole seconds."""
-        if self.dates and self._hook is not None:
-            self._hook(sent, self.clock.now, float(int(self.server_now() - self.rtt / 2)))
+        if self.dates:
+            self.server_clock.dated(
+                sent, self.clock.now, float(int(self.server_now() - self.rtt / 2))
+            )
 
     def create(self, prompt: str | None, at: float | None = None) -> FakeJob:
         """A job stamped now (or at ``at``, our clock) on the server's clock."""
@@ -129,7 +131,7 @@ class FakeApi:
 
     async def list_jobs(
         self, limit: int = 100, cursor: str | None = None
-    ) -> tuple[list[RemoteJob], str | None]:
+    ) -> tuple[list[ListedJob], str | None]:
         self.lists += 1
         # A one-job page is the submitter reading the server's clock, not a search.
         self.log.append((self.clock.now, "list" if limit > 1 else "clock", cursor or ""))
@@ -140,17 +142,17 @@ class FakeApi:
             return self._newest_first(limit, cursor)
         return self._snapshot_page(limit, cursor)
 
-    def _newest_first(self, limit: int, cursor: str | None) -> tuple[list[RemoteJob], str | None]:
+    def _newest_first(self, limit: int, cursor: str | None) -> tuple[list[ListedJob], str | None]:
         """Krea's way: newest first, the cursor a creation time (jobs created before it)."""
         before = parse_time(cursor) if cursor else float("inf")
         assert before is not None
         newest_first = [j for j in reversed(self.jobs) if j.created < before][: limit + 1]
         page = newest_first[:limit]
         more = len(newest_first) > limit
-        jobs = [RemoteJob(j.job_id, JobStatus.QUEUED, j.created, None, (), None) for j in page]
+        jobs = [ListedJob(j.job_id, j.created, "queued") for j in page]
         return jobs, (iso_time(page[-1].created) if more else None)
 
-    def _snapshot_page(self, limit: int, cursor: str | None) -> tuple[list[RemoteJob], str | None]:
+    def _snapshot_page(self, limit: int, cursor: str | None) -> tuple[list[ListedJob], str | None]:
         """Any other order, over a snapshot taken at the first page; the cursor an offset.
 
         ``page_size`` caps pages, after ``loop_after`` pages the cursor goes back to the first,
@@ -173,5 +175,19 @@ class FakeApi:
         if self.loop_after is not None and after >= self.loop_after * size:
             after = 0  # back to the first page: its cursor repeats
         nxt = f"{snapshot}:{after}" if offset + size < len(jobs) else None
-        listed = [RemoteJob(j.job_id, JobStatus.QUEUED, j.created, None, (), None) for j in page]
+        listed = [ListedJob(j.job_id, j.created, "queued") for j in page]
         return listed, nxt
+
+    # The rest of the API: a submitter never asks for it.
+
+    async def get_job(self, job_id: str) -> RemoteJob:
+        raise PermanentApiError(f"GET /jobs/{job_id}: not in this fake", status=404)
+
+    async def cancel(self, job_id: str) -> None:
+        raise PermanentApiError(f"DELETE /jobs/{job_id}: not in this fake", status=404)
+
+    async def download(self, url: str, dest: Path) -> Download:
+        raise PermanentApiError(f"GET {url}: not in this fake", status=404)
+
+    async def upload_asset(self, path: Path) -> str:
+        raise PermanentApiError("POST /assets: not in this fake", status=404)

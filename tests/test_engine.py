@@ -343,7 +343,7 @@ async def test_an_abort_during_a_429_backoff_leaves_no_slot_taken(tmp_path: Path
         assert emu.emulator.stats["submits"] == 0
     engine = engines[-1]
     assert engine.counts.rate_limited_429 >= 1
-    assert engine.pool.in_use == 0
+    assert engine.stats().in_flight == 0
     assert result.exit_code == 3
     assert not any(state.pending_since for state in engine.states.values())
 

@@ -65,33 +65,23 @@ def test_aimd_cuts_by_a_quarter_and_climbs_back_slowly() -> None:
     assert increased(8, 8) == 8
 
 
-async def test_adaptive_limit_holds_new_jobs_until_a_slot_frees() -> None:
+def test_adaptive_limit_counts_a_burst_once_and_tells_when_room_comes() -> None:
     now = [0.0]
-    gate = AdaptiveLimit(4, cooldown=1.0, clock=lambda: now[0])
+    told: list[int] = []
+    gate = AdaptiveLimit(4, cooldown=1.0, clock=lambda: now[0], on_room=lambda: told.append(1))
     gate.overloaded()
     gate.overloaded()  # same burst: counted once
     assert int(gate.limit) == 3
-    release = anyio.Event()
-    got_in = anyio.Event()
-
-    async def hold() -> None:
-        async with gate.slot():
-            await release.wait()
-
-    async def fourth() -> None:
-        async with gate.slot():
-            got_in.set()
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(3):
-            tg.start_soon(hold)
-        await anyio.wait_all_tasks_blocked()
-        tg.start_soon(fourth)
-        await anyio.wait_all_tasks_blocked()
-        assert not got_in.is_set()
-        release.set()
-        await got_in.wait()
-    assert gate.in_use == 0
+    now[0] = 1.5
+    gate.overloaded()
+    assert int(gate.limit) == 2
+    with gate.held(), gate.held(), gate.held():  # resumed jobs count whatever the cap
+        assert gate.room == -1
+        assert not told
+    assert gate.room == 2
+    assert len(told) == 3  # each end may make room for a waiting job
+    gate.accepted()
+    assert len(told) == 4
 
 
 def test_journal_replay_folds_events_into_states() -> None:

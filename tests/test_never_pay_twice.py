@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runner.engine.matching import MAX_SEARCH_PAGES
-from runner.engine.outcome import Deferred, Failed
+from runner.engine.outcome import Deferred, Doubted, Failed, Sent
 from runner.errors import WouldPayTwice
 from runner.state.events import Submitting
 from tests.fake_api import FakeApi
@@ -80,7 +80,7 @@ async def test_a_cursor_that_repeats_ends_the_search_and_the_job_is_not_resent(
     async with rig_on(tmp_path, api=api) as rig:
         api.fates.append("5xx")
         outcome = await rig.submitter.submit(spec(0), rig.state(0))
-        assert outcome is None
+        assert isinstance(outcome, Doubted)
         assert paid(api, 0) == 0
         state = rig.state(0)
         assert state.doubt == "the job listing's cursor repeats"
@@ -126,7 +126,7 @@ async def test_jobs_stamped_after_the_servers_own_time_prove_nothing(tmp_path: P
 async def test_a_job_id_answered_for_two_keys_is_accepted_once(tmp_path: Path) -> None:
     async with rig_on(tmp_path, concurrency=1) as rig:
         first = await rig.submitter.submit(spec(0), rig.state(0))
-        assert first is None
+        assert isinstance(first, Sent)
         owned = rig.state(0).job_id
         assert owned is not None
         original = rig.api.submit

@@ -19,9 +19,11 @@ import pytest
 from runner.api.backoff import Backoff
 from runner.api.limiter import AdaptiveLimit
 from runner.engine.budget import Budget
-from runner.engine.outcome import Deferred, NotSubmitted, Outcome
+from runner.engine.health import Health
+from runner.engine.outcome import Deferred, NotSubmitted, Sent, Submission
 from runner.engine.retry import RetryPolicy
 from runner.engine.submitter import SubmitSettings, Submitter
+from runner.engine.uploads import Uploads
 from runner.errors import PermanentApiError
 from runner.jobspec import JobSpec
 from runner.state.figures import Counts
@@ -65,8 +67,8 @@ class Rig:
         await self.journal.flush()
         return [json.loads(line) for line in self.journal.path.read_text().splitlines()]
 
-    async def submit_all(self, count: int) -> dict[int, Outcome | None]:
-        outcomes: dict[int, Outcome | None] = {}
+    async def submit_all(self, count: int) -> dict[int, Submission]:
+        outcomes: dict[int, Submission] = {}
 
         async def one(i: int) -> None:
             outcomes[i] = await self.submitter.submit(spec(i), self.state(i))
@@ -107,17 +109,21 @@ def make_rig(
     writes: list[int] = []
     journal = Journal.open(tmp_path / "journal.jsonl", offload=inline_offload(writes))
     retry = RetryPolicy(errors=Backoff(base=1.0, jitter=0), throttled=Backoff(base=5.0, jitter=0))
+    rng = random.Random(0)
     submitter = Submitter(
-        api,  # type: ignore[arg-type]  # it answers like a KreaClient
+        api,
         journal,
         clock,
+        api.server_clock,
         SubmitSettings(
             concurrency=concurrency, lost_answer_wait=1.0, api_timeout=30.0, retry=retry
         ),
         budget=Budget(budget, "cu"),
-        gate=AdaptiveLimit(64),
+        gate=AdaptiveLimit(64, clock=clock.monotonic),
         stopping=lambda: False,
-        rng=random.Random(0),
+        rng=rng,
+        uploads=Uploads(api, journal, clock, retry, {}, rng),
+        health=Health(),
     )
     return Rig(clock, api, journal, submitter, journal.ledger.counts, writes)
 
@@ -131,7 +137,7 @@ async def test_posts_ramp_up_to_the_window_and_share_their_write_ahead_fsyncs(
 ) -> None:
     async with rig_on(tmp_path) as rig:
         outcomes = await rig.submit_all(24)
-        assert set(outcomes.values()) == {None}
+        assert all(isinstance(outcome, Sent) for outcome in outcomes.values())
         assert all(rig.state(i).job_id for i in range(24))
         assert rig.api.most_in_flight == 4
         assert len(rig.api.jobs) == 24
@@ -147,7 +153,7 @@ async def test_a_lost_answer_holds_new_posts_until_the_listing_has_told(tmp_path
         # POST 1 alone, then 2-5 together: the first of them loses its answer, the next is slow.
         rig.api.fates.extend(["ok", "lost", "slow", "ok", "ok"])
         outcomes = await rig.submit_all(12)
-        assert set(outcomes.values()) == {None}
+        assert all(isinstance(outcome, Sent) for outcome in outcomes.values())
         lost_at = events(rig.api, "answer:lost")[0]
         slow_at = events(rig.api, "answer:slow")[0]
         [listed_at] = events(rig.api, "list")
@@ -188,7 +194,7 @@ async def test_two_lost_posts_in_one_window_end_ambiguous_and_are_not_sent_again
     async with rig_on(tmp_path) as rig:
         rig.api.fates.extend(["ok", "lost", "lost"])  # POSTs 2 and 3 fly together
         outcomes = await rig.submit_all(3)
-        assert set(outcomes.values()) == {None}
+        assert sorted(type(o).__name__ for o in outcomes.values()) == ["Doubted", "Doubted", "Sent"]
         both = {j.job_id for j in rig.api.jobs if j.prompt in ("job 1", "job 2")}
         lost = [i for i in range(3) if rig.state(i).candidates]
         assert len(lost) == 2
@@ -245,7 +251,8 @@ async def test_skew_in_either_direction_is_measured_and_the_window_follows_it(
         stamp = rig.clock.now + 0.05 + (0.0 if skew > 0 else 2 * skew)
         rig.api.create(None, at=stamp - skew)
         outcome = await rig.submitter.submit(spec(3), rig.state(3))
-    assert outcome is None
+    assert isinstance(outcome, Sent)
+    assert outcome.job_id == rig.state(3).job_id
     assert rig.state(3).job_id == rig.api.jobs_for("job 3")[0].job_id
 
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
 import anyio.lowlevel
@@ -19,13 +19,34 @@ import anyio.lowlevel
 START = 1_800_000_000.0
 
 
+class _Timer:
+    """A virtual deadline: what it does when time reaches it, unless withdrawn first."""
+
+    __slots__ = ("fire", "live")
+
+    def __init__(self, fire: Callable[[], None]) -> None:
+        self.fire = fire
+        self.live = True
+
+
 class VirtualClock:
     """The engine's ``Clock``, on virtual time."""
 
     def __init__(self, start: float = START) -> None:
         self.now = start
-        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._sleepers: list[tuple[float, int, _Timer]] = []
         self._order = itertools.count()
+
+    @contextlib.contextmanager
+    def move_on_after(self, seconds: float) -> Iterator[anyio.CancelScope]:
+        with anyio.CancelScope() as scope:
+            timer = _Timer(scope.cancel)
+            deadline = self.now + max(0.0, seconds)
+            heapq.heappush(self._sleepers, (deadline, next(self._order), timer))
+            try:
+                yield scope
+            finally:
+                timer.live = False
 
     def time(self) -> float:
         return self.now
@@ -38,20 +59,29 @@ class VirtualClock:
             await anyio.lowlevel.checkpoint()
             return
         wake = anyio.Event()
-        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), wake))
-        await wake.wait()
+        timer = _Timer(wake.set)
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), timer))
+        try:
+            await wake.wait()
+        finally:
+            timer.live = False
 
     async def drive(self) -> None:
         """Advance time each time everything else waits (run it beside the code under test)."""
         while True:
             await _all_tasks_blocked()
+            while self._sleepers and not self._sleepers[0][2].live:
+                heapq.heappop(self._sleepers)  # a sleep or a deadline no one waits for now
             if not self._sleepers:
                 await anyio.sleep(0.001)  # nothing sleeps: whatever runs waits on real I/O
                 continue
             deadline = self._sleepers[0][0]
             self.now = max(self.now, deadline)
             while self._sleepers and self._sleepers[0][0] <= deadline:
-                heapq.heappop(self._sleepers)[2].set()
+                timer = heapq.heappop(self._sleepers)[2]
+                if timer.live:
+                    timer.live = False
+                    timer.fire()
 
 
 async def _all_tasks_blocked() -> None:

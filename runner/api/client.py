@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -32,7 +31,9 @@ from runner.api.downloads import Download, download
 from runner.api.keys import fingerprint
 from runner.api.limiter import SharedRate
 from runner.api.remote import ListedJob, MalformedJob, RemoteJob
+from runner.api.server_clock import ServerClock
 from runner.api.skew import http_date
+from runner.clock import Clock, SystemClock
 from runner.errors import (
     AmbiguousSubmit,
     ApiError,
@@ -41,14 +42,16 @@ from runner.errors import (
     TransientApiError,
 )
 
-# Told of every API answer that carries a Date header: (sent, received, server time).
-ServerTimeHook = Callable[[float, float, float], None]
-
 DEFAULT_API_BASE = "https://api.krea.ai"
 
 
 class KreaClient:
-    """Talks to the Krea API, or to anything that answers like it (the emulator)."""
+    """Talks to the Krea API, or to anything that answers like it (the emulator): the
+    ``runner.api.port.Api`` over HTTP.
+
+    ``session``: an aiohttp session to send with, the caller's to close (by default the
+    client makes its own on ``open``). ``clock`` times requests; ``server_clock`` is told the
+    ``Date`` of every answer."""
 
     def __init__(
         self,
@@ -59,6 +62,9 @@ class KreaClient:
         timeouts: Timeouts | None = None,
         limits: Limits | None = None,
         max_connections: int = 64,
+        session: aiohttp.ClientSession | None = None,
+        clock: Clock | None = None,
+        server_clock: ServerClock | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
@@ -68,16 +74,13 @@ class KreaClient:
         self.limits = limits or Limits()
         self._api_host = urlsplit(self.base_url).hostname
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._session = session
+        self._own_session = session is None
         self._closed = False
         self.requests = 0  # API requests sent, downloads excluded
         self.requests_by: Counter[str] = Counter()  # by kind: submit, list, job, cancel, download
-        self._now: Callable[[], float] = time.time
-        self._on_server_time: ServerTimeHook | None = None
-
-    def watch_server_clock(self, now: Callable[[], float], hook: ServerTimeHook) -> None:
-        """Tell ``hook`` the server's ``Date`` of every API answer, timed by ``now``."""
-        self._now, self._on_server_time = now, hook
+        self.clock: Clock = clock or SystemClock()
+        self.server_clock = server_clock
 
     def __repr__(self) -> str:  # never shows the token
         return f"KreaClient({self.base_url!r})"
@@ -109,9 +112,9 @@ class KreaClient:
 
     async def close(self) -> None:
         self._closed = True
-        if self._session is not None:
+        if self._session is not None and self._own_session:
             await self._session.close()
-            self._session = None
+        self._session = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -218,27 +221,9 @@ class KreaClient:
             await before_send()
         self.requests += 1
         self.requests_by[kind] += 1
-        sent = self._now()
+        request = {"json": json_body, "data": data, "params": params, "headers": headers}
         try:
-            async with self.session.request(
-                method,
-                self.base_url + path,
-                json=json_body,
-                data=data,
-                params=params,
-                headers=headers,
-            ) as response:
-                status = response.status
-                server_time = http_date(response.headers.get("Date"))
-                if server_time is not None and self._on_server_time is not None:
-                    self._on_server_time(sent, self._now(), server_time)
-                retry_after = _retry_after(response.headers.get("Retry-After"), server_time)
-                raw = await _read_at_most(response, self.limits.answer_bytes)
-                if raw is None:
-                    message = (
-                        f"{what}: {status} with an answer over {self.limits.answer_bytes} bytes"
-                    )
-                    raise _lost(message, ambiguous, status=status, created=200 <= status < 300)
+            answer = await self._exchange(method, path, request, ambiguous)
         except aiohttp.ClientConnectorError as exc:
             raise TransientApiError(f"{what}: cannot connect ({exc.os_error})") from exc
         except aiohttp.ConnectionTimeoutError as exc:
@@ -248,32 +233,28 @@ class KreaClient:
         except aiohttp.ClientError as exc:
             message = f"{what}: connection lost ({type(exc).__name__})"
             raise _lost(message, ambiguous) from exc
-        if 200 <= status < 300:
-            if not raw and method == "DELETE":
-                return None
-            try:
-                return jsontext.loads(raw)  # any encoding JSON allows; anything else is malformed
-            except ValueError as exc:
-                message = f"{what}: {status} with malformed JSON"
-                raise _lost(message, ambiguous, status=status, created=True) from exc
-        # An error page may come in any encoding (a proxy's Latin-1 502 page): never fail on it.
-        message = _server_message(raw.decode("utf-8", errors="replace")) or f"HTTP {status}"
-        if status == 401:
-            raise FatalApiError(
-                f"{what}: 401 not authenticated ({message}); check the API token", status=status
+        return _meaning(what, *answer, ambiguous)
+
+    async def _exchange(
+        self, method: str, path: str, request: Mapping[str, Any], ambiguous: bool
+    ) -> tuple[int, bytes, float | None]:
+        """Send one request: its status, its body (bounded) and its Retry-After."""
+        sent = self.clock.time()
+        async with self.session.request(method, self.base_url + path, **request) as response:
+            status = response.status
+            server_time = http_date(response.headers.get("Date"))
+            if server_time is not None and self.server_clock is not None:
+                self.server_clock.dated(sent, self.clock.time(), server_time)
+            retry_after = _retry_after(
+                response.headers.get("Retry-After"),
+                server_time if server_time is not None else self.clock.time(),
             )
-        if status == 402:
-            raise FatalApiError(f"{what}: 402 out of credits ({message})", status=status)
-        if status == 429:
-            raise TransientApiError(
-                f"{what}: 429 {message}",
-                status=status,
-                retry_after=retry_after,
-                overload="concurrent" in message.lower(),
-            )
-        if status >= 500:
-            raise _lost(f"{what}: {status} {message}", ambiguous, status=status, retry=retry_after)
-        raise PermanentApiError(f"{what}: {status} {message}", status=status)
+            raw = await _read_at_most(response, self.limits.answer_bytes)
+            if raw is None:
+                limit = self.limits.answer_bytes
+                message = f"{method} {path}: {status} with an answer over {limit} bytes"
+                raise _lost(message, ambiguous, status=status, created=200 <= status < 300)
+        return status, raw, retry_after
 
     async def download(self, url: str, dest: Path) -> Download:
         """Stream an image into ``dest`` (``runner.api.downloads.download``); not counted
@@ -286,7 +267,38 @@ class KreaClient:
             api_host=self._api_host,
             limits=self.limits,
             timeouts=self.timeouts,
+            now=self.clock.monotonic,
         )
+
+
+def _meaning(what: str, status: int, raw: bytes, retry_after: float | None, ambiguous: bool) -> Any:
+    """What an answer says: its JSON, or the error its status means."""
+    if 200 <= status < 300:
+        if not raw and what.startswith("DELETE"):
+            return None
+        try:
+            return jsontext.loads(raw)  # any encoding JSON allows; anything else is malformed
+        except ValueError as exc:
+            message = f"{what}: {status} with malformed JSON"
+            raise _lost(message, ambiguous, status=status, created=True) from exc
+    # An error page may come in any encoding (a proxy's Latin-1 502 page): never fail on it.
+    message = _server_message(raw.decode("utf-8", errors="replace")) or f"HTTP {status}"
+    if status == 401:
+        raise FatalApiError(
+            f"{what}: 401 not authenticated ({message}); check the API token", status=status
+        )
+    if status == 402:
+        raise FatalApiError(f"{what}: 402 out of credits ({message})", status=status)
+    if status == 429:
+        raise TransientApiError(
+            f"{what}: 429 {message}",
+            status=status,
+            retry_after=retry_after,
+            overload="concurrent" in message.lower(),
+        )
+    if status >= 500:
+        raise _lost(f"{what}: {status} {message}", ambiguous, status=status, retry=retry_after)
+    raise PermanentApiError(f"{what}: {status} {message}", status=status)
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
@@ -317,10 +329,10 @@ def _lost(
     return TransientApiError(message, status=status, retry_after=retry)
 
 
-def _retry_after(value: str | None, server_time: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` asks for: a number, or an HTTP date (measured from the
-    answer's own ``Date`` when it has one). Unreadable or NaN: None; a past date or a negative
-    number: 0; ``inf`` stays inf, for the retry loop to clamp."""
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` asks for: a number, or an HTTP date (measured from ``now``:
+    the answer's own ``Date`` when it has one). Unreadable or NaN: None; a past date or a
+    negative number: 0; ``inf`` stays inf, for the retry loop to clamp."""
     if not value:
         return None
     try:
@@ -329,7 +341,7 @@ def _retry_after(value: str | None, server_time: float | None = None) -> float |
         moment = http_date(value)
         if moment is None:
             return None
-        seconds = moment - (server_time if server_time is not None else time.time())
+        seconds = moment - now
     if math.isnan(seconds):
         return None
     return max(0.0, seconds)

@@ -7,8 +7,7 @@ import builtins
 import contextlib
 import hashlib
 import os
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -43,14 +42,13 @@ async def download(
     api_host: str | None,
     limits: Limits,
     timeouts: Timeouts,
+    now: Callable[[], float],
 ) -> Download:
     """Fetch ``url``: bytes, checked for size and stalls, and nothing more (what they hold and
     where they go is the output writer's business). A large image is streamed into ``dest``
-    (fsynced) rather than held."""
+    (fsynced) rather than held. ``now``: the monotonic clock stalls are measured on."""
     stall = timeouts.stall
     timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=stall)
-    digest = hashlib.sha256()
-    size = 0
     try:
         async with _follow(session, url, timeout, api_host) as response:
             if response.status in (401, 403, 404, 410):
@@ -60,41 +58,7 @@ async def download(
                 )
             if response.status != 200:
                 raise TransientApiError(f"GET image: {response.status}", status=response.status)
-            # Asked for none, a server may still encode the body: aiohttp decodes it, and the
-            # declared length is then the encoded one. The cap applies to decoded bytes.
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-            encoded = encoding not in ("", "identity")
-            expected = None if encoded else response.content_length
-            content_type = response.headers.get("Content-Type", "")
-            cap = limits.image_bytes
-            if expected is not None and expected > cap:
-                raise PermanentApiError(
-                    f"GET image: declares {expected:,} bytes, above the limit of {cap:,} "
-                    "(--max-image-bytes)"
-                )
-            with _SpoolFile(dest) as out:
-                since, recent = time.monotonic(), 0
-                async for chunk in response.content.iter_chunked(256 * 1024):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    recent += len(chunk)
-                    if time.monotonic() - since >= stall:
-                        if recent < STALL_BYTES:
-                            raise TransientApiError(
-                                f"GET image: stalled ({recent} bytes in {stall:g} s)"
-                            )
-                        since, recent = time.monotonic(), 0
-                    if size > cap:
-                        raise PermanentApiError(
-                            f"GET image: went on past the limit of {cap:,} bytes "
-                            "(--max-image-bytes)"
-                        )
-                    await out.write(chunk)
-                if expected is not None and size != expected:
-                    raise TransientApiError(f"GET image: got {size} of {expected} bytes")
-                if size == 0:
-                    raise TransientApiError("GET image: empty file")
-                data = await out.commit()
+            return await _receive(response, dest, limits.image_bytes, stall, now)
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, PrivateAddress):
             raise PermanentApiError(f"GET image: {exc.os_error}") from exc
@@ -109,6 +73,48 @@ async def download(
         raise PermanentApiError(f"GET image: unusable URL ({exc})") from exc
     except OSError as exc:  # writing the file, not the network: ours to stop for
         raise DiskError(str(dest.parent), exc) from exc
+
+
+async def _receive(
+    response: aiohttp.ClientResponse,
+    dest: Path,
+    cap: int,
+    stall: float,
+    now: Callable[[], float],
+) -> Download:
+    """The body of a 200, bounded by ``cap`` bytes and by stalls of ``stall`` seconds."""
+    # Asked for none, a server may still encode the body: aiohttp decodes it, and the
+    # declared length is then the encoded one. The cap applies to decoded bytes.
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    expected = None if encoding not in ("", "identity") else response.content_length
+    if expected is not None and expected > cap:
+        raise PermanentApiError(
+            f"GET image: declares {expected:,} bytes, above the limit of {cap:,} "
+            "(--max-image-bytes)"
+        )
+    digest = hashlib.sha256()
+    size = 0
+    with _SpoolFile(dest) as out:
+        since, recent = now(), 0
+        async for chunk in response.content.iter_chunked(256 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+            recent += len(chunk)
+            if now() - since >= stall:
+                if recent < STALL_BYTES:
+                    raise TransientApiError(f"GET image: stalled ({recent} bytes in {stall:g} s)")
+                since, recent = now(), 0
+            if size > cap:
+                raise PermanentApiError(
+                    f"GET image: went on past the limit of {cap:,} bytes (--max-image-bytes)"
+                )
+            await out.write(chunk)
+        if expected is not None and size != expected:
+            raise TransientApiError(f"GET image: got {size} of {expected} bytes")
+        if size == 0:
+            raise TransientApiError("GET image: empty file")
+        data = await out.commit()
+    content_type = response.headers.get("Content-Type", "")
     return Download(dest, size, digest.hexdigest(), content_type, data)
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import anyio
@@ -85,75 +84,46 @@ def increased(limit: float, ceiling: float) -> float:
 
 
 class AdaptiveLimit:
-    """How many of our jobs may run remotely at once, found by probing (AIMD).
+    """How many of one key's jobs may run remotely at once, found by probing (AIMD).
 
     Starts at ``ceiling``; each "too many concurrent jobs" answer cuts it by a quarter (at most
     once per ``cooldown`` seconds, since one burst of refusals is one signal), and each accepted
-    submit raises it slowly back. Jobs hold a slot from submit until they end; waiting jobs are
-    admitted in arrival order, one per free slot (no herd woken to find one winner).
+    submit raises it slowly back. It counts; the pool (``runner.engine.accounts``) queues the
+    jobs waiting for room on any key, and ``on_room`` tells it when room may have come.
     """
 
-    __slots__ = (
-        "_clock",
-        "_last_cut",
-        "_waiters",
-        "ceiling",
-        "cooldown",
-        "in_use",
-        "limit",
-        "on_room",
-    )
+    __slots__ = ("_clock", "_last_cut", "ceiling", "cooldown", "in_use", "limit", "on_room")
 
     def __init__(
-        self, ceiling: int, cooldown: float = 2.0, clock: Callable[[], float] = time.monotonic
+        self,
+        ceiling: int,
+        *,
+        clock: Callable[[], float],
+        on_room: Callable[[], None] = lambda: None,
+        cooldown: float = 2.0,
     ) -> None:
         self.ceiling = float(ceiling)
         self.limit = float(ceiling)
         self.cooldown = cooldown
         self.in_use = 0
-        self._clock = clock
+        self._clock = clock  # monotonic seconds
         self._last_cut = -float("inf")
-        self._waiters: deque[anyio.Event] = deque()
-        # Told whenever a slot may have come free (a pool admits its own waiters then).
-        self.on_room: Callable[[], None] | None = None
+        self.on_room = on_room
 
     @property
     def room(self) -> int:
         """Slots free now."""
         return int(self.limit) - self.in_use
 
-    @contextlib.asynccontextmanager
-    async def slot(self, *, force: bool = False) -> AsyncIterator[None]:
-        """Hold one slot for the block; ``force`` counts a job already running remotely (a
-        resumed one) whatever the cap. The block's owner alone releases it, however it ends."""
-        if force or (not self._waiters and self.in_use < int(self.limit)):
-            self.in_use += 1
-        else:
-            await self._queue()
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Count a job already running remotely (a resumed one) whatever the cap, for the
+        block; its end may make room."""
+        self.in_use += 1
         try:
             yield
         finally:
             self.in_use -= 1
-            self._admit()
-
-    async def _queue(self) -> None:
-        admitted = anyio.Event()
-        self._waiters.append(admitted)
-        try:
-            await admitted.wait()  # _admit counted our slot before waking us
-        except BaseException:
-            if admitted.is_set():
-                self.in_use -= 1  # admitted and cancelled at once: pass the slot on
-                self._admit()
-            else:
-                self._waiters.remove(admitted)
-            raise
-
-    def _admit(self) -> None:
-        while self._waiters and self.in_use < int(self.limit):
-            self.in_use += 1
-            self._waiters.popleft().set()
-        if self.on_room is not None:
             self.on_room()
 
     def overloaded(self) -> None:
@@ -164,7 +134,7 @@ class AdaptiveLimit:
 
     def accepted(self) -> None:
         self.limit = increased(self.limit, self.ceiling)
-        self._admit()
+        self.on_room()
 
 
 class SubmitWindow:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from runner.api.client import KreaClient
 from runner.api.keys import ApiKey
 from runner.api.limiter import AdaptiveLimit
+from runner.api.port import Api
 from runner.engine.health import Health
 from runner.engine.submitter import Submitter
 from runner.engine.tracker import Tracker
@@ -36,16 +36,16 @@ class NoKeyLeft(Exception):
 
 @dataclass(eq=False)
 class Account:
-    """One key of the pool and what works with it."""
+    """One key of the pool and what works with it, built whole when the key is first used."""
 
-    client: KreaClient
+    client: Api
     gate: AdaptiveLimit
     tracker: Tracker
-    submitter: Submitter | None = None  # made when the run starts (it needs the journal)
+    submits: Submitter
+    health: Health
+    key: ApiKey
     lister: Lister | None = None  # the listing loop, in list mode
     retired: str | None = None  # why it takes no new jobs
-    key: ApiKey | None = None  # where the user put it (None: a client given ready-made)
-    health: Health = field(default_factory=Health)
     held: dict[str, int] = field(default_factory=dict)  # why → jobs left unsettled with it
 
     @property
@@ -56,47 +56,31 @@ class Account:
     @property
     def label(self) -> str:
         """How messages name it: ``key 2 of keys.txt (35a34ba4)``, else ``key 35a34ba4``."""
-        return self.key.label if self.key is not None else f"key {self.name}"
-
-    @property
-    def submits(self) -> Submitter:
-        if self.submitter is None:
-            raise RuntimeError("the run has not started")
-        return self.submitter
-
-
-Opener = Callable[[ApiKey], Account]
+        return self.key.label
 
 
 class KeyRing:
-    """The keys of a run and a client for each key in use, made when the key is first used
-    and closed with the ring (clients given ready-made stay their caller's to close)."""
+    """The keys of a run and the API of each key in use, connected when the key is first used
+    (``connect`` opens it, and whoever gave ``connect`` closes what it opened)."""
 
-    def __init__(self, keys: Sequence[ApiKey], connect: Callable[[ApiKey], KreaClient]) -> None:
+    def __init__(self, keys: Sequence[ApiKey], connect: Callable[[ApiKey], Api]) -> None:
         self.keys = keys
         self._connect = connect
-        self._own = True
-        self.opened: list[KreaClient] = []
+        self.opened: list[Api] = []
 
     @classmethod
-    def of(cls, clients: Sequence[KreaClient]) -> KeyRing:
-        """Clients already open, as a ring (each key named by its fingerprint alone)."""
-        keys = [ApiKey("", i, known=c.account) for i, c in enumerate(clients, 1)]
-        ring = cls(keys, lambda key: clients[key.index - 1])
-        ring._own = False
-        return ring
+    def of(cls, apis: Sequence[Api]) -> KeyRing:
+        """APIs already open, as a ring (each key named by its fingerprint alone)."""
+        keys = [ApiKey("", i, known=api.account) for i, api in enumerate(apis, 1)]
+        return cls(keys, lambda key: apis[key.index - 1])
 
-    def client(self, key: ApiKey) -> KreaClient:
-        client = self._connect(key)
-        client.open()
-        self.opened.append(client)
-        return client
+    def api(self, key: ApiKey) -> Api:
+        api = self._connect(key)
+        self.opened.append(api)
+        return api
 
-    async def aclose(self) -> None:
-        opened, self.opened = self.opened, []
-        if self._own:
-            for client in opened:
-                await client.close()
+
+Opener = Callable[[ApiKey, "KeyPool"], Account]
 
 
 class KeyPool:
@@ -128,8 +112,7 @@ class KeyPool:
         self._waiters: deque[tuple[anyio.Event, list[Account]]] = deque()
 
     def _opened(self, index: int) -> Account:
-        account = self._open(self.keys[index])
-        account.gate.on_room = self._admit
+        account = self._open(self.keys[index], self)
         self.accounts.append(account)
         self._by_name[account.name] = account
         if self._unopened is not None:
@@ -219,7 +202,7 @@ class KeyPool:
             yield account
         finally:
             account.gate.in_use -= 1
-            self._admit()
+            self.admit()
 
     async def _queue(self) -> Account:
         admitted = anyio.Event()
@@ -231,7 +214,7 @@ class KeyPool:
         except BaseException:
             if given:
                 given[0].gate.in_use -= 1  # admitted and cancelled at once: pass the slot on
-                self._admit()
+                self.admit()
             elif entry in self._waiters:
                 self._waiters.remove(entry)
             raise
@@ -264,7 +247,8 @@ class KeyPool:
             return cooling  # every live key cools: the one with room tries (as a pool of one)
         return best
 
-    def _admit(self) -> None:
+    def admit(self) -> None:
+        """Room may have come on some key: admit the jobs waiting, in arrival order."""
         while self._waiters:
             account = self._roomiest()
             if account is None:
@@ -275,6 +259,10 @@ class KeyPool:
             admitted.set()
 
     # ---- figures ------------------------------------------------------------------------------
+
+    def following(self) -> int:
+        """Jobs of this run's keys that run at the API now (a job id, no outcome yet)."""
+        return sum(len(account.tracker.watches) for account in self.accounts)
 
     @property
     def in_use(self) -> int:

@@ -59,3 +59,23 @@ class NotSubmitted:
 
 
 Outcome = Completed | Failed | Ambiguous | Deferred | Cancelled | NotSubmitted
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A submit the server holds as ``job_id``: follow it (never send it again)."""
+
+    job_id: str
+    sent: float | None = None  # when its POST went out (our wall clock)
+    answered: float | None = None  # when it was answered: the job existed by then
+
+
+@dataclass(frozen=True, slots=True)
+class Doubted:
+    """A submit whose answer was lost and that no single listed job proves: its candidates
+    are the journal's, to collect."""
+
+    why: str
+
+
+Submission = Sent | Doubted | Outcome

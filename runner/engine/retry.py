@@ -4,45 +4,17 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
-
-import anyio
+from typing import TypeVar
 
 from runner.api.backoff import NETWORK, OVERLOAD, Backoff
+from runner.clock import Clock, SystemClock
 from runner.errors import TransientApiError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-class Clock(Protocol):
-    """Where the engine reads time and sleeps; tests substitute a virtual one."""
-
-    def time(self) -> float:
-        """Wall-clock seconds since the epoch: compared with the server's timestamps."""
-        ...
-
-    def monotonic(self) -> float:
-        """Seconds for durations and deadlines."""
-        ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """The real clock."""
-
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
+__all__ = ["Clock", "RetryPolicy", "SystemClock", "retrying"]
 
 
 @dataclass(frozen=True, slots=True)

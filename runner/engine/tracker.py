@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 
 from runner.api.backoff import jittered
-from runner.api.client import KreaClient
+from runner.api.port import Api
 from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.outcome import Deferred, Failed
 from runner.engine.retry import Clock, RetryPolicy, retrying
@@ -103,7 +103,7 @@ class Tracker:
 
     def __init__(
         self,
-        client: KreaClient,
+        client: Api,
         writer: Writer,
         clock: Clock,
         settings: TrackSettings,
@@ -283,7 +283,7 @@ class Tracker:
 
     async def cancel(self, job_id: str) -> bool:
         """Ask the server to cancel a job; True when it said yes."""
-        with anyio.move_on_after(10, shield=True):
+        with anyio.CancelScope(shield=True), self.clock.move_on_after(10):
             try:
                 await self.client.cancel(job_id)
                 return True
@@ -308,7 +308,7 @@ class Tracker:
         files = []
         limit = self.settings.job_timeout
         deadline = self.clock.monotonic() + limit
-        with anyio.move_on_after(limit):  # tries included: a trickle cannot hold the job
+        with self.clock.move_on_after(limit):  # tries included: a trickle cannot hold the job
             for index in range(len(remote.urls)):
                 suffix = "" if index == 0 else f"-{index}"
                 got = await self._download_one(
@@ -379,3 +379,14 @@ class Tracker:
             remote = fresh
         self.note(Downloaded(download.bytes))
         return remote, entry
+
+
+class Deliveries:
+    """Where a run's webhook receiver hands each job's end: to whichever key follows it."""
+
+    def __init__(self) -> None:
+        self.trackers: list[Tracker] = []
+
+    def deliver(self, remote: RemoteJob) -> bool:
+        """Wake the task following ``remote`` (False: not a job in flight)."""
+        return any(tracker.delivered(remote) for tracker in self.trackers)

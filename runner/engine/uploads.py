@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from runner.api.client import KreaClient
+from runner.api.port import Api
 from runner.engine.outcome import Failed
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.errors import PermanentApiError, TransientApiError
@@ -33,7 +33,7 @@ class Uploads:
 
     def __init__(
         self,
-        client: KreaClient,
+        client: Api,
         journal: Journal,
         clock: Clock,
         retry: RetryPolicy,

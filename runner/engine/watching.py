@@ -21,9 +21,9 @@ import anyio
 import anyio.lowlevel
 
 from runner.api.backoff import jittered
-from runner.api.client import KreaClient
+from runner.api.port import Api
 from runner.api.remote import TERMINAL, JobStatus, ListedJob, MalformedJob, RemoteJob
-from runner.engine.retry import Clock, SystemClock
+from runner.engine.retry import Clock
 from runner.errors import FatalApiError, PermanentApiError, TransientApiError
 
 log = logging.getLogger(__name__)
@@ -64,20 +64,9 @@ class Watch:
 
     async def wait(self, clock: Clock, seconds: float) -> None:
         """Sleep until there is news or ``seconds`` pass."""
-        if not self._news.is_set() and seconds > 0 and isinstance(clock, SystemClock):
-            with anyio.move_on_after(seconds):  # the real clock: a timer, no task
+        if not self._news.is_set() and seconds > 0:
+            with clock.move_on_after(seconds):
                 await self._news.wait()
-        elif not self._news.is_set() and seconds > 0:
-            news = self._news
-            async with anyio.create_task_group() as group:
-
-                async def timer() -> None:
-                    await clock.sleep(seconds)
-                    group.cancel_scope.cancel()
-
-                group.start_soon(timer)
-                await news.wait()
-                group.cancel_scope.cancel()
         else:
             await anyio.lowlevel.checkpoint()
         self._news = anyio.Event()
@@ -100,7 +89,7 @@ class Lister:
 
     def __init__(
         self,
-        client: KreaClient,
+        client: Api,
         clock: Clock,
         watches: dict[str, Watch],
         interval: float,

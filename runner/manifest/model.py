@@ -83,6 +83,16 @@ class Manifest:
     assets: Mapping[str, Path] = field(default_factory=dict)  # local images: sha256 → path
 
     @property
+    def var_names(self) -> tuple[str, ...]:
+        """Every var a job of the manifest may carry: its entries' and its prompt rows'."""
+        names = {name for entry in self.entries for name, _ in entry.vars}
+        for entry in self.entries:
+            for prompt in entry.prompts:
+                if prompt.columns:
+                    names.update(prompt.columns)
+        return tuple(sorted(names))
+
+    @property
     def total_jobs(self) -> int:
         """Jobs the manifest expands to, duplicates included."""
         return sum(entry.size for entry in self.entries)

@@ -78,6 +78,14 @@ class Released:
 
 
 @dataclass(frozen=True, slots=True)
+class Reopened:
+    """The user chose to run a failed job again (``--retry-failed``)."""
+
+    key: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """The job's final record, written once its files are in place."""
 
@@ -103,7 +111,9 @@ class Asset:
     url: str
 
 
-Event = Submitting | Submitted | Lost | Retry | Ambiguous | Released | Done | Refetch | Asset
+Event = (
+    Submitting | Submitted | Lost | Retry | Ambiguous | Released | Reopened | Done | Refetch | Asset
+)
 
 
 def encode(event: Event) -> dict[str, Any]:
@@ -127,6 +137,8 @@ def encode(event: Event) -> dict[str, Any]:
             return line | ({"why": why} if why is not None else {})
         case Released(key, attempt):
             return {"e": "released", "k": key, "a": attempt}
+        case Reopened(key, attempt):
+            return {"e": "reopened", "k": key, "a": attempt}
         case Done(key, record):
             return {"e": "done", "k": key, "record": dict(record)}
         case Refetch(key, job_id, why):
@@ -170,6 +182,7 @@ _REQUIRED = {
     "ambiguous": ("k", "candidates"),
     "unresolved": ("k", "candidates"),
     "released": ("k",),
+    "reopened": ("k",),
     "done": ("k", "record"),
     "asset": ("k", "url"),
     "refetch": ("k", "id"),
@@ -209,6 +222,8 @@ def decode(line: Mapping[str, Any]) -> Event | None:
         return Ambiguous(key, attempt, tuple(line["candidates"]), line.get("why"), kind)
     if kind == "released":
         return Released(key, attempt)
+    if kind == "reopened":
+        return Reopened(key, attempt)
     if kind == "done":
         return Done(key, line["record"])
     if kind == "refetch":

@@ -22,12 +22,14 @@ from runner.state.events import (
     Lost,
     Refetch,
     Released,
+    Reopened,
     Retry,
     Submitted,
     Submitting,
     decode,
 )
 from runner.state.figures import Counts, KeyFigures
+from runner.state.phase import Phase
 from runner.state.records import RecordStatus, ResultRecord, spend_of, status_of
 from runner.state.run_events import (
     Downloaded,
@@ -70,6 +72,7 @@ class KeyState:
     done_error: str | None = None
     account: str | None = None  # the fingerprint of the key its last POST went with
     refetching: bool = False  # finished, its image lost: fetched again from its job (no POST)
+    phase: Phase = Phase.NEW  # where it stands: set by the fold alone, from the fields above
 
     @property
     def remote(self) -> bool:
@@ -81,9 +84,21 @@ class KeyState:
         """No POST of this key may still hold a job we do not know: a new POST pays once."""
         return self.job_id is None and self.pending_since is None and self.doubt is None
 
-    def reopen(self) -> None:
-        """Forget a failed outcome so the job runs again (``--retry-failed``)."""
+    def _reopen(self) -> None:
+        """Forget an outcome so the job runs again (the fold's, for Released and Reopened)."""
         self.done, self.done_at, self.done_error, self.accepted = None, None, None, 0
+
+    def _phase(self) -> Phase:
+        """The phase the fields say (the fold sets ``phase`` from it after each event)."""
+        if self.done is not None:
+            return Phase.FAILED if self.done == RecordStatus.FAILED else Phase.DONE
+        if self.job_id is not None:
+            return Phase.RUNNING
+        if self.pending_since is not None:
+            return Phase.SUBMITTING
+        if self.doubt is not None:
+            return Phase.AMBIGUOUS
+        return Phase.NEW
 
 
 @dataclass(slots=True)
@@ -262,8 +277,12 @@ def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) 
             state.doubt = why or NO_SINGLE_MATCH
             ledger.known_ids.update(candidates)
         case Released():
-            state.reopen()
+            state._reopen()
             state.candidates, state.doubt = (), None
+        case Reopened():
+            if state.done == RecordStatus.FAILED:
+                state._reopen()
+    state.phase = state._phase()
 
 
 _PRICES: dict[float, float] = {}

@@ -7,6 +7,7 @@ webdataset.py  tar shards of KEY.png + KEY.json
 parquet.py     parquet shards with an image column as Hugging Face reads it
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from runner.errors import UsageError
@@ -66,14 +67,15 @@ def open_writer(
     format: str = "files",
     shard_size: int = DEFAULT_SHARD_SIZE,
     destination: Destination | None = None,
+    var_names: Sequence[str] = (),
 ) -> Writer:
     """The writer of ``format`` (one of FORMATS) for ``folder``, putting its files at
-    ``destination`` (by default the folder itself)."""
+    ``destination`` (by default the folder itself); ``var_names``: the manifest's vars."""
     if format == "webdataset":
-        return WebDatasetWriter(folder, shard_size, destination)
+        return WebDatasetWriter(folder, shard_size, destination, var_names)
     if format == "parquet":
-        return ParquetWriter(folder, shard_size, destination)
-    return FilesWriter(folder, destination)
+        return ParquetWriter(folder, shard_size, destination, var_names)
+    return FilesWriter(folder, destination, var_names)
 
 
 __all__ = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +63,15 @@ class Writer(ABC):
 
     format: str = ""
 
-    def __init__(self, folder: OutputFolder, destination: Destination | None = None) -> None:
+    def __init__(
+        self,
+        folder: OutputFolder,
+        destination: Destination | None = None,
+        var_names: Sequence[str] = (),
+    ) -> None:
         self.folder = folder
         self.destination = destination or Destination()
-        self.var_names: tuple[str, ...] = ()  # every var of the manifest (columns, for some)
+        self.var_names = tuple(var_names)  # every var of the manifest (columns, for some)
         self.results = ResultsLog(folder.results_path, folder.state / "results.stamp")
         self.unsaved: list[str] = []  # after close: files not confirmed at the destination
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,13 @@ from runner.state.records import FileEntry
 class FilesWriter(Writer):
     format = "files"
 
-    def __init__(self, folder: OutputFolder, destination: Destination | None = None) -> None:
-        super().__init__(folder, destination)
+    def __init__(
+        self,
+        folder: OutputFolder,
+        destination: Destination | None = None,
+        var_names: Sequence[str] = (),
+    ) -> None:
+        super().__init__(folder, destination, var_names)
         self._listed: dict[str, set[str]] = {}  # the destination's folders, once listed
 
     def partial_path(self, name: str) -> Path:

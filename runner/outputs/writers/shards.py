@@ -72,8 +72,9 @@ class ShardWriter(Writer):
         folder: OutputFolder,
         shard_size: int = 10_000,
         destination: Destination | None = None,
+        var_names: Sequence[str] = (),
     ) -> None:
-        super().__init__(folder, destination)
+        super().__init__(folder, destination, var_names)
         self.shard_size = shard_size
         self.shards = folder.root / SHARDS_DIR
         self.staging = folder.state / STAGING_DIR

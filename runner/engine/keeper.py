@@ -1,5 +1,5 @@
-"""The engine's output half: the writer opened against the journal before the first job,
-closed after the last, and a folder without a journal rebuilt from its results."""
+"""The run's output: the writer opened against the journal before the first job, closed
+after the last, and a folder without a journal (or with torn lines) mended from its results."""
 
 from __future__ import annotations
 
@@ -23,23 +23,21 @@ from runner.state.records import RecordStatus, ResultRecord, read_records
 log = logging.getLogger("runner.engine.engine")
 
 
-class Writing:
-    """What it needs of the engine is declared here."""
+class OutputKeeper:
+    """The writer of a run's folder, kept in step with its journal."""
 
-    folder: OutputFolder
-    writer: Writer
-
-    @property
-    def journal(self) -> Journal:
-        raise NotImplementedError
+    def __init__(self, folder: OutputFolder, writer: Writer, journal: Journal) -> None:
+        self.folder = folder
+        self.writer = writer
+        self.journal = journal
 
     @property
     def states(self) -> dict[str, KeyState]:
-        raise NotImplementedError
+        return self.journal.ledger.states
 
     @property
     def counts(self) -> Counts:
-        raise NotImplementedError
+        return self.journal.ledger.counts
 
     def finished_records(self) -> Iterator[ResultRecord]:
         """The current record of every finished job, in the order they finished (from the
@@ -56,7 +54,7 @@ class Writing:
         except OSError:
             return None
 
-    async def _open_writer(self) -> None:
+    async def open(self) -> None:
         open_writer = functools.partial(
             self.writer.open, self._finished_digest, self.finished_records, self._journal_size()
         )
@@ -65,7 +63,7 @@ class Writing:
         except OSError as exc:
             raise DiskError(str(self.folder.root), exc) from exc
 
-    async def _check_output(self) -> None:
+    async def check(self) -> None:
         """Before the survey: the jobs whose images the output lost are fetched again from
         their remote jobs (journaled first: never a new submit)."""
         try:
@@ -89,7 +87,7 @@ class Writing:
             ", ".join(key for key, _ in jobs[:5]) + (", …" if len(jobs) > 5 else ""),
         )
 
-    async def _close_writer(self) -> None:
+    async def close(self) -> None:
         """Close the writer (shielded: it runs as a cancelled run ends); a failure is a warning,
         since every outcome is in the journal and the next run writes it again."""
         complete = self.counts.unfinished == 0
@@ -106,7 +104,7 @@ class Writing:
             except DiskError as exc:
                 log.warning("%s; the next run checks the output again", exc)
 
-    async def _adopt_results(self) -> None:
+    async def adopt_results(self) -> None:
         """A journal with torn or misshapen lines may have lost a job's ``done`` line:
         results.jsonl still holds its record, and where the record's files are intact
         (sha256) the job is done, not ambiguous, and its record stays."""
@@ -137,7 +135,7 @@ class Writing:
             )
             await self.journal.record_many((Done(r["key"], r) for r in records), earlier=True)
 
-    async def _rebuild_from_results(self) -> None:
+    async def rebuild_from_results(self) -> None:
         """A folder without a journal (copied without its dot-files, say) still holds its
         results: every record whose images are intact is finished, and never paid again."""
         root, holds = self.folder.root, self.writer.holds

@@ -11,10 +11,8 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from runner.engine.options import EngineOptions
 from runner.engine.retry import Clock
 from runner.errors import DiskError, FatalApiError
-from runner.outputs import OutputFolder
 
 log = logging.getLogger("runner.engine.engine")
 
@@ -26,49 +24,60 @@ def _free_space(folder: Path) -> str:
         return "unknown space"
 
 
-class Stopping:
-    """The stopping half of the engine: what it needs of the engine is declared here."""
+class Stopper:
+    """Why the run stops, if it does, and the scopes a stop cancels."""
 
-    options: EngineOptions
-    clock: Clock
-    folder: OutputFolder
-    stopping: str | None
-    interrupted: bool
-    fatal: FatalApiError | None
-    disk_error: DiskError | None
-    _work_scope: anyio.CancelScope | None
-    _follow_scopes: set[anyio.CancelScope]
+    def __init__(self, clock: Clock, drain_timeout: float, root: Path) -> None:
+        self.clock = clock
+        self.drain_timeout = drain_timeout
+        self.root = root  # the output folder, whose free space a full disk reports
+        self.reason: str | None = None  # set once the run stops submitting
+        self.interrupted = False
+        self.fatal: FatalApiError | None = None
+        self.advice: str | None = None  # what would help, when the run stops for a cause
+        self.disk_error: DiskError | None = None
+        self.work: anyio.CancelScope | None = None  # the workers' scope: abort cancels it
+        self.follows: set[anyio.CancelScope] = set()  # --cancel-on-exit: jobs being followed
+
+    @property
+    def stopping(self) -> bool:
+        return self.reason is not None
 
     def stop(self, reason: str) -> None:
         """Stop submitting; jobs in flight finish (within the drain timeout)."""
-        if self.stopping is None:
-            self.stopping = reason
+        if self.reason is None:
+            self.reason = reason
             log.warning(
                 "stopping (%s): no new submits; waiting up to %g s for jobs in flight",
                 reason,
-                self.options.drain_timeout,
+                self.drain_timeout,
             )
-            for scope in self._follow_scopes:
+            for scope in self.follows:
                 scope.cancel()  # --cancel-on-exit: cancel what runs rather than wait for it
 
-    def _stop_for_disk(self, exc: DiskError) -> None:
+    def stop_quietly(self, reason: str) -> None:
+        """Stop submitting when nothing runs: no drain to announce."""
+        if self.reason is None:
+            self.reason = reason
+
+    def stop_for_disk(self, exc: DiskError) -> None:
         """Nothing more can be recorded: stop at once. What was not recorded is resumed."""
         if self.disk_error is None:
             self.disk_error = exc
-            free = f" ({_free_space(self.folder.root)} free)" if exc.full else ""
+            free = f" ({_free_space(self.root)} free)" if exc.full else ""
             log.error("%s%s: stopping now; %s", exc, free, exc.advice())
             self.stop(f"{exc}{free}; {exc.advice()}")
         self.abort()
 
     def abort(self) -> None:
         """Stop at once; the output folder resumes correctly on the next run."""
-        if self._work_scope is not None:
-            self._work_scope.cancel()
+        if self.work is not None:
+            self.work.cancel()
 
-    async def _watch_signals(self, helpers: TaskGroup) -> None:
+    async def watch_signals(self, helpers: TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                if self.stopping is None:
+                if self.reason is None:
                     self.interrupted = True
                     self.stop(f"interrupted by {signal.Signals(signum).name}")
                     helpers.start_soon(self._abort_after_drain)
@@ -77,13 +86,13 @@ class Stopping:
                     self.abort()
                     return
 
-    async def _stop_at_deadline(self, helpers: TaskGroup, deadline: float) -> None:
+    async def stop_at_deadline(self, helpers: TaskGroup, deadline: float) -> None:
         await self.clock.sleep(max(0.0, deadline - self.clock.time()))
-        if self.stopping is None:
+        if self.reason is None:
             self.stop("deadline reached")
             helpers.start_soon(self._abort_after_drain)
 
     async def _abort_after_drain(self) -> None:
-        await self.clock.sleep(self.options.drain_timeout)
+        await self.clock.sleep(self.drain_timeout)
         log.warning("drain timeout reached: stopping now")
         self.abort()

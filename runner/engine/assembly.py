@@ -1,0 +1,148 @@
+"""The one place a run's parts are built, each whole: the pool and each key's account (its
+gate, tracker, submitter and listing loop), the key care, the stopper and the job flow."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from anyio.abc import TaskGroup
+
+from runner.api.keys import ApiKey
+from runner.api.limiter import AdaptiveLimit
+from runner.api.server_clock import ServerClock
+from runner.engine.accounts import Account, KeyPool, KeyRing
+from runner.engine.budget import Budget
+from runner.engine.flow import FlowPolicy, JobFlow
+from runner.engine.health import Health
+from runner.engine.key_care import KeyCare
+from runner.engine.options import EngineOptions
+from runner.engine.retry import Clock
+from runner.engine.stopper import Stopper
+from runner.engine.submitter import SubmitSettings, Submitter
+from runner.engine.tracker import Deliveries, Tracker, TrackSettings, TypicalLatency
+from runner.engine.uploads import Uploads
+from runner.manifest import Manifest
+from runner.outputs.writers import Writer
+from runner.state.journal import Journal
+from runner.state.run_events import KeyInUse
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every part of a run reads: made once, before the run starts."""
+
+    manifest: Manifest
+    options: EngineOptions
+    clock: Clock
+    server_clock: ServerClock
+    budget: Budget
+    deliveries: Deliveries
+    rng: random.Random
+
+
+class Parts:
+    """Every part of one run, built whole in the constructor (accounts when first used)."""
+
+    def __init__(
+        self,
+        shared: Shared,
+        ring: KeyRing,
+        journal: Journal,
+        writer: Writer,
+        stopper: Stopper,
+        helpers: TaskGroup,
+        policy: FlowPolicy,
+    ) -> None:
+        settings = shared.manifest.settings
+        self.shared, self.ring, self.journal, self.writer = shared, ring, journal, writer
+        self.stopper, self.helpers = stopper, helpers
+        self.latency = TypicalLatency()  # the keys' jobs run the same models: learnt once
+        self.tracking = track_settings(shared.manifest, shared.options)
+        self.submitting = SubmitSettings(
+            concurrency=settings.submit_concurrency,
+            lost_answer_wait=settings.lost_answer_wait,
+            api_timeout=shared.options.api_timeout,
+            retry=shared.options.retry,
+            webhook_url=shared.options.webhook_url,
+        )
+        now = shared.clock.monotonic
+        self.pool = KeyPool(ring.keys, self._account, ceiling=settings.concurrency, now=now)
+        self.keys = KeyCare(self.pool, journal, stopper, shared.clock)
+        self.flow = JobFlow(
+            self.pool,
+            journal,
+            writer,
+            shared.clock,
+            shared.budget,
+            policy,
+            stopper=stopper,
+            keys=self.keys,
+        )
+
+    def _account(self, key: ApiKey, pool: KeyPool) -> Account:
+        """A key's account, made when the key first gets a job (or holds one)."""
+        shared, settings = self.shared, self.shared.manifest.settings
+        api = self.ring.api(key)
+        gate = AdaptiveLimit(settings.concurrency, clock=shared.clock.monotonic, on_room=pool.admit)
+        tracker = Tracker(
+            api,
+            self.writer,
+            shared.clock,
+            self.tracking,
+            note=self.journal.note,
+            rng=shared.rng,
+            latency=self.latency,
+        )
+        shared.deliveries.trackers.append(tracker)
+        health = Health(shared.options.key_patience, shared.options.key_cooldown)
+        uploads = Uploads(
+            api,
+            self.journal,
+            shared.clock,
+            shared.options.retry,
+            shared.manifest.assets,
+            shared.rng,
+        )
+        submitter = Submitter(
+            api,
+            self.journal,
+            shared.clock,
+            shared.server_clock,
+            self.submitting,
+            budget=shared.budget,
+            gate=gate,
+            stopping=lambda: self.stopper.stopping,
+            rng=shared.rng,
+            uploads=uploads,
+            health=health,
+            elsewhere=lambda: pool.ready_besides(account),
+        )
+        lister = None
+        if settings.poll_mode in ("list", "auto"):
+            lister = tracker.follow_listing(lambda exc: self.keys.refused(account, exc))
+            self.helpers.start_soon(lister.run)
+        account = Account(api, gate, tracker, submitter, health, key, lister=lister)
+        if pool.several:
+            self.journal.note(KeyInUse(account.name, key.place))
+        return account
+
+
+def track_settings(manifest: Manifest, options: EngineOptions) -> TrackSettings:
+    """How jobs are followed, from the run's settings."""
+    settings = manifest.settings
+    alone_when_short = None
+    if settings.poll_mode == "auto":
+        # Polling every job in flight each interval must fit in half the rate with room to
+        # spare, the other half left to submits and downloads' refreshes.
+        polls = settings.concurrency / settings.poll_interval
+        alone_when_short = polls if 4 * polls <= settings.rate_limit else None
+    return TrackSettings(
+        poll_interval=settings.poll_interval,
+        webhook_poll_interval=settings.webhook_poll_interval,
+        # Listing passes take a tenth of the request rate at most.
+        listing_gap=10 / settings.rate_limit,
+        job_timeout=settings.job_timeout,
+        retry=options.retry,
+        alone_when_short=alone_when_short,
+    )

@@ -1,0 +1,33 @@
+"""What a run comes to: its counts, and why it stopped or is not whole at its destination."""
+
+from __future__ import annotations
+
+from runner.engine.stopper import Stopper
+from runner.outputs import OutputFolder
+from runner.outputs.writers import Writer
+from runner.state.figures import Counts, RunResult
+
+
+def run_result(counts: Counts, stopper: Stopper, writer: Writer, folder: OutputFolder) -> RunResult:
+    """The run's result, once its writer is closed."""
+    stopped = stopper.reason
+    reasons = []
+    if counts.over_budget:
+        reasons.append(f"budget reached: {counts.over_budget} jobs not submitted")
+    if counts.unpriced:
+        reasons.append(f"{counts.unpriced} jobs not submitted: --budget cannot price their model")
+    unsaved = writer.unsaved
+    if unsaved:
+        where = writer.destination.url or str(folder.root)
+        reasons.append(
+            f"{len(unsaved)} shard(s) not yet at {where} ({', '.join(unsaved[:3])}"
+            f"{', …' if len(unsaved) > 3 else ''}): the next run puts them there"
+        )
+    lost = len(writer.lost_jobs())
+    if lost:
+        reasons.append(f"{lost} job(s) lost their images: the next run fetches them again")
+    if reasons and (stopped is None or unsaved or lost):
+        stopped = "; ".join(([stopped] if stopped else []) + reasons)
+    return RunResult(
+        counts, stopped=stopped, fatal=stopper.fatal is not None, advice=stopper.advice
+    )
