@@ -14,7 +14,7 @@ others carry the run. A key whose submits keep being refused cools down for a wh
 from __future__ import annotations
 
 import contextlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -267,6 +267,14 @@ class KeyPool:
     @property
     def in_use(self) -> int:
         return sum(account.gate.in_use for account in self.accounts)
+
+    def posting(self) -> int:
+        """POSTs in flight over every key."""
+        return sum(account.submits.in_flight for account in self.accounts)
+
+    def requests(self) -> Counter[str]:
+        """API requests sent over every key, by kind."""
+        return sum((account.client.requests_by for account in self.accounts), Counter())
 
     def running(self) -> dict[str, int]:
         """Jobs in flight per key (a pool of one: none, the totals say it)."""

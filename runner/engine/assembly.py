@@ -22,9 +22,12 @@ from runner.engine.stopper import Stopper
 from runner.engine.submitter import SubmitSettings, Submitter
 from runner.engine.tracker import Deliveries, Tracker, TrackSettings, TypicalLatency
 from runner.engine.uploads import Uploads
+from runner.errors import FatalApiError
 from runner.manifest import Manifest
 from runner.outputs.writers import Writer
 from runner.state.journal import Journal
+from runner.state.ledger import KeyState
+from runner.state.phase import Phase
 from runner.state.run_events import KeyInUse
 
 
@@ -79,6 +82,20 @@ class Parts:
             stopper=stopper,
             keys=self.keys,
         )
+
+    async def recover(self, run_started: float) -> None:
+        """Match the POSTs an earlier run left unanswered, each in its own key's listing."""
+        by_account: dict[Account, dict[str, KeyState]] = {}
+        for key, state in self.journal.ledger.states.items():
+            if state.phase is Phase.SUBMITTING:
+                account = self.pool.owner(state)
+                if account is not None:  # else a key this run lacks: left pending, deferred
+                    by_account.setdefault(account, {})[key] = state
+        for account, owned in by_account.items():
+            try:
+                await account.submits.recover(owned, run_started)
+            except FatalApiError as exc:  # left pending: a run with a working key checks them
+                self.keys.refused(account, exc)
 
     def _account(self, key: ApiKey, pool: KeyPool) -> Account:
         """A key's account, made when the key first gets a job (or holds one)."""

@@ -16,14 +16,13 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from runner.api.server_clock import ServerClock
-from runner.engine.accounts import Account, KeyRing
-from runner.engine.ambiguity import risk_of, worst_cost
+from runner.engine.accounts import KeyRing
 from runner.engine.assembly import Parts, Shared
 from runner.engine.budget import Budget
 from runner.engine.flow import FlowPolicy
@@ -32,16 +31,15 @@ from runner.engine.options import EngineOptions
 from runner.engine.result import run_result
 from runner.engine.retry import Clock, SystemClock
 from runner.engine.stopper import Stopper
-from runner.engine.survey import Survey, SurveyRules, survey
+from runner.engine.survey import Survey, SurveyRules, release_ambiguous, survey
 from runner.engine.tracker import Deliveries
 from runner.engine.watching import ListingStats
-from runner.errors import DiskError, FatalApiError
+from runner.errors import DiskError
 from runner.jobspec import JobSpec, in_shard
 from runner.manifest import Manifest, expand
-from runner.naming import check_template
 from runner.outputs import OutputFolder
 from runner.outputs.writers import Writer, open_writer
-from runner.state.events import Released, Reopened
+from runner.state.events import Reopened
 from runner.state.figures import Counts, RunResult, RunStats, stats_of
 from runner.state.journal import Journal
 from runner.state.ledger import KeyState, RunLedger
@@ -119,27 +117,21 @@ class Engine:
 
     def stats(self) -> RunStats:
         """The run's figures now, for the views."""
-        accounts = self._parts.pool.accounts if self._parts is not None else []
         pool = self._parts.pool if self._parts is not None else None
         return stats_of(
             self.counts,
             self.started,
             self.clock.time(),
             in_flight=pool.in_use if pool is not None else 0,
-            posting=sum(a.submits.in_flight for a in accounts),
-            requests=sum((a.client.requests_by for a in accounts), Counter()),
+            posting=pool.posting() if pool is not None else 0,
+            requests=pool.requests() if pool is not None else Counter(),
             running=pool.running() if pool is not None else {},
         )
 
     def listing_stats(self) -> ListingStats | None:
         """What the listing did, over every key (None: the run did not list)."""
         accounts = self._parts.pool.accounts if self._parts is not None else []
-        listers = [a.lister.stats for a in accounts if a.lister is not None]
-        if not listers:
-            return None
-        return ListingStats(
-            *(sum(getattr(s, f.name) for s in listers) for f in fields(ListingStats))
-        )
+        return ListingStats.total([a.lister.stats for a in accounts if a.lister is not None])
 
     def specs(self) -> Iterator[JobSpec]:
         specs: Iterator[JobSpec] = iter(expand(self.manifest))
@@ -159,11 +151,11 @@ class Engine:
             await keeper.adopt_results()
             await keeper.check()
             found = self._survey(journal)
-            await self._release_ambiguous(journal, found)
+            await release_ambiguous(journal, found.released)
             self.shared.server_clock.start_from(journal.ledger.skew)
             async with anyio.create_task_group() as helpers:
                 self._start_helpers(helpers)
-                policy = self._policy(found)
+                policy = FlowPolicy.of(self.manifest.settings, self.options, self.started, found)
                 self._parts = parts = Parts(
                     self.shared, self.ring, journal, self.writer, self.stopper, helpers, policy
                 )
@@ -181,29 +173,11 @@ class Engine:
         return run_result(self.counts, self.stopper, self.writer, self.folder)
 
     def _survey(self, journal: Journal) -> Survey:
-        settings = self.manifest.settings
-        rules = SurveyRules(
-            self.options.retry_failed,
-            self.options.retry_ambiguous,
-            check_template(settings.name_template),
-            settings.name_template,
-            self.folder.images,
-        )
+        rules = SurveyRules.of(self.manifest.settings, self.options, self.folder.images)
         found = survey(self.specs(), journal.ledger.states, rules, self.shared.budget)
         self.keys = found.keys
         journal.note(found.planned)
         return found
-
-    def _policy(self, found: Survey) -> FlowPolicy:
-        return FlowPolicy(
-            started=self.started,
-            max_attempts=self.manifest.settings.max_attempts,
-            cancel_on_exit=self.options.cancel_on_exit,
-            webhooks=self.options.webhook_url is not None,
-            embed_metadata=self.options.embed_metadata,
-            name_stem=check_template(self.manifest.settings.name_template),
-            again=frozenset(found.reopened | {spec.key for spec in found.released}),
-        )
 
     def _start_helpers(self, helpers: TaskGroup) -> None:
         if self.options.handle_signals:
@@ -213,21 +187,9 @@ class Engine:
         if self.on_progress is not None:
             helpers.start_soon(self._report_progress)
 
-    async def _release_ambiguous(self, journal: Journal, found: Survey) -> None:
-        """--retry-ambiguous: say what sending them again may cost, then free them to go."""
-        if not found.released:
-            return
-        states = journal.ledger.states
-        risk = risk_of(states, (spec.key for spec in found.released))
-        cost = worst_cost(risk, ((spec.usd, spec.units) for spec in found.released))
-        log.warning("--retry-ambiguous: %s", risk.sentence(cost))
-        await journal.record_many(
-            Released(spec.key, states[spec.key].attempts) for spec in found.released
-        )
-
     async def _run_jobs(self, parts: Parts, keeper: OutputKeeper, found: Survey) -> None:
         await keeper.open()
-        await self._recover(parts)
+        await parts.recover(self.started)
         # Room for every key's cap, but never more than the jobs there are: a pool of 10,000
         # keys for 6 jobs runs 6 workers' worth, not 80,000.
         jobs = max(1, self.counts.total - self.counts.skipped)
@@ -238,20 +200,6 @@ class Engine:
             for _ in range(2 * room):
                 workers.start_soon(self._work, parts, receive.clone())
             receive.close()
-
-    async def _recover(self, parts: Parts) -> None:
-        """Match the POSTs an earlier run left unanswered, each in its own key's listing."""
-        by_account: dict[Account, dict[str, KeyState]] = {}
-        for key, state in self.states.items():
-            if state.phase is Phase.SUBMITTING:
-                account = parts.pool.owner(state)
-                if account is not None:  # else a key this run lacks: left pending, deferred
-                    by_account.setdefault(account, {})[key] = state
-        for account, owned in by_account.items():
-            try:
-                await account.submits.recover(owned, self.started)
-            except FatalApiError as exc:  # left pending: a run with a working key checks them
-                parts.keys.refused(account, exc)
 
     async def _produce(self, send: ObjectSendStream[JobSpec], found: Survey) -> None:
         """Feed specs to the workers: jobs already running remotely first, then new ones.

@@ -20,6 +20,7 @@ from runner.engine.accounts import Account, KeyPool, NoKeyLeft
 from runner.engine.budget import Budget
 from runner.engine.health import KeyUnwell
 from runner.engine.key_care import KeyCare
+from runner.engine.options import EngineOptions
 from runner.engine.outcome import (
     Ambiguous,
     Cancelled,
@@ -33,11 +34,13 @@ from runner.engine.outcome import (
 )
 from runner.engine.retry import Clock
 from runner.engine.stopper import Stopper
+from runner.engine.survey import Survey
 from runner.errors import FatalApiError
 from runner.jobspec import JobSpec
-from runner.naming import render_name
+from runner.naming import check_template, render_name
 from runner.outputs.provenance import spec_provenance
 from runner.outputs.writers import Writer
+from runner.settings import RunSettings
 from runner.state.events import Done, Retry
 from runner.state.journal import Journal
 from runner.state.ledger import CANCELLED_ON_EXIT, NO_SINGLE_MATCH, KeyState
@@ -62,6 +65,20 @@ class FlowPolicy:
     embed_metadata: bool = True
     name_stem: str = "{key}"
     again: frozenset[str] = frozenset()  # finished before, run again in this run
+
+    @classmethod
+    def of(
+        cls, settings: RunSettings, options: EngineOptions, started: float, found: Survey
+    ) -> FlowPolicy:
+        return cls(
+            started=started,
+            max_attempts=settings.max_attempts,
+            cancel_on_exit=options.cancel_on_exit,
+            webhooks=options.webhook_url is not None,
+            embed_metadata=options.embed_metadata,
+            name_stem=check_template(settings.name_template),
+            again=frozenset(found.reopened | {spec.key for spec in found.released}),
+        )
 
 
 class JobFlow:

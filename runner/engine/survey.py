@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.engine.ambiguity import is_ambiguous
+from runner.engine.ambiguity import is_ambiguous, risk_of, worst_cost
 from runner.engine.budget import Budget, cannot_price
+from runner.engine.options import EngineOptions
 from runner.jobspec import JobSpec
 from runner.naming import (
     BUCKET_SIZE,
     DEFAULT_TEMPLATE,
     add_name,
     check_names,
+    check_template,
     crowded_folders,
 )
+from runner.settings import RunSettings
+from runner.state.events import Released
+from runner.state.journal import Journal
 from runner.state.ledger import KeyState
 from runner.state.phase import Phase
 from runner.state.run_events import Planned
@@ -46,6 +51,12 @@ class SurveyRules:
     name_stem: str  # the name template's stem (DEFAULT_TEMPLATE: unique by construction)
     name_template: str
     images: Path
+
+    @classmethod
+    def of(cls, settings: RunSettings, options: EngineOptions, images: Path) -> SurveyRules:
+        template = settings.name_template
+        stem = check_template(template)
+        return cls(options.retry_failed, options.retry_ambiguous, stem, template, images)
 
 
 def survey(
@@ -84,6 +95,17 @@ def survey(
     if unpriced:  # said once, before anything is sent
         log.warning("%s", cannot_price(unpriced))
     return found
+
+
+async def release_ambiguous(journal: Journal, released: Sequence[JobSpec]) -> None:
+    """--retry-ambiguous: say what sending them again may cost, then free them to go."""
+    if not released:
+        return
+    states = journal.ledger.states
+    risk = risk_of(states, (spec.key for spec in released))
+    cost = worst_cost(risk, ((spec.usd, spec.units) for spec in released))
+    log.warning("--retry-ambiguous: %s", risk.sentence(cost))
+    await journal.record_many(Released(spec.key, states[spec.key].attempts) for spec in released)
 
 
 def _check_names(names: dict[str, int], rules: SurveyRules) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 
 import anyio
 import anyio.lowlevel
@@ -82,6 +82,13 @@ class ListingStats:
     alone: int = 0  # jobs handed to a poll of their own after being missed
     beyond_reach: int = 0  # jobs older than the pages a pass reads: polled on their own
     errors: int = 0
+
+    @classmethod
+    def total(cls, each: Sequence[ListingStats]) -> ListingStats | None:
+        """The figures of several keys' listings together (None: none listed)."""
+        if not each:
+            return None
+        return cls(*(sum(getattr(s, f.name) for s in each) for f in fields(cls)))
 
 
 class Lister:

@@ -9,7 +9,7 @@ the journal writes it (``Journal.record``) or notes it (``Journal.note``).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,21 +230,7 @@ def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) 
     state = ledger.state(event.key)
     match event:
         case Done(_, record):
-            state.done = status_of(record)
-            state.done_at = offset
-            usd, units = spend_of(record)
-            state.done_usd, state.done_units = _shared(usd), _shared(units)
-            # A finished job's times are in its record: 100,000 finished jobs keep no floats.
-            state.submitted_at = state.answered_at = None
-            error = record.get("error")
-            state.done_error = None if error is None else str(error)
-            state.job_id = state.pending_since = state.pending_skew = None
-            if state.done != RecordStatus.AMBIGUOUS:
-                state.candidates, state.doubt = (), None  # an ambiguous job keeps them
-            elif state.doubt is None:  # a folder rebuilt from results.jsonl
-                state.doubt = str(record.get("error") or "ambiguous")
-            state.accepted = 0
-            state.refetching = False
+            _finished(state, record, offset)
         case Refetch(_, job_id):
             state.done = state.done_at = state.done_error = None
             state.job_id, state.refetching, state.accepted = job_id, True, 1
@@ -283,6 +269,25 @@ def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) 
             if state.done == RecordStatus.FAILED:
                 state._reopen()
     state.phase = state._phase()
+
+
+def _finished(state: KeyState, record: Mapping[str, Any], offset: int | None) -> None:
+    """A Done line: the job's record is written (at ``offset`` in the journal)."""
+    state.done = status_of(record)
+    state.done_at = offset
+    usd, units = spend_of(record)
+    state.done_usd, state.done_units = _shared(usd), _shared(units)
+    # A finished job's times are in its record: 100,000 finished jobs keep no floats.
+    state.submitted_at = state.answered_at = None
+    error = record.get("error")
+    state.done_error = None if error is None else str(error)
+    state.job_id = state.pending_since = state.pending_skew = None
+    if state.done != RecordStatus.AMBIGUOUS:
+        state.candidates, state.doubt = (), None  # an ambiguous job keeps them
+    elif state.doubt is None:  # a folder rebuilt from results.jsonl
+        state.doubt = str(record.get("error") or "ambiguous")
+    state.accepted = 0
+    state.refetching = False
 
 
 _PRICES: dict[float, float] = {}
