@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,8 +17,10 @@ from runner.api.bounds import Limits, Timeouts
 from runner.api.client import DEFAULT_API_BASE, KreaClient
 from runner.api.keys import ApiKey, KeyList
 from runner.api.limiter import SharedRate
+from runner.api.port import Api
 from runner.api.server_clock import ServerClock
 from runner.api.webhooks import Receiver, WebhookSettings, receiving
+from runner.clock import Clock, SystemClock
 from runner.engine import Engine, EngineOptions, RunResult, RunStats
 from runner.engine.accounts import KeyRing
 from runner.engine.tracker import Deliveries
@@ -64,6 +65,8 @@ async def run_batch(
     webhook: WebhookSettings | None = None,
     state_dir: str | Path | None = None,
     append: bool = False,
+    connect: Callable[[ApiKey, ServerClock], Api] | None = None,
+    clock: Clock | None = None,
 ) -> RunResult:
     """Run every job of ``manifest`` into the folder ``out``; safe to call again to resume.
 
@@ -86,6 +89,9 @@ async def run_batch(
 
     A folder keeps one dataset: a run against another API, of another shard, or of another
     manifest is refused (``append``: this manifest's jobs join the folder's on purpose).
+
+    ``connect`` gives each key's API (told the server's clock) in place of a ``KreaClient`` of
+    ``api_base``: tests run in-process through it, on ``clock``.
     """
     keys = list(tokens) or ([token] if token else [])
     if not keys and api_base is None:  # before the folder is made: nothing is left behind
@@ -107,7 +113,8 @@ async def run_batch(
     else:
         root = default_state_dir(str(out)) if destination.remote else Path(out)
     folder = OutputFolder(root)
-    started = time.time()
+    clock = clock or SystemClock()
+    started = clock.time()
     with folder:
         if destination.remote and not folder.journal_path.exists():
             # Another machine's run, or a lost state folder: what the destination holds is
@@ -130,7 +137,9 @@ async def run_batch(
         server_clock = ServerClock()
         async with contextlib.AsyncExitStack() as stack:
 
-            def client_for(key: ApiKey) -> KreaClient:
+            def client_for(key: ApiKey) -> Api:
+                if connect is not None:
+                    return connect(key, server_clock)
                 client = KreaClient(
                     base_url,
                     key.token,
@@ -167,6 +176,7 @@ async def run_batch(
                 writer=writer,
                 deliveries=deliveries,
                 server_clock=server_clock,
+                clock=clock,
             )
             result = await engine.run()
             live.write(engine, "finished")
@@ -200,7 +210,7 @@ async def run_batch(
                 default=None,
             )
         requests = sum((client.requests_by for client in clients), Counter[str]())
-        stats = stats_of(result.counts, started, time.time(), requests=requests)
+        stats = stats_of(result.counts, started, clock.time(), requests=requests)
         result.summary = _summary(manifest, str(out), result, base_url, stats, written)
         held = folder_counts(engine.ledger)
         result.summary["folder"] = {  # the whole folder, over every run (status says the same)

@@ -1,4 +1,5 @@
-"""The engine against the emulator over real sockets: completion, resume, faults, stops."""
+"""The engine on the emulator in-process (virtual time, no socket): completion, resume, faults,
+stops; and every fault a connection can show at once, over a real socket."""
 
 from __future__ import annotations
 
@@ -23,14 +24,15 @@ from tests.engine_helpers import (
     small_manifest,
     write_ambiguous_journal,
 )
+from tests.in_process import in_process
 
 QUICK = Latency.parse("fixed:0.05")
 
 
 async def test_200_jobs_complete_with_verified_files_and_one_submit_each(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
         result = await run_batch(
-            small_manifest(200, concurrency=32), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(200, concurrency=32), tmp_path, **emu.run_args(), options=FAST
         )
         records = check_folder(tmp_path, 200, emu.emulator)
         stats = emu.emulator.snapshot()
@@ -44,11 +46,9 @@ async def test_200_jobs_complete_with_verified_files_and_one_submit_each(tmp_pat
 
 
 async def test_a_rerun_skips_finished_jobs_and_submits_nothing(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
-        await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST)
-        again = await run_batch(
-            small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
+        await run_batch(small_manifest(10), tmp_path, **emu.run_args(), options=FAST)
+        again = await run_batch(small_manifest(10), tmp_path, **emu.run_args(), options=FAST)
         assert emu.emulator.stats["submits"] == 10
     assert again.counts.skipped == 10
     assert again.exit_code == 0
@@ -59,15 +59,15 @@ async def test_failed_jobs_are_retried_up_to_max_attempts_then_only_on_request(
     tmp_path: Path,
 ) -> None:
     config = EmulatorConfig(latency=QUICK, failure_rate=1.0)
-    async with run_emulator(config) as emu:
+    async with in_process(config) as emu:
         first = await run_batch(
-            small_manifest(3, max_attempts=2), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(3, max_attempts=2), tmp_path, **emu.run_args(), options=FAST
         )
         assert emu.emulator.stats["submits"] == 6  # two attempts each
         assert first.exit_code == 1
         assert all(r["error"] for r in read_results(tmp_path))
         again = await run_batch(
-            small_manifest(3, max_attempts=2), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(3, max_attempts=2), tmp_path, **emu.run_args(), options=FAST
         )
         assert emu.emulator.stats["submits"] == 6  # failed jobs are not retried unasked
         # The folder still holds 3 failed jobs: the rerun is no success, and says so.
@@ -79,7 +79,7 @@ async def test_failed_jobs_are_retried_up_to_max_attempts_then_only_on_request(
         assert summary["counts"]["failed_before"] == 3
         retry = dataclasses.replace(FAST, retry_failed=True)
         await run_batch(
-            small_manifest(3, max_attempts=1), tmp_path, api_base=emu.url, token="t", options=retry
+            small_manifest(3, max_attempts=1), tmp_path, **emu.run_args(), options=retry
         )
         assert emu.emulator.stats["submits"] == 9
 
@@ -123,10 +123,8 @@ async def test_every_fault_at_once_still_ends_every_job_with_nothing_paid_twice(
 
 async def test_a_lost_submit_answer_is_found_not_resubmitted(tmp_path: Path) -> None:
     config = EmulatorConfig(latency=QUICK, reset_after_create=1.0)
-    async with run_emulator(config) as emu:
-        result = await run_batch(
-            small_manifest(5), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+    async with in_process(config) as emu:
+        result = await run_batch(small_manifest(5), tmp_path, **emu.run_args(), options=FAST)
         stats = emu.emulator.snapshot()
     assert result.counts.adopted == 5
     assert stats["submits"] == 5
@@ -137,9 +135,9 @@ async def test_concurrency_429s_lower_the_jobs_in_flight_and_the_run_completes(
     tmp_path: Path,
 ) -> None:
     config = EmulatorConfig(latency=Latency.parse("fixed:0.1"), concurrency_limit=3)
-    async with run_emulator(config) as emu:
+    async with in_process(config) as emu:
         result = await run_batch(
-            small_manifest(24, concurrency=12), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(24, concurrency=12), tmp_path, **emu.run_args(), options=FAST
         )
         check_folder(tmp_path, 24, emu.emulator)
     assert result.counts.completed == 24
@@ -147,27 +145,23 @@ async def test_concurrency_429s_lower_the_jobs_in_flight_and_the_run_completes(
 
 
 async def test_out_of_credits_stops_submitting_and_exits_4_then_resumes(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=QUICK, credits=90.0)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK, credits=90.0)) as emu:
         result = await run_batch(
-            small_manifest(10, concurrency=1), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(10, concurrency=1), tmp_path, **emu.run_args(), options=FAST
         )
         assert result.exit_code == 4
         assert result.counts.completed == 5  # 5 × 17.2 CU
         assert "402" in (result.stopped or "")
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
-        again = await run_batch(
-            small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
+        again = await run_batch(small_manifest(10), tmp_path, **emu.run_args(), options=FAST)
         assert emu.emulator.stats["submits"] == 5
     assert again.exit_code == 0
     assert len(read_results(tmp_path)) == 10
 
 
 async def test_a_bad_token_exits_4_without_submitting(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=QUICK, token="right")) as emu:
-        result = await run_batch(
-            small_manifest(3), tmp_path, api_base=emu.url, token="wrong", options=FAST
-        )
+    async with in_process(EmulatorConfig(latency=QUICK, token="right")) as emu:
+        result = await run_batch(small_manifest(3), tmp_path, options=FAST, **emu.run_args("wrong"))
         assert emu.emulator.stats["submits"] == 0
     assert result.exit_code == 4
     assert "401" in (result.stopped or "")
@@ -175,18 +169,16 @@ async def test_a_bad_token_exits_4_without_submitting(tmp_path: Path) -> None:
 
 async def test_a_retired_model_fails_its_jobs_with_the_servers_message(tmp_path: Path) -> None:
     config = EmulatorConfig(latency=QUICK, retired=frozenset({"seedream-4"}))
-    async with run_emulator(config) as emu:
-        result = await run_batch(
-            small_manifest(2), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+    async with in_process(config) as emu:
+        result = await run_batch(small_manifest(2), tmp_path, **emu.run_args(), options=FAST)
     assert result.exit_code == 1
     assert all("410" in r["error"] and "shut down" in r["error"] for r in read_results(tmp_path))
 
 
 async def test_a_job_that_never_ends_times_out_and_is_cancelled(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:600"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:600"))) as emu:
         result = await run_batch(
-            small_manifest(1, job_timeout=0.2), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(1, job_timeout=0.2), tmp_path, **emu.run_args(), options=FAST
         )
         assert emu.emulator.stats["cancels"] == 1
     [record] = read_results(tmp_path)
@@ -195,20 +187,17 @@ async def test_a_job_that_never_ends_times_out_and_is_cancelled(tmp_path: Path) 
 
 
 async def test_an_expired_image_url_is_refreshed_by_fetching_the_job_again(tmp_path: Path) -> None:
-    offset = [0.0]
+    aged: list[bool] = []
 
-    def clock() -> float:
-        return time.time() + offset[0]
+    async with in_process(EmulatorConfig(latency=QUICK, url_ttl=30.0)) as emu:
 
-    def age_the_first_url(event: str, job: object) -> None:
-        if event == "download" and offset[0] == 0.0:
-            offset[0] = 60.0  # the URL this download uses is now twice its 30 s life old
+        def age_the_first_url(event: str, job: object) -> None:
+            if event == "download" and not aged:
+                aged.append(True)
+                emu.clock.now += 60.0  # the URL this download uses is now twice its 30 s life old
 
-    async with run_emulator(EmulatorConfig(latency=QUICK, url_ttl=30.0), clock=clock) as emu:
         emu.emulator.observers.append(age_the_first_url)
-        result = await run_batch(
-            small_manifest(1), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+        result = await run_batch(small_manifest(1), tmp_path, **emu.run_args(), options=FAST)
         stats = emu.emulator.snapshot()
     assert result.exit_code == 0
     assert stats["downloads_expired"] == 1
@@ -222,20 +211,17 @@ async def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> Non
 
 
 async def test_a_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
         await run_batch(
             small_manifest(4),
             tmp_path,
-            api_base=emu.url,
-            token="t",
+            **emu.run_args(),
             options=dataclasses.replace(FAST, limit=2),
         )
         journal = tmp_path / ".krea-batch" / "journal.jsonl"
         with journal.open("a") as handle:
             handle.write('{"e":"submitting","k":"abc')  # a crash mid-write
-        result = await run_batch(
-            small_manifest(4), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+        result = await run_batch(small_manifest(4), tmp_path, **emu.run_args(), options=FAST)
         assert emu.emulator.stats["submits"] == 4
     assert result.counts.skipped == 2
     assert result.counts.completed == 2
@@ -244,12 +230,11 @@ async def test_a_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
 
 
 async def test_limit_runs_only_the_first_jobs(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
         result = await run_batch(
             small_manifest(10),
             tmp_path,
-            api_base=emu.url,
-            token="t",
+            **emu.run_args(),
             options=EngineOptions(handle_signals=False, limit=3),
         )
     assert result.counts.total == 3
@@ -264,12 +249,11 @@ async def test_cancel_on_exit_cancels_remote_jobs_and_the_next_run_submits_them_
             engine.stop("test")
 
     options = dataclasses.replace(FAST, cancel_on_exit=True)
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:30"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:30"))) as emu:
         result = await run_batch(
             small_manifest(6, concurrency=2),
             tmp_path,
-            api_base=emu.url,
-            token="t",
+            **emu.run_args(),
             options=options,
             on_progress=stop_once_two_run,
         )
@@ -279,7 +263,7 @@ async def test_cancel_on_exit_cancels_remote_jobs_and_the_next_run_submits_them_
         assert read_results(tmp_path) == []
         emu.emulator.store.config = dataclasses.replace(emu.emulator.config, latency=QUICK)
         again = await run_batch(
-            small_manifest(6, concurrency=2), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(6, concurrency=2), tmp_path, **emu.run_args(), options=FAST
         )
         assert again.exit_code == 0
         check_folder(tmp_path, 6, emu.emulator)
@@ -290,18 +274,17 @@ async def test_resumed_jobs_are_handed_out_once_and_counted_once(tmp_path: Path)
         if engine.counts.submits >= 6:
             engine.abort()
 
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:1.5"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:1.5"))) as emu:
         first = await run_batch(
             small_manifest(6, concurrency=6),
             tmp_path,
-            api_base=emu.url,
-            token="t",
+            **emu.run_args(),
             options=FAST,
             on_progress=abort_once_all_submitted,
         )
         assert first.counts.unfinished == 6
         again = await run_batch(
-            small_manifest(6, concurrency=2), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(6, concurrency=2), tmp_path, **emu.run_args(), options=FAST
         )
         assert emu.emulator.stats["submits"] == 6
     assert (again.counts.resumed, again.counts.completed, again.counts.skipped) == (6, 6, 0)
@@ -309,12 +292,11 @@ async def test_resumed_jobs_are_handed_out_once_and_counted_once(tmp_path: Path)
 
 async def test_rate_limit_429s_slow_submits_down_but_never_fail_a_job(tmp_path: Path) -> None:
     config = EmulatorConfig(latency=QUICK, rate_limit=5.0, retry_after=0.05)
-    async with run_emulator(config) as emu:
+    async with in_process(config) as emu:
         result = await run_batch(
             small_manifest(12, rate_limit=1000),
             tmp_path,
-            api_base=emu.url,
-            token="t",
+            **emu.run_args(),
             options=dataclasses.replace(FAST, retry=RetryPolicy()),
         )
         check_folder(tmp_path, 12, emu.emulator)
@@ -331,12 +313,11 @@ async def test_an_abort_during_a_429_backoff_leaves_no_slot_taken(tmp_path: Path
             engine.abort()
 
     config = EmulatorConfig(latency=QUICK, rate_limit=0.001, retry_after=30.0)
-    async with run_emulator(config) as emu:
+    async with in_process(config) as emu:
         result = await run_batch(
             small_manifest(3),
             tmp_path,
-            api_base=emu.url,
-            token="t",
+            **emu.run_args(),
             options=dataclasses.replace(FAST, retry=RetryPolicy()),
             on_progress=abort_once_throttled,
         )
@@ -355,15 +336,15 @@ async def test_an_ambiguous_job_keeps_its_candidates_images_and_is_never_sent_ag
     images into images/_unmatched/, records the job ambiguous, and sends nothing."""
     manifest = small_manifest(2)
     spec = next(iter(expand(manifest)))
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
         model = emu.emulator.catalog.resolve("seedream-4")
         ids = [
             emu.emulator.store.create(model, dict(spec.body), None).id,
             emu.emulator.store.create(model, {**spec.body, "seed": 999}, None).id,
         ]
         write_ambiguous_journal(tmp_path, spec.key, ids)
-        result = await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=FAST)
-        again = await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=FAST)
+        result = await run_batch(manifest, tmp_path, **emu.run_args(), options=FAST)
+        again = await run_batch(manifest, tmp_path, **emu.run_args(), options=FAST)
         records = check_folder(tmp_path, 2, emu.emulator)
         assert emu.emulator.stats["submits"] == 1  # only the other job
     assert result.exit_code == 1
@@ -397,8 +378,8 @@ async def test_retry_ambiguous_says_the_worst_case_first_then_sends_them_once(
     ]
     journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
     options = dataclasses.replace(FAST, retry_ambiguous=True)
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
-        result = await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=options)
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
+        result = await run_batch(manifest, tmp_path, **emu.run_args(), options=options)
         check_folder(tmp_path, 3, emu.emulator)
         assert emu.emulator.stats["submits"] == 3  # each once: the two released, and the third
     assert result.exit_code == 0
@@ -416,10 +397,8 @@ async def test_the_runner_understands_every_answer_shape_krea_has_shown(
     """POST answers without status, nextCursor, result.urls as objects or a map; with lost
     answers, so that the listing is read too."""
     config = EmulatorConfig(latency=QUICK, dialect=dialect, reset_after_create=0.4, seed=3)
-    async with run_emulator(config) as emu:
-        result = await run_batch(
-            small_manifest(16), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+    async with in_process(config) as emu:
+        result = await run_batch(small_manifest(16), tmp_path, **emu.run_args(), options=FAST)
         records = check_folder(tmp_path, 16, emu.emulator)
         assert emu.emulator.stats["resets_after_create"] > 0  # 0.6**16: one run in 3,500
     assert result.exit_code == 0

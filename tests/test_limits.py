@@ -15,7 +15,7 @@ from aiohttp import web
 from PIL import Image
 
 from runner.api.bounds import Timeouts
-from runner.api.client import KreaClient, _retry_after
+from runner.api.client import KreaClient, retry_after_of
 from runner.engine.retry import RetryPolicy, retrying
 from runner.errors import TransientApiError
 from tests.http_helpers import fake_server
@@ -39,7 +39,7 @@ DATE = "Fri, 15 Jan 2027 08:00:00 GMT"  # 1_800_000_000 s after the epoch
     ],
 )
 def test_retry_after_reads_every_form_a_server_sends(header: str, seconds: float | None) -> None:
-    assert _retry_after(header, NOW) == seconds
+    assert retry_after_of(header, NOW) == seconds
 
 
 @pytest.mark.parametrize("asked", [999999.0, float("inf")])

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 START = 1_800_000_000.0
 
@@ -70,6 +71,9 @@ class VirtualClock:
         """Advance time each time everything else waits (run it beside the code under test)."""
         while True:
             await _all_tasks_blocked()
+            if anyio.to_thread.current_default_thread_limiter().borrowed_tokens:
+                await anyio.sleep(0.0005)  # a thread works for a task: time waits for it
+                continue
             while self._sleepers and not self._sleepers[0][2].live:
                 heapq.heappop(self._sleepers)  # a sleep or a deadline no one waits for now
             if not self._sleepers:

@@ -233,7 +233,7 @@ class KreaClient:
         except aiohttp.ClientError as exc:
             message = f"{what}: connection lost ({type(exc).__name__})"
             raise _lost(message, ambiguous) from exc
-        return _meaning(what, *answer, ambiguous)
+        return answer_meaning(what, *answer, ambiguous)
 
     async def _exchange(
         self, method: str, path: str, request: Mapping[str, Any], ambiguous: bool
@@ -245,7 +245,7 @@ class KreaClient:
             server_time = http_date(response.headers.get("Date"))
             if server_time is not None and self.server_clock is not None:
                 self.server_clock.dated(sent, self.clock.time(), server_time)
-            retry_after = _retry_after(
+            retry_after = retry_after_of(
                 response.headers.get("Retry-After"),
                 server_time if server_time is not None else self.clock.time(),
             )
@@ -271,7 +271,9 @@ class KreaClient:
         )
 
 
-def _meaning(what: str, status: int, raw: bytes, retry_after: float | None, ambiguous: bool) -> Any:
+def answer_meaning(
+    what: str, status: int, raw: bytes, retry_after: float | None, ambiguous: bool
+) -> Any:
     """What an answer says: its JSON, or the error its status means."""
     if 200 <= status < 300:
         if not raw and what.startswith("DELETE"):
@@ -329,7 +331,7 @@ def _lost(
     return TransientApiError(message, status=status, retry_after=retry)
 
 
-def _retry_after(value: str | None, now: float) -> float | None:
+def retry_after_of(value: str | None, now: float) -> float | None:
     """Seconds a ``Retry-After`` asks for: a number, or an HTTP date (measured from ``now``:
     the answer's own ``Date`` when it has one). Unreadable or NaN: None; a past date or a
     negative number: 0; ``inf`` stays inf, for the retry loop to clamp."""
