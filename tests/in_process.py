@@ -142,9 +142,16 @@ class InProcess:
     def connect(self, key: ApiKey, server_clock: ServerClock) -> InProcessApi:
         return InProcessApi(self.emulator, key.token, self.clock, server_clock, self.rtt)
 
+    url = BASE
+
+    @property
+    def via(self) -> dict[str, Any]:
+        """``run_batch``'s keyword arguments for a run against it (the tokens aside)."""
+        return {"api_base": BASE, "connect": self.connect, "clock": self.clock}
+
     def run_args(self, token: str = "t") -> dict[str, Any]:
         """``run_batch``'s keyword arguments for a run as ``token``."""
-        return {"api_base": BASE, "token": token, "connect": self.connect, "clock": self.clock}
+        return {**self.via, "token": token}
 
 
 @contextlib.asynccontextmanager

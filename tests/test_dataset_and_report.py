@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from runner.batch import run_batch
-from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.emulator import EmulatorConfig, Latency
 from runner.errors import UsageError
 from runner.jobspec import JobSpec
 from runner.manifest import parse_manifest
@@ -24,6 +24,7 @@ from runner.outputs import ResultRecord
 from runner.outputs.card import dataset_card, write_card
 from runner.outputs.report import write_report
 from tests.engine_helpers import FAST, as_records, read_results
+from tests.in_process import in_process
 
 MATRIX = textwrap.dedent("""
     version: 1
@@ -47,8 +48,8 @@ MATRIX = textwrap.dedent("""
 async def run_matrix(out: Path, template: str | None = None, **knobs: Any) -> None:
     manifest = parse_manifest(MATRIX, overrides={"name_template": template})
     config = EmulatorConfig(latency=Latency.parse("fixed:0.05"), **knobs)
-    async with run_emulator(config) as emu:
-        await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+    async with in_process(config) as emu:
+        await run_batch(manifest, out, **emu.via, token="t", options=FAST)
 
 
 def spec(**fields: Any) -> JobSpec:
@@ -147,8 +148,8 @@ async def test_the_folder_loads_by_its_card_as_one_split_whatever_its_folder_nam
     """),
         overrides={"name_template": "{model}/{index:05d}"},
     )
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
-        await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
+        await run_batch(manifest, out, **emu.via, token="t", options=FAST)
     (out / "README.md").read_text().index("- krea-batch")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

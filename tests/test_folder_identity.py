@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner.batch import run_batch
-from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.emulator import EmulatorConfig, Latency
 from runner.errors import UsageError
 from runner.outputs.identity import (
     EMULATOR,
@@ -21,6 +21,7 @@ from runner.outputs.identity import (
     write_identity,
 )
 from tests.engine_helpers import FAST, manifest_text
+from tests.in_process import in_process
 
 QUICK = EmulatorConfig(latency=Latency.parse("fixed:0.01"))
 
@@ -52,8 +53,8 @@ async def test_a_folder_made_on_the_emulator_refuses_another_api(
 ) -> None:
     manifest = write_manifest(manifest_text(jobs=3))
     out = tmp_path / "out"
-    async with run_emulator(QUICK) as emu:
-        first = await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+    async with in_process(QUICK) as emu:
+        first = await run_batch(manifest, out, **emu.via, token="t", options=FAST)
         assert first.exit_code == 0
         identity = read_identity(out / "krea-batch.json")
         assert identity is not None
@@ -63,7 +64,7 @@ async def test_a_folder_made_on_the_emulator_refuses_another_api(
         write_identity(out / "krea-batch.json", FolderIdentity("files", "https://api.krea.ai", ()))
         submits = emu.emulator.snapshot()["submits"]
         with pytest.raises(UsageError, match=r"made against https://api.krea.ai.*another --out"):
-            await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+            await run_batch(manifest, out, **emu.via, token="t", options=FAST)
         assert emu.emulator.snapshot()["submits"] == submits, "refused before anything is sent"
 
 
@@ -76,9 +77,9 @@ async def test_a_folder_from_before_identities_is_judged_by_its_summary(
     (out / "summary.json").write_text(
         json.dumps({"api_base": "https://api.krea.ai", "manifest": str(manifest)})
     )
-    async with run_emulator(QUICK) as emu:
+    async with in_process(QUICK) as emu:
         with pytest.raises(UsageError, match=r"made against https://api\.krea\.ai"):
-            await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+            await run_batch(manifest, out, **emu.via, token="t", options=FAST)
         assert emu.emulator.snapshot().get("submits", 0) == 0
 
 
@@ -90,11 +91,11 @@ async def test_a_second_manifest_is_refused_unless_appended_and_then_card_and_ro
         manifest_text(jobs=2).replace("a tiny test image", "another image"), "other.yaml"
     )
     out = tmp_path / "out"
-    async with run_emulator(QUICK) as emu:
-        await run_batch(first, out, api_base=emu.url, token="t", options=FAST)
+    async with in_process(QUICK) as emu:
+        await run_batch(first, out, **emu.via, token="t", options=FAST)
         with pytest.raises(UsageError, match=r"holds the jobs of jobs.yaml, not of other.yaml"):
-            await run_batch(second, out, api_base=emu.url, token="t", options=FAST)
-        again = await run_batch(second, out, api_base=emu.url, token="t", options=FAST, append=True)
+            await run_batch(second, out, **emu.via, token="t", options=FAST)
+        again = await run_batch(second, out, **emu.via, token="t", options=FAST, append=True)
     assert again.exit_code == 0
     assert again.counts.completed == 2
     identity = read_identity(out / "krea-batch.json")

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from runner import run_batch
 from runner.cli import main
-from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.emulator import EmulatorConfig, Latency
 from runner.errors import ManifestError, UsageError
 from runner.manifest import load_manifest, parse_manifest
 from runner.outputs import OutputFolder, latest_records
@@ -23,6 +23,7 @@ from runner.outputs.merge import merge_folders
 from runner.state.journal import Journal
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 from tests.http_helpers import fake_server
+from tests.in_process import in_process
 
 QUICK = Latency.parse("fixed:0.05")
 
@@ -43,9 +44,9 @@ async def test_a_name_that_is_another_jobs_second_image_is_refused_before_submit
     tmp_path: Path,
 ) -> None:
     manifest = parse_manifest(named_manifest("{prompt}", ["cat", "cat-1"]))
-    async with run_emulator(EmulatorConfig(latency=QUICK, images_per_job=2)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK, images_per_job=2)) as emu:
         with pytest.raises(UsageError, match="cat-1"):
-            await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=FAST)
+            await run_batch(manifest, tmp_path, **emu.via, token="t", options=FAST)
         assert emu.emulator.stats["submits"] == 0
 
 
@@ -54,24 +55,22 @@ async def test_a_name_too_long_for_the_file_system_is_refused_before_submitting(
 ) -> None:
     template = "/".join(["{prompt}"] * 80)  # eighty 60-character segments: over PATH_MAX
     manifest = parse_manifest(named_manifest(template, ["p" * 70]))
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
         with pytest.raises(UsageError, match="too long"):
-            await run_batch(manifest, tmp_path, api_base=emu.url, token="t", options=FAST)
+            await run_batch(manifest, tmp_path, **emu.via, token="t", options=FAST)
         assert emu.emulator.stats["submits"] == 0
 
 
 async def test_a_folder_without_its_journal_is_rebuilt_from_results_not_paid_again(
     tmp_path: Path,
 ) -> None:
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
-        await run_batch(small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST)
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
+        await run_batch(small_manifest(10), tmp_path, **emu.via, token="t", options=FAST)
         (tmp_path / ".krea-batch" / "journal.jsonl").unlink()
         first = read_results(tmp_path)
         broken = tmp_path / first[0]["files"][0]["path"]
         broken.write_bytes(b"not the image")  # this one must be fetched (and paid) again
-        again = await run_batch(
-            small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+        again = await run_batch(small_manifest(10), tmp_path, **emu.via, token="t", options=FAST)
         assert emu.emulator.stats["submits"] == 11  # only the job whose image was broken
     assert {r["status"] for r in read_results(tmp_path)} == {"completed"}
     assert len(read_results(tmp_path)) == 10
@@ -176,10 +175,8 @@ async def test_the_finishing_stage_cannot_lose_a_run(
 
     monkeypatch.setattr("runner.batch.write_report", broken)
     monkeypatch.setattr(OutputFolder, "write_metadata", broken)
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
-        result = await run_batch(
-            small_manifest(2), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
+        result = await run_batch(small_manifest(2), tmp_path, **emu.via, token="t", options=FAST)
     assert result.exit_code == 0
     assert json.loads((tmp_path / "summary.json").read_text())["counts"]["completed"] == 2
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
@@ -230,19 +227,17 @@ async def test_a_full_disk_stops_the_run_at_once_with_exit_3_and_the_next_run_re
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(self, data)
 
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
         with monkeypatch.context() as patch:
             patch.setattr(Journal, "_write", filling)
             first = await run_batch(
-                small_manifest(12), tmp_path, api_base=emu.url, token="t", options=FAST
+                small_manifest(12), tmp_path, **emu.via, token="t", options=FAST
             )
         assert first.exit_code == 3
         assert "No space left on device" in (first.stopped or "")
         assert "free" in (first.stopped or "")
         assert first.counts.completed < 12
-        again = await run_batch(
-            small_manifest(12), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+        again = await run_batch(small_manifest(12), tmp_path, **emu.via, token="t", options=FAST)
         assert again.exit_code == 0
         check_folder(tmp_path, 12, emu.emulator)
         assert emu.emulator.stats["submits"] == 12

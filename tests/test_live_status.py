@@ -11,10 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runner import run_batch
 from runner.cli import main
-from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.emulator import EmulatorConfig, Latency
 from runner.engine import Engine
 from runner.outputs.live import STALE_AFTER, read_live
 from tests.engine_helpers import FAST, small_manifest
+from tests.in_process import in_process
 
 
 async def test_status_and_metrics_are_fresh_during_a_run_and_final_after(tmp_path: Path) -> None:
@@ -26,11 +27,11 @@ async def test_status_and_metrics_are_fresh_during_a_run_and_final_after(tmp_pat
             seen.append(json.loads((out / "status.json").read_text()))
             seen.append({"prom": metrics.read_text()})
 
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.6"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.6"))) as emu:
         await run_batch(
             small_manifest(4, concurrency=2),
             out,
-            api_base=emu.url,
+            **emu.via,
             token="t",
             options=FAST,
             on_progress=look,

@@ -16,12 +16,13 @@ import pytest
 
 from runner.batch import run_batch
 from runner.cli import main
-from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.emulator import EmulatorConfig, Latency
 from runner.outputs import OutputFolder
 from runner.outputs.identity import IDENTITY_NAME, FolderIdentity, manifest_id_of, write_identity
 from runner.outputs.images import intact
 from runner.outputs.trees import Tree
 from tests.engine_helpers import FAST, manifest_text, read_results
+from tests.in_process import in_process
 
 FORMATS = ["files", "webdataset", "parquet"]
 JOBS = 9
@@ -32,11 +33,11 @@ async def _run_split(root: Path, format: str) -> list[Path]:
     manifest = root / "jobs.yaml"
     manifest.write_text(manifest_text(JOBS, format=format, shard_size=2))
     folders = []
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
         for index in range(1, SHARDS + 1):
             folder = root / f"shard-{index}"
             options = dataclasses.replace(FAST, shard=(index, SHARDS))
-            await run_batch(manifest, folder, api_base=emu.url, token="t", options=options)
+            await run_batch(manifest, folder, **emu.via, token="t", options=options)
             identity = FolderIdentity(
                 format=format,
                 api="emulator",

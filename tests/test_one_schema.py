@@ -20,11 +20,12 @@ from PIL import Image
 
 from runner.batch import run_batch
 from runner.catalog import load_catalog
-from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.emulator import EmulatorConfig, Latency
 from runner.outputs.card import dataset_card, features
 from runner.outputs.licences import LICENCES
 from runner.outputs.writers.shards import Sample
 from tests.engine_helpers import FAST, read_results
+from tests.in_process import in_process
 
 FORMATS = ("files", "webdataset", "parquet")
 # Extra CSV columns are vars of their row; the inline entry has a var of its own, so each row
@@ -97,12 +98,12 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     out = {format: root / format for format in FORMATS}
 
     async def run_all() -> None:
-        async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
+        async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
             for format in FORMATS:
                 result = await run_batch(
                     manifest,
                     out[format],
-                    api_base=emu.url,
+                    **emu.via,
                     token="t",
                     options=FAST,
                     overrides={"format": format},

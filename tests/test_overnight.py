@@ -26,6 +26,7 @@ from tests.engine_helpers import (
     small_manifest,
 )
 from tests.http_helpers import receiver
+from tests.in_process import in_process
 
 
 async def test_at_the_deadline_it_stops_submitting_drains_and_exits_3(tmp_path: Path) -> None:
@@ -53,11 +54,9 @@ async def test_at_the_deadline_it_stops_submitting_drains_and_exits_3(tmp_path: 
 
 
 async def test_the_budget_is_never_exceeded(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
         options = dataclasses.replace(FAST, budget=3 * 17.2 + 1, budget_unit="cu")  # 17.2 CU a job
-        result = await run_batch(
-            small_manifest(6), tmp_path, api_base=emu.url, token="t", options=options
-        )
+        result = await run_batch(small_manifest(6), tmp_path, **emu.via, token="t", options=options)
         assert emu.emulator.stats["submits"] == 3
     assert result.counts.over_budget == 3
     assert result.exit_code == 3
@@ -67,10 +66,10 @@ async def test_the_budget_is_never_exceeded(tmp_path: Path) -> None:
 async def test_a_dollar_budget_covers_a_model_priced_in_the_manifest(tmp_path: Path) -> None:
     """seedream-4 has no published USD price: the manifest's `prices:` gives it one."""
     text = "prices: {seedream-4: 0.05}\n" + manifest_text(6)
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
         options = dataclasses.replace(FAST, budget=0.16)  # dollars: three jobs fit
         result = await run_batch(
-            parse_manifest(text), tmp_path, api_base=emu.url, token="t", options=options
+            parse_manifest(text), tmp_path, **emu.via, token="t", options=options
         )
         assert emu.emulator.stats["submits"] == 3
     assert result.counts.over_budget == 3
@@ -85,11 +84,9 @@ async def test_a_dollar_budget_refuses_a_model_without_a_usd_price(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="runner")
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
         options = dataclasses.replace(FAST, budget=100.0)
-        result = await run_batch(
-            small_manifest(2), tmp_path, api_base=emu.url, token="t", options=options
-        )
+        result = await run_batch(small_manifest(2), tmp_path, **emu.via, token="t", options=options)
         assert emu.emulator.stats.get("submits", 0) == 0
     assert (result.counts.unpriced, result.counts.over_budget) == (2, 0)
     said = [r.getMessage() for r in caplog.records if "no published USD price" in r.getMessage()]
@@ -100,14 +97,14 @@ async def test_a_dollar_budget_refuses_a_model_without_a_usd_price(
 
 
 async def test_failed_jobs_give_their_budget_back(tmp_path: Path) -> None:
-    async with run_emulator(
+    async with in_process(
         EmulatorConfig(latency=Latency.parse("fixed:0.05"), failure_rate=1.0)
     ) as emu:
         options = dataclasses.replace(FAST, budget=17.2 + 1, budget_unit="cu")
         result = await run_batch(
             small_manifest(3, max_attempts=1, concurrency=1),
             tmp_path,
-            api_base=emu.url,
+            **emu.via,
             token="t",
             options=options,
         )
@@ -117,11 +114,11 @@ async def test_failed_jobs_give_their_budget_back(tmp_path: Path) -> None:
 
 async def test_the_summary_is_posted_to_the_notify_url(tmp_path: Path) -> None:
     config = EmulatorConfig(latency=Latency.parse("fixed:0.05"))
-    async with receiver() as hook, run_emulator(config) as emu:
+    async with receiver() as hook, in_process(config) as emu:
         await run_batch(
             small_manifest(2),
             tmp_path,
-            api_base=emu.url,
+            **emu.via,
             token="secret",
             options=FAST,
             notify_url=hook.url,
@@ -132,11 +129,11 @@ async def test_the_summary_is_posted_to_the_notify_url(tmp_path: Path) -> None:
 
 
 async def test_an_unreachable_notify_url_does_not_fail_the_run(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
         result = await run_batch(
             small_manifest(1),
             tmp_path,
-            api_base=emu.url,
+            **emu.via,
             token="t",
             options=FAST,
             notify_url="http://127.0.0.1:9/nothing",
@@ -195,7 +192,7 @@ async def test_a_rerun_of_a_finished_folder_leaves_its_files_as_they_are(tmp_pat
     """Nothing new finished: results, metadata and report are not written again. Metadata
     and report are when the journal is newer than them (a run stopped before its finishing
     stage); results.jsonl only when it disagrees with the journal."""
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
         url = emu.url
         await run_batch(small_manifest(4), tmp_path, api_base=url, token="t", options=FAST)
         results = tmp_path / "results.jsonl"

@@ -20,6 +20,7 @@ from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.emulator.jobs import EmulatedJob
 from runner.engine.watching import ENDS_PER_PAGE, Lister, Watch
 from tests.engine_helpers import FAST, check_folder, small_manifest
+from tests.in_process import in_process
 from tests.virtual_time import VirtualClock, virtual_time
 
 QUICK = Latency.parse("fixed:0.1")
@@ -38,10 +39,10 @@ def _requests_seen(emulator: Any) -> Counter[str]:
 
 
 async def test_list_mode_learns_how_every_job_ended_from_the_listing(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
         polls = _requests_seen(emu.emulator)
         result = await run_batch(
-            small_manifest(40, concurrency=16), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(40, concurrency=16), tmp_path, **emu.via, token="t", options=FAST
         )
         check_folder(tmp_path, 40, emu.emulator)
         stats = emu.emulator.snapshot()
@@ -83,11 +84,9 @@ async def test_a_refused_listing_falls_back_to_polling_each_job(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="runner")
-    async with run_emulator(EmulatorConfig(latency=QUICK, listing=False)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK, listing=False)) as emu:
         polls = _requests_seen(emu.emulator)
-        result = await run_batch(
-            small_manifest(10), tmp_path, api_base=emu.url, token="t", options=FAST
-        )
+        result = await run_batch(small_manifest(10), tmp_path, **emu.via, token="t", options=FAST)
         check_folder(tmp_path, 10, emu.emulator)
     assert result.counts.completed == 10
     assert len(polls) == 10, "each job is polled on its own once the listing is refused"
@@ -97,10 +96,10 @@ async def test_a_refused_listing_falls_back_to_polling_each_job(
 
 
 async def test_job_mode_polls_each_job_and_never_lists(tmp_path: Path) -> None:
-    async with run_emulator(EmulatorConfig(latency=QUICK)) as emu:
+    async with in_process(EmulatorConfig(latency=QUICK)) as emu:
         polls = _requests_seen(emu.emulator)
         result = await run_batch(
-            small_manifest(10, poll_mode="job"), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(10, poll_mode="job"), tmp_path, **emu.via, token="t", options=FAST
         )
         stats = emu.emulator.snapshot()
     assert result.counts.completed == 10

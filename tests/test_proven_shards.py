@@ -23,6 +23,7 @@ from runner.outputs.shard_files import member_sha256
 from runner.outputs.shard_ledger import ShardLedger
 from runner.outputs.writers.shards import ShardWriter
 from tests.engine_helpers import FAST, manifest_text, read_results, write_ambiguous_journal
+from tests.in_process import in_process
 from tests.test_shards import check_shards
 
 QUICK = EmulatorConfig(latency=Latency.parse("fixed:0.02"))
@@ -48,8 +49,8 @@ async def test_each_sealed_shard_is_journaled_with_its_size_and_sha256(
     tmp_path: Path, format: str
 ) -> None:
     out = tmp_path / "out"
-    async with run_emulator(QUICK) as emu:
-        await run_batch(write_manifest(tmp_path, format), out, api_base=emu.url, token="t")
+    async with in_process(QUICK) as emu:
+        await run_batch(write_manifest(tmp_path, format), out, **emu.via, token="t")
     sealed = ShardLedger(out / ".krea-batch" / "shards.jsonl").sealed
     shards = sorted((out / "shards").iterdir())
     assert sorted(sealed) == [p.name for p in shards]
@@ -65,11 +66,11 @@ async def test_a_truncated_shard_is_rebuilt_and_its_lost_images_fetched_again(
 ) -> None:
     out = tmp_path / "out"
     manifest = write_manifest(tmp_path)
-    async with run_emulator(QUICK) as emu:
-        await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+    async with in_process(QUICK) as emu:
+        await run_batch(manifest, out, **emu.via, token="t", options=FAST)
         first = out / "shards" / "00000.tar"
         first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])  # cut in half
-        again = await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+        again = await run_batch(manifest, out, **emu.via, token="t", options=FAST)
         submits = emu.emulator.snapshot()["submits"]
     assert submits == JOBS, "lost images come back from their jobs, never a new submit"
     assert again.exit_code == 0
@@ -100,10 +101,10 @@ async def test_a_staged_image_that_changed_or_went_is_fetched_again(
 ) -> None:
     out = tmp_path / "out"
     manifest = write_manifest(tmp_path)
-    async with run_emulator(QUICK) as emu:
+    async with in_process(QUICK) as emu:
         with monkeypatch.context() as patch:
             stop_before_the_last_shard(patch)
-            await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+            await run_batch(manifest, out, **emu.via, token="t", options=FAST)
         staging = out / ".krea-batch" / "staging"
         staged = sorted(staging.iterdir())
         assert len(staged) == 2, "4 in the first shard, 2 staged for the next"
@@ -111,7 +112,7 @@ async def test_a_staged_image_that_changed_or_went_is_fetched_again(
             staged[0].write_bytes(other_png())
         else:
             shutil.rmtree(staging)
-        again = await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+        again = await run_batch(manifest, out, **emu.via, token="t", options=FAST)
         submits = emu.emulator.snapshot()["submits"]
     assert submits == JOBS
     assert again.exit_code == 0
@@ -135,11 +136,11 @@ async def test_shards_not_put_at_the_destination_leave_the_run_non_zero_until_th
     def unreachable(self: RemoteDestination, local: Path, relative: str) -> None:
         raise DestinationError(self.url, "ConnectionError: endpoint gone")
 
-    async with run_emulator(QUICK) as emu:
+    async with in_process(QUICK) as emu:
         with monkeypatch.context() as patch:
             patch.setattr(RemoteDestination, "put", unreachable)
             blinked = await run_batch(
-                manifest, file_url(dest), api_base=emu.url, token="t", options=FAST,
+                manifest, file_url(dest), **emu.via, token="t", options=FAST,
                 state_dir=state,
             )  # fmt: skip
         assert blinked.exit_code == 3
@@ -147,7 +148,7 @@ async def test_shards_not_put_at_the_destination_leave_the_run_non_zero_until_th
         assert "2 shard(s) not yet at file://" in blinked.stopped
         assert not (dest / "shards").exists()
         again = await run_batch(
-            manifest, file_url(dest), api_base=emu.url, token="t", options=FAST, state_dir=state
+            manifest, file_url(dest), **emu.via, token="t", options=FAST, state_dir=state
         )
         submits = emu.emulator.snapshot()["submits"]
     assert again.exit_code == 0
@@ -204,12 +205,12 @@ async def test_an_ambiguous_jobs_paid_images_reach_a_remote_destination(tmp_path
     dest = tmp_path / "dest"
     dest.mkdir()
     state = tmp_path / "state"
-    async with run_emulator(QUICK) as emu:
+    async with in_process(QUICK) as emu:
         model = emu.emulator.catalog.resolve("seedream-4")
         ids = [emu.emulator.store.create(model, dict(spec.body), None).id for _ in range(2)]
         write_ambiguous_journal(state, spec.key, ids)
         result = await run_batch(
-            manifest, file_url(dest), api_base=emu.url, token="t", options=FAST, state_dir=state
+            manifest, file_url(dest), **emu.via, token="t", options=FAST, state_dir=state
         )
     assert result.exit_code == 1
     unmatched = sorted(p.name for p in (dest / "images" / "_unmatched").iterdir())
@@ -225,8 +226,8 @@ async def test_a_torn_journal_line_is_no_lost_job_when_results_and_image_prove_i
     record in results.jsonl and its intact image prove it done; nothing is sent or fetched."""
     out = tmp_path / "out"
     manifest = write_manifest(tmp_path, format)
-    async with run_emulator(QUICK) as emu:
-        await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+    async with in_process(QUICK) as emu:
+        await run_batch(manifest, out, **emu.via, token="t", options=FAST)
         journal = out / ".krea-batch" / "journal.jsonl"
         lines = journal.read_bytes().splitlines(keepends=True)
         victim = json.loads(lines[-1])["k"] if b'"done"' in lines[-1] else None
@@ -236,7 +237,7 @@ async def test_a_torn_journal_line_is_no_lost_job_when_results_and_image_prove_i
             if event.get("k") == victim and event["e"] in ("done", "submitted"):
                 lines[i] = line[: len(line) // 2] + b"\n"  # torn, then written past
         journal.write_bytes(b"".join(lines))
-        again = await run_batch(manifest, out, api_base=emu.url, token="t", options=FAST)
+        again = await run_batch(manifest, out, **emu.via, token="t", options=FAST)
         submits = emu.emulator.snapshot()["submits"]
     assert submits == JOBS
     assert again.exit_code == 0
@@ -256,11 +257,11 @@ async def test_merge_refuses_a_shard_that_is_not_as_its_run_sealed_it(tmp_path: 
     from runner.outputs.merge import merge
 
     manifest = write_manifest(tmp_path)
-    async with run_emulator(QUICK) as emu:
+    async with in_process(QUICK) as emu:
         for index in (1, 2):
             options = dataclasses.replace(FAST, shard=(index, 2))
             out = tmp_path / f"shard-{index}"
-            await run_batch(manifest, out, api_base=emu.url, token="t", options=options)
+            await run_batch(manifest, out, **emu.via, token="t", options=options)
     [shard, *_] = sorted((tmp_path / "shard-2" / "shards").iterdir())
     shard.write_bytes(shard.read_bytes()[:-512])
     with pytest.raises(UsageError, match=r"where its run sealed .*run that shard's"):
@@ -287,9 +288,9 @@ async def test_an_endpoint_that_blinks_costs_a_pause_not_the_run(
 
     monkeypatch.setattr(RemoteDestination, "_put_once", blinking)
     monkeypatch.setattr(RemoteDestination, "retry_pauses", (0.0, 0.0))
-    async with run_emulator(QUICK) as emu:
+    async with in_process(QUICK) as emu:
         result = await run_batch(
-            manifest, file_url(dest), api_base=emu.url, token="t", options=FAST,
+            manifest, file_url(dest), **emu.via, token="t", options=FAST,
             state_dir=tmp_path / "state",
         )  # fmt: skip
     assert result.exit_code == 0

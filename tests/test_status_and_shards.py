@@ -18,14 +18,15 @@ from runner.jobspec import in_shard
 from runner.manifest import expand
 from runner.sharding import parse_shard
 from tests.engine_helpers import FAST, check_folder, manifest_text, read_results, small_manifest
+from tests.in_process import in_process
 
 
 async def test_status_counts_failures_and_what_is_still_running(tmp_path: Path) -> None:
-    async with run_emulator(
+    async with in_process(
         EmulatorConfig(latency=Latency.parse("fixed:0.05"), failure_rate=0.5, seed=4)
     ) as emu:
         await run_batch(
-            small_manifest(10, max_attempts=1), tmp_path, api_base=emu.url, token="t", options=FAST
+            small_manifest(10, max_attempts=1), tmp_path, **emu.via, token="t", options=FAST
         )
     journal = tmp_path / ".krea-batch" / "journal.jsonl"
     with journal.open("a") as handle:  # a job an interrupted run left running
@@ -87,12 +88,12 @@ def test_shards_partition_the_jobs_deterministically() -> None:
 async def test_two_shards_run_apart_and_merge_into_one_dataset(tmp_path: Path) -> None:
     manifest_file = tmp_path / "jobs.yaml"
     manifest_file.write_text(manifest_text(16))
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
         for i in (1, 2):
             await run_batch(
                 manifest_file,
                 tmp_path / f"shard{i}",
-                api_base=emu.url,
+                **emu.via,
                 token="t",
                 options=dataclasses.replace(FAST, shard=(i, 2)),
             )

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 
 from runner import run_batch
 from runner.cli import main
-from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.emulator import EmulatorConfig, Latency
 from runner.errors import UsageError
 from runner.manifest import expand, parse_manifest
 from runner.naming import FIELDS, add_name, check_names, check_template
 from tests.engine_helpers import FAST
+from tests.in_process import in_process
 
 # Two entries: the second has a model that may take no seed (its seeds become replicas).
 MANIFEST = """\
@@ -91,9 +92,9 @@ def test_templates_that_fit_every_job_still_plan(tmp_path: Path) -> None:
 async def test_run_refuses_it_before_sending_anything(tmp_path: Path) -> None:
     text = manifest_for("nano-banana-pro")
     manifest = parse_manifest(text, overrides={"name_template": "{model}/{seed:05d}"})
-    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.02"))) as emu:
         with pytest.raises(UsageError, match=r"jobs\[1\] \(nano-banana-pro\)"):
-            await run_batch(manifest, tmp_path / "out", api_base=emu.url, token="t", options=FAST)
+            await run_batch(manifest, tmp_path / "out", **emu.via, token="t", options=FAST)
         assert emu.emulator.stats["submits"] == 0
 
 

@@ -105,10 +105,15 @@ async def _all_tasks_blocked() -> None:
 @contextlib.asynccontextmanager
 async def virtual_time(clock: VirtualClock) -> AsyncIterator[VirtualClock]:
     """Drive ``clock`` for the duration of the block."""
-    async with anyio.create_task_group() as group:
-        group.start_soon(clock.drive)
-        yield clock
-        group.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(clock.drive)
+            yield clock
+            group.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the block's own error, as it raised it
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 def inline_offload(counts: list[int]) -> Callable[[Callable[[bytes], None], bytes], object]:
