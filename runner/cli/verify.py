@@ -10,7 +10,8 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from runner.exitcodes import ExitCode
-from runner.outputs.verify import MAX_SHOWN, JobRef, OnProgress, Problem, Report, ShardCheck, verify
+from runner.outputs.verify import OnProgress, verify
+from runner.outputs.verify_findings import MAX_SHOWN, JobRef, Problem, Report, ShardCheck
 
 REPAIR = (
     "run the same `krea-batch run` command again to repair {them}: their images are fetched "

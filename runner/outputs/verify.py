@@ -19,147 +19,44 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
 import shutil
-import tarfile
 import tempfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
 
 from runner.errors import UsageError
 from runner.outputs.destination import Destination, default_state_dir, destination_for, is_url
 from runner.outputs.images import inside
 from runner.outputs.layout import Layout
 from runner.outputs.shard_files import SHARDS_DIR, member_of
-from runner.outputs.shard_ledger import CHUNK, SHARD_LEDGER, Sealed, ShardLedger, file_digest
+from runner.outputs.shard_ledger import SHARD_LEDGER, Sealed, ShardLedger
+from runner.outputs.shard_reading import Expected, ShardRead, file_problem, read_parquet, read_tar
+from runner.outputs.verify_findings import (
+    JobRef,
+    Problem,
+    Report,
+    ShardCheck,
+    kind_of,
+    members_text,
+)
 from runner.state.records import RecordStatus, read_records
 
 STAGING = "staging"  # below .krea-batch/ (runner.outputs.writers.shards.STAGING_DIR)
 SHARD_NAME = re.compile(r"\d{5,}\.(tar|parquet)")
-MAX_SHOWN = 5  # jobs named per finding in the text; the JSON names them all
 
 # (bytes done so far, bytes to do in all, what is being read)
 OnProgress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True, slots=True)
-class JobRef:
-    """One image of a job: which job, and where the image is (a member, a file)."""
-
-    key: str
-    job_id: str | None
-    image: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "job_id": self.job_id, "image": self.image}
-
-
-@dataclass(slots=True)
-class ShardCheck:
-    """One shard file, as found."""
-
-    name: str  # "00003.tar"
-    # "ok"; "unknown": not in the ledger, its members fine (a run records it); "damaged" (marked
-    # in the ledger: the next run rebuilds it); "stray": not in the ledger and no record names
-    # it; "unreadable": could not be downloaded; "not uploaded": only in the state folder
-    state: str
-    why: str = ""
-    images: int = 0  # members its records name
-    missing: list[JobRef] = field(default_factory=list)  # named by a record, not in the shard
-    changed: list[JobRef] = field(default_factory=list)  # there with other bytes
-    unrecorded: int = 0  # image members no record names for this shard
-    marked: bool = False  # marked damaged in the ledger by this check
-    earlier: bool = False  # the ledger already said it was damaged
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "shard": f"{SHARDS_DIR}/{self.name}",
-            "state": self.state,
-            "why": self.why,
-            "images": self.images,
-            "missing": [job.to_json() for job in self.missing],
-            "changed": [job.to_json() for job in self.changed],
-            "unrecorded": self.unrecorded,
-            "marked_damaged": self.marked,
-            "marked_before": self.earlier,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """Anything else found wrong: ``kind`` is ``image missing``, ``image changed``,
-    ``staged missing``, ``staged changed``, ``two shards``, ``two records``, ``not ours``."""
-
-    kind: str
-    where: str
-    jobs: tuple[JobRef, ...]
-    detail: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "where": self.where,
-            "detail": self.detail,
-            "jobs": [job.to_json() for job in self.jobs],
-        }
-
-
-@dataclass(slots=True)
-class Report:
-    target: str  # the folder or URL verified
-    state: str  # the folder holding the ledger and the records
-    format: str
-    shards: list[ShardCheck] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    images: int = 0  # images checked: members, loose files, staged
-    staged: int = 0
-    held_by: str | None = None  # a live run holds the folder: read only, nothing marked
-    unwritable: str | None = None  # why the ledger could not be written (nothing marked)
-
-    @property
-    def wrong(self) -> list[ShardCheck]:
-        """The shards found wrong (every state but ok and unknown)."""
-        return [s for s in self.shards if s.state not in ("ok", "unknown")]
-
-    @property
-    def ok(self) -> bool:
-        return not self.wrong and not self.problems
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "state_dir": self.state,
-            "format": self.format,
-            "ok": self.ok,
-            "shards": len(self.shards),
-            "images": self.images,
-            "staged": self.staged,
-            "held_by": self.held_by,
-            "unwritable": self.unwritable,
-            "shard_checks": [s.to_json() for s in self.shards if s.state != "ok" or s.unrecorded],
-            "problems": [p.to_json() for p in self.problems],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class _Expected:
-    key: str
-    job_id: str | None
-    sha256: str
-    size: int
 
 
 @dataclass(slots=True)
 class _Records:
     """What results.jsonl says, as the checks need it."""
 
-    by_shard: dict[str, dict[str, _Expected]] = field(default_factory=dict)  # name → member
-    loose: list[tuple[str, _Expected]] = field(default_factory=list)  # (path, expected)
+    by_shard: dict[str, dict[str, Expected]] = field(default_factory=dict)  # name → member
+    loose: list[tuple[str, Expected]] = field(default_factory=list)  # (path, expected)
     by_member: dict[str, JobRef] = field(default_factory=dict)
     two_records: dict[str, tuple[JobRef, set[str]]] = field(default_factory=dict)
     not_ours: list[Problem] = field(default_factory=list)
@@ -235,7 +132,7 @@ def _locked(layout: Layout) -> Iterator[tuple[str | None, str | None]]:
 def _read_records(layout: Layout) -> _Records:
     """The current record of each job (the last line wins); records of one job that name two
     shards are noted."""
-    latest: dict[str, tuple[str | None, list[tuple[str, _Expected]]]] = {}
+    latest: dict[str, tuple[str | None, list[tuple[str, Expected]]]] = {}
     shards_of: dict[str, set[str]] = {}
     try:
         for record in read_records(layout.results):
@@ -245,7 +142,7 @@ def _read_records(layout: Layout) -> _Records:
             files = [
                 (
                     entry["path"],
-                    _Expected(record["key"], record["job_id"], entry["sha256"], entry["bytes"]),
+                    Expected(record["key"], record["job_id"], entry["sha256"], entry["bytes"]),
                 )
                 for entry in record["files"]
             ]
@@ -432,16 +329,16 @@ class _Checker:
         check: ShardCheck,
         sealed: Sealed | None,
         path: Path | None,
-        expected: dict[str, _Expected],
+        expected: dict[str, Expected],
     ) -> ShardCheck:
         """Compare one shard file (None: there is none) with its seal and its records."""
         name = check.name
         if path is None:
-            found = _Read(0, "", {}, None)
+            found = ShardRead(0, "", {}, None)
         elif name.endswith(".tar"):
-            found = _read_tar(path, lambda n: self.advance(n, name))
+            found = read_tar(path, lambda n: self.advance(n, name))
         else:
-            found = _read_parquet(path, lambda n: self.advance(n, name), sealed)
+            found = read_parquet(path, lambda n: self.advance(n, name), sealed)
         for member in found.members:
             self.members.setdefault(member, []).append(name)
         for member, want in sorted(expected.items()):
@@ -461,7 +358,7 @@ class _Checker:
         if found.error is not None:
             reasons.append(f"it does not read to its end ({found.error})")
         if check.missing or check.changed:
-            reasons.append(_members_text(check))
+            reasons.append(members_text(check))
         if check.earlier:
             check.state = "damaged"
             check.why = self.ledger.damaged[name] + " (marked by an earlier check)"
@@ -495,19 +392,21 @@ class _Checker:
 
     # ---- images outside shards -----------------------------------------------------------
 
-    def _staged(self, shard: str, member: str, expected: _Expected) -> None:
+    def _staged(self, shard: str, member: str, expected: Expected) -> None:
         """An image of a shard not written yet: staged, as its record says."""
         self.report.staged += 1
         self.report.images += 1
         path = self.layout.state / STAGING / member
-        problem = _file_problem(path, expected, lambda n: self.advance(n, member))
+        problem = file_problem(path, expected, lambda n: self.advance(n, member))
         if problem is not None:
             ref = JobRef(expected.key, expected.job_id, member)
             where = f"{self.layout.state.name}/{STAGING}/{member}"
             detail = f"{problem}; for shard {shard}, not written yet"
-            self.report.problems.append(Problem(f"staged {_kind(problem)}", where, (ref,), detail))
+            self.report.problems.append(
+                Problem(f"staged {kind_of(problem)}", where, (ref,), detail)
+            )
 
-    def _loose(self, path: str, expected: _Expected, scratch: Path | None, here: bool) -> None:
+    def _loose(self, path: str, expected: Expected, scratch: Path | None, here: bool) -> None:
         self.report.images += 1
         ref = JobRef(expected.key, expected.job_id, path)
         local = inside(self.layout.root, path) if here else None
@@ -517,155 +416,27 @@ class _Checker:
             )
             return
         if local is not None:
-            problem = _file_problem(local, expected, lambda n: self.advance(n, path))
+            problem = file_problem(local, expected, lambda n: self.advance(n, path))
         else:
             assert scratch is not None
             problem = self._remote_file_problem(path, expected, scratch)
         if problem is not None:
-            self.report.problems.append(Problem(f"image {_kind(problem)}", path, (ref,), problem))
+            self.report.problems.append(Problem(f"image {kind_of(problem)}", path, (ref,), problem))
 
-    def _remote_file_problem(self, path: str, expected: _Expected, scratch: Path) -> str | None:
+    def _remote_file_problem(self, path: str, expected: Expected, scratch: Path) -> str | None:
         copy = scratch / "image"
         try:
             if not self.destination.fetch(path, copy):
                 self.advance(expected.size, path)
                 return "missing"
-            return _file_problem(copy, expected, lambda n: self.advance(n, path))
+            return file_problem(copy, expected, lambda n: self.advance(n, path))
         except OSError as exc:
             return f"missing: could not be downloaded ({exc})"
         finally:
             copy.unlink(missing_ok=True)
 
 
-def _kind(problem: str) -> str:
-    return "missing" if problem.startswith("missing") else "changed"
-
-
-def _members_text(check: ShardCheck) -> str:
-    parts = []
-    if check.changed:
-        parts.append(f"{_count(len(check.changed), 'member')} changed")
-    if check.missing:
-        parts.append(f"{_count(len(check.missing), 'member')} missing")
-    return ", ".join(parts)
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n:,} {what}" + ("" if n == 1 else "s")
-
-
 def _key_of(member: str) -> str:
     """The job key of a member no record names: its stem, less an image number."""
     stem = member.rpartition(".")[0] or member
     return re.sub(r"-\d+$", "", stem)
-
-
-# ---- reading files ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Read:
-    size: int
-    sha256: str
-    members: dict[str, str | None]  # image member → its sha256 (None: not read)
-    error: str | None  # why it could not be read to its end
-
-
-class _HashingReader:
-    """A file read once, start to end, hashed on the way (what tarfile's stream mode reads)."""
-
-    def __init__(self, handle: IO[bytes], advance: Callable[[int], None]) -> None:
-        self.handle = handle
-        self.advance = advance
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.handle.read(size)
-        self.digest.update(data)
-        self.size += len(data)
-        self.advance(len(data))
-        return data
-
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
-
-
-_UNREADABLE = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error)
-
-
-def _read_tar(path: Path, advance: Callable[[int], None]) -> _Read:
-    """One pass over a tar shard: the whole file's size and sha256, and each image member's
-    sha256 up to where it stops making sense."""
-    members: dict[str, str | None] = {}
-    error = None
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, after the drain
-    except OSError as exc:
-        return _Read(0, "", {}, f"cannot open it: {exc.strerror or exc}")
-    with handle:
-        reader = _HashingReader(handle, advance)
-        try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-                for info in tar:
-                    if not info.isfile() or info.name.endswith((".json", ".txt")):
-                        continue
-                    extracted = tar.extractfile(info)
-                    if extracted is None:
-                        continue
-                    digest = hashlib.sha256()
-                    while chunk := extracted.read(CHUNK):
-                        digest.update(chunk)
-                    members[info.name] = digest.hexdigest()
-        except _UNREADABLE as exc:
-            error = str(exc) or type(exc).__name__
-        try:
-            reader.drain()
-        except OSError as exc:
-            error = error or f"cannot read it: {exc.strerror or exc}"
-    return _Read(reader.size, reader.digest.hexdigest(), members, error)
-
-
-def _read_parquet(path: Path, advance: Callable[[int], None], sealed: Sealed | None) -> _Read:
-    """A parquet shard's size and sha256; its members' names when it is as sealed, else each
-    image member's sha256 (a second read, only for a shard that is not)."""
-    try:
-        size, sha256 = file_digest(path, advance)
-    except OSError as exc:
-        return _Read(0, "", {}, f"cannot read it: {exc.strerror or exc}")
-    whole = sealed is not None and sealed.sha256 == sha256 and sealed.size == size
-    members: dict[str, str | None] = {}
-    error = None
-    try:
-        import pyarrow.parquet as pq
-
-        column = "image.path" if whole else "image"
-        for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=100):
-            for image in batch.column(0).to_pylist():
-                if not isinstance(image, dict) or not isinstance(image.get("path"), str):
-                    continue
-                data = image.get("bytes")
-                if whole:
-                    members[image["path"]] = None
-                elif isinstance(data, bytes):
-                    members[image["path"]] = hashlib.sha256(data).hexdigest()
-    except Exception as exc:  # pyarrow's errors are many (ArrowInvalid, OSError, KeyError…)
-        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return _Read(size, sha256, members, error)
-
-
-def _file_problem(path: Path, expected: _Expected, advance: Callable[[int], None]) -> str | None:
-    """Why a file is not the one recorded (None: it is)."""
-    try:
-        if path.is_symlink() or not path.is_file():
-            advance(expected.size)
-            return "missing" if not path.exists() else "missing: not a regular file"
-        size, sha256 = file_digest(path, advance)
-    except OSError as exc:
-        return f"missing: cannot read it ({exc.strerror or exc})"
-    if size != expected.size:
-        return f"changed: {size:,} bytes where {expected.size:,} were recorded"
-    if sha256 != expected.sha256:
-        return "changed: its sha256 is not the one recorded"
-    return None
