@@ -23,7 +23,7 @@ from runner.catalog import load_catalog
 from runner.emulator import EmulatorConfig, Latency
 from runner.outputs.card import dataset_card, features
 from runner.outputs.licences import LICENCES
-from runner.outputs.writers.shards import Sample
+from runner.outputs.writers.shard_recovery import Sample
 from tests.engine_helpers import FAST, read_results
 from tests.in_process import in_process
 

@@ -24,14 +24,13 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import UsageError
 from runner.outputs.destination import Destination, default_state_dir, destination_for, is_url
 from runner.outputs.images import inside
 from runner.outputs.layout import Layout
-from runner.outputs.shard_files import SHARDS_DIR, member_of
+from runner.outputs.shard_files import SHARDS_DIR
 from runner.outputs.shard_ledger import SHARD_LEDGER, Sealed, ShardLedger
 from runner.outputs.shard_reading import Expected, ShardRead, file_problem, read_parquet, read_tar
 from runner.outputs.verify_findings import (
@@ -42,25 +41,12 @@ from runner.outputs.verify_findings import (
     kind_of,
     members_text,
 )
-from runner.state.records import RecordStatus, read_records
+from runner.outputs.verify_records import SHARD_NAME, Recorded, format_of, read_recorded
 
 STAGING = "staging"  # below .krea-batch/ (runner.outputs.writers.shards.STAGING_DIR)
-SHARD_NAME = re.compile(r"\d{5,}\.(tar|parquet)")
 
 # (bytes done so far, bytes to do in all, what is being read)
 OnProgress = Callable[[int, int, str], None]
-
-
-@dataclass(slots=True)
-class _Records:
-    """What results.jsonl says, as the checks need it."""
-
-    by_shard: dict[str, dict[str, Expected]] = field(default_factory=dict)  # name → member
-    loose: list[tuple[str, Expected]] = field(default_factory=list)  # (path, expected)
-    by_member: dict[str, JobRef] = field(default_factory=dict)
-    two_records: dict[str, tuple[JobRef, set[str]]] = field(default_factory=dict)
-    not_ours: list[Problem] = field(default_factory=list)
-    shard_format: bool = False
 
 
 def verify(
@@ -89,8 +75,8 @@ def verify(
     if remote:
         destination.check()
     with _locked(layout) as (held_by, unwritable):
-        records = _read_records(layout)
-        fmt = _format_of(layout, records)
+        records = read_recorded(layout)
+        fmt = format_of(layout, records)
         report = Report(out, str(root), fmt, held_by=held_by, unwritable=unwritable)
         _Checker(report, layout, destination, records, on_progress).run()
     return report
@@ -129,73 +115,13 @@ def _locked(layout: Layout) -> Iterator[tuple[str | None, str | None]]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def _read_records(layout: Layout) -> _Records:
-    """The current record of each job (the last line wins); records of one job that name two
-    shards are noted."""
-    latest: dict[str, tuple[str | None, list[tuple[str, Expected]]]] = {}
-    shards_of: dict[str, set[str]] = {}
-    try:
-        for record in read_records(layout.results):
-            if record["status"] not in (RecordStatus.COMPLETED, RecordStatus.AMBIGUOUS):
-                latest.pop(record["key"], None)  # failed since: it holds no image
-                continue
-            files = [
-                (
-                    entry["path"],
-                    Expected(record["key"], record["job_id"], entry["sha256"], entry["bytes"]),
-                )
-                for entry in record["files"]
-            ]
-            latest[record["key"]] = (record["job_id"], files)
-            for path, _ in files:
-                place = member_of(path)
-                if place is not None:
-                    shards_of.setdefault(record["key"], set()).add(place[0])
-    except OSError as exc:
-        raise UsageError(f"cannot read {layout.results}: {exc.strerror or exc}") from exc
-    found = _Records()
-    for key, (job_id, files) in latest.items():
-        for path, expected in files:
-            place = member_of(path)
-            if place is None:
-                found.loose.append((path, expected))
-                continue
-            found.shard_format = True
-            shard, member = place
-            name = shard.removeprefix(SHARDS_DIR + "/")
-            ref = JobRef(key, job_id, member)
-            if not SHARD_NAME.fullmatch(name):
-                found.not_ours.append(
-                    Problem("not ours", path, (ref,), "its record names no shard of this folder")
-                )
-                continue
-            found.by_shard.setdefault(name, {})[member] = expected
-            found.by_member[member] = ref
-        if len(shards_of.get(key, ())) > 1:
-            shards = {s.removeprefix(SHARDS_DIR + "/") for s in shards_of[key]}
-            found.two_records[key] = (JobRef(key, job_id, ""), shards)
-    return found
-
-
-def _format_of(layout: Layout, records: _Records) -> str:
-    try:
-        held = (layout.state / "format").read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        held = ""
-    if held in ("files", "webdataset", "parquet"):
-        return held
-    if any(name.endswith(".parquet") for name in records.by_shard):
-        return "parquet"
-    return "webdataset" if records.by_shard else "files"
-
-
 class _Checker:
     def __init__(
         self,
         report: Report,
         layout: Layout,
         destination: Destination,
-        records: _Records,
+        records: Recorded,
         on_progress: OnProgress | None,
     ) -> None:
         self.report = report

@@ -16,7 +16,8 @@ from typing import Any
 
 from runner.outputs.schema import columns
 from runner.outputs.shard_ledger import file_digest
-from runner.outputs.writers.shards import Sample, ShardWriter
+from runner.outputs.writers.shard_recovery import Sample
+from runner.outputs.writers.shards import ShardWriter
 
 ROW_GROUP = 100
 

@@ -11,54 +11,38 @@ the next run writes the full ones, keeps filling the last, and no job is ever in
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
 import re
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.outputs.atomic import fsync_dir
 from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
-from runner.outputs.images import image_extension, image_size
+from runner.outputs.images import image_extension
 from runner.outputs.layout import relative
-from runner.outputs.schema import job_fields, requested_size, row
-from runner.outputs.shard_files import SHARDS_DIR, member_digests, member_of, read_member
-from runner.outputs.shard_ledger import SHARD_LEDGER, Sealed, ShardLedger, file_digest
+from runner.outputs.schema import job_fields
+from runner.outputs.shard_files import SHARDS_DIR, member_of
+from runner.outputs.shard_ledger import SHARD_LEDGER, Sealed, ShardLedger
 from runner.outputs.writers.base import Fetched, RecordSource, Writer, checked
+from runner.outputs.writers.shard_recovery import (
+    Sample,
+    StagedSorting,
+    intact_samples,
+    not_in_place,
+    seal_unknown,
+    sealed_problem,
+)
 from runner.state.records import FileEntry, RecordStatus, ResultRecord
 
 log = logging.getLogger(__name__)
 
 STAGING_DIR = "staging"
 UNMATCHED = "_unmatched/"  # the candidates' images of ambiguous jobs stay loose files
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One image of a finished job, as a shard holds it."""
-
-    shard: str  # "shards/00003.tar"
-    key: str  # the member's stem: the job key, then KEY-1, KEY-2 for further images
-    ext: str  # ".png", ".jpg", ".webp"
-    staged: Path
-    job: Mapping[str, Any]  # what the record says of the job (runner.outputs.schema.job_fields)
-    sha256: str = ""  # the image's, as its record says: checked before it goes into a shard
-
-    @property
-    def member(self) -> str:
-        return self.key + self.ext
-
-    def row(self, image: bytes, var_names: Sequence[str]) -> dict[str, Any]:
-        """The sample's row of the one schema, its size read from the image's header."""
-        size = image_size(image) or requested_size(self.job.get("params") or {})
-        return row(self.job, f"{self.shard}#{self.member}", size, var_names)
 
 
 class ShardWriter(Writer):
@@ -109,11 +93,11 @@ class ShardWriter(Writer):
         }
         remote = self.destination.sizes(SHARDS_DIR) if self.destination.remote else {}
         self._remote = set(remote)
-        self._seal_unknown(local, remote)
+        seal_unknown(self.ledger, self.shards, local, remote)
         self._bad = {
             name: why
             for name, sealed in self.ledger.sealed.items()
-            if (why := _problem(sealed, local, remote, self.destination.url)) is not None
+            if (why := sealed_problem(sealed, local, remote, self.destination.url)) is not None
         } | dict(self.ledger.damaged)
         for name, why in self._bad.items():
             log.warning(
@@ -124,66 +108,15 @@ class ShardWriter(Writer):
             return []  # every finished job's image is in a sealed shard: nothing to read
         return self._sort_staged(records)
 
-    def _seal_unknown(self, local: dict[str, int], remote: dict[str, int]) -> None:
-        """Shards from before the ledger (or sealed by a torn line): taken as they are."""
-        assert self.ledger is not None
-        for name in sorted(set(local) | set(remote)):
-            if name in self.ledger.sealed or name in self.ledger.damaged:
-                continue
-            if name in local:
-                size, sha256 = file_digest(self.shards / name)
-                samples = len(member_digests(self.shards / name))
-                self.ledger.seal(Sealed(name, size, sha256, samples))
-            else:
-                self.ledger.seal(Sealed(name, remote[name], ""))
-
     def _sort_staged(self, records: RecordSource) -> list[ResultRecord]:
         """Sort the staged samples (and a damaged shard's members) into the shards they are
         to be written in; what no longer proves itself is lost."""
         assert self.ledger is not None
-        lost: dict[str, ResultRecord] = {}
-        kept: set[Path] = set()
+        sorting = StagedSorting(self.shards, self.ledger, self._bad, self._number)
         for record in records():
-            samples = [
-                sample
-                for sample in self._samples(record)  # in a good shard: a staged copy is a leftover
-                if Path(sample.shard).name not in self.ledger.sealed
-                or Path(sample.shard).name in self._bad
-            ]
-            placed: list[Sample] = []
-            for sample in samples:
-                name = Path(sample.shard).name
-                if _staged_intact(sample) or (name in self._bad and self._extract(name, sample)):
-                    placed.append(sample)
-                    kept.add(sample.staged)
-            if len(placed) < len(samples) and record["job_id"]:
-                lost[record["key"]] = record
-                continue
-            for sample in placed:
-                self._members.setdefault(self._number(Path(sample.shard).name), []).append(sample)
-        for stray in self.staging.iterdir():
-            if stray not in kept:
-                stray.unlink(missing_ok=True)  # placed, but its job never finished (or lost)
-        for samples in self._members.values():
-            for sample in samples:
-                if sample.job.get("key") in lost:  # another image of a lost job: back whole
-                    sample.staged.unlink(missing_ok=True)
-        self._members = {
-            number: [s for s in samples if s.job.get("key") not in lost]
-            for number, samples in self._members.items()
-        }
-        return list(lost.values())
-
-    def _extract(self, name: str, sample: Sample) -> bool:
-        """Stage a damaged shard's member that still matches its record; whether it did."""
-        data = read_member(self.shards / name, sample.key + sample.ext)
-        if data is None or hashlib.sha256(data).hexdigest() != sample.sha256:
-            return False
-        with open(sample.staged, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return True
+            sorting.add(record, self._samples(record))
+        self._members, lost = sorting.finish(self.staging, self._members)
+        return lost
 
     def open(
         self,
@@ -353,24 +286,9 @@ class ShardWriter(Writer):
         log.info("shard %s written: %d samples", relative(final, self.folder.root), len(good))
 
     def intact_samples(self, samples: list[Sample]) -> Iterator[tuple[Sample, bytes]]:
-        """Each sample with its image's bytes, read from staging one at a time and checked
-        against its record first: one that went missing or changed is left out of the shard
-        (in ``lost``), and its job is fetched again."""
-        for sample in samples:
-            try:
-                data = sample.staged.read_bytes()
-            except FileNotFoundError:
-                data = None
-            if data is not None and (
-                not sample.sha256 or hashlib.sha256(data).hexdigest() == sample.sha256
-            ):
-                yield sample, data
-                continue
-            log.warning(
-                "the staged image of job %s is gone or changed: it is fetched again",
-                sample.job.get("key"),
-            )
-            self.lost.append(sample)
+        """Each sample with its image's bytes, checked against its record first: one that
+        went missing or changed is left out of the shard (in ``lost``), and fetched again."""
+        return intact_samples(samples, self.lost)
 
     def _upload(self, local: Path) -> None:
         """Put a whole shard at the destination, then drop the local copy."""
@@ -413,38 +331,4 @@ class ShardWriter(Writer):
         """The shards that are not at the destination as sealed, confirmed (a stat, or the
         destination's listing), and those that could not be written."""
         assert self.ledger is not None
-        try:
-            remote = self.destination.sizes(SHARDS_DIR) if self.destination.remote else {}
-        except OSError as exc:
-            log.warning("could not list %s/%s: %s", self.destination.url, SHARDS_DIR, exc)
-            return sorted(self.ledger.sealed) + sorted(self._failed)
-        local = {}
-        for name in self.ledger.sealed:
-            with contextlib.suppress(OSError):
-                local[name] = (self.shards / name).stat().st_size
-        missing = [
-            name
-            for name, sealed in self.ledger.sealed.items()
-            if _problem(sealed, {} if self.destination.remote else local, remote, "") is not None
-        ]
-        return sorted(set(missing) | self._failed)
-
-
-def _staged_intact(sample: Sample) -> bool:
-    try:
-        data = sample.staged.read_bytes()
-    except OSError:
-        return False
-    return not sample.sha256 or hashlib.sha256(data).hexdigest() == sample.sha256
-
-
-def _problem(
-    sealed: Sealed, local: Mapping[str, int], remote: Mapping[str, int], url: str
-) -> str | None:
-    """Why a sealed shard is not where it should be as it was sealed (None: it is)."""
-    size = local.get(sealed.name, remote.get(sealed.name))
-    if size is None:
-        return f"missing{' at ' + url if url else ''}"
-    if size != sealed.size:
-        return f"{size:,} bytes where {sealed.size:,} were sealed"
-    return None
+        return sorted(set(not_in_place(self.ledger, self.shards, self.destination)) | self._failed)

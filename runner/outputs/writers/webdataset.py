@@ -21,7 +21,8 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from runner.outputs.writers.shards import Sample, ShardWriter
+from runner.outputs.writers.shard_recovery import Sample
+from runner.outputs.writers.shards import ShardWriter
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # a tar file is a whole number of records, as tarfile writes it
