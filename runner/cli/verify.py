@@ -92,19 +92,7 @@ def _advice(report: Report) -> Iterator[str]:
     yield f"verified {shards}: {_count(len(report.wrong) + len(report.problems), 'problem')}"
     damaged = [s for s in report.wrong if s.state == "damaged"]
     if damaged:
-        details = "; ".join(f"{s.name}: {_shard_text(s)}" for s in damaged[:MAX_SHOWN])
-        more = f"; and {len(damaged) - MAX_SHOWN} more" if len(damaged) > MAX_SHOWN else ""
-        line = f"{_count(len(damaged), 'shard')} damaged ({details}{more}); "
-        unmarked = [s for s in damaged if not (s.marked or s.earlier)]
-        them = "them" if len(damaged) > 1 else "it"
-        if unmarked and report.held_by is not None:
-            line += f"verify again once the run ends to mark {them} for repair"
-        elif unmarked:
-            why = report.unwritable or "the ledger could not be written"
-            line += f"not marked in the ledger ({why}), so a run would not repair {them}"
-        else:
-            line += REPAIR.format(them=them)
-        yield line
+        yield _damaged_text(report, damaged)
     for state, text in (
         (
             "stray",
@@ -148,6 +136,21 @@ def _advice(report: Report) -> Iterator[str]:
             f"{_count(len(ours), 'record')} name a file that is not this folder's "
             f"({', '.join(p.where for p in ours[:MAX_SHOWN])})"
         )
+
+
+def _damaged_text(report: Report, damaged: list[ShardCheck]) -> str:
+    """The damaged shards, and whether the next run repairs them."""
+    details = "; ".join(f"{s.name}: {_shard_text(s)}" for s in damaged[:MAX_SHOWN])
+    more = f"; and {len(damaged) - MAX_SHOWN} more" if len(damaged) > MAX_SHOWN else ""
+    line = f"{_count(len(damaged), 'shard')} damaged ({details}{more}); "
+    unmarked = [s for s in damaged if not (s.marked or s.earlier)]
+    them = "them" if len(damaged) > 1 else "it"
+    if unmarked and report.held_by is not None:
+        return line + f"verify again once the run ends to mark {them} for repair"
+    if unmarked:
+        why = report.unwritable or "the ledger could not be written"
+        return line + f"not marked in the ledger ({why}), so a run would not repair {them}"
+    return line + REPAIR.format(them=them)
 
 
 def _shard_text(check: ShardCheck) -> str:
