@@ -22,6 +22,7 @@ from runner.engine.tracker import Tracker, TrackSettings
 from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
 from runner.outputs import OutputFolder, image_problem
 from runner.outputs.metadata import metadata_rows
+from tests.api_stub import ApiStub
 from tests.engine_helpers import as_records
 from tests.http_helpers import fake_server
 from tests.virtual_time import VirtualClock, virtual_time
@@ -143,7 +144,7 @@ def test_an_image_whose_header_claims_a_bomb_still_gets_metadata(tmp_path: Path)
     assert (row["width"], row["height"]) == (512, 512)
 
 
-class _StuckJob:
+class _StuckJob(ApiStub):
     """A job that never ends, on a server that will not cancel it."""
 
     async def get_job(self, job_id: str) -> RemoteJob:
@@ -161,7 +162,7 @@ async def test_a_timed_out_job_that_cannot_be_cancelled_is_not_recorded_cancelle
     settings = TrackSettings(poll_interval=2.0, job_timeout=10.0)
     async with virtual_time(clock):
         tracker = Tracker(
-            _StuckJob(),  # type: ignore[arg-type]  # answers like a KreaClient
+            _StuckJob(),
             folder,
             clock,
             settings,

@@ -19,6 +19,7 @@ from runner.api.remote import JobStatus, ListedJob
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.emulator.jobs import EmulatedJob
 from runner.engine.watching import ENDS_PER_PAGE, Lister, Watch
+from tests.api_stub import ApiStub
 from tests.engine_helpers import FAST, check_folder, small_manifest
 from tests.in_process import in_process
 from tests.virtual_time import VirtualClock, virtual_time
@@ -160,14 +161,17 @@ async def test_a_request_cancelled_while_it_waits_its_turn_holds_nobody_up() -> 
     assert sorted(done) == ["poll", "submit 0", "submit 1", "submit 2"]
 
 
-class _EndlessListing:
+class _EndlessListing(ApiStub):
     """A listing of other, newer jobs that always has another page."""
 
     def __init__(self, newest: float) -> None:
+        super().__init__()
         self.newest = newest
         self.pages = 0
 
-    async def list_jobs(self, limit: int, cursor: str | None = None) -> tuple[list[Any], str]:
+    async def list_jobs(
+        self, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[ListedJob], str | None]:
         self.pages += 1
         start = self.newest - (self.pages - 1) * limit
         jobs = [ListedJob(f"other-{start - n}", start - n, "processing") for n in range(limit)]
@@ -177,7 +181,9 @@ class _EndlessListing:
 class _LoopingListing(_EndlessListing):
     """A listing whose cursor comes back to the same first page."""
 
-    async def list_jobs(self, limit: int, cursor: str | None = None) -> tuple[list[Any], str]:
+    async def list_jobs(
+        self, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[ListedJob], str | None]:
         self.pages += 1
         jobs = [ListedJob(f"other-{n}", self.newest - n, "processing") for n in range(limit)]
         return jobs, "again"
@@ -188,7 +194,7 @@ async def test_a_listing_whose_cursor_loops_hands_its_jobs_to_their_own_polls() 
     client = _LoopingListing(newest=clock.time())
     watch = Watch("mine", 2.0, due=0.0, created_after=clock.time() - 1_000)
     lister = Lister(
-        client,  # type: ignore[arg-type]
+        client,
         clock,
         {"mine": watch},
         2.0,
@@ -211,7 +217,7 @@ async def test_a_job_older_than_the_pages_read_is_polled_alone_at_once() -> None
     recent = Watch("recent", 2.0, due=0.0, created_after=clock.time() - 1)
     watches = {"old": old, "recent": recent}
     lister = Lister(
-        client,  # type: ignore[arg-type]
+        client,
         clock,
         watches,
         2.0,
@@ -229,15 +235,18 @@ async def test_a_job_older_than_the_pages_read_is_polled_alone_at_once() -> None
     assert lister.stats.beyond_reach == 1
 
 
-class _EndsAt:
+class _EndsAt(ApiStub):
     """A listing in which each job shows completed from its own end time (virtual clock)."""
 
     def __init__(self, clock: VirtualClock, ends: dict[str, float]) -> None:
+        super().__init__()
         self.clock = clock
         self.ends = ends
         self.calls: list[float] = []
 
-    async def list_jobs(self, limit: int, cursor: str | None = None) -> tuple[list[Any], None]:
+    async def list_jobs(
+        self, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[ListedJob], str | None]:
         now = self.clock.monotonic()
         self.calls.append(now)
         jobs = []
@@ -260,7 +269,7 @@ async def test_the_listing_looks_when_a_job_is_due_within_a_budget_of_pages() ->
         job_id: Watch(job_id, 2.0, due=end, created_after=None) for job_id, end in ends.items()
     }
     lister = Lister(
-        client,  # type: ignore[arg-type]
+        client,
         clock,
         dict(watches),
         2.0,

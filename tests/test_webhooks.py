@@ -20,6 +20,7 @@ from runner.engine.retry import SystemClock
 from runner.engine.tracker import Tracker, TrackSettings
 from runner.errors import UsageError
 from runner.outputs import OutputFolder
+from tests.api_stub import ApiStub
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 from tests.virtual_time import VirtualClock, virtual_time
 
@@ -84,17 +85,18 @@ async def test_when_every_delivery_is_lost_the_safety_net_still_finishes_every_j
     assert result.summary["webhooks"]["used"] == 0
 
 
-class _NeverAsked:
+class _NeverAsked(ApiStub):
     """A client the tracker must not need: the delivery is what ends the job."""
 
     async def get_job(self, job_id: str) -> RemoteJob:
         raise AssertionError("polled although the webhook should have answered")
 
 
-class _AskedAt:
+class _AskedAt(ApiStub):
     """A client whose job has ended: records when (virtual time) it was asked."""
 
     def __init__(self, clock: VirtualClock) -> None:
+        super().__init__()
         self.clock = clock
         self.asked: list[float] = []
 
@@ -111,7 +113,7 @@ async def test_a_lost_delivery_is_found_once_the_job_is_slower_than_its_peers(
     clock = VirtualClock()
     client = _AskedAt(clock)
     tracker = Tracker(
-        client,  # type: ignore[arg-type]
+        client,
         OutputFolder(tmp_path),
         clock,
         TrackSettings(poll_interval=2, webhook_poll_interval=600),
@@ -141,7 +143,7 @@ def _job(job_id: str, status: str = "completed") -> dict[str, Any]:
 
 async def test_forged_repeated_late_and_unknown_deliveries_change_nothing(tmp_path: Path) -> None:
     tracker = Tracker(
-        _NeverAsked(),  # type: ignore[arg-type]
+        _NeverAsked(),
         OutputFolder(tmp_path),
         SystemClock(),
         TrackSettings(poll_interval=3600, webhook_poll_interval=3600),
