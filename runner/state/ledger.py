@@ -9,7 +9,8 @@ the journal writes it (``Journal.record``) or notes it (``Journal.note``).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -325,10 +326,12 @@ def folder_counts(ledger: RunLedger) -> Counts:
     return counts
 
 
-def counts_of(records: Iterable[ResultRecord]) -> Counts:
-    """The counts of a finished set of records (a merge), through the same fold."""
+def counts_of(records: Sequence[ResultRecord]) -> Counts:
+    """The counts of a finished set of records (a merge), through the same fold: planned,
+    as a run plans its jobs, then each one done."""
     ledger = RunLedger()
+    by_model = Counter(str(record.get("model")) for record in records)
+    ledger.apply(Planned({model: (0, jobs) for model, jobs in by_model.items()}, (), 0, 0))
     for record in records:
         ledger.apply(Done(record["key"], record))
-    ledger.counts.total = len(ledger.states)
     return ledger.counts
