@@ -45,14 +45,16 @@ def dataset_card(
     webdataset and parquet builders) and, for files and parquet, on the config too: imagefolder
     takes them only from there, else it infers each column's type from the metadata (a column
     of nulls, ``name`` when no job is named, would be no string column)."""
+    return _front_matter(format, rows, models, var_names) + _body(
+        format, rows, models, summary, var_names
+    )
+
+
+def _front_matter(
+    format: str, rows: int, models: Sequence[str], var_names: Sequence[str] | None
+) -> str:
+    """The card's YAML: its data files, features, licences and Hub metadata."""
     paths = "".join(f'    - "{path}"\n' for path in _DATA_FILES[format])
-    model_list = ", ".join(models) or "none yet"
-    loader = {
-        "files": "the images with metadata.jsonl (the imagefolder layout)",
-        "webdataset": "WebDataset tar shards: KEY.png (or .jpg, .webp), KEY.txt (the prompt) "
-        "and KEY.json (the row's fields)",
-        "parquet": "parquet shards with an `image` column ({bytes, path})",
-    }[format]
     info = config = ""
     if var_names is not None:
         declared = features(format, var_names)
@@ -74,6 +76,25 @@ def dataset_card(
         f"size_categories:\n- {size_category(rows)}\n"
         f"tags:\n- synthetic\n{MARK}"
         "---\n\n"
+    )
+
+
+def _body(
+    format: str,
+    rows: int,
+    models: Sequence[str],
+    summary: Mapping[str, Any],
+    var_names: Sequence[str] | None,
+) -> str:
+    """The card's text: what the dataset is, how to load it and upload it."""
+    model_list = ", ".join(models) or "none yet"
+    loader = {
+        "files": "the images with metadata.jsonl (the imagefolder layout)",
+        "webdataset": "WebDataset tar shards: KEY.png (or .jpg, .webp), KEY.txt (the prompt) "
+        "and KEY.json (the row's fields)",
+        "parquet": "parquet shards with an `image` column ({bytes, path})",
+    }[format]
+    return (
         "# Generated images\n\n"
         f"Images of {rows:,} text-to-image jobs, made with krea-batch on the Krea API "
         f"(models: {model_list}). Format: {loader}. Each row carries its prompt, model, "
