@@ -53,6 +53,7 @@ from runner.settings import (
     parse_duration,
 )
 from runner.sharding import parse_shard
+from runner.wording import duration
 
 EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
 
@@ -261,7 +262,7 @@ def _status(args: argparse.Namespace) -> int:
             print(
                 f"running now (pid {live['pid']}, heartbeat {live['heartbeat_at']}): "
                 f"{live['jobs_per_second']:.2f} jobs/s"
-                + (f", ETA {eta:.0f} s" if eta is not None else "")
+                + (f", ETA {duration(eta)}" if eta is not None else "")
             )
         print(render_status(status))
     return ExitCode.OK

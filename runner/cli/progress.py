@@ -18,16 +18,9 @@ if TYPE_CHECKING:
 
 from runner.money import spend_text
 from runner.outputs.figures import RunStats
+from runner.wording import duration
 
 log = logging.getLogger("runner.cli.progress")
-
-
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def figures_of(stats: RunStats) -> dict[str, float | int | str]:
@@ -40,7 +33,7 @@ def figures_of(stats: RunStats) -> dict[str, float | int | str]:
         "queued": max(0, counts.unfinished - stats.in_flight),
         "total": counts.total,
         "rate": stats.jobs_per_second,
-        "eta": _eta(stats.eta_seconds),
+        "eta": duration(stats.eta_seconds),
         "spend": spend_text(counts.spend_usd, counts.spend_units),
         "requests": requests_text(stats.per_job),
         "rate_limited": stats.rate_limited,

@@ -8,6 +8,7 @@ from typing import Any
 from runner.catalog import Catalog, Model
 from runner.manifest.plan import Plan, spec_json
 from runner.money import spend_text
+from runner.wording import counted
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -103,7 +104,7 @@ def plan_text(plan: Plan) -> str:
     for m in plan.models:
         rows.append([m.model, f"{m.jobs:,}", _cost(m.usd, m.units, m.unpriced)])
     rows.append(["total", f"{plan.jobs:,}", _cost(plan.usd, plan.units, plan.unpriced)])
-    parts = [f"{plan.file}: {plan.jobs:,} jobs", _table(rows)]
+    parts = [f"{plan.file}: {counted(plan.jobs, 'job')}", _table(rows)]
     if plan.duplicates:
         parts.append(
             f"{plan.duplicates:,} duplicate jobs (same model, request and replica) are run once"

@@ -83,6 +83,7 @@ from runner.outputs.run_events import (
 )
 from runner.outputs.writers import Writer, open_writer
 from runner.settings import RunSettings
+from runner.wording import counted
 
 log = logging.getLogger(__name__)
 # A job's own outcome: a line in a log file, but on a terminal only with -v (the live view
@@ -716,10 +717,13 @@ class Engine(Stopping, Writing):
         stopped = self.stopping
         reasons = []
         if self.counts.over_budget:
-            reasons.append(f"budget reached: {self.counts.over_budget} jobs not submitted")
+            reasons.append(
+                f"budget reached: {counted(self.counts.over_budget, 'job')} not submitted"
+            )
         if self.counts.unpriced:
             reasons.append(
-                f"{self.counts.unpriced} jobs not submitted: --budget cannot price their model"
+                f"{counted(self.counts.unpriced, 'job')} not submitted: "
+                "--budget cannot price their model"
             )
         unsaved = self.writer.unsaved
         if unsaved:

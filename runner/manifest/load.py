@@ -27,6 +27,7 @@ from runner.manifest.schema import check_structure
 from runner.manifest.sources import entry_prompts
 from runner.settings import RunSettings, parse_settings
 from runner.textfiles import TextError, read_text
+from runner.wording import counted
 
 
 def load_manifest(
@@ -79,7 +80,7 @@ def parse_manifest(
         biggest = max(entries, key=lambda e: e.size)
         raise ctx.error(
             f"jobs[{biggest.index}]" if len(entries) > 1 else "jobs",
-            f"the manifest expands to {manifest.total_jobs:,} jobs "
+            f"the manifest expands to {counted(manifest.total_jobs, 'job')} "
             f"(jobs[{biggest.index}] alone to {biggest.size:,}), above the cap of "
             f"{settings.max_jobs:,}; raise run.max_jobs or --max-jobs if you mean it",
         )
