@@ -62,6 +62,7 @@ def configure_logging(
             markup=False,
             rich_tracebacks=False,
             highlighter=NullHighlighter(),  # no colours on the digits of model names
+            log_time_format="[%Y-%m-%d %H:%M:%S]",  # ISO dates: 12/05/26 reads three ways
         )
         handler.setFormatter(
             logging.Formatter("%(name)s: %(message)s" if verbose else "%(message)s")
@@ -74,5 +75,8 @@ def configure_logging(
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {where}%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # -v adds our own debug lines, never another library's (Pillow's chunk-by-chunk PNG
+    # reading, asyncio's selector): those stay at INFO and above.
+    root.setLevel(logging.INFO)
+    logging.getLogger("runner").setLevel(logging.DEBUG if verbose else logging.NOTSET)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
