@@ -22,8 +22,9 @@ from runner.api.secrets import find_tokens, read_tokens_file, token_source
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
-from runner.cli.logs import configure_logging
-from runner.cli.parser import build_parser, refuse_secret_flags
+from runner.cli.closing import say_closing
+from runner.cli.logs import configure_logging, json_line
+from runner.cli.parser import build_parser, json_logs, refuse_secret_flags
 from runner.cli.progress import Progress
 from runner.cli.status import read_status, refresh, render_status
 from runner.cli.verify import verify_command
@@ -35,11 +36,10 @@ from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
 from runner.manifest import expand, load_manifest
 from runner.manifest.plan import make_plan
-from runner.money import parse_budget, spend_text
+from runner.money import parse_budget
 from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
 from runner.outputs import Layout, iter_latest_records
 from runner.outputs.destination import is_url
-from runner.outputs.figures import Counts
 from runner.outputs.layout import RESULTS_NAME, SUMMARY_NAME
 from runner.outputs.live import read_live
 from runner.outputs.merge import IncompleteMerge, merge
@@ -131,8 +131,9 @@ def _run(args: argparse.Namespace) -> int:
         cancel_on_exit=args.cancel_on_exit,
         embed_metadata=not args.no_embed_metadata,
     )
-    progress = Progress(live=sys.stderr.isatty(), interval=args.progress_interval)
-    if sys.stderr.isatty() and args.log_format == "text":
+    live = sys.stderr.isatty() and args.log_format == "text"  # JSON: every line an object
+    progress = Progress(live=live, interval=args.progress_interval)
+    if live:
         configure_logging(args.verbose, args.log_format, console=progress.console)
     batch = functools.partial(
         run_batch,
@@ -154,54 +155,9 @@ def _run(args: argparse.Namespace) -> int:
             result = asyncio.run(batch(api_base=args.api_base, tokens=tokens, key_source=source))
     finally:
         progress.close()
-    counts = result.counts
-    ambiguous = f", {counts.ambiguous_jobs} ambiguous" if counts.ambiguous_jobs else ""
     out = str(args.out).rstrip("/")
-    sharded = manifest.settings.format != "files"
-    if is_url(out) or sharded:
-        where = f"shards: {out}/shards" if sharded else f"images: {out}/images"
-    else:
-        where = f"gallery: {out}/report.html"
-    print(
-        f"{counts.completed} completed, {counts.failed} failed{ambiguous}, "
-        f"{counts.skipped} already done, {counts.unfinished} unfinished; "
-        f"estimated spend {spend_text(counts.spend_usd, counts.spend_units)}\n"
-        f"results: {out}/results.jsonl   {where}"
-    )
-    if result.stopped:
-        advice = result.advice or "run the same command again to resume"
-        print(f"stopped early: {result.stopped}; {advice}", file=sys.stderr)
-    if counts.failed:
-        print(
-            f"{counts.failed} failed: `krea-batch status {out}` groups the reasons; "
-            "`run … --retry-failed` sends them again (a job the API says is gone may still have "
-            "been paid for)",
-            file=sys.stderr,
-        )
-    for line in earlier_outcomes(counts, out):
-        print(line, file=sys.stderr)
+    say_closing(result, out, manifest.settings.format != "files", args.log_format)
     return result.exit_code
-
-
-def earlier_outcomes(counts: Counts, out: str) -> list[str]:
-    """What the folder still holds from earlier runs that is no success (pure)."""
-    lines = []
-    if counts.failed_before:
-        lines.append(
-            f"{_jobs(counts.failed_before)} failed in an earlier run and still count as "
-            f"failed (exit 1): `krea-batch status {out}` groups the reasons; "
-            "`run … --retry-failed` sends them again"
-        )
-    if counts.ambiguous_before:
-        lines.append(
-            f"{_jobs(counts.ambiguous_before)} ended ambiguous in an earlier run (exit "
-            "1): `run … --retry-ambiguous` says what sending them again may cost, then sends them"
-        )
-    return lines
-
-
-def _jobs(n: int) -> str:
-    return f"{n} job" if n == 1 else f"{n} jobs"
 
 
 async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunResult:
@@ -390,22 +346,30 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    refusal = refuse_secret_flags(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    log_format = "json" if json_logs(argv) else "text"
+    refusal = refuse_secret_flags(argv)
     if refusal is not None:
-        print(f"krea-batch: error: {refusal}", file=sys.stderr)
-        return ExitCode.USAGE
-    args = build_parser().parse_args(argv)
+        return _fail(f"krea-batch: error: {refusal}", ExitCode.USAGE, log_format)
+    args = build_parser(json_errors=log_format == "json").parse_args(argv)
     configure_logging(args.verbose, args.log_format)
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:
-        print(f"krea-batch: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return _fail(f"krea-batch: error: {exc}", ExitCode.USAGE, args.log_format)
     except RunnerError as exc:
-        print(f"krea-batch: {exc}", file=sys.stderr)
-        return ExitCode.FAILED
+        return _fail(f"krea-batch: {exc}", ExitCode.FAILED, args.log_format)
     except KeyboardInterrupt:
-        print("krea-batch: interrupted; run the same command again to resume", file=sys.stderr)
-        return ExitCode.STOPPED
+        text = "krea-batch: interrupted; run the same command again to resume"
+        return _fail(text, ExitCode.STOPPED, args.log_format)
     except BrokenPipeError:
         return ExitCode.OK
+
+
+def _fail(text: str, code: int, log_format: str) -> int:
+    """Say why the command ends (a JSON line with --log-format json) and return its code."""
+    if log_format == "json":
+        print(json_line("error", text, exit_code=int(code)), file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+    return code

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import re
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self._argv: Sequence[str] = ()
+        self.json_errors = False  # --log-format json: the error as a JSON line
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: Any = None
@@ -65,6 +67,18 @@ class _Parser(argparse.ArgumentParser):
         parser.print_usage(sys.stderr)
         parser.exit(2, f"{parser.prog}: error: {text}\n")
 
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message and self.json_errors:
+            from runner.cli.logs import json_line
+
+            level = "error" if status else "info"
+            message = json_line(level, message.strip(), exit_code=status) + "\n"
+        super().exit(status, message)
+
+    def print_usage(self, file: Any = None) -> None:
+        if not self.json_errors:  # JSON: the error line alone, every line an object
+            super().print_usage(file)
+
     def _command_parser(self) -> argparse.ArgumentParser:
         """The parser of the command named on the command line, else this one."""
         for action in self._actions:
@@ -77,6 +91,13 @@ class _Parser(argparse.ArgumentParser):
 
 # Flags that would carry a secret on the command line (visible in ps, shell history, cron mail).
 _SECRET_FLAG = re.compile(r"--?(api[-_]?)?(token|key|secret|password|auth)(=.*)?", re.IGNORECASE)
+
+
+def json_logs(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON log lines (known before it is parsed, so that
+    its own mistakes are said as JSON too)."""
+    pairs = itertools.pairwise(argv)
+    return "--log-format=json" in argv or any(a == "--log-format" and b == "json" for a, b in pairs)
 
 
 def refuse_secret_flags(argv: Sequence[str]) -> str | None:
@@ -108,7 +129,7 @@ def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="krea-batch",
         description=DESCRIPTION,
@@ -300,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="machine-readable output")
     for command in commands.choices.values():
         _global_flags(command, defaults=False)
+    for each in (parser, *commands.choices.values()):
+        each.json_errors = json_errors
     return parser
 
 

@@ -41,6 +41,25 @@ def figures_of(stats: RunStats) -> dict[str, float | int | str]:
     }
 
 
+def figure_fields(stats: RunStats) -> dict[str, Any]:
+    """The progress line's figures as numbers: fields of a JSON log line."""
+    counts, eta = stats.counts, stats.eta_seconds
+    return {
+        "done": stats.done,
+        "failed": counts.failed,
+        "ambiguous": counts.ambiguous_jobs,
+        "in_flight": stats.in_flight,
+        "queued": max(0, counts.unfinished - stats.in_flight),
+        "total": counts.total,
+        "jobs_per_second": round(stats.jobs_per_second, 4),
+        "eta_seconds": None if eta is None else round(eta, 1),
+        "spend_usd": round(counts.spend_usd, 4),
+        "spend_units": round(counts.spend_units, 3),
+        "requests_per_job": stats.per_job["api"],
+        "rate_limited_429": stats.rate_limited,
+    }
+
+
 def keys_text(stats: RunStats) -> str:
     """A pool's keys, each by fingerprint: jobs in flight, done and spend, or why retired
     (empty for a run with one key)."""
@@ -102,6 +121,7 @@ class Progress:
                 "%(queued)d queued of %(total)d; %(rate).2f jobs/s, ETA %(eta)s, "
                 "spend %(spend)s; %(requests)s%(keys_line)s",
                 {**figures, "keys_line": f"; {figures['keys']}" if figures["keys"] else ""},
+                extra=figure_fields(stats),
             )
 
     def _draw(
