@@ -107,9 +107,25 @@ def plan_text(plan: Plan) -> str:
     parts = [f"{plan.file}: {counted(plan.jobs, 'job')}", _table(rows)]
     if plan.duplicates:
         parts.append(
-            f"{plan.duplicates:,} duplicate jobs (same model, request and replica) are run once"
+            f"{counted(plan.duplicates, 'duplicate job')} (same model, request and replica) "
+            + ("is" if plan.duplicates == 1 else "are")
+            + " run once"
         )
+    parts.extend(sizes_text(plan))
     parts.extend(f"warning: {w}" for w in plan.warnings)
     for spec in plan.first:
         parts.append(json.dumps(spec_json(spec), ensure_ascii=False))
     return "\n".join(parts)
+
+
+def sizes_text(plan: Plan) -> list[str]:
+    """What each model is sent for each size written: a row per model, a column per size."""
+    if not plan.sizes:
+        return []
+    sizes = list(dict.fromkeys(one.size for one in plan.sizes))
+    sent: dict[str, dict[str, str]] = {}
+    for one in plan.sizes:
+        sent.setdefault(one.model, {})[one.size] = one.text
+    rows = [["SIZES SENT", *sizes]]
+    rows += [[model, *(given.get(size, "–") for size in sizes)] for model, given in sent.items()]
+    return [_table(rows)]

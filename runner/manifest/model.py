@@ -47,6 +47,8 @@ class Variant:
 
     model: Model
     params: Mapping[str, Any]
+    size: str | None = None  # as the manifest wrote it
+    sized: tuple[tuple[str, Any], ...] = ()  # the parameters the size gave this model
 
 
 @dataclass(frozen=True, slots=True)
