@@ -129,11 +129,11 @@ def make_variant(
                 continue
             if top in sized:  # pixels written for a model whose bounds they miss
                 hint = "; as a ratio ('16:9') each model takes its own pixel count"
-                raise ctx.error(origin[top], f"{top} {message}{hint}")
-            if top in origin:
-                raise ctx.error(origin[top] + field_path[len(top) :], message)
-            if "params_from" not in raw:  # else rows may supply it: each row is checked whole
-                raise ctx.error(path, message)
+                ctx.report(ctx.error(origin[top], f"{top} {message}{hint}"))
+            elif top in origin:
+                ctx.report(ctx.error(origin[top] + field_path[len(top) :], message))
+            elif "params_from" not in raw:  # else rows may supply it: each row is checked whole
+                ctx.report(ctx.error(path, message))
     return Variant(model, params, size, tuple(sized.items()))
 
 

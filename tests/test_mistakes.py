@@ -1,0 +1,63 @@
+"""Mistakes said at once, briefly, with what was meant: manifests."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from runner.cli import main
+from runner.errors import ManifestError, ManifestProblems
+from runner.manifest import parse_manifest
+from runner.manifest.model import MAX_PROBLEMS
+
+BAD = textwrap.dedent("""\
+    version: 1
+    defaults: {model: flux}
+    jobs:
+      - prompt: a {animal} in {stlye} style
+        vars: {animal: [fox], style: [ink]}
+        params: {stepz: 20}
+      - prompt: a dog
+        params: {width: 4000}
+    run: {concurrency: lots}
+""")
+
+
+def test_every_problem_of_a_manifest_is_said_at_once_in_file_order(
+    write_manifest: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_manifest(BAD)
+    assert main(["plan", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"krea-batch: error: 5 problems in {path}:"
+    said = [line.strip().removeprefix(f"{path}:") for line in lines[1:]]
+    assert [line.split(":")[0] for line in said] == ["4", "5", "6", "8", "9"]
+    assert (
+        "placeholder {stlye} has no value: add it under jobs[0].vars (did you mean {style}?)"
+        in (said[0])
+    )
+    assert "jobs[0].vars.style: is not used" in said[1]
+    assert (
+        "jobs[0].params.stepz: flux-1-dev does not take 'stepz' (did you mean 'steps'?" in (said[2])
+    )
+    assert "jobs[1].params.width: 4000 is above the maximum 2368" in said[3]
+    assert "run.concurrency" in said[4]
+
+
+def test_problems_are_said_up_to_a_bound() -> None:
+    entries = "".join(
+        f"  - {{prompt: p{i}, model: flux, params: {{steps: 0}}}}\n" for i in range(40)
+    )
+    with pytest.raises(ManifestProblems) as caught:
+        parse_manifest("version: 1\njobs:\n" + entries)
+    assert len(caught.value.problems) == MAX_PROBLEMS
+    assert str(caught.value).endswith("… and maybe more: fix these and plan again")
+
+
+def test_one_problem_is_said_as_before() -> None:
+    with pytest.raises(ManifestError, match="did you mean 'prompt'") as caught:
+        parse_manifest("version: 1\njobs:\n  - {promt: a, model: flux}\n")
+    assert not isinstance(caught.value, ManifestProblems)
