@@ -1,7 +1,8 @@
-"""Mistakes said at once, briefly, with what was meant: manifests."""
+"""Mistakes said at once, briefly, with what was meant: flags, commands and manifests."""
 
 from __future__ import annotations
 
+import argparse
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -9,9 +10,30 @@ from pathlib import Path
 import pytest
 
 from runner.cli import main
+from runner.cli.parser import build_parser
 from runner.errors import ManifestError, ManifestProblems
 from runner.manifest import parse_manifest
 from runner.manifest.model import MAX_PROBLEMS
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("--emu", "--emulator"), ("--retry-faild", "--retry-failed"), ("--budjet", "--budget")],
+)
+def test_a_mistyped_flag_names_the_one_meant(
+    typed: str, meant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "jobs.yaml", typed])
+    first = capsys.readouterr().err.splitlines()[0]
+    assert f"unknown flag {typed} (did you mean {meant}?)" in first
+
+
+def test_a_mistyped_command_names_the_one_meant(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["stauts", "out"])
+    assert "unknown command 'stauts' (did you mean status?)" in capsys.readouterr().err
+
 
 BAD = textwrap.dedent("""\
     version: 1
@@ -61,3 +83,24 @@ def test_one_problem_is_said_as_before() -> None:
     with pytest.raises(ManifestError, match="did you mean 'prompt'") as caught:
         parse_manifest("version: 1\njobs:\n  - {promt: a, model: flux}\n")
     assert not isinstance(caught.value, ManifestProblems)
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(commands.choices)
+
+
+def test_every_positional_argument_has_help_and_a_name_in_capitals() -> None:
+    for name, parser in _subparsers().items():
+        for action in parser._actions:
+            if not action.option_strings:
+                assert action.help, f"{name} {action.dest}: no help"
+                assert str(action.metavar).isupper(), f"{name} {action.dest}: {action.metavar}"
+
+
+def test_merge_names_its_inputs_and_its_output_folder_apart() -> None:
+    usage = _subparsers()["merge"].format_usage()
+    assert "--out DIR" in usage
+    assert "INPUT [INPUT ...]" in usage
+    assert "--out DIR" in _subparsers()["run"].format_usage()

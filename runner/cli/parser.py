@@ -9,7 +9,7 @@ import itertools
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from runner import __version__
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
@@ -48,24 +48,33 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        """Name unknown flags, with the closest known one, but never echo values: one of them
-        may be a secret. The usage shown is the command's, not the whole tool's."""
-        prefix = "unrecognized arguments: "
-        if not message.startswith(prefix):
-            super().error(message)
-        words = message.removeprefix(prefix).split()
-        flags = [word.split("=", 1)[0] for word in words if word.startswith("-")]
+        """Say the mistake in a line or two, not a page of usage: unknown flags named with the
+        one meant (never a value: one of them may be a secret), then where the flags are."""
         parser = self._command_parser()
-        known = [flag for action in parser._actions for flag in action.option_strings]
-        parts = []
-        for flag in flags:
-            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
-            parts.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
-        text = "unknown flag" + ("s " if len(parts) > 1 else " ") + ", ".join(parts)
-        if not flags:
-            text = f"unexpected argument{'s' if len(words) > 1 else ''} (values not shown)"
-        parser.print_usage(sys.stderr)
-        parser.exit(2, f"{parser.prog}: error: {text}\n")
+        prefix = "unrecognized arguments: "
+        text = message
+        if message.startswith(prefix):
+            words = message.removeprefix(prefix).split()
+            flags = [word.split("=", 1)[0] for word in words if word.startswith("-")]
+            known = [flag for action in parser._actions for flag in action.option_strings]
+            parts = [flag + _meant(flag, known) for flag in flags]
+            text = "unknown flag" + ("s " if len(parts) > 1 else " ") + ", ".join(parts)
+            if not flags:
+                text = f"unexpected argument{'s' if len(words) > 1 else ''} (values not shown)"
+        elif message.startswith("argument COMMAND: invalid choice:"):
+            wrong = message.split("'")[1] if "'" in message else ""
+            commands = [c for a in self._actions if a.dest == "command" for c in a.choices or ()]
+            text = f"unknown command {wrong!r}{_meant(wrong, commands)}"
+            text += f" (commands: {', '.join(commands)})"
+        parser.exit(2, f"{parser.prog}: error: {text}\n{parser.short_usage()}\n")
+
+    def short_usage(self) -> str:
+        """``usage: krea-batch run MANIFEST [flags]; krea-batch run --help lists them``."""
+        positionals = [
+            action.metavar or action.dest for action in self._actions if not action.option_strings
+        ]
+        words = " ".join([self.prog, *map(str, positionals), "[flags]"])
+        return f"usage: {words}; `{self.prog} --help` lists them"
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if message and self.json_errors:
@@ -79,18 +88,27 @@ class _Parser(argparse.ArgumentParser):
         if not self.json_errors:  # JSON: the error line alone, every line an object
             super().print_usage(file)
 
-    def _command_parser(self) -> argparse.ArgumentParser:
+    def _command_parser(self) -> _Parser:
         """The parser of the command named on the command line, else this one."""
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
                 for word in self._argv:
                     if word in action.choices:
-                        return action.choices[word]  # type: ignore[no-any-return]
+                        return cast(_Parser, action.choices[word])
         return self
 
 
 # Flags that would carry a secret on the command line (visible in ps, shell history, cron mail).
 _SECRET_FLAG = re.compile(r"--?(api[-_]?)?(token|key|secret|password|auth)(=.*)?", re.IGNORECASE)
+
+
+def _meant(word: str, known: Sequence[str]) -> str:
+    """`` (did you mean --emulator?)``: the one known word that starts with ``word``, else the
+    closest by spelling; empty when none is close."""
+    starting = [k for k in known if k.startswith(word) and len(word) > 2]
+    close = starting[:1] if len(starting) == 1 else []
+    close = close or difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def json_logs(argv: Sequence[str]) -> bool:
@@ -141,7 +159,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     plan = commands.add_parser("plan", help="validate a manifest and show what it would run")
-    plan.add_argument("manifest")
+    plan.add_argument("manifest", metavar="MANIFEST", help="the YAML manifest to check")
     plan.add_argument(
         "--show", type=int_flag(), default=0, metavar="N", help="print the first N specs"
     )
@@ -149,11 +167,12 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     _setting_flags(plan, "the run's settings: those that change what is planned are checked")
 
     run = commands.add_parser("run", help="run a manifest's jobs into an output folder")
-    run.add_argument("manifest")
+    run.add_argument("manifest", metavar="MANIFEST", help="the YAML manifest to run")
     run.add_argument(
         "--out",
         default="out",
         type=_folder,
+        metavar="DIR",
         help="output folder, or a URL fsspec knows: s3://bucket/prefix, gs://, hf://… "
         "(default: out)",
     )
@@ -274,6 +293,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "--out",
         required=True,
         type=_folder,
+        metavar="DIR",
         help="the merged folder, new or an earlier merge of the same inputs (a path or URL)",
     )
     merge.add_argument(
@@ -288,7 +308,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         help="check every shard and image of an output folder against what it recorded; "
         "damaged shards are marked for the next run to repair",
     )
-    verify.add_argument("out", type=_folder, help="the output folder, or the run's --out URL")
+    verify.add_argument(
+        "out", type=_folder, metavar="OUT", help="the output folder, or the run's --out URL"
+    )
     verify.add_argument(
         "--state-dir",
         metavar="DIR",
@@ -306,7 +328,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     inspect = commands.add_parser(
         "inspect", help="the prompt, model, seed and job written into an image by a run"
     )
-    inspect.add_argument("image", help="an image a run wrote (PNG or JPEG)")
+    inspect.add_argument("image", metavar="IMAGE", help="an image a run wrote (PNG or JPEG)")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
     serve = commands.add_parser("serve", help="run the Krea API emulator")
@@ -317,7 +339,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=name, type=parse, help=text)
 
     models = commands.add_parser("models", help="list the models, or one model's parameters")
-    models.add_argument("name", nargs="?")
+    models.add_argument(
+        "name", nargs="?", metavar="MODEL", help="a model id or alias (none: the whole catalog)"
+    )
     models.add_argument("--json", action="store_true", help="machine-readable output")
     for command in commands.choices.values():
         _global_flags(command, defaults=False)
