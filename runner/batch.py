@@ -142,7 +142,8 @@ async def run_batch(
                 receiver = Receiver(deliver=lambda remote: False)
                 url = await stack.enter_async_context(receiving(webhook, receiver))
                 options = dataclasses.replace(options, webhook_url=url)
-            live = LiveStatus(folder.root, Path(metrics_file) if metrics_file else None)
+            metrics = Path(metrics_file) if metrics_file else None
+            live = LiveStatus(folder.root, metrics, api_base=base_url)
 
             def progress(engine: Engine) -> None:
                 live(engine)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -12,12 +11,11 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from PIL import UnidentifiedImageError
 
-from runner.api.client import DEFAULT_API_BASE, KreaClient
 from runner.api.secrets import find_tokens, read_tokens_file, token_source
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
@@ -26,7 +24,7 @@ from runner.cli.closing import say_closing
 from runner.cli.logs import configure_logging, json_line
 from runner.cli.parser import build_parser, json_logs, refuse_secret_flags
 from runner.cli.progress import Progress
-from runner.cli.status import read_status, refresh, render_status
+from runner.cli.status import readable, status_command
 from runner.cli.verify import verify_command
 from runner.cli.views import catalog_table, model_detail, plan_text
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
@@ -40,8 +38,6 @@ from runner.money import parse_budget
 from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
 from runner.outputs import Layout, iter_latest_records
 from runner.outputs.destination import is_url
-from runner.outputs.layout import RESULTS_NAME, SUMMARY_NAME
-from runner.outputs.live import read_live
 from runner.outputs.merge import IncompleteMerge, merge
 from runner.outputs.provenance import read as read_provenance
 from runner.outputs.report import write_report
@@ -53,7 +49,6 @@ from runner.settings import (
     parse_duration,
 )
 from runner.sharding import parse_shard
-from runner.wording import duration
 
 EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
 
@@ -169,61 +164,6 @@ async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunRes
         return await batch(api_base=emulator.url, token=EMULATOR_TOKEN)
 
 
-@contextlib.contextmanager
-def _readable(out: str, state_dir: str | None) -> Iterator[tuple[Path, Path]]:
-    """A local folder holding what ``out`` holds (its journal, or its results.jsonl and
-    summary.json), and the folder of its live status.json. For a URL: the state folder of
-    the run that writes it, where there is one; else a copy of the URL's own files."""
-    if not is_url(out):
-        yield Path(out), Path(out)
-        return
-    tree = Tree(out, state_dir)
-    if Layout(tree.state).journal.exists():
-        yield tree.state, tree.state
-        return
-    with tempfile.TemporaryDirectory(prefix="krea-batch-") as scratch:
-        try:
-            for name in (RESULTS_NAME, SUMMARY_NAME):
-                tree.fetch(name, Path(scratch) / name)
-        except OSError as exc:
-            raise UsageError(f"{out}: cannot read it ({exc})") from exc
-        yield Path(scratch), tree.state
-
-
-def _status(args: argparse.Namespace) -> int:
-    with _readable(args.out, args.state_dir) as (root, live_root):
-        status = read_status(root, args.out)
-        live = read_live(live_root)
-    if args.refresh and status.in_flight:
-        tokens = find_tokens(args.token_file)
-        if not tokens and args.api_base is None:
-            raise UsageError("--refresh needs an API token: set KREA_API_TOKEN or --token-file")
-
-        async def ask() -> None:
-            base = args.api_base or DEFAULT_API_BASE
-            clients = [KreaClient(base, token) for token in tokens or ["anonymous"]]
-            async with contextlib.AsyncExitStack() as stack:
-                for client in clients:
-                    await stack.enter_async_context(client)
-                await refresh(status, clients)
-
-        asyncio.run(ask())
-    if args.json:
-        print(json.dumps({**status.to_json(), "live": live}, indent=1))
-    else:
-        if live is not None:
-            eta = live["eta_seconds"]
-            # The counts come once, from the journal below: two sources read a moment apart
-            # would disagree. The live file adds what only the running process knows.
-            print(
-                f"running now (pid {live['pid']}, heartbeat {live['heartbeat_at']}): "
-                f"{live['jobs_per_second']:.2f} jobs/s"
-                + (f", ETA {duration(eta)}" if eta is not None else "")
-            )
-        print(render_status(status))
-    return ExitCode.OK
-
-
 def _merge(args: argparse.Namespace) -> int:
     try:
         result = merge(args.sources, args.out, partial=args.partial)
@@ -274,7 +214,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    with _readable(args.out, args.state_dir) as (root, _):
+    with readable(args.out, args.state_dir) as (root, _):
         layout = Layout(root)
         if not layout.results.exists():
             raise UsageError(
@@ -338,7 +278,7 @@ COMMANDS = {
     "run": _run,
     "report": _report,
     "inspect": _inspect,
-    "status": _status,
+    "status": status_command,
     "merge": _merge,
     "verify": verify_command,
     "serve": _serve,
