@@ -56,12 +56,33 @@ def summary_line(result: RunResult, out: str, sharded: bool) -> Line:
     return Line(text, fields=fields)
 
 
-def after_lines(result: RunResult, out: str) -> list[Line]:
+def advice_for(result: RunResult, budget: str | None = None) -> str:
+    """What helps, for the cause the run stopped for (pure): running the same command again
+    resumes an interrupted run, but spends a --budget again, and cannot price a model."""
+    counts = result.counts
+    if result.advice:
+        return result.advice
+    if counts.over_budget:
+        left = counted(counts.over_budget, "job")
+        again = f"up to {budget} more" if budget else "its budget again"
+        return (
+            f"each run has its own --budget: the same command again sends the {left} left "
+            f"and may spend {again}; give --budget what you mean to spend on them"
+        )
+    if counts.unpriced:
+        return (
+            "running it again sends none of them: give their models a price in the manifest "
+            "(prices: {MODEL: USD}) or the budget in compute units (--budget 500cu)"
+        )
+    return "run the same command again to resume"
+
+
+def after_lines(result: RunResult, out: str, budget: str | None = None) -> list[Line]:
     """Why the run stopped early, its failed jobs, and what earlier runs left (pure)."""
     counts = result.counts
     lines = []
     if result.stopped:
-        advice = result.advice or "run the same command again to resume"
+        advice = advice_for(result, budget)
         lines.append(
             Line(
                 f"stopped early: {result.stopped}; {advice}",
@@ -109,14 +130,18 @@ def earlier_outcomes(counts: Counts, out: str) -> list[Line]:
     return lines
 
 
-def say_closing(result: RunResult, out: str, sharded: bool, log_format: str) -> None:
-    """Print the summary to stdout and the rest to stderr, as text or JSON lines."""
+def say_closing(
+    result: RunResult, out: str, sharded: bool, log_format: str, budget: str | None = None
+) -> None:
+    """Print the summary to stdout and the rest to stderr, as text or JSON lines
+    (``budget``: the run's --budget, as said to people)."""
     summary = summary_line(result, out, sharded)
+    after = after_lines(result, out, budget)
     if log_format == "json":
         print(json_line(summary.level, summary.text, **summary.fields))
-        for line in after_lines(result, out):
+        for line in after:
             print(json_line(line.level, line.text, **line.fields), file=sys.stderr)
         return
     print(summary.text)
-    for line in after_lines(result, out):
+    for line in after:
         print(line.text, file=sys.stderr)

@@ -34,7 +34,7 @@ from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
 from runner.manifest import expand, load_manifest
 from runner.manifest.plan import make_plan
-from runner.money import parse_budget
+from runner.money import dollars, parse_budget
 from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
 from runner.outputs import Layout, iter_latest_records
 from runner.outputs.destination import is_url
@@ -151,7 +151,10 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     out = str(args.out).rstrip("/")
-    say_closing(result, out, manifest.settings.format != "files", args.log_format)
+    budget_text = None
+    if budget is not None:
+        budget_text = dollars(budget) if budget_unit == "usd" else f"{budget:g} CU"
+    say_closing(result, out, manifest.settings.format != "files", args.log_format, budget_text)
     return result.exit_code
 
 
