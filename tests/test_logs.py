@@ -23,6 +23,7 @@ from runner.cli.logs import configure_logging
 from runner.cli.progress import Progress
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.outputs.figures import Counts, stats_of
+from runner.outputs.ledger import RunLedger
 from tests.conftest import ROOT
 from tests.engine_helpers import manifest_text
 
@@ -71,7 +72,8 @@ def test_a_progress_line_in_json_has_its_counts_as_numbers(
 ) -> None:
     configure_logging(fmt="json")
     stats = stats_of(Counts(total=61, completed=20, spend_usd=0.6), started=0.0, now=100.0)
-    Progress(live=False, interval=0)(SimpleNamespace(stats=lambda: stats))  # type: ignore[arg-type]
+    engine = SimpleNamespace(stats=lambda: stats, ledger=RunLedger())
+    Progress(live=False, interval=0)(engine)  # type: ignore[arg-type]
     entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert entry["msg"].startswith("progress: 20 done")
     assert (entry["done"], entry["total"], entry["queued"]) == (20, 61, 41)

@@ -5,16 +5,17 @@ line whose counts are fields."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from runner.cli.logs import json_line
 from runner.engine import RunResult
 from runner.money import spend_text
 from runner.outputs.destination import is_url
 from runner.outputs.figures import Counts
-from runner.wording import counted
+from runner.wording import counted, wrap_phrases
 
 
 @dataclass
@@ -142,6 +143,14 @@ def say_closing(
         for line in after:
             print(json_line(line.level, line.text, **line.fields), file=sys.stderr)
         return
-    print(summary.text)
+    print(_fit(summary.text, sys.stdout))
     for line in after:
-        print(line.text, file=sys.stderr)
+        print(_fit(line.text, sys.stderr), file=sys.stderr)
+
+
+def _fit(text: str, stream: TextIO) -> str:
+    """On a terminal, the text broken between phrases at its width (the terminal itself
+    would break it inside a word: esti/mated)."""
+    if not stream.isatty():
+        return text
+    return wrap_phrases(text, shutil.get_terminal_size().columns)
