@@ -208,8 +208,10 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(found, ensure_ascii=False, indent=1))
         return ExitCode.OK
     shown = {**found}
-    if shown.get("seed") is None:
-        shown["seed"] = "none sent (the server chose one)"
+    if shown.get("seed") is None and isinstance(found.get("server_seed"), int):
+        shown["seed"] = f"{found['server_seed']} (none was sent: the server chose it)"
+    elif shown.get("seed") is None:
+        shown["seed"] = "none sent (the server chose one and did not say which)"
     for name in ("prompt", "model", "endpoint", "seed", "job_id", "key", "krea_batch"):
         print(f"{name + ':':<11} {shown.get(name, '–')}")
     print(f"{'params:':<11} {json.dumps(found.get('params', {}), ensure_ascii=False)}")

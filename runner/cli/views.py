@@ -88,6 +88,8 @@ def model_detail(model: Model) -> str:
     rows = [["PARAM", "TYPE", "ALLOWED", "DEFAULT", "REQUIRED"]]
     for p in model.params:
         default = "" if p.default is None else json.dumps(p.default)
+        if p.name == "seed":  # the spec's "default" seed is an example: unsent, it is random
+            default = "random"
         rows.append([p.name, p.type, p.allowed(), default, "yes" if p.required else ""])
     return "\n".join(lines) + "\n\n" + _table(rows)
 

@@ -26,6 +26,7 @@ from runner.manifest.params import (
 )
 from runner.manifest.schema import check_structure
 from runner.manifest.sources import entry_prompts
+from runner.naming import DEFAULT_TEMPLATE
 from runner.settings import RunSettings, parse_settings
 from runner.textfiles import TextError, read_text
 from runner.wording import counted
@@ -71,6 +72,11 @@ def parse_manifest(
     raw_settings = dict(data.get("run") or {})
     settings = _settings(ctx, raw_settings, overrides or {})
     ctx.max_rows = settings.max_jobs
+    if settings.name_template != DEFAULT_TEMPLATE and settings.format != "files":
+        ctx.warnings.append(
+            f"the name template names the files of --format files only: --format "
+            f"{settings.format} names each image in its shard by its key"
+        )
     defaults = data.get("defaults") or {}
     found = [_entry(ctx, i, raw, defaults, base_dir) for i, raw in enumerate(data["jobs"])]
     prices = _prices(ctx, data.get("prices") or {})
