@@ -23,7 +23,7 @@ from runner.engine import Engine, EngineOptions, RunResult, RunStats
 from runner.engine.accounts import KeyRing
 from runner.errors import UsageError
 from runner.manifest import Manifest, load_manifest
-from runner.outputs import OutputFolder, ResultRecord
+from runner.outputs import OutputFolder, ResultRecord, arrow
 from runner.outputs.card import dataset_card, write_card
 from runner.outputs.destination import Destination, default_state_dir, destination_for
 from runner.outputs.figures import stats_of
@@ -98,6 +98,8 @@ async def run_batch(
     if options.shard is not None:  # shards share the account: each takes its part of it
         manifest, options = shard_share(manifest, options, options.shard[1])
     settings = manifest.settings
+    if settings.format == "parquet":
+        arrow.parquet()  # before the folder is made
     destination = destination_for(str(out))
     await anyio.to_thread.run_sync(destination.check)  # before the folder is made
     if state_dir is not None:

@@ -36,7 +36,7 @@ from runner.manifest import expand, load_manifest
 from runner.manifest.plan import make_plan
 from runner.money import dollars, parse_budget
 from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
-from runner.outputs import Layout, iter_latest_records
+from runner.outputs import Layout, arrow, iter_latest_records
 from runner.outputs.destination import is_url
 from runner.outputs.merge import IncompleteMerge, merge
 from runner.outputs.provenance import read as read_provenance
@@ -56,6 +56,8 @@ EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
 def _plan(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in SETTING_NAMES}
     manifest = load_manifest(args.manifest, overrides=overrides)
+    if manifest.settings.format == "parquet":
+        arrow.parquet()  # as a run would: said now, not after the plan looked fine
     template = manifest.settings.name_template
     if template != DEFAULT_TEMPLATE:  # the names a run would give, checked as it would
         stem = check_template(template)
@@ -105,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit takes a whole number of at least 1")
     manifest = load_manifest(args.manifest, overrides=overrides)
+    if manifest.settings.format == "parquet":
+        arrow.parquet()
     for warning in manifest.warnings:
         logging.getLogger("runner").warning(warning)
     tokens = [] if args.emulator else find_tokens(args.token_file)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runner.errors import UsageError
+from runner.outputs import arrow
 from runner.outputs.destination import Destination, default_state_dir, destination_for, is_url
 from runner.outputs.images import inside
 from runner.outputs.layout import Layout
@@ -637,9 +638,8 @@ def _read_parquet(path: Path, advance: Callable[[int], None], sealed: Sealed | N
     whole = sealed is not None and sealed.sha256 == sha256 and sealed.size == size
     members: dict[str, str | None] = {}
     error = None
+    pq = arrow.parquet("verifying parquet shards")  # outside the try: missing is no damage
     try:
-        import pyarrow.parquet as pq
-
         column = "image.path" if whole else "image"
         for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=100):
             for image in batch.column(0).to_pylist():

@@ -10,6 +10,7 @@ parquet.py     parquet shards with an image column as Hugging Face reads it
 from pathlib import Path
 
 from runner.errors import UsageError
+from runner.outputs import arrow
 from runner.outputs.atomic import write_atomic
 from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
@@ -72,6 +73,7 @@ def open_writer(
     if format == "webdataset":
         return WebDatasetWriter(folder, shard_size, destination)
     if format == "parquet":
+        arrow.parquet()  # before anything is sent
         return ParquetWriter(folder, shard_size, destination)
     return FilesWriter(folder, destination)
 
