@@ -137,7 +137,7 @@ def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         "--verbose",
         action="store_true",
         default=False if defaults else argparse.SUPPRESS,
-        help="debug logging",
+        help="krea-batch's debug lines: one per job (submitted, done, retried)",
     )
     parser.add_argument(
         "--log-format",
@@ -186,7 +186,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     where.add_argument("--emulator", action="store_true", help="use the built-in Krea emulator")
     where.add_argument("--api-base", metavar="URL", help="another Krea-compatible server")
     run.add_argument(
-        "--token-file", help="read the API token from this file ($KREA_API_TOKEN otherwise)"
+        "--token-file",
+        metavar="FILE",
+        help="the API token, or one key per line: a pool of accounts ($KREA_API_TOKEN otherwise)",
     )
     _setting_flags(run, "each also a key of the manifest's run: block; a flag beats the manifest")
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
@@ -275,7 +277,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     status.add_argument("--state-dir", metavar="DIR", help=state_help)
     status.add_argument("--refresh", action="store_true", help="ask the API about jobs in flight")
     status.add_argument("--api-base", metavar="URL", help="a Krea-compatible server for --refresh")
-    status.add_argument("--token-file", help="read the API token from this file")
+    status.add_argument(
+        "--token-file", metavar="FILE", help="the API token(s), as `run --token-file` takes them"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     merge = commands.add_parser(
@@ -334,7 +338,12 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the Krea API emulator")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int_flag(maximum=65535), default=8787)
-    serve.add_argument("--token-file", help="accept only the token in this file")
+    serve.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="accept only the tokens in this file, one a line, each an account of its own "
+        "(without it: any token, all one account)",
+    )
     for flag, name, parse, text in EMULATOR_FLAGS:
         serve.add_argument(flag, dest=name, type=parse, help=text)
 
