@@ -188,6 +188,7 @@ def walk(tmp_path_factory: pytest.TempPathFactory, emulator_url: str) -> Walk:
     return Walk(folder, done.returncode, done.stdout + done.stderr, log)
 
 
+@pytest.mark.xdist_group("walk")
 def test_the_first_run_walk_through_runs_as_written(walk: Walk) -> None:
     assert walk.code == 0, walk.output
     assert "jobs.yaml: 25 jobs" in walk.output  # plan
@@ -195,6 +196,7 @@ def test_the_first_run_walk_through_runs_as_written(walk: Walk) -> None:
     assert "num_rows: 25" in walk.output  # load_dataset
 
 
+@pytest.mark.xdist_group("walk")
 def test_the_walk_throughs_installs_and_upload_are_what_they_should_be(walk: Walk) -> None:
     assert (walk.log / "pip").read_text().split() == ["install", ".[dataset]"]
     args = (walk.log / "hf").read_text().splitlines()
@@ -209,6 +211,7 @@ def test_the_walk_throughs_installs_and_upload_are_what_they_should_be(walk: Wal
     assert {"README.md", "metadata.jsonl", *(row["file_name"] for row in rows)} <= sent
 
 
+@pytest.mark.xdist_group("walk")
 def test_the_docs_name_every_file_and_field_of_the_folder(walk: Walk) -> None:
     """docs/running.md's listing of a files-format folder, against one a run made."""
     listing = (ROOT / "docs" / "running.md").read_text().split("## The output folder", 1)[1]
