@@ -26,10 +26,8 @@ run: install-run
 	$(BIN)/krea-batch plan jobs.example.yaml
 	$(BIN)/krea-batch run jobs.example.yaml --emulator --out out
 
-# loadgroup: the tests of one xdist_group (the README walk-through) share one worker, so
-# their module fixture (an emulator, a run) is made once.
 test: install
-	$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m 'not serial'
+	$(BIN)/python -m pytest -q -n 4 -m 'not serial'
 	$(BIN)/python -m pytest -q -m serial
 
 lint: install

@@ -4,6 +4,8 @@ written, on the emulator (one run, shared by the tests that read what it made)."
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import json
 import os
@@ -130,8 +132,9 @@ def _walk_through() -> str:
     return block
 
 
-@pytest.fixture(scope="module")
-def emulator_url() -> Iterator[str]:
+@contextlib.contextmanager
+def _emulator() -> Iterator[str]:
+    """`krea-batch serve` on a free port, quick jobs; its address."""
     serve = subprocess.Popen(
         [sys.executable, "-m", "runner", "serve", "--port", "0", "--latency", "fixed:0.05"],
         stderr=subprocess.PIPE,
@@ -144,18 +147,16 @@ def emulator_url() -> Iterator[str]:
             found = re.search(r"listening on (http://\S+)", line)
             if found:
                 yield found.group(1)
-                break
-        else:
-            pytest.fail("the emulator did not start")
+                return
+        pytest.fail("the emulator did not start")
     finally:
         serve.terminate()
         serve.wait(10)
         serve.stderr.close()
 
 
-@pytest.fixture(scope="module")
-def walk(tmp_path_factory: pytest.TempPathFactory, emulator_url: str) -> Walk:
-    folder = tmp_path_factory.mktemp("walk")
+def _walk(folder: Path) -> tuple[int, str]:
+    """The walk-through's block, run by bash in ``folder`` with the shims on PATH."""
     shutil.copy(ROOT / "jobs.example.yaml", folder)
     shutil.copytree(ROOT / "examples", folder / "examples", ignore=shutil.ignore_patterns("*s"))
     shims, log = folder / ".shims", folder / ".log"
@@ -164,31 +165,48 @@ def walk(tmp_path_factory: pytest.TempPathFactory, emulator_url: str) -> Walk:
     for name, text in SHIMS.items():
         (shims / name).write_text(text)
         (shims / name).chmod(0o755)
-    env = {
-        **os.environ,
-        "PATH": f"{shims}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "PYTHONPATH": str(ROOT),
-        "WALK_API": emulator_url,
-        "WALK_PYTHON": sys.executable,
-        "WALK_LOG": str(log),
-        "HF_HOME": str(folder / ".hf"),
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
-    env.pop("KREA_API_TOKEN", None)
-    done = subprocess.run(
-        ["bash", "-euc", _walk_through()],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return Walk(folder, done.returncode, done.stdout + done.stderr, log)
+    with _emulator() as url:
+        env = {
+            **os.environ,
+            "PATH": f"{shims}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "PYTHONPATH": str(ROOT),
+            "WALK_API": url,
+            "WALK_PYTHON": sys.executable,
+            "WALK_LOG": str(log),
+            "HF_HOME": str(folder / ".hf"),
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        env.pop("KREA_API_TOKEN", None)
+        done = subprocess.run(
+            ["bash", "-euc", _walk_through()],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    return done.returncode, done.stdout + done.stderr
 
 
-@pytest.mark.xdist_group("walk")
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Walk:
+    """One walk-through for the whole session: xdist's workers share its folder, the first
+    to take the lock runs it, the others read what it left."""
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent
+    folder, result = root / "readme-walk", root / "readme-walk.json"
+    with (root / "readme-walk.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            folder.mkdir()
+            code, output = _walk(folder)
+            result.write_text(json.dumps({"code": code, "output": output}))
+        data = json.loads(result.read_text())
+    return Walk(folder, data["code"], data["output"], folder / ".log")
+
+
 def test_the_first_run_walk_through_runs_as_written(walk: Walk) -> None:
     assert walk.code == 0, walk.output
     assert "jobs.yaml: 25 jobs" in walk.output  # plan
@@ -196,7 +214,6 @@ def test_the_first_run_walk_through_runs_as_written(walk: Walk) -> None:
     assert "num_rows: 25" in walk.output  # load_dataset
 
 
-@pytest.mark.xdist_group("walk")
 def test_the_walk_throughs_installs_and_upload_are_what_they_should_be(walk: Walk) -> None:
     assert (walk.log / "pip").read_text().split() == ["install", ".[dataset]"]
     args = (walk.log / "hf").read_text().splitlines()
@@ -211,7 +228,6 @@ def test_the_walk_throughs_installs_and_upload_are_what_they_should_be(walk: Wal
     assert {"README.md", "metadata.jsonl", *(row["file_name"] for row in rows)} <= sent
 
 
-@pytest.mark.xdist_group("walk")
 def test_the_docs_name_every_file_and_field_of_the_folder(walk: Walk) -> None:
     """docs/running.md's listing of a files-format folder, against one a run made."""
     listing = (ROOT / "docs" / "running.md").read_text().split("## The output folder", 1)[1]
