@@ -104,3 +104,19 @@ def test_merge_names_its_inputs_and_its_output_folder_apart() -> None:
     assert "--out DIR" in usage
     assert "INPUT [INPUT ...]" in usage
     assert "--out DIR" in _subparsers()["run"].format_usage()
+
+
+def test_an_entry_whose_prompts_cannot_be_read_says_that_alone(tmp_path: Path) -> None:
+    text = (
+        "version: 1\njobs:\n"
+        "  - {prompts_file: nothing.txt, model: flux, vars: {x: [1]}}\n"
+        "  - {prompt: 'a {y}', model: flux, vars: {'bad name': [1], y: [2]}}\n"
+        "  - {prompt: ok, model: flux, params: {stepz: 3}}\n"
+    )
+    with pytest.raises(ManifestProblems) as caught:
+        parse_manifest(text, base_dir=tmp_path)
+    assert [p.path for p in caught.value.problems] == [
+        "jobs[0].prompts_file",
+        "jobs[1].vars.bad name",
+        "jobs[2].params.stepz",
+    ], "no var said unused for prompts never read, no placeholder for vars never read"

@@ -141,12 +141,14 @@ def _entry(
     """One entry, checked; None when it has problems (each noted in ``ctx``)."""
     path = f"jobs[{index}]"
     before = len(ctx.problems)
-    prompts: tuple[Prompt, ...] = ()
+    prompts: tuple[Prompt, ...] | None = None
     with ctx.collecting():
         prompts = entry_prompts(ctx, raw, path, base_dir)
-    var_values: dict[str, tuple[Any, ...]] = {}
+    var_values: dict[str, tuple[Any, ...]] | None = None
     with ctx.collecting():
         var_values = entry_vars(ctx, raw, path)
+    if prompts is None or var_values is None:  # the rest would be said wrongly
+        return None
     _check_placeholders(ctx, raw, path, prompts, set(var_values))
     models: list[Model] = []
     seeds: tuple[int | str | None, ...] = (None,)
@@ -162,14 +164,16 @@ def _entry(
                 variants.append(
                     make_variant(ctx, model, size, sizes_path, i, raw, defaults, path, var_values)
                 )
-    if "params_from" in raw and len(ctx.problems) == before:
+    if len(ctx.problems) > before:
+        return None
+    if "params_from" in raw:
         with ctx.collecting():
             prompts = tuple(
                 row_files(ctx, p, models[0], join(path, "params_from")) for p in prompts
             )
             check_rows(ctx, prompts, tuple(variants), join(path, "params_from"))
-    if len(ctx.problems) > before:
-        return None
+        if len(ctx.problems) > before:
+            return None
     _warn_unseeded(ctx, path, models, seeds)
     count, _ = _pick(raw, defaults, path, "count")
     return Entry(
