@@ -26,7 +26,7 @@ from runner.engine.accounts import KeyRing
 from runner.engine.tracker import Deliveries
 from runner.errors import UsageError
 from runner.manifest import Manifest, load_manifest
-from runner.outputs import OutputFolder, ResultRecord
+from runner.outputs import OutputFolder, ResultRecord, arrow
 from runner.outputs.card import dataset_card, write_card
 from runner.outputs.destination import Destination, default_state_dir, destination_for
 from runner.outputs.identity import (
@@ -106,6 +106,8 @@ async def run_batch(
     if options.shard is not None:  # shards share the account: each takes its part of it
         manifest, options = shard_share(manifest, options, options.shard[1])
     settings = manifest.settings
+    if settings.format == "parquet":
+        arrow.parquet()  # before the folder is made
     destination = destination_for(str(out))
     await anyio.to_thread.run_sync(destination.check)  # before the folder is made
     if state_dir is not None:
@@ -160,7 +162,8 @@ async def run_batch(
                 receiver = Receiver(deliver=deliveries.deliver)
                 url = await stack.enter_async_context(receiving(webhook, receiver))
                 options = dataclasses.replace(options, webhook_url=url)
-            live = LiveStatus(folder.root, Path(metrics_file) if metrics_file else None)
+            metrics = Path(metrics_file) if metrics_file else None
+            live = LiveStatus(folder.root, metrics, api_base=base_url)
 
             def progress(engine: Engine) -> None:
                 live(engine)

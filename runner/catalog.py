@@ -141,8 +141,10 @@ class Model:
     def unknown_field_message(self, name: str) -> str:
         if name in self.renamed_fields:
             return f"'{name}' was renamed to '{self.renamed_fields[name]}'"
-        takes = ", ".join(p for p in self.properties if p != "prompt")
-        return f"{self.id} does not take '{name}' (it takes: {takes})"
+        names = [p for p in self.properties if p != "prompt"]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{self.id} does not take '{name}' ({hint}it takes: {', '.join(names)})"
 
     def _allowed(self, name: str) -> str:
         param = self.param(name)

@@ -3,6 +3,7 @@
     RunnerError                      anything the CLI turns into a message instead of a traceback
     ├── UsageError                   bad CLI input or settings (exit code 2)
     │   └── ManifestError            a manifest problem, with its file, YAML path and line
+    │       └── ManifestProblems     several of them, said together (the first is its own)
     ├── DiskError                    the output folder cannot be written mid-run (full, read-only)
     ├── WouldPayTwice                the journal refused a second POST of an unsettled job
     └── ApiError                     the API (or the emulator) answered something unusable
@@ -105,6 +106,27 @@ class ManifestError(UsageError):
         prefix = f"{where}: " if where else ""
         subject = f"{self.path}: " if self.path else ""
         return f"{prefix}{subject}{self.message}"
+
+
+class ManifestProblems(ManifestError):
+    """Every problem found in a manifest (up to a bound), each on a line of its own; its
+    message, path and line are the first one's."""
+
+    def __init__(self, problems: list[ManifestError], bounded: bool = False) -> None:
+        self.problems = tuple(problems)
+        self.bounded = bounded  # stopped at the bound: more may follow once these are fixed
+        first = problems[0]
+        super().__init__(
+            first.message, file=first.file, path=first.path, line=first.line, column=first.column
+        )
+
+    def __str__(self) -> str:
+        many = f"the first {len(self.problems)}" if self.bounded else len(self.problems)
+        lines = [f"{many} problems in {self.file or 'the manifest'}:"]
+        lines += [f"  {ManifestError.__str__(problem)}" for problem in self.problems]
+        if self.bounded:
+            lines.append("  … and maybe more: fix these and plan again")
+        return "\n".join(lines)
 
 
 class ApiError(RunnerError):

@@ -30,6 +30,14 @@ def test_plan_json_with_first_specs(capsys: pytest.CaptureFixture[str]) -> None:
     assert plan["first"][0]["endpoint"].startswith("/generate/image/")
 
 
+def test_a_plan_of_one_job_says_one_job(
+    write_manifest: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_manifest("version: 1\njobs:\n  - {prompt: a, model: flux}\n")
+    assert main(["plan", str(path)]) == 0
+    assert f"{path}: 1 job\n" in capsys.readouterr().out
+
+
 def test_a_bad_manifest_exits_2_with_the_location(
     write_manifest: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

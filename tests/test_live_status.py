@@ -65,11 +65,12 @@ def test_status_shows_a_live_run_and_ignores_a_stale_one(
         "total": 10,
         "in_flight": 2,
         "jobs_per_second": 0.5,
-        "eta_seconds": 14.0,
+        "eta_seconds": 205.0,
     }
     (tmp_path / "status.json").write_text(json.dumps(status))
     assert main(["status", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert "running now (pid 4242" in shown
+    assert "ETA 3m25s" in shown, "the ETA in the words of the live view, not '205 s'"
     assert "3/10" not in shown, "counts come once, from the journal, not from two sources"
     assert read_live(tmp_path, now=beat + STALE_AFTER + 1) is None

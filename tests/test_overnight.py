@@ -61,6 +61,16 @@ async def test_the_budget_is_never_exceeded(tmp_path: Path) -> None:
     assert result.counts.over_budget == 3
     assert result.exit_code == 3
     assert result.summary["estimated_spend_units"] == pytest.approx(3 * 17.2)
+    assert result.stopped == "budget reached: 3 jobs not submitted"
+
+
+async def test_one_job_over_the_budget_is_said_as_one_job(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+        options = dataclasses.replace(FAST, budget=2 * 17.2 + 1, budget_unit="cu")
+        result = await run_batch(
+            small_manifest(3), tmp_path, api_base=emu.url, token="t", options=options
+        )
+    assert result.stopped == "budget reached: 1 job not submitted"
 
 
 async def test_a_dollar_budget_covers_a_model_priced_in_the_manifest(tmp_path: Path) -> None:

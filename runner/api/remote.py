@@ -59,6 +59,7 @@ class RemoteJob:
     completed_at: float | None
     urls: tuple[str, ...]
     error: str | None
+    seed: int | None = None  # the seed the server drew the image from, where it says
 
     @classmethod
     def from_json(cls, data: Any) -> RemoteJob:
@@ -79,6 +80,7 @@ class RemoteJob:
             completed_at=parse_time(data.get("completed_at")),
             urls=tuple(urls) if status == JobStatus.COMPLETED else (),
             error=_error_text(data, result),
+            seed=_seed(result.get("seed", data.get("seed"))),
         )
 
     @classmethod
@@ -87,6 +89,13 @@ class RemoteJob:
         if isinstance(data, Mapping) and "status" not in data:
             data = {**data, "status": JobStatus.QUEUED.value}
         return cls.from_json(data)
+
+
+def _seed(value: Any) -> int | None:
+    """A seed the answer names, when it is one (a whole number of 32 bits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32:
+        return value
+    return None
 
 
 def _urls(value: Any) -> tuple[str, ...]:

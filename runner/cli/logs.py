@@ -12,8 +12,28 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
+# What every LogRecord has: anything else on a record came as ``extra=`` and is a field.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
+
+
+def json_line(level: str, msg: str, logger: str = "runner.cli", **fields: Any) -> str:
+    """One log line as JSON: ts, level, logger, msg, then ``fields`` (counts as numbers)."""
+    entry = {
+        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": logger,
+        "msg": msg,
+        **fields,
+    }
+    return json.dumps(entry, ensure_ascii=False, default=str)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg (and exc when there is one)."""
+    """One JSON object per line: ts, level, logger, msg, the record's ``extra`` fields (a
+    progress line's counts, as numbers), and exc when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -22,9 +42,14 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        entry.update(
+            (name, value)
+            for name, value in vars(record).items()
+            if name not in _STANDARD and not name.startswith("_") and name not in entry
+        )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -62,6 +87,7 @@ def configure_logging(
             markup=False,
             rich_tracebacks=False,
             highlighter=NullHighlighter(),  # no colours on the digits of model names
+            log_time_format="[%Y-%m-%d %H:%M:%S]",  # ISO dates: 12/05/26 reads three ways
         )
         handler.setFormatter(
             logging.Formatter("%(name)s: %(message)s" if verbose else "%(message)s")
@@ -74,5 +100,8 @@ def configure_logging(
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {where}%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # -v adds our own debug lines, never another library's (Pillow's chunk-by-chunk PNG
+    # reading, asyncio's selector): those stay at INFO and above.
+    root.setLevel(logging.INFO)
+    logging.getLogger("runner").setLevel(logging.DEBUG if verbose else logging.NOTSET)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

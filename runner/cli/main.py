@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -12,20 +11,20 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from PIL import UnidentifiedImageError
 
-from runner.api.client import DEFAULT_API_BASE, KreaClient
 from runner.api.secrets import find_tokens, read_tokens_file, token_source
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
-from runner.cli.logs import configure_logging
-from runner.cli.parser import build_parser, refuse_secret_flags
+from runner.cli.closing import say_closing
+from runner.cli.logs import configure_logging, json_line
+from runner.cli.parser import build_parser, json_logs, refuse_secret_flags
 from runner.cli.progress import Progress
-from runner.cli.status import read_status, refresh, render_status
+from runner.cli.status import readable, status_command
 from runner.cli.verify import verify_command
 from runner.cli.views import catalog_table, model_detail, plan_text
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
@@ -35,12 +34,10 @@ from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
 from runner.manifest import expand, load_manifest
 from runner.manifest.plan import make_plan
-from runner.money import parse_budget, spend_text
+from runner.money import dollars, parse_budget
 from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
-from runner.outputs import Layout, iter_latest_records
+from runner.outputs import Layout, arrow, iter_latest_records
 from runner.outputs.destination import is_url
-from runner.outputs.layout import RESULTS_NAME, SUMMARY_NAME
-from runner.outputs.live import read_live
 from runner.outputs.merge import IncompleteMerge, merge
 from runner.outputs.provenance import read as read_provenance
 from runner.outputs.report import write_report
@@ -52,7 +49,6 @@ from runner.settings import (
     parse_duration,
 )
 from runner.sharding import parse_shard
-from runner.state.figures import Counts
 
 EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
 
@@ -60,6 +56,8 @@ EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
 def _plan(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in SETTING_NAMES}
     manifest = load_manifest(args.manifest, overrides=overrides)
+    if manifest.settings.format == "parquet":
+        arrow.parquet()  # as a run would: said now, not after the plan looked fine
     template = manifest.settings.name_template
     if template != DEFAULT_TEMPLATE:  # the names a run would give, checked as it would
         stem = check_template(template)
@@ -109,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit takes a whole number of at least 1")
     manifest = load_manifest(args.manifest, overrides=overrides)
+    if manifest.settings.format == "parquet":
+        arrow.parquet()
     for warning in manifest.warnings:
         logging.getLogger("runner").warning(warning)
     tokens = [] if args.emulator else find_tokens(args.token_file)
@@ -130,8 +130,9 @@ def _run(args: argparse.Namespace) -> int:
         cancel_on_exit=args.cancel_on_exit,
         embed_metadata=not args.no_embed_metadata,
     )
-    progress = Progress(live=sys.stderr.isatty(), interval=args.progress_interval)
-    if sys.stderr.isatty() and args.log_format == "text":
+    live = sys.stderr.isatty() and args.log_format == "text"  # JSON: every line an object
+    progress = Progress(live=live, interval=args.progress_interval)
+    if live:
         configure_logging(args.verbose, args.log_format, console=progress.console)
     batch = functools.partial(
         run_batch,
@@ -153,54 +154,12 @@ def _run(args: argparse.Namespace) -> int:
             result = asyncio.run(batch(api_base=args.api_base, tokens=tokens, key_source=source))
     finally:
         progress.close()
-    counts = result.counts
-    ambiguous = f", {counts.ambiguous_jobs} ambiguous" if counts.ambiguous_jobs else ""
     out = str(args.out).rstrip("/")
-    sharded = manifest.settings.format != "files"
-    if is_url(out) or sharded:
-        where = f"shards: {out}/shards" if sharded else f"images: {out}/images"
-    else:
-        where = f"gallery: {out}/report.html"
-    print(
-        f"{counts.completed} completed, {counts.failed} failed{ambiguous}, "
-        f"{counts.skipped} already done, {counts.unfinished} unfinished; "
-        f"estimated spend {spend_text(counts.spend_usd, counts.spend_units)}\n"
-        f"results: {out}/results.jsonl   {where}"
-    )
-    if result.stopped:
-        advice = result.advice or "run the same command again to resume"
-        print(f"stopped early: {result.stopped}; {advice}", file=sys.stderr)
-    if counts.failed:
-        print(
-            f"{counts.failed} failed: `krea-batch status {out}` groups the reasons; "
-            "`run … --retry-failed` sends them again (a job the API says is gone may still have "
-            "been paid for)",
-            file=sys.stderr,
-        )
-    for line in earlier_outcomes(counts, out):
-        print(line, file=sys.stderr)
+    budget_text = None
+    if budget is not None:
+        budget_text = dollars(budget) if budget_unit == "usd" else f"{budget:g} CU"
+    say_closing(result, out, manifest.settings.format != "files", args.log_format, budget_text)
     return result.exit_code
-
-
-def earlier_outcomes(counts: Counts, out: str) -> list[str]:
-    """What the folder still holds from earlier runs that is no success (pure)."""
-    lines = []
-    if counts.failed_before:
-        lines.append(
-            f"{_jobs(counts.failed_before)} failed in an earlier run and still count as "
-            f"failed (exit 1): `krea-batch status {out}` groups the reasons; "
-            "`run … --retry-failed` sends them again"
-        )
-    if counts.ambiguous_before:
-        lines.append(
-            f"{_jobs(counts.ambiguous_before)} ended ambiguous in an earlier run (exit "
-            "1): `run … --retry-ambiguous` says what sending them again may cost, then sends them"
-        )
-    return lines
-
-
-def _jobs(n: int) -> str:
-    return f"{n} job" if n == 1 else f"{n} jobs"
 
 
 async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunResult:
@@ -210,61 +169,6 @@ async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunRes
     async with run_emulator() as emulator:
         logging.getLogger("runner").info("using the built-in emulator at %s", emulator.url)
         return await batch(api_base=emulator.url, token=EMULATOR_TOKEN)
-
-
-@contextlib.contextmanager
-def _readable(out: str, state_dir: str | None) -> Iterator[tuple[Path, Path]]:
-    """A local folder holding what ``out`` holds (its journal, or its results.jsonl and
-    summary.json), and the folder of its live status.json. For a URL: the state folder of
-    the run that writes it, where there is one; else a copy of the URL's own files."""
-    if not is_url(out):
-        yield Path(out), Path(out)
-        return
-    tree = Tree(out, state_dir)
-    if Layout(tree.state).journal.exists():
-        yield tree.state, tree.state
-        return
-    with tempfile.TemporaryDirectory(prefix="krea-batch-") as scratch:
-        try:
-            for name in (RESULTS_NAME, SUMMARY_NAME):
-                tree.fetch(name, Path(scratch) / name)
-        except OSError as exc:
-            raise UsageError(f"{out}: cannot read it ({exc})") from exc
-        yield Path(scratch), tree.state
-
-
-def _status(args: argparse.Namespace) -> int:
-    with _readable(args.out, args.state_dir) as (root, live_root):
-        status = read_status(root, args.out)
-        live = read_live(live_root)
-    if args.refresh and status.in_flight:
-        tokens = find_tokens(args.token_file)
-        if not tokens and args.api_base is None:
-            raise UsageError("--refresh needs an API token: set KREA_API_TOKEN or --token-file")
-
-        async def ask() -> None:
-            base = args.api_base or DEFAULT_API_BASE
-            clients = [KreaClient(base, token) for token in tokens or ["anonymous"]]
-            async with contextlib.AsyncExitStack() as stack:
-                for client in clients:
-                    await stack.enter_async_context(client)
-                await refresh(status, clients)
-
-        asyncio.run(ask())
-    if args.json:
-        print(json.dumps({**status.to_json(), "live": live}, indent=1))
-    else:
-        if live is not None:
-            eta = live["eta_seconds"]
-            # The counts come once, from the journal below: two sources read a moment apart
-            # would disagree. The live file adds what only the running process knows.
-            print(
-                f"running now (pid {live['pid']}, heartbeat {live['heartbeat_at']}): "
-                f"{live['jobs_per_second']:.2f} jobs/s"
-                + (f", ETA {eta:.0f} s" if eta is not None else "")
-            )
-        print(render_status(status))
-    return ExitCode.OK
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -308,8 +212,10 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(found, ensure_ascii=False, indent=1))
         return ExitCode.OK
     shown = {**found}
-    if shown.get("seed") is None:
-        shown["seed"] = "none sent (the server chose one)"
+    if shown.get("seed") is None and isinstance(found.get("server_seed"), int):
+        shown["seed"] = f"{found['server_seed']} (none was sent: the server chose it)"
+    elif shown.get("seed") is None:
+        shown["seed"] = "none sent (the server chose one and did not say which)"
     for name in ("prompt", "model", "endpoint", "seed", "job_id", "key", "krea_batch"):
         print(f"{name + ':':<11} {shown.get(name, '–')}")
     print(f"{'params:':<11} {json.dumps(found.get('params', {}), ensure_ascii=False)}")
@@ -317,7 +223,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    with _readable(args.out, args.state_dir) as (root, _):
+    with readable(args.out, args.state_dir) as (root, _):
         layout = Layout(root)
         if not layout.results.exists():
             raise UsageError(
@@ -381,7 +287,7 @@ COMMANDS = {
     "run": _run,
     "report": _report,
     "inspect": _inspect,
-    "status": _status,
+    "status": status_command,
     "merge": _merge,
     "verify": verify_command,
     "serve": _serve,
@@ -389,22 +295,30 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    refusal = refuse_secret_flags(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    log_format = "json" if json_logs(argv) else "text"
+    refusal = refuse_secret_flags(argv)
     if refusal is not None:
-        print(f"krea-batch: error: {refusal}", file=sys.stderr)
-        return ExitCode.USAGE
-    args = build_parser().parse_args(argv)
+        return _fail(f"krea-batch: error: {refusal}", ExitCode.USAGE, log_format)
+    args = build_parser(json_errors=log_format == "json").parse_args(argv)
     configure_logging(args.verbose, args.log_format)
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:
-        print(f"krea-batch: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return _fail(f"krea-batch: error: {exc}", ExitCode.USAGE, args.log_format)
     except RunnerError as exc:
-        print(f"krea-batch: {exc}", file=sys.stderr)
-        return ExitCode.FAILED
+        return _fail(f"krea-batch: {exc}", ExitCode.FAILED, args.log_format)
     except KeyboardInterrupt:
-        print("krea-batch: interrupted; run the same command again to resume", file=sys.stderr)
-        return ExitCode.STOPPED
+        text = "krea-batch: interrupted; run the same command again to resume"
+        return _fail(text, ExitCode.STOPPED, args.log_format)
     except BrokenPipeError:
         return ExitCode.OK
+
+
+def _fail(text: str, code: int, log_format: str) -> int:
+    """Say why the command ends (a JSON line with --log-format json) and return its code."""
+    if log_format == "json":
+        print(json_line("error", text, exit_code=int(code)), file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+    return code

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from runner import __version__
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
@@ -38,6 +39,7 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self._argv: Sequence[str] = ()
+        self.json_errors = False  # --log-format json: the error as a JSON line
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: Any = None
@@ -46,37 +48,74 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        """Name unknown flags, with the closest known one, but never echo values: one of them
-        may be a secret. The usage shown is the command's, not the whole tool's."""
-        prefix = "unrecognized arguments: "
-        if not message.startswith(prefix):
-            super().error(message)
-        words = message.removeprefix(prefix).split()
-        flags = [word.split("=", 1)[0] for word in words if word.startswith("-")]
+        """Say the mistake in a line or two, not a page of usage: unknown flags named with the
+        one meant (never a value: one of them may be a secret), then where the flags are."""
         parser = self._command_parser()
-        known = [flag for action in parser._actions for flag in action.option_strings]
-        parts = []
-        for flag in flags:
-            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
-            parts.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
-        text = "unknown flag" + ("s " if len(parts) > 1 else " ") + ", ".join(parts)
-        if not flags:
-            text = f"unexpected argument{'s' if len(words) > 1 else ''} (values not shown)"
-        parser.print_usage(sys.stderr)
-        parser.exit(2, f"{parser.prog}: error: {text}\n")
+        prefix = "unrecognized arguments: "
+        text = message
+        if message.startswith(prefix):
+            words = message.removeprefix(prefix).split()
+            flags = [word.split("=", 1)[0] for word in words if word.startswith("-")]
+            known = [flag for action in parser._actions for flag in action.option_strings]
+            parts = [flag + _meant(flag, known) for flag in flags]
+            text = "unknown flag" + ("s " if len(parts) > 1 else " ") + ", ".join(parts)
+            if not flags:
+                text = f"unexpected argument{'s' if len(words) > 1 else ''} (values not shown)"
+        elif message.startswith("argument COMMAND: invalid choice:"):
+            wrong = message.split("'")[1] if "'" in message else ""
+            commands = [c for a in self._actions if a.dest == "command" for c in a.choices or ()]
+            text = f"unknown command {wrong!r}{_meant(wrong, commands)}"
+            text += f" (commands: {', '.join(commands)})"
+        parser.exit(2, f"{parser.prog}: error: {text}\n{parser.short_usage()}\n")
 
-    def _command_parser(self) -> argparse.ArgumentParser:
+    def short_usage(self) -> str:
+        """``usage: krea-batch run MANIFEST [flags]; krea-batch run --help lists them``."""
+        positionals = [
+            action.metavar or action.dest for action in self._actions if not action.option_strings
+        ]
+        words = " ".join([self.prog, *map(str, positionals), "[flags]"])
+        return f"usage: {words}; `{self.prog} --help` lists them"
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message and self.json_errors:
+            from runner.cli.logs import json_line
+
+            level = "error" if status else "info"
+            message = json_line(level, message.strip(), exit_code=status) + "\n"
+        super().exit(status, message)
+
+    def print_usage(self, file: Any = None) -> None:
+        if not self.json_errors:  # JSON: the error line alone, every line an object
+            super().print_usage(file)
+
+    def _command_parser(self) -> _Parser:
         """The parser of the command named on the command line, else this one."""
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
                 for word in self._argv:
                     if word in action.choices:
-                        return action.choices[word]  # type: ignore[no-any-return]
+                        return cast(_Parser, action.choices[word])
         return self
 
 
 # Flags that would carry a secret on the command line (visible in ps, shell history, cron mail).
 _SECRET_FLAG = re.compile(r"--?(api[-_]?)?(token|key|secret|password|auth)(=.*)?", re.IGNORECASE)
+
+
+def _meant(word: str, known: Sequence[str]) -> str:
+    """`` (did you mean --emulator?)``: the one known word that starts with ``word``, else the
+    closest by spelling; empty when none is close."""
+    starting = [k for k in known if k.startswith(word) and len(word) > 2]
+    close = starting[:1] if len(starting) == 1 else []
+    close = close or difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def json_logs(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON log lines (known before it is parsed, so that
+    its own mistakes are said as JSON too)."""
+    pairs = itertools.pairwise(argv)
+    return "--log-format=json" in argv or any(a == "--log-format" and b == "json" for a, b in pairs)
 
 
 def refuse_secret_flags(argv: Sequence[str]) -> str | None:
@@ -98,7 +137,7 @@ def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         "--verbose",
         action="store_true",
         default=False if defaults else argparse.SUPPRESS,
-        help="debug logging",
+        help="krea-batch's debug lines: one per job (submitted, done, retried)",
     )
     parser.add_argument(
         "--log-format",
@@ -108,7 +147,7 @@ def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="krea-batch",
         description=DESCRIPTION,
@@ -120,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     plan = commands.add_parser("plan", help="validate a manifest and show what it would run")
-    plan.add_argument("manifest")
+    plan.add_argument("manifest", metavar="MANIFEST", help="the YAML manifest to check")
     plan.add_argument(
         "--show", type=int_flag(), default=0, metavar="N", help="print the first N specs"
     )
@@ -128,11 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_flags(plan, "the run's settings: those that change what is planned are checked")
 
     run = commands.add_parser("run", help="run a manifest's jobs into an output folder")
-    run.add_argument("manifest")
+    run.add_argument("manifest", metavar="MANIFEST", help="the YAML manifest to run")
     run.add_argument(
         "--out",
         default="out",
         type=_folder,
+        metavar="DIR",
         help="output folder, or a URL fsspec knows: s3://bucket/prefix, gs://, hf://… "
         "(default: out)",
     )
@@ -146,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--emulator", action="store_true", help="use the built-in Krea emulator")
     where.add_argument("--api-base", metavar="URL", help="another Krea-compatible server")
     run.add_argument(
-        "--token-file", help="read the API token from this file ($KREA_API_TOKEN otherwise)"
+        "--token-file",
+        metavar="FILE",
+        help="the API token, or one key per line: a pool of accounts ($KREA_API_TOKEN otherwise)",
     )
     _setting_flags(run, "each also a key of the manifest's run: block; a flag beats the manifest")
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
@@ -235,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--state-dir", metavar="DIR", help=state_help)
     status.add_argument("--refresh", action="store_true", help="ask the API about jobs in flight")
     status.add_argument("--api-base", metavar="URL", help="a Krea-compatible server for --refresh")
-    status.add_argument("--token-file", help="read the API token from this file")
+    status.add_argument(
+        "--token-file", metavar="FILE", help="the API token(s), as `run --token-file` takes them"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     merge = commands.add_parser(
@@ -253,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         type=_folder,
+        metavar="DIR",
         help="the merged folder, new or an earlier merge of the same inputs (a path or URL)",
     )
     merge.add_argument(
@@ -267,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="check every shard and image of an output folder against what it recorded; "
         "damaged shards are marked for the next run to repair",
     )
-    verify.add_argument("out", type=_folder, help="the output folder, or the run's --out URL")
+    verify.add_argument(
+        "out", type=_folder, metavar="OUT", help="the output folder, or the run's --out URL"
+    )
     verify.add_argument(
         "--state-dir",
         metavar="DIR",
@@ -285,21 +332,30 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser(
         "inspect", help="the prompt, model, seed and job written into an image by a run"
     )
-    inspect.add_argument("image", help="an image a run wrote (PNG or JPEG)")
+    inspect.add_argument("image", metavar="IMAGE", help="an image a run wrote (PNG or JPEG)")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
     serve = commands.add_parser("serve", help="run the Krea API emulator")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int_flag(maximum=65535), default=8787)
-    serve.add_argument("--token-file", help="accept only the token in this file")
+    serve.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="accept only the tokens in this file, one a line, each an account of its own "
+        "(without it: any token, all one account)",
+    )
     for flag, name, parse, text in EMULATOR_FLAGS:
         serve.add_argument(flag, dest=name, type=parse, help=text)
 
     models = commands.add_parser("models", help="list the models, or one model's parameters")
-    models.add_argument("name", nargs="?")
+    models.add_argument(
+        "name", nargs="?", metavar="MODEL", help="a model id or alias (none: the whole catalog)"
+    )
     models.add_argument("--json", action="store_true", help="machine-readable output")
     for command in commands.choices.values():
         _global_flags(command, defaults=False)
+    for each in (parser, *commands.choices.values()):
+        each.json_errors = json_errors
     return parser
 
 

@@ -18,21 +18,22 @@ if TYPE_CHECKING:
 
 from runner.money import spend_text
 from runner.state.figures import RunStats
+from runner.state.ledger import folder_counts
+from runner.wording import duration
 
 log = logging.getLogger("runner.cli.progress")
 
 
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def figures_of(stats: RunStats) -> dict[str, float | int | str]:
-    """The figures both displays show."""
+def figures_of(
+    stats: RunStats, earlier: tuple[float, float] = (0.0, 0.0)
+) -> dict[str, float | int | str]:
+    """The figures both displays show; ``earlier``: the spend (USD, compute units) of the
+    jobs earlier runs finished, which count as done too (a resumed run's spend is not $0)."""
     counts = stats.counts
+    spend = spend_text(counts.spend_usd, counts.spend_units)
+    if any(earlier):
+        whole = spend_text(counts.spend_usd + earlier[0], counts.spend_units + earlier[1])
+        spend = f"{whole} ({spend} this run)"
     return {
         "done": stats.done,
         "failed": counts.failed + counts.ambiguous_jobs,
@@ -40,17 +41,42 @@ def figures_of(stats: RunStats) -> dict[str, float | int | str]:
         "queued": max(0, counts.unfinished - stats.in_flight),
         "total": counts.total,
         "rate": stats.jobs_per_second,
-        "eta": _eta(stats.eta_seconds),
-        "spend": spend_text(counts.spend_usd, counts.spend_units),
+        "eta": duration(stats.eta_seconds),
+        "spend": spend,
         "requests": requests_text(stats.per_job),
         "rate_limited": stats.rate_limited,
         "keys": keys_text(stats),
     }
 
 
+def figure_fields(stats: RunStats) -> dict[str, Any]:
+    """The progress line's figures as numbers: fields of a JSON log line."""
+    counts, eta = stats.counts, stats.eta_seconds
+    return {
+        "done": stats.done,
+        "failed": counts.failed,
+        "ambiguous": counts.ambiguous_jobs,
+        "in_flight": stats.in_flight,
+        "queued": max(0, counts.unfinished - stats.in_flight),
+        "total": counts.total,
+        "jobs_per_second": round(stats.jobs_per_second, 4),
+        "eta_seconds": None if eta is None else round(eta, 1),
+        "spend_usd": round(counts.spend_usd, 4),
+        "spend_units": round(counts.spend_units, 3),
+        "requests_per_job": stats.per_job["api"],
+        "rate_limited_429": stats.rate_limited,
+    }
+
+
 def keys_text(stats: RunStats) -> str:
     """A pool's keys, each by fingerprint: jobs in flight, done and spend, or why retired
     (empty for a run with one key)."""
+    parts = key_phrases(stats)
+    return ("keys: " + " · ".join(parts)) if parts else ""
+
+
+def key_phrases(stats: RunStats) -> list[str]:
+    """One phrase per key of a pool (none for a run with one key)."""
     parts = []
     for name, key in stats.counts.by_account.items():
         if key.retired is not None:
@@ -59,7 +85,7 @@ def keys_text(stats: RunStats) -> str:
             running = stats.running.get(name, 0)
             spend = spend_text(key.spend_usd, key.spend_units)
             parts.append(f"{name} {running} running {key.completed} done {spend}")
-    return ("keys: " + " · ".join(parts)) if parts else ""
+    return parts
 
 
 def requests_text(per_job: dict[str, float]) -> str:
@@ -86,6 +112,7 @@ class Progress:
         self._bars: Bars | None = None
         self._engine: Engine | None = None
         self._tty: tuple[int, list[Any]] | None = None
+        self._earlier: tuple[float, float] | None = None  # spend of jobs done before this run
         if live:
             from runner.cli.live_view import Bars, stderr_console
 
@@ -97,9 +124,15 @@ class Progress:
     def __call__(self, engine: Engine) -> None:
         self._engine = engine
         stats = engine.stats()
-        figures = figures_of(stats)
+        if self._earlier is None:  # once: the folder's spend less this run's, so far
+            held = folder_counts(engine.ledger)
+            self._earlier = (
+                max(0.0, held.spend_usd - stats.counts.spend_usd),
+                max(0.0, held.spend_units - stats.counts.spend_units),
+            )
+        figures = figures_of(stats, self._earlier)
         if self._bars is not None:
-            self._draw(self._bars, stats.counts.by_model, figures)
+            self._draw(self._bars, stats, figures)
             return
         now = time.monotonic()
         if now - self._last >= self.interval:
@@ -109,20 +142,17 @@ class Progress:
                 "%(queued)d queued of %(total)d; %(rate).2f jobs/s, ETA %(eta)s, "
                 "spend %(spend)s; %(requests)s%(keys_line)s",
                 {**figures, "keys_line": f"; {figures['keys']}" if figures["keys"] else ""},
+                extra=figure_fields(stats),
             )
 
-    def _draw(
-        self,
-        bars: Bars,
-        by_model: dict[str, list[int]],
-        figures: dict[str, float | int | str],
-    ) -> None:
+    def _draw(self, bars: Bars, stats: RunStats, figures: dict[str, float | int | str]) -> None:
         ended = int(figures["done"]) + int(figures["failed"])
         rows = {
-            **{m: (f, t) for m, (f, t) in by_model.items()},
+            **{m: (f, t) for m, (f, t) in stats.counts.by_model.items()},
             TOTAL: (ended, int(figures["total"])),
         }
-        bars.show(rows, _summary_line(figures))
+        keys = key_phrases(stats)
+        bars.show(rows, [_phrases(figures)] + ([[f"keys: {keys[0]}", *keys[1:]]] if keys else []))
 
     def _quiet_control_keys(self) -> None:
         """While the live view owns the terminal, keys typed are not echoed into it (a ``^C``
@@ -151,17 +181,21 @@ class Progress:
         if self._bars is not None:
             if self._engine is not None:
                 stats = self._engine.stats()
-                figures = {**figures_of(stats), "eta": "–"}
-                self._draw(self._bars, stats.counts.by_model, figures)
+                figures = {**figures_of(stats, self._earlier or (0.0, 0.0)), "eta": "–"}
+                self._draw(self._bars, stats, figures)
             self._bars.stop()
 
 
 TOTAL = "total"
 
 
-def _summary_line(f: dict[str, float | int | str]) -> str:
-    line = (
-        f"{float(f['rate']):.2f} jobs/s · ETA {f['eta']} · {f['spend']} · "
-        f"{f['failed']} failed · {f['in_flight']} in flight · {f['rate_limited']} 429s"
-    )
-    return f"{line}\n{f['keys']}" if f["keys"] else line
+def _phrases(f: dict[str, float | int | str]) -> list[str]:
+    """The live view's figures, phrase by phrase (a line breaks between them only)."""
+    return [
+        f"{float(f['rate']):.2f} jobs/s",
+        f"ETA {f['eta']}",
+        str(f["spend"]),
+        f"{f['failed']} failed",
+        f"{f['in_flight']} in flight",
+        f"{f['rate_limited']} 429s",
+    ]

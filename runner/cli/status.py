@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import json
 import re
+import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.api.client import KreaClient
+from runner.api.client import DEFAULT_API_BASE, KreaClient
+from runner.api.secrets import find_tokens
 from runner.engine.ambiguity import Risk, risk_of
 from runner.errors import ApiError, UsageError
+from runner.exitcodes import ExitCode
 from runner.money import spend_text
 from runner.outputs import STATE_DIR, Layout, RecordStatus, latest_records
-from runner.outputs.layout import path_text
+from runner.outputs.destination import is_url
+from runner.outputs.identity import EMULATOR, api_identity
+from runner.outputs.layout import RESULTS_NAME, SUMMARY_NAME, path_text
+from runner.outputs.live import read_live, read_running, read_status_file
+from runner.outputs.summary import read_summary
+from runner.outputs.trees import Tree
 from runner.state.events import Done
 from runner.state.figures import Counts
 from runner.state.journal import read_events
 from runner.state.ledger import KeyState, fold, folder_counts
+from runner.wording import counted, duration
 
 
 @dataclass
@@ -37,6 +49,10 @@ class FolderStatus:
     holders: dict[str, str | None] = field(default_factory=dict)  # job id → its key's fingerprint
     risk: Risk = field(default_factory=lambda: Risk(0, 0, 0))  # of sending ambiguous ones again
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # a pool's, by fingerprint
+    not_sent: int = 0  # jobs of the last run's manifest never submitted (it stopped early)
+    last_stopped: str | None = None  # why the last run stopped early, from its summary
+    live: bool = False  # a run holds the folder now: it, not the next one, settles what is open
+    asked: str | None = None  # the API --refresh asked
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,7 +63,9 @@ class FolderStatus:
                 "in_flight": len(self.in_flight),
                 "unknown_submits": len(self.unknown_submits),
                 "ambiguous": len(self.ambiguous),
+                "not_sent": self.not_sent,
             },
+            "last_run_stopped": self.last_stopped,
             "estimated_spend_units": round(self.counts.spend_units, 3),
             "estimated_spend_usd": round(self.counts.spend_usd, 4),
             "failure_reasons": dict(
@@ -60,6 +78,7 @@ class FolderStatus:
                 {"key": k, "job_id": j, "remote_status": self.remote_status.get(j)}
                 for k, j in self.in_flight.items()
             ],
+            "asked": self.asked,
             "keys": self.keys,
         }
 
@@ -182,19 +201,24 @@ def key_line(name: str, figures: Mapping[str, Any]) -> str:
 def render_status(status: FolderStatus, show_failed: int = 20) -> str:
     data = status.to_json()
     counts = data["counts"]
+    settles = "the running process" if status.live else "the next run"
     parts = [f"{counts['completed']} completed", f"{counts['failed']} failed"]
     if counts["in_flight"]:
         parts.append(f"{counts['in_flight']} still running at the API")
     if counts["unknown_submits"]:
         parts.append(
-            f"{counts['unknown_submits']} submitted without an answer (the next run checks)"
+            f"{counts['unknown_submits']} submitted without an answer ({settles} checks them)"
         )
     if counts["ambiguous"]:
         parts.append(f"{counts['ambiguous']} ambiguous")
+    if status.not_sent:
+        parts.append(f"{counted(status.not_sent, 'job')} not sent yet")
     lines = [
         f"{status.root}: {', '.join(parts)}",
         f"estimated spend: {spend_text(status.counts.spend_usd, status.counts.spend_units)}",
     ]
+    if status.last_stopped:
+        lines.append(f"the last run stopped early: {status.last_stopped}")
     if data["failure_reasons"]:
         lines.append("failure reasons:")
         lines += [f"  {n:>5}  {reason}" for reason, n in data["failure_reasons"].items()]
@@ -214,20 +238,24 @@ def render_status(status: FolderStatus, show_failed: int = 20) -> str:
         lines.append("keys:")
         lines += [key_line(name, figures) for name, figures in status.keys.items()]
     if status.in_flight:
-        lines.append("in flight remotely (the next run polls them):")
+        asked = f"; {status.asked} asked now" if status.asked else ""
+        lines.append(f"in flight remotely ({settles} polls them{asked}):")
         for key, job_id in status.in_flight.items():
             remote = status.remote_status.get(job_id)
             lines.append(f"  {key}  {job_id}" + (f"  {remote}" if remote else ""))
     return "\n".join(lines)
 
 
-async def refresh(status: FolderStatus, clients: Sequence[KreaClient]) -> None:
+async def refresh(
+    status: FolderStatus, clients: Sequence[KreaClient], any_key: bool = False
+) -> None:
     """Ask the API for the current status of every job still in flight, each with the key
-    that holds it (a job journaled without one: the first key)."""
+    that holds it (a job journaled without one, or ``any_key`` for a server on this machine
+    that takes any token: the first key)."""
     by_key = {client.account: client for client in clients}
     for job_id in status.in_flight.values():
         holder = status.holders.get(job_id)
-        client = clients[0] if holder is None else by_key.get(holder)
+        client = clients[0] if holder is None or any_key else by_key.get(holder)
         if client is None:
             status.remote_status[job_id] = f"unknown (held by key {holder}, not given)"
             continue
@@ -236,3 +264,91 @@ async def refresh(status: FolderStatus, clients: Sequence[KreaClient]) -> None:
             status.remote_status[job_id] = remote.status.value
         except ApiError as exc:
             status.remote_status[job_id] = f"unknown ({exc})"
+
+
+@contextlib.contextmanager
+def readable(out: str, state_dir: str | None) -> Iterator[tuple[Path, Path]]:
+    """A local folder holding what ``out`` holds (its journal, or its results.jsonl and
+    summary.json), and the folder of its live status.json. For a URL: the state folder of
+    the run that writes it, where there is one; else a copy of the URL's own files."""
+    if not is_url(out):
+        yield Path(out), Path(out)
+        return
+    tree = Tree(out, state_dir)
+    if Layout(tree.state).journal.exists():
+        yield tree.state, tree.state
+        return
+    with tempfile.TemporaryDirectory(prefix="krea-batch-") as scratch:
+        try:
+            for name in (RESULTS_NAME, SUMMARY_NAME):
+                tree.fetch(name, Path(scratch) / name)
+        except OSError as exc:
+            raise UsageError(f"{out}: cannot read it ({exc})") from exc
+        yield Path(scratch), tree.state
+
+
+def status_command(args: argparse.Namespace) -> int:
+    """``krea-batch status OUT``: the folder, the run holding it now (or the one that died
+    holding it), why the last run stopped, and with --refresh what the API says."""
+    with readable(args.out, args.state_dir) as (root, live_root):
+        status = read_status(root, args.out)
+        live = read_live(live_root)
+        died = read_running(live_root) if live is None else None
+        last = read_summary(Layout(root).summary)
+        made_with = (read_status_file(live_root) or last).get("api_base")
+    status.live = live is not None
+    if live is None:
+        last_run(status, last)
+    if args.refresh and status.in_flight:
+        _refresh(status, args, made_with if isinstance(made_with, str) else None)
+    if args.json:
+        print(json.dumps({**status.to_json(), "live": live}, indent=1))
+        return ExitCode.OK
+    if live is not None:
+        eta = live["eta_seconds"]
+        # The counts come once, from the journal below: two sources read a moment apart
+        # would disagree. The live file adds what only the running process knows.
+        print(
+            f"running now (pid {live['pid']}, heartbeat {live['heartbeat_at']}): "
+            f"{live['jobs_per_second']:.2f} jobs/s"
+            + (f", ETA {duration(eta)}" if eta is not None else "")
+        )
+    elif died is not None:
+        print(
+            f"the last run (pid {died.get('pid')}) did not finish: its last heartbeat was at "
+            f"{died.get('heartbeat_at')} (killed, or its machine stopped); run the same "
+            "command again to resume"
+        )
+    print(render_status(status))
+    return ExitCode.OK
+
+
+def last_run(status: FolderStatus, summary: Mapping[str, Any]) -> None:
+    """What the last run's summary adds: why it stopped early, and the jobs it never sent."""
+    counts = summary.get("counts")
+    unfinished = counts.get("unfinished") if isinstance(counts, dict) else None
+    if isinstance(unfinished, int):
+        open_ones = len(status.in_flight) + len(status.unknown_submits)
+        status.not_sent = max(0, unfinished - open_ones)
+    stopped = summary.get("stopped")
+    status.last_stopped = stopped if isinstance(stopped, str) and stopped else None
+
+
+def _refresh(status: FolderStatus, args: argparse.Namespace, made_with: str | None) -> None:
+    """Ask the API the folder was made against (or --api-base) about its jobs in flight."""
+    base = args.api_base or made_with or DEFAULT_API_BASE
+    tokens = find_tokens(args.token_file)
+    if not tokens and api_identity(base) != EMULATOR:  # a server on this machine: no token
+        raise UsageError(
+            f"--refresh asks {base}, which needs an API token: set KREA_API_TOKEN or --token-file"
+        )
+
+    async def ask() -> None:
+        clients = [KreaClient(base, token) for token in tokens or ["anonymous"]]
+        async with contextlib.AsyncExitStack() as stack:
+            for client in clients:
+                await stack.enter_async_context(client)
+            await refresh(status, clients, any_key=not tokens)
+
+    asyncio.run(ask())
+    status.asked = base

@@ -8,6 +8,7 @@ from typing import Any
 from runner.catalog import Catalog, Model
 from runner.manifest.plan import Plan, spec_json
 from runner.money import spend_text
+from runner.wording import counted
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -87,6 +88,8 @@ def model_detail(model: Model) -> str:
     rows = [["PARAM", "TYPE", "ALLOWED", "DEFAULT", "REQUIRED"]]
     for p in model.params:
         default = "" if p.default is None else json.dumps(p.default)
+        if p.name == "seed":  # the spec's "default" seed is an example: unsent, it is random
+            default = "random"
         rows.append([p.name, p.type, p.allowed(), default, "yes" if p.required else ""])
     return "\n".join(lines) + "\n\n" + _table(rows)
 
@@ -103,12 +106,28 @@ def plan_text(plan: Plan) -> str:
     for m in plan.models:
         rows.append([m.model, f"{m.jobs:,}", _cost(m.usd, m.units, m.unpriced)])
     rows.append(["total", f"{plan.jobs:,}", _cost(plan.usd, plan.units, plan.unpriced)])
-    parts = [f"{plan.file}: {plan.jobs:,} jobs", _table(rows)]
+    parts = [f"{plan.file}: {counted(plan.jobs, 'job')}", _table(rows)]
     if plan.duplicates:
         parts.append(
-            f"{plan.duplicates:,} duplicate jobs (same model, request and replica) are run once"
+            f"{counted(plan.duplicates, 'duplicate job')} (same model, request and replica) "
+            + ("is" if plan.duplicates == 1 else "are")
+            + " run once"
         )
+    parts.extend(sizes_text(plan))
     parts.extend(f"warning: {w}" for w in plan.warnings)
     for spec in plan.first:
         parts.append(json.dumps(spec_json(spec), ensure_ascii=False))
     return "\n".join(parts)
+
+
+def sizes_text(plan: Plan) -> list[str]:
+    """What each model is sent for each size written: a row per model, a column per size."""
+    if not plan.sizes:
+        return []
+    sizes = list(dict.fromkeys(one.size for one in plan.sizes))
+    sent: dict[str, dict[str, str]] = {}
+    for one in plan.sizes:
+        sent.setdefault(one.model, {})[one.size] = one.text
+    rows = [["SIZES SENT", *sizes]]
+    rows += [[model, *(given.get(size, "–") for size in sizes)] for model, given in sent.items()]
+    return [_table(rows)]

@@ -95,6 +95,9 @@ class EmulatorConfig:
     # them today (POST answers without status, nextCursor, result.urls as {type, url}
     # objects); "map" as "docs" but result.urls a map of name → URL.
     dialect: str = "spec"
+    # Completed jobs name the seed their image was drawn from (result.seed), as an API that
+    # reports the seed it chose would; Krea's documented answers carry none.
+    report_seed: bool = False
     # Faults of one account, by its token's fingerprint: (fingerprint, fault) pairs, a fault
     # being one of KEY_FAULTS.
     key_faults: frozenset[tuple[str, str]] = frozenset()
@@ -195,6 +198,7 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--images-per-job", "images_per_job", int_flag(), "result URLs per job"),
     ("--rtt", "rtt", float, "seconds of round trip added to every request and download"),
     ("--dialect", "dialect", str, "answer shapes: spec, docs (Krea's pages today) or map"),
+    ("--report-seed", "report_seed", _on_off, "on: completed jobs name their seed (result.seed)"),
     (
         "--key-fault",
         "key_faults",

@@ -248,6 +248,8 @@ class EmulatorCore:
                 for n in range(self.config.images_per_job)
             ]
             data["result"] = {"urls": self._shaped(urls)}
+            if self.config.report_seed:  # the seed its first image was drawn from
+                data["result"]["seed"] = _seed_of(job, "0")
         elif status == JobStatus.INTERMEDIATE_COMPLETE:
             data["result"] = {"urls": [f"{base}{INTERNAL}images/{job.id}/preview.jpg{expires}"]}
         elif status == JobStatus.FAILED:

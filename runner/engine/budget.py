@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from runner.jobspec import JobSpec
 from runner.money import dollars
+from runner.wording import counted
 
 UNITS = ("usd", "cu")
 
@@ -68,7 +69,7 @@ class Budget:
 
 def cannot_price(unpriced: Mapping[str, int]) -> str:
     """What to tell of the jobs (by model) a dollar budget cannot price."""
-    models = ", ".join(f"{model} ({n} jobs)" for model, n in sorted(unpriced.items()))
+    models = ", ".join(f"{model} ({counted(n, 'job')})" for model, n in sorted(unpriced.items()))
     verb = "has" if len(unpriced) == 1 else "have"
     return (
         f"--budget is in dollars and {models} {verb} no published USD price: those jobs are "

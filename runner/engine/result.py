@@ -6,6 +6,7 @@ from runner.engine.stopper import Stopper
 from runner.outputs import OutputFolder
 from runner.outputs.writers import Writer
 from runner.state.figures import Counts, RunResult
+from runner.wording import counted
 
 
 def run_result(counts: Counts, stopper: Stopper, writer: Writer, folder: OutputFolder) -> RunResult:
@@ -13,9 +14,11 @@ def run_result(counts: Counts, stopper: Stopper, writer: Writer, folder: OutputF
     stopped = stopper.reason
     reasons = []
     if counts.over_budget:
-        reasons.append(f"budget reached: {counts.over_budget} jobs not submitted")
+        reasons.append(f"budget reached: {counted(counts.over_budget, 'job')} not submitted")
     if counts.unpriced:
-        reasons.append(f"{counts.unpriced} jobs not submitted: --budget cannot price their model")
+        reasons.append(
+            f"{counted(counts.unpriced, 'job')} not submitted: --budget cannot price their model"
+        )
     unsaved = writer.unsaved
     if unsaved:
         where = writer.destination.url or str(folder.root)

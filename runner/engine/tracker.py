@@ -305,6 +305,8 @@ class Tracker:
         """
         if provenance is not None:
             provenance = {**provenance, "job_id": remote.job_id}
+            if provenance.get("seed") is None and remote.seed is not None:
+                provenance["server_seed"] = remote.seed  # none was sent: the one it chose
         files = []
         limit = self.settings.job_timeout
         deadline = self.clock.monotonic() + limit

@@ -10,6 +10,7 @@ schema.py        the structure as JSON Schema, violations as messages at their p
 model.py         Prompt, Variant, Entry, Manifest, and the context that places errors
 sources.py       prompts written inline or read from .txt, .csv and .jsonl files
 params.py        vars, models, seeds and sizes merged and checked per model
+sizes.py         one sizes list across models: each given a size in its own form
 assets.py        local reference images: checked, keyed by content, uploaded once
 load.py          load_manifest, parse_manifest
 expand.py        expand: the specs, one at a time

@@ -3,16 +3,17 @@ ManifestError with file, path and line."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner.catalog import Catalog, load_catalog
+from runner.catalog import Catalog, Model, load_catalog
 from runner.errors import ManifestError
 from runner.files import UnusableFile
 from runner.manifest import located_yaml
 from runner.manifest.located_yaml import join
-from runner.manifest.model import MAX_MANIFEST_BYTES, Context, Entry, Manifest
+from runner.manifest.model import MAX_MANIFEST_BYTES, Context, Entry, Manifest, Prompt
 from runner.manifest.params import (
     PLACEHOLDER,
     check_rows,
@@ -25,8 +26,10 @@ from runner.manifest.params import (
 )
 from runner.manifest.schema import check_structure
 from runner.manifest.sources import entry_prompts
+from runner.naming import DEFAULT_TEMPLATE
 from runner.settings import RunSettings, parse_settings
 from runner.textfiles import TextError, read_text
+from runner.wording import counted
 
 
 def load_manifest(
@@ -69,9 +72,16 @@ def parse_manifest(
     raw_settings = dict(data.get("run") or {})
     settings = _settings(ctx, raw_settings, overrides or {})
     ctx.max_rows = settings.max_jobs
+    if settings.name_template != DEFAULT_TEMPLATE and settings.format != "files":
+        ctx.warnings.append(
+            f"the name template names the files of --format files only: --format "
+            f"{settings.format} names each image in its shard by its key"
+        )
     defaults = data.get("defaults") or {}
-    entries = tuple(_entry(ctx, i, raw, defaults, base_dir) for i, raw in enumerate(data["jobs"]))
+    found = [_entry(ctx, i, raw, defaults, base_dir) for i, raw in enumerate(data["jobs"])]
     prices = _prices(ctx, data.get("prices") or {})
+    ctx.raise_problems()
+    entries = tuple(entry for entry in found if entry is not None)
     manifest = Manifest(
         file, entries, settings, raw_settings, tuple(ctx.warnings), prices, dict(ctx.assets)
     )
@@ -79,7 +89,7 @@ def parse_manifest(
         biggest = max(entries, key=lambda e: e.size)
         raise ctx.error(
             f"jobs[{biggest.index}]" if len(entries) > 1 else "jobs",
-            f"the manifest expands to {manifest.total_jobs:,} jobs "
+            f"the manifest expands to {counted(manifest.total_jobs, 'job')} "
             f"(jobs[{biggest.index}] alone to {biggest.size:,}), above the cap of "
             f"{settings.max_jobs:,}; raise run.max_jobs or --max-jobs if you mean it",
         )
@@ -93,16 +103,19 @@ def _prices(ctx: Context, raw: Mapping[str, Any]) -> dict[str, float]:
         where = join("prices", name)
         model = ctx.catalog.get(name)
         if model is None:
-            raise ctx.error(where, ctx.catalog.unknown_model_message(name))
-        if model.usd_rules:
+            ctx.report(ctx.error(where, ctx.catalog.unknown_model_message(name)))
+        elif model.usd_rules:
             published = sorted({rule.units for rule in model.usd_rules})
-            raise ctx.error(
-                where,
-                f"{model.id} has a published price (${published[0]:g}"
-                + (f"–{published[-1]:g}" if len(published) > 1 else "")
-                + " per image); prices: is for models without one",
+            ctx.report(
+                ctx.error(
+                    where,
+                    f"{model.id} has a published price (${published[0]:g}"
+                    + (f"–{published[-1]:g}" if len(published) > 1 else "")
+                    + " per image); prices: is for models without one",
+                )
             )
-        prices[model.id] = float(usd)
+        else:
+            prices[model.id] = float(usd)
     return prices
 
 
@@ -116,20 +129,71 @@ def _settings(ctx: Context, raw: dict[str, Any], overrides: Mapping[str, Any]) -
                 parsed = parse_settings({name: value})
             except ValueError as exc:
                 where = join(source, name) if source else f"--{name.replace('_', '-')}"
-                raise ctx.error(where, str(exc)) from exc
+                ctx.report(ctx.error(where, str(exc)))
+                continue
             settings = settings.merged(parsed)
     return settings
 
 
 def _entry(
     ctx: Context, index: int, raw: dict[str, Any], defaults: dict[str, Any], base_dir: Path
-) -> Entry:
+) -> Entry | None:
+    """One entry, checked; None when it has problems (each noted in ``ctx``)."""
     path = f"jobs[{index}]"
-    prompts = entry_prompts(ctx, raw, path, base_dir)
-    var_values = entry_vars(ctx, raw, path)
-    names = set(var_values)
-    name = raw.get("name")
-    template = raw.get("prompt_template")
+    before = len(ctx.problems)
+    prompts: tuple[Prompt, ...] | None = None
+    with ctx.collecting():
+        prompts = entry_prompts(ctx, raw, path, base_dir)
+    var_values: dict[str, tuple[Any, ...]] | None = None
+    with ctx.collecting():
+        var_values = entry_vars(ctx, raw, path)
+    if prompts is None or var_values is None:  # the rest would be said wrongly
+        return None
+    _check_placeholders(ctx, raw, path, prompts, set(var_values))
+    models: list[Model] = []
+    seeds: tuple[int | str | None, ...] = (None,)
+    with ctx.collecting():
+        models = entry_models(ctx, raw, defaults, path)
+    with ctx.collecting():
+        seeds = entry_seeds(ctx, raw, defaults, path)
+    sizes, sizes_path = _pick(raw, defaults, path, "sizes")
+    variants = []
+    for model in models:
+        for i, size in enumerate(sizes or [None]):
+            with ctx.collecting():
+                variants.append(
+                    make_variant(ctx, model, size, sizes_path, i, raw, defaults, path, var_values)
+                )
+    if len(ctx.problems) > before:
+        return None
+    if "params_from" in raw:
+        with ctx.collecting():
+            prompts = tuple(
+                row_files(ctx, p, models[0], join(path, "params_from")) for p in prompts
+            )
+            check_rows(ctx, prompts, tuple(variants), join(path, "params_from"))
+        if len(ctx.problems) > before:
+            return None
+    _warn_unseeded(ctx, path, models, seeds)
+    count, _ = _pick(raw, defaults, path, "count")
+    return Entry(
+        index=index,
+        name=raw.get("name"),
+        prompts=prompts,
+        vars=tuple(var_values.items()),
+        variants=tuple(variants),
+        seeds=seeds,
+        count=count or 1,
+        prompt_template=raw.get("prompt_template"),
+    )
+
+
+def _check_placeholders(
+    ctx: Context, raw: Mapping[str, Any], path: str, prompts: tuple[Prompt, ...], names: set[str]
+) -> None:
+    """Each {placeholder} has a value (a var, or a column of each row) and each var is used;
+    every problem noted, with the var meant where one is close."""
+    name, template = raw.get("name"), raw.get("prompt_template")
     used = set(PLACEHOLDER.findall(name or "")) | set(PLACEHOLDER.findall(template or ""))
     # Placeholders of name and prompt_template that no var fills: each row's columns must.
     from_columns = [
@@ -139,53 +203,71 @@ def _entry(
         if found not in names and not (found == "prompt" and field_name == "prompt_template")
     ]
     for prompt in prompts:
-        if prompt.columns and not names.isdisjoint(prompt.columns):
-            raise ctx.error(
-                join(join(path, "vars"), sorted(names & set(prompt.columns))[0]),
-                f"is also a column of {prompt.where}: name the var or the column otherwise",
-            )
-        found = PLACEHOLDER.findall(prompt.text)
-        if found:
-            used.update(found)
-            columns = prompt.columns or {}
-            missing = [p for p in found if p not in names and p not in columns]
-            if missing:
-                raise ctx.error(
-                    prompt.where,
-                    f"placeholder {{{missing[0]}}} has no value: add it under {path}.vars",
-                )
-        if not prompt.text.strip():
-            raise ctx.error(prompt.where, "the prompt is empty")
-        for field_name, wanted in from_columns:
-            if wanted not in (prompt.columns or {}):
-                raise ctx.error(
-                    join(path, field_name),
-                    f"placeholder {{{wanted}}} has no value for {prompt.where} "
-                    "(a var, or a column of the prompts file)",
-                )
+        used.update(PLACEHOLDER.findall(prompt.text))
+        with ctx.collecting():
+            _check_prompt(ctx, path, prompt, names, from_columns)
     for where, text in param_templates(raw, path):
         found = PLACEHOLDER.findall(text)
         used.update(found)
         for missing in found:
             if missing not in names:
-                raise ctx.error(where, f"placeholder {{{missing}}} has no value: add it to vars")
-    unused = sorted(names - used)
-    if unused:
-        raise ctx.error(
-            join(join(path, "vars"), unused[0]),
-            "is not used as a {placeholder} in the prompt or name",
+                hint = _close_var(missing, names)
+                ctx.report(
+                    ctx.error(
+                        where, f"placeholder {{{missing}}} has no value: add it to vars{hint}"
+                    )
+                )
+    for unused in sorted(names - used):
+        ctx.report(
+            ctx.error(
+                join(join(path, "vars"), unused),
+                "is not used as a {placeholder} in the prompt or name",
+            )
         )
-    models = entry_models(ctx, raw, defaults, path)
-    seeds = entry_seeds(ctx, raw, defaults, path)
-    sizes, sizes_path = _pick(raw, defaults, path, "sizes")
-    variants = tuple(
-        make_variant(ctx, model, size, sizes_path, i, raw, defaults, path, var_values)
-        for model in models
-        for i, size in enumerate(sizes or [None])
-    )
-    if "params_from" in raw:
-        prompts = tuple(row_files(ctx, p, models[0], join(path, "params_from")) for p in prompts)
-        check_rows(ctx, prompts, variants, join(path, "params_from"))
+
+
+def _check_prompt(
+    ctx: Context,
+    path: str,
+    prompt: Prompt,
+    names: set[str],
+    from_columns: list[tuple[str, str]],
+) -> None:
+    """A ManifestError for the first placeholder of one prompt that has no value."""
+    if prompt.columns and not names.isdisjoint(prompt.columns):
+        raise ctx.error(
+            join(join(path, "vars"), sorted(names & set(prompt.columns))[0]),
+            f"is also a column of {prompt.where}: name the var or the column otherwise",
+        )
+    found = PLACEHOLDER.findall(prompt.text)
+    columns = prompt.columns or {}
+    missing = [p for p in found if p not in names and p not in columns]
+    if missing:
+        hint = _close_var(missing[0], names | set(columns))
+        raise ctx.error(
+            prompt.where,
+            f"placeholder {{{missing[0]}}} has no value: add it under {path}.vars{hint}",
+        )
+    if not prompt.text.strip():
+        raise ctx.error(prompt.where, "the prompt is empty")
+    for field_name, wanted in from_columns:
+        if wanted not in columns:
+            raise ctx.error(
+                join(path, field_name),
+                f"placeholder {{{wanted}}} has no value for {prompt.where} "
+                "(a var, or a column of the prompts file)",
+            )
+
+
+def _close_var(name: str, names: set[str]) -> str:
+    """``; did you mean {style}?`` for a placeholder one typo away from a var."""
+    close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+    return f" (did you mean {{{close[0]}}}?)" if close else ""
+
+
+def _warn_unseeded(
+    ctx: Context, path: str, models: list[Model], seeds: tuple[int | str | None, ...]
+) -> None:
     for model in models:
         if not model.takes_seed and seeds != (None,):
             ctx.warnings.append(
@@ -196,17 +278,6 @@ def _entry(
                     else f"the {len(seeds)} seeds give {len(seeds)} unseeded replicas"
                 )
             )
-    count, _ = _pick(raw, defaults, path, "count")
-    return Entry(
-        index=index,
-        name=name,
-        prompts=prompts,
-        vars=tuple(var_values.items()),
-        variants=variants,
-        seeds=seeds,
-        count=count or 1,
-        prompt_template=template,
-    )
 
 
 def _pick(

@@ -3,14 +3,15 @@ places each error at its file, path and line."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner.catalog import Catalog, Model
-from runner.errors import ManifestError
+from runner.errors import ManifestError, ManifestProblems
 from runner.manifest import located_yaml
 from runner.manifest.located_yaml import join
 from runner.settings import RunSettings
@@ -20,6 +21,7 @@ MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; its prompts belong in p
 
 MAX_PROMPTS_BYTES = 1 << 30  # a million prompts of a few hundred characters fit easily
 MAX_SEED = 2**32 - 1  # seeds are 32-bit unsigned everywhere Krea takes one
+MAX_PROBLEMS = 20  # problems said at once: enough to fix a manifest in one go, not a flood
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class Variant:
 
     model: Model
     params: Mapping[str, Any]
+    size: str | None = None  # as the manifest wrote it
+    sized: tuple[tuple[str, Any], ...] = ()  # the parameters the size gave this model
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +114,39 @@ class Context:
         self.marks = marks
         self.catalog = catalog
         self.warnings: list[str] = []
+        self.problems: list[ManifestError] = []  # found so far, each said once
         self.max_rows = RunSettings().max_jobs  # rows a prompts file may hold (run.max_jobs)
 
     def error(self, path: str, message: str) -> ManifestError:
         mark = located_yaml.locate(self.marks, path)
         line, column = mark if mark else (None, None)
         return ManifestError(message, file=self.file, path=path, line=line, column=column)
+
+    def report(self, error: ManifestError) -> None:
+        """Note a problem and go on looking for others; at MAX_PROBLEMS, stop."""
+        if any(str(error) == str(known) for known in self.problems):
+            return
+        self.problems.append(error)
+        if len(self.problems) >= MAX_PROBLEMS:
+            raise ManifestProblems(self.problems, bounded=True)
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Run a check that stops at its first problem; note the problem, go on after it."""
+        try:
+            yield
+        except ManifestProblems:
+            raise
+        except ManifestError as exc:
+            self.report(exc)
+
+    def raise_problems(self) -> None:
+        """One problem as itself, several together."""
+        if len(self.problems) == 1:
+            raise self.problems[0]
+        if self.problems:
+            self.problems.sort(key=lambda p: (p.line is None, p.line or 0, p.column or 0))
+            raise ManifestProblems(self.problems)
 
 
 def one_of(ctx: Context, raw: Mapping[str, Any], path: str, *keys: str) -> str | None:

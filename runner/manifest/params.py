@@ -15,6 +15,7 @@ from runner.integers import NotAWholeNumber, parse_int
 from runner.manifest.assets import AssetError, with_local_files
 from runner.manifest.located_yaml import join
 from runner.manifest.model import Context, Prompt, Variant, one_of
+from runner.manifest.sizes import SizeError, parse_size, size_params
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -106,10 +107,16 @@ def make_variant(
             name = _current_name(ctx, model, name, join(where, name))
             params[name] = _local_files(ctx, model, name, _normalise_number(value), where)
             origin[name] = join(where, name)
+    sized: dict[str, Any] = {}
     if size is not None:
-        for name, value in _size_params(size).items():
+        where = f"{sizes_path}[{size_index}]"
+        try:
+            sized = size_params(model, parse_size(size), params)
+        except SizeError as exc:
+            raise ctx.error(where, f"{exc}: leave {model.id} out of this sizes list") from None
+        for name, value in sized.items():
             params[name] = value
-            origin[name] = f"{sizes_path}[{size_index}]"
+            origin[name] = where
     used = sorted(
         {v for t in params.values() if isinstance(t, str) for v in PLACEHOLDER.findall(t)}
     )
@@ -120,11 +127,14 @@ def make_variant(
             top = field_path.split(".", 1)[0].split("[", 1)[0]
             if top == "prompt":
                 continue
-            if top in origin:
-                raise ctx.error(origin[top] + field_path[len(top) :], message)
-            if "params_from" not in raw:  # else rows may supply it: each row is checked whole
-                raise ctx.error(path, message)
-    return Variant(model, params)
+            if top in sized:  # pixels written for a model whose bounds they miss
+                hint = "; as a ratio ('16:9') each model takes its own pixel count"
+                ctx.report(ctx.error(origin[top], f"{top} {message}{hint}"))
+            elif top in origin:
+                ctx.report(ctx.error(origin[top] + field_path[len(top) :], message))
+            elif "params_from" not in raw:  # else rows may supply it: each row is checked whole
+                ctx.report(ctx.error(path, message))
+    return Variant(model, params, size, tuple(sized.items()))
 
 
 def _local_files(ctx: Context, model: Model, name: str, value: Any, where: str) -> Any:
@@ -233,14 +243,6 @@ def _current_name(ctx: Context, model: Model, name: str, where: str) -> str:
 
 def _prompt_min(model: Model) -> int:
     return int(model.properties.get("prompt", {}).get("minLength", 1))
-
-
-def _size_params(size: str) -> dict[str, Any]:
-    text = size.strip()
-    if ":" in text:
-        return {"aspect_ratio": re.sub(r"\s+", "", text)}
-    width, height = re.split(r"\s*[xX×]\s*", text)
-    return {"width": parse_int(width, "width"), "height": parse_int(height, "height")}
 
 
 def _normalise_number(value: Any) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 from runner.jobspec import JobSpec
 from runner.manifest.expand import expand
 from runner.manifest.model import Manifest
+from runner.manifest.sizes import size_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,19 @@ class ModelPlan:
     usd: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class SizeFor:
+    """A size as written, and what one model is sent for it."""
+
+    size: str
+    model: str
+    sent: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        return size_text(self.sent)
+
+
 @dataclass(frozen=True)
 class Plan:
     """The full expansion of a manifest, summarised."""
@@ -33,6 +47,7 @@ class Plan:
     models: tuple[ModelPlan, ...]
     first: tuple[JobSpec, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    sizes: tuple[SizeFor, ...] = ()  # what each model is sent for each size written
 
     @property
     def units(self) -> float:
@@ -65,6 +80,7 @@ class Plan:
                 for m in self.models
             ],
             "warnings": list(self.warnings),
+            "sizes": [{"size": s.size, "model": s.model, "sent": s.sent} for s in self.sizes],
             "first": [spec_json(s) for s in self.first],
         }
 
@@ -103,4 +119,16 @@ def make_plan(manifest: Manifest, show: int = 0) -> Plan:
         models=models,
         first=tuple(first),
         warnings=manifest.warnings,
+        sizes=sizes_of(manifest),
     )
+
+
+def sizes_of(manifest: Manifest) -> tuple[SizeFor, ...]:
+    """Each size written and what each model of its entries is sent for it, once each."""
+    found: dict[tuple[str, str], SizeFor] = {}
+    for entry in manifest.entries:
+        for variant in entry.variants:
+            if variant.size is not None:
+                pair = (variant.size.strip(), variant.model.id)
+                found.setdefault(pair, SizeFor(*pair, dict(variant.sized)))
+    return tuple(found.values())

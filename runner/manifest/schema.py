@@ -107,12 +107,11 @@ _VALIDATOR = Draft202012Validator(MANIFEST_SCHEMA)
 
 
 def check_structure(ctx: Context, data: dict[str, Any]) -> None:
-    errors = list(_VALIDATOR.iter_errors(data))
-    if not errors:
-        return
-    error = best_match(errors, key=lambda e: -len(e.path))
-    path = _path_of(error.absolute_path)
-    raise ctx.error(*_describe(error, path))
+    """Every structure problem of the manifest at once (up to MAX_PROBLEMS)."""
+    for error in _VALIDATOR.iter_errors(data):
+        leaf = best_match([error], key=lambda e: -len(e.path))  # inside anyOf: the closest
+        ctx.report(ctx.error(*_describe(leaf, _path_of(leaf.absolute_path))))
+    ctx.raise_problems()
 
 
 def _path_of(parts: Sequence[Any]) -> str:

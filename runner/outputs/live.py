@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,12 +35,16 @@ class Run(Protocol):
     def stats(self) -> RunStats: ...
 
 
-def payload(stats: RunStats, state: str, stopping: str | None = None) -> dict[str, Any]:
+def payload(
+    stats: RunStats, state: str, stopping: str | None = None, api_base: str | None = None
+) -> dict[str, Any]:
     """What status.json says about a run (pure)."""
     counts, eta = stats.counts, stats.eta_seconds
     return {
         "state": state,  # running | finished
         "pid": os.getpid(),
+        "host": socket.gethostname(),  # where the pid means something
+        "api_base": api_base,  # what `status --refresh` asks, even of a run killed midway
         "started_at": iso_time(stats.started),
         "heartbeat_at": iso_time(stats.now),
         "heartbeat": round(stats.now, 3),
@@ -111,8 +116,15 @@ def prometheus(status: Mapping[str, Any]) -> str:
 class LiveStatus:
     """Called with the engine as often as the engine likes; writes every ``every`` seconds."""
 
-    def __init__(self, root: Path, metrics: Path | None = None, every: float = 2.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        metrics: Path | None = None,
+        every: float = 2.0,
+        api_base: str | None = None,
+    ) -> None:
         self.path = Layout(root).status
+        self.api_base = api_base
         self.metrics = metrics
         self.every = every
         self._last = -float("inf")
@@ -125,7 +137,7 @@ class LiveStatus:
 
     def write(self, engine: Run, state: str) -> None:
         """Write both files now; a failure is not worth stopping a run for."""
-        status = payload(engine.stats(), state, engine.stopping)
+        status = payload(engine.stats(), state, engine.stopping, self.api_base)
         try:
             write_atomic(self.path, json.dumps(status, indent=1) + "\n", durable=False)
             if self.metrics is not None:
@@ -134,16 +146,44 @@ class LiveStatus:
             pass  # a full disk is caught where it matters: the journal
 
 
-def read_live(root: Path, now: float | None = None) -> dict[str, Any] | None:
-    """The status of a run writing to ``root`` right now, or None (none, or a past one)."""
+def read_status_file(root: Path) -> dict[str, Any] | None:
+    """status.json as the last run left it (running or finished), or None."""
     try:
         status = jsontext.loads(read_regular(Layout(root).status, 16 << 20))
     except (OSError, ValueError):
         return None
-    if not isinstance(status, dict) or status.get("state") != "running":
+    return status if isinstance(status, dict) else None
+
+
+def read_running(root: Path) -> dict[str, Any] | None:
+    """status.json when it says ``running``, whether or not that run is still alive."""
+    status = read_status_file(root)
+    return status if status is not None and status.get("state") == "running" else None
+
+
+def read_live(root: Path, now: float | None = None) -> dict[str, Any] | None:
+    """The status of a run writing to ``root`` right now, or None: none, a past one, one
+    whose heartbeat stopped, or one of this machine whose process is gone (``kill -9``:
+    its last heartbeat is still fresh for a few seconds)."""
+    status = read_running(root)
+    if status is None:
         return None
     beat = status.get("heartbeat")
     now = time.time() if now is None else now
     if not isinstance(beat, int | float) or now - beat > STALE_AFTER:
         return None
+    pid = status.get("pid")
+    here = status.get("host") == socket.gethostname()
+    if here and isinstance(pid, int) and pid > 0 and not _alive(pid):
+        return None
     return status
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or a pid this system cannot hold: not ours to say
+    return True

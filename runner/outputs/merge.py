@@ -67,6 +67,7 @@ from runner.outputs.trees import Tree, safe_relative, same_or_inside
 from runner.state.figures import stats_of
 from runner.state.ledger import counts_of
 from runner.state.records import RecordStatus, ResultRecord, latest_records
+from runner.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -317,9 +318,11 @@ def _unfinished(inputs: list[_Input]) -> list[str]:
         if not one.summary:
             found.append(f"{what} is unfinished (no {SUMMARY_NAME}: its run never ended)")
         elif isinstance(left, int) and left > 0:
-            found.append(f"{what} is unfinished ({left} jobs left: run it again)")
+            found.append(f"{what} is unfinished ({counted(left, 'job')} left: run it again)")
         elif unwritten:
-            found.append(f"{what} is unfinished ({unwritten} jobs not in a written shard)")
+            found.append(
+                f"{what} is unfinished ({counted(unwritten, 'job')} not in a written shard)"
+            )
     return found
 
 

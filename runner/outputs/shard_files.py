@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from runner.outputs import arrow
+
 SHARDS_DIR = "shards"
 
 
@@ -63,7 +65,7 @@ def _tar_digests(shard: Path) -> dict[str, str]:
 
 
 def _parquet_digests(shard: Path) -> dict[str, str]:
-    import pyarrow.parquet as pq  # only a folder of parquet shards pays for the import
+    pq = arrow.parquet("reading parquet shards")  # only parquet folders pay for the import
 
     digests = {}
     for batch in pq.ParquetFile(shard).iter_batches(columns=["image"], batch_size=100):
@@ -82,8 +84,7 @@ def read_member(shard: Path, member: str) -> bytes | None:
                 handle = tar.extractfile(member)
                 return None if handle is None else handle.read()
         if shard.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
+            pq = arrow.parquet("reading parquet shards")
             for batch in pq.ParquetFile(shard).iter_batches(columns=["image"], batch_size=100):
                 for image in batch.column("image").to_pylist():
                     if image and image.get("path") == member:
@@ -113,8 +114,7 @@ def read_members(handle: IO[bytes], suffix: str, wanted: set[str]) -> Iterator[t
                         if not left:
                             return
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
+        pq = arrow.parquet("reading parquet shards")
         for batch in pq.ParquetFile(handle).iter_batches(columns=["image"], batch_size=16):
             for image in batch.column("image").to_pylist():
                 path = image.get("path") if image else None

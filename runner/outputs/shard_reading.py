@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from runner.outputs import arrow
 from runner.outputs.shard_ledger import CHUNK, Sealed, file_digest
 
 
@@ -96,9 +97,8 @@ def read_parquet(path: Path, advance: Callable[[int], None], sealed: Sealed | No
     whole = sealed is not None and sealed.sha256 == sha256 and sealed.size == size
     members: dict[str, str | None] = {}
     error = None
+    pq = arrow.parquet("verifying parquet shards")  # outside the try: missing is no damage
     try:
-        import pyarrow.parquet as pq
-
         column = "image.path" if whole else "image"
         for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=100):
             for image in batch.column(0).to_pylist():

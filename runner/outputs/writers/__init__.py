@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner.errors import UsageError
+from runner.outputs import arrow
 from runner.outputs.atomic import write_atomic
 from runner.outputs.destination import Destination
 from runner.outputs.folder import OutputFolder
@@ -74,6 +75,7 @@ def open_writer(
     if format == "webdataset":
         return WebDatasetWriter(folder, shard_size, destination, var_names)
     if format == "parquet":
+        arrow.parquet()  # before anything is sent
         return ParquetWriter(folder, shard_size, destination, var_names)
     return FilesWriter(folder, destination, var_names)
 

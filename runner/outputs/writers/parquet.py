@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from runner.outputs import arrow
 from runner.outputs.schema import columns
 from runner.outputs.shard_ledger import file_digest
 from runner.outputs.writers.shard_recovery import Sample
@@ -28,7 +29,7 @@ class ParquetWriter(ShardWriter):
 
     def schema(self) -> Any:
         """The shards' schema (a pyarrow.Schema), with Hugging Face's features in its metadata."""
-        import pyarrow as pa  # imported by the runs that write parquet only (40 MB of RSS)
+        pa = arrow.pyarrow()  # imported by the runs that write parquet only (40 MB of RSS)
 
         types = {"string": pa.string(), "int64": pa.int64()}
         fields = [
@@ -42,9 +43,7 @@ class ParquetWriter(ShardWriter):
         return pa.schema(fields, metadata=metadata)
 
     def write_shard(self, path: Path, samples: list[Sample]) -> tuple[int, str]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        pa, pq = arrow.pyarrow(), arrow.parquet()
         schema = self.schema()
         with pq.ParquetWriter(path, schema) as writer:
             rows: list[dict[str, Any]] = []

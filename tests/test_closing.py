@@ -1,0 +1,33 @@
+"""What a run says when it ends: advice that fits why it stopped."""
+
+from __future__ import annotations
+
+from runner.cli.closing import advice_for, after_lines
+from runner.engine import RunResult
+from runner.state.figures import Counts
+
+
+def test_a_budget_stop_does_not_advise_spending_the_budget_again_unawares() -> None:
+    result = RunResult(Counts(total=13, completed=4, over_budget=9), stopped="budget reached")
+    advice = advice_for(result, "$25")
+    assert "run the same command again to resume" not in advice
+    assert "each run has its own --budget" in advice
+    assert "sends the 9 jobs left and may spend up to $25 more" in advice
+
+
+def test_a_model_the_budget_cannot_price_is_not_helped_by_running_again() -> None:
+    result = RunResult(Counts(total=2, unpriced=2), stopped="2 jobs not submitted")
+    assert "running it again sends none of them" in advice_for(result)
+    assert "prices:" in advice_for(result)
+
+
+def test_an_interrupted_run_resumes_and_a_cause_of_the_engine_keeps_its_advice() -> None:
+    interrupted = RunResult(Counts(total=5, completed=2), stopped="interrupted by SIGINT")
+    assert advice_for(interrupted) == "run the same command again to resume"
+    refused = RunResult(Counts(total=5, over_budget=1), stopped="fatal", advice="add credits")
+    assert advice_for(refused) == "add credits"
+
+
+def test_one_failed_job_is_one_job() -> None:
+    [line] = after_lines(RunResult(Counts(total=1, failed=1)), "out")
+    assert line.text.startswith("1 job failed:")
