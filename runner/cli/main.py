@@ -40,6 +40,7 @@ from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_templat
 from runner.outputs import Layout, iter_latest_records
 from runner.outputs.destination import is_url
 from runner.outputs.figures import Counts
+from runner.outputs.identity import recorded_shard
 from runner.outputs.layout import RESULTS_NAME, SUMMARY_NAME
 from runner.outputs.live import read_live
 from runner.outputs.merge import IncompleteMerge, merge
@@ -120,7 +121,12 @@ def _run(args: argparse.Namespace) -> int:
     budget, budget_unit = parse_budget(args.budget) if args.budget else (None, "usd")
     options = EngineOptions(
         deadline=_deadline(args.deadline, args.max_runtime),
-        shard=parse_shard(args.shard, os.environ) if args.shard else None,
+        # auto: the count the folder records, where the scheduler cannot say it (a rerun)
+        shard=parse_shard(
+            args.shard, os.environ, recorded=lambda: recorded_shard(args.out, args.state_dir)
+        )
+        if args.shard
+        else None,
         budget=budget,
         budget_unit=budget_unit,
         retry_failed=args.retry_failed,

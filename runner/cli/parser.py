@@ -192,12 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="never submit a job that would take this run's estimated spend over AMOUNT: "
         "dollars (25, 25usd, $25) or compute units (500cu)",
     )
-    run.add_argument(
-        "--shard",
-        metavar="I/N",
-        help="run only shard I of N (split by job key), with 1/N of --concurrency, "
-        "--rate-limit and --budget; auto: the index from a Slurm array, a Kubernetes Indexed "
-        "Job or an AWS Batch array",
+    _shard_flag(
+        run,
+        "run only shard I of N (split by job key), with 1/N of --concurrency, --rate-limit and "
+        "--budget; I counts from 1 (1/N … N/N). auto: shard T+1 for a scheduler's task T, "
+        "counting from 0 (a Slurm array, a Kubernetes Indexed Job, an AWS Batch array), of "
+        "the count auto/N, $KREA_BATCH_SHARDS, the scheduler's or the folder's split",
     )
     run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
     run.add_argument(
@@ -301,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command in commands.choices.values():
         _global_flags(command, defaults=False)
     return parser
+
+
+def _shard_flag(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--shard", metavar="I/N", help=text)
 
 
 def _setting_flags(parser: argparse.ArgumentParser, text: str) -> None:
