@@ -199,6 +199,20 @@ def test_a_task_rerun_alone_resumes_its_shard_and_another_split_is_refused(
     assert stats["duplicate_submits"] == 0
 
 
+def test_more_shards_than_the_account_runs_at_once_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(4))
+    out = tmp_path / "out"
+    run = ["run", str(manifest), "--api-base", "http://127.0.0.1:9", "--out", str(out)]
+    assert main([*run, "--shard", "1/16", "--concurrency", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "16 shards cannot share a concurrency of 8" in err
+    assert "raise --concurrency to 16" in err
+    assert not out.exists()
+
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
