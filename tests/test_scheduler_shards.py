@@ -211,6 +211,29 @@ def test_more_shards_than_the_account_runs_at_once_are_refused(
     assert "16 shards cannot share a concurrency of 8" in err
     assert "raise --concurrency to 16" in err
     assert not out.exists()
+    assert main(["plan", str(manifest), "--shard", "1/16", "--concurrency", "8"]) == 2
+
+
+def test_plan_shows_every_shard_of_the_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(manifest_text(40, model="flux-1-dev").replace("128x128", "512x512"))
+    assert main(["plan", str(manifest), "--shard", "2/4", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    specs = list(expand(load_manifest(manifest)))
+    assert plan["shard"] == [2, 4]
+    assert [s["task"] for s in plan["shards"]] == [0, 1, 2, 3]
+    for shard in plan["shards"]:
+        theirs = [s for s in specs if in_shard(s.key, (shard["shard"], 4))]
+        assert shard["jobs"] == len(theirs)
+        assert shard["estimated_usd"] == pytest.approx(sum(s.usd or 0 for s in theirs), abs=1e-4)
+    assert plan["jobs"] == plan["shards"][1]["jobs"]
+    assert plan["per_shard"] == {"concurrency": 2, "rate_limit_per_s": 250.0}
+    assert main(["plan", str(manifest), "--shard", "2/4"]) == 0
+    text = capsys.readouterr().out
+    assert f"shard 2 of 4 (task 1): {plan['jobs']} of 40 jobs" in text
+    assert "<- this one" in text
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -24,19 +24,18 @@ from runner.batch import run_batch
 from runner.catalog import load_catalog
 from runner.cli.logs import configure_logging
 from runner.cli.parser import build_parser, refuse_secret_flags
+from runner.cli.planning import plan_command
 from runner.cli.progress import Progress
 from runner.cli.status import read_status, refresh, render_status
 from runner.cli.verify import verify_command
-from runner.cli.views import catalog_table, model_detail, plan_text
+from runner.cli.views import catalog_table, model_detail
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions, RunResult
 from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
-from runner.manifest import expand, load_manifest
-from runner.manifest.plan import make_plan
+from runner.manifest import load_manifest
 from runner.money import parse_budget, spend_text
-from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
 from runner.outputs import Layout, iter_latest_records
 from runner.outputs.destination import is_url
 from runner.outputs.figures import Counts
@@ -56,23 +55,6 @@ from runner.settings import (
 from runner.sharding import parse_shard
 
 EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
-
-
-def _plan(args: argparse.Namespace) -> int:
-    overrides = {name: getattr(args, name) for name in SETTING_NAMES}
-    manifest = load_manifest(args.manifest, overrides=overrides)
-    template = manifest.settings.name_template
-    if template != DEFAULT_TEMPLATE:  # the names a run would give, checked as it would
-        stem = check_template(template)
-        names: dict[str, int] = {}
-        for spec in expand(manifest):
-            add_name(names, stem, template, spec)
-        check_names(names, template, Path("out") / "images")
-    plan = make_plan(manifest, show=max(args.show, 0))
-    print(
-        json.dumps(plan.to_json(), ensure_ascii=False, indent=1) if args.json else plan_text(plan)
-    )
-    return ExitCode.OK
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -382,7 +364,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "plan": _plan,
+    "plan": plan_command,
     "models": _models,
     "run": _run,
     "report": _report,

@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--show", type=int_flag(), default=0, metavar="N", help="print the first N specs"
     )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
+    _shard_flag(
+        plan,
+        "plan shard I of N (I counts from 1; auto: as `run --shard auto` reads it), and show "
+        "every shard of the split: its scheduler task, jobs and estimated cost",
+    )
     _setting_flags(plan, "the run's settings: those that change what is planned are checked")
 
     run = commands.add_parser("run", help="run a manifest's jobs into an output folder")
