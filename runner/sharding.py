@@ -144,7 +144,7 @@ def _slurm(environ: Mapping[str, str]) -> Task:
         task,
         (last or 0) + 1 if whole else None,
         f"Slurm array task {task}",
-        f" (its array, {shown}, is not the whole split numbered 0 to N-1)",
+        f" (its array is {shown}, not a whole split numbered 0 to N-1)",
     )
 
 
