@@ -28,17 +28,16 @@ from runner.cli.planning import plan_command
 from runner.cli.progress import Progress
 from runner.cli.status import read_status, refresh, render_status
 from runner.cli.verify import verify_command
-from runner.cli.views import catalog_table, model_detail
+from runner.cli.views import catalog_table, model_detail, outcome_text
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions, RunResult
 from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
 from runner.manifest import load_manifest
-from runner.money import parse_budget, spend_text
+from runner.money import parse_budget
 from runner.outputs import Layout, iter_latest_records
 from runner.outputs.destination import is_url
-from runner.outputs.figures import Counts
 from runner.outputs.identity import recorded_shard
 from runner.outputs.layout import RESULTS_NAME, SUMMARY_NAME
 from runner.outputs.live import read_live
@@ -100,24 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         if not (args.webhook_url and args.webhook_listen):
             raise UsageError("--webhook-url and --webhook-listen go together")
         webhook = WebhookSettings.parse(args.webhook_url, args.webhook_listen)
-    budget, budget_unit = parse_budget(args.budget) if args.budget else (None, "usd")
-    options = EngineOptions(
-        deadline=_deadline(args.deadline, args.max_runtime),
-        # auto: the count the folder records, where the scheduler cannot say it (a rerun)
-        shard=parse_shard(
-            args.shard, os.environ, recorded=lambda: recorded_shard(args.out, args.state_dir)
-        )
-        if args.shard
-        else None,
-        budget=budget,
-        budget_unit=budget_unit,
-        retry_failed=args.retry_failed,
-        retry_ambiguous=args.retry_ambiguous,
-        limit=args.limit,
-        drain_timeout=args.drain_timeout,
-        cancel_on_exit=args.cancel_on_exit,
-        embed_metadata=not args.no_embed_metadata,
-    )
+    options = _options(args)
     progress = Progress(live=sys.stderr.isatty(), interval=args.progress_interval)
     if sys.stderr.isatty() and args.log_format == "text":
         configure_logging(args.verbose, args.log_format, console=progress.console)
@@ -141,54 +123,33 @@ def _run(args: argparse.Namespace) -> int:
             result = asyncio.run(batch(api_base=args.api_base, tokens=tokens, key_source=source))
     finally:
         progress.close()
-    counts = result.counts
-    ambiguous = f", {counts.ambiguous_jobs} ambiguous" if counts.ambiguous_jobs else ""
-    out = str(args.out).rstrip("/")
-    sharded = manifest.settings.format != "files"
-    if is_url(out) or sharded:
-        where = f"shards: {out}/shards" if sharded else f"images: {out}/images"
-    else:
-        where = f"gallery: {out}/report.html"
-    print(
-        f"{counts.completed} completed, {counts.failed} failed{ambiguous}, "
-        f"{counts.skipped} already done, {counts.unfinished} unfinished; "
-        f"estimated spend {spend_text(counts.spend_usd, counts.spend_units)}\n"
-        f"results: {out}/results.jsonl   {where}"
-    )
-    if result.stopped:
-        advice = result.advice or "run the same command again to resume"
-        print(f"stopped early: {result.stopped}; {advice}", file=sys.stderr)
-    if counts.failed:
-        print(
-            f"{counts.failed} failed: `krea-batch status {out}` groups the reasons; "
-            "`run … --retry-failed` sends them again (a job the API says is gone may still have "
-            "been paid for)",
-            file=sys.stderr,
-        )
-    for line in earlier_outcomes(counts, out):
+    summary, notes = outcome_text(result, str(args.out), manifest.settings.format)
+    print(summary)
+    for line in notes:
         print(line, file=sys.stderr)
     return result.exit_code
 
 
-def earlier_outcomes(counts: Counts, out: str) -> list[str]:
-    """What the folder still holds from earlier runs that is no success (pure)."""
-    lines = []
-    if counts.failed_before:
-        lines.append(
-            f"{_jobs(counts.failed_before)} failed in an earlier run and still count as "
-            f"failed (exit 1): `krea-batch status {out}` groups the reasons; "
-            "`run … --retry-failed` sends them again"
+def _options(args: argparse.Namespace) -> EngineOptions:
+    """The engine's options from ``run``'s flags."""
+    budget, budget_unit = parse_budget(args.budget) if args.budget else (None, "usd")
+    shard = None
+    if args.shard:  # auto: the count the folder records, where the scheduler cannot say it
+        shard = parse_shard(
+            args.shard, os.environ, lambda: recorded_shard(args.out, args.state_dir)
         )
-    if counts.ambiguous_before:
-        lines.append(
-            f"{_jobs(counts.ambiguous_before)} ended ambiguous in an earlier run (exit "
-            "1): `run … --retry-ambiguous` says what sending them again may cost, then sends them"
-        )
-    return lines
-
-
-def _jobs(n: int) -> str:
-    return f"{n} job" if n == 1 else f"{n} jobs"
+    return EngineOptions(
+        deadline=_deadline(args.deadline, args.max_runtime),
+        shard=shard,
+        budget=budget,
+        budget_unit=budget_unit,
+        retry_failed=args.retry_failed,
+        retry_ambiguous=args.retry_ambiguous,
+        limit=args.limit,
+        drain_timeout=args.drain_timeout,
+        cancel_on_exit=args.cancel_on_exit,
+        embed_metadata=not args.no_embed_metadata,
+    )
 
 
 async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunResult:

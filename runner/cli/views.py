@@ -8,6 +8,8 @@ from typing import Any
 from runner.catalog import Catalog, Model
 from runner.manifest.plan import Plan, spec_json
 from runner.money import spend_text
+from runner.outputs.destination import is_url
+from runner.outputs.figures import Counts, RunResult
 from runner.sharding import shard_words
 
 
@@ -143,3 +145,54 @@ def _split_text(plan: Plan) -> str:
         f"each shard runs at most {share['concurrency']:g} jobs at once and "
         f"{share['rate_limit_per_s']:g} requests/s, 1/{count} of the run's (and of any --budget)"
     )
+
+
+def outcome_text(result: RunResult, out: str, format: str) -> tuple[str, list[str]]:
+    """What ``run`` says at its end: the counts and where the results are (for stdout), and
+    the notes on what is left to do (for stderr)."""
+    counts = result.counts
+    ambiguous = f", {counts.ambiguous_jobs} ambiguous" if counts.ambiguous_jobs else ""
+    out = out.rstrip("/")
+    sharded = format != "files"
+    if is_url(out) or sharded:
+        where = f"shards: {out}/shards" if sharded else f"images: {out}/images"
+    else:
+        where = f"gallery: {out}/report.html"
+    summary = (
+        f"{counts.completed} completed, {counts.failed} failed{ambiguous}, "
+        f"{counts.skipped} already done, {counts.unfinished} unfinished; "
+        f"estimated spend {spend_text(counts.spend_usd, counts.spend_units)}\n"
+        f"results: {out}/results.jsonl   {where}"
+    )
+    notes = []
+    if result.stopped:
+        advice = result.advice or "run the same command again to resume"
+        notes.append(f"stopped early: {result.stopped}; {advice}")
+    if counts.failed:
+        notes.append(
+            f"{counts.failed} failed: `krea-batch status {out}` groups the reasons; "
+            "`run … --retry-failed` sends them again (a job the API says is gone may still have "
+            "been paid for)"
+        )
+    return summary, notes + earlier_outcomes(counts, out)
+
+
+def earlier_outcomes(counts: Counts, out: str) -> list[str]:
+    """What the folder still holds from earlier runs that is no success (pure)."""
+    lines = []
+    if counts.failed_before:
+        lines.append(
+            f"{_jobs(counts.failed_before)} failed in an earlier run and still count as "
+            f"failed (exit 1): `krea-batch status {out}` groups the reasons; "
+            "`run … --retry-failed` sends them again"
+        )
+    if counts.ambiguous_before:
+        lines.append(
+            f"{_jobs(counts.ambiguous_before)} ended ambiguous in an earlier run (exit "
+            "1): `run … --retry-ambiguous` says what sending them again may cost, then sends them"
+        )
+    return lines
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
