@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-stamp
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install install-run run test lint format bench clean
+.PHONY: install install-run run test slurm-test lint format bench clean
 
 # `make run` installs what running needs; `make test` (and the rest) the development tools too.
 install-run: $(RUN_STAMP)
@@ -29,6 +29,12 @@ run: install-run
 test: install
 	$(BIN)/python -m pytest -q -n 4 -m 'not serial'
 	$(BIN)/python -m pytest -q -m serial
+
+# examples/slurm on a real single-node Slurm against the emulator, checked end to end (as root:
+# it installs Debian's Slurm and munge when missing and starts their daemons with a config of
+# its own; see .ci/slurm-example.sh). About a minute.
+slurm-test: install-run
+	bash .ci/slurm-example.sh
 
 lint: install
 	$(BIN)/ruff check .

@@ -41,6 +41,7 @@ from runner.outputs.metadata import metadata_rows
 from runner.outputs.report import write_report
 from runner.outputs.summary import summary
 from runner.outputs.writers import claim_format, open_writer
+from runner.sharding import check_share
 from runner.state.figures import stats_of
 from runner.state.journal import records_at
 from runner.state.ledger import folder_counts
@@ -263,8 +264,10 @@ def shard_share(
     manifest: Manifest, options: EngineOptions, shards: int
 ) -> tuple[Manifest, EngineOptions]:
     """One shard's part of what the shards share: the account's jobs at once, its request
-    rate and the budget, divided evenly (each shard runs on its own, with no coordinator)."""
+    rate and the budget, divided evenly (each shard runs on its own, with no coordinator).
+    A split into more shards than the account runs jobs at once is refused."""
     settings = manifest.settings
+    check_share(shards, settings.concurrency)
     concurrency = max(1, settings.concurrency // shards)
     share = dataclasses.replace(
         settings,

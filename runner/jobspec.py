@@ -25,7 +25,12 @@ def job_key(endpoint: str, body: Mapping[str, Any], replica: int) -> str:
 def in_shard(key: str, shard: tuple[int, int]) -> bool:
     """Whether a job belongs to shard I of N: by its key, so the split never depends on order."""
     index, count = shard
-    return int(key, 16) % count == index - 1
+    return shard_of(key, count) == index
+
+
+def shard_of(key: str, count: int) -> int:
+    """The shard (counting from 1) a job belongs to in a split of ``count``."""
+    return int(key, 16) % count + 1
 
 
 def derive_seed(key: str) -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +14,7 @@ import aiohttp
 
 from runner.catalog import Model
 from runner.emulator import Emulator, EmulatorConfig, Latency, run_emulator
+from runner.emulator.server import RunningEmulator
 
 FLUX = "/generate/image/bfl/flux-1-dev"
 
@@ -75,3 +79,26 @@ def minimal_body(model: Model) -> dict[str, Any]:
         "reference_images": [{"url": "https://example.com/a.png", "tag": "subject"}],
     }
     return {name: samples[name] for name in model.schema.get("required", [])}
+
+
+@contextlib.contextmanager
+def emulator_thread(config: EmulatorConfig) -> Iterator[RunningEmulator]:
+    """An emulator served from a thread of its own, so that the CLI runs in the main thread
+    (it handles signals there)."""
+    started: queue.Queue[tuple[RunningEmulator, asyncio.AbstractEventLoop, asyncio.Event]]
+    started = queue.Queue()
+
+    async def serve() -> None:
+        done = asyncio.Event()
+        async with run_emulator(config) as emu:
+            started.put((emu, asyncio.get_running_loop(), done))
+            await done.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    emu, loop, done = started.get(timeout=10)
+    try:
+        yield emu
+    finally:
+        loop.call_soon_threadsafe(done.set)
+        thread.join()

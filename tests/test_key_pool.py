@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import queue
-import threading
 import tracemalloc
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +24,7 @@ from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.engine import Engine, RunResult
 from runner.exitcodes import ExitCode
 from runner.state.figures import stats_of
+from tests.emulator_helpers import emulator_thread
 from tests.engine_helpers import FAST, check_folder, manifest_text, read_results, small_manifest
 
 KEYS = ("key-one", "key-two", "key-three", "key-four")
@@ -85,28 +81,6 @@ async def test_a_pool_spreads_jobs_over_its_keys_and_asks_about_each_with_its_ow
     assert line.startswith("keys: ")
     assert f"{revoked} retired (" in line
     assert_no_token_in(tmp_path)
-
-
-@contextlib.contextmanager
-def emulator_thread(config: EmulatorConfig) -> Iterator[str]:
-    """An emulator served from a thread of its own, so that the CLI runs in the main thread
-    (it handles signals there); yields its URL."""
-    started: queue.Queue[tuple[str, asyncio.AbstractEventLoop, asyncio.Event]] = queue.Queue()
-
-    async def serve() -> None:
-        done = asyncio.Event()
-        async with run_emulator(config) as emu:
-            started.put((emu.url, asyncio.get_running_loop(), done))
-            await done.wait()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),))
-    thread.start()
-    url, loop, done = started.get(timeout=10)
-    try:
-        yield url
-    finally:
-        loop.call_soon_threadsafe(done.set)
-        thread.join()
 
 
 def assert_no_token_in(folder: Path) -> None:
@@ -398,7 +372,8 @@ def test_every_key_refused_is_said_once_per_key_with_advice_that_fits(
     manifest = tmp_path / "jobs.yaml"
     manifest.write_text(manifest_text(6))
 
-    with emulator_thread(EmulatorConfig(tokens=("good",))) as url:
+    with emulator_thread(EmulatorConfig(tokens=("good",))) as emu:
+        url = emu.url
         command = ["run", str(manifest), "--out", str(tmp_path / "out")]
         code = main([*command, "--token-file", str(keys), "--api-base", url])
     err = capsys.readouterr().err

@@ -192,12 +192,12 @@ def test_a_missing_shard_exits_3_unless_partial(
     one, _two, three = split
     out = tmp_path / "merged"
     err = _stderr_of(_merge(one, three, "--out", out), 3, capsys)
-    assert "shard 2 of 3 is missing" in err
+    assert "shard 2 of 3 (task 1) is missing" in err
     assert "--partial" in err
     assert not out.exists()
     assert _merge(one, three, "--out", out, "--partial") == 0
     captured = capsys.readouterr()
-    assert "shard 2 of 3 is missing" in captured.err
+    assert "shard 2 of 3 (task 1) is missing" in captured.err
     expected = {r["key"] for r in read_results(one) + read_results(three)}
     assert {r["key"] for r in read_results(out)} == expected
     # The shard from summary.json where there is no identity: the same answer.
@@ -207,7 +207,7 @@ def test_a_missing_shard_exits_3_unless_partial(
         summary["shard"] = [int(folder.name[-1]), 3]
         (folder / "summary.json").write_text(json.dumps(summary))
     err = _stderr_of(_merge(one, three, "--out", tmp_path / "again"), 3, capsys)
-    assert "shard 2 of 3 is missing" in err
+    assert "shard 2 of 3 (task 1) is missing" in err
 
 
 def test_an_unfinished_shard_exits_3_and_failed_jobs_exit_1(
@@ -218,7 +218,7 @@ def test_an_unfinished_shard_exits_3_and_failed_jobs_exit_1(
     summary["counts"]["unfinished"] = 2
     (two / "summary.json").write_text(json.dumps(summary))
     err = _stderr_of(_merge(*split, "--out", tmp_path / "m"), 3, capsys)
-    assert f"shard 2 of 3 ({two}) is unfinished (2 jobs left" in err
+    assert f"shard 2 of 3 (task 1, {two}) is unfinished (2 jobs left" in err
     summary["counts"]["unfinished"] = 0
     (two / "summary.json").write_text(json.dumps(summary))
     records = read_results(three)

@@ -23,21 +23,21 @@ from runner.catalog import load_catalog
 from runner.cli.closing import say_closing
 from runner.cli.logs import configure_logging, json_line
 from runner.cli.parser import build_parser, json_logs, refuse_secret_flags
+from runner.cli.planning import plan_command
 from runner.cli.progress import Progress
 from runner.cli.status import readable, status_command
 from runner.cli.verify import verify_command
-from runner.cli.views import catalog_table, model_detail, plan_text
+from runner.cli.views import catalog_table, model_detail
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions, RunResult
 from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
-from runner.manifest import expand, load_manifest
-from runner.manifest.plan import make_plan
+from runner.manifest import load_manifest
 from runner.money import dollars, parse_budget
-from runner.naming import DEFAULT_TEMPLATE, add_name, check_names, check_template
 from runner.outputs import Layout, arrow, iter_latest_records
 from runner.outputs.destination import is_url
+from runner.outputs.identity import recorded_shard
 from runner.outputs.merge import IncompleteMerge, merge
 from runner.outputs.provenance import read as read_provenance
 from runner.outputs.report import write_report
@@ -51,25 +51,6 @@ from runner.settings import (
 from runner.sharding import parse_shard
 
 EMULATOR_TOKEN = "emulator"  # what --emulator sends as its token
-
-
-def _plan(args: argparse.Namespace) -> int:
-    overrides = {name: getattr(args, name) for name in SETTING_NAMES}
-    manifest = load_manifest(args.manifest, overrides=overrides)
-    if manifest.settings.format == "parquet":
-        arrow.parquet()  # as a run would: said now, not after the plan looked fine
-    template = manifest.settings.name_template
-    if template != DEFAULT_TEMPLATE:  # the names a run would give, checked as it would
-        stem = check_template(template)
-        names: dict[str, int] = {}
-        for spec in expand(manifest):
-            add_name(names, stem, template, spec)
-        check_names(names, template, Path("out") / "images")
-    plan = make_plan(manifest, show=max(args.show, 0))
-    print(
-        json.dumps(plan.to_json(), ensure_ascii=False, indent=1) if args.json else plan_text(plan)
-    )
-    return ExitCode.OK
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -117,19 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         if not (args.webhook_url and args.webhook_listen):
             raise UsageError("--webhook-url and --webhook-listen go together")
         webhook = WebhookSettings.parse(args.webhook_url, args.webhook_listen)
-    budget, budget_unit = parse_budget(args.budget) if args.budget else (None, "usd")
-    options = EngineOptions(
-        deadline=_deadline(args.deadline, args.max_runtime),
-        shard=parse_shard(args.shard, os.environ) if args.shard else None,
-        budget=budget,
-        budget_unit=budget_unit,
-        retry_failed=args.retry_failed,
-        retry_ambiguous=args.retry_ambiguous,
-        limit=args.limit,
-        drain_timeout=args.drain_timeout,
-        cancel_on_exit=args.cancel_on_exit,
-        embed_metadata=not args.no_embed_metadata,
-    )
+    options = _options(args)
     live = sys.stderr.isatty() and args.log_format == "text"  # JSON: every line an object
     progress = Progress(live=live, interval=args.progress_interval)
     if live:
@@ -156,10 +125,33 @@ def _run(args: argparse.Namespace) -> int:
         progress.close()
     out = str(args.out).rstrip("/")
     budget_text = None
-    if budget is not None:
-        budget_text = dollars(budget) if budget_unit == "usd" else f"{budget:g} CU"
+    if options.budget is not None:
+        unit = options.budget_unit
+        budget_text = dollars(options.budget) if unit == "usd" else f"{options.budget:g} CU"
     say_closing(result, out, manifest.settings.format != "files", args.log_format, budget_text)
     return result.exit_code
+
+
+def _options(args: argparse.Namespace) -> EngineOptions:
+    """The engine's options from ``run``'s flags."""
+    budget, budget_unit = parse_budget(args.budget) if args.budget else (None, "usd")
+    shard = None
+    if args.shard:  # auto: the count the folder records, where the scheduler cannot say it
+        shard = parse_shard(
+            args.shard, os.environ, lambda: recorded_shard(args.out, args.state_dir)
+        )
+    return EngineOptions(
+        deadline=_deadline(args.deadline, args.max_runtime),
+        shard=shard,
+        budget=budget,
+        budget_unit=budget_unit,
+        retry_failed=args.retry_failed,
+        retry_ambiguous=args.retry_ambiguous,
+        limit=args.limit,
+        drain_timeout=args.drain_timeout,
+        cancel_on_exit=args.cancel_on_exit,
+        embed_metadata=not args.no_embed_metadata,
+    )
 
 
 async def _on_the_emulator(batch: Callable[..., Awaitable[RunResult]]) -> RunResult:
@@ -282,7 +274,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "plan": _plan,
+    "plan": plan_command,
     "models": _models,
     "run": _run,
     "report": _report,

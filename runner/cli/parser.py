@@ -164,6 +164,11 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "--show", type=int_flag(), default=0, metavar="N", help="print the first N specs"
     )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
+    _shard_flag(
+        plan,
+        "plan shard I of N (I counts from 1; auto: as `run --shard auto` reads it), and show "
+        "every shard of the split: its scheduler task, jobs and estimated cost",
+    )
     _setting_flags(plan, "the run's settings: those that change what is planned are checked")
 
     run = commands.add_parser("run", help="run a manifest's jobs into an output folder")
@@ -234,12 +239,12 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         help="never submit a job that would take this run's estimated spend over AMOUNT: "
         "dollars (25, 25usd, $25) or compute units (500cu)",
     )
-    run.add_argument(
-        "--shard",
-        metavar="I/N",
-        help="run only shard I of N (split by job key), with 1/N of --concurrency, "
-        "--rate-limit and --budget; auto: the index from a Slurm array, a Kubernetes Indexed "
-        "Job or an AWS Batch array",
+    _shard_flag(
+        run,
+        "run only shard I of N (split by job key), with 1/N of --concurrency, --rate-limit and "
+        "--budget; I counts from 1 (1/N … N/N). auto: shard T+1 for a scheduler's task T, "
+        "counting from 0 (a Slurm array, a Kubernetes Indexed Job, an AWS Batch array), of "
+        "the count auto/N, $KREA_BATCH_SHARDS, the scheduler's or the folder's split",
     )
     run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
     run.add_argument(
@@ -357,6 +362,10 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     for each in (parser, *commands.choices.values()):
         each.json_errors = json_errors
     return parser
+
+
+def _shard_flag(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--shard", metavar="I/N", help=text)
 
 
 def _setting_flags(parser: argparse.ArgumentParser, text: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from runner.catalog import Catalog, Model
 from runner.manifest.plan import Plan, spec_json
 from runner.money import spend_text
+from runner.sharding import shard_words
 from runner.wording import counted
 
 
@@ -106,7 +107,13 @@ def plan_text(plan: Plan) -> str:
     for m in plan.models:
         rows.append([m.model, f"{m.jobs:,}", _cost(m.usd, m.units, m.unpriced)])
     rows.append(["total", f"{plan.jobs:,}", _cost(plan.usd, plan.units, plan.unpriced)])
-    parts = [f"{plan.file}: {counted(plan.jobs, 'job')}", _table(rows)]
+    title = f"{plan.file}: {counted(plan.jobs, 'job')}"
+    if plan.shard is not None:
+        whole = sum(s.jobs for s in plan.shards)
+        title = f"{plan.file}, {shard_words(plan.shard)}: {plan.jobs:,} of {counted(whole, 'job')}"
+    parts = [title, _table(rows)]
+    if plan.shard is not None:
+        parts.append(_split_text(plan))
     if plan.duplicates:
         parts.append(
             f"{counted(plan.duplicates, 'duplicate job')} (same model, request and replica) "
@@ -131,3 +138,27 @@ def sizes_text(plan: Plan) -> list[str]:
     rows = [["SIZES SENT", *sizes]]
     rows += [[model, *(given.get(size, "–") for size in sizes)] for model, given in sent.items()]
     return [_table(rows)]
+
+
+def _split_text(plan: Plan) -> str:
+    """Every shard of the split: its scheduler task, jobs and cost; each shard's limits."""
+    assert plan.shard is not None
+    index, count = plan.shard
+    rows = [["SHARD", "TASK", "JOBS", "EST. COST"]]
+    for s in plan.shards:
+        mark = "  <- this one" if s.index == index else ""
+        rows.append(
+            [
+                f"{s.index}/{count}",
+                str(s.index - 1),
+                f"{s.jobs:,}",
+                _cost(s.usd, s.units, s.unpriced) + mark,
+            ]
+        )
+    share = plan.per_shard
+    return (
+        f"\nthe split in {count} shards (--shard I/N counts from 1; a scheduler's task T is "
+        f"shard T+1):\n{_table(rows)}\n"
+        f"each shard runs at most {share['concurrency']:g} jobs at once and "
+        f"{share['rate_limit_per_s']:g} requests/s, 1/{count} of the run's (and of any --budget)"
+    )

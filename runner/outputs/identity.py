@@ -2,12 +2,14 @@
 
 It names the folder's format, the API it was made against (``emulator`` for the built-in
 emulator or any server on this machine, else the API base), the manifests it came from (file
-name and sha256 of its text), the shard of a split it holds (``[index, count]``, 1-based) and,
-for a merged folder, what it was merged from. It is written on a folder's first run, checked
-by every later one, put at a remote destination with the run's other files, and read by
-``merge`` to tell shards of one split from a mix.
+name and sha256 of its text), the shard of a split it holds (``[index, count]``, the index
+counting from 1: a scheduler's task T is shard T+1) and, for a merged folder, what it was
+merged from. It is written on a folder's first run, checked by every later one (a run of
+another split is refused before anything is sent), put at a remote destination with the run's
+other files, read by ``--shard auto`` for a count the scheduler cannot know (a task rerun
+alone), and read by ``merge`` to tell a whole round of one split from a mix or a part.
 
-Pure but for ``read_identity`` and ``write_identity``.
+Pure but for ``read_identity``, ``recorded_shard`` and ``write_identity``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from runner.errors import UsageError
 from runner.outputs.atomic import write_atomic
 from runner.outputs.layout import IDENTITY_NAME, SUMMARY_NAME
 from runner.outputs.summary import read_summary
+from runner.outputs.trees import Tree
+from runner.sharding import shard_words
 
 EMULATOR = "emulator"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -121,6 +125,19 @@ def read_identity(path: Path) -> FolderIdentity | None:
         return None
 
 
+def recorded_shard(out: str, state_dir: str | None = None) -> tuple[int, int] | None:
+    """The split the output folder ``out`` records (None: none yet, or unreadable): in the
+    state folder of a run made here, else at ``out`` itself."""
+    tree = Tree(out, state_dir)
+    identity = read_identity(tree.state / IDENTITY_NAME)
+    if identity is None and tree.remote is not None:
+        try:
+            identity = parse_identity(json.loads(tree.read_bytes(IDENTITY_NAME) or b"null"))
+        except (OSError, ValueError):
+            identity = None
+    return identity.shard if identity is not None else None
+
+
 def write_identity(path: Path, identity: FolderIdentity) -> None:
     write_atomic(path, json.dumps(identity.to_json(), indent=1, ensure_ascii=False) + "\n")
 
@@ -136,7 +153,13 @@ def mismatch(held: FolderIdentity, wanted: FolderIdentity, *, append: bool = Fal
         )
     if held.shard != wanted.shard:
         shards = f"holds {_shard_words(held.shard)}, and this run is {_shard_words(wanted.shard)}"
-        return f"{shards}: {elsewhere}"
+        if held.shard is None or wanted.shard is None:
+            return f"{shards}: {elsewhere}"
+        index, count = held.shard
+        return (
+            f"{shards}: nothing was sent. To go on with the split it holds, run it as "
+            f"--shard auto/{count} (or --shard {index}/{count}); for another split, {elsewhere}"
+        )
     if not append:
         for manifest in wanted.manifests:
             if held.manifests and not held.holds(manifest):
@@ -153,7 +176,7 @@ def _api_words(api: str) -> str:
 
 
 def _shard_words(shard: tuple[int, int] | None) -> str:
-    return "the whole manifest" if shard is None else f"shard {shard[0]} of {shard[1]}"
+    return "the whole manifest" if shard is None else shard_words(shard)
 
 
 def claim_identity(root: Path, wanted: FolderIdentity, shown: str, *, append: bool = False) -> None:

@@ -64,6 +64,7 @@ from runner.outputs.shard_files import SHARDS_DIR, member_of
 from runner.outputs.shard_ledger import SHARD_LEDGER, ShardLedger
 from runner.outputs.summary import summary as run_summary
 from runner.outputs.trees import Tree, safe_relative, same_or_inside
+from runner.sharding import shard_words, task_of
 from runner.state.figures import stats_of
 from runner.state.ledger import counts_of
 from runner.state.records import RecordStatus, ResultRecord, latest_records
@@ -300,7 +301,7 @@ def _missing_shards(inputs: list[_Input]) -> list[str]:
                 f"shard {index} of {count} is given twice: {given[index].tree} and {one.tree}"
             )
         given[index] = one
-    return [f"shard {n} of {count} is missing" for n in range(1, count + 1) if n not in given]
+    return [f"{shard_words((n, count))} is missing" for n in range(1, count + 1) if n not in given]
 
 
 def _unfinished(inputs: list[_Input]) -> list[str]:
@@ -314,7 +315,10 @@ def _unfinished(inputs: list[_Input]) -> list[str]:
             for entry in record["files"][:1]
             if (place := member_of(entry["path"])) and Path(place[0]).name not in one.shard_names
         )
-        what = f"shard {one.shard[0]} of {one.shard[1]} ({one.tree})" if one.shard else one.tree
+        what = str(one.tree)
+        if one.shard:
+            index, count = one.shard
+            what = f"shard {index} of {count} (task {task_of(one.shard)}, {one.tree})"
         if not one.summary:
             found.append(f"{what} is unfinished (no {SUMMARY_NAME}: its run never ended)")
         elif isinstance(left, int) and left > 0:
