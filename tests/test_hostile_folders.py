@@ -173,7 +173,7 @@ async def test_the_finishing_stage_cannot_lose_a_run(
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("runner.batch.write_report", broken)
+    monkeypatch.setattr("runner.finishing.write_report", broken)
     monkeypatch.setattr(OutputFolder, "write_metadata", broken)
     async with in_process(EmulatorConfig(latency=QUICK)) as emu:
         result = await run_batch(small_manifest(2), tmp_path, **emu.via, token="t", options=FAST)
