@@ -17,7 +17,7 @@ from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.emulator import EmulatorConfig, run_emulator
 from runner.errors import AmbiguousSubmit, FatalApiError, PermanentApiError, TransientApiError
 from runner.state.events import Ambiguous, Done, Lost, Retry, Submitted, Submitting
-from runner.state.figures import Counts
+from runner.state.figures import Counts, ModelFigures
 from runner.state.journal import Journal, ReplayStats, read_events, records_at
 from runner.state.ledger import CANCELLED_ON_EXIT, RunLedger, fold
 from runner.state.records import RecordStatus
@@ -296,7 +296,7 @@ def test_the_run_ledger_counts_live_events_and_not_a_replay() -> None:
     ledger.apply(LostChecked(resent=2, unchecked=1))
     counts = ledger.counts
     assert (counts.total, counts.skipped, counts.completed) == (2, 1, 1)
-    assert counts.by_model == {"flux": [2, 2]}
+    assert counts.by_model == {"flux": ModelFigures(finished=2, jobs=2)}
     assert (counts.submits, counts.adopted, counts.retries, counts.unmatched) == (2, 1, 1, 1)
     assert (counts.transient_errors, counts.overload_429, counts.rate_limited_429) == (2, 1, 0)
     assert (counts.downloads, counts.bytes, counts.deferred) == (1, 1000, 1)

@@ -148,7 +148,7 @@ class Progress:
     def _draw(self, bars: Bars, stats: RunStats, figures: dict[str, float | int | str]) -> None:
         ended = int(figures["done"]) + int(figures["failed"])
         rows = {
-            **{m: (f, t) for m, (f, t) in stats.counts.by_model.items()},
+            **{m: (f.finished, f.jobs) for m, f in stats.counts.by_model.items()},
             TOTAL: (ended, int(figures["total"])),
         }
         keys = key_phrases(stats)

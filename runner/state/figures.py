@@ -34,6 +34,14 @@ class KeyFigures:
         return data
 
 
+@dataclass(slots=True)
+class ModelFigures:
+    """One model's jobs in a run: finished (this run or before) of all it has."""
+
+    finished: int = 0
+    jobs: int = 0
+
+
 @dataclass
 class Counts:
     """What happened during a run."""
@@ -66,7 +74,7 @@ class Counts:
     bytes: int = 0
     spend_units: float = 0.0  # of finished jobs without a USD price
     spend_usd: float = 0.0
-    by_model: dict[str, list[int]] = field(default_factory=dict)  # model → [finished, total]
+    by_model: dict[str, ModelFigures] = field(default_factory=dict)
     # A pool of keys: each key's figures, by its fingerprint (one key: empty).
     by_account: dict[str, KeyFigures] = field(default_factory=dict)
 
@@ -94,6 +102,8 @@ class Counts:
         data["unfinished"] = self.unfinished
         data["spend_units"] = round(self.spend_units, 3)
         data["spend_usd"] = round(self.spend_usd, 4)
+        # As summary.json has always written it: model → [finished, jobs].
+        data["by_model"] = {m: [f.finished, f.jobs] for m, f in self.by_model.items()}
         data["by_account"] = {key: f.to_json() for key, f in self.by_account.items()}
         if not self.by_account:
             del data["by_account"]
@@ -184,7 +194,7 @@ def stats_of(
     """Freeze ``counts`` (copied: the ledger goes on changing its own) into ``RunStats``."""
     copied = replace(
         counts,
-        by_model={m: list(pair) for m, pair in counts.by_model.items()},
+        by_model={m: replace(f) for m, f in counts.by_model.items()},
         by_account={a: replace(f) for a, f in counts.by_account.items()},
     )
     return RunStats(

@@ -29,9 +29,16 @@ from runner.state.events import (
     Submitting,
     decode,
 )
-from runner.state.figures import Counts, KeyFigures
+from runner.state.figures import Counts, KeyFigures, ModelFigures
 from runner.state.phase import Phase
-from runner.state.records import RecordStatus, ResultRecord, spend_of, status_of
+from runner.state.records import (
+    RecordStatus,
+    ResultRecord,
+    error_of,
+    model_of,
+    spend_of,
+    status_of,
+)
 from runner.state.run_events import (
     Downloaded,
     KeyCooling,
@@ -159,9 +166,9 @@ def _count_journaled(counts: Counts, event: Event, again: bool = False) -> None:
         case Refetch():
             counts.refetched += 1
         case Done(_, record):
-            model = counts.by_model.get(str(record.get("model")))
+            model = counts.by_model.get(model_of(record))
             if model is not None:
-                model[0] += 1
+                model.finished += 1
             status = status_of(record)
             if status == RecordStatus.COMPLETED:
                 counts.completed += 1
@@ -183,9 +190,9 @@ def _count_noted(counts: Counts, event: RunEvent) -> None:
             for model, (finished, jobs) in by_model.items():
                 counts.total += jobs
                 counts.skipped += finished
-                per_model = counts.by_model.setdefault(model, [0, 0])
-                per_model[0] += finished
-                per_model[1] += jobs
+                per_model = counts.by_model.setdefault(model, ModelFigures())
+                per_model.finished += finished
+                per_model.jobs += jobs
         case Resumed():
             counts.resumed += 1
         case TransientError(status, overload):
@@ -280,13 +287,12 @@ def _finished(state: KeyState, record: Mapping[str, Any], offset: int | None) ->
     state.done_usd, state.done_units = _shared(usd), _shared(units)
     # A finished job's times are in its record: 100,000 finished jobs keep no floats.
     state.submitted_at = state.answered_at = None
-    error = record.get("error")
-    state.done_error = None if error is None else str(error)
+    state.done_error = error_of(record)
     state.job_id = state.pending_since = state.pending_skew = None
     if state.done != RecordStatus.AMBIGUOUS:
         state.candidates, state.doubt = (), None  # an ambiguous job keeps them
     elif state.doubt is None:  # a folder rebuilt from results.jsonl
-        state.doubt = str(record.get("error") or "ambiguous")
+        state.doubt = error_of(record) or "ambiguous"
     state.accepted = 0
     state.refetching = False
 
@@ -330,7 +336,7 @@ def counts_of(records: Sequence[ResultRecord]) -> Counts:
     """The counts of a finished set of records (a merge), through the same fold: planned,
     as a run plans its jobs, then each one done."""
     ledger = RunLedger()
-    by_model = Counter(str(record.get("model")) for record in records)
+    by_model = Counter(model_of(record) for record in records)
     ledger.apply(Planned({model: (0, jobs) for model, jobs in by_model.items()}, (), 0, 0))
     for record in records:
         ledger.apply(Done(record["key"], record))

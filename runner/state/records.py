@@ -190,6 +190,17 @@ def status_of(raw: Mapping[str, Any]) -> RecordStatus:
         return RecordStatus.FAILED
 
 
+def model_of(raw: Mapping[str, Any]) -> str:
+    """A record's model id, as written."""
+    return str(raw.get("model"))
+
+
+def error_of(raw: Mapping[str, Any]) -> str | None:
+    """A record's error, if it has one."""
+    error = raw.get("error")
+    return None if error is None else str(error)
+
+
 def spend_of(record: Mapping[str, Any]) -> tuple[float, float]:
     """(US dollars, compute units) a record cost: its USD price where it has one, else units;
     nothing unless it completed."""
