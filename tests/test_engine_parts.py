@@ -211,7 +211,7 @@ async def test_append_returns_where_each_line_starts(tmp_path: Path) -> None:
             tg.start_soon(done, f"k{i}")
     journal.close()
     keys = sorted(offsets)
-    assert [r["key"] for r in records_at(path, (offsets[k] for k in keys))] == keys
+    assert [r.key for r in records_at(path, (offsets[k] for k in keys))] == keys
 
 
 def test_journals_written_before_ambiguous_had_a_name_still_replay() -> None:

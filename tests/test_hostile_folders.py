@@ -83,7 +83,7 @@ def test_report_and_merge_skip_a_results_line_that_is_not_utf_8(tmp_path: Path) 
     (tmp_path / "results.jsonl").write_bytes(
         json.dumps(record).encode() + b"\n\xff\xfe not json \xe9\n"
     )
-    assert [r["key"] for r in latest_records(tmp_path / "results.jsonl")] == ["k1"]
+    assert [r.key for r in latest_records(tmp_path / "results.jsonl")] == ["k1"]
     assert main(["report", str(tmp_path)]) == 0
 
 

@@ -114,8 +114,8 @@ async def test_a_large_image_goes_to_its_file_and_the_writer_keeps_it_with_its_p
         assert part.read_bytes() == raw
         fetched = Fetched(part, got.sha256, got.bytes, got.content_type, "u", got.data)
         entry = writer.place(fetched, "0000/k", {"prompt": "a fox"})
-    placed = tmp_path / "out" / entry["path"]
-    assert entry["path"] == "images/0000/k.png"
+    placed = tmp_path / "out" / entry.path
+    assert entry.path == "images/0000/k.png"
     assert read_provenance(placed) == {"prompt": "a fox"}
     assert not part.exists()
 

@@ -17,7 +17,7 @@ import pytest
 from runner.batch import run_batch
 from runner.cli import main
 from runner.emulator import EmulatorConfig, Latency
-from runner.outputs import OutputFolder
+from runner.outputs import FileEntry, OutputFolder
 from runner.outputs.identity import IDENTITY_NAME, FolderIdentity, manifest_id_of, write_identity
 from runner.outputs.images import intact
 from runner.outputs.trees import Tree
@@ -99,7 +99,7 @@ def test_a_split_of_every_format_merges_into_one_dataset(
     assert len(records) == len({r["key"] for r in records}) == JOBS
     assert {r["status"] for r in records} == {"completed"}
     for record in records:
-        assert intact(merged, record["files"][0]), record["files"][0]
+        assert intact(merged, FileEntry(**record["files"][0])), record["files"][0]
     identity = json.loads((merged / IDENTITY_NAME).read_text())
     assert identity["merged_from"] == [str(s) for s in reversed(split)]
     format = identity["format"]

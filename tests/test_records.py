@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ SPEC = JobSpec(
     usd=0.025,
 )
 STATE = KeyState(attempts=2, job_id="job-1", submitted_at=1_700_000_000.0)
-FILE: FileEntry = {"path": "images/fox.png", "sha256": "ab" * 32, "bytes": 1234}
+FILE = FileEntry("images/fox.png", "ab" * 32, 1234)
 
 
 def written() -> list[ResultRecord]:
@@ -63,22 +64,21 @@ def written() -> list[ResultRecord]:
 
 @pytest.mark.parametrize("record", written(), ids=["completed", "failed", "ambiguous"])
 def test_every_record_written_reads_back_the_same_in_one_shape(record: ResultRecord) -> None:
-    read = parse_record(json.loads(record_line(record)))
+    line = json.loads(record_line(record))
+    read = parse_record(line)
     assert read == record
-    assert set(read or {}) == set(ResultRecord.__annotations__) | {
-        "key", "index", "entry", "name", "model", "endpoint", "prompt", "seed", "params",
-        "vars", "replica",
-    }  # fmt: skip
-    assert set(written()[0]) == set(record)  # every status has every key
+    assert list(line) == [field.name for field in dataclasses.fields(ResultRecord)]
+    assert line == record.to_json()  # the one encoder, the one decoder: a round trip
+    assert set(written()[0].to_json()) == set(line)  # every status has every key
 
 
 def test_a_completed_record_carries_its_timings_and_cost() -> None:
     record = written()[0]
-    assert record["status"] is RecordStatus.COMPLETED
-    assert record["timings"]["seconds"] == 6.5
-    assert record["timings"]["noticed_at"] is not None
-    assert (record["cost_usd"], record["cost_units"]) == (0.025, 3.0)
-    assert record["params"] == {"width": 512, "height": 512}
+    assert record.status is RecordStatus.COMPLETED
+    assert record.timings["seconds"] == 6.5
+    assert record.timings["noticed_at"] is not None
+    assert (record.cost_usd, record.cost_units) == (0.025, 3.0)
+    assert record.params == {"width": 512, "height": 512}
 
 
 def test_a_partial_or_odd_record_is_read_with_defaults() -> None:
@@ -94,12 +94,12 @@ def test_a_partial_or_odd_record_is_read_with_defaults() -> None:
         }
     )
     assert record is not None
-    assert record["seed"] is None
-    assert record["params"] == {}
-    assert record["timings"] == {"seconds": None, "created_at": "2026-01-01T00:00:00Z"}
-    assert record["files"] == [{"path": "images/a.png", "sha256": "", "bytes": 0}]
-    assert record["error"] is None
-    assert record["candidates"] == []
+    assert record.seed is None
+    assert record.params == {}
+    assert record.timings == {"seconds": None, "created_at": "2026-01-01T00:00:00Z"}
+    assert record.files == (FileEntry("images/a.png", "", 0),)
+    assert record.error is None
+    assert record.candidates == ()
     assert spend_of(record) == (0.0, 2.0)
 
 
@@ -120,14 +120,14 @@ def test_what_is_not_a_record_is_refused(raw: object) -> None:
 def test_a_status_this_version_does_not_know_is_read_as_failed_and_costs_nothing() -> None:
     record = parse_record({"key": "k", "status": "vanished", "files": [], "cost_usd": 9.0})
     assert record is not None
-    assert record["status"] is RecordStatus.FAILED
+    assert record.status is RecordStatus.FAILED
     assert spend_of(record) == (0.0, 0.0)
 
 
 def test_spend_is_in_dollars_where_priced_else_in_units() -> None:
     completed, failed, _ = written()
     assert spend_of(completed) == (0.025, 0.0)
-    assert spend_of({**completed, "cost_usd": None}) == (0.0, 3.0)
+    assert spend_of(dataclasses.replace(completed, cost_usd=None)) == (0.0, 3.0)
     assert spend_of(failed) == (0.0, 0.0)
 
 
@@ -143,7 +143,7 @@ def test_reading_skips_torn_lines_says_how_many_and_keeps_the_last_of_each_job(
         + record_line(first).encode()
     )
     with caplog.at_level(logging.WARNING):
-        assert [r["status"] for r in read_records(path)] == ["failed", "completed"]
+        assert [r.status for r in read_records(path)] == ["failed", "completed"]
     assert "2 line(s) skipped" in caplog.text
     assert latest_records(path) == [first]
 
@@ -151,7 +151,7 @@ def test_reading_skips_torn_lines_says_how_many_and_keeps_the_last_of_each_job(
 def test_results_are_written_once_and_rewritten_only_when_the_journal_disagrees(
     tmp_path: Path,
 ) -> None:
-    records = [{**record, "key": f"key-{n}"} for n, record in enumerate(written())]
+    records = [dataclasses.replace(record, key=f"key-{n}") for n, record in enumerate(written())]
     path = Layout(tmp_path).results
     log = ResultsLog(path)
     assert not log.open(lambda: key_digest([]), iter(()))  # no file, nothing finished: agrees
@@ -159,7 +159,7 @@ def test_results_are_written_once_and_rewritten_only_when_the_journal_disagrees(
         log.append(record)
     log.close()
     before = path.read_bytes()
-    digest = key_digest(r["key"] for r in records[:2])
+    digest = key_digest(r.key for r in records[:2])
     assert file_digest(path) == digest
     log = ResultsLog(path)
     assert not log.open(lambda: digest, iter(())), "agrees: appended to, not rewritten"
@@ -168,20 +168,20 @@ def test_results_are_written_once_and_rewritten_only_when_the_journal_disagrees(
 
     # A crash between the journal's line and this file's: rewritten from the journal's records.
     log = ResultsLog(path)
-    assert log.open(lambda: key_digest(r["key"] for r in records), iter(records))
+    assert log.open(lambda: key_digest(r.key for r in records), iter(records))
     log.close()
-    assert [r["key"] for r in read_records(path)] == ["key-0", "key-1", "key-2"]
+    assert [r.key for r in read_records(path)] == ["key-0", "key-1", "key-2"]
 
     # A torn last line, or a job twice in place of another, does not agree either.
     path.write_bytes(before + b'{"key": "key-2", "sta')
     assert file_digest(path) is None
     path.write_bytes(before + record_line(records[0]).encode())
-    assert file_digest(path) != key_digest(r["key"] for r in records)
+    assert file_digest(path) != key_digest(r.key for r in records)
 
     # Closed with the journal's size noted: the next open reads neither file while both stand.
     stamp = tmp_path / "stamp"
     log = ResultsLog(path, stamp)
-    assert log.open(lambda: key_digest(r["key"] for r in records), iter(records))
+    assert log.open(lambda: key_digest(r.key for r in records), iter(records))
     log.close(journal_size=123)
     unread = ResultsLog(path, stamp)
     assert not unread.open(lambda: (0, 0), iter(()), journal_size=123), "trusted the stamp"
@@ -197,7 +197,7 @@ def test_results_are_written_once_and_rewritten_only_when_the_journal_disagrees(
     assert log.stale
     log.rewrite(records)
     log.close()
-    assert [r["key"] for r in read_records(path)] == ["key-0", "key-1", "key-2"]
+    assert [r.key for r in read_records(path)] == ["key-0", "key-1", "key-2"]
 
 
 def test_a_path_that_leaves_the_folder_is_not_inside_it(tmp_path: Path) -> None:

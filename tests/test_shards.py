@@ -155,7 +155,7 @@ def _png(path: Path, shade: int) -> Fetched:
 
 
 def _record(key: str, entry: FileEntry) -> ResultRecord:
-    return as_records([{"key": key, "status": "completed", "files": [entry]}])[0]
+    return as_records([{"key": key, "status": "completed", "files": [entry.to_json()]}])[0]
 
 
 @pytest.mark.parametrize("format", ["webdataset", "parquet"])
@@ -175,23 +175,23 @@ def test_a_crash_with_samples_staged_is_finished_by_the_next_writer(
         writer.place(_png(writer.partial_path("orphan"), 9), "orphan", None)
         # kill -9 here: nothing finished() or closed; the journal holds the five records
         writer.results.close()  # as the process's end would
-    assert [r["files"][0]["path"].split("#")[0] for r in records] == [
+    assert [r.files[0].path.split("#")[0] for r in records] == [
         f"shards/0000{n}{writer.suffix}" for n in (0, 0, 0, 1, 1)
     ]
     with OutputFolder(tmp_path) as folder:
         writer = open_writer(folder, format, shard_size=3)
-        writer.open(lambda: key_digest(r["key"] for r in records), lambda: iter(records))
+        writer.open(lambda: key_digest(r.key for r in records), lambda: iter(records))
         assert [p.name for p in (tmp_path / "shards").iterdir()] == [f"00000{writer.suffix}"]
         entry = writer.place(_png(writer.partial_path("k5"), 5), "k5", None)
         last = writer.assign(_record("k5", entry))
-        assert last["files"][0]["path"].startswith(f"shards/00001{writer.suffix}#")
+        assert last.files[0].path.startswith(f"shards/00001{writer.suffix}#")
         writer.finished(last)
         writer.close(lambda: iter([*records, last]), complete=False)
     held = members(tmp_path)
     assert held == {f"k{n}": [f"0000{n // 3}{writer.suffix}"] for n in range(6)}
     assert not list((tmp_path / ".krea-batch" / "staging").iterdir())
     for record in [*records, last]:
-        assert intact(tmp_path, record["files"][0])
+        assert intact(tmp_path, record.files[0])
 
 
 async def test_retry_failed_puts_the_failed_jobs_into_shards_once(tmp_path: Path) -> None:

@@ -103,8 +103,8 @@ def read_status(root: Path, name: str | None = None) -> FolderStatus:
         ledger = fold(read_events(layout.journal))
     elif layout.results.exists():
         records = latest_records(layout.results)
-        ledger = fold((0, Done(r["key"], r)) for r in records)
-        candidates = {r["key"]: tuple(r["candidates"]) for r in records if r["candidates"]}
+        ledger = fold((0, Done(r.key, r)) for r in records)
+        candidates = {r.key: tuple(r.candidates) for r in records if r.candidates}
     else:
         raise UsageError(
             f"{name or root} has no {STATE_DIR}/journal.jsonl nor results.jsonl: is it a "

@@ -327,9 +327,7 @@ class JobFlow:
         elif isinstance(outcome, Failed):
             log.warning("! failed %s %s: %s", spec.key, spec.model, outcome.reason, extra=PER_JOB)
         else:
-            log.warning(
-                "? ambiguous %s %s: %s", spec.key, spec.model, record["error"], extra=PER_JOB
-            )
+            log.warning("? ambiguous %s %s: %s", spec.key, spec.model, record.error, extra=PER_JOB)
 
     def _count_unfinished(self, spec: JobSpec, state: KeyState, outcome: Outcome) -> None:
         if isinstance(outcome, Deferred):

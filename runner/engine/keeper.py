@@ -72,9 +72,7 @@ class OutputKeeper:
             lost = await anyio.to_thread.run_sync(check)
         except OSError as exc:
             raise DiskError(str(self.folder.root), exc) from exc
-        await self._refetch(
-            [(r["key"], r["job_id"]) for r in lost if r["job_id"]], "its image was lost"
-        )
+        await self._refetch([(r.key, r.job_id) for r in lost if r.job_id], "its image was lost")
 
     async def _refetch(self, jobs: list[tuple[str, str]], why: str) -> None:
         if not jobs:
@@ -117,9 +115,9 @@ class OutputKeeper:
             return [
                 record
                 for record in read_records(Layout(root).results)
-                if record["status"] == RecordStatus.COMPLETED
-                and (record["key"] not in states or states[record["key"]].done is None)
-                and all(holds(entry) for entry in record["files"])
+                if record.status == RecordStatus.COMPLETED
+                and (record.key not in states or states[record.key].done is None)
+                and all(holds(entry) for entry in record.files)
             ]
 
         try:
@@ -133,7 +131,7 @@ class OutputKeeper:
                 "intact images prove them done",
                 len(records),
             )
-            await self.journal.record_many((Done(r["key"], r) for r in records), earlier=True)
+            await self.journal.record_many((Done(r.key, r) for r in records), earlier=True)
 
     async def rebuild_from_results(self) -> None:
         """A folder without a journal (copied without its dot-files, say) still holds its
@@ -149,4 +147,4 @@ class OutputKeeper:
                 self.folder.root,
                 len(records),
             )
-            await self.journal.record_many((Done(r["key"], r) for r in records), earlier=True)
+            await self.journal.record_many((Done(r.key, r) for r in records), earlier=True)

@@ -118,5 +118,5 @@ def intact_records(
     it holds."""
     check = holds or (lambda entry: intact(root, entry))
     for record in read_records(Layout(root).results):
-        if all(check(entry) for entry in record["files"]):
+        if all(check(entry) for entry in record.files):
             yield record

@@ -88,9 +88,9 @@ def inside(root: Path, relative_path: str) -> Path | None:
 def intact(root: Path, entry: FileEntry) -> bool:
     """Whether a record's file is there, inside the folder, with the sha256 it was saved with
     (a shard's member: in that written shard)."""
-    member = member_of(entry["path"])
+    member = member_of(entry.path)
     if member is not None:
         shard = inside(root, member[0])
-        return shard is not None and member_sha256(shard, member[1]) == entry["sha256"]
-    path = inside(root, entry["path"])
-    return path is not None and path.is_file() and file_sha256(path) == entry["sha256"]
+        return shard is not None and member_sha256(shard, member[1]) == entry.sha256
+    path = inside(root, entry.path)
+    return path is not None and path.is_file() and file_sha256(path) == entry.sha256

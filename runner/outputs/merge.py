@@ -25,7 +25,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,7 @@ def _refuse_overlaps(names: list[str], target: str) -> None:
 
 def _better(new: ResultRecord, old: ResultRecord | None) -> bool:
     done = RecordStatus.COMPLETED
-    return old is None or (new["status"] == done and old["status"] != done)
+    return old is None or (new.status == done and old.status != done)
 
 
 def _plan(inputs: list[MergeInput], format: str) -> tuple[list[ResultRecord], list[Copy]]:
@@ -163,24 +163,24 @@ def _plan(inputs: list[MergeInput], format: str) -> tuple[list[ResultRecord], li
         for record in one.records:
             if _unwritten(one, record):
                 continue  # --partial: a job whose shard was never written is not in the data
-            previous = chosen.get(record["key"])
+            previous = chosen.get(record.key)
             both = previous is not None and _completed(previous[1]) and _completed(record)
             if both and format != "files":
                 assert previous is not None
                 raise UsageError(
-                    f"job {record['key']} is in both {inputs[previous[0]].tree} and "
+                    f"job {record.key} is in both {inputs[previous[0]].tree} and "
                     f"{one.tree}: shards of one split hold each job once"
                 )
             if _better(record, previous[1] if previous else None):
-                chosen[record["key"]] = (n, record)
+                chosen[record.key] = (n, record)
     renumbered: dict[tuple[int, str], str] = {}
     copies: list[Copy] = []
     suffix = SUFFIXES.get(format, "")
     used = {
         (n, place[0])
         for n, record in chosen.values()
-        for entry in record["files"]
-        if (place := member_of(entry["path"])) is not None
+        for entry in record.files
+        if (place := member_of(entry.path)) is not None
     }
     for n in order:
         for shard in sorted(s for m, s in used if m == n):
@@ -192,16 +192,16 @@ def _plan(inputs: list[MergeInput], format: str) -> tuple[list[ResultRecord], li
     records = []
     for n, record in chosen.values():
         files = []
-        for entry in record["files"]:
-            place = member_of(entry["path"])
+        for entry in record.files:
+            place = member_of(entry.path)
             if place is None:
-                copies.append(Copy(n, entry["path"], entry["path"], None, entry["sha256"]))
+                copies.append(Copy(n, entry.path, entry.path, None, entry.sha256))
                 files.append(entry)
             else:
-                files.append({**entry, "path": f"{renumbered[(n, place[0])]}#{place[1]}"})
-        records.append({**record, "files": files})
-    records.sort(key=lambda r: (r["index"], r["key"]))
-    return records, copies  # type: ignore[return-value]
+                files.append(replace(entry, path=f"{renumbered[(n, place[0])]}#{place[1]}"))
+        records.append(record.with_files(files))
+    records.sort(key=lambda r: (r.index, r.key))
+    return records, copies
 
 
 def _check_sealed(one: MergeInput, shard: str, size: int | None) -> None:
@@ -220,14 +220,13 @@ def _index(one: MergeInput) -> int:
 
 
 def _completed(record: ResultRecord) -> bool:
-    return record["status"] == RecordStatus.COMPLETED and bool(record["files"])
+    return record.status == RecordStatus.COMPLETED and bool(record.files)
 
 
 def _unwritten(one: MergeInput, record: ResultRecord) -> bool:
     return any(
-        (place := member_of(entry["path"])) is not None
-        and Path(place[0]).name not in one.shard_names
-        for entry in record["files"]
+        (place := member_of(entry.path)) is not None and Path(place[0]).name not in one.shard_names
+        for entry in record.files
     )
 
 
@@ -329,8 +328,8 @@ def _finish(
         merged_from=names,
     )
     folder.write_summary(summary)
-    models = sorted({r["model"] for r in records if r["status"] == RecordStatus.COMPLETED})
-    var_names = sorted({name for r in records for name in r["vars"]})
+    models = sorted({r.model for r in records if r.status == RecordStatus.COMPLETED})
+    var_names = sorted({name for r in records for name in r.vars})
     card = dataset_card(format, counts.completed, models, summary, var_names=var_names)
     write_card(Layout(root).card, card)
     write_report(root, records, summary, shards=tree)

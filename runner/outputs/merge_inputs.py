@@ -75,13 +75,13 @@ def read_input(name: str, scratch: Path) -> MergeInput:
     except OSError as exc:
         raise UsageError(f"{name}: cannot read it ({exc})") from exc
     for record in records:
-        for entry in record["files"]:
-            place = member_of(entry["path"])
-            path = place[0] if place else entry["path"]
+        for entry in record.files:
+            place = member_of(entry.path)
+            path = place[0] if place else entry.path
             if not safe_relative(path) or (place and not safe_relative(place[1])):
                 raise UsageError(
-                    f"{name}/{RESULTS_NAME}: job {record['key']} lists the file "
-                    f"{entry['path'][:80]!r}, outside its folder; not merged"
+                    f"{name}/{RESULTS_NAME}: job {record.key} lists the file "
+                    f"{entry.path[:80]!r}, outside its folder; not merged"
                 )
     shard = identity.shard if identity is not None and identity.shard else summary_shard(summary)
     sealed = sealed_sizes(tree)
@@ -117,10 +117,10 @@ def format_of(
     except (OSError, UnicodeDecodeError):
         pass
     for record in records:
-        for entry in record["files"]:
-            place = member_of(entry["path"])
+        for entry in record.files:
+            place = member_of(entry.path)
             if place is None:
-                if not entry["path"].startswith("images/_unmatched/"):
+                if not entry.path.startswith("images/_unmatched/"):
                     return "files"
                 continue
             return format_of_suffix(Path(place[0]).suffix)
@@ -209,8 +209,8 @@ def unfinished(inputs: list[MergeInput]) -> list[str]:
         unwritten = sum(
             1
             for record in one.records
-            for entry in record["files"][:1]
-            if (place := member_of(entry["path"])) and Path(place[0]).name not in one.shard_names
+            for entry in record.files[:1]
+            if (place := member_of(entry.path)) and Path(place[0]).name not in one.shard_names
         )
         what = str(one.tree)
         if one.shard:

@@ -38,7 +38,8 @@ def plan_digest(names: list[str], records: list[ResultRecord], copies: list[Copy
     """What the merge makes, in one hash: the same inputs holding the same gives the same."""
     digest = hashlib.sha256(json.dumps(names).encode())
     for record in records:
-        digest.update(json.dumps([record["key"], record["status"], record["files"]]).encode())
+        files = [entry.to_json() for entry in record.files]
+        digest.update(json.dumps([record.key, record.status, files]).encode())
     for copy in copies:
         digest.update(json.dumps([copy.source, copy.path, copy.target, copy.size]).encode())
     return digest.hexdigest()

@@ -26,15 +26,15 @@ def metadata_rows(
     ``var_names`` (the manifest's) and of the record's own vars (pure but for reading image
     headers)."""
     for record in records:
-        if record["status"] != RecordStatus.COMPLETED:
+        if record.status != RecordStatus.COMPLETED:
             continue
         job = job_fields(record)
-        for entry in record["files"]:
-            path = inside(root, entry["path"])
+        for entry in record.files:
+            path = inside(root, entry.path)
             if path is None:
                 continue  # a results file pointing outside its folder: not ours to read
-            size = image_size(path) or requested_size(record["params"])
-            yield {"file_name": entry["path"], **row(job, entry["path"], size, var_names)}
+            size = image_size(path) or requested_size(record.params)
+            yield {"file_name": entry.path, **row(job, entry.path, size, var_names)}
 
 
 def metadata_lines(rows: Iterable[MetadataRow]) -> Iterator[str]:

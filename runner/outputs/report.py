@@ -70,33 +70,33 @@ def _templates() -> jinja2.Environment:
 
 
 def _caption(record: ResultRecord) -> str:
-    parts = [record["model"]]
-    if record["seed"] is not None:
-        parts.append(f"seed {record['seed']}")
-    seconds = record["timings"].get("seconds")
+    parts = [record.model]
+    if record.seed is not None:
+        parts.append(f"seed {record.seed}")
+    seconds = record.timings.get("seconds")
     if isinstance(seconds, int | float):
         parts.append(f"{seconds:g} s")
     return " · ".join(parts)
 
 
 def _tooltip(record: ResultRecord) -> str:
-    params = json.dumps(record["params"], ensure_ascii=False, sort_keys=True)
-    return f"{record['prompt']}\nkey {record['key']}\nparams {params}"
+    params = json.dumps(record.params, ensure_ascii=False, sort_keys=True)
+    return f"{record.prompt}\nkey {record.key}\nparams {params}"
 
 
 def _card(record: ResultRecord, image: tuple[str | None, str | None]) -> dict[str, Any]:
     """What the page's script needs of one record (``image``: its picture's path and, for an
     image in a shard, the shard)."""
     card = {
-        "key": record["key"],
-        "status": record["status"],
-        "model": record["model"],
-        "seed": record["seed"],
-        "prompt": record["prompt"],
+        "key": record.key,
+        "status": record.status,
+        "model": record.model,
+        "seed": record.seed,
+        "prompt": record.prompt,
         "path": image[0],
-        "error": record["error"],
-        "shape": _shape(record["params"]),
-        "replica": record["replica"],
+        "error": record.error,
+        "shape": _shape(record.params),
+        "replica": record.replica,
     }
     if image[1] is not None:
         card["where"] = image[1]
@@ -112,16 +112,16 @@ class _Thumbs:
 
     def image(self, record: ResultRecord) -> tuple[str | None, str | None]:
         """A record's picture for the page: a loose file's path, a thumbnail's, or none."""
-        files = record["files"]
+        files = record.files
         if not files:
             return None, None
-        place = member_of(files[0]["path"])
+        place = member_of(files[0].path)
         if place is None:
-            return files[0]["path"], None
+            return files[0].path, None
         if self.count >= MAX_THUMBS:
             return None, place[0]
         self.count += 1
-        name = hashlib.sha256(record["key"].encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        name = hashlib.sha256(record.key.encode("utf-8", "surrogateescape")).hexdigest()[:24]
         self.wanted.setdefault(place[0], []).append((place[1], f"{name}.jpg"))
         return f"{REPORT_DATA_DIR}/{THUMBS_DIR}/{name}.jpg", place[0]
 
@@ -214,28 +214,28 @@ class _Gallery:
     thumbs: _Thumbs = field(default_factory=_Thumbs)
 
     def add(self, record: ResultRecord) -> None:
-        if record["status"] == RecordStatus.FAILED:
+        if record.status == RecordStatus.FAILED:
             self.failed_count += 1
             if len(self.failed) < MAX_FAILED:
                 self.failed.append(record)
-            self.models.setdefault(record["model"], None)
+            self.models.setdefault(record.model, None)
             self.failed_chunks.add(_card(record, (None, None)))
             return
-        if record["status"] != RecordStatus.COMPLETED or not record["files"]:
+        if record.status != RecordStatus.COMPLETED or not record.files:
             return
         self.done += 1
-        self.images += len(record["files"])
+        self.images += len(record.files)
         usd, units = spend_of(record)
         self.spend_usd += usd
         self.spend += units
-        self.models.setdefault(record["model"], None)
-        self.seeds.setdefault(record["seed"], None)
+        self.models.setdefault(record.model, None)
+        self.seeds.setdefault(record.seed, None)
         image = self.thumbs.image(record)
         self.completed.add(_card(record, image))
         self._compare(record, image[0])
 
     def _compare(self, record: ResultRecord, path: str | None) -> None:
-        prompt = record["prompt"]
+        prompt = record.prompt
         if prompt not in self.prompts:
             if len(self.prompts) >= MAX_COMPARE_ROWS:
                 self.more_prompts = True
@@ -249,7 +249,7 @@ class _Gallery:
                 "tooltip": _tooltip(record),
                 "more": [],  # the cell's other images (other seeds, say), as thumbnails
             }
-            first = self.cells.setdefault((prompt, axis, record[axis]), cell)
+            first = self.cells.setdefault((prompt, axis, getattr(record, axis)), cell)
             if first is not cell and len(first["more"]) < MAX_MORE:
                 first["more"].append(cell)
 

@@ -59,15 +59,15 @@ def job_fields(record: ResultRecord) -> dict[str, Any]:
     """The fields a row takes from its job's record (``vars`` still a mapping: ``row`` makes
     the var columns, once the manifest's var names are known)."""
     return {
-        "key": record["key"],
-        "index": record["index"],
-        "name": record["name"],
-        "model": record["model"],
-        "prompt": record["prompt"],
-        "seed": record["seed"],
-        "params": record["params"],
-        "vars": record["vars"],
-        "job_id": record["job_id"],
+        "key": record.key,
+        "index": record.index,
+        "name": record.name,
+        "model": record.model,
+        "prompt": record.prompt,
+        "seed": record.seed,
+        "params": record.params,
+        "vars": record.vars,
+        "job_id": record.job_id,
     }
 
 

@@ -34,21 +34,21 @@ def read_recorded(layout: Layout) -> Recorded:
     shards_of: dict[str, set[str]] = {}
     try:
         for record in read_records(layout.results):
-            if record["status"] not in (RecordStatus.COMPLETED, RecordStatus.AMBIGUOUS):
-                latest.pop(record["key"], None)  # failed since: it holds no image
+            if record.status not in (RecordStatus.COMPLETED, RecordStatus.AMBIGUOUS):
+                latest.pop(record.key, None)  # failed since: it holds no image
                 continue
             files = [
                 (
-                    entry["path"],
-                    Expected(record["key"], record["job_id"], entry["sha256"], entry["bytes"]),
+                    entry.path,
+                    Expected(record.key, record.job_id, entry.sha256, entry.bytes),
                 )
-                for entry in record["files"]
+                for entry in record.files
             ]
-            latest[record["key"]] = (record["job_id"], files)
+            latest[record.key] = (record.job_id, files)
             for path, _ in files:
                 place = member_of(path)
                 if place is not None:
-                    shards_of.setdefault(record["key"], set()).add(place[0])
+                    shards_of.setdefault(record.key, set()).add(place[0])
     except OSError as exc:
         raise UsageError(f"cannot read {layout.results}: {exc.strerror or exc}") from exc
     found = Recorded()

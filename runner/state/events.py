@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.state.records import RecordLike, ResultRecord
+
 
 @dataclass(frozen=True, slots=True)
 class Submitting:
@@ -90,7 +92,7 @@ class Done:
     """The job's final record, written once its files are in place."""
 
     key: str
-    record: Mapping[str, Any] = field(default_factory=dict)
+    record: RecordLike = field(default_factory=dict)  # typed, or as a journal line holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,8 @@ def encode(event: Event) -> dict[str, Any]:
         case Reopened(key, attempt):
             return {"e": "reopened", "k": key, "a": attempt}
         case Done(key, record):
-            return {"e": "done", "k": key, "record": dict(record)}
+            raw = record.to_json() if isinstance(record, ResultRecord) else dict(record)
+            return {"e": "done", "k": key, "record": raw}
         case Refetch(key, job_id, why):
             return {"e": "refetch", "k": key, "id": job_id, "why": why}
         case Asset(sha256, url):

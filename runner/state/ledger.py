@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from runner.state.events import (
 from runner.state.figures import Counts, KeyFigures, ModelFigures
 from runner.state.phase import Phase
 from runner.state.records import (
+    RecordLike,
     RecordStatus,
     ResultRecord,
     error_of,
@@ -279,7 +280,7 @@ def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) 
     state.phase = state._phase()
 
 
-def _finished(state: KeyState, record: Mapping[str, Any], offset: int | None) -> None:
+def _finished(state: KeyState, record: RecordLike, offset: int | None) -> None:
     """A Done line: the job's record is written (at ``offset`` in the journal)."""
     state.done = status_of(record)
     state.done_at = offset
@@ -339,5 +340,5 @@ def counts_of(records: Sequence[ResultRecord]) -> Counts:
     by_model = Counter(model_of(record) for record in records)
     ledger.apply(Planned({model: (0, jobs) for model, jobs in by_model.items()}, (), 0, 0))
     for record in records:
-        ledger.apply(Done(record["key"], record))
+        ledger.apply(Done(record.key, record))
     return ledger.counts

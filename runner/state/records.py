@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from runner import jsontext
 from runner.files import bounded_lines, open_regular
-from runner.jobspec import JobDescription
 from runner.timefmt import iso_time
 
 if TYPE_CHECKING:
@@ -51,12 +51,16 @@ class RecordStatus(StrEnum):
     AMBIGUOUS = "ambiguous"  # its answer was lost and no listing could tell which job it made
 
 
-class FileEntry(TypedDict):
+@dataclass(frozen=True, slots=True)
+class FileEntry:
     """One image of a job, relative to the output folder; sha256 and size of the final file."""
 
     path: str
     sha256: str
     bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "bytes": self.bytes}
 
 
 class Timings(TypedDict, total=False):
@@ -67,18 +71,60 @@ class Timings(TypedDict, total=False):
     seconds: float | None  # created → completed, by the server's clock
 
 
-class ResultRecord(JobDescription):
-    """A job's outcome: the spec as sent (JobSpec.describe) and what became of it."""
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """A job's outcome: the spec as sent (JobSpec.describe) and what became of it. Written by
+    ``to_json`` and read by ``parse_record``, its one encoder and decoder."""
 
+    key: str
+    index: int
+    entry: int
+    name: str | None
+    model: str
+    endpoint: str
+    prompt: str
+    seed: int | None
+    params: dict[str, Any]
+    vars: dict[str, Any]
+    replica: int
     job_id: str | None
     attempts: int
     status: RecordStatus
-    files: list[FileEntry]
+    files: tuple[FileEntry, ...]
     error: str | None
     timings: Timings
     cost_units: float | None  # the catalog's estimate; None where no price is published
     cost_usd: float | None  # where Krea publishes a USD price
-    candidates: list[str]  # an ambiguous job's possible remote jobs
+    candidates: tuple[str, ...]  # an ambiguous job's possible remote jobs
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as results.jsonl and the journal write it (its key first)."""
+        return {
+            "key": self.key,
+            "index": self.index,
+            "entry": self.entry,
+            "name": self.name,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "params": self.params,
+            "vars": self.vars,
+            "replica": self.replica,
+            "job_id": self.job_id,
+            "attempts": self.attempts,
+            "status": self.status.value,
+            "files": [entry.to_json() for entry in self.files],
+            "error": self.error,
+            "timings": dict(self.timings),
+            "cost_units": self.cost_units,
+            "cost_usd": self.cost_usd,
+            "candidates": list(self.candidates),
+        }
+
+    def with_files(self, files: Iterable[FileEntry]) -> ResultRecord:
+        """The same record with its files elsewhere (a shard member, a merged folder)."""
+        return replace(self, files=tuple(files))
 
 
 def _record(
@@ -87,7 +133,7 @@ def _record(
     status: RecordStatus,
     *,
     job_id: str | None,
-    files: list[FileEntry],
+    files: Sequence[FileEntry],
     error: str | None = None,
     timings: Timings | None = None,
     cost_units: float | None = 0.0,
@@ -99,12 +145,12 @@ def _record(
         job_id=job_id,
         attempts=state.attempts,
         status=status,
-        files=files,
+        files=tuple(files),
         error=error,
         timings=timings or {"submitted_at": iso_time(state.submitted_at)},
         cost_units=cost_units,
         cost_usd=cost_usd,
-        candidates=list(candidates),
+        candidates=tuple(candidates),
     )
 
 
@@ -174,7 +220,7 @@ def failed_record(spec: JobSpec, state: KeyState, reason: str) -> ResultRecord:
 
 def record_line(record: ResultRecord) -> str:
     """The record as one line of results.jsonl."""
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    return json.dumps(record.to_json(), ensure_ascii=False) + "\n"
 
 
 # Reading. Records come back from files a person, an older version or a crash may have
@@ -182,30 +228,37 @@ def record_line(record: ResultRecord) -> str:
 # key is not a record at all.
 
 
-def status_of(raw: Mapping[str, Any]) -> RecordStatus:
+RecordLike = ResultRecord | Mapping[str, Any]  # a journal's done line keeps its raw record
+
+
+def status_of(raw: RecordLike) -> RecordStatus:
     """A record's status; one this version does not know is read as failed (never paid)."""
+    if isinstance(raw, ResultRecord):
+        return raw.status
     try:
         return RecordStatus(str(raw.get("status")))
     except ValueError:
         return RecordStatus.FAILED
 
 
-def model_of(raw: Mapping[str, Any]) -> str:
+def model_of(raw: RecordLike) -> str:
     """A record's model id, as written."""
-    return str(raw.get("model"))
+    return raw.model if isinstance(raw, ResultRecord) else str(raw.get("model"))
 
 
-def error_of(raw: Mapping[str, Any]) -> str | None:
+def error_of(raw: RecordLike) -> str | None:
     """A record's error, if it has one."""
-    error = raw.get("error")
+    error = raw.error if isinstance(raw, ResultRecord) else raw.get("error")
     return None if error is None else str(error)
 
 
-def spend_of(record: Mapping[str, Any]) -> tuple[float, float]:
+def spend_of(record: RecordLike) -> tuple[float, float]:
     """(US dollars, compute units) a record cost: its USD price where it has one, else units;
     nothing unless it completed."""
     if status_of(record) != RecordStatus.COMPLETED:
         return 0.0, 0.0
+    if isinstance(record, ResultRecord):
+        record = {"cost_usd": record.cost_usd, "cost_units": record.cost_units}
     usd = record.get("cost_usd")
     if isinstance(usd, int | float):
         return float(usd), 0.0
@@ -220,11 +273,7 @@ def _of(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:
 def _file(raw: Any) -> FileEntry | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
         return None
-    return {
-        "path": raw["path"],
-        "sha256": str(raw.get("sha256", "")),
-        "bytes": _of(raw.get("bytes"), int, 0),
-    }
+    return FileEntry(raw["path"], str(raw.get("sha256", "")), _of(raw.get("bytes"), int, 0))
 
 
 def _timings(raw: Any) -> Timings:
@@ -251,30 +300,28 @@ def parse_record(raw: Any) -> ResultRecord | None:
     if any(entry is None for entry in files):
         return None
     get = raw.get
-    timings = get("timings")
-    record: ResultRecord = {
-        "key": raw["key"],
-        "index": _of(get("index"), int, 0),
-        "entry": _of(get("entry"), int, 0),
-        "name": _of(get("name"), str, None),
-        "model": str(get("model", "")),
-        "endpoint": str(get("endpoint", "")),
-        "prompt": str(get("prompt", "")),
-        "seed": _of(get("seed"), int, None),
-        "params": _of(get("params"), dict, {}),
-        "vars": _of(get("vars"), dict, {}),
-        "replica": _of(get("replica"), int, 0),
-        "job_id": _of(get("job_id"), str, None),
-        "attempts": _of(get("attempts"), int, 0),
-        "status": status_of(raw),
-        "files": [entry for entry in files if entry is not None],
-        "error": None if get("error") is None else str(get("error")),
-        "timings": _timings(timings),
-        "cost_units": _of(get("cost_units"), (int, float), None),
-        "cost_usd": _of(get("cost_usd"), (int, float), None),
-        "candidates": [str(c) for c in _of(get("candidates"), list, [])],
-    }
-    return record
+    return ResultRecord(
+        key=raw["key"],
+        index=_of(get("index"), int, 0),
+        entry=_of(get("entry"), int, 0),
+        name=_of(get("name"), str, None),
+        model=str(get("model", "")),
+        endpoint=str(get("endpoint", "")),
+        prompt=str(get("prompt", "")),
+        seed=_of(get("seed"), int, None),
+        params=_of(get("params"), dict, {}),
+        vars=_of(get("vars"), dict, {}),
+        replica=_of(get("replica"), int, 0),
+        job_id=_of(get("job_id"), str, None),
+        attempts=_of(get("attempts"), int, 0),
+        status=status_of(raw),
+        files=tuple(entry for entry in files if entry is not None),
+        error=None if get("error") is None else str(get("error")),
+        timings=_timings(get("timings")),
+        cost_units=_of(get("cost_units"), (int, float), None),
+        cost_usd=_of(get("cost_usd"), (int, float), None),
+        candidates=tuple(str(c) for c in _of(get("candidates"), list, [])),
+    )
 
 
 def parse_lines(lines: Iterable[bytes | None], source: str) -> Iterator[ResultRecord]:
@@ -314,9 +361,9 @@ def iter_latest_records(path: Path) -> Iterator[ResultRecord]:
     records in memory)."""
     last: dict[str, int] = {}
     for number, record in enumerate(read_records(path)):
-        last[record["key"]] = number
+        last[record.key] = number
     for number, record in enumerate(read_records(path)):
-        if last.get(record["key"]) == number:
+        if last.get(record.key) == number:
             yield record
 
 
@@ -324,5 +371,5 @@ def latest_records(path: Path) -> list[ResultRecord]:
     """The current record of each job in a results.jsonl (the last one wins)."""
     latest: dict[str, ResultRecord] = {}
     for record in read_records(path):
-        latest[record["key"]] = record
+        latest[record.key] = record
     return list(latest.values())

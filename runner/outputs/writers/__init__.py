@@ -53,8 +53,8 @@ def _format_held(folder: OutputFolder) -> str | None:
             if any(shards.glob("*" + writer.suffix)):
                 return writer.format
     for record in read_records(folder.results_path):
-        for entry in record["files"]:
-            place = member_of(entry["path"])
+        for entry in record.files:
+            place = member_of(entry.path)
             if place is None:
                 return "files"
             suffix = Path(place[0]).suffix

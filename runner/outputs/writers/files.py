@@ -38,11 +38,11 @@ class FilesWriter(Writer):
         if self.destination.remote:
             self.destination.put(final, path)
             final.unlink()
-        return {"path": path, "sha256": sha256, "bytes": size}
+        return FileEntry(path, sha256, size)
 
     def holds(self, entry: FileEntry) -> bool:
         if self.destination.remote:
-            folder, _, name = entry["path"].rpartition("/")
+            folder, _, name = entry.path.rpartition("/")
             if folder not in self._listed:
                 self._listed[folder] = self.destination.listing(folder)
             return name in self._listed[folder]

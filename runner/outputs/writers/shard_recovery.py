@@ -88,8 +88,8 @@ class StagedSorting:
             if staged_intact(sample) or (name in self.bad and self._extract(name, sample)):
                 placed.append(sample)
                 self.kept.add(sample.staged)
-        if len(placed) < len(wanted) and record["job_id"]:
-            self.lost[record["key"]] = record
+        if len(placed) < len(wanted) and record.job_id:
+            self.lost[record.key] = record
             return
         for sample in placed:
             self.members.setdefault(self.number(Path(sample.shard).name), []).append(sample)

@@ -17,6 +17,7 @@ import re
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -182,25 +183,24 @@ class ShardWriter(Writer):
                 path = relative(final, self.folder.root)
                 self.destination.put(final, path)
                 final.unlink()
-                return {"path": path, "sha256": sha256, "bytes": size}
+                return FileEntry(path, sha256, size)
         else:
             final = self.staging / (fetched.path.name[1 : -len(".part")] + ext)
             os.replace(fetched.path, final)
             fsync_dir(final.parent)
-        return {"path": relative(final, self.folder.root), "sha256": sha256, "bytes": size}
+        return FileEntry(relative(final, self.folder.root), sha256, size)
 
     def assign(self, record: ResultRecord) -> ResultRecord:
-        if record["status"] != RecordStatus.COMPLETED or not record["files"]:
+        if record.status != RecordStatus.COMPLETED or not record.files:
             return record
         if self._given.get(self._open_number, 0) >= self.shard_size:
             self._open_number += 1
         given = self._given.get(self._open_number, 0)
-        self._given[self._open_number] = given + len(record["files"])  # a job's images together
+        self._given[self._open_number] = given + len(record.files)  # a job's images together
         shard = f"{SHARDS_DIR}/{self._open_number:05d}{self.suffix}"
-        files = [
-            {**entry, "path": f"{shard}#{Path(entry['path']).name}"} for entry in record["files"]
-        ]
-        return {**record, "files": files}  # type: ignore[typeddict-item]
+        return record.with_files(
+            replace(entry, path=f"{shard}#{Path(entry.path).name}") for entry in record.files
+        )
 
     def finished(self, record: ResultRecord, again: bool = False) -> None:
         super().finished(record, again)
@@ -216,8 +216,8 @@ class ShardWriter(Writer):
 
     def _samples(self, record: ResultRecord) -> list[Sample]:
         samples = []
-        for entry in record["files"]:
-            place = member_of(entry["path"])
+        for entry in record.files:
+            place = member_of(entry.path)
             if place is None:
                 continue
             shard, member = place
@@ -229,7 +229,7 @@ class ShardWriter(Writer):
                     dot + ext,
                     self.staging / member,
                     job_fields(record),
-                    entry["sha256"],
+                    entry.sha256,
                 )
             )
         return samples
@@ -245,7 +245,7 @@ class ShardWriter(Writer):
         return self._remote
 
     def holds(self, entry: FileEntry) -> bool:
-        place = member_of(entry["path"])
+        place = member_of(entry.path)
         if place is not None and self.destination.remote:
             # An object store holds whole uploads only: a shard listed there is whole.
             return Path(place[0]).name in self.remote_shards()
