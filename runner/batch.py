@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,12 +23,14 @@ from runner.api.webhooks import Receiver, WebhookSettings, receiving
 from runner.clock import Clock, SystemClock
 from runner.engine import Engine, EngineOptions, RunResult, RunStats
 from runner.engine.accounts import KeyRing
+from runner.engine.budget import Budget
+from runner.engine.coordinator import Coordinator, run_name
 from runner.engine.tracker import Deliveries
 from runner.errors import UsageError
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, ResultRecord, arrow
 from runner.outputs.card import dataset_card, write_card
-from runner.outputs.destination import Destination, default_state_dir, destination_for
+from runner.outputs.destination import Destination, default_state_dir, destination_for, is_url
 from runner.outputs.identity import (
     FolderIdentity,
     api_identity,
@@ -68,6 +70,7 @@ async def run_batch(
     append: bool = False,
     connect: Callable[[ApiKey, ServerClock], Api] | None = None,
     clock: Clock | None = None,
+    coordinator: str | Coordinator | None = None,
 ) -> RunResult:
     """Run every job of ``manifest`` into the folder ``out``; safe to call again to resume.
 
@@ -91,6 +94,11 @@ async def run_batch(
     A folder keeps one dataset: a run against another API, of another shard, or of another
     manifest is refused (``append``: this manifest's jobs join the folder's on purpose).
 
+    ``coordinator`` (a Redis URL, or one already open): every process of the run leases its
+    keys' slots, request rate and budget from it (runner.engine.coordinator), so a shard takes
+    what the account has room for instead of 1/N of it. A URL that cannot be used is a
+    UsageError before anything is made.
+
     ``connect`` gives each key's API (told the server's clock) in place of a ``KreaClient`` of
     ``api_base``: tests run in-process through it, on ``clock``.
     """
@@ -104,8 +112,10 @@ async def run_batch(
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, overrides=overrides)
     options = options or EngineOptions()
-    if options.shard is not None:  # shards share the account: each takes its part of it
-        manifest, options = shard_share(manifest, options, options.shard[1])
+    shards = options.shard[1] if options.shard is not None else 1
+    if options.shard is not None and coordinator is None:
+        # Shards share the account with nothing to tell them apart: each takes its part of it.
+        manifest, options = shard_share(manifest, options, shards)
     settings = manifest.settings
     if settings.format == "parquet":
         arrow.parquet()  # before the folder is made
@@ -118,146 +128,179 @@ async def run_batch(
     folder = OutputFolder(root)
     clock = clock or SystemClock()
     started = clock.time()
-    with folder:
-        if destination.remote and not folder.journal_path.exists():
-            # Another machine's run, or a lost state folder: what the destination holds is
-            # read from its results and shard listing, and never paid for again.
-            for name in (RESULTS_NAME, IDENTITY_NAME):
-                await anyio.to_thread.run_sync(destination.fetch, name, folder.root / name)
-        claim_format(folder, settings.format)
-        wanted = FolderIdentity(
-            settings.format,
-            api_identity(base_url),
-            (manifest_id_of(manifest.file),),
-            shard=options.shard,
-        )
-        claim_identity(folder.root, wanted, str(out), append=append)
-        writer = open_writer(
-            folder, settings.format, settings.shard_size, destination, manifest.var_names
-        )
+    async with coordinated(coordinator, clock) as joined:
+        with folder:
+            if destination.remote and not folder.journal_path.exists():
+                # Another machine's run, or a lost state folder: what the destination holds is
+                # read from its results and shard listing, and never paid for again.
+                for name in (RESULTS_NAME, IDENTITY_NAME):
+                    await anyio.to_thread.run_sync(destination.fetch, name, folder.root / name)
+            claim_format(folder, settings.format)
+            wanted = FolderIdentity(
+                settings.format,
+                api_identity(base_url),
+                (manifest_id_of(manifest.file),),
+                shard=options.shard,
+            )
+            claim_identity(folder.root, wanted, str(out), append=append)
+            writer = open_writer(
+                folder, settings.format, settings.shard_size, destination, manifest.var_names
+            )
 
-        timeouts = Timeouts(api=options.api_timeout, stall=options.download_stall)
-        server_clock = ServerClock()
-        async with contextlib.AsyncExitStack() as stack:
+            timeouts = Timeouts(api=options.api_timeout, stall=options.download_stall)
+            server_clock = ServerClock()
+            async with contextlib.AsyncExitStack() as stack:
 
-            def client_for(key: ApiKey) -> Api:
-                if connect is not None:
-                    return connect(key, server_clock)
-                client = KreaClient(
-                    base_url,
-                    key.token,
-                    limiter=SharedRate(settings.rate_limit),
-                    timeouts=timeouts,
-                    limits=Limits(image_bytes=settings.max_image_bytes),
-                    max_connections=max(16, settings.concurrency * 2),
+                def client_for(key: ApiKey) -> Api:
+                    if connect is not None:
+                        return connect(key, server_clock)
+                    client = KreaClient(
+                        base_url,
+                        key.token,
+                        limiter=SharedRate(settings.rate_limit),
+                        timeouts=timeouts,
+                        limits=Limits(image_bytes=settings.max_image_bytes),
+                        max_connections=max(16, settings.concurrency * 2),
+                        server_clock=server_clock,
+                    )
+                    client.open()
+                    stack.push_async_callback(client.close)
+                    return client
+
+                ring = KeyRing(KeyList(keys or ["anonymous"], key_source), client_for)
+                deliveries = Deliveries()
+                receiver = None
+                if webhook is not None:
+                    receiver = Receiver(deliver=deliveries.deliver)
+                    url = await stack.enter_async_context(receiving(webhook, receiver))
+                    options = dataclasses.replace(options, webhook_url=url)
+                metrics = Path(metrics_file) if metrics_file else None
+                live = LiveStatus(folder.root, metrics, api_base=base_url)
+
+                def progress(engine: Engine) -> None:
+                    live(engine)
+                    if on_progress is not None:
+                        on_progress(engine)
+
+                engine = Engine(
+                    manifest,
+                    folder,
+                    ring,
+                    options,
+                    on_progress=progress,
+                    writer=writer,
+                    deliveries=deliveries,
                     server_clock=server_clock,
+                    clock=clock,
+                    coordinator=joined,
+                    budget=None
+                    if joined is None
+                    else shared_budget(joined, manifest, options, out),
                 )
-                client.open()
-                stack.push_async_callback(client.close)
-                return client
+                result = await engine.run()
+                live.write(engine, "finished")
+                clients = list(ring.opened)
 
-            ring = KeyRing(KeyList(keys or ["anonymous"], key_source), client_for)
-            deliveries = Deliveries()
-            receiver = None
-            if webhook is not None:
-                receiver = Receiver(deliver=deliveries.deliver)
-                url = await stack.enter_async_context(receiving(webhook, receiver))
-                options = dataclasses.replace(options, webhook_url=url)
-            metrics = Path(metrics_file) if metrics_file else None
-            live = LiveStatus(folder.root, metrics, api_base=base_url)
+            def records() -> Iterator[ResultRecord]:
+                # Every finished job of the folder: this manifest's in its order, then any other's
+                # (an --append, an edited manifest), since the card counts them all.
+                states = engine.states
+                ours = [states[key].done_at for key in engine.keys if key in states]
+                mine = set(engine.keys)
+                others = sorted(
+                    s.done_at for k, s in states.items() if k not in mine and s.done_at is not None
+                )
+                offsets = [o for o in ours if o is not None] + others
+                return records_at(folder.journal_path, offsets)
 
-            def progress(engine: Engine) -> None:
-                live(engine)
-                if on_progress is not None:
-                    on_progress(engine)
-
-            engine = Engine(
-                manifest,
-                folder,
-                ring,
-                options,
-                on_progress=progress,
-                writer=writer,
-                deliveries=deliveries,
-                server_clock=server_clock,
-                clock=clock,
-            )
-            result = await engine.run()
-            live.write(engine, "finished")
-            clients = list(ring.opened)
-
-        def records() -> Iterator[ResultRecord]:
-            # Every finished job of the folder: this manifest's in its order, then any other's
-            # (an --append, an edited manifest), since the card counts them all.
+            # Each file of the finishing stage is written on its own: one that cannot be (a full
+            # disk, an image that will not open) is a warning, never the loss of the run.
+            # results.jsonl is the writer's, already written as jobs finished.
             states = engine.states
-            ours = [states[key].done_at for key in engine.keys if key in states]
-            mine = set(engine.keys)
-            others = sorted(
-                s.done_at for k, s in states.items() if k not in mine and s.done_at is not None
+            written = sum(
+                1 for key in engine.keys if key in states and states[key].done_at is not None
             )
-            offsets = [o for o in ours if o is not None] + others
-            return records_at(folder.journal_path, offsets)
-
-        # Each file of the finishing stage is written on its own: one that cannot be (a full
-        # disk, an image that will not open) is a warning, never the loss of the run.
-        # results.jsonl is the writer's, already written as jobs finished.
-        states = engine.states
-        written = sum(1 for key in engine.keys if key in states and states[key].done_at is not None)
-        loose = settings.format == "files"  # shards hold their images: no imagefolder, gallery
-        current = not loose or _up_to_date(folder, result.counts.finished_now)
-        if not current:
-            _best_effort(
-                folder.layout.metadata,
-                lambda: folder.write_metadata(
-                    metadata_rows(folder.root, records(), writer.var_names)
-                ),
-                default=None,
-            )
-        requests = sum((client.requests_by for client in clients), Counter[str]())
-        stats = stats_of(result.counts, started, clock.time(), requests=requests)
-        result.summary = _summary(manifest, str(out), result, base_url, stats, written)
-        held = folder_counts(engine.ledger)
-        result.summary["folder"] = {  # the whole folder, over every run (status says the same)
-            "jobs": held.total,
-            "completed": held.completed,
-            "failed": held.failed,
-            "ambiguous": held.ambiguous_jobs,
-        }
-        listing = engine.listing_stats()
-        if listing is not None:
-            result.summary["listing"] = dataclasses.asdict(listing)
-        if receiver is not None:
-            result.summary["webhooks"] = receiver.counts.to_json()
-        _best_effort(
-            folder.summary_path, lambda: folder.write_summary(result.summary), default=None
-        )
-        if result.counts.finished_now or not folder.layout.card.exists():
-            completed = held.completed
-            models = sorted(result.counts.by_model)
-            card = dataset_card(
-                settings.format, completed, models, result.summary, var_names=writer.var_names
-            )
-            _best_effort(
-                folder.layout.card, lambda: write_card(folder.layout.card, card), default=None
-            )
-        if not current:
-            _best_effort(
-                folder.layout.report,
-                lambda: write_report(folder.root, records(), result.summary),
-                default=None,
-            )
-        if destination.remote:
-            failed = await anyio.to_thread.run_sync(
-                _publish, folder, destination, settings.format, result.counts.finished_now
-            )
-            if failed:  # the run is not whole at --out: not a success
-                missing = (
-                    f"{', '.join(failed)} not yet at {destination.url}: the next run puts them"
+            loose = settings.format == "files"  # shards hold their images: no imagefolder, gallery
+            current = not loose or _up_to_date(folder, result.counts.finished_now)
+            if not current:
+                _best_effort(
+                    folder.layout.metadata,
+                    lambda: folder.write_metadata(
+                        metadata_rows(folder.root, records(), writer.var_names)
+                    ),
+                    default=None,
                 )
-                result.stopped = f"{result.stopped}; {missing}" if result.stopped else missing
+            requests = sum((client.requests_by for client in clients), Counter[str]())
+            stats = stats_of(result.counts, started, clock.time(), requests=requests)
+            result.summary = _summary(manifest, str(out), result, base_url, stats, written)
+            held = folder_counts(engine.ledger)
+            result.summary["folder"] = {  # the whole folder, over every run (status says the same)
+                "jobs": held.total,
+                "completed": held.completed,
+                "failed": held.failed,
+                "ambiguous": held.ambiguous_jobs,
+            }
+            listing = engine.listing_stats()
+            if listing is not None:
+                result.summary["listing"] = dataclasses.asdict(listing)
+            if receiver is not None:
+                result.summary["webhooks"] = receiver.counts.to_json()
+            _best_effort(
+                folder.summary_path, lambda: folder.write_summary(result.summary), default=None
+            )
+            if result.counts.finished_now or not folder.layout.card.exists():
+                completed = held.completed
+                models = sorted(result.counts.by_model)
+                card = dataset_card(
+                    settings.format, completed, models, result.summary, var_names=writer.var_names
+                )
+                _best_effort(
+                    folder.layout.card, lambda: write_card(folder.layout.card, card), default=None
+                )
+            if not current:
+                _best_effort(
+                    folder.layout.report,
+                    lambda: write_report(folder.root, records(), result.summary),
+                    default=None,
+                )
+            if destination.remote:
+                failed = await anyio.to_thread.run_sync(
+                    _publish, folder, destination, settings.format, result.counts.finished_now
+                )
+                if failed:  # the run is not whole at --out: not a success
+                    missing = (
+                        f"{', '.join(failed)} not yet at {destination.url}: the next run puts them"
+                    )
+                    result.stopped = f"{result.stopped}; {missing}" if result.stopped else missing
     if notify_url:
         await notify(notify_url, result.summary)
     return result
+
+
+@contextlib.asynccontextmanager
+async def coordinated(
+    coordinator: str | Coordinator | None, clock: Clock
+) -> AsyncIterator[Coordinator | None]:
+    """The run's coordinator: opened from its URL for the block (a UsageError when it cannot
+    be), or as given."""
+    if not isinstance(coordinator, str):
+        yield coordinator
+        return
+    from runner.coordination import open_coordinator
+
+    async with open_coordinator(coordinator, clock) as opened:
+        yield opened
+
+
+def shared_budget(
+    coordinator: Coordinator, manifest: Manifest, options: EngineOptions, out: str | Path
+) -> Budget:
+    """The run's budget over every process of its split: one ledger per manifest, split and
+    unit, in which each job counts once per output folder."""
+    shards = options.shard[1] if options.shard is not None else None
+    run = run_name(manifest_id_of(manifest.file), shards, options.budget_unit)
+    folder = str(out) if is_url(str(out)) else str(Path(out).resolve())
+    return coordinator.budget(run, folder, options.budget, options.budget_unit)
 
 
 def shard_share(

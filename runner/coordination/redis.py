@@ -12,6 +12,7 @@ lost (runner.engine.coordinator says what a run does then).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -129,26 +130,25 @@ class RedisCoordinator:
 
     async def keep_up(self) -> None:
         """For the run: renew the leases every third of their time, and send on what needs
-        no answer as it comes. Ends when the coordinator is lost."""
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._heartbeat)
-                await self._flusher()
-        except CoordinatorLost:
-            return
+        no answer as it comes (each stops once the coordinator is lost)."""
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._heartbeat)
+            await self._flusher()
 
     async def _heartbeat(self) -> None:
-        while True:
-            await self.clock.sleep(self.ttl / 3)
-            for share in list(self._shares.values()):
-                await share.renew()
+        with contextlib.suppress(CoordinatorLost):
+            while True:
+                await self.clock.sleep(self.ttl / 3)
+                for share in list(self._shares.values()):
+                    await share.renew()
 
     async def _flusher(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty = anyio.Event()
-            for share in list(self._shares.values()):
-                await share.flush()
+        with contextlib.suppress(CoordinatorLost):
+            while True:
+                await self._dirty.wait()
+                self._dirty = anyio.Event()
+                for share in list(self._shares.values()):
+                    await share.flush()
 
     async def close(self) -> None:
         """Give back every lease still held (the run ends), at best."""
