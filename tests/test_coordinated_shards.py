@@ -193,7 +193,7 @@ def test_a_coordinator_that_cannot_be_used_is_a_usage_error_before_anything_is_m
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)  # the extra is not installed
     monkeypatch.setenv("KREA_BATCH_COORDINATOR", "redis://127.0.0.1:6379")
     assert main(run) == ExitCode.USAGE
-    assert "pip install 'krea-batch[redis]'" in capsys.readouterr().err
+    assert "pip install '.[redis]'" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -2,7 +2,7 @@
 
 ``open_coordinator(URL)`` opens the one there is, over Redis: ``redis://[:password@]host
 [:port][/db]``, ``rediss://`` (TLS) or ``unix:///path/redis.sock``. It needs the ``redis``
-package (``pip install 'krea-batch[redis]'``), and is a usage error without it or when the
+package (``pip install '.[redis]'`` in a clone), and is a usage error without it or when the
 server does not answer at start: nothing of the run is made then.
 """
 
@@ -54,8 +54,8 @@ async def open_coordinator(
         from runner.coordination.redis import RedisCoordinator
     except ImportError as exc:
         raise UsageError(
-            f"--coordinator needs the redis package ({exc}): pip install 'krea-batch[redis]' "
-            "(from a clone: pip install '.[redis]')"
+            f"--coordinator needs the redis package ({exc}): pip install '.[redis]' in a clone "
+            "of krea-batch (or pip install 'redis>=5.0.1' beside it)"
         ) from exc
     try:
         client = Redis.from_url(
