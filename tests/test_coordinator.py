@@ -7,10 +7,10 @@ import anyio
 import pytest
 
 from runner.coordination.redis import RedisCoordinator
-from runner.engine.coordinator import CoordinatorLost
+from runner.engine.coordinator import CoordinatorLost, NotLeased
 from runner.jobspec import JobSpec
 from tests.redis_helpers import coordinator_at
-from tests.virtual_time import VirtualClock, virtual_time
+from tests.virtual_time import START, VirtualClock, virtual_time
 
 ACCOUNT = "0123abcd"
 
@@ -82,6 +82,33 @@ async def test_a_job_held_counts_whatever_the_cap(redis_url: str) -> None:
         resumed.slots(ACCOUNT, 4).give_back(held[0])
         assert await _taken(other, clock, 1) is not None
         group.cancel_scope.cancel()
+
+
+async def test_a_job_waiting_for_a_slot_gives_up_when_its_run_stops(redis_url: str) -> None:
+    clock = VirtualClock()
+    stopping = False
+    async with (
+        virtual_time(clock),
+        coordinator_at(redis_url, clock) as busy,
+        coordinator_at(redis_url, clock) as stopped,
+    ):
+        for _ in range(4):
+            await busy.slots(ACCOUNT, 4).take()
+        share = stopped.slots(ACCOUNT, 4, lambda: stopping)
+        refused: list[str] = []
+
+        async def waits() -> None:
+            try:
+                await share.take()
+            except NotLeased as exc:
+                refused.append(str(exc))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(waits)
+            await clock.sleep(5)  # it waits: the account is full
+            stopping = True  # Ctrl-C: it gives up at its next look, not after the drain
+        assert refused == ["the run is stopping"]
+        assert clock.time() - START < 5.2
 
 
 async def test_a_429_lowers_the_shared_limit_for_every_process(redis_url: str) -> None:

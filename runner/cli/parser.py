@@ -170,7 +170,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "plan shard I of N (I counts from 1; auto: as `run --shard auto` reads it), and show "
         "every shard of the split: its scheduler task, jobs and estimated cost",
     )
-    _coordinator_flag(plan, "plan a split whose shards share the account through it (not asked)")
+    _coordinator_flag(
+        plan, "plan a split whose shards share the account through this Redis (not contacted)"
+    )
     _setting_flags(plan, "the run's settings: those that change what is planned are checked")
 
     run = commands.add_parser("run", help="run a manifest's jobs into an output folder")

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -108,10 +109,12 @@ class RedisCoordinator:
 
     # ---- what a run asks for --------------------------------------------------------------------
 
-    def slots(self, account: str, ceiling: int) -> RedisSlots:
+    def slots(
+        self, account: str, ceiling: int, stopping: Callable[[], bool] = lambda: False
+    ) -> RedisSlots:
         share = self._shares.get(account)
         if share is None:
-            share = self._shares[account] = RedisSlots(self, account, ceiling)
+            share = self._shares[account] = RedisSlots(self, account, ceiling, stopping)
         return share
 
     def rate(self, account: str, per_second: float, alone: float) -> Acquirable:

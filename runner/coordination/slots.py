@@ -4,9 +4,12 @@ runs, given back when it has left the server; the shared cap's AIMD signals."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
+
+from runner.engine.coordinator import NotLeased
 
 if TYPE_CHECKING:
     from runner.coordination.redis import RedisCoordinator
@@ -23,8 +26,15 @@ class RedisSlots:
     order they happened here.
     """
 
-    def __init__(self, coordinator: RedisCoordinator, account: str, ceiling: int) -> None:
+    def __init__(
+        self,
+        coordinator: RedisCoordinator,
+        account: str,
+        ceiling: int,
+        stopping: Callable[[], bool],
+    ) -> None:
         self._coordinator = coordinator
+        self._stopping = stopping
         base = f"{coordinator.prefix}:account:{account}"
         self._slots, self._limit, self._wanting = (
             f"{base}:slots",
@@ -53,6 +63,8 @@ class RedisSlots:
         try:
             async with self._turn:
                 while True:
+                    if self._stopping():
+                        raise NotLeased("the run is stopping")
                     self._poke = anyio.Event()
                     if await self._acquire(lease):
                         self.held.add(lease)

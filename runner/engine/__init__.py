@@ -10,6 +10,7 @@ watching.py   a job's watch, and the listing pass that looks at every job in fli
 outcome.py    how a job ends, as values
 retry.py      the one retry loop and the injectable clock
 budget.py     --budget, reserved before each POST
+coordinator.py  what the processes of a split share (--coordinator): slots, rate, budget
 ambiguity.py  the worst case of sending ambiguous jobs again
 uploads.py    local reference images, uploaded once before the first POST needing them
 

@@ -105,13 +105,13 @@ class Parts:
         shared, settings = self.shared, self.shared.manifest.settings
         api = self.ring.api(key)
         coordinator = shared.coordinator
+        share = None
+        if coordinator is not None:  # the key's slots, leased over every process of the run
+            share = coordinator.slots(
+                api.account, settings.concurrency, lambda: self.stopper.stopping
+            )
         gate = AdaptiveLimit(
-            settings.concurrency,
-            clock=shared.clock.monotonic,
-            on_room=pool.admit,
-            share=None
-            if coordinator is None
-            else coordinator.slots(api.account, settings.concurrency),
+            settings.concurrency, clock=shared.clock.monotonic, on_room=pool.admit, share=share
         )
         tracker = Tracker(
             api,

@@ -25,6 +25,7 @@ comes after a POST, so no path through it sends a job twice.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -32,7 +33,11 @@ if TYPE_CHECKING:
     from runner.outputs.identity import ManifestId
 
 
-class CoordinatorLost(Exception):
+class NotLeased(Exception):
+    """A job gets no slot or no share of the budget: it is not sent in this run."""
+
+
+class CoordinatorLost(NotLeased):
     """The coordinator cannot be reached: nothing more is sent in this run."""
 
 
@@ -47,7 +52,8 @@ class SlotShare(Protocol):
 
     async def take(self) -> str:
         """A lease for one job, once the key's shared limit has room for it (the process's
-        waiting jobs are served in turn); CoordinatorLost when it cannot be asked."""
+        waiting jobs are served in turn); CoordinatorLost when it cannot be asked, NotLeased
+        when the run stops while the job waits."""
         ...
 
     def give_back(self, lease: str) -> None:
@@ -84,8 +90,10 @@ class Coordinator(Protocol):
         (returns when the coordinator is lost)."""
         ...
 
-    def slots(self, account: str, ceiling: int) -> SlotShare:
-        """The slots of the key with fingerprint ``account``, at most ``ceiling`` at once."""
+    def slots(self, account: str, ceiling: int, stopping: Callable[[], bool]) -> SlotShare:
+        """The slots of the key with fingerprint ``account``, at most ``ceiling`` at once;
+        ``stopping`` says when the run stops submitting (a job waiting for a slot then gives
+        up: other processes may hold the account for long)."""
         ...
 
     def rate(self, account: str, per_second: float, alone: float) -> Acquirable:

@@ -18,7 +18,7 @@ import anyio
 from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.accounts import Account, KeyPool, NoKeyLeft
 from runner.engine.budget import Budget
-from runner.engine.coordinator import CoordinatorLost
+from runner.engine.coordinator import NotLeased
 from runner.engine.health import KeyUnwell
 from runner.engine.key_care import KeyCare
 from runner.engine.options import EngineOptions
@@ -180,7 +180,7 @@ class JobFlow:
                         return outcome, account
         except NoKeyLeft:
             return NotSubmitted(str(self.stopper.fatal or "every API key was refused")), None
-        except CoordinatorLost as exc:  # before its POST: a later run sends it
+        except NotLeased as exc:  # before its POST: a later run sends it
             return NotSubmitted(str(exc)), None
 
     async def _follow_held(
