@@ -62,6 +62,7 @@ bench: install
 	$(BIN)/python bench/versus_naive.py
 	$(BIN)/python bench/pool.py --scenario done-when
 	$(BIN)/python bench/pool.py --scenario pool
+	$(BIN)/python bench/shared_account.py  # needs redis-server (apt-get install redis-server)
 	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/rerun.py
 	$(BIN)/python bench/report_scale.py

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,12 +22,14 @@ from runner.api.webhooks import Receiver, WebhookSettings, receiving
 from runner.clock import Clock, SystemClock
 from runner.engine import Engine, EngineOptions, RunResult
 from runner.engine.accounts import KeyRing
+from runner.engine.budget import Budget
+from runner.engine.coordinator import Coordinator, run_name
 from runner.engine.tracker import Deliveries
 from runner.errors import UsageError
 from runner.finishing import Finishing, Ran
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, arrow
-from runner.outputs.destination import Destination, default_state_dir, destination_for
+from runner.outputs.destination import Destination, default_state_dir, destination_for, is_url
 from runner.outputs.identity import (
     FolderIdentity,
     api_identity,
@@ -61,6 +63,7 @@ async def run_batch(
     append: bool = False,
     connect: Callable[[ApiKey, ServerClock], Api] | None = None,
     clock: Clock | None = None,
+    coordinator: str | Coordinator | None = None,
 ) -> RunResult:
     """Run every job of ``manifest`` into ``out`` (a folder, or an fsspec URL worked on in a
     local ``state_dir``); safe to call again to resume.
@@ -71,7 +74,9 @@ async def run_batch(
     ``metrics_file`` and OUT/status.json tell how the run goes; ``webhook`` serves a receiver
     for the jobs' ends. A folder keeps one dataset (``append``: this manifest's jobs join it
     on purpose). ``connect`` gives each key's API in place of a client of ``api_base``
-    (tests run in-process through it, on ``clock``). docs/running.md tells the rest.
+    (tests run in-process through it, on ``clock``). With ``coordinator`` (a Redis URL, or
+    one open), the processes of a split lease the account's slots, rate and budget from it
+    instead of each taking 1/N of them. docs/running.md tells the rest.
     """
     keys = list(tokens) or ([token] if token else [])
     if not keys and api_base is None:  # before the folder is made: nothing is left behind
@@ -80,13 +85,15 @@ async def run_batch(
             "Krea account under Settings → API), or try it without one: --emulator"
         )
     base_url = api_base or DEFAULT_API_BASE
-    manifest, options = _prepared(manifest, overrides, options or EngineOptions())
+    options = options or EngineOptions()
+    manifest, options = _prepared(manifest, overrides, options, coordinator is not None)
     destination = destination_for(str(out))
     await anyio.to_thread.run_sync(destination.check)  # before the folder is made
     folder = OutputFolder(_local_root(str(out), destination, state_dir))
     clock = clock or SystemClock()
     started = clock.time()
-    with folder:
+    async with coordinated(coordinator, clock) as joined, contextlib.AsyncExitStack() as stack:
+        stack.enter_context(folder)
         await _claim(folder, destination, manifest, options, base_url, str(out), append)
         writer = open_writer(
             folder,
@@ -95,7 +102,10 @@ async def run_batch(
             destination,
             manifest.var_names,
         )
-        wiring = Wiring(base_url, keys, key_source, connect, clock, webhook, metrics_file)
+        budget = None if joined is None else shared_budget(joined, manifest, options, out)
+        wiring = Wiring(
+            base_url, keys, key_source, connect, clock, webhook, metrics_file, joined, budget
+        )
         ran = await _run_engine(manifest, folder, writer, options, wiring, on_progress)
         finishing = Finishing(folder, writer, destination, manifest, str(out), base_url)
         result = await finishing.finish(ran, started, clock.time())
@@ -105,13 +115,17 @@ async def run_batch(
 
 
 def _prepared(
-    manifest: str | Path | Manifest, overrides: Mapping[str, Any] | None, options: EngineOptions
+    manifest: str | Path | Manifest,
+    overrides: Mapping[str, Any] | None,
+    options: EngineOptions,
+    coordinated: bool,
 ) -> tuple[Manifest, EngineOptions]:
-    """The manifest loaded and, for a shard, its part of the account (all checked before the
-    folder is made: a refused run leaves nothing behind)."""
+    """The manifest loaded and, for a shard without a coordinator, its part of the account
+    (all checked before the folder is made: a refused run leaves nothing behind)."""
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, overrides=overrides)
-    if options.shard is not None:  # shards share the account: each takes its part of it
+    if options.shard is not None and not coordinated:
+        # Shards share the account with nothing to tell them apart: each takes its part of it.
         manifest, options = shard_share(manifest, options, options.shard[1])
     if manifest.settings.format == "parquet":
         arrow.parquet()
@@ -162,6 +176,8 @@ class Wiring:
     clock: Clock
     webhook: WebhookSettings | None
     metrics_file: str | Path | None
+    coordinator: Coordinator | None = None
+    budget: Budget | None = None  # one over every process of the split (a coordinator's)
 
 
 async def _run_engine(
@@ -220,10 +236,38 @@ async def _run_engine(
             deliveries=deliveries,
             server_clock=server_clock,
             clock=wiring.clock,
+            coordinator=wiring.coordinator,
+            budget=wiring.budget,
         )
         result = await engine.run()
         live.write(engine, "finished")
         return Ran(engine, result, list(ring.opened), receiver)
+
+
+@contextlib.asynccontextmanager
+async def coordinated(
+    coordinator: str | Coordinator | None, clock: Clock
+) -> AsyncIterator[Coordinator | None]:
+    """The run's coordinator: opened from its URL for the block (a UsageError when it cannot
+    be), or as given."""
+    if not isinstance(coordinator, str):
+        yield coordinator
+        return
+    from runner.coordination import open_coordinator
+
+    async with open_coordinator(coordinator, clock) as opened:
+        yield opened
+
+
+def shared_budget(
+    coordinator: Coordinator, manifest: Manifest, options: EngineOptions, out: str | Path
+) -> Budget:
+    """The run's budget over every process of its split: one ledger per manifest, split and
+    unit, in which each job counts once per output folder."""
+    shards = options.shard[1] if options.shard is not None else None
+    run = run_name(manifest_id_of(manifest.file), shards, options.budget_unit)
+    folder = str(out) if is_url(str(out)) else str(Path(out).resolve())
+    return coordinator.budget(run, folder, options.budget, options.budget_unit)
 
 
 def shard_share(

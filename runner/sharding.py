@@ -8,8 +8,9 @@ an AWS Batch array job, and a task rerun alone (``sbatch --array=5``) is still t
 The count comes from ``auto/N`` or KREA_BATCH_SHARDS when given, else from the scheduler where
 it knows it (an AWS array's size; a Slurm array numbered 0 to N-1), else from the split the
 output folder already records. Jobs are split by key (runner.jobspec.in_shard), so every shard
-sees the same split whatever order it runs in. No coordinator is involved: each shard takes
-1/N of the account's concurrency, so a split into more shards than that is refused.
+sees the same split whatever order it runs in. Without a coordinator each shard takes 1/N of
+the account's concurrency, so a split into more shards than that is refused; with one
+(``--coordinator``) the shards lease what they use from it (runner.engine.coordinator).
 """
 
 from __future__ import annotations
@@ -150,13 +151,15 @@ def _slurm(environ: Mapping[str, str]) -> Task:
 
 def check_share(count: int, concurrency: int) -> None:
     """Refuse a split whose shards, each running at least one job, would together run more
-    jobs at once than the account's ``concurrency`` (there is no coordinator to share it)."""
+    jobs at once than the account's ``concurrency`` with no coordinator to share it."""
     if count > concurrency:
         raise UsageError(
             f"{count} shards cannot share a concurrency of {concurrency}: each runs at least "
             f"one job at once, so {count} would run together on an account that runs "
-            f"{concurrency}. Split in at most {concurrency} shards, or raise --concurrency to "
-            f"{count} or more if the account allows that many"
+            f"{concurrency}. Let them share it through Redis (--coordinator redis://HOST:6379, "
+            f"then each shard leases what the account has room for), split in at most "
+            f"{concurrency} shards, or raise --concurrency to {count} or more if the account "
+            "allows that many"
         )
 
 

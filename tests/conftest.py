@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +36,22 @@ def write_manifest(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's redis-server, one per test worker, for the coordinator's tests."""
+    from tests.redis_helpers import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as (url, _):
+        yield url
+
+
+@pytest.fixture
+def redis_url(redis_session: str) -> str:
+    """The worker's redis-server, emptied for the test."""
+    import redis
+
+    with redis.Redis.from_url(redis_session) as client:
+        client.flushall()
+    return redis_session

@@ -35,6 +35,8 @@ class VirtualClock:
 
     def __init__(self, start: float = START) -> None:
         self.now = start
+        self.outside = 0  # calls waiting on a real server (Redis): time waits for their answers
+        self._back = anyio.Event()  # set when the last of them is answered
         self._sleepers: list[tuple[float, int, _Timer]] = []
         self._order = itertools.count()
 
@@ -48,6 +50,17 @@ class VirtualClock:
                 yield scope
             finally:
                 timer.live = False
+
+    @contextlib.contextmanager
+    def outside_call(self) -> Iterator[None]:
+        """A call to a real server (Redis) for the block: time stands still until it ends."""
+        self.outside += 1
+        try:
+            yield
+        finally:
+            self.outside -= 1
+            if not self.outside:
+                self._back.set()
 
     def time(self) -> float:
         return self.now
@@ -71,6 +84,10 @@ class VirtualClock:
         """Advance time each time everything else waits (run it beside the code under test)."""
         while True:
             await _all_tasks_blocked()
+            if self.outside:  # a server works for a task: time waits for its answer
+                self._back = anyio.Event()
+                await self._back.wait()
+                continue
             if anyio.to_thread.current_default_thread_limiter().borrowed_tokens:
                 await anyio.sleep(0.0005)  # a thread works for a task: time waits for it
                 continue

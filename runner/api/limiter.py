@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from aiolimiter import AsyncLimiter
+
+if TYPE_CHECKING:
+    from runner.engine.coordinator import SlotShare
 
 
 def rate_limiter(per_second: float) -> AsyncLimiter:
@@ -90,9 +93,21 @@ class AdaptiveLimit:
     once per ``cooldown`` seconds, since one burst of refusals is one signal), and each accepted
     submit raises it slowly back. It counts; the pool (``runner.engine.accounts``) queues the
     jobs waiting for room on any key, and ``on_room`` tells it when room may have come.
+
+    With a ``share`` (a coordinator's slots of the key) the probing is the share's, over every
+    process of the run: this cap stays at ``ceiling``, and each job also leases its slot there.
     """
 
-    __slots__ = ("_clock", "_last_cut", "ceiling", "cooldown", "in_use", "limit", "on_room")
+    __slots__ = (
+        "_clock",
+        "_last_cut",
+        "ceiling",
+        "cooldown",
+        "in_use",
+        "limit",
+        "on_room",
+        "share",
+    )
 
     def __init__(
         self,
@@ -101,6 +116,7 @@ class AdaptiveLimit:
         clock: Callable[[], float],
         on_room: Callable[[], None] = lambda: None,
         cooldown: float = 2.0,
+        share: SlotShare | None = None,
     ) -> None:
         self.ceiling = float(ceiling)
         self.limit = float(ceiling)
@@ -109,31 +125,54 @@ class AdaptiveLimit:
         self._clock = clock  # monotonic seconds
         self._last_cut = -float("inf")
         self.on_room = on_room
+        self.share = share
 
     @property
     def room(self) -> int:
         """Slots free now."""
         return int(self.limit) - self.in_use
 
+    @contextlib.asynccontextmanager
+    async def leased(self) -> AsyncIterator[None]:
+        """A new job's slot in the share, for the block: from before its POST until it has
+        left the server (no share: nothing to lease)."""
+        if self.share is None:
+            yield
+            return
+        lease = await self.share.take()
+        try:
+            yield
+        finally:
+            self.share.give_back(lease)
+
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """Count a job already running remotely (a resumed one) whatever the cap, for the
         block; its end may make room."""
+        lease = self.share.hold() if self.share is not None else None
         self.in_use += 1
         try:
             yield
         finally:
             self.in_use -= 1
+            if self.share is not None and lease is not None:
+                self.share.give_back(lease)
             self.on_room()
 
     def overloaded(self) -> None:
+        if self.share is not None:
+            self.share.overloaded()
+            return
         now = self._clock()
         if now - self._last_cut >= self.cooldown:
             self.limit = decreased(self.limit)
             self._last_cut = now
 
     def accepted(self) -> None:
-        self.limit = increased(self.limit, self.ceiling)
+        if self.share is not None:
+            self.share.accepted()
+        else:
+            self.limit = increased(self.limit, self.ceiling)
         self.on_room()
 
 

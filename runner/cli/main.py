@@ -28,6 +28,7 @@ from runner.cli.progress import Progress
 from runner.cli.status import readable, status_command
 from runner.cli.verify import verify_command
 from runner.cli.views import catalog_table, model_detail
+from runner.coordination import COORDINATOR_VARIABLE
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions, RunResult
@@ -114,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         webhook=webhook,
         state_dir=args.state_dir,
         append=args.append,
+        coordinator=args.coordinator or os.environ.get(COORDINATOR_VARIABLE) or None,
     )
     try:
         if args.emulator:

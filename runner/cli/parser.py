@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
 from runner import __version__
+from runner.coordination import COORDINATOR_VARIABLE
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.integers import int_flag
 from runner.settings import FORMATS, POLL_MODES, SETTING_FLAGS, SETTING_NAMES
@@ -169,6 +170,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "plan shard I of N (I counts from 1; auto: as `run --shard auto` reads it), and show "
         "every shard of the split: its scheduler task, jobs and estimated cost",
     )
+    _coordinator_flag(
+        plan, "plan a split whose shards share the account through this Redis (not contacted)"
+    )
     _setting_flags(plan, "the run's settings: those that change what is planned are checked")
 
     run = commands.add_parser("run", help="run a manifest's jobs into an output folder")
@@ -242,9 +246,15 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     _shard_flag(
         run,
         "run only shard I of N (split by job key), with 1/N of --concurrency, --rate-limit and "
-        "--budget; I counts from 1 (1/N … N/N). auto: shard T+1 for a scheduler's task T, "
-        "counting from 0 (a Slurm array, a Kubernetes Indexed Job, an AWS Batch array), of "
-        "the count auto/N, $KREA_BATCH_SHARDS, the scheduler's or the folder's split",
+        "--budget (with --coordinator: what it leases); I counts from 1 (1/N … N/N). auto: "
+        "shard T+1 for a scheduler's task T, counting from 0 (a Slurm array, a Kubernetes "
+        "Indexed Job, an AWS Batch array), of the count auto/N, $KREA_BATCH_SHARDS, the "
+        "scheduler's or the folder's split",
+    )
+    _coordinator_flag(
+        run,
+        "every process of a run leases its keys' slots, request rate and --budget from this "
+        "Redis instead of dividing them: redis://HOST:6379 (or rediss://, unix://)",
     )
     run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
     run.add_argument(
@@ -366,6 +376,12 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
 
 def _shard_flag(parser: argparse.ArgumentParser, text: str) -> None:
     parser.add_argument("--shard", metavar="I/N", help=text)
+
+
+def _coordinator_flag(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument(
+        "--coordinator", metavar="URL", help=f"{text} (default: ${COORDINATOR_VARIABLE})"
+    )
 
 
 def _setting_flags(parser: argparse.ArgumentParser, text: str) -> None:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from runner.cli.views import plan_text
+from runner.coordination import COORDINATOR_VARIABLE
 from runner.exitcodes import ExitCode
 from runner.manifest import expand, load_manifest
 from runner.manifest.plan import make_plan
@@ -30,7 +31,8 @@ def plan_command(args: argparse.Namespace) -> int:
             add_name(names, stem, template, spec)
         check_names(names, template, Path("out") / "images")
     shard = parse_shard(args.shard, os.environ) if args.shard else None
-    plan = make_plan(manifest, show=max(args.show, 0), shard=shard)
+    coordinated = bool(args.coordinator or os.environ.get(COORDINATOR_VARIABLE))
+    plan = make_plan(manifest, show=max(args.show, 0), shard=shard, coordinated=coordinated)
     print(
         json.dumps(plan.to_json(), ensure_ascii=False, indent=1) if args.json else plan_text(plan)
     )

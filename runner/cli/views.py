@@ -156,9 +156,18 @@ def _split_text(plan: Plan) -> str:
             ]
         )
     share = plan.per_shard
+    if not share:
+        limits = (
+            "the shards lease the account's jobs at once, requests/s and any --budget from "
+            "the coordinator, each what there is room for"
+        )
+    else:
+        limits = (
+            f"each shard runs at most {share['concurrency']:g} jobs at once and "
+            f"{share['rate_limit_per_s']:g} requests/s, 1/{count} of the run's (and of any "
+            "--budget)"
+        )
     return (
         f"\nthe split in {count} shards (--shard I/N counts from 1; a scheduler's task T is "
-        f"shard T+1):\n{_table(rows)}\n"
-        f"each shard runs at most {share['concurrency']:g} jobs at once and "
-        f"{share['rate_limit_per_s']:g} requests/s, 1/{count} of the run's (and of any --budget)"
+        f"shard T+1):\n{_table(rows)}\n{limits}"
     )

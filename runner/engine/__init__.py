@@ -18,6 +18,7 @@ result.py      the run's result once its writer is closed
 options.py     EngineOptions: how a run behaves beyond the manifest's settings
 retry.py       the one retry loop, on the injected clock (runner.clock)
 budget.py      --budget, reserved before each POST
+coordinator.py what the processes of a split share (--coordinator): slots, rate, budget
 ambiguity.py   the worst case of sending ambiguous jobs again
 uploads.py     local reference images, uploaded once before the first POST needing them
 health.py      a key's patience and cooldown
@@ -25,6 +26,7 @@ health.py      a key's patience and cooldown
 The state it reads and folds (phases, events, journal, counts) is runner.state; the API it
 talks to is the runner.api.port.Api protocol.
 """
+
 from runner.engine.engine import Engine
 from runner.engine.options import EngineOptions
 from runner.engine.retry import Clock, RetryPolicy, SystemClock

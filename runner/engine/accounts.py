@@ -199,7 +199,8 @@ class KeyPool:
         else:
             account = await self._queue()
         try:
-            yield account
+            async with account.gate.leased():  # its slot in a coordinator's share, if any
+                yield account
         finally:
             account.gate.in_use -= 1
             self.admit()

@@ -13,6 +13,7 @@ from runner.api.limiter import AdaptiveLimit
 from runner.api.server_clock import ServerClock
 from runner.engine.accounts import Account, KeyPool, KeyRing
 from runner.engine.budget import Budget
+from runner.engine.coordinator import Coordinator
 from runner.engine.flow import FlowPolicy, JobFlow
 from runner.engine.health import Health
 from runner.engine.key_care import KeyCare
@@ -42,6 +43,7 @@ class Shared:
     budget: Budget
     deliveries: Deliveries
     rng: random.Random
+    coordinator: Coordinator | None = None  # what the processes of a split share, if anything
 
 
 class Parts:
@@ -61,7 +63,8 @@ class Parts:
         self.shared, self.ring, self.journal, self.writer = shared, ring, journal, writer
         self.stopper, self.helpers = stopper, helpers
         self.latency = TypicalLatency()  # the keys' jobs run the same models: learnt once
-        self.tracking = track_settings(shared.manifest, shared.options)
+        sharing = shared.options.shard[1] if shared.options.shard and shared.coordinator else 1
+        self.tracking = track_settings(shared.manifest, shared.options, sharing)
         self.submitting = SubmitSettings(
             concurrency=settings.submit_concurrency,
             lost_answer_wait=settings.lost_answer_wait,
@@ -101,7 +104,15 @@ class Parts:
         """A key's account, made when the key first gets a job (or holds one)."""
         shared, settings = self.shared, self.shared.manifest.settings
         api = self.ring.api(key)
-        gate = AdaptiveLimit(settings.concurrency, clock=shared.clock.monotonic, on_room=pool.admit)
+        coordinator = shared.coordinator
+        share = None
+        if coordinator is not None:  # the key's slots, leased over every process of the run
+            share = coordinator.slots(
+                api.account, settings.concurrency, lambda: self.stopper.stopping
+            )
+        gate = AdaptiveLimit(
+            settings.concurrency, clock=shared.clock.monotonic, on_room=pool.admit, share=share
+        )
         tracker = Tracker(
             api,
             self.writer,
@@ -145,8 +156,10 @@ class Parts:
         return account
 
 
-def track_settings(manifest: Manifest, options: EngineOptions) -> TrackSettings:
-    """How jobs are followed, from the run's settings."""
+def track_settings(manifest: Manifest, options: EngineOptions, sharing: int = 1) -> TrackSettings:
+    """How jobs are followed, from the run's settings. ``sharing``: the processes that share
+    the request rate through a coordinator (a split's shards), whose listings take a tenth of
+    it together, as a static split's do."""
     settings = manifest.settings
     alone_when_short = None
     if settings.poll_mode == "auto":
@@ -158,7 +171,7 @@ def track_settings(manifest: Manifest, options: EngineOptions) -> TrackSettings:
         poll_interval=settings.poll_interval,
         webhook_poll_interval=settings.webhook_poll_interval,
         # Listing passes take a tenth of the request rate at most.
-        listing_gap=10 / settings.rate_limit,
+        listing_gap=10 * sharing / settings.rate_limit,
         job_timeout=settings.job_timeout,
         retry=options.retry,
         alone_when_short=alone_when_short,

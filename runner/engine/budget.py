@@ -22,6 +22,7 @@ class Budget:
     """
 
     __slots__ = ("committed", "limit", "unit")
+    whose = ""  # whose spend the limit caps, as a refusal says it (the shared one: every shard's)
 
     def __init__(self, limit: float | None, unit: str = "usd") -> None:
         if unit not in UNITS:
@@ -41,7 +42,7 @@ class Budget:
         with no published USD price)."""
         return self.limit is None or self.price(spec) is not None
 
-    def reserve(self, spec: JobSpec) -> str | None:
+    async def reserve(self, spec: JobSpec) -> str | None:
         """Commit the job's price; returns why not when that would go over the limit."""
         price = self.price(spec)
         if self.limit is None:
@@ -55,15 +56,24 @@ class Budget:
                     "budget in compute units (500cu)"
                 )
             return f"{spec.model} has no published price, so --budget cannot cover it"
-        if self.committed + price > self.limit + 1e-9:
+        committed = await self._commit(spec, price)
+        if committed is not None:
             return (
                 f"{self._text(price)} would take the spend past the budget "
-                f"({self._text(self.committed)} of {self._text(self.limit)} committed)"
+                f"({self._text(committed)} of {self._text(self.limit)} committed{self.whose})"
             )
+        return None
+
+    async def _commit(self, spec: JobSpec, price: float) -> float | None:
+        """Add ``price`` to what is committed if it fits the limit; else what is committed."""
+        assert self.limit is not None
+        if self.committed + price > self.limit + 1e-9:
+            return self.committed
         self.committed += price
         return None
 
-    def refund(self, spec: JobSpec) -> None:
+    async def refund(self, spec: JobSpec) -> None:
+        """The job was not billed (never created, failed or cancelled): its price is free."""
         self.committed -= self.price(spec) or 0.0
 
 

@@ -25,6 +25,7 @@ from runner.api.server_clock import ServerClock
 from runner.engine.accounts import KeyRing
 from runner.engine.assembly import Parts, Shared
 from runner.engine.budget import Budget
+from runner.engine.coordinator import Coordinator
 from runner.engine.flow import FlowPolicy
 from runner.engine.keeper import OutputKeeper
 from runner.engine.options import EngineOptions
@@ -63,6 +64,8 @@ class Engine:
         writer: Writer | None = None,
         deliveries: Deliveries | None = None,
         server_clock: ServerClock | None = None,
+        coordinator: Coordinator | None = None,
+        budget: Budget | None = None,
     ) -> None:
         settings = manifest.settings
         retry = replace(options.retry, max_retry_after=settings.max_retry_after)
@@ -77,9 +80,10 @@ class Engine:
             options,
             self.clock,
             server_clock or ServerClock(),
-            Budget(options.budget, options.budget_unit),
+            budget or Budget(options.budget, options.budget_unit),
             deliveries or Deliveries(),
             random.Random(),
+            coordinator,
         )
         self.stopper = Stopper(self.clock, options.drain_timeout, folder.root)
         self.on_progress = on_progress
@@ -186,6 +190,17 @@ class Engine:
             helpers.start_soon(self.stopper.stop_at_deadline, helpers, self.options.deadline)
         if self.on_progress is not None:
             helpers.start_soon(self._report_progress)
+        if self.shared.coordinator is not None:
+            helpers.start_soon(self.shared.coordinator.keep_up)
+            helpers.start_soon(self._stop_when_lost, self.shared.coordinator)
+
+    async def _stop_when_lost(self, coordinator: Coordinator) -> None:
+        """No new submit once the coordinator is lost: jobs in flight finish, a later run
+        sends the rest."""
+        reason = await coordinator.wait_lost()
+        self.stopper.stop(
+            f"the coordinator is lost ({reason}): run the same command again once it is back"
+        )
 
     async def _run_jobs(self, parts: Parts, keeper: OutputKeeper, found: Survey) -> None:
         await keeper.open()

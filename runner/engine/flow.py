@@ -18,6 +18,7 @@ import anyio
 from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.accounts import Account, KeyPool, NoKeyLeft
 from runner.engine.budget import Budget
+from runner.engine.coordinator import NotLeased
 from runner.engine.health import KeyUnwell
 from runner.engine.key_care import KeyCare
 from runner.engine.options import EngineOptions
@@ -148,7 +149,7 @@ class JobFlow:
             return await self._fetch(account, spec, ended)
         reason = ended.error or f"the job was {ended.status.value}"
         if state.submitted_at is not None and state.submitted_at >= self.policy.started:
-            self.budget.refund(spec)  # failed and cancelled jobs are not billed
+            await self.budget.refund(spec)  # failed and cancelled jobs are not billed
         if ended.status == JobStatus.FAILED and state.accepted < self.policy.max_attempts:
             await self.journal.record(Retry(spec.key, state.attempts, ended.job_id, reason))
             log.debug("↻ retry %s after remote failure: %s", spec.key, reason)
@@ -179,6 +180,8 @@ class JobFlow:
                         return outcome, account
         except NoKeyLeft:
             return NotSubmitted(str(self.stopper.fatal or "every API key was refused")), None
+        except NotLeased as exc:  # before its POST: a later run sends it
+            return NotSubmitted(str(exc)), None
 
     async def _follow_held(
         self, spec: JobSpec, state: KeyState

@@ -124,26 +124,26 @@ class Submitter:
         FatalApiError (401, 402) passes through."""
         if self.refused is not None:
             raise self.refused
-        refusal = self.budget.reserve(spec)
+        refusal = await self.budget.reserve(spec)
         if refusal is not None:
             priced = self.budget.covers(spec)
             return NotSubmitted(refusal, over_budget=priced, unpriced=not priced)
         body = await self.uploads.body_for(spec)
         if isinstance(body, Failed):
-            self.budget.refund(spec)
+            await self.budget.refund(spec)
             return body
         try:
             outcome = await self._submit_reserved(replace(spec, body=body), state)
         except FatalApiError as exc:  # the key was refused (401, 402): another may send the job
             self.refused = self.refused or exc
             if state.settled:
-                self.budget.refund(spec)  # nothing was created
+                await self.budget.refund(spec)  # nothing was created
             raise
         except KeyUnwell:  # raised only while the job is settled: another key sends it
-            self.budget.refund(spec)
+            await self.budget.refund(spec)
             raise
         if isinstance(outcome, Failed | NotSubmitted):
-            self.budget.refund(spec)  # nothing was created
+            await self.budget.refund(spec)  # nothing was created
         return outcome
 
     async def _submit_reserved(self, spec: JobSpec, state: KeyState) -> Submission:

@@ -138,12 +138,19 @@ class _Cost:
             self.units += spec.units
 
 
-def make_plan(manifest: Manifest, show: int = 0, shard: tuple[int, int] | None = None) -> Plan:
+def make_plan(
+    manifest: Manifest,
+    show: int = 0,
+    shard: tuple[int, int] | None = None,
+    *,
+    coordinated: bool = False,
+) -> Plan:
     """Expand the whole manifest once (lazily, so memory stays flat) and count; with
     ``shard`` (I, N), count shard I's jobs and each shard's of the split (a split the
-    account's concurrency cannot share is refused, as ``run`` refuses it)."""
+    account's concurrency cannot share is refused, as ``run`` refuses it, unless the shards
+    are ``coordinated``: they then lease the account's limits instead of dividing them)."""
     settings = manifest.settings
-    if shard is not None:
+    if shard is not None and not coordinated:
         check_share(shard[1], settings.concurrency)
     models: defaultdict[str, _Cost] = defaultdict(_Cost)
     split = [_Cost() for _ in range(shard[1] if shard else 0)]
@@ -160,7 +167,7 @@ def make_plan(manifest: Manifest, show: int = 0, shard: tuple[int, int] | None =
             first.append(spec)
     ordered = sorted(models.items(), key=lambda item: -item[1].jobs)  # stable: first seen first
     per_shard: dict[str, float] = {}
-    if shard is not None:
+    if shard is not None and not coordinated:
         per_shard = {
             "concurrency": max(1, settings.concurrency // shard[1]),
             "rate_limit_per_s": settings.rate_limit / shard[1],
