@@ -66,17 +66,10 @@ async def run_batch(
     coordinator: str | Coordinator | None = None,
 ) -> RunResult:
     """Run every job of ``manifest`` into ``out`` (a folder, or an fsspec URL worked on in a
-    local ``state_dir``); safe to call again to resume.
-
-    ``api_base``: Krea's API by default, or anything that answers like it (the emulator);
-    ``tokens`` (or one ``token``, from ``key_source``): a pool of keys, each opened when first
-    used. ``overrides`` beat the manifest's run settings; ``notify_url`` gets the summary;
-    ``metrics_file`` and OUT/status.json tell how the run goes; ``webhook`` serves a receiver
-    for the jobs' ends. A folder keeps one dataset (``append``: this manifest's jobs join it
-    on purpose). ``connect`` gives each key's API in place of a client of ``api_base``
-    (tests run in-process through it, on ``clock``). With ``coordinator`` (a Redis URL, or
-    one open), the processes of a split lease the account's slots, rate and budget from it
-    instead of each taking 1/N of them. docs/running.md tells the rest.
+    local ``state_dir``); safe to call again to resume. ``api_base``: Krea's API by default,
+    or anything that answers like it; ``tokens`` (or ``token``): a pool of keys. ``connect``
+    gives each key's API instead (tests run in-process, on ``clock``); ``coordinator`` (a
+    Redis URL) shares the account among a split's processes. docs/running.md tells the rest.
     """
     keys = list(tokens) or ([token] if token else [])
     if not keys and api_base is None:  # before the folder is made: nothing is left behind
@@ -190,27 +183,9 @@ async def _run_engine(
 ) -> Ran:
     """Run the engine with a client per key in use (closed when it ends), the webhook
     receiver and the live status file."""
-    settings = manifest.settings
-    timeouts = Timeouts(api=options.api_timeout, stall=options.download_stall)
     server_clock = ServerClock()
     async with contextlib.AsyncExitStack() as stack:
-
-        def client_for(key: ApiKey) -> Api:
-            if wiring.connect is not None:
-                return wiring.connect(key, server_clock)
-            client = KreaClient(
-                wiring.base_url,
-                key.token,
-                limiter=SharedRate(settings.rate_limit),
-                timeouts=timeouts,
-                limits=Limits(image_bytes=settings.max_image_bytes),
-                max_connections=max(16, settings.concurrency * 2),
-                server_clock=server_clock,
-            )
-            client.open()
-            stack.push_async_callback(client.close)
-            return client
-
+        client_for = _connector(manifest, options, wiring, server_clock, stack)
         ring = KeyRing(KeyList(wiring.keys or ["anonymous"], wiring.key_source), client_for)
         deliveries = Deliveries()
         receiver = None
@@ -242,6 +217,37 @@ async def _run_engine(
         result = await engine.run()
         live.write(engine, "finished")
         return Ran(engine, result, list(ring.opened), receiver)
+
+
+def _connector(
+    manifest: Manifest,
+    options: EngineOptions,
+    wiring: Wiring,
+    server_clock: ServerClock,
+    stack: contextlib.AsyncExitStack,
+) -> Callable[[ApiKey], Api]:
+    """How a key in use gets its API: ``wiring.connect``'s, or a client of the base URL that
+    ``stack`` closes."""
+    settings = manifest.settings
+    timeouts = Timeouts(api=options.api_timeout, stall=options.download_stall)
+
+    def client_for(key: ApiKey) -> Api:
+        if wiring.connect is not None:
+            return wiring.connect(key, server_clock)
+        client = KreaClient(
+            wiring.base_url,
+            key.token,
+            limiter=SharedRate(settings.rate_limit),
+            timeouts=timeouts,
+            limits=Limits(image_bytes=settings.max_image_bytes),
+            max_connections=max(16, settings.concurrency * 2),
+            server_clock=server_clock,
+        )
+        client.open()
+        stack.push_async_callback(client.close)
+        return client
+
+    return client_for
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,6 @@ finish (drain), then cancel what is left (abort).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 from collections import Counter
@@ -32,12 +31,12 @@ from runner.engine.options import EngineOptions
 from runner.engine.result import run_result
 from runner.engine.retry import Clock, SystemClock
 from runner.engine.stopper import Stopper
-from runner.engine.survey import Survey, SurveyRules, release_ambiguous, survey
+from runner.engine.survey import Survey, SurveyRules, release_ambiguous, specs_of, survey
 from runner.engine.tracker import Deliveries
 from runner.engine.watching import ListingStats
 from runner.errors import DiskError
-from runner.jobspec import JobSpec, in_shard
-from runner.manifest import Manifest, expand
+from runner.jobspec import JobSpec
+from runner.manifest import Manifest
 from runner.outputs import OutputFolder
 from runner.outputs.writers import Writer, open_writer
 from runner.state.events import Reopened
@@ -138,11 +137,7 @@ class Engine:
         return ListingStats.total([a.lister.stats for a in accounts if a.lister is not None])
 
     def specs(self) -> Iterator[JobSpec]:
-        specs: Iterator[JobSpec] = iter(expand(self.manifest))
-        if self.options.shard is not None:
-            shard = self.options.shard
-            specs = (spec for spec in specs if in_shard(spec.key, shard))
-        return itertools.islice(specs, self.options.limit)
+        return specs_of(self.manifest, self.options)
 
     # ---- the run ------------------------------------------------------------------------------
 
@@ -192,15 +187,7 @@ class Engine:
             helpers.start_soon(self._report_progress)
         if self.shared.coordinator is not None:
             helpers.start_soon(self.shared.coordinator.keep_up)
-            helpers.start_soon(self._stop_when_lost, self.shared.coordinator)
-
-    async def _stop_when_lost(self, coordinator: Coordinator) -> None:
-        """No new submit once the coordinator is lost: jobs in flight finish, a later run
-        sends the rest."""
-        reason = await coordinator.wait_lost()
-        self.stopper.stop(
-            f"the coordinator is lost ({reason}): run the same command again once it is back"
-        )
+            helpers.start_soon(self.stopper.stop_when_lost, self.shared.coordinator)
 
     async def _run_jobs(self, parts: Parts, keeper: OutputKeeper, found: Survey) -> None:
         await keeper.open()

@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
+from runner.engine.coordinator import Coordinator
 from runner.engine.retry import Clock
 from runner.errors import DiskError, FatalApiError
 
@@ -96,3 +97,9 @@ class Stopper:
         await self.clock.sleep(self.drain_timeout)
         log.warning("drain timeout reached: stopping now")
         self.abort()
+
+    async def stop_when_lost(self, coordinator: Coordinator) -> None:
+        """No new submit once the coordinator is lost: jobs in flight finish, a later run
+        sends the rest."""
+        reason = await coordinator.wait_lost()
+        self.stop(f"the coordinator is lost ({reason}): run the same command again once it is back")

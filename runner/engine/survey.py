@@ -3,16 +3,18 @@ the jobs an earlier run left running, ambiguous or failed picked out."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.engine.ambiguity import is_ambiguous, risk_of, worst_cost
 from runner.engine.budget import Budget, cannot_price
 from runner.engine.options import EngineOptions
-from runner.jobspec import JobSpec
+from runner.jobspec import JobSpec, in_shard
+from runner.manifest import Manifest, expand
 from runner.naming import (
     BUCKET_SIZE,
     DEFAULT_TEMPLATE,
@@ -57,6 +59,15 @@ class SurveyRules:
         template = settings.name_template
         stem = check_template(template)
         return cls(options.retry_failed, options.retry_ambiguous, stem, template, images)
+
+
+def specs_of(manifest: Manifest, options: EngineOptions) -> Iterator[JobSpec]:
+    """The run's job specs in manifest order: its shard's, up to its --limit."""
+    specs: Iterator[JobSpec] = iter(expand(manifest))
+    if options.shard is not None:
+        shard = options.shard
+        specs = (spec for spec in specs if in_shard(spec.key, shard))
+    return itertools.islice(specs, options.limit)
 
 
 def survey(
