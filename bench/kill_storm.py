@@ -7,7 +7,8 @@ The emulator (in this process) adds ``--rtt`` to every request, so POSTs are on 
 the runner (a child process) is killed; kills come at random submits, listings and downloads.
 After the storm one run goes to the end. Prints the jobs paid twice (must be 0), the jobs
 left ambiguous, how many of those the server holds no job for (their POST never left: an
-ambiguity that cost nothing but a user's attention), and the wall time.
+ambiguity that cost nothing but a user's attention), the jobs billed (completed at the
+server: what the account pays, unlike submits, some of which end cancelled) and the wall time.
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
             ]
             held = {body_hash(job.body) for job in emulator.store.jobs.values()}
             paid_twice = len(emulator.paid_twice())
+            paid = emulator.paid()
+            submits = emulator.stats["submits"]
         wall = time.monotonic() - started
     ambiguous = [r for r in records if r["status"] == "ambiguous"]
     never_sent = 0
@@ -124,6 +127,8 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         "completed": sum(r["status"] == "completed" for r in records),
         "ambiguous": len(ambiguous),
         "ambiguous_never_sent": never_sent,
+        "paid": paid,  # jobs billed (completed): the jobs, plus ambiguous ones' candidates
+        "submits": submits,
         "paid_twice": paid_twice,
         "wall_s": round(wall, 1),
     }
