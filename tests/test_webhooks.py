@@ -16,8 +16,9 @@ from runner import run_batch
 from runner.api.remote import RemoteJob
 from runner.api.webhooks import SECRET_PARAM, Receiver, WebhookSettings, receiving, with_secret
 from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.engine.latency import TrackSettings
 from runner.engine.retry import SystemClock
-from runner.engine.tracker import Tracker, TrackSettings
+from runner.engine.tracker import Tracker
 from runner.errors import UsageError
 from runner.outputs import OutputFolder
 from tests.api_stub import ApiStub

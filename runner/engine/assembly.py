@@ -16,11 +16,13 @@ from runner.engine.budget import Budget
 from runner.engine.flow import FlowPolicy, JobFlow
 from runner.engine.health import Health
 from runner.engine.key_care import KeyCare
+from runner.engine.latency import TrackSettings, TypicalLatency
 from runner.engine.options import EngineOptions
+from runner.engine.recall import Recalls
 from runner.engine.retry import Clock
 from runner.engine.stopper import Stopper
 from runner.engine.submitter import SubmitSettings, Submitter
-from runner.engine.tracker import Deliveries, Tracker, TrackSettings, TypicalLatency
+from runner.engine.tracker import Deliveries, Tracker
 from runner.engine.uploads import Uploads
 from runner.errors import FatalApiError
 from runner.manifest import Manifest
@@ -81,6 +83,7 @@ class Parts:
             policy,
             stopper=stopper,
             keys=self.keys,
+            recalls=Recalls(journal, shared.budget, policy.started),
         )
 
     async def recover(self, run_started: float) -> None:
@@ -162,4 +165,6 @@ def track_settings(manifest: Manifest, options: EngineOptions) -> TrackSettings:
         job_timeout=settings.job_timeout,
         retry=options.retry,
         alone_when_short=alone_when_short,
+        straggler_after=settings.straggler_after,
+        straggler_resends=settings.straggler_resends,
     )

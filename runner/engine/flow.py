@@ -30,8 +30,10 @@ from runner.engine.outcome import (
     Failed,
     NotSubmitted,
     Outcome,
+    Overdue,
     Sent,
 )
+from runner.engine.recall import Recalls
 from runner.engine.retry import Clock
 from runner.engine.stopper import Stopper
 from runner.engine.survey import Survey
@@ -41,9 +43,9 @@ from runner.naming import check_template, render_name
 from runner.outputs.provenance import spec_provenance
 from runner.outputs.writers import Writer
 from runner.settings import RunSettings
-from runner.state.events import Done, Retry
+from runner.state.events import ON_EXIT, STOPPED, STRAGGLER, Done, Retry
 from runner.state.journal import Journal
-from runner.state.ledger import CANCELLED_ON_EXIT, NO_SINGLE_MATCH, KeyState
+from runner.state.ledger import NO_SINGLE_MATCH, KeyState
 from runner.state.phase import Phase
 from runner.state.records import FileEntry, ambiguous_record, completed_record, failed_record
 from runner.state.run_events import LeftOver, Resumed, Unfinished
@@ -52,6 +54,10 @@ log = logging.getLogger("runner.engine.engine")
 # A job's own outcome: a line in a log file, but on a terminal only with -v (the live view
 # counts them, and `status` groups their reasons).
 PER_JOB = {"per_job": True}
+# A job waiting in the account's backlog (behind its concurrency): a stop cancels it,
+# unbilled, rather than wait for it to run and bill (the next run sends it).
+WAITING = frozenset({JobStatus.BACKLOGGED})
+Ended = RemoteJob | Outcome | Overdue  # what following a job comes to
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class FlowPolicy:
     embed_metadata: bool = True
     name_stem: str = "{key}"
     again: frozenset[str] = frozenset()  # finished before, run again in this run
+    straggler_resends: int = 2  # a job's stragglers cancelled and sent again, at most
 
     @classmethod
     def of(
@@ -78,6 +85,7 @@ class FlowPolicy:
             embed_metadata=options.embed_metadata,
             name_stem=check_template(settings.name_template),
             again=frozenset(found.reopened | {spec.key for spec in found.released}),
+            straggler_resends=settings.straggler_resends,
         )
 
 
@@ -95,6 +103,7 @@ class JobFlow:
         *,
         stopper: Stopper,
         keys: KeyCare,
+        recalls: Recalls,
     ) -> None:
         self.pool = pool
         self.journal = journal
@@ -104,7 +113,9 @@ class JobFlow:
         self.policy = policy
         self.stopper = stopper
         self.keys = keys
+        self.recalls = recalls
         self._collected: set[str] = set()  # candidates of ambiguous jobs already fetched
+        self._spared: set[str] = set()  # stragglers whose cancel did not take: followed on
 
     async def run(self, spec: JobSpec) -> Outcome:
         """Take one job from wherever the journal left it to its outcome."""
@@ -138,9 +149,12 @@ class JobFlow:
             return NotSubmitted(str(exc))
 
     async def _ended(
-        self, spec: JobSpec, state: KeyState, ended: RemoteJob | Outcome, account: Account | None
+        self, spec: JobSpec, state: KeyState, ended: Ended, account: Account | None
     ) -> Outcome | None:
         """What a job that left the server means (None: it is retried)."""
+        if isinstance(ended, Overdue):
+            assert account is not None
+            return await self._straggler(spec, state, ended.remote, account)
         if not isinstance(ended, RemoteJob):
             return ended
         assert account is not None
@@ -155,9 +169,28 @@ class JobFlow:
             return None
         return Failed(reason)
 
-    async def _send(
-        self, spec: JobSpec, state: KeyState
-    ) -> tuple[RemoteJob | Outcome, Account | None] | None:
+    async def _straggler(
+        self, spec: JobSpec, state: KeyState, remote: RemoteJob, account: Account
+    ) -> Outcome | None:
+        """A job far past its model's usual time: cancelled, read back, and sent again only
+        once it reads back cancelled (None: the loop sends it, or follows it on). One that
+        ended in the race is kept as it ended; one whose cancel did not take is followed to
+        its end."""
+        log.info(
+            "⧗ %s's job %s is still %s far past its model's usual time: cancelling it",
+            spec.key,
+            remote.job_id,
+            remote.status.value,
+        )
+        back = await self.recalls.recall(account, spec, state, remote.job_id, STRAGGLER)
+        if back is None or not back.status.terminal:
+            self._spared.add(remote.job_id)
+            return None
+        if back.status == JobStatus.CANCELLED:
+            return None  # journaled: the key is new again, and is sent once more
+        return await self._ended(spec, state, back, account)
+
+    async def _send(self, spec: JobSpec, state: KeyState) -> tuple[Ended, Account | None] | None:
         """Submit a new job with the roomiest key and follow it in the same slot. None:
         nothing is settled yet (its key was refused before it was sent, or it is in doubt)."""
         try:
@@ -180,9 +213,7 @@ class JobFlow:
         except NoKeyLeft:
             return NotSubmitted(str(self.stopper.fatal or "every API key was refused")), None
 
-    async def _follow_held(
-        self, spec: JobSpec, state: KeyState
-    ) -> tuple[RemoteJob | Outcome, Account | None]:
+    async def _follow_held(self, spec: JobSpec, state: KeyState) -> tuple[Ended, Account | None]:
         """Follow a job already at the server with the key that holds it."""
         account = self.pool.owner(state)
         if account is None:
@@ -200,7 +231,7 @@ class JobFlow:
 
     async def _follow_with(
         self, account: Account, spec: JobSpec, state: KeyState, job: Sent
-    ) -> RemoteJob | Outcome:
+    ) -> Ended:
         try:
             return await self._follow(account, spec, state, job)
         except FatalApiError as exc:
@@ -223,10 +254,9 @@ class JobFlow:
             return Deferred(f"key {account.name} was refused while fetching its images: {exc}")
         return Completed(ended, files, noticed) if isinstance(files, list) else files
 
-    async def _follow(
-        self, account: Account, spec: JobSpec, state: KeyState, job: Sent
-    ) -> RemoteJob | Outcome:
-        """Poll a job to its end; with --cancel-on-exit, cancel it when the run stops."""
+    async def _follow(self, account: Account, spec: JobSpec, state: KeyState, job: Sent) -> Ended:
+        """Poll a job to its end. When the run stops, a job that has not begun to run is
+        cancelled (unbilled: the next run sends it), and with --cancel-on-exit any job."""
         sent = job.sent
         skew = self.journal.ledger.skew
         polls = account.tracker.wait(
@@ -236,36 +266,53 @@ class JobFlow:
             created_after=None if sent is None else sent + skew.low,
             # Only this run's submits carry its webhook address (a new secret each run).
             webhook=self.policy.webhooks and (sent or 0) >= self.policy.started,
+            stragglers=state.straggled < self.policy.straggler_resends
+            and job.job_id not in self._spared,
         )
-        if not self.policy.cancel_on_exit:
-            return await polls
         with anyio.CancelScope() as scope:
             self.stopper.follows.add(scope)
             try:
                 if not self.stopper.stopping:
                     return await polls
             except anyio.get_cancelled_exc_class():
-                if not scope.cancel_called:  # the whole run is aborting
-                    await self._cancel_on_exit(account, spec.key, state, job.job_id)
+                if not scope.cancel_called and self.policy.cancel_on_exit:  # aborting
+                    await self._cancel_on_exit(account, spec, state, job.job_id)
                 raise
             finally:
                 self.stopper.follows.discard(scope)
                 polls.close()  # not awaited when the run was stopping already
-        # Stopped (our scope cancelled, or the run was stopping already): cancel the job.
-        return await self._cancel_on_exit(account, spec.key, state, job.job_id)
+        # Stopped (our scope cancelled, or the run was stopping already).
+        if self.policy.cancel_on_exit:
+            return await self._cancel_on_exit(account, spec, state, job.job_id)
+        return await self._stop_waiting(account, spec, state, job)
+
+    async def _stop_waiting(
+        self, account: Account, spec: JobSpec, state: KeyState, job: Sent
+    ) -> Ended:
+        """The run stops: a job still waiting in the backlog is cancelled, so that it is not
+        billed for a run that has stopped; one that runs is followed to its end (the
+        drain), as is one whose cancel did not take."""
+        with anyio.CancelScope(shield=True):
+            now = await account.tracker.look(job.job_id)
+            if now is None or now.status not in WAITING:
+                back = now
+            else:
+                back = await self.recalls.recall(account, spec, state, job.job_id, STOPPED)
+        if back is not None and back.status == JobStatus.CANCELLED:
+            return Cancelled(job.job_id)
+        if back is not None and back.status.terminal:
+            return back
+        return await account.tracker.wait(job.job_id, spec.model, job.answered)
 
     async def _cancel_on_exit(
-        self, account: Account, key: str, state: KeyState, job_id: str
+        self, account: Account, spec: JobSpec, state: KeyState, job_id: str
     ) -> Outcome:
         """Cancel a job as the run stops (shielded: it runs while the run is being cancelled)."""
         with anyio.CancelScope(shield=True):
-            cancelled = await account.tracker.cancel(job_id)
-            if cancelled:
-                # Cancelled jobs are not billed: the next run submits this one afresh.
-                await self.journal.record(Retry(key, state.attempts, job_id, CANCELLED_ON_EXIT))
-        if not cancelled:
+            back = await self.recalls.recall(account, spec, state, job_id, ON_EXIT)
+        if back is None or back.status != JobStatus.CANCELLED:
             return Deferred(f"could not cancel job {job_id}; the next run polls it")
-        return Cancelled(job_id)
+        return Cancelled(job_id)  # not billed: the next run submits this one afresh
 
     async def _collect_unmatched(self, state: KeyState) -> Outcome:
         """An ambiguous job: keep the images of the candidates, which were paid for.
@@ -341,7 +388,7 @@ class JobFlow:
                     holder.held[outcome.reason] = holder.held.get(outcome.reason, 0) + 1
         elif isinstance(outcome, Cancelled):
             why = LeftOver.CANCELLED
-            log.debug("× cancelled %s (job %s) on exit", spec.key, outcome.job_id)
+            log.debug("× cancelled %s (job %s) as the run stopped", spec.key, outcome.job_id)
         elif isinstance(outcome, NotSubmitted) and (outcome.over_budget or outcome.unpriced):
             why = LeftOver.OVER_BUDGET if outcome.over_budget else LeftOver.UNPRICED
             log.debug("$ not submitting %s: %s", spec.key, outcome.reason)

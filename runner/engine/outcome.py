@@ -79,3 +79,11 @@ class Doubted:
 
 
 Submission = Sent | Doubted | Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Overdue:
+    """A job still queued or running (``remote``, as read just now) far past the time its
+    model's jobs take: a straggler, to cancel and send again."""
+
+    remote: RemoteJob

@@ -5,9 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -15,8 +14,9 @@ import anyio
 from runner.api.backoff import jittered
 from runner.api.port import Api
 from runner.api.remote import JobStatus, RemoteJob
-from runner.engine.outcome import Deferred, Failed
-from runner.engine.retry import Clock, RetryPolicy, retrying
+from runner.engine.latency import TrackSettings, TypicalLatency
+from runner.engine.outcome import Deferred, Failed, Overdue
+from runner.engine.retry import Clock, retrying
 from runner.engine.watching import Lister, Watch
 from runner.errors import (
     BadImage,
@@ -31,71 +31,7 @@ from runner.outputs.writers import Fetched, Writer
 from runner.state.run_events import Downloaded, RunEvent, TransientError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class TrackSettings:
-    """How jobs are followed."""
-
-    poll_interval: float = 2.0
-    webhook_poll_interval: float = 30.0  # between looks at a job whose webhook is awaited
-    listing_gap: float = 0.0  # seconds between listing passes at least
-    job_timeout: float = 3 * 3600.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # poll_mode auto: with this many requests a second to spare for polls, a job whose model
-    # typically ends within SHORT_JOB intervals is polled on its own instead of listed.
-    alone_when_short: float | None = None
-
-    def polls_alone(self, typical: float | None) -> bool:
-        """Whether a job that typically takes ``typical`` seconds is best polled on its own:
-        its first poll then lands at its end, for about one request, and the listing's
-        passes (paced to spare the request rate) would see it later."""
-        if self.alone_when_short is None or typical is None:
-            return False
-        return typical <= SHORT_JOB * self.poll_interval
-
-
-SHORT_JOB = 4  # poll intervals: a job ending within this many is short (poll_mode auto)
-
-
-class TypicalLatency:
-    """How long each model's jobs take from creation to completion, learnt during the run.
-
-    A job is first polled when the quickest quarter of its model's recent jobs had ended,
-    not one interval after it was submitted: a model that takes 30 s is then not polled 15
-    times for nothing. The lower quartile rather than the median, because a job's time
-    includes any wait in the server's backlog, which the last jobs of a run no longer have.
-    """
-
-    SAMPLES = 64  # the recent jobs the quartile is taken over
-    MIN_SAMPLES = 5  # before that many, poll at the interval
-
-    def __init__(self) -> None:
-        self._seconds: dict[str, deque[float]] = {}
-
-    def observe(self, model: str, remote: RemoteJob) -> None:
-        if remote.status != JobStatus.COMPLETED:
-            return
-        if remote.created_at is None or remote.completed_at is None:
-            return
-        seconds = remote.completed_at - remote.created_at
-        if seconds >= 0:
-            self._seconds.setdefault(model, deque(maxlen=self.SAMPLES)).append(seconds)
-
-    def first_poll(self, model: str) -> float | None:
-        """Seconds after its creation to first poll a job of ``model`` (None: not known yet)."""
-        return self._quantile(model, 0.25)
-
-    def overdue(self, model: str) -> float | None:
-        """Seconds after which a job of ``model`` is slower than nine in ten of its peers: a
-        webhook not come by then is more likely lost than late (None: not known yet)."""
-        return self._quantile(model, 0.9)
-
-    def _quantile(self, model: str, share: float) -> float | None:
-        seconds = self._seconds.get(model)
-        if seconds is None or len(seconds) < self.MIN_SAMPLES:
-            return None
-        return sorted(seconds)[int(len(seconds) * share)]
+READ_BACKS = 3  # reads of a job after a DELETE the server accepted, until it shows an end
 
 
 class Tracker:
@@ -182,7 +118,8 @@ class Tracker:
         *,
         created_after: float | None = None,
         webhook: bool = False,
-    ) -> RemoteJob | Failed | Deferred:
+        stragglers: bool = False,
+    ) -> RemoteJob | Failed | Deferred | Overdue:
         """Follow a job until it ends or its timeout passes.
 
         The first look waits until jobs of ``model`` typically end (``exists_since``: when
@@ -193,11 +130,12 @@ class Tracker:
         are a safety net: a first look once it has run longer than nine in ten jobs of its
         model (so a lost delivery costs seconds, not the net's period), then one every
         webhook_poll_interval. ``created_after``: a lower bound of its creation time on the
-        server's clock, where the listing may stop looking.
+        server's clock, where the listing may stop looking. With ``stragglers``, a job still
+        queued or running past its model's straggler bound is returned ``Overdue`` (one in
+        the account's backlog is not: it waits behind our own jobs).
         """
         interval = self.settings.webhook_poll_interval if webhook else self.settings.poll_interval
         now = self.clock.monotonic()
-        deadline = now + self.settings.job_timeout
         typical = None
         if model is not None:
             typical = self.latency.overdue(model) if webhook else self.latency.first_poll(model)
@@ -206,30 +144,74 @@ class Tracker:
         watch = Watch(job_id, interval, due=now + wait, created_after=created_after)
         if self.listing and not webhook and model is not None:
             watch.alone = self.settings.polls_alone(self.latency.first_poll(model))
+        age = 0.0 if exists_since is None else max(0.0, self.clock.time() - exists_since)
         self.watches[job_id] = watch
         try:
-            while True:
-                now = self.clock.monotonic()
-                listed = self.listing and not watch.alone
-                wake = deadline if listed else min(deadline, watch.due)
-                await watch.wait(self.clock, wake - now)
-                remote = watch.latest
-                if remote is None and (watch.poll_now or self.clock.monotonic() >= watch.due):
-                    polled = await self._poll(watch, deadline)
-                    if not isinstance(polled, RemoteJob):
-                        return polled
-                    remote = polled if polled.status.terminal else None
-                if remote is not None:
-                    if model is not None:
-                        self.latency.observe(model, remote)
-                    return remote
-                if self.clock.monotonic() >= deadline:
-                    cancelled = await self.cancel(job_id)
-                    ending = "cancelled" if cancelled else "could not be cancelled: may be billed"
-                    return Failed(f"timed out after {self.settings.job_timeout:g} s; {ending}")
+            return await self._watch(watch, model, now - age, stragglers)
         finally:
             if self.watches.get(job_id) is watch:
                 del self.watches[job_id]
+
+    async def _watch(
+        self, watch: Watch, model: str | None, born: float, stragglers: bool
+    ) -> RemoteJob | Failed | Deferred | Overdue:
+        """``wait``'s loop; ``born``: when the job came to exist (monotonic)."""
+        deadline = self.clock.monotonic() + self.settings.job_timeout
+        straggling = model if stragglers else None  # the model whose bound applies
+        while True:
+            now = self.clock.monotonic()
+            listed = self.listing and not watch.alone
+            wake = deadline if listed else min(deadline, watch.due)
+            if straggling is not None:
+                wake = min(wake, self._straggler_look(watch, straggling, born))
+            await watch.wait(self.clock, wake - now)
+            remote = watch.latest
+            if remote is None and (watch.poll_now or self.clock.monotonic() >= watch.due):
+                polled = await self._poll(watch, deadline)
+                if not isinstance(polled, RemoteJob):
+                    return polled
+                remote = polled if polled.status.terminal else None
+            if (
+                remote is None
+                and straggling is not None
+                and self.clock.monotonic() >= self._straggler_look(watch, straggling, born)
+            ):
+                seen = await self._straggler(watch, straggling, deadline)
+                if seen is not None and not isinstance(seen, RemoteJob):
+                    return seen  # Overdue, or an answer that ends the following
+                remote = seen
+            if remote is not None:
+                if model is not None:
+                    self.latency.observe(model, remote)
+                return remote
+            if self.clock.monotonic() >= deadline:
+                back = await self.withdraw(watch.job_id)
+                cancelled = back is not None and back.status == JobStatus.CANCELLED
+                ending = "cancelled" if cancelled else "could not be cancelled: may be billed"
+                return Failed(f"timed out after {self.settings.job_timeout:g} s; {ending}")
+
+    def _straggler_look(self, watch: Watch, model: str, born: float) -> float:
+        """When to look whether the job straggles (monotonic): once past its bound; while no
+        bound is known yet, a poll interval from now, to learn it (a wake, no request)."""
+        bound = self.settings.straggler_bound(self.latency, model)
+        if bound is None:
+            return self.clock.monotonic() + self.settings.poll_interval
+        return max(born + bound, watch.spared_until)
+
+    async def _straggler(
+        self, watch: Watch, model: str, deadline: float
+    ) -> RemoteJob | Failed | Deferred | Overdue | None:
+        """Read a job past its straggler bound: ended (it is returned), still queued or
+        running (``Overdue``), or waiting in the account's backlog (None: looked at again a
+        bound later)."""
+        polled = await self._poll(watch, deadline)
+        if not isinstance(polled, RemoteJob) or polled.status.terminal:
+            return polled
+        if polled.status == JobStatus.BACKLOGGED:
+            bound = self.settings.straggler_bound(self.latency, model) or 0.0
+            watch.spared_until = self.clock.monotonic() + max(bound, watch.interval)
+            return None
+        return Overdue(polled)
 
     async def _poll(self, watch: Watch, deadline: float) -> RemoteJob | Failed | Deferred:
         """``GET /jobs/{id}`` for one job, retried until its deadline; schedules the next."""
@@ -282,7 +264,7 @@ class Tracker:
         return max(interval, typical - elapsed) + spread
 
     async def cancel(self, job_id: str) -> bool:
-        """Ask the server to cancel a job; True when it said yes."""
+        """Ask the server to cancel a job; True when it said yes (not proof: ``withdraw``)."""
         with anyio.CancelScope(shield=True), self.clock.move_on_after(10):
             try:
                 await self.client.cancel(job_id)
@@ -290,6 +272,30 @@ class Tracker:
             except (TransientApiError, PermanentApiError) as exc:
                 log.debug("could not cancel %s: %s", job_id, exc)
         return False
+
+    async def look(self, job_id: str) -> RemoteJob | None:
+        """The job as it stands now, in one GET (None: it could not be read)."""
+        try:
+            return await self.client.get_job(job_id)
+        except (TransientApiError, PermanentApiError) as exc:
+            log.debug("could not read job %s: %s", job_id, exc)
+            return None
+
+    async def withdraw(self, job_id: str) -> RemoteJob | None:
+        """Cancel a job and read it back, so that what happened is known, not assumed: the
+        job as it stands after the DELETE (``cancelled``, or ended before the DELETE landed,
+        or still running if the DELETE did not take), or None when it cannot be read.
+        Shielded: a run that is being stopped still learns whether its cancels took."""
+        asked = await self.cancel(job_id)
+        with anyio.CancelScope(shield=True), self.clock.move_on_after(30):
+            for read in range(READ_BACKS):
+                remote = await self.look(job_id)
+                if remote is not None and (remote.status.terminal or not asked):
+                    return remote
+                if read + 1 < READ_BACKS:
+                    await self.clock.sleep(self.settings.poll_interval)
+            return remote
+        return None
 
     async def download_all(
         self,

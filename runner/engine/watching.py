@@ -51,6 +51,7 @@ class Watch:
     missed: int = 0  # listing passes in a row it was due and not seen
     poll_now: bool = False  # ask for it on its own at once
     alone: bool = False  # past the listing's reach: polled on its own from now on
+    spared_until: float = 0.0  # not a straggler before then (monotonic): it was backlogged
     _news: anyio.Event = field(default_factory=anyio.Event)
 
     def tell(self, remote: RemoteJob) -> None:
