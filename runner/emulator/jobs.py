@@ -11,6 +11,7 @@ import hashlib
 import heapq
 import random
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -122,6 +123,7 @@ class JobStore:
     # The listing's index: creation times, never decreasing, and the jobs in the same order.
     _created: list[float] = field(default_factory=list)
     _by_creation: list[EmulatedJob] = field(default_factory=list)
+    _made: Counter[str] = field(default_factory=Counter)  # jobs made per request body
 
     def now(self) -> float:
         return self.clock()
@@ -149,8 +151,8 @@ class JobStore:
             failure_reason=self.rng.choice(FAILURE_REASONS),
             webhook_url=webhook_url,
         )
-        if self.config.stuck_rate and self.rng.random() < self.config.stuck_rate:
-            job.stuck = self.config.stuck_for  # drawn only when asked for: seeds replay as before
+        if self.config.stuck_rate and self._stuck_draw(body) < self.config.stuck_rate:
+            job.stuck = self.config.stuck_for
         self.jobs[job.id] = job
         if self._created and now < self._created[-1]:
             job.created = now = self._created[-1]  # a clock stepped back: keep the index sorted
@@ -163,6 +165,14 @@ class JobStore:
         else:
             self._start(job, now)
         return job
+
+    def _stuck_draw(self, body: dict[str, Any]) -> float:
+        """Whether a job gets stuck is drawn from its request body and how many jobs that
+        body had before (and the seed), not from the shared random stream: the same jobs
+        get stuck whatever order they come in, and a body sent again draws afresh."""
+        made = body_hash(body)
+        self._made[made] += 1
+        return random.Random(f"{self.config.seed}:{made}:{self._made[made]}").random()
 
     def _start(self, job: EmulatedJob, at: float) -> None:
         job.start = at

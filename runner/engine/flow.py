@@ -154,7 +154,7 @@ class JobFlow:
         """What a job that left the server means (None: it is retried)."""
         if isinstance(ended, Overdue):
             assert account is not None
-            return await self._straggler(spec, state, ended.remote, account)
+            return await self._straggler(spec, state, ended, account)
         if not isinstance(ended, RemoteJob):
             return ended
         assert account is not None
@@ -170,7 +170,7 @@ class JobFlow:
         return Failed(reason)
 
     async def _straggler(
-        self, spec: JobSpec, state: KeyState, remote: RemoteJob, account: Account
+        self, spec: JobSpec, state: KeyState, late: Overdue, account: Account
     ) -> Outcome | None:
         """A job far past its model's usual time: cancelled, read back, and sent again only
         once it reads back cancelled (None: the loop sends it, or follows it on). One that
@@ -179,12 +179,12 @@ class JobFlow:
         log.info(
             "⧗ %s's job %s is still %s far past its model's usual time: cancelling it",
             spec.key,
-            remote.job_id,
-            remote.status.value,
+            late.job_id,
+            late.status,
         )
-        back = await self.recalls.recall(account, spec, state, remote.job_id, STRAGGLER)
+        back = await self.recalls.recall(account, spec, state, late.job_id, STRAGGLER)
         if back is None or not back.status.terminal:
-            self._spared.add(remote.job_id)
+            self._spared.add(late.job_id)
             return None
         if back.status == JobStatus.CANCELLED:
             return None  # journaled: the key is new again, and is sent once more

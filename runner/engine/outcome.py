@@ -83,7 +83,8 @@ Submission = Sent | Doubted | Outcome
 
 @dataclass(frozen=True, slots=True)
 class Overdue:
-    """A job still queued or running (``remote``, as read just now) far past the time its
-    model's jobs take: a straggler, to cancel and send again."""
+    """A job seen still queued or running (``status``) far past the time its model's jobs
+    take: a straggler, to cancel and send again."""
 
-    remote: RemoteJob
+    job_id: str
+    status: str

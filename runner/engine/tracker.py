@@ -5,37 +5,33 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import anyio
 
 from runner.api.backoff import jittered
 from runner.api.port import Api
 from runner.api.remote import JobStatus, RemoteJob
+from runner.engine.fetching import Fetcher
 from runner.engine.latency import TrackSettings, TypicalLatency
 from runner.engine.outcome import Deferred, Failed, Overdue
 from runner.engine.retry import Clock, retrying
 from runner.engine.watching import Lister, Watch
 from runner.errors import (
-    BadImage,
-    DiskError,
-    ExpiredUrl,
     FatalApiError,
     PermanentApiError,
     TransientApiError,
 )
-from runner.outputs import FileEntry
-from runner.outputs.writers import Fetched, Writer
-from runner.state.run_events import Downloaded, RunEvent, TransientError
+from runner.outputs.writers import Writer
+from runner.state.run_events import RunEvent
 
 log = logging.getLogger(__name__)
 READ_BACKS = 3  # reads of a job after a DELETE the server accepted, until it shows an end
 
 
-class Tracker:
-    """Polls jobs and downloads their results."""
+class Tracker(Fetcher):
+    """Polls jobs (the downloads of their results are ``Fetcher``'s)."""
 
     def __init__(
         self,
@@ -48,27 +44,12 @@ class Tracker:
         rng: random.Random | None = None,
         latency: TypicalLatency | None = None,
     ) -> None:
-        self.client = client
-        self.writer = writer
-        self.clock = clock
-        self.settings = settings
-        self.note = note
-        self.rng = rng or random.Random()
+        super().__init__(client, writer, clock, settings, note=note, rng=rng or random.Random())
         # Polls of a paid job never give up on errors before the job's own deadline.
         self._poll_retry = replace(settings.retry, max_errors=None)
         self.latency = latency or TypicalLatency()  # a pool's keys share what they learn
         self.watches: dict[str, Watch] = {}  # the jobs being followed, by remote id
         self.listing = False  # whether a Lister looks at them (else each is polled alone)
-
-    def _saw(self, exc: TransientApiError) -> None:
-        self.note(TransientError(exc.status, exc.overload))
-
-    def _count_error(self, exc: TransientApiError, delay: float) -> None:
-        self._saw(exc)
-
-    def _download_error(self, job_id: str, exc: TransientApiError, delay: float) -> None:
-        self._saw(exc)
-        log.debug("↻ job %s's download again in %.1f s: %s", job_id, delay, exc)
 
     def follow_listing(self, on_fatal: Callable[[FatalApiError], None]) -> Lister:
         """The loop that learns how every job stands from the listing (list mode)."""
@@ -147,39 +128,42 @@ class Tracker:
         age = 0.0 if exists_since is None else max(0.0, self.clock.time() - exists_since)
         self.watches[job_id] = watch
         try:
-            return await self._watch(watch, model, now - age, stragglers)
+            return await self._watch(watch, model, now - age, stragglers, webhook)
         finally:
             if self.watches.get(job_id) is watch:
                 del self.watches[job_id]
 
     async def _watch(
-        self, watch: Watch, model: str | None, born: float, stragglers: bool
+        self, watch: Watch, model: str | None, born: float, stragglers: bool, webhook: bool
     ) -> RemoteJob | Failed | Deferred | Overdue:
         """``wait``'s loop; ``born``: when the job came to exist (monotonic)."""
         deadline = self.clock.monotonic() + self.settings.job_timeout
         straggling = model if stragglers else None  # the model whose bound applies
         while True:
             now = self.clock.monotonic()
+            check = None  # when to read the sightings for a straggler
+            if straggling is not None:
+                at = self._straggler_look(watch, straggling, born)
+                # No bound yet: it is learnt as jobs end. Past it: read each interval.
+                check = now + self.settings.poll_interval if at is None or at <= now else at
+                if at is not None and webhook and watch.seen_at < at:
+                    watch.due = min(watch.due, at)  # the safety net's looks are far apart
             listed = self.listing and not watch.alone
             wake = deadline if listed else min(deadline, watch.due)
-            if straggling is not None:
-                wake = min(wake, self._straggler_look(watch, straggling, born))
+            if check is not None:
+                wake = min(wake, check)
             await watch.wait(self.clock, wake - now)
             remote = watch.latest
-            if remote is None and (watch.poll_now or self.clock.monotonic() >= watch.due):
+            due = self.clock.monotonic() >= (deadline if listed else watch.due)
+            if remote is None and (watch.poll_now or due):
                 polled = await self._poll(watch, deadline)
                 if not isinstance(polled, RemoteJob):
                     return polled
                 remote = polled if polled.status.terminal else None
-            if (
-                remote is None
-                and straggling is not None
-                and self.clock.monotonic() >= self._straggler_look(watch, straggling, born)
-            ):
-                seen = await self._straggler(watch, straggling, deadline)
-                if seen is not None and not isinstance(seen, RemoteJob):
-                    return seen  # Overdue, or an answer that ends the following
-                remote = seen
+            if remote is None and straggling is not None:
+                overdue = self._overdue(watch, straggling, born)
+                if overdue is not None:
+                    return overdue
             if remote is not None:
                 if model is not None:
                     self.latency.observe(model, remote)
@@ -190,28 +174,24 @@ class Tracker:
                 ending = "cancelled" if cancelled else "could not be cancelled: may be billed"
                 return Failed(f"timed out after {self.settings.job_timeout:g} s; {ending}")
 
-    def _straggler_look(self, watch: Watch, model: str, born: float) -> float:
-        """When to look whether the job straggles (monotonic): once past its bound; while no
-        bound is known yet, a poll interval from now, to learn it (a wake, no request)."""
+    def _straggler_look(self, watch: Watch, model: str, born: float) -> float | None:
+        """When the job is a straggler if still queued or running (monotonic): once past its
+        bound (None: no bound is known yet)."""
         bound = self.settings.straggler_bound(self.latency, model)
-        if bound is None:
-            return self.clock.monotonic() + self.settings.poll_interval
-        return max(born + bound, watch.spared_until)
+        return None if bound is None else max(born + bound, watch.spared_until)
 
-    async def _straggler(
-        self, watch: Watch, model: str, deadline: float
-    ) -> RemoteJob | Failed | Deferred | Overdue | None:
-        """Read a job past its straggler bound: ended (it is returned), still queued or
-        running (``Overdue``), or waiting in the account's backlog (None: looked at again a
-        bound later)."""
-        polled = await self._poll(watch, deadline)
-        if not isinstance(polled, RemoteJob) or polled.status.terminal:
-            return polled
-        if polled.status == JobStatus.BACKLOGGED:
+    def _overdue(self, watch: Watch, model: str, born: float) -> Overdue | None:
+        """``Overdue`` when the job was seen queued or running (by the listing or a poll)
+        since it passed its straggler bound; one seen in the account's backlog waits behind
+        our own jobs, and is looked at again a bound later."""
+        at = self._straggler_look(watch, model, born)
+        if at is None or watch.status is None or watch.seen_at < at:
+            return None
+        if watch.status == JobStatus.BACKLOGGED.value:
             bound = self.settings.straggler_bound(self.latency, model) or 0.0
             watch.spared_until = self.clock.monotonic() + max(bound, watch.interval)
             return None
-        return Overdue(polled)
+        return Overdue(watch.job_id, watch.status)
 
     async def _poll(self, watch: Watch, deadline: float) -> RemoteJob | Failed | Deferred:
         """``GET /jobs/{id}`` for one job, retried until its deadline; schedules the next."""
@@ -232,24 +212,10 @@ class Tracker:
         except PermanentApiError as exc:
             return Failed(f"the remote job {job_id} is gone: {exc}")
         now = self.clock.monotonic()
+        if not remote.status.terminal:
+            watch.saw(remote.status.value, now)
         later = watch.due + jittered(watch.interval, rng=self.rng)
         watch.due = max(later, now + watch.interval / 2)
-        return remote
-
-    async def _fresh_urls(self, remote: RemoteJob, index: int) -> RemoteJob | Deferred:
-        """The job fetched again, for result URLs that work (or a reason why not)."""
-        try:
-            remote = await retrying(
-                functools.partial(self.client.get_job, remote.job_id),
-                self.settings.retry,
-                self.clock,
-                self.rng,
-                on_error=self._count_error,
-            )
-        except (TransientApiError, PermanentApiError) as exc:
-            return Deferred(f"could not refresh its image URLs: {exc}")
-        if len(remote.urls) <= index:
-            return Deferred("the job no longer lists its images")
         return remote
 
     def _first_wait(self, typical: float | None, exists_since: float | None) -> float | None:
@@ -296,97 +262,6 @@ class Tracker:
                     await self.clock.sleep(self.settings.poll_interval)
             return remote
         return None
-
-    async def download_all(
-        self,
-        remote: RemoteJob,
-        stem: str,
-        partial_name: str,
-        provenance: Mapping[str, Any] | None = None,
-    ) -> list[FileEntry] | Deferred | Failed:
-        """Every result of ``remote`` into images/STEM(-N).ext, each atomically.
-
-        ``partial_name`` names the hidden file a download is streamed into (unique per job);
-        ``provenance`` is written into each image (runner.outputs.provenance) before it is placed.
-        """
-        if provenance is not None:
-            provenance = {**provenance, "job_id": remote.job_id}
-            if provenance.get("seed") is None and remote.seed is not None:
-                provenance["server_seed"] = remote.seed  # none was sent: the one it chose
-        files = []
-        limit = self.settings.job_timeout
-        deadline = self.clock.monotonic() + limit
-        with self.clock.move_on_after(limit):  # tries included: a trickle cannot hold the job
-            for index in range(len(remote.urls)):
-                suffix = "" if index == 0 else f"-{index}"
-                got = await self._download_one(
-                    remote, index, stem + suffix, partial_name + suffix, provenance, deadline
-                )
-                if isinstance(got, Deferred | Failed):
-                    return got
-                remote, entry = got
-                files.append(entry)
-            return files
-        log.warning("… job %s's images did not arrive within %g s", remote.job_id, limit)
-        return Deferred(f"its images did not arrive within the job timeout ({limit:g} s)")
-
-    async def _download_one(
-        self,
-        remote: RemoteJob,
-        index: int,
-        stem: str,
-        partial_name: str,
-        provenance: Mapping[str, Any] | None,
-        deadline: float,
-    ) -> tuple[RemoteJob, FileEntry] | Deferred | Failed:
-        part = self.writer.partial_path(partial_name)
-        refreshes = bad_images = 0
-        while True:
-            url = remote.urls[index]
-            try:
-                download = await retrying(
-                    functools.partial(self.client.download, url, part),
-                    self.settings.retry,
-                    self.clock,
-                    self.rng,
-                    on_error=functools.partial(self._download_error, remote.job_id),
-                    give_up_at=deadline,
-                )
-                fetched = Fetched(
-                    download.path,
-                    download.sha256,
-                    download.bytes,
-                    download.content_type,
-                    url,
-                    download.data,
-                )
-                try:
-                    entry = await anyio.to_thread.run_sync(
-                        self.writer.place, fetched, stem, provenance
-                    )
-                except OSError as exc:  # the disk, not the image: ours to stop for
-                    raise DiskError(str(part.parent), exc) from exc
-                break
-            except BadImage as exc:
-                bad_images += 1
-                if bad_images > 1:  # fetched again, and again not an image
-                    return Failed(str(exc))
-                log.debug("↻ job %s's image is unusable: fetching the job again", remote.job_id)
-            except ExpiredUrl as exc:
-                refreshes += 1
-                if refreshes > (self.settings.retry.max_errors or 8):
-                    return Deferred(f"its image URLs keep expiring: {exc}")
-                log.debug("↻ job %s's image URL expired: fetching the job again", remote.job_id)
-            except TransientApiError as exc:
-                return Deferred(f"download kept failing: {exc}")
-            except PermanentApiError as exc:  # an unusable URL: fetching the job gives it again
-                return Deferred(f"cannot download its image: {exc}")
-            fresh = await self._fresh_urls(remote, index)
-            if isinstance(fresh, Deferred):
-                return fresh
-            remote = fresh
-        self.note(Downloaded(download.bytes))
-        return remote, entry
 
 
 class Deliveries:
