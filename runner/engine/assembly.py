@@ -19,6 +19,7 @@ from runner.engine.key_care import KeyCare
 from runner.engine.latency import TrackSettings, TypicalLatency
 from runner.engine.options import EngineOptions
 from runner.engine.recall import Recalls
+from runner.engine.recording import Recorder
 from runner.engine.retry import Clock
 from runner.engine.stopper import Stopper
 from runner.engine.submitter import SubmitSettings, Submitter
@@ -85,6 +86,7 @@ class Parts:
             keys=self.keys,
             recalls=Recalls(journal, shared.budget, policy.started),
         )
+        self.recorder = Recorder(journal, writer, self.pool, policy.again)
 
     async def recover(self, run_started: float) -> None:
         """Match the POSTs an earlier run left unanswered, each in its own key's listing."""

@@ -234,7 +234,7 @@ class Engine:
             async for spec in receive:
                 try:
                     outcome = await parts.flow.run(spec)
-                    await parts.flow.record(spec, outcome)
+                    await parts.recorder.record(spec, outcome)
                 except DiskError as exc:
                     self.stopper.stop_for_disk(exc)
 

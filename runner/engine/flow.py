@@ -31,6 +31,7 @@ from runner.engine.outcome import (
     NotSubmitted,
     Outcome,
     Overdue,
+    Requeued,
     Sent,
 )
 from runner.engine.recall import Recalls
@@ -43,17 +44,14 @@ from runner.naming import check_template, render_name
 from runner.outputs.provenance import spec_provenance
 from runner.outputs.writers import Writer
 from runner.settings import RunSettings
-from runner.state.events import ON_EXIT, STOPPED, STRAGGLER, Done, Retry
+from runner.state.events import ON_EXIT, STOPPED, STRAGGLER, Retry
 from runner.state.journal import Journal
-from runner.state.ledger import NO_SINGLE_MATCH, KeyState
+from runner.state.ledger import KeyState
 from runner.state.phase import Phase
-from runner.state.records import FileEntry, ambiguous_record, completed_record, failed_record
-from runner.state.run_events import LeftOver, Resumed, Unfinished
+from runner.state.records import FileEntry
+from runner.state.run_events import Resumed
 
 log = logging.getLogger("runner.engine.engine")
-# A job's own outcome: a line in a log file, but on a terminal only with -v (the live view
-# counts them, and `status` groups their reasons).
-PER_JOB = {"per_job": True}
 # A job waiting in the account's backlog (behind its concurrency): a stop cancels it,
 # unbilled, rather than wait for it to run and bill (the next run sends it).
 WAITING = frozenset({JobStatus.BACKLOGGED})
@@ -205,9 +203,12 @@ class JobFlow:
                     return None
                 match sent:
                     case Sent():
+                        if sent.backlogged:  # keep only a margin waiting in the backlog
+                            tracker = account.tracker
+                            account.gate.backlogged(len(tracker.watches) - tracker.backlog)
                         return await self._follow_with(account, spec, state, sent), account
-                    case Doubted():
-                        return None
+                    case Doubted() | Requeued():
+                        return None  # in doubt (its candidates next), or not sent: room first
                     case outcome:
                         return outcome, account
         except NoKeyLeft:
@@ -268,6 +269,7 @@ class JobFlow:
             webhook=self.policy.webhooks and (sent or 0) >= self.policy.started,
             stragglers=state.straggled < self.policy.straggler_resends
             and job.job_id not in self._spared,
+            backlogged=job.backlogged,
         )
         with anyio.CancelScope() as scope:
             self.stopper.follows.add(scope)
@@ -346,52 +348,3 @@ class JobFlow:
         safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:100]
         got = await account.tracker.download_all(ended, f"_unmatched/{safe_id}", safe_id)
         return got if isinstance(got, list) else []
-
-    # ---- the outcome, recorded ----------------------------------------------------------------
-
-    async def record(self, spec: JobSpec, outcome: Outcome) -> None:
-        """Record a finished job, or count one that will continue in a later run."""
-        state = self.journal.ledger.state(spec.key)
-        if isinstance(outcome, Completed):
-            record = completed_record(
-                spec, state, outcome.remote, outcome.files, outcome.noticed_at
-            )
-        elif isinstance(outcome, Failed):
-            record = failed_record(spec, state, outcome.reason)
-        elif isinstance(outcome, Ambiguous):
-            why = state.doubt or NO_SINGLE_MATCH
-            record = ambiguous_record(spec, state, outcome.candidates, outcome.files, why)
-        else:
-            self._count_unfinished(spec, state, outcome)
-            return
-        record = self.writer.assign(record)
-        await self.journal.record(Done(spec.key, record))
-        self.writer.finished(record, again=spec.key in self.policy.again)
-        if isinstance(outcome, Completed):
-            files = len(outcome.files)
-            plural = "" if files == 1 else "s"
-            log.debug("← done %s %s (%d file%s)", spec.key, spec.model, files, plural)
-        elif isinstance(outcome, Failed):
-            log.warning("! failed %s %s: %s", spec.key, spec.model, outcome.reason, extra=PER_JOB)
-        else:
-            log.warning(
-                "? ambiguous %s %s: %s", spec.key, spec.model, record["error"], extra=PER_JOB
-            )
-
-    def _count_unfinished(self, spec: JobSpec, state: KeyState, outcome: Outcome) -> None:
-        if isinstance(outcome, Deferred):
-            why = LeftOver.DEFERRED
-            log.warning("… %s left for the next run: %s", spec.key, outcome.reason, extra=PER_JOB)
-            if not state.settled and self.pool.several:
-                holder = self.pool.opened(state.account)
-                if holder is not None:
-                    holder.held[outcome.reason] = holder.held.get(outcome.reason, 0) + 1
-        elif isinstance(outcome, Cancelled):
-            why = LeftOver.CANCELLED
-            log.debug("× cancelled %s (job %s) as the run stopped", spec.key, outcome.job_id)
-        elif isinstance(outcome, NotSubmitted) and (outcome.over_budget or outcome.unpriced):
-            why = LeftOver.OVER_BUDGET if outcome.over_budget else LeftOver.UNPRICED
-            log.debug("$ not submitting %s: %s", spec.key, outcome.reason)
-        else:
-            why = LeftOver.NOT_STARTED
-        self.journal.note(Unfinished(spec.key, why))

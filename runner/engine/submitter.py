@@ -26,13 +26,13 @@ import anyio
 
 from runner.api.limiter import AdaptiveLimit, SubmitWindow
 from runner.api.port import Api
-from runner.api.remote import RemoteJob
+from runner.api.remote import JobStatus, RemoteJob
 from runner.api.server_clock import ServerClock
 from runner.engine.budget import Budget
 from runner.engine.health import Health, KeyUnwell
 from runner.engine.lost_round import LostRounds, RoundSettings
 from runner.engine.matching import LostPost
-from runner.engine.outcome import Deferred, Failed, NotSubmitted, Sent, Submission
+from runner.engine.outcome import Deferred, Failed, NotSubmitted, Requeued, Sent, Submission
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.engine.uploads import Uploads
 from runner.errors import (
@@ -71,6 +71,10 @@ class SubmitSettings:
 
 class _Stopping(Exception):
     """The run stops submitting."""
+
+
+class _Overfull(Exception):
+    """The key's cap came down below the jobs holding its slots: this one waits again."""
 
 
 class Submitter:
@@ -142,7 +146,7 @@ class Submitter:
         except KeyUnwell:  # raised only while the job is settled: another key sends it
             self.budget.refund(spec)
             raise
-        if isinstance(outcome, Failed | NotSubmitted):
+        if isinstance(outcome, Failed | NotSubmitted | Requeued):
             self.budget.refund(spec)  # nothing was created
         return outcome
 
@@ -159,6 +163,8 @@ class Submitter:
                 )
             except _Stopping:
                 return NotSubmitted("the run is stopping")
+            except _Overfull:
+                return Requeued()
             except WouldPayTwice as exc:  # a bug guard: the POST was not sent
                 log.error("%s", exc)
                 return Deferred(str(exc))
@@ -200,6 +206,8 @@ class Submitter:
         async with self._post_slot():
             if self.stopping():
                 raise _Stopping
+            if self.gate.room < 0:  # the backlog's margin is full: no deeper
+                raise _Overfull
             if self.refused is not None:
                 raise self.refused
             self.hand_over_if_unwell()
@@ -244,7 +252,7 @@ class Submitter:
         self.window.clean(received - posted)  # the round trip alone, not our fsync
         self._slots.total_tokens = self.window.level
         log.debug("→ submitted %s as %s", spec.key, remote.job_id)
-        return Sent(remote.job_id, sent, received)
+        return Sent(remote.job_id, sent, received, remote.status == JobStatus.BACKLOGGED)
 
     async def _answered(
         self, spec: JobSpec, state: KeyState, remote: RemoteJob, sent: float, received: float

@@ -100,6 +100,7 @@ class Tracker(Fetcher):
         created_after: float | None = None,
         webhook: bool = False,
         stragglers: bool = False,
+        backlogged: bool = False,
     ) -> RemoteJob | Failed | Deferred | Overdue:
         """Follow a job until it ends or its timeout passes.
 
@@ -113,7 +114,8 @@ class Tracker(Fetcher):
         webhook_poll_interval. ``created_after``: a lower bound of its creation time on the
         server's clock, where the listing may stop looking. With ``stragglers``, a job still
         queued or running past its model's straggler bound is returned ``Overdue`` (one in
-        the account's backlog is not: it waits behind our own jobs).
+        the account's backlog is not: it waits behind our own jobs). ``backlogged``: its
+        submit's answer said it waits in the account's backlog (``backlog`` counts them).
         """
         interval = self.settings.webhook_poll_interval if webhook else self.settings.poll_interval
         now = self.clock.monotonic()
@@ -125,6 +127,8 @@ class Tracker(Fetcher):
         watch = Watch(job_id, interval, due=now + wait, created_after=created_after)
         if self.listing and not webhook and model is not None:
             watch.alone = self.settings.polls_alone(self.latency.first_poll(model))
+        if backlogged:
+            watch.status = JobStatus.BACKLOGGED.value
         age = 0.0 if exists_since is None else max(0.0, self.clock.time() - exists_since)
         self.watches[job_id] = watch
         try:
@@ -132,6 +136,22 @@ class Tracker(Fetcher):
         finally:
             if self.watches.get(job_id) is watch:
                 del self.watches[job_id]
+                if watch.status != JobStatus.BACKLOGGED.value:
+                    self._next_starts()
+
+    @property
+    def backlog(self) -> int:
+        """Jobs of this key last known to wait in the account's backlog."""
+        waiting = JobStatus.BACKLOGGED.value
+        return sum(1 for watch in self.watches.values() if watch.status == waiting)
+
+    def _next_starts(self) -> None:
+        """A job of ours left its slot: the oldest of ours in the backlog takes it, as the
+        account runs its backlog in order (until a look says otherwise)."""
+        for watch in self.watches.values():
+            if watch.status == JobStatus.BACKLOGGED.value:
+                watch.status = JobStatus.QUEUED.value
+                return
 
     async def _watch(
         self, watch: Watch, model: str | None, born: float, stragglers: bool, webhook: bool
