@@ -67,3 +67,28 @@ async def test_a_stop_cancels_the_jobs_still_in_the_backlog_and_the_next_run_sen
     assert again.counts.completed == 20 - first.counts.completed
     assert stats["paid"] == 20
     assert stats["submits"] == 20 + first.counts.cancelled
+
+
+async def test_answers_without_a_status_keep_the_backlog_shallow_from_the_looks(
+    tmp_path: Path,
+) -> None:
+    """Krea's current POST answers carry no status: the looks at our jobs tell which wait
+    (the first burst goes out before any look; from the first jobs' end the backlog stays
+    within about two margins, as a new job counts as running until it is seen waiting)."""
+    deepest = 0
+    async with in_process(dataclasses.replace(BACKLOG, dialect="docs")) as emu:
+        store = emu.emulator.store
+        first_end = emu.clock.now + 1.0
+
+        def depth(kind: str, job: EmulatedJob) -> None:
+            nonlocal deepest
+            if kind == "submit" and emu.clock.now > first_end:
+                now = emu.clock.now
+                waiting = sum(j.status(now) == JobStatus.BACKLOGGED for j in store.jobs.values())
+                deepest = max(deepest, waiting)
+
+        emu.emulator.observers.append(depth)
+        manifest = small_manifest(60, concurrency=32, poll_interval=0.1)
+        result = await run_batch(manifest, tmp_path, **emu.run_args(), options=FAST)
+    assert result.counts.completed == 60
+    assert deepest <= 8, f"{deepest} jobs waited in the backlog (4 run at once)"

@@ -203,8 +203,10 @@ class JobFlow:
                     return None
                 match sent:
                     case Sent():
-                        if sent.backlogged:  # keep only a margin waiting in the backlog
-                            tracker = account.tracker
+                        tracker = account.tracker
+                        # Keep only a margin waiting in the backlog (an answer without a
+                        # status says nothing: the looks at our jobs then tell).
+                        if sent.backlogged or tracker.backlog:
                             account.gate.backlogged(len(tracker.watches) - tracker.backlog)
                         return await self._follow_with(account, spec, state, sent), account
                     case Doubted() | Requeued():
