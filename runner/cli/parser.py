@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
 from runner import __version__
+from runner.cli.run_flags import ownership_flags
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.integers import int_flag
 from runner.settings import FORMATS, POLL_MODES, SETTING_FLAGS, SETTING_NAMES
@@ -246,6 +247,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "counting from 0 (a Slurm array, a Kubernetes Indexed Job, an AWS Batch array), of "
         "the count auto/N, $KREA_BATCH_SHARDS, the scheduler's or the folder's split",
     )
+    ownership_flags(run)
     run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
     run.add_argument(
         "--webhook-url",

@@ -17,10 +17,12 @@ from runner.engine.flow import FlowPolicy, JobFlow
 from runner.engine.health import Health
 from runner.engine.key_care import KeyCare
 from runner.engine.latency import TrackSettings, TypicalLatency
-from runner.engine.options import EngineOptions
+from runner.engine.lost_round import Ownership
+from runner.engine.options import ALL_KEYS, EngineOptions
 from runner.engine.recall import Recalls
 from runner.engine.recording import Recorder
 from runner.engine.retry import Clock
+from runner.engine.siblings import Siblings
 from runner.engine.stopper import Stopper
 from runner.engine.submitter import SubmitSettings, Submitter
 from runner.engine.tracker import Deliveries, Tracker
@@ -72,6 +74,10 @@ class Parts:
             retry=shared.options.retry,
             webhook_url=shared.options.webhook_url,
         )
+        self.siblings = None
+        if shared.options.siblings is not None:
+            own = journal.path.parent.parent  # the folder the journal is the state of
+            self.siblings = Siblings(shared.options.siblings, own, shared.options.shard)
         now = shared.clock.monotonic
         self.pool = KeyPool(ring.keys, self._account, ceiling=settings.concurrency, now=now)
         self.keys = KeyCare(self.pool, journal, stopper, shared.clock)
@@ -139,6 +145,7 @@ class Parts:
             uploads=uploads,
             health=health,
             elsewhere=lambda: pool.ready_besides(account),
+            owner=Ownership(self._exclusive(key), self.siblings),
         )
         lister = None
         if settings.poll_mode in ("list", "auto"):
@@ -148,6 +155,11 @@ class Parts:
         if pool.several:
             self.journal.note(KeyInUse(account.name, key.place))
         return account
+
+    def _exclusive(self, key: ApiKey) -> bool:
+        """Whether ``key`` was declared exclusive (nobody else submits with it)."""
+        declared = self.shared.options.exclusive
+        return ALL_KEYS in declared or key.fingerprint in declared
 
 
 def track_settings(manifest: Manifest, options: EngineOptions) -> TrackSettings:

@@ -30,3 +30,10 @@ class EngineOptions:
     # keys, and takes none for key_cooldown seconds (doubled each time in a row).
     key_patience: float = 20.0
     key_cooldown: float = 30.0
+    # Keys nobody else submits with, by fingerprint (ALL_KEYS: every key of the run): a lost
+    # answer's unclaimed jobs are ours, cancelled and read back rather than left ambiguous.
+    exclusive: frozenset[str] = frozenset()
+    siblings: str | None = None  # a glob naming the split's other shard folders
+
+
+ALL_KEYS = "*"  # in EngineOptions.exclusive: every key (--exclusive-account)

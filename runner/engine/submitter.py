@@ -30,7 +30,7 @@ from runner.api.remote import JobStatus, RemoteJob
 from runner.api.server_clock import ServerClock
 from runner.engine.budget import Budget
 from runner.engine.health import Health, KeyUnwell
-from runner.engine.lost_round import LostRounds, RoundSettings
+from runner.engine.lost_round import LostRounds, Ownership, RoundSettings
 from runner.engine.matching import LostPost
 from runner.engine.outcome import Deferred, Failed, NotSubmitted, Requeued, Sent, Submission
 from runner.engine.retry import Clock, RetryPolicy, retrying
@@ -95,6 +95,7 @@ class Submitter:
         uploads: Uploads,
         health: Health,
         elsewhere: Callable[[], bool] = lambda: False,
+        owner: Ownership | None = None,
     ) -> None:
         self.api = api
         self.health = health
@@ -113,7 +114,7 @@ class Submitter:
         self.in_flight = 0
         self._settled = anyio.Event()  # set each time the last POST in flight settles
         self.rounds = LostRounds(
-            api, journal, clock, server_clock, settings.rounds, health=health, rng=rng
+            api, journal, clock, server_clock, settings.rounds, health=health, rng=rng, owner=owner
         )
         self._clock_tried = False  # the server's clock was asked for in this run
         self._clock_lock = anyio.Lock()

@@ -8,8 +8,6 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 
-import anyio
-
 from runner.api.backoff import jittered
 from runner.api.port import Api
 from runner.api.remote import JobStatus, RemoteJob
@@ -18,6 +16,7 @@ from runner.engine.latency import TrackSettings, TypicalLatency
 from runner.engine.outcome import Deferred, Failed, Overdue
 from runner.engine.retry import Clock, retrying
 from runner.engine.watching import Lister, Watch
+from runner.engine.withdraw import cancel, look, withdraw
 from runner.errors import (
     FatalApiError,
     PermanentApiError,
@@ -27,7 +26,6 @@ from runner.outputs.writers import Writer
 from runner.state.run_events import RunEvent
 
 log = logging.getLogger(__name__)
-READ_BACKS = 3  # reads of a job after a DELETE the server accepted, until it shows an end
 
 
 class Tracker(Fetcher):
@@ -251,37 +249,15 @@ class Tracker(Fetcher):
 
     async def cancel(self, job_id: str) -> bool:
         """Ask the server to cancel a job; True when it said yes (not proof: ``withdraw``)."""
-        with anyio.CancelScope(shield=True), self.clock.move_on_after(10):
-            try:
-                await self.client.cancel(job_id)
-                return True
-            except (TransientApiError, PermanentApiError) as exc:
-                log.debug("could not cancel %s: %s", job_id, exc)
-        return False
+        return await cancel(self.client, self.clock, job_id)
 
     async def look(self, job_id: str) -> RemoteJob | None:
         """The job as it stands now, in one GET (None: it could not be read)."""
-        try:
-            return await self.client.get_job(job_id)
-        except (TransientApiError, PermanentApiError) as exc:
-            log.debug("could not read job %s: %s", job_id, exc)
-            return None
+        return await look(self.client, job_id)
 
     async def withdraw(self, job_id: str) -> RemoteJob | None:
-        """Cancel a job and read it back, so that what happened is known, not assumed: the
-        job as it stands after the DELETE (``cancelled``, or ended before the DELETE landed,
-        or still running if the DELETE did not take), or None when it cannot be read.
-        Shielded: a run that is being stopped still learns whether its cancels took."""
-        asked = await self.cancel(job_id)
-        with anyio.CancelScope(shield=True), self.clock.move_on_after(30):
-            for read in range(READ_BACKS):
-                remote = await self.look(job_id)
-                if remote is not None and (remote.status.terminal or not asked):
-                    return remote
-                if read + 1 < READ_BACKS:
-                    await self.clock.sleep(self.settings.poll_interval)
-            return remote
-        return None
+        """Cancel a job and read it back (``runner.engine.withdraw``)."""
+        return await withdraw(self.client, self.clock, job_id, self.settings.poll_interval)
 
 
 class Deliveries:
