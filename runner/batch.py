@@ -19,11 +19,17 @@ from runner.api.keys import ApiKey, KeyList
 from runner.api.limiter import SharedRate
 from runner.api.port import Api
 from runner.api.server_clock import ServerClock
-from runner.api.webhooks import Receiver, WebhookSettings, receiving
+from runner.api.webhooks import (
+    HookAddress,
+    Receiver,
+    WebhookSettings,
+    folder_secret,
+    receiving,
+)
 from runner.clock import Clock, SystemClock
 from runner.engine import Engine, EngineOptions, RunResult, RunStats
 from runner.engine.accounts import KeyRing
-from runner.engine.tracker import Deliveries
+from runner.engine.deliveries import Deliveries
 from runner.errors import UsageError
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputFolder, ResultRecord, arrow
@@ -48,6 +54,8 @@ from runner.state.ledger import folder_counts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Serves a webhook receiver for the run's block; gives where submits ask for reports.
+Listen = Callable[[WebhookSettings, Receiver], contextlib.AbstractAsyncContextManager[HookAddress]]
 
 
 async def run_batch(
@@ -68,6 +76,7 @@ async def run_batch(
     append: bool = False,
     connect: Callable[[ApiKey, ServerClock], Api] | None = None,
     clock: Clock | None = None,
+    listen: Listen = receiving,
 ) -> RunResult:
     """Run every job of ``manifest`` into the folder ``out``; safe to call again to resume.
 
@@ -92,7 +101,8 @@ async def run_batch(
     manifest is refused (``append``: this manifest's jobs join the folder's on purpose).
 
     ``connect`` gives each key's API (told the server's clock) in place of a ``KreaClient`` of
-    ``api_base``: tests run in-process through it, on ``clock``.
+    ``api_base``: tests run in-process through it, on ``clock``, and take webhooks through
+    ``listen`` (a receiver served in-process rather than on the listen address).
     """
     keys = list(tokens) or ([token] if token else [])
     if not keys and api_base is None:  # before the folder is made: nothing is left behind
@@ -159,10 +169,10 @@ async def run_batch(
             ring = KeyRing(KeyList(keys or ["anonymous"], key_source), client_for)
             deliveries = Deliveries()
             receiver = None
-            if webhook is not None:
-                receiver = Receiver(deliver=deliveries.deliver)
-                url = await stack.enter_async_context(receiving(webhook, receiver))
-                options = dataclasses.replace(options, webhook_url=url)
+            if webhook is not None:  # the folder's secret: a resumed run takes its deliveries
+                receiver = Receiver(deliver=deliveries.deliver, secret=folder_secret(folder.state))
+                hook = await stack.enter_async_context(listen(webhook, receiver))
+                options = dataclasses.replace(options, webhook=hook)
             metrics = Path(metrics_file) if metrics_file else None
             live = LiveStatus(folder.root, metrics, api_base=base_url)
 

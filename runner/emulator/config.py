@@ -89,6 +89,10 @@ class EmulatorConfig:
     url_ttl: float | None = None  # image URLs stop working this many seconds after issue
     webhook_repeats: int = 1  # deliveries per terminal state (more than 1: duplicates)
     webhook_drop_rate: float = 0.0  # share of webhook deliveries never sent (lost)
+    # A delivery the receiver did not take (refused, unreachable: a runner killed and not yet
+    # back) is tried again this many times, 1 s, 2 s, 4 s… later (at least once, as Krea's
+    # "deliveries may repeat" suggests; its real retry policy is not documented).
+    webhook_retries: int = 0
     listing: bool = True  # False: GET /jobs answers 404, as a proxy without the listing would
     credits: float | None = None  # compute units available; None is unlimited
     retired: frozenset[str] = frozenset()  # model ids that answer 410 Gone
@@ -141,6 +145,8 @@ class EmulatorConfig:
             raise ValueError("time_scale must be above zero")
         if self.images_per_job < 1 or self.webhook_repeats < 1:
             raise ValueError("images_per_job and webhook_repeats are at least 1")
+        if self.webhook_retries < 0:
+            raise ValueError("webhook_retries is zero or more")
         for _, fault in self.key_faults:
             if fault not in KEY_FAULTS:
                 raise ValueError(f"{fault!r} is no key fault: use {', '.join(KEY_FAULTS)}")
@@ -198,6 +204,12 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--url-ttl", "url_ttl", float, "image URLs expire after this many seconds"),
     ("--webhook-repeats", "webhook_repeats", int_flag(), "deliveries of each webhook"),
     ("--webhook-drop-rate", "webhook_drop_rate", float, "share of webhook deliveries lost"),
+    (
+        "--webhook-retries",
+        "webhook_retries",
+        int_flag(),
+        "tries again of a delivery not taken, 1 s, 2 s, 4 s… apart",
+    ),
     ("--listing", "listing", _on_off, "on, or off: GET /jobs answers 404"),
     ("--credits", "credits", float, "compute units available (402 after)"),
     ("--retired", "retired", _models, "comma-separated model ids that answer 410"),

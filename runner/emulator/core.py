@@ -306,6 +306,18 @@ class EmulatorCore:
         for observer in self.observers:
             observer(event, job)
 
+    def due_webhooks(self) -> list[EmulatedJob]:
+        """The jobs that asked for a webhook and have ended since the last call (once each)."""
+        now = self.clock()
+        due = []
+        for account in self.accounts.values():
+            waiting = account.store.awaiting_webhook
+            ended = [job for job in waiting.values() if job.status(now) in TERMINAL]
+            for job in ended:
+                del waiting[job.id]
+            due += ended
+        return due
+
     def paid_twice(self) -> list[str]:
         """Request bodies with more than one job billed, or to be billed when it completes
         (a job still running counts: only a cancel or a failure spares it)."""

@@ -13,6 +13,7 @@ from runner.api.limiter import AdaptiveLimit
 from runner.api.server_clock import ServerClock
 from runner.engine.accounts import Account, KeyPool, KeyRing
 from runner.engine.budget import Budget
+from runner.engine.deliveries import Deliveries
 from runner.engine.flow import FlowPolicy, JobFlow
 from runner.engine.health import Health
 from runner.engine.key_care import KeyCare
@@ -25,7 +26,7 @@ from runner.engine.retry import Clock
 from runner.engine.siblings import Siblings
 from runner.engine.stopper import Stopper
 from runner.engine.submitter import SubmitSettings, Submitter
-from runner.engine.tracker import Deliveries, Tracker
+from runner.engine.tracker import Tracker
 from runner.engine.uploads import Uploads
 from runner.errors import FatalApiError
 from runner.manifest import Manifest
@@ -72,7 +73,7 @@ class Parts:
             lost_answer_wait=settings.lost_answer_wait,
             api_timeout=shared.options.api_timeout,
             retry=shared.options.retry,
-            webhook_url=shared.options.webhook_url,
+            webhook=shared.options.webhook,
         )
         self.siblings = None
         if shared.options.siblings is not None:
@@ -91,6 +92,7 @@ class Parts:
             stopper=stopper,
             keys=self.keys,
             recalls=Recalls(journal, shared.budget, policy.started),
+            identify=shared.deliveries.key_of,
         )
         self.recorder = Recorder(journal, writer, self.pool, policy.again)
 
@@ -145,7 +147,7 @@ class Parts:
             uploads=uploads,
             health=health,
             elsewhere=lambda: pool.ready_besides(account),
-            owner=Ownership(self._exclusive(key), self.siblings),
+            owner=Ownership(self._exclusive(key), self.siblings, shared.deliveries.key_of),
         )
         lister = None
         if settings.poll_mode in ("list", "auto"):

@@ -25,6 +25,7 @@ from runner.api.server_clock import ServerClock
 from runner.engine.accounts import KeyRing
 from runner.engine.assembly import Parts, Shared
 from runner.engine.budget import Budget
+from runner.engine.deliveries import Deliveries
 from runner.engine.flow import FlowPolicy
 from runner.engine.keeper import OutputKeeper
 from runner.engine.options import EngineOptions
@@ -32,7 +33,6 @@ from runner.engine.result import run_result
 from runner.engine.retry import Clock, SystemClock
 from runner.engine.stopper import Stopper
 from runner.engine.survey import Survey, SurveyRules, release_ambiguous, survey
-from runner.engine.tracker import Deliveries
 from runner.engine.watching import ListingStats
 from runner.errors import DiskError
 from runner.jobspec import JobSpec, in_shard

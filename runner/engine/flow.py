@@ -10,7 +10,7 @@ answer left it in doubt (``Doubted``) or how the job ended (an ``Outcome``).
 from __future__ import annotations
 
 import logging
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -18,11 +18,11 @@ import anyio
 from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.accounts import Account, KeyPool, NoKeyLeft
 from runner.engine.budget import Budget
+from runner.engine.candidates import Candidates, keyless
 from runner.engine.health import KeyUnwell
 from runner.engine.key_care import KeyCare
 from runner.engine.options import EngineOptions
 from runner.engine.outcome import (
-    Ambiguous,
     Cancelled,
     Completed,
     Deferred,
@@ -48,7 +48,6 @@ from runner.state.events import ON_EXIT, STOPPED, STRAGGLER, Retry
 from runner.state.journal import Journal
 from runner.state.ledger import KeyState
 from runner.state.phase import Phase
-from runner.state.records import FileEntry
 from runner.state.run_events import Resumed
 
 log = logging.getLogger("runner.engine.engine")
@@ -79,7 +78,7 @@ class FlowPolicy:
             started=started,
             max_attempts=settings.max_attempts,
             cancel_on_exit=options.cancel_on_exit,
-            webhooks=options.webhook_url is not None,
+            webhooks=options.webhook is not None,
             embed_metadata=options.embed_metadata,
             name_stem=check_template(settings.name_template),
             again=frozenset(found.reopened | {spec.key for spec in found.released}),
@@ -102,6 +101,7 @@ class JobFlow:
         stopper: Stopper,
         keys: KeyCare,
         recalls: Recalls,
+        identify: Callable[[str], str | None] = lambda job_id: None,
     ) -> None:
         self.pool = pool
         self.journal = journal
@@ -112,7 +112,7 @@ class JobFlow:
         self.stopper = stopper
         self.keys = keys
         self.recalls = recalls
-        self._collected: set[str] = set()  # candidates of ambiguous jobs already fetched
+        self.candidates = Candidates(pool, journal, keys, identify, clock, webhooks=policy.webhooks)
         self._spared: set[str] = set()  # stragglers whose cancel did not take: followed on
 
     async def run(self, spec: JobSpec) -> Outcome:
@@ -124,7 +124,10 @@ class JobFlow:
             while True:
                 match state.phase:
                     case Phase.AMBIGUOUS:
-                        return await self._collect_unmatched(state)
+                        collected = await self.candidates.collect(spec, state)
+                        if collected is not None:
+                            return collected
+                        continue  # a delivery told which job is its own, or that none is
                     case Phase.SUBMITTING:
                         return Deferred(
                             "a lost submit could not be checked yet; the next run checks it"
@@ -227,10 +230,7 @@ class JobFlow:
             return await self._follow_with(account, spec, state, running), account
 
     def _keyless(self, state: KeyState) -> Deferred:
-        return Deferred(
-            f"it was submitted with key {state.account}, which this run does not have: "
-            "run with that key to collect it"
-        )
+        return keyless(state)
 
     async def _follow_with(
         self, account: Account, spec: JobSpec, state: KeyState, job: Sent
@@ -317,36 +317,3 @@ class JobFlow:
         if back is None or back.status != JobStatus.CANCELLED:
             return Deferred(f"could not cancel job {job_id}; the next run polls it")
         return Cancelled(job_id)  # not billed: the next run submits this one afresh
-
-    async def _collect_unmatched(self, state: KeyState) -> Outcome:
-        """An ambiguous job: keep the images of the candidates, which were paid for.
-
-        Jobs that lost their answers together share candidates: each candidate is fetched by
-        the first of them to reach it, and listed in that one's record. The candidates are in
-        the listing of the key that sent the lost POST, and are fetched with it.
-        """
-        account = self.pool.owner(state)
-        if account is None:
-            return self._keyless(state)
-        files: list[FileEntry] = []
-        with account.gate.held():
-            for job_id in state.candidates:
-                if job_id in self._collected:
-                    continue
-                self._collected.add(job_id)
-                try:
-                    files += await self._candidate(account, job_id)
-                except FatalApiError as exc:
-                    self.keys.refused(account, exc)
-                    self._collected.discard(job_id)
-                    return Deferred(f"key {account.name} was refused: {exc}")
-        return Ambiguous(state.candidates, files)
-
-    async def _candidate(self, account: Account, job_id: str) -> list[FileEntry]:
-        """A candidate's images, when it completed (kept under images/_unmatched/)."""
-        ended = await account.tracker.wait(job_id)
-        if not isinstance(ended, RemoteJob) or ended.status != JobStatus.COMPLETED:
-            return []
-        safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:100]
-        got = await account.tracker.download_all(ended, f"_unmatched/{safe_id}", safe_id)
-        return got if isinstance(got, list) else []

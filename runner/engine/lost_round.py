@@ -77,6 +77,9 @@ class Ownership:
 
     exclusive: bool = False
     siblings: Siblings | None = None
+    # The key a signed webhook delivery said a job is of (None: none said), from the run's
+    # Deliveries: a job that names its key is that key's, whatever its window.
+    identify: Callable[[str], str | None] = lambda job_id: None
 
 
 class LostRounds:
@@ -157,10 +160,13 @@ class LostRounds:
                 latest = self.clock.time() + after.high + DATE_PRECISION
                 if scan.newest > latest:  # its stamps and its Date come from different clocks
                     doubt = "the listing holds jobs stamped after the server's own time"
+            named = self._named(posts, scan.jobs)
+            rest = [post for post in posts if post.key not in named]
             jobs = scan.jobs.values()
             found = (
-                match(posts, jobs, after) if doubt is None else unproven(posts, jobs, after, doubt)
+                match(rest, jobs, after) if doubt is None else unproven(rest, jobs, after, doubt)
             )
+            found.adopted.update(named)
             cancels: list[Event] = []
             if doubt is None and found.ambiguous and self._ours(scan):
                 found, cancels = await self._reconcile(posts, scan.jobs, after, found)
@@ -190,6 +196,19 @@ class LostRounds:
         self.health.unable(reason)  # its other jobs go to keys that can check theirs
         for post in posts:  # the pending line stays: the next run checks again
             self._outcomes[post.key] = Deferred(reason)
+
+    def _named(self, posts: list[LostPost], jobs: dict[str, Candidate]) -> dict[str, Candidate]:
+        """Take out of ``jobs`` those whose signed delivery named their key: the lost POST of
+        that key adopts its own; another key's job is no one's candidate."""
+        keys = {post.key for post in posts}
+        adopted: dict[str, Candidate] = {}
+        for job_id in list(jobs):
+            key = self.owner.identify(job_id)
+            if key is not None:
+                job = jobs.pop(job_id)
+                if key in keys:
+                    adopted.setdefault(key, job)
+        return adopted
 
     def _ours(self, scan: ListingScan) -> bool:
         """Whether the unclaimed jobs of the windows are surely ours: the key is exclusive,

@@ -28,6 +28,7 @@ from runner.api.limiter import AdaptiveLimit, SubmitWindow
 from runner.api.port import Api
 from runner.api.remote import JobStatus, RemoteJob
 from runner.api.server_clock import ServerClock
+from runner.api.webhooks import HookAddress
 from runner.engine.budget import Budget
 from runner.engine.health import Health, KeyUnwell
 from runner.engine.lost_round import LostRounds, Ownership, RoundSettings
@@ -62,7 +63,7 @@ class SubmitSettings:
     lost_answer_wait: float = 1.0
     api_timeout: float = 30.0  # a POST's whole time; bounds a crashed run's pending windows
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    webhook_url: str | None = None  # where the API should report each job's end
+    webhook: HookAddress | None = None  # where the API should report each job's end
 
     @property
     def rounds(self) -> RoundSettings:
@@ -230,7 +231,7 @@ class Submitter:
                 remote = await self.api.submit(
                     spec.endpoint,
                     spec.body,
-                    webhook_url=self.settings.webhook_url,
+                    webhook_url=hook.for_key(spec.key) if (hook := self.settings.webhook) else None,
                     before_send=going_out,
                 )
             except AmbiguousSubmit as exc:

@@ -258,14 +258,3 @@ class Tracker(Fetcher):
     async def withdraw(self, job_id: str) -> RemoteJob | None:
         """Cancel a job and read it back (``runner.engine.withdraw``)."""
         return await withdraw(self.client, self.clock, job_id, self.settings.poll_interval)
-
-
-class Deliveries:
-    """Where a run's webhook receiver hands each job's end: to whichever key follows it."""
-
-    def __init__(self) -> None:
-        self.trackers: list[Tracker] = []
-
-    def deliver(self, remote: RemoteJob) -> bool:
-        """Wake the task following ``remote`` (False: not a job in flight)."""
-        return any(tracker.delivered(remote) for tracker in self.trackers)

@@ -262,8 +262,9 @@ def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) 
             # An adopted job's times say nothing of the clocks: only answered POSTs measure them.
             if sent is not None and answered is not None and created is not None and not adopted:
                 ledger.skew = ledger.skew.observe(sent, answered, created)
-        case Lost():
+        case Lost():  # proven to have made nothing: a job it was in doubt about too
             state.pending_since = state.pending_skew = None
+            state.candidates, state.doubt = (), None
         case Retry():
             state.job_id = None
         case JobCancelled(_, _, job_id, why):
