@@ -71,6 +71,40 @@ async def start(
     )
 
 
+async def kill_once(
+    emulator: Any,
+    moments: random.Random,
+    manifest: Path,
+    out: Path,
+    url: str,
+    extra: tuple[str, ...],
+) -> None:
+    """One run, killed at the nth submit, listing or download the emulator sees."""
+    event = moments.choice(["submit", "submit", "submit", "list", "download"])
+    nth, seen = moments.randint(5, 60), 0
+    moment = asyncio.Event()
+
+    def watch(kind: str, job: Any) -> None:
+        nonlocal seen
+        if kind == event:
+            seen += 1
+            if seen == nth:
+                moment.set()
+
+    emulator.observers.append(watch)
+    process = await start(manifest, out, url, extra)
+    ended = asyncio.create_task(process.wait())
+    await asyncio.wait(
+        {asyncio.create_task(moment.wait()), ended},
+        timeout=120,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if process.returncode is None:
+        process.kill()
+    await process.wait()
+    emulator.observers.remove(watch)
+
+
 async def storm(args: argparse.Namespace) -> dict[str, Any]:
     moments = random.Random(args.seed)
     config = EmulatorConfig(
@@ -90,35 +124,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         async with run_emulator(config) as emu:
             emulator = emu.emulator
             for _ in range(args.kills):
-                event = moments.choice(["submit", "submit", "submit", "list", "download"])
-                nth, seen = moments.randint(5, 60), 0
-                moment = asyncio.Event()
-
-                def watch(
-                    kind: str,
-                    job: Any,
-                    event: str = event,
-                    nth: int = nth,
-                    moment: asyncio.Event = moment,
-                ) -> None:
-                    nonlocal seen
-                    if kind == event:
-                        seen += 1
-                        if seen == nth:
-                            moment.set()
-
-                emulator.observers.append(watch)
-                process = await start(manifest, out, emu.url, flags(args))
-                ended = asyncio.create_task(process.wait())
-                await asyncio.wait(
-                    {asyncio.create_task(moment.wait()), ended},
-                    timeout=120,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if process.returncode is None:
-                    process.kill()
-                await process.wait()
-                emulator.observers.remove(watch)
+                await kill_once(emulator, moments, manifest, out, emu.url, flags(args))
             final = await start(manifest, out, emu.url, flags(args))
             await asyncio.wait_for(final.wait(), 600)
             records = [
