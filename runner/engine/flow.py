@@ -9,8 +9,9 @@ answer left it in doubt (``Doubted``) or how the job ended (an ``Outcome``).
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -262,13 +263,16 @@ class JobFlow:
         cancelled (unbilled: the next run sends it), and with --cancel-on-exit any job."""
         sent = job.sent
         skew = self.journal.ledger.skew
-        polls = account.tracker.wait(
+        follow = functools.partial(
+            account.tracker.wait,
             job.job_id,
             spec.model,
             job.answered,
             created_after=None if sent is None else sent + skew.low,
-            # Only this run's submits carry its webhook address (a new secret each run).
+            # Only this run's submits are sure to carry the address it takes webhooks at.
             webhook=self.policy.webhooks and (sent or 0) >= self.policy.started,
+        )
+        polls = follow(
             stragglers=state.straggled < self.policy.straggler_resends
             and job.job_id not in self._spared,
             backlogged=job.backlogged,
@@ -288,10 +292,15 @@ class JobFlow:
         # Stopped (our scope cancelled, or the run was stopping already).
         if self.policy.cancel_on_exit:
             return await self._cancel_on_exit(account, spec, state, job.job_id)
-        return await self._stop_waiting(account, spec, state, job)
+        return await self._stop_waiting(account, spec, state, job, follow)
 
     async def _stop_waiting(
-        self, account: Account, spec: JobSpec, state: KeyState, job: Sent
+        self,
+        account: Account,
+        spec: JobSpec,
+        state: KeyState,
+        job: Sent,
+        follow: Callable[[], Awaitable[Ended]],
     ) -> Ended:
         """The run stops: a job still waiting in the backlog is cancelled, so that it is not
         billed for a run that has stopped; one that runs is followed to its end (the
@@ -306,7 +315,7 @@ class JobFlow:
             return Cancelled(job.job_id)
         if back is not None and back.status.terminal:
             return back
-        return await account.tracker.wait(job.job_id, spec.model, job.answered)
+        return await follow()
 
     async def _cancel_on_exit(
         self, account: Account, spec: JobSpec, state: KeyState, job_id: str
