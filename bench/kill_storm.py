@@ -1,13 +1,17 @@
 """Benchmark: kill -9 storms behind a round trip, and what they leave ambiguous.
 
 Usage: python bench/kill_storm.py [--jobs 1000] [--kills 15] [--rtt 0.1] [--seed 1]
-       [--concurrency 8]
+       [--concurrency 8] [--exclusive] [--webhooks]
 
 The emulator (in this process) adds ``--rtt`` to every request, so POSTs are on the wire when
 the runner (a child process) is killed; kills come at random submits, listings and downloads.
 After the storm one run goes to the end. Prints the jobs paid twice (must be 0), the jobs
 left ambiguous, how many of those the server holds no job for (their POST never left: an
-ambiguity that cost nothing but a user's attention), and the wall time.
+ambiguity that cost nothing but a user's attention), the jobs cancelled unbilled, the jobs
+billed (completed at the server: what the account pays, unlike submits, some of which end
+cancelled) and the wall time. ``--exclusive`` runs with ``--exclusive-account``;
+``--webhooks`` has every run take webhooks at one address (the emulator tries a delivery
+the receiver did not take again, so a killed runner's jobs reach the next one).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+from emulator_process import free_port
 
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.emulator.jobs import body_hash
@@ -42,7 +48,10 @@ def manifest_text(jobs: int, concurrency: int) -> str:
     """)
 
 
-async def start(manifest: Path, out: Path, url: str) -> asyncio.subprocess.Process:
+async def start(
+    manifest: Path, out: Path, url: str, extra: tuple[str, ...] = ()
+) -> asyncio.subprocess.Process:
+    """The runner in a child process (``extra``: more flags for ``run``)."""
     env = {**os.environ, "KREA_API_TOKEN": "t"}
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -54,6 +63,7 @@ async def start(manifest: Path, out: Path, url: str) -> asyncio.subprocess.Proce
         str(out),
         "--api-base",
         url,
+        *extra,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
@@ -61,11 +71,51 @@ async def start(manifest: Path, out: Path, url: str) -> asyncio.subprocess.Proce
     )
 
 
+async def kill_once(
+    emulator: Any,
+    moments: random.Random,
+    manifest: Path,
+    out: Path,
+    url: str,
+    extra: tuple[str, ...],
+) -> None:
+    """One run, killed at the nth submit, listing or download the emulator sees."""
+    event = moments.choice(["submit", "submit", "submit", "list", "download"])
+    nth, seen = moments.randint(5, 60), 0
+    moment = asyncio.Event()
+
+    def watch(kind: str, job: Any) -> None:
+        nonlocal seen
+        if kind == event:
+            seen += 1
+            if seen == nth:
+                moment.set()
+
+    emulator.observers.append(watch)
+    process = await start(manifest, out, url, extra)
+    ended = asyncio.create_task(process.wait())
+    await asyncio.wait(
+        {asyncio.create_task(moment.wait()), ended},
+        timeout=120,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if process.returncode is None:
+        process.kill()
+    await process.wait()
+    emulator.observers.remove(watch)
+
+
 async def storm(args: argparse.Namespace) -> dict[str, Any]:
     moments = random.Random(args.seed)
     config = EmulatorConfig(
-        latency=Latency.parse("uniform:0.5-2"), rtt=args.rtt, seed=args.seed, error_rate=0.02
+        latency=Latency.parse("uniform:0.5-2"),
+        rtt=args.rtt,
+        seed=args.seed,
+        error_rate=0.02,
+        # A delivery to a runner killed and not back yet is tried again (at least once).
+        webhook_retries=6 if args.webhooks else 0,
     )
+    args.port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         manifest = Path(folder) / "jobs.yaml"
         manifest.write_text(manifest_text(args.jobs, args.concurrency))
@@ -74,42 +124,17 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         async with run_emulator(config) as emu:
             emulator = emu.emulator
             for _ in range(args.kills):
-                event = moments.choice(["submit", "submit", "submit", "list", "download"])
-                nth, seen = moments.randint(5, 60), 0
-                moment = asyncio.Event()
-
-                def watch(
-                    kind: str,
-                    job: Any,
-                    event: str = event,
-                    nth: int = nth,
-                    moment: asyncio.Event = moment,
-                ) -> None:
-                    nonlocal seen
-                    if kind == event:
-                        seen += 1
-                        if seen == nth:
-                            moment.set()
-
-                emulator.observers.append(watch)
-                process = await start(manifest, out, emu.url)
-                ended = asyncio.create_task(process.wait())
-                await asyncio.wait(
-                    {asyncio.create_task(moment.wait()), ended},
-                    timeout=120,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if process.returncode is None:
-                    process.kill()
-                await process.wait()
-                emulator.observers.remove(watch)
-            final = await start(manifest, out, emu.url)
+                await kill_once(emulator, moments, manifest, out, emu.url, flags(args))
+            final = await start(manifest, out, emu.url, flags(args))
             await asyncio.wait_for(final.wait(), 600)
             records = [
                 json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()
             ]
             held = {body_hash(job.body) for job in emulator.store.jobs.values()}
             paid_twice = len(emulator.paid_twice())
+            paid = emulator.paid()
+            cancels = emulator.stats["cancels"]
+            submits = emulator.stats["submits"]
         wall = time.monotonic() - started
     ambiguous = [r for r in records if r["status"] == "ambiguous"]
     never_sent = 0
@@ -124,9 +149,24 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         "completed": sum(r["status"] == "completed" for r in records),
         "ambiguous": len(ambiguous),
         "ambiguous_never_sent": never_sent,
+        "exclusive": args.exclusive,
+        "webhooks": args.webhooks,
+        "paid": paid,  # jobs billed (completed): the jobs, plus ambiguous ones' candidates
+        "cancelled_unbilled": cancels,
+        "submits": submits,
         "paid_twice": paid_twice,
         "wall_s": round(wall, 1),
     }
+
+
+def flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The run's flags for the benchmark's options: every run of the storm takes webhooks at
+    the same address, as a rerun of the same command would."""
+    extra: tuple[str, ...] = ("--exclusive-account",) if args.exclusive else ()
+    if args.webhooks:
+        extra += ("--webhook-url", f"http://127.0.0.1:{args.port}/krea")
+        extra += ("--webhook-listen", f"127.0.0.1:{args.port}")
+    return extra
 
 
 def main() -> None:
@@ -136,6 +176,12 @@ def main() -> None:
     parser.add_argument("--rtt", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=8, help="the runner's jobs in flight")
+    parser.add_argument(
+        "--exclusive", action="store_true", help="run with --exclusive-account (one owner)"
+    )
+    parser.add_argument(
+        "--webhooks", action="store_true", help="each run takes webhooks on a port of its own"
+    )
     print(json.dumps(asyncio.run(storm(parser.parse_args()))))
 
 

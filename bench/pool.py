@@ -129,10 +129,14 @@ def run(name: str, scenario: Scenario) -> None:
         f"{seen.get('unauthorized', 0)} refused as unauthorized (the revoked key)"
     )
     per_account = seen.get("accounts", {})
+    paid = seen.get("paid_by_account", {})
     shares = [
-        f"{fingerprint(k)} {per_account.get(fingerprint(k), {}).get('submits', 0)}" for k in keys
+        f"{fingerprint(k)} {paid.get(fingerprint(k), 0)} paid "
+        f"({per_account.get(fingerprint(k), {}).get('submits', 0)} submits)"
+        for k in keys
     ]
-    print(f"submits per key     {', '.join(shares)}")
+    print(f"paid jobs           {seen.get('paid', 0)} billed (completed at the server)")
+    print(f"paid per key        {', '.join(shares)}")
     print(f"429s at the limit   {seen.get('refused_429', 0)}; rate {seen.get('rate_limited', 0)}")
     if code != 0:
         print(errors[-2000:])

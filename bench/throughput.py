@@ -133,6 +133,10 @@ def main() -> None:
         + ("" if requests is None else f"; the runner counted {requests / max(1, done):.2f}")
     )
     print(
+        f"paid jobs           {server_stats.get('paid', 0)} billed (completed at the server) "
+        f"for {done} jobs; {server_stats.get('cancels', 0)} cancelled unbilled"
+    )
+    print(
         f"server saw          {server_stats.get('submits', 0)} submits, "
         f"{server_stats.get('polls', 0)} polls, {server_stats.get('lists', 0)} lists, "
         f"{server_stats.get('refused_429', 0)} 429s at the limit, "

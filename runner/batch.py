@@ -18,13 +18,19 @@ from runner.api.keys import ApiKey, KeyList
 from runner.api.limiter import SharedRate
 from runner.api.port import Api
 from runner.api.server_clock import ServerClock
-from runner.api.webhooks import Receiver, WebhookSettings, receiving
+from runner.api.webhooks import (
+    HookAddress,
+    Receiver,
+    WebhookSettings,
+    folder_secret,
+    receiving,
+)
 from runner.clock import Clock, SystemClock
 from runner.engine import Engine, EngineOptions, RunResult
 from runner.engine.accounts import KeyRing
 from runner.engine.budget import Budget
 from runner.engine.coordinator import Coordinator, run_name
-from runner.engine.tracker import Deliveries
+from runner.engine.deliveries import Deliveries
 from runner.errors import UsageError
 from runner.finishing import Finishing, Ran
 from runner.manifest import Manifest, load_manifest
@@ -42,6 +48,8 @@ from runner.outputs.writers import Writer, claim_format, open_writer
 from runner.sharding import check_share
 
 log = logging.getLogger(__name__)
+# Serves a webhook receiver for the run's block; gives where submits ask for reports.
+Listen = Callable[[WebhookSettings, Receiver], contextlib.AbstractAsyncContextManager[HookAddress]]
 T = TypeVar("T")
 
 
@@ -64,12 +72,14 @@ async def run_batch(
     connect: Callable[[ApiKey, ServerClock], Api] | None = None,
     clock: Clock | None = None,
     coordinator: str | Coordinator | None = None,
+    listen: Listen = receiving,
 ) -> RunResult:
     """Run every job of ``manifest`` into ``out`` (a folder, or an fsspec URL worked on in a
     local ``state_dir``); safe to call again to resume. ``api_base``: Krea's API by default,
     or anything that answers like it; ``tokens`` (or ``token``): a pool of keys. ``connect``
     gives each key's API instead (tests run in-process, on ``clock``); ``coordinator`` (a
-    Redis URL) shares the account among a split's processes. docs/running.md tells the rest.
+    Redis URL) shares the account among a split's processes; ``listen`` serves the webhook
+    receiver (tests: in-process). docs/running.md tells the rest.
     """
     keys = list(tokens) or ([token] if token else [])
     if not keys and api_base is None:  # before the folder is made: nothing is left behind
@@ -97,7 +107,16 @@ async def run_batch(
         )
         budget = None if joined is None else shared_budget(joined, manifest, options, out)
         wiring = Wiring(
-            base_url, keys, key_source, connect, clock, webhook, metrics_file, joined, budget
+            base_url,
+            keys,
+            key_source,
+            connect,
+            clock,
+            webhook,
+            metrics_file,
+            joined,
+            budget,
+            listen,
         )
         ran = await _run_engine(manifest, folder, writer, options, wiring, on_progress)
         finishing = Finishing(folder, writer, destination, manifest, str(out), base_url)
@@ -171,6 +190,7 @@ class Wiring:
     metrics_file: str | Path | None
     coordinator: Coordinator | None = None
     budget: Budget | None = None  # one over every process of the split (a coordinator's)
+    listen: Listen = receiving  # serves the webhook receiver (tests: in-process)
 
 
 async def _run_engine(
@@ -190,9 +210,10 @@ async def _run_engine(
         deliveries = Deliveries()
         receiver = None
         if wiring.webhook is not None:
-            receiver = Receiver(deliver=deliveries.deliver)
-            url = await stack.enter_async_context(receiving(wiring.webhook, receiver))
-            options = dataclasses.replace(options, webhook_url=url)
+            # The folder's secret: a resumed run takes its killed predecessor's deliveries.
+            receiver = Receiver(deliver=deliveries.deliver, secret=folder_secret(folder.state))
+            hook = await stack.enter_async_context(wiring.listen(wiring.webhook, receiver))
+            options = dataclasses.replace(options, webhook=hook)
         metrics = Path(wiring.metrics_file) if wiring.metrics_file else None
         live = LiveStatus(folder.root, metrics, api_base=wiring.base_url)
 

@@ -79,6 +79,12 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a whole number of at least 0")
+    return value
+
+
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{value!r} is not a whole number of at least 1")
@@ -100,6 +106,11 @@ class RunSettings:
     max_attempts: int = 3  # submissions of a job whose remote run failed
     max_jobs: int = 100_000  # a manifest expanding to more is surely a mistake
     job_timeout: float = 3 * 3600.0  # give up on a job that has not ended (platform: 2 h max)
+    # A job still queued or running past max(straggler_after, 2 × its model's p90 as this run
+    # measured it) is cancelled, read back cancelled, and sent again (runner.engine.latency);
+    # None: the measured bound alone. At most straggler_resends times a job (0: never).
+    straggler_after: float | None = None
+    straggler_resends: int = 2
     lost_answer_wait: float = 1.0  # after a POST's answer is lost, wait before looking for its job
     max_image_bytes: int = 100_000_000  # a download declaring or streaming more fails softly
     max_retry_after: float = 120.0  # a longer Retry-After is clamped to this (and logged)
@@ -148,6 +159,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_attempts": _positive_int,
     "max_jobs": _positive_int,
     "job_timeout": parse_duration,
+    "straggler_after": parse_duration,
+    "straggler_resends": _whole,
     "lost_answer_wait": parse_duration,
     "max_image_bytes": parse_size,
     "max_retry_after": parse_duration,
@@ -197,6 +210,15 @@ SETTING_FLAGS: dict[str, SettingFlag] = {
     ),
     "max_jobs": SettingFlag("N", "cap on the expanded job count (default: {default})", True),
     "job_timeout": SettingFlag("S", "give up on a job after this long (default: {default} s)"),
+    "straggler_after": SettingFlag(
+        "S",
+        "a job still queued or running after max(S, 2 × its model's p90 in this run) is a "
+        "straggler: cancelled, read back cancelled (unbilled), and sent again (default: the "
+        "measured bound alone)",
+    ),
+    "straggler_resends": SettingFlag(
+        "N", "stragglers of one job sent again, at most; 0: never (default: {default})", True
+    ),
     "lost_answer_wait": SettingFlag(
         "S",
         "after a POST's answer is lost, wait this long before looking for its job "

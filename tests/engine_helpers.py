@@ -82,6 +82,13 @@ def check_folder(out: Path, jobs: int, emulator: Emulator) -> list[dict[str, Any
     return records
 
 
+def paid_beyond_records(records: list[dict[str, Any]], emulator: Emulator) -> int:
+    """Jobs the emulator billed that no completed record holds: candidates of ambiguous
+    jobs, collected apart (each such image was paid for once more than the manifest asks)."""
+    held = {r["job_id"] for r in records if r["status"] == "completed"}
+    return emulator.paid() - len(held)
+
+
 def write_ambiguous_journal(folder: Path, key: str, candidates: list[str]) -> None:
     """A journal in which the one POST of ``key`` lost its answer and matched ``candidates``."""
     import time

@@ -11,6 +11,14 @@ halfway; each POST meets the fate queued for it (``ok`` otherwise):
     5xx       not created, answered 502
     unsent    never left: cannot connect
     429       refused: too many requests
+
+A job completes ``job_seconds`` after it is made (never, by default). ``DELETE`` cancels one
+that has not ended, unless the fate queued for it in ``cancel_fates`` says otherwise:
+
+    ok        cancelled (not billed)
+    late      the job completes just before the DELETE lands: refused 409, billed
+    lost      cancelled, the answer lost (the client sees an error)
+    refused   the server keeps the job running: 409
 """
 
 from __future__ import annotations
@@ -65,6 +73,11 @@ class FakeApi:
         self._snapshots: list[list[FakeJob]] = []
         self.server_clock = ServerClock()
         self.requests_by: Counter[str] = Counter()
+        self.job_seconds = float("inf")  # how long a job takes to complete (our clock)
+        self.cancelled: set[str] = set()
+        self.cancel_fates: deque[str] = deque()
+        self._made_at: dict[str, float] = {}  # our clock, when each job was made
+        self._ends: dict[str, float] = {}
 
     def server_now(self) -> float:
         return self.clock.now + self.skew_at(self.clock.now)
@@ -85,12 +98,28 @@ class FakeApi:
         moment = self.clock.now if at is None else at
         stamp = moment + self.skew_at(moment)
         job = FakeJob(str(uuid.uuid4()), round(stamp, 3), prompt)
+        self._made_at[job.job_id] = moment
         self.jobs.append(job)
         self.jobs.sort(key=lambda j: j.created)
         return job
 
     def jobs_for(self, prompt: str) -> list[FakeJob]:
         return [j for j in self.jobs if j.prompt == prompt]
+
+    def billed_for(self, prompt: str) -> list[FakeJob]:
+        """The jobs of ``prompt`` billed, or to be billed when they complete: not cancelled."""
+        return [j for j in self.jobs_for(prompt) if j.job_id not in self.cancelled]
+
+    def status(self, job_id: str) -> JobStatus:
+        if job_id in self.cancelled:
+            return JobStatus.CANCELLED
+        end = self._ends.get(job_id, self._made_at[job_id] + self.job_seconds)
+        return JobStatus.COMPLETED if self.clock.now >= end else JobStatus.PROCESSING
+
+    def _remote(self, job: FakeJob) -> RemoteJob:
+        status = self.status(job.job_id)
+        urls = ("https://images/x.png",) if status == JobStatus.COMPLETED else ()
+        return RemoteJob(job.job_id, status, job.created, None, urls, None)
 
     async def submit(
         self,
@@ -149,7 +178,7 @@ class FakeApi:
         newest_first = [j for j in reversed(self.jobs) if j.created < before][: limit + 1]
         page = newest_first[:limit]
         more = len(newest_first) > limit
-        jobs = [ListedJob(j.job_id, j.created, "queued") for j in page]
+        jobs = [ListedJob(j.job_id, j.created, self.status(j.job_id).value) for j in page]
         return jobs, (iso_time(page[-1].created) if more else None)
 
     def _snapshot_page(self, limit: int, cursor: str | None) -> tuple[list[ListedJob], str | None]:
@@ -175,16 +204,33 @@ class FakeApi:
         if self.loop_after is not None and after >= self.loop_after * size:
             after = 0  # back to the first page: its cursor repeats
         nxt = f"{snapshot}:{after}" if offset + size < len(jobs) else None
-        listed = [ListedJob(j.job_id, j.created, "queued") for j in page]
+        listed = [ListedJob(j.job_id, j.created, self.status(j.job_id).value) for j in page]
         return listed, nxt
 
-    # The rest of the API: a submitter never asks for it.
-
     async def get_job(self, job_id: str) -> RemoteJob:
-        raise PermanentApiError(f"GET /jobs/{job_id}: not in this fake", status=404)
+        self.log.append((self.clock.now, "get", job_id))
+        await self.clock.sleep(self.rtt)
+        job = next((j for j in self.jobs if j.job_id == job_id), None)
+        if job is None:
+            raise PermanentApiError(f"GET /jobs/{job_id}: 404 Job not found", status=404)
+        return self._remote(job)
 
     async def cancel(self, job_id: str) -> None:
-        raise PermanentApiError(f"DELETE /jobs/{job_id}: not in this fake", status=404)
+        fate = self.cancel_fates.popleft() if self.cancel_fates else "ok"
+        self.log.append((self.clock.now, "cancel:" + fate, job_id))
+        await self.clock.sleep(self.rtt / 2)
+        if fate == "late" and not self.status(job_id).terminal:
+            self._ends[job_id] = self.clock.now  # it completed as the DELETE travelled
+        ended = self.status(job_id).terminal
+        if not ended and fate != "refused":
+            self.cancelled.add(job_id)
+        await self.clock.sleep(self.rtt / 2)
+        if fate == "lost":
+            raise TransientApiError(f"DELETE /jobs/{job_id}: connection lost")
+        if ended or fate == "refused":
+            raise PermanentApiError(f"DELETE /jobs/{job_id}: 409 the job has ended", status=409)
+
+    # The rest of the API: a submitter never asks for it.
 
     async def download(self, url: str, dest: Path) -> Download:
         raise PermanentApiError(f"GET {url}: not in this fake", status=404)

@@ -16,13 +16,16 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+import anyio
 
 from runner.api.client import answer_meaning, retry_after_of
 from runner.api.downloads import Download
 from runner.api.keys import ApiKey, fingerprint
 from runner.api.remote import ListedJob, MalformedJob, RemoteJob
 from runner.api.server_clock import ServerClock
+from runner.api.webhooks import HookAddress, Receiver, WebhookSettings
 from runner.emulator import EmulatorConfig
 from runner.emulator.core import INTERNAL, Answer, Dropped, EmulatorCore
 from runner.errors import AmbiguousSubmit, ExpiredUrl, FatalApiError, TransientApiError
@@ -147,7 +150,37 @@ class InProcess:
     @property
     def via(self) -> dict[str, Any]:
         """``run_batch``'s keyword arguments for a run against it (the tokens aside)."""
-        return {"api_base": BASE, "connect": self.connect, "clock": self.clock}
+        return {
+            "api_base": BASE,
+            "connect": self.connect,
+            "clock": self.clock,
+            "listen": self.listen,
+        }
+
+    @contextlib.asynccontextmanager
+    async def listen(
+        self, settings: WebhookSettings, receiver: Receiver
+    ) -> AsyncIterator[HookAddress]:
+        """The run's webhook receiver, handed each ended job's delivery in-process (a check
+        every 50 virtual ms; ``webhook_drop_rate`` drops some, ``webhook_repeats`` repeats)."""
+
+        async def deliver() -> None:
+            config = self.emulator.config
+            while True:
+                await self.clock.sleep(0.05)
+                for job in self.emulator.due_webhooks():
+                    if job.webhook_url is None:
+                        continue
+                    query = dict(parse_qsl(urlsplit(job.webhook_url).query))
+                    raw = json.dumps(self.emulator.job_json(job, BASE)).encode()
+                    for _ in range(config.webhook_repeats):
+                        if self.emulator.rng.random() >= config.webhook_drop_rate:
+                            receiver.accept(query, raw)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(deliver)
+            yield HookAddress(settings.public_url, receiver.secret)
+            group.cancel_scope.cancel()
 
     def run_args(self, token: str = "t") -> dict[str, Any]:
         """``run_batch``'s keyword arguments for a run as ``token``."""

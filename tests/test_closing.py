@@ -31,3 +31,20 @@ def test_an_interrupted_run_resumes_and_a_cause_of_the_engine_keeps_its_advice()
 def test_one_failed_job_is_one_job() -> None:
     [line] = after_lines(RunResult(Counts(total=1, failed=1)), "out")
     assert line.text.startswith("1 job failed:")
+
+
+def test_stragglers_resent_and_jobs_cancelled_as_the_run_stopped_are_said() -> None:
+    from runner.cli.closing import summary_line
+    from runner.cli.progress import _phrases, figures_of
+    from runner.state.figures import stats_of
+
+    counts = Counts(total=10, completed=6, stragglers=3, cancelled=4)
+    result = RunResult(counts, stopped="deadline reached")
+    summary = summary_line(result, "out", sharded=False)
+    assert "3 stragglers resent" in summary.text
+    assert (summary.fields["stragglers"], summary.fields["cancelled"]) == (3, 4)
+    [cancelled] = [line for line in after_lines(result, "out") if "cancelled" in line.text]
+    assert cancelled.text.startswith("4 jobs waiting at the server cancelled")
+    assert "unbilled" in cancelled.text
+    live = _phrases(figures_of(stats_of(counts, 0.0, 10.0)))
+    assert {"3 stragglers resent", "4 cancelled unbilled"} <= set(live)

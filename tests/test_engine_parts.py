@@ -303,3 +303,31 @@ def test_the_run_ledger_counts_live_events_and_not_a_replay() -> None:
     assert (counts.resent, counts.unchecked) == (2, 1)
     assert counts.spend_usd == 0.25
     assert ledger.states["a"].done == replayed.states["a"].done
+
+
+def test_a_cancel_read_back_frees_the_key_only_for_its_current_job() -> None:
+    """``JobCancelled``: written and read back the same; folded, it frees the key when it
+    names the key's current job (counting a straggler), and otherwise only makes the job
+    the folder's (never a lost POST's candidate again). A line without its reason is none."""
+    from runner.state.events import RECONCILED, STRAGGLER, JobCancelled, decode, encode
+
+    line = {"e": "cancelled", "k": "a", "a": 1, "id": "j1", "why": STRAGGLER}
+    event = decode(line)
+    assert event == JobCancelled("a", 1, "j1", STRAGGLER)
+    assert encode(event) == line
+    assert decode({"e": "cancelled", "k": "a", "a": 1, "id": "j1"}) is None
+    ledger = RunLedger()
+    for each in [
+        Submitting("a", 1, 10.0),
+        Submitted("a", 1, "j1", 10.0, 10.1, 10.05),
+        JobCancelled("a", 1, "j9", RECONCILED),  # another job of ours: the key keeps its own
+    ]:
+        ledger.apply(each)
+    assert ledger.states["a"].job_id == "j1"
+    assert "j9" in ledger.known_ids
+    ledger.apply(JobCancelled("a", 1, "j1", STRAGGLER))
+    state = ledger.states["a"]
+    assert (state.job_id, state.settled, state.straggled) == (None, True, 1)
+    assert (ledger.counts.stragglers, ledger.counts.reconciled) == (1, 1)
+    replayed = fold(enumerate([Submitted("a", 1, "j1"), JobCancelled("a", 1, "j1", STRAGGLER)]))
+    assert replayed.states["a"].settled, "a resumed run sends it again, once"

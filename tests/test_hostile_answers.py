@@ -17,8 +17,9 @@ from runner.api.bounds import Limits
 from runner.api.client import KreaClient
 from runner.api.remote import JobStatus, MalformedJob, RemoteJob
 from runner.cli import main
+from runner.engine.latency import TrackSettings
 from runner.engine.outcome import Failed
-from runner.engine.tracker import Tracker, TrackSettings
+from runner.engine.tracker import Tracker
 from runner.errors import AmbiguousSubmit, PermanentApiError, TransientApiError
 from runner.outputs import OutputFolder, image_problem
 from runner.outputs.metadata import metadata_rows

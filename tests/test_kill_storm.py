@@ -10,7 +10,7 @@ import pytest
 from runner.emulator import EmulatorConfig, Latency, run_emulator
 from runner.state.journal import read_events
 from runner.state.ledger import fold
-from tests.engine_helpers import check_folder, manifest_text
+from tests.engine_helpers import check_folder, manifest_text, paid_beyond_records
 from tests.test_resume import kill_at, run_to_end
 
 JOBS = 500
@@ -44,12 +44,16 @@ async def test_twenty_kill_9s_amid_faults_lose_nothing_and_never_pay_twice(
         code, stderr = await run_to_end(emu, manifest, out)
         records = check_folder(out, JOBS, emu.emulator)
         stats = emu.emulator.snapshot()
+        beyond = paid_beyond_records(records, emu.emulator)
     for fault in ("errors_5xx", "resets", "resets_after_create", "malformed"):
         assert stats.get(fault, 0) > 0, f"the {fault} fault never fired: the test proves nothing"
     statuses = [r["status"] for r in records]
     ambiguous = statuses.count("ambiguous")
     assert set(statuses) <= {"completed", "ambiguous"}, stderr
     assert ambiguous <= JOBS // 100, f"{ambiguous} jobs ended ambiguous"
+    # Paid jobs, not submits: one per completed job, and at most one more per ambiguous job
+    # (its own, collected apart among its candidates).
+    assert beyond <= ambiguous, "only an ambiguous job's own job is paid beyond the jobs"
     assert code in (0, 1), stderr  # 1 when this last run itself ended a job ambiguous
     kept = {Path(f["path"]) for r in records for f in r["files"]}
     on_disk = {p.relative_to(out) for p in (out / "images").rglob("*") if p.is_file()}
@@ -84,7 +88,9 @@ async def test_kill_9s_with_posts_on_the_wire_behind_a_round_trip_never_pay_twic
             pending_at_kills += sum(s.pending_since is not None for s in ledger.states.values())
         code, stderr = await run_to_end(emu, manifest, out)
         records = check_folder(out, jobs, emu.emulator)
+        beyond = paid_beyond_records(records, emu.emulator)
     assert pending_at_kills > 0, "no kill found a POST on the wire: the test proves nothing"
     statuses = [r["status"] for r in records]
     assert set(statuses) <= {"completed", "ambiguous"}, stderr
     assert code in (0, 1), stderr
+    assert beyond <= statuses.count("ambiguous"), "paid beyond the jobs: candidates only"

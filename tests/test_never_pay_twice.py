@@ -2,8 +2,10 @@
 
 The submitter runs against ``FakeApi`` on virtual time: first the cases that paid twice or
 never ended before, then a property test that draws listing orders, page sizes, clock skews
-and jumps, repeated and foreign jobs, and lost answers, and checks that no prompt ever has
-two jobs on the server.
+and jumps, repeated and foreign jobs, lost answers, exclusive accounts whose lost answers'
+jobs are cancelled, and cancels that race the jobs' ends, lose their answers or do not take;
+it checks that no prompt ever has two jobs billed on the server, and that every job makes
+progress: followed, or ended for a stated reason.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import anyio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runner.engine.lost_round import Ownership
 from runner.engine.matching import MAX_SEARCH_PAGES
-from runner.engine.outcome import Deferred, Doubted, Failed, Sent
+from runner.engine.outcome import Deferred, Doubted, Failed, Sent, Submission
 from runner.errors import WouldPayTwice
 from runner.state.events import Submitting
 from tests.fake_api import FakeApi
@@ -27,7 +30,8 @@ HOUR = 3600.0
 
 
 def paid(api: FakeApi, i: int) -> int:
-    return len(api.jobs_for(f"job {i}"))
+    """Jobs of prompt ``i`` billed or to be billed (cancelled ones are not)."""
+    return len(api.billed_for(f"job {i}"))
 
 
 async def test_a_listing_oldest_first_is_read_to_its_end_and_pays_once(tmp_path: Path) -> None:
@@ -164,6 +168,7 @@ async def test_the_journal_refuses_a_second_post_while_the_first_is_unsettled(
 # ---- the property --------------------------------------------------------------------------
 
 FATES = ["ok", "ok", "ok", "lost", "garbled", "dropped", "5xx", "unsent", "429", "slow"]
+CANCEL_FATES = ["ok", "ok", "late", "lost", "refused"]
 
 
 @st.composite
@@ -182,10 +187,29 @@ def worlds(draw: st.DrawFn) -> dict[str, object]:
         "jobs": draw(st.integers(1, 6)),
         "concurrency": draw(st.sampled_from([1, 3])),
         "rtt": draw(st.sampled_from([0.05, 0.3])),
+        "exclusive": draw(st.booleans()),
+        "job_seconds": draw(st.sampled_from([0.1, 1.0, 5.0, float("inf")])),
+        "cancel_fates": draw(st.lists(st.sampled_from(CANCEL_FATES), max_size=8)),
     }
 
 
-async def _live_in(world: dict[str, object], folder: Path) -> FakeApi:
+@st.composite
+def exclusive_worlds(draw: st.DrawFn) -> dict[str, object]:
+    """Worlds where lost answers meet an exclusive account: the server's clock is read, and
+    the jobs beside ours (ours too, as the declaration says) sit in the POSTs' windows."""
+    world = draw(worlds())
+    near = st.lists(st.floats(-0.5, 3.0), max_size=4)
+    lossy = st.lists(st.sampled_from(["ok", "lost", "lost", "garbled", "slow"]), max_size=10)
+    return world | {
+        "exclusive": True,
+        "dates": True,
+        "foreign": draw(near),
+        "fates": draw(lossy),
+        "jumps": [],
+    }
+
+
+async def _live_in(world: dict[str, object], folder: Path) -> tuple[FakeApi, dict[int, Submission]]:
     clock = VirtualClock()
     api = FakeApi(clock, rtt=world["rtt"], skew=world["skew"])  # type: ignore[arg-type]
     for name in ("order", "odd_cursors", "page_size", "loop_after", "overlap", "dates"):
@@ -194,14 +218,17 @@ async def _live_in(world: dict[str, object], folder: Path) -> FakeApi:
     for at in world["foreign"]:  # type: ignore[attr-defined]
         api.create(None, at=START + at)
     api.fates.extend(world["fates"])  # type: ignore[arg-type]
+    api.cancel_fates.extend(world["cancel_fates"])  # type: ignore[arg-type]
+    api.job_seconds = world["job_seconds"]  # type: ignore[assignment]
+    owner = Ownership(exclusive=bool(world["exclusive"]))
     async with virtual_time(clock):
-        rig = make_rig(folder, clock, api, concurrency=world["concurrency"])  # type: ignore[arg-type]
+        rig = make_rig(folder, clock, api, concurrency=world["concurrency"], owner=owner)  # type: ignore[arg-type]
         try:
             with anyio.fail_after(5):  # real seconds: a search that never ends fails the test
-                await rig.submit_all(world["jobs"])  # type: ignore[arg-type]
+                outcomes = await rig.submit_all(world["jobs"])  # type: ignore[arg-type]
         finally:
             rig.journal.close()
-    return api
+    return api, outcomes
 
 
 @settings(
@@ -209,7 +236,31 @@ async def _live_in(world: dict[str, object], folder: Path) -> FakeApi:
 )
 @given(worlds())
 def test_no_prompt_is_ever_paid_twice(world: dict[str, object]) -> None:
+    _check(world)
+
+
+@settings(
+    max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(exclusive_worlds())
+def test_no_prompt_is_paid_twice_when_an_exclusive_account_cancels_its_jobs(
+    world: dict[str, object],
+) -> None:
+    _check(world)
+
+
+def _check(world: dict[str, object]) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        api = anyio.run(_live_in, world, Path(folder))
+        api, outcomes = anyio.run(_live_in, world, Path(folder))
     for i in range(world["jobs"]):  # type: ignore[call-overload]
-        assert paid(api, i) <= 1, f"job {i} was created {paid(api, i)} times"
+        assert paid(api, i) <= 1, f"job {i} was billed {paid(api, i)} times"
+        # Progress: the job is followed (its one job at the server), or it ended for a
+        # stated reason (ambiguous, failed, left for a later look or the next run).
+        outcome = outcomes[i]
+        match outcome:
+            case Sent(job_id=job_id):
+                assert job_id not in api.cancelled, "a job followed is never one cancelled"
+            case Doubted(why=why) | Failed(reason=why) | Deferred(reason=why):
+                assert why, f"job {i} ended {type(outcome).__name__} without a reason"
+            case _:
+                raise AssertionError(f"job {i} ended {outcome!r}")

@@ -20,6 +20,7 @@ from runner.api.backoff import Backoff
 from runner.api.limiter import AdaptiveLimit
 from runner.engine.budget import Budget
 from runner.engine.health import Health
+from runner.engine.lost_round import Ownership
 from runner.engine.outcome import Deferred, NotSubmitted, Sent, Submission
 from runner.engine.retry import RetryPolicy
 from runner.engine.submitter import SubmitSettings, Submitter
@@ -87,12 +88,13 @@ async def rig_on(
     budget: float | None = None,
     skew: float = 0.0,
     api: FakeApi | None = None,
+    owner: Ownership | None = None,
 ) -> AsyncIterator[Rig]:
     """A submitter with its journal, in front of a FakeApi, all on one virtual clock."""
     clock = api.clock if api is not None else VirtualClock()
     async with virtual_time(clock):
         api = api or FakeApi(clock, skew=skew)
-        rig = make_rig(tmp_path, clock, api, concurrency, budget)
+        rig = make_rig(tmp_path, clock, api, concurrency, budget, owner)
         try:
             yield rig
         finally:
@@ -105,6 +107,7 @@ def make_rig(
     api: FakeApi,
     concurrency: int = 4,
     budget: float | None = None,
+    owner: Ownership | None = None,
 ) -> Rig:
     writes: list[int] = []
     journal = Journal.open(tmp_path / "journal.jsonl", offload=inline_offload(writes))
@@ -124,6 +127,7 @@ def make_rig(
         rng=rng,
         uploads=Uploads(api, journal, clock, retry, {}, rng),
         health=Health(),
+        owner=owner,
     )
     return Rig(clock, api, journal, submitter, journal.ledger.counts, writes)
 

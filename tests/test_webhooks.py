@@ -14,10 +14,18 @@ import pytest
 
 from runner import run_batch
 from runner.api.remote import RemoteJob
-from runner.api.webhooks import SECRET_PARAM, Receiver, WebhookSettings, receiving, with_secret
+from runner.api.webhooks import (
+    KEY_PARAM,
+    SECRET_PARAM,
+    Receiver,
+    WebhookSettings,
+    receiving,
+    with_secret,
+)
 from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.engine.latency import TrackSettings
 from runner.engine.retry import SystemClock
-from runner.engine.tracker import Tracker, TrackSettings
+from runner.engine.tracker import Tracker
 from runner.errors import UsageError
 from runner.outputs import OutputFolder
 from tests.api_stub import ApiStub
@@ -150,7 +158,13 @@ async def test_forged_repeated_late_and_unknown_deliveries_change_nothing(tmp_pa
         note=lambda event: None,
         rng=random.Random(0),
     )
-    receiver = Receiver(deliver=tracker.delivered)
+    named: list[tuple[str, str | None]] = []
+
+    def deliver(remote: RemoteJob, key: str | None) -> bool:
+        named.append((remote.job_id, key))
+        return tracker.delivered(remote)
+
+    receiver = Receiver(deliver=deliver)
     hook = settings()
     ended: list[RemoteJob] = []
 
@@ -160,14 +174,18 @@ async def test_forged_repeated_late_and_unknown_deliveries_change_nothing(tmp_pa
         ended.append(outcome)
 
     async with (
-        receiving(hook, receiver) as url,
+        receiving(hook, receiver) as address,
         aiohttp.ClientSession() as session,
         anyio.create_task_group() as group,
     ):
+        url = address.for_key("k1")
         group.start_soon(follow)
         await anyio.wait_all_tasks_blocked()
         forged = with_secret(hook.public_url, "not-the-secret")
         async with session.post(forged, json=_job("job-1")) as response:
+            assert response.status == 403
+        other_key = url.replace("k1", "k2")  # another key under this key's signature
+        async with session.post(other_key, json=_job("job-1")) as response:
             assert response.status == 403
         bare = hook.public_url
         async with session.post(bare, json=_job("job-1")) as response:
@@ -178,16 +196,19 @@ async def test_forged_repeated_late_and_unknown_deliveries_change_nothing(tmp_pa
             assert response.status == 400
         await anyio.wait_all_tasks_blocked()
         assert not ended, "nothing but a genuine delivery of the end may end the job"
-        assert SECRET_PARAM in url
+        assert f"{KEY_PARAM}=k1" in url
+        assert SECRET_PARAM not in url, "a job's address holds its key's signature, not the secret"
         assert "x=1" in url
         async with session.post(url, json=_job("job-1")) as response:
             assert response.status == 200
         async with session.post(url, json=_job("job-1")) as response:
             assert response.status == 200  # a repeat
-        async with session.post(url, json=_job("job-2")) as response:
+        legacy = with_secret(hook.public_url, receiver.secret)  # an earlier version's address
+        async with session.post(legacy, json=_job("job-2")) as response:
             assert response.status == 200  # a job this run does not follow
     assert [job.job_id for job in ended] == ["job-1"]
-    assert receiver.counts.to_json() == {"used": 1, "ignored": 3, "refused": 2, "malformed": 1}
+    assert receiver.counts.to_json() == {"used": 1, "ignored": 3, "refused": 3, "malformed": 1}
+    assert named[-3:] == [("job-1", "k1"), ("job-1", "k1"), ("job-2", None)]
 
 
 def test_webhook_flags_are_checked_before_anything_runs() -> None:

@@ -175,6 +175,14 @@ class AdaptiveLimit:
             self.limit = increased(self.limit, self.ceiling)
         self.on_room()
 
+    def backlogged(self, running: int) -> None:
+        """A job of ours went to the account's backlog (it queues past its concurrency)
+        while ``running`` of ours run: keep only a margin beyond them, enough to refill the
+        slots as jobs end (a quarter of what runs, two at least), so that a stop has little
+        to cancel."""
+        running = max(1, running)
+        self.limit = max(1.0, min(self.limit, running + max(2, -(-running // 4))))
+
 
 class SubmitWindow:
     """How many POSTs may be in flight at once.

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from runner.api.keys import fingerprint
 from runner.errors import UsageError
 from runner.files import UnusableFile
 from runner.textfiles import TextError, env_text, read_piped_text
@@ -35,20 +36,50 @@ def read_token_file(path: str) -> str:
     return token
 
 
+EXCLUSIVE = "exclusive"  # after a key in a key file: nobody else submits with that key
+
+
 def read_tokens_file(path: str) -> list[str]:
     """The tokens in ``path``, one per line (blank lines and ``#`` comments skipped)."""
+    return read_keys_file(path)[0]
+
+
+def read_keys_file(path: str) -> tuple[list[str], frozenset[str]]:
+    """The tokens in ``path``, one per line (blank lines and ``#`` comments skipped), and
+    the fingerprints of those declared exclusive: ``TOKEN exclusive`` on its line."""
     lines = read_token_file(path).split("\n")
-    tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    tokens: list[str] = []
+    exclusive: set[str] = set()
+    for line in (line.split() for line in lines if not line.lstrip().startswith("#")):
+        if not line:
+            continue
+        if len(line) > 2 or (len(line) == 2 and line[1] != EXCLUSIVE):
+            raise UsageError(
+                f"the token file {path}: key {len(tokens) + 1} is followed by something other "
+                f"than '{EXCLUSIVE}' (the one word a key's line may add; the line is not shown)"
+            )
+        tokens.append(line[0])
+        if len(line) == 2:
+            exclusive.add(fingerprint(line[0]))
     if not tokens:
         raise UsageError(f"the token file {path} holds no token")
-    return _distinct(tokens, path)
+    return _distinct(tokens, path), frozenset(exclusive)
 
 
 def find_tokens(token_file: str | None) -> list[str]:
     """Every key of the run: ``--token-file`` (one per line) if given, else $KREA_API_TOKENS
     (comma-separated), else $KREA_API_TOKEN; empty when none is set."""
+    return find_keys(token_file)[0]
+
+
+def find_keys(token_file: str | None) -> tuple[list[str], frozenset[str]]:
+    """``find_tokens``, and the fingerprints of the keys the file declares exclusive."""
     if token_file:
-        return read_tokens_file(token_file)
+        return read_keys_file(token_file)
+    return _env_tokens(), frozenset()
+
+
+def _env_tokens() -> list[str]:
     several = [t.strip() for t in (env_text(os.environ, TOKENS_VARIABLE) or "").split(",")]
     if any(several):
         return _distinct([t for t in several if t], f"${TOKENS_VARIABLE}")

@@ -35,9 +35,10 @@ def summary_line(result: RunResult, out: str, sharded: bool) -> Line:
         place, where = ("shards", f"{out}/shards") if sharded else ("images", f"{out}/images")
     else:
         place, where = "gallery", f"{out}/report.html"
+    stragglers = f", {counts.stragglers} stragglers resent" if counts.stragglers else ""
     text = (
         f"{counts.completed} completed, {counts.failed} failed{ambiguous}, "
-        f"{counts.skipped} already done, {counts.unfinished} unfinished; "
+        f"{counts.skipped} already done, {counts.unfinished} unfinished{stragglers}; "
         f"estimated spend {spend_text(counts.spend_usd, counts.spend_units)}\n"
         f"results: {out}/results.jsonl   {place}: {where}"
     )
@@ -49,6 +50,8 @@ def summary_line(result: RunResult, out: str, sharded: bool) -> Line:
         "ambiguous": counts.ambiguous_jobs,
         "already_done": counts.skipped,
         "unfinished": counts.unfinished,
+        "stragglers": counts.stragglers,
+        "cancelled": counts.cancelled,
         "spend_usd": round(counts.spend_usd, 4),
         "spend_units": round(counts.spend_units, 3),
         "results": f"{out}/results.jsonl",
@@ -89,6 +92,15 @@ def after_lines(result: RunResult, out: str, budget: str | None = None) -> list[
                 f"stopped early: {result.stopped}; {advice}",
                 "warning",
                 {"event": "stopped", "stopped": result.stopped, "advice": advice},
+            )
+        )
+    if counts.cancelled:
+        lines.append(
+            Line(
+                f"{counted(counts.cancelled, 'job')} waiting at the server cancelled as the run "
+                "stopped, unbilled: the next run sends them again",
+                "info",
+                {"event": "cancelled", "cancelled": counts.cancelled},
             )
         )
     if counts.failed:

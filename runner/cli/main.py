@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import UnidentifiedImageError
 
-from runner.api.secrets import find_tokens, read_tokens_file, token_source
+from runner.api.secrets import find_keys, read_tokens_file, token_source
 from runner.api.webhooks import WebhookSettings
 from runner.batch import run_batch
 from runner.catalog import load_catalog
@@ -32,6 +32,7 @@ from runner.coordination import COORDINATOR_VARIABLE
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
 from runner.emulator.config import config_from_flags
 from runner.engine import EngineOptions, RunResult
+from runner.engine.options import ALL_KEYS
 from runner.errors import RunnerError, UsageError
 from runner.exitcodes import ExitCode
 from runner.manifest import load_manifest
@@ -93,13 +94,13 @@ def _run(args: argparse.Namespace) -> int:
         arrow.parquet()
     for warning in manifest.warnings:
         logging.getLogger("runner").warning(warning)
-    tokens = [] if args.emulator else find_tokens(args.token_file)
+    tokens, exclusive = ([], frozenset[str]()) if args.emulator else find_keys(args.token_file)
     webhook = None
     if args.webhook_url or args.webhook_listen:
         if not (args.webhook_url and args.webhook_listen):
             raise UsageError("--webhook-url and --webhook-listen go together")
         webhook = WebhookSettings.parse(args.webhook_url, args.webhook_listen)
-    options = _options(args)
+    options = _options(args, exclusive)
     live = sys.stderr.isatty() and args.log_format == "text"  # JSON: every line an object
     progress = Progress(live=live, interval=args.progress_interval)
     if live:
@@ -134,8 +135,9 @@ def _run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _options(args: argparse.Namespace) -> EngineOptions:
-    """The engine's options from ``run``'s flags."""
+def _options(args: argparse.Namespace, exclusive: frozenset[str]) -> EngineOptions:
+    """The engine's options from ``run``'s flags (``exclusive``: the fingerprints of the keys
+    the key file declares exclusive)."""
     budget, budget_unit = parse_budget(args.budget) if args.budget else (None, "usd")
     shard = None
     if args.shard:  # auto: the count the folder records, where the scheduler cannot say it
@@ -153,6 +155,8 @@ def _options(args: argparse.Namespace) -> EngineOptions:
         drain_timeout=args.drain_timeout,
         cancel_on_exit=args.cancel_on_exit,
         embed_metadata=not args.no_embed_metadata,
+        exclusive=frozenset({ALL_KEYS}) if args.exclusive_account else exclusive,
+        siblings=args.siblings,
     )
 
 

@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 
 from runner import __version__
+from runner.cli.run_flags import ownership_flags
 from runner.cli.strict import StrictParser
 from runner.coordination import COORDINATOR_VARIABLE
 from runner.emulator.config import FLAGS as EMULATOR_FLAGS
@@ -179,6 +180,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "every process of a run leases its keys' slots, request rate and --budget from this "
         "Redis instead of dividing them: redis://HOST:6379 (or rediss://, unix://)",
     )
+    ownership_flags(run)
     run.add_argument("--notify-url", metavar="URL", help="POST the JSON summary here at the end")
     run.add_argument(
         "--webhook-url",

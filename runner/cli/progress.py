@@ -46,6 +46,8 @@ def figures_of(
         "requests": requests_text(stats.per_job),
         "rate_limited": stats.rate_limited,
         "keys": keys_text(stats),
+        "stragglers": counts.stragglers,
+        "cancelled": counts.cancelled,
     }
 
 
@@ -65,6 +67,8 @@ def figure_fields(stats: RunStats) -> dict[str, Any]:
         "spend_units": round(counts.spend_units, 3),
         "requests_per_job": stats.per_job["api"],
         "rate_limited_429": stats.rate_limited,
+        "stragglers": counts.stragglers,
+        "cancelled": counts.cancelled,
     }
 
 
@@ -140,8 +144,16 @@ class Progress:
             log.info(
                 "progress: %(done)d done, %(failed)d failed, %(in_flight)d in flight, "
                 "%(queued)d queued of %(total)d; %(rate).2f jobs/s, ETA %(eta)s, "
-                "spend %(spend)s; %(requests)s%(keys_line)s",
-                {**figures, "keys_line": f"; {figures['keys']}" if figures["keys"] else ""},
+                "spend %(spend)s; %(requests)s%(stragglers_line)s%(keys_line)s",
+                {
+                    **figures,
+                    "keys_line": f"; {figures['keys']}" if figures["keys"] else "",
+                    "stragglers_line": (
+                        f"; {figures['stragglers']} stragglers resent"
+                        if figures["stragglers"]
+                        else ""
+                    ),
+                },
                 extra=figure_fields(stats),
             )
 
@@ -191,7 +203,7 @@ TOTAL = "total"
 
 def _phrases(f: dict[str, float | int | str]) -> list[str]:
     """The live view's figures, phrase by phrase (a line breaks between them only)."""
-    return [
+    phrases = [
         f"{float(f['rate']):.2f} jobs/s",
         f"ETA {f['eta']}",
         str(f["spend"]),
@@ -199,3 +211,8 @@ def _phrases(f: dict[str, float | int | str]) -> list[str]:
         f"{f['in_flight']} in flight",
         f"{f['rate_limited']} 429s",
     ]
+    if f["stragglers"]:
+        phrases.append(f"{f['stragglers']} stragglers resent")
+    if f["cancelled"]:
+        phrases.append(f"{f['cancelled']} cancelled unbilled")
+    return phrases

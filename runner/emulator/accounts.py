@@ -42,6 +42,7 @@ class Account:
         return {
             **dict(sorted(self.stats.items())),
             "jobs_by_status": self.store.counts(),
+            "paid": self.store.paid(now),
             "credits_spent": round(self.store.spent(now), 3),
         }
 

@@ -18,7 +18,6 @@ from runner.emulator.accounts import Account
 from runner.emulator.config import EmulatorConfig
 from runner.emulator.core import INTERNAL, NOT_JSON, Answer, Dropped, EmulatorCore
 from runner.emulator.jobs import EmulatedJob
-from runner.emulator.statuses import TERMINAL
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,6 +40,7 @@ class Emulator(EmulatorCore):
         super().__init__(config, clock=clock, catalog=catalog)
         self.webhooks: list[tuple[str, str]] = []  # (job id, url) of each delivery made
         self._delivery: asyncio.Task[None] | None = None
+        self._again: list[tuple[float, int, EmulatedJob]] = []  # (due, tries so far, job)
         self._client: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -192,34 +192,40 @@ class Emulator(EmulatorCore):
     async def _deliver_webhooks(self) -> None:
         while True:
             await asyncio.sleep(0.02)
-            now = self.clock()
-            due = [
-                (waiting, job)
-                for waiting in (
-                    account.store.awaiting_webhook for account in self.accounts.values()
-                )
-                for job in waiting.values()
-                if job.status(now) in TERMINAL
-            ]
-            for waiting, job in due:
-                del waiting[job.id]
+            for job in self.due_webhooks():
                 for _ in range(self.config.webhook_repeats):
                     if self.rng.random() < self.config.webhook_drop_rate:
                         self.stats["webhooks_dropped"] += 1
                         continue
-                    await self._post_webhook(job)
+                    await self._try_webhook(job, 0)
+            again, self._again = self._again, []
+            for when, tries, job in again:
+                if when <= time.monotonic():
+                    await self._try_webhook(job, tries)
+                else:
+                    self._again.append((when, tries, job))
 
-    async def _post_webhook(self, job: EmulatedJob) -> None:
+    async def _try_webhook(self, job: EmulatedJob, tries: int) -> None:
+        """Deliver, and when the receiver does not take it, try again later (if allowed)."""
+        if not await self._post_webhook(job) and tries < self.config.webhook_retries:
+            self.stats["webhooks_retried"] += 1
+            self._again.append((time.monotonic() + 2.0**tries, tries + 1, job))
+
+    async def _post_webhook(self, job: EmulatedJob) -> bool:
+        """One delivery; True when the receiver took it (a 2xx)."""
         if self._client is None or job.webhook_url is None:
-            return
+            return True
         try:
             async with self._client.post(job.webhook_url, json=self.job_json(job)) as response:
                 await response.read()
+                taken = response.status < 300
             self.stats["webhooks_sent"] += 1
             self.webhooks.append((job.id, job.webhook_url))
+            return taken
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.stats["webhooks_failed"] += 1
             log.info("webhook to %s failed: %s", job.webhook_url, exc)
+            return False
 
     async def get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())

@@ -76,6 +76,10 @@ class EmulatorConfig:
     rate_limit: float | None = None  # API requests per second; more get 429
     retry_after: float | None = None  # seconds sent in Retry-After with 429s (None: no header)
     failure_rate: float = 0.0  # share of jobs that end failed
+    # A share of jobs stays queued this many seconds once it starts (holding its slot), then
+    # runs as any other: a straggler. Seconds of the clock, not scaled by time_scale.
+    stuck_rate: float = 0.0
+    stuck_for: float = 0.0
     error_rate: float = 0.0  # share of API requests answered with a 5xx
     reset_rate: float = 0.0  # share of API requests whose connection is dropped unanswered
     reset_after_create: float = 0.0  # share of submits dropped after the job was created
@@ -85,6 +89,10 @@ class EmulatorConfig:
     url_ttl: float | None = None  # image URLs stop working this many seconds after issue
     webhook_repeats: int = 1  # deliveries per terminal state (more than 1: duplicates)
     webhook_drop_rate: float = 0.0  # share of webhook deliveries never sent (lost)
+    # A delivery the receiver did not take (refused, unreachable: a runner killed and not yet
+    # back) is tried again this many times, 1 s, 2 s, 4 s… later (at least once, as Krea's
+    # "deliveries may repeat" suggests; its real retry policy is not documented).
+    webhook_retries: int = 0
     listing: bool = True  # False: GET /jobs answers 404, as a proxy without the listing would
     credits: float | None = None  # compute units available; None is unlimited
     retired: frozenset[str] = frozenset()  # model ids that answer 410 Gone
@@ -116,6 +124,7 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         for name in (
             "failure_rate",
+            "stuck_rate",
             "error_rate",
             "reset_rate",
             "reset_after_create",
@@ -130,12 +139,14 @@ class EmulatorConfig:
             raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {self.dialect!r}")
         if self.overflow not in ("429", "backlog"):
             raise ValueError(f"overflow must be '429' or 'backlog', not {self.overflow!r}")
-        if self.rtt < 0:
-            raise ValueError("rtt must be zero or above")
+        if self.rtt < 0 or self.stuck_for < 0:
+            raise ValueError("rtt and stuck_for must be zero or above")
         if self.time_scale <= 0:
             raise ValueError("time_scale must be above zero")
         if self.images_per_job < 1 or self.webhook_repeats < 1:
             raise ValueError("images_per_job and webhook_repeats are at least 1")
+        if self.webhook_retries < 0:
+            raise ValueError("webhook_retries is zero or more")
         for _, fault in self.key_faults:
             if fault not in KEY_FAULTS:
                 raise ValueError(f"{fault!r} is no key fault: use {', '.join(KEY_FAULTS)}")
@@ -177,6 +188,8 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--rate-limit", "rate_limit", float, "API requests per second before 429"),
     ("--retry-after", "retry_after", float, "Retry-After seconds sent with 429s"),
     ("--failure-rate", "failure_rate", float, "share of jobs that end failed (0-1)"),
+    ("--stuck-rate", "stuck_rate", float, "share of jobs left queued for --stuck-for (0-1)"),
+    ("--stuck-for", "stuck_for", float, "seconds a stuck job stays queued before it runs"),
     ("--error-rate", "error_rate", float, "share of API requests answered 5xx"),
     ("--reset-rate", "reset_rate", float, "share of API requests whose connection drops"),
     (
@@ -191,6 +204,12 @@ FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--url-ttl", "url_ttl", float, "image URLs expire after this many seconds"),
     ("--webhook-repeats", "webhook_repeats", int_flag(), "deliveries of each webhook"),
     ("--webhook-drop-rate", "webhook_drop_rate", float, "share of webhook deliveries lost"),
+    (
+        "--webhook-retries",
+        "webhook_retries",
+        int_flag(),
+        "tries again of a delivery not taken, 1 s, 2 s, 4 s… apart",
+    ),
     ("--listing", "listing", _on_off, "on, or off: GET /jobs answers 404"),
     ("--credits", "credits", float, "compute units available (402 after)"),
     ("--retired", "retired", _models, "comma-separated model ids that answer 410"),

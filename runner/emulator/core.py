@@ -18,6 +18,7 @@ from runner.catalog import Catalog, load_catalog
 from runner.emulator.accounts import ANY_TOKEN, Account, open_accounts
 from runner.emulator.assets import AssetStore
 from runner.emulator.config import EmulatorConfig
+from runner.emulator.figures import Figures
 from runner.emulator.images import image_format, image_size, render
 from runner.emulator.jobs import EmulatedJob, Refused, body_hash, iso, parse_iso
 from runner.emulator.statuses import TERMINAL, JobStatus
@@ -46,7 +47,7 @@ class Dropped(Exception):
     """The connection is dropped after the server acted (a created job's answer is lost)."""
 
 
-class EmulatorCore:
+class EmulatorCore(Figures):
     """A Krea-compatible API's behaviour, over the accounts its tokens open."""
 
     def __init__(
@@ -164,12 +165,19 @@ class EmulatorCore:
         return Answer(200, self.job_json(job, base))
 
     def cancel(self, account: Account, job_id: str, base: str) -> Answer:
-        """``DELETE /jobs/{id}``."""
+        """``DELETE /jobs/{id}``: a job that has not ended is cancelled (and not billed). One
+        that has ended, perhaps while the request travelled, stays as it is: 409 (Krea's spec
+        documents only 200 and 404 for it; the client reads the job back either way)."""
         job = self._own_job(account, job_id)
         if job is None:
             return Answer.error(404, "Job not found")
+        if not account.store.cancel(job):
+            self.count(account, "cancels_refused")
+            status = job.status(self.clock()).value
+            return Answer.error(
+                409, f"The job is {status}: only a job that has not ended can be cancelled"
+            )
         self.count(account, "cancels")
-        account.store.cancel(job)
         return Answer(200, self.job_json(job, base))
 
     def listing(self, account: Account, query: Mapping[str, str], base: str) -> Answer:
@@ -298,38 +306,6 @@ class EmulatorCore:
     def notify(self, event: str, job: EmulatedJob) -> None:
         for observer in self.observers:
             observer(event, job)
-
-    def paid_twice(self) -> list[str]:
-        """Request bodies with more than one job that was not failed or cancelled (billed twice)."""
-        now = self.clock()
-        billed: Counter[str] = Counter()
-        jobs = (job for account in self.accounts.values() for job in account.store.jobs.values())
-        for job in jobs:
-            if job.status(now) not in (JobStatus.FAILED, JobStatus.CANCELLED):
-                billed[body_hash(job.body)] += 1
-        return [body for body, count in billed.items() if count > 1]
-
-    def snapshot(self) -> dict[str, Any]:
-        """What the emulator saw: counters, submits per request body, jobs by status."""
-        now = self.clock()
-        by_status: Counter[str] = Counter()
-        for account in self.accounts.values():
-            by_status.update(account.store.counts())
-        data = {
-            **dict(sorted(self.stats.items())),
-            "submits_by_body": dict(self.submits_by_body),
-            "duplicate_submits": sum(n - 1 for n in self.submits_by_body.values() if n > 1),
-            "paid_twice": len(self.paid_twice()),
-            "jobs_by_status": dict(by_status),
-            "credits_spent": round(
-                sum(account.store.spent(now) for account in self.accounts.values()), 3
-            ),
-        }
-        if len(self.accounts) > 1:
-            data["accounts"] = {
-                account.label: account.snapshot(now) for account in self.accounts.values()
-            }
-        return data
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,14 +14,20 @@ from runner.api.server_clock import ServerClock
 from runner.engine.accounts import Account, KeyPool, KeyRing
 from runner.engine.budget import Budget
 from runner.engine.coordinator import Coordinator
+from runner.engine.deliveries import Deliveries
 from runner.engine.flow import FlowPolicy, JobFlow
 from runner.engine.health import Health
 from runner.engine.key_care import KeyCare
-from runner.engine.options import EngineOptions
+from runner.engine.latency import TrackSettings, TypicalLatency
+from runner.engine.lost_round import Ownership
+from runner.engine.options import ALL_KEYS, EngineOptions
+from runner.engine.recall import Recalls
+from runner.engine.recording import Recorder
 from runner.engine.retry import Clock
+from runner.engine.siblings import Siblings
 from runner.engine.stopper import Stopper
 from runner.engine.submitter import SubmitSettings, Submitter
-from runner.engine.tracker import Deliveries, Tracker, TrackSettings, TypicalLatency
+from runner.engine.tracker import Tracker
 from runner.engine.uploads import Uploads
 from runner.errors import FatalApiError
 from runner.manifest import Manifest
@@ -70,8 +76,12 @@ class Parts:
             lost_answer_wait=settings.lost_answer_wait,
             api_timeout=shared.options.api_timeout,
             retry=shared.options.retry,
-            webhook_url=shared.options.webhook_url,
+            webhook=shared.options.webhook,
         )
+        self.siblings = None
+        if shared.options.siblings is not None:
+            own = journal.path.parent.parent  # the folder the journal is the state of
+            self.siblings = Siblings(shared.options.siblings, own, shared.options.shard)
         now = shared.clock.monotonic
         self.pool = KeyPool(ring.keys, self._account, ceiling=settings.concurrency, now=now)
         self.keys = KeyCare(self.pool, journal, stopper, shared.clock)
@@ -84,7 +94,10 @@ class Parts:
             policy,
             stopper=stopper,
             keys=self.keys,
+            recalls=Recalls(journal, shared.budget, policy.started),
+            identify=shared.deliveries.key_of,
         )
+        self.recorder = Recorder(journal, writer, self.pool, policy.again)
 
     async def recover(self, run_started: float) -> None:
         """Match the POSTs an earlier run left unanswered, each in its own key's listing."""
@@ -145,6 +158,7 @@ class Parts:
             uploads=uploads,
             health=health,
             elsewhere=lambda: pool.ready_besides(account),
+            owner=Ownership(self._exclusive(key), self.siblings, shared.deliveries.key_of),
         )
         lister = None
         if settings.poll_mode in ("list", "auto"):
@@ -154,6 +168,11 @@ class Parts:
         if pool.several:
             self.journal.note(KeyInUse(account.name, key.place))
         return account
+
+    def _exclusive(self, key: ApiKey) -> bool:
+        """Whether ``key`` was declared exclusive (nobody else submits with it)."""
+        declared = self.shared.options.exclusive
+        return ALL_KEYS in declared or key.fingerprint in declared
 
 
 def track_settings(manifest: Manifest, options: EngineOptions, sharing: int = 1) -> TrackSettings:
@@ -175,4 +194,6 @@ def track_settings(manifest: Manifest, options: EngineOptions, sharing: int = 1)
         job_timeout=settings.job_timeout,
         retry=options.retry,
         alone_when_short=alone_when_short,
+        straggler_after=settings.straggler_after,
+        straggler_resends=settings.straggler_resends,
     )

@@ -25,6 +25,7 @@ from runner.engine.accounts import KeyRing
 from runner.engine.assembly import Parts, Shared
 from runner.engine.budget import Budget
 from runner.engine.coordinator import Coordinator
+from runner.engine.deliveries import Deliveries
 from runner.engine.flow import FlowPolicy
 from runner.engine.keeper import OutputKeeper
 from runner.engine.options import EngineOptions
@@ -32,7 +33,6 @@ from runner.engine.result import run_result
 from runner.engine.retry import Clock, SystemClock
 from runner.engine.stopper import Stopper
 from runner.engine.survey import Survey, SurveyRules, release_ambiguous, specs_of, survey
-from runner.engine.tracker import Deliveries
 from runner.engine.watching import ListingStats
 from runner.errors import DiskError
 from runner.jobspec import JobSpec
@@ -236,7 +236,7 @@ class Engine:
             async for spec in receive:
                 try:
                     outcome = await parts.flow.run(spec)
-                    await parts.flow.record(spec, outcome)
+                    await parts.recorder.record(spec, outcome)
                 except DiskError as exc:
                     self.stopper.stop_for_disk(exc)
 

@@ -9,8 +9,9 @@ answer left it in doubt (``Doubted``) or how the job ended (an ``Outcome``).
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -18,12 +19,12 @@ import anyio
 from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.accounts import Account, KeyPool, NoKeyLeft
 from runner.engine.budget import Budget
+from runner.engine.candidates import Candidates, keyless
 from runner.engine.coordinator import NotLeased
 from runner.engine.health import KeyUnwell
 from runner.engine.key_care import KeyCare
 from runner.engine.options import EngineOptions
 from runner.engine.outcome import (
-    Ambiguous,
     Cancelled,
     Completed,
     Deferred,
@@ -31,8 +32,11 @@ from runner.engine.outcome import (
     Failed,
     NotSubmitted,
     Outcome,
+    Overdue,
+    Requeued,
     Sent,
 )
+from runner.engine.recall import Recalls
 from runner.engine.retry import Clock
 from runner.engine.stopper import Stopper
 from runner.engine.survey import Survey
@@ -42,17 +46,17 @@ from runner.naming import check_template, render_name
 from runner.outputs.provenance import spec_provenance
 from runner.outputs.writers import Writer
 from runner.settings import RunSettings
-from runner.state.events import Done, Retry
+from runner.state.events import ON_EXIT, STOPPED, STRAGGLER, Retry
 from runner.state.journal import Journal
-from runner.state.ledger import CANCELLED_ON_EXIT, NO_SINGLE_MATCH, KeyState
+from runner.state.ledger import KeyState
 from runner.state.phase import Phase
-from runner.state.records import FileEntry, ambiguous_record, completed_record, failed_record
-from runner.state.run_events import LeftOver, Resumed, Unfinished
+from runner.state.run_events import Resumed
 
 log = logging.getLogger("runner.engine.engine")
-# A job's own outcome: a line in a log file, but on a terminal only with -v (the live view
-# counts them, and `status` groups their reasons).
-PER_JOB = {"per_job": True}
+# A job waiting in the account's backlog (behind its concurrency): a stop cancels it,
+# unbilled, rather than wait for it to run and bill (the next run sends it).
+WAITING = frozenset({JobStatus.BACKLOGGED})
+Ended = RemoteJob | Outcome | Overdue  # what following a job comes to
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class FlowPolicy:
     embed_metadata: bool = True
     name_stem: str = "{key}"
     again: frozenset[str] = frozenset()  # finished before, run again in this run
+    straggler_resends: int = 2  # a job's stragglers cancelled and sent again, at most
 
     @classmethod
     def of(
@@ -75,10 +80,11 @@ class FlowPolicy:
             started=started,
             max_attempts=settings.max_attempts,
             cancel_on_exit=options.cancel_on_exit,
-            webhooks=options.webhook_url is not None,
+            webhooks=options.webhook is not None,
             embed_metadata=options.embed_metadata,
             name_stem=check_template(settings.name_template),
             again=frozenset(found.reopened | {spec.key for spec in found.released}),
+            straggler_resends=settings.straggler_resends,
         )
 
 
@@ -96,6 +102,8 @@ class JobFlow:
         *,
         stopper: Stopper,
         keys: KeyCare,
+        recalls: Recalls,
+        identify: Callable[[str], str | None] = lambda job_id: None,
     ) -> None:
         self.pool = pool
         self.journal = journal
@@ -105,7 +113,9 @@ class JobFlow:
         self.policy = policy
         self.stopper = stopper
         self.keys = keys
-        self._collected: set[str] = set()  # candidates of ambiguous jobs already fetched
+        self.recalls = recalls
+        self.candidates = Candidates(pool, journal, keys, identify, clock, webhooks=policy.webhooks)
+        self._spared: set[str] = set()  # stragglers whose cancel did not take: followed on
 
     async def run(self, spec: JobSpec) -> Outcome:
         """Take one job from wherever the journal left it to its outcome."""
@@ -116,7 +126,10 @@ class JobFlow:
             while True:
                 match state.phase:
                     case Phase.AMBIGUOUS:
-                        return await self._collect_unmatched(state)
+                        collected = await self.candidates.collect(spec, state)
+                        if collected is not None:
+                            return collected
+                        continue  # a delivery told which job is its own, or that none is
                     case Phase.SUBMITTING:
                         return Deferred(
                             "a lost submit could not be checked yet; the next run checks it"
@@ -139,9 +152,12 @@ class JobFlow:
             return NotSubmitted(str(exc))
 
     async def _ended(
-        self, spec: JobSpec, state: KeyState, ended: RemoteJob | Outcome, account: Account | None
+        self, spec: JobSpec, state: KeyState, ended: Ended, account: Account | None
     ) -> Outcome | None:
         """What a job that left the server means (None: it is retried)."""
+        if isinstance(ended, Overdue):
+            assert account is not None
+            return await self._straggler(spec, state, ended, account)
         if not isinstance(ended, RemoteJob):
             return ended
         assert account is not None
@@ -156,9 +172,28 @@ class JobFlow:
             return None
         return Failed(reason)
 
-    async def _send(
-        self, spec: JobSpec, state: KeyState
-    ) -> tuple[RemoteJob | Outcome, Account | None] | None:
+    async def _straggler(
+        self, spec: JobSpec, state: KeyState, late: Overdue, account: Account
+    ) -> Outcome | None:
+        """A job far past its model's usual time: cancelled, read back, and sent again only
+        once it reads back cancelled (None: the loop sends it, or follows it on). One that
+        ended in the race is kept as it ended; one whose cancel did not take is followed to
+        its end."""
+        log.info(
+            "⧗ %s's job %s is still %s far past its model's usual time: cancelling it",
+            spec.key,
+            late.job_id,
+            late.status,
+        )
+        back = await self.recalls.recall(account, spec, state, late.job_id, STRAGGLER)
+        if back is None or not back.status.terminal:
+            self._spared.add(late.job_id)
+            return None
+        if back.status == JobStatus.CANCELLED:
+            return None  # journaled: the key is new again, and is sent once more
+        return await self._ended(spec, state, back, account)
+
+    async def _send(self, spec: JobSpec, state: KeyState) -> tuple[Ended, Account | None] | None:
         """Submit a new job with the roomiest key and follow it in the same slot. None:
         nothing is settled yet (its key was refused before it was sent, or it is in doubt)."""
         try:
@@ -173,9 +208,14 @@ class JobFlow:
                     return None
                 match sent:
                     case Sent():
+                        tracker = account.tracker
+                        # Keep only a margin waiting in the backlog (an answer without a
+                        # status says nothing: the looks at our jobs then tell).
+                        if sent.backlogged or tracker.backlog:
+                            account.gate.backlogged(len(tracker.watches) - tracker.backlog)
                         return await self._follow_with(account, spec, state, sent), account
-                    case Doubted():
-                        return None
+                    case Doubted() | Requeued():
+                        return None  # in doubt (its candidates next), or not sent: room first
                     case outcome:
                         return outcome, account
         except NoKeyLeft:
@@ -183,9 +223,7 @@ class JobFlow:
         except NotLeased as exc:  # before its POST: a later run sends it
             return NotSubmitted(str(exc)), None
 
-    async def _follow_held(
-        self, spec: JobSpec, state: KeyState
-    ) -> tuple[RemoteJob | Outcome, Account | None]:
+    async def _follow_held(self, spec: JobSpec, state: KeyState) -> tuple[Ended, Account | None]:
         """Follow a job already at the server with the key that holds it."""
         account = self.pool.owner(state)
         if account is None:
@@ -196,14 +234,11 @@ class JobFlow:
             return await self._follow_with(account, spec, state, running), account
 
     def _keyless(self, state: KeyState) -> Deferred:
-        return Deferred(
-            f"it was submitted with key {state.account}, which this run does not have: "
-            "run with that key to collect it"
-        )
+        return keyless(state)
 
     async def _follow_with(
         self, account: Account, spec: JobSpec, state: KeyState, job: Sent
-    ) -> RemoteJob | Outcome:
+    ) -> Ended:
         try:
             return await self._follow(account, spec, state, job)
         except FatalApiError as exc:
@@ -226,126 +261,71 @@ class JobFlow:
             return Deferred(f"key {account.name} was refused while fetching its images: {exc}")
         return Completed(ended, files, noticed) if isinstance(files, list) else files
 
-    async def _follow(
-        self, account: Account, spec: JobSpec, state: KeyState, job: Sent
-    ) -> RemoteJob | Outcome:
-        """Poll a job to its end; with --cancel-on-exit, cancel it when the run stops."""
+    async def _follow(self, account: Account, spec: JobSpec, state: KeyState, job: Sent) -> Ended:
+        """Poll a job to its end. When the run stops, a job that has not begun to run is
+        cancelled (unbilled: the next run sends it), and with --cancel-on-exit any job."""
         sent = job.sent
         skew = self.journal.ledger.skew
-        polls = account.tracker.wait(
+        follow = functools.partial(
+            account.tracker.wait,
             job.job_id,
             spec.model,
             job.answered,
             created_after=None if sent is None else sent + skew.low,
-            # Only this run's submits carry its webhook address (a new secret each run).
+            # Only this run's submits are sure to carry the address it takes webhooks at.
             webhook=self.policy.webhooks and (sent or 0) >= self.policy.started,
         )
-        if not self.policy.cancel_on_exit:
-            return await polls
+        polls = follow(
+            stragglers=state.straggled < self.policy.straggler_resends
+            and job.job_id not in self._spared,
+            backlogged=job.backlogged,
+        )
         with anyio.CancelScope() as scope:
             self.stopper.follows.add(scope)
             try:
                 if not self.stopper.stopping:
                     return await polls
             except anyio.get_cancelled_exc_class():
-                if not scope.cancel_called:  # the whole run is aborting
-                    await self._cancel_on_exit(account, spec.key, state, job.job_id)
+                if not scope.cancel_called and self.policy.cancel_on_exit:  # aborting
+                    await self._cancel_on_exit(account, spec, state, job.job_id)
                 raise
             finally:
                 self.stopper.follows.discard(scope)
                 polls.close()  # not awaited when the run was stopping already
-        # Stopped (our scope cancelled, or the run was stopping already): cancel the job.
-        return await self._cancel_on_exit(account, spec.key, state, job.job_id)
+        # Stopped (our scope cancelled, or the run was stopping already).
+        if self.policy.cancel_on_exit:
+            return await self._cancel_on_exit(account, spec, state, job.job_id)
+        return await self._stop_waiting(account, spec, state, job, follow)
+
+    async def _stop_waiting(
+        self,
+        account: Account,
+        spec: JobSpec,
+        state: KeyState,
+        job: Sent,
+        follow: Callable[[], Awaitable[Ended]],
+    ) -> Ended:
+        """The run stops: a job still waiting in the backlog is cancelled, so that it is not
+        billed for a run that has stopped; one that runs is followed to its end (the
+        drain), as is one whose cancel did not take."""
+        with anyio.CancelScope(shield=True):
+            now = await account.tracker.look(job.job_id)
+            if now is None or now.status not in WAITING:
+                back = now
+            else:
+                back = await self.recalls.recall(account, spec, state, job.job_id, STOPPED)
+        if back is not None and back.status == JobStatus.CANCELLED:
+            return Cancelled(job.job_id)
+        if back is not None and back.status.terminal:
+            return back
+        return await follow()
 
     async def _cancel_on_exit(
-        self, account: Account, key: str, state: KeyState, job_id: str
+        self, account: Account, spec: JobSpec, state: KeyState, job_id: str
     ) -> Outcome:
         """Cancel a job as the run stops (shielded: it runs while the run is being cancelled)."""
         with anyio.CancelScope(shield=True):
-            cancelled = await account.tracker.cancel(job_id)
-            if cancelled:
-                # Cancelled jobs are not billed: the next run submits this one afresh.
-                await self.journal.record(Retry(key, state.attempts, job_id, CANCELLED_ON_EXIT))
-        if not cancelled:
+            back = await self.recalls.recall(account, spec, state, job_id, ON_EXIT)
+        if back is None or back.status != JobStatus.CANCELLED:
             return Deferred(f"could not cancel job {job_id}; the next run polls it")
-        return Cancelled(job_id)
-
-    async def _collect_unmatched(self, state: KeyState) -> Outcome:
-        """An ambiguous job: keep the images of the candidates, which were paid for.
-
-        Jobs that lost their answers together share candidates: each candidate is fetched by
-        the first of them to reach it, and listed in that one's record. The candidates are in
-        the listing of the key that sent the lost POST, and are fetched with it.
-        """
-        account = self.pool.owner(state)
-        if account is None:
-            return self._keyless(state)
-        files: list[FileEntry] = []
-        with account.gate.held():
-            for job_id in state.candidates:
-                if job_id in self._collected:
-                    continue
-                self._collected.add(job_id)
-                try:
-                    files += await self._candidate(account, job_id)
-                except FatalApiError as exc:
-                    self.keys.refused(account, exc)
-                    self._collected.discard(job_id)
-                    return Deferred(f"key {account.name} was refused: {exc}")
-        return Ambiguous(state.candidates, files)
-
-    async def _candidate(self, account: Account, job_id: str) -> list[FileEntry]:
-        """A candidate's images, when it completed (kept under images/_unmatched/)."""
-        ended = await account.tracker.wait(job_id)
-        if not isinstance(ended, RemoteJob) or ended.status != JobStatus.COMPLETED:
-            return []
-        safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:100]
-        got = await account.tracker.download_all(ended, f"_unmatched/{safe_id}", safe_id)
-        return got if isinstance(got, list) else []
-
-    # ---- the outcome, recorded ----------------------------------------------------------------
-
-    async def record(self, spec: JobSpec, outcome: Outcome) -> None:
-        """Record a finished job, or count one that will continue in a later run."""
-        state = self.journal.ledger.state(spec.key)
-        if isinstance(outcome, Completed):
-            record = completed_record(
-                spec, state, outcome.remote, outcome.files, outcome.noticed_at
-            )
-        elif isinstance(outcome, Failed):
-            record = failed_record(spec, state, outcome.reason)
-        elif isinstance(outcome, Ambiguous):
-            why = state.doubt or NO_SINGLE_MATCH
-            record = ambiguous_record(spec, state, outcome.candidates, outcome.files, why)
-        else:
-            self._count_unfinished(spec, state, outcome)
-            return
-        record = self.writer.assign(record)
-        await self.journal.record(Done(spec.key, record))
-        self.writer.finished(record, again=spec.key in self.policy.again)
-        if isinstance(outcome, Completed):
-            files = len(outcome.files)
-            plural = "" if files == 1 else "s"
-            log.debug("← done %s %s (%d file%s)", spec.key, spec.model, files, plural)
-        elif isinstance(outcome, Failed):
-            log.warning("! failed %s %s: %s", spec.key, spec.model, outcome.reason, extra=PER_JOB)
-        else:
-            log.warning("? ambiguous %s %s: %s", spec.key, spec.model, record.error, extra=PER_JOB)
-
-    def _count_unfinished(self, spec: JobSpec, state: KeyState, outcome: Outcome) -> None:
-        if isinstance(outcome, Deferred):
-            why = LeftOver.DEFERRED
-            log.warning("… %s left for the next run: %s", spec.key, outcome.reason, extra=PER_JOB)
-            if not state.settled and self.pool.several:
-                holder = self.pool.opened(state.account)
-                if holder is not None:
-                    holder.held[outcome.reason] = holder.held.get(outcome.reason, 0) + 1
-        elif isinstance(outcome, Cancelled):
-            why = LeftOver.CANCELLED
-            log.debug("× cancelled %s (job %s) on exit", spec.key, outcome.job_id)
-        elif isinstance(outcome, NotSubmitted) and (outcome.over_budget or outcome.unpriced):
-            why = LeftOver.OVER_BUDGET if outcome.over_budget else LeftOver.UNPRICED
-            log.debug("$ not submitting %s: %s", spec.key, outcome.reason)
-        else:
-            why = LeftOver.NOT_STARTED
-        self.journal.note(Unfinished(spec.key, why))
+        return Cancelled(job_id)  # not billed: the next run submits this one afresh

@@ -5,6 +5,12 @@ A lost POST is sent again only when the listing, read in whatever order the serv
 proves its window holds no job of its own; one job proven its own is adopted; anything else
 is ambiguous (its candidates kept) or waits for a later look. The same round runs at start for
 the POSTs a crash left pending.
+
+On an account declared exclusive (nobody else submits with it), the jobs in the windows of
+ambiguous POSTs are all ours: those not ended are cancelled and read back, and the POSTs are
+matched again over what the jobs became (``matching.reconcile``); the cancels are journaled
+before any of them is sent again. Jobs a sibling shard's journal names are no one's
+candidates here, and while a sibling has a POST unanswered nothing is cancelled.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 
 import anyio
@@ -22,19 +28,23 @@ from runner.api.server_clock import ServerClock
 from runner.api.skew import DATE_PRECISION, ClockSkew
 from runner.engine.health import Health
 from runner.engine.matching import (
+    ENDED,
     Candidate,
     ListingScan,
     LostPost,
     Matching,
     match,
+    reconcile,
     unknown_clock,
     unproven,
     window_bounds,
 )
 from runner.engine.outcome import Deferred, Doubted, Sent, Submission
 from runner.engine.retry import Clock, RetryPolicy, retrying
+from runner.engine.siblings import Siblings
+from runner.engine.withdraw import withdraw
 from runner.errors import ApiError, PermanentApiError, TransientApiError
-from runner.state.events import Ambiguous, Event, Lost, Submitted
+from runner.state.events import RECONCILED, Ambiguous, Event, JobCancelled, Lost, Submitted
 from runner.state.journal import Journal
 from runner.state.ledger import NO_SINGLE_MATCH, KeyState
 from runner.state.run_events import LostChecked, TransientError
@@ -59,6 +69,19 @@ class RoundSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+@dataclass(frozen=True)
+class Ownership:
+    """Whose jobs a key's listing may hold: ``exclusive``, nobody else submits with the key
+    (its lost POSTs' unclaimed jobs are ours to cancel); ``siblings``, the shards of this
+    run's split whose jobs are theirs."""
+
+    exclusive: bool = False
+    siblings: Siblings | None = None
+    # The key a signed webhook delivery said a job is of (None: none said), from the run's
+    # Deliveries: a job that names its key is that key's, whatever its window.
+    identify: Callable[[str], str | None] = lambda job_id: None
+
+
 class LostRounds:
     """One key's lost POSTs, the barrier they raise and the rounds that settle them."""
 
@@ -72,8 +95,10 @@ class LostRounds:
         *,
         health: Health,
         rng: random.Random,
+        owner: Ownership | None = None,
     ) -> None:
         self.api = api
+        self.owner = owner or Ownership()
         self.journal = journal
         self.clock = clock
         self.server_clock = server_clock
@@ -135,11 +160,17 @@ class LostRounds:
                 latest = self.clock.time() + after.high + DATE_PRECISION
                 if scan.newest > latest:  # its stamps and its Date come from different clocks
                     doubt = "the listing holds jobs stamped after the server's own time"
+            named = self._named(posts, scan.jobs)
+            rest = [post for post in posts if post.key not in named]
             jobs = scan.jobs.values()
             found = (
-                match(posts, jobs, after) if doubt is None else unproven(posts, jobs, after, doubt)
+                match(rest, jobs, after) if doubt is None else unproven(rest, jobs, after, doubt)
             )
-            await self._record(posts, found)
+            found.adopted.update(named)
+            cancels: list[Event] = []
+            if doubt is None and found.ambiguous and self._ours(scan):
+                found, cancels = await self._reconcile(posts, scan.jobs, after, found)
+            await self._record(posts, found, cancels)
         finally:
             if self.barrier is not None:
                 self.barrier.set()
@@ -166,10 +197,79 @@ class LostRounds:
         for post in posts:  # the pending line stays: the next run checks again
             self._outcomes[post.key] = Deferred(reason)
 
-    async def _record(self, posts: list[LostPost], found: Matching) -> None:
+    def _named(self, posts: list[LostPost], jobs: dict[str, Candidate]) -> dict[str, Candidate]:
+        """Take out of ``jobs`` those whose signed delivery named their key: the lost POST of
+        that key adopts its own; another key's job is no one's candidate."""
+        keys = {post.key for post in posts}
+        adopted: dict[str, Candidate] = {}
+        for job_id in list(jobs):
+            key = self.owner.identify(job_id)
+            if key is not None:
+                job = jobs.pop(job_id)
+                if key in keys:
+                    adopted.setdefault(key, job)
+        return adopted
+
+    def _ours(self, scan: ListingScan) -> bool:
+        """Whether the unclaimed jobs of the windows are surely ours: the key is exclusive,
+        and no sibling shard has a POST whose job its journal does not name yet."""
+        if not self.owner.exclusive:
+            return False
+        pending = scan.sibling_pending
+        if pending:
+            log.warning("? %d POST(s) of sibling shards are unanswered: nothing cancelled", pending)
+        return not pending
+
+    async def _reconcile(
+        self,
+        posts: list[LostPost],
+        jobs: dict[str, Candidate],
+        after: ClockSkew,
+        found: Matching,
+    ) -> tuple[Matching, list[Event]]:
+        """An exclusive account's ambiguous POSTs: their candidates not ended are cancelled
+        and read back, then the POSTs matched again over what became of them. Returns the
+        new matching and the cancels to journal ahead of it."""
+        doubted = [p for p in posts if p.key in found.ambiguous]
+        states = self.journal.ledger.states
+        cancels: list[Event] = []
+        read: dict[str, Candidate] = {}
+        for post in doubted:
+            for job_id in found.ambiguous[post.key]:
+                job = jobs[job_id]
+                if job_id in read or job.status in ENDED:
+                    read.setdefault(job_id, job)
+                    continue
+                pause = self.settings.lost_answer_wait
+                back = await withdraw(self.api, self.clock, job_id, pause)
+                read[job_id] = replace(job, status=back.status.value if back else "unread")
+                if back is not None and back.status.value == "cancelled":
+                    state = states[post.key]
+                    cancels.append(JobCancelled(post.key, state.attempts, job_id, RECONCILED))
+        again = reconcile(doubted, read.values(), after)
+        log.warning(
+            "? exclusive account: %d candidate(s) of %d lost submit(s) cancelled unbilled; "
+            "%d adopted, %d sent again, %d still ambiguous",
+            len(cancels),
+            len(doubted),
+            len(again.adopted),
+            len(again.resend),
+            len(again.ambiguous),
+        )
+        merged = Matching(
+            adopted={**found.adopted, **again.adopted},
+            resend=found.resend + again.resend,
+            ambiguous=again.ambiguous,
+            unseen=found.unseen + again.unseen,
+        )
+        return merged, cancels
+
+    async def _record(self, posts: list[LostPost], found: Matching, first: list[Event]) -> None:
+        """Journal what the round found (``first``: the cancels it made, written ahead of
+        the POSTs they let go again)."""
         by_key = {p.key: p for p in posts}
         states = self.journal.ledger.states
-        events: list[Event] = []
+        events: list[Event] = list(first)
         for key, job in found.adopted.items():
             post, state = by_key[key], states[key]
             log.warning("? found %s's job %s: adopted, not sent again", key, job.job_id)
@@ -218,7 +318,12 @@ class LostRounds:
     async def _scan_listing(self, posts: list[LostPost]) -> tuple[ListingScan, ClockSkew]:
         """Read the listing until it proves what the lost POSTs' windows hold (or cannot);
         with the server's clock as the answers read meanwhile showed it."""
-        scan = ListingScan(self.journal.ledger.known_ids)
+        known: Collection[str] = self.journal.ledger.known_ids
+        pending = 0
+        if self.owner.siblings is not None:  # their jobs are theirs: never candidates here
+            siblings = self.owner.siblings.read()
+            known, pending = siblings.ids | self.journal.ledger.known_ids, siblings.pending
+        scan = ListingScan(known, sibling_pending=pending)
         cursor: str | None = None
         with self.server_clock.reading(self.clock.time()) as reading:
             while True:
@@ -231,6 +336,6 @@ class LostRounds:
                 )
                 # Bounds taken after each page: its Date may have shown a clock jump.
                 start, _ = window_bounds(posts, reading.after)
-                listed = [Candidate(job.job_id, job.created_at) for job in page]
+                listed = [Candidate(job.job_id, job.created_at, job.status) for job in page]
                 if not scan.feed(listed, cursor, start):
                     return scan, reading.after

@@ -53,10 +53,16 @@ class LostPost:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """A listed job no journal line claims; ``created`` on the server's clock (None: unknown)."""
+    """A listed job no journal line claims; ``created`` on the server's clock (None: unknown),
+    ``status`` as listed (or as read back after a cancel)."""
 
     job_id: str
     created: float | None
+    status: str = ""
+
+
+# The statuses of a job that ended: only a completed one is billed.
+ENDED = frozenset({"completed", "failed", "cancelled"})
 
 
 @dataclass(slots=True)
@@ -83,6 +89,7 @@ class ListingScan:
     """
 
     known: Collection[str]  # job ids the folder owns: never anyone's candidate
+    sibling_pending: int = 0  # POSTs of sibling shards unanswered as the search began
     jobs: dict[str, Candidate] = field(default_factory=dict)
     pages: int = 0
     doubt: str | None = None
@@ -156,6 +163,39 @@ def match(posts: Sequence[LostPost], jobs: Iterable[Candidate], after: ClockSkew
     result = Matching()
     for group in _groups(posts, options):
         _solve(group, options, result)
+    return result
+
+
+def reconcile(posts: Sequence[LostPost], jobs: Iterable[Candidate], after: ClockSkew) -> Matching:
+    """Lost POSTs on an exclusive account, once the jobs in their windows (all ours) were
+    read after the unfinished ones were cancelled: a cancelled or failed job is not billed,
+    so whichever POST made it may be sent again; only completed ones must find their POST.
+
+    A group whose jobs all ended is solved over its completed jobs alone: none, and each of
+    its POSTs is sent again; exactly one way to give them to POSTs, and they are adopted
+    and the others sent again; several, and the group stays ambiguous with its completed
+    jobs as candidates (sending again could pay twice). A group with a job not ended (its
+    cancel did not take) stays ambiguous with all of them.
+    """
+    jobs = list(jobs)
+    options: dict[str, list[Candidate]] = {}
+    for post in posts:
+        start, end = post.window(after)
+        options[post.key] = [j for j in jobs if j.created is None or start <= j.created <= end]
+    result = Matching()
+    for group in _groups(posts, options):
+        held = {j.job_id: j for p in group for j in options[p.key]}
+        if len(held) < sum(p.created for p in group):  # a job surely made is not listed yet
+            _solve(group, options, result)
+            continue
+        if any(j.status not in ENDED for j in held.values()):
+            for post in group:
+                result.ambiguous[post.key] = tuple(j.job_id for j in options[post.key])
+            continue
+        paid = {p.key: [j for j in options[p.key] if j.status == "completed"] for p in group}
+        # Whether a POST made a job no longer matters once that job is cancelled or failed.
+        loose = [LostPost(p.key, p.sent, p.ended, False, p.before) for p in group]
+        _solve(loose, paid, result)
     return result
 
 

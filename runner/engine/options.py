@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runner.api.webhooks import HookAddress
 from runner.engine.retry import RetryPolicy
 
 
@@ -24,9 +25,16 @@ class EngineOptions:
     budget_unit: str = "usd"  # usd or cu (compute units)
     shard: tuple[int, int] | None = None  # (I, N): only the jobs of shard I of N
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # backoffs for transient errors
-    webhook_url: str | None = None  # sent as X-Webhook-URL with each submit (secret included)
+    webhook: HookAddress | None = None  # each submit's X-Webhook-URL: its key, signed
     embed_metadata: bool = True  # write prompt, model, seed, … into each image
     # A pool's key refused this long in a row hands the jobs it has not created to the other
     # keys, and takes none for key_cooldown seconds (doubled each time in a row).
     key_patience: float = 20.0
     key_cooldown: float = 30.0
+    # Keys nobody else submits with, by fingerprint (ALL_KEYS: every key of the run): a lost
+    # answer's unclaimed jobs are ours, cancelled and read back rather than left ambiguous.
+    exclusive: frozenset[str] = frozenset()
+    siblings: str | None = None  # a glob naming the split's other shard folders
+
+
+ALL_KEYS = "*"  # in EngineOptions.exclusive: every key (--exclusive-account)

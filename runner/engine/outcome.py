@@ -68,6 +68,7 @@ class Sent:
     job_id: str
     sent: float | None = None  # when its POST went out (our wall clock)
     answered: float | None = None  # when it was answered: the job existed by then
+    backlogged: bool = False  # its answer said it waits in the account's backlog
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,4 +79,19 @@ class Doubted:
     why: str
 
 
-Submission = Sent | Doubted | Outcome
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """Not sent: its key's cap came down since the job was given a slot (more of our jobs
+    wait in the account's backlog than its margin); it waits for room again."""
+
+
+Submission = Sent | Doubted | Requeued | Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Overdue:
+    """A job seen still queued or running (``status``) far past the time its model's jobs
+    take: a straggler, to cancel and send again."""
+
+    job_id: str
+    status: str

@@ -26,13 +26,14 @@ import anyio
 
 from runner.api.limiter import AdaptiveLimit, SubmitWindow
 from runner.api.port import Api
-from runner.api.remote import RemoteJob
+from runner.api.remote import JobStatus, RemoteJob
 from runner.api.server_clock import ServerClock
+from runner.api.webhooks import HookAddress
 from runner.engine.budget import Budget
 from runner.engine.health import Health, KeyUnwell
-from runner.engine.lost_round import LostRounds, RoundSettings
+from runner.engine.lost_round import LostRounds, Ownership, RoundSettings
 from runner.engine.matching import LostPost
-from runner.engine.outcome import Deferred, Failed, NotSubmitted, Sent, Submission
+from runner.engine.outcome import Deferred, Failed, NotSubmitted, Requeued, Sent, Submission
 from runner.engine.retry import Clock, RetryPolicy, retrying
 from runner.engine.uploads import Uploads
 from runner.errors import (
@@ -62,7 +63,7 @@ class SubmitSettings:
     lost_answer_wait: float = 1.0
     api_timeout: float = 30.0  # a POST's whole time; bounds a crashed run's pending windows
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    webhook_url: str | None = None  # where the API should report each job's end
+    webhook: HookAddress | None = None  # where the API should report each job's end
 
     @property
     def rounds(self) -> RoundSettings:
@@ -71,6 +72,10 @@ class SubmitSettings:
 
 class _Stopping(Exception):
     """The run stops submitting."""
+
+
+class _Overfull(Exception):
+    """The key's cap came down below the jobs holding its slots: this one waits again."""
 
 
 class Submitter:
@@ -91,6 +96,7 @@ class Submitter:
         uploads: Uploads,
         health: Health,
         elsewhere: Callable[[], bool] = lambda: False,
+        owner: Ownership | None = None,
     ) -> None:
         self.api = api
         self.health = health
@@ -109,7 +115,7 @@ class Submitter:
         self.in_flight = 0
         self._settled = anyio.Event()  # set each time the last POST in flight settles
         self.rounds = LostRounds(
-            api, journal, clock, server_clock, settings.rounds, health=health, rng=rng
+            api, journal, clock, server_clock, settings.rounds, health=health, rng=rng, owner=owner
         )
         self._clock_tried = False  # the server's clock was asked for in this run
         self._clock_lock = anyio.Lock()
@@ -142,7 +148,7 @@ class Submitter:
         except KeyUnwell:  # raised only while the job is settled: another key sends it
             await self.budget.refund(spec)
             raise
-        if isinstance(outcome, Failed | NotSubmitted):
+        if isinstance(outcome, Failed | NotSubmitted | Requeued):
             await self.budget.refund(spec)  # nothing was created
         return outcome
 
@@ -159,6 +165,8 @@ class Submitter:
                 )
             except _Stopping:
                 return NotSubmitted("the run is stopping")
+            except _Overfull:
+                return Requeued()
             except WouldPayTwice as exc:  # a bug guard: the POST was not sent
                 log.error("%s", exc)
                 return Deferred(str(exc))
@@ -200,6 +208,8 @@ class Submitter:
         async with self._post_slot():
             if self.stopping():
                 raise _Stopping
+            if self.gate.room < 0:  # the backlog's margin is full: no deeper
+                raise _Overfull
             if self.refused is not None:
                 raise self.refused
             self.hand_over_if_unwell()
@@ -221,7 +231,7 @@ class Submitter:
                 remote = await self.api.submit(
                     spec.endpoint,
                     spec.body,
-                    webhook_url=self.settings.webhook_url,
+                    webhook_url=hook.for_key(spec.key) if (hook := self.settings.webhook) else None,
                     before_send=going_out,
                 )
             except AmbiguousSubmit as exc:
@@ -244,7 +254,7 @@ class Submitter:
         self.window.clean(received - posted)  # the round trip alone, not our fsync
         self._slots.total_tokens = self.window.level
         log.debug("→ submitted %s as %s", spec.key, remote.job_id)
-        return Sent(remote.job_id, sent, received)
+        return Sent(remote.job_id, sent, received, remote.status == JobStatus.BACKLOGGED)
 
     async def _answered(
         self, spec: JobSpec, state: KeyState, remote: RemoteJob, sent: float, received: float

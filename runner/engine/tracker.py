@@ -5,101 +5,31 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
-
-import anyio
+from collections.abc import Callable
+from dataclasses import replace
 
 from runner.api.backoff import jittered
 from runner.api.port import Api
 from runner.api.remote import JobStatus, RemoteJob
-from runner.engine.outcome import Deferred, Failed
-from runner.engine.retry import Clock, RetryPolicy, retrying
+from runner.engine.fetching import Fetcher
+from runner.engine.latency import TrackSettings, TypicalLatency
+from runner.engine.outcome import Deferred, Failed, Overdue
+from runner.engine.retry import Clock, retrying
 from runner.engine.watching import Lister, Watch
+from runner.engine.withdraw import cancel, look, withdraw
 from runner.errors import (
-    BadImage,
-    DiskError,
-    ExpiredUrl,
     FatalApiError,
     PermanentApiError,
     TransientApiError,
 )
-from runner.outputs import FileEntry
-from runner.outputs.writers import Fetched, Writer
-from runner.state.run_events import Downloaded, RunEvent, TransientError
+from runner.outputs.writers import Writer
+from runner.state.run_events import RunEvent
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class TrackSettings:
-    """How jobs are followed."""
-
-    poll_interval: float = 2.0
-    webhook_poll_interval: float = 30.0  # between looks at a job whose webhook is awaited
-    listing_gap: float = 0.0  # seconds between listing passes at least
-    job_timeout: float = 3 * 3600.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # poll_mode auto: with this many requests a second to spare for polls, a job whose model
-    # typically ends within SHORT_JOB intervals is polled on its own instead of listed.
-    alone_when_short: float | None = None
-
-    def polls_alone(self, typical: float | None) -> bool:
-        """Whether a job that typically takes ``typical`` seconds is best polled on its own:
-        its first poll then lands at its end, for about one request, and the listing's
-        passes (paced to spare the request rate) would see it later."""
-        if self.alone_when_short is None or typical is None:
-            return False
-        return typical <= SHORT_JOB * self.poll_interval
-
-
-SHORT_JOB = 4  # poll intervals: a job ending within this many is short (poll_mode auto)
-
-
-class TypicalLatency:
-    """How long each model's jobs take from creation to completion, learnt during the run.
-
-    A job is first polled when the quickest quarter of its model's recent jobs had ended,
-    not one interval after it was submitted: a model that takes 30 s is then not polled 15
-    times for nothing. The lower quartile rather than the median, because a job's time
-    includes any wait in the server's backlog, which the last jobs of a run no longer have.
-    """
-
-    SAMPLES = 64  # the recent jobs the quartile is taken over
-    MIN_SAMPLES = 5  # before that many, poll at the interval
-
-    def __init__(self) -> None:
-        self._seconds: dict[str, deque[float]] = {}
-
-    def observe(self, model: str, remote: RemoteJob) -> None:
-        if remote.status != JobStatus.COMPLETED:
-            return
-        if remote.created_at is None or remote.completed_at is None:
-            return
-        seconds = remote.completed_at - remote.created_at
-        if seconds >= 0:
-            self._seconds.setdefault(model, deque(maxlen=self.SAMPLES)).append(seconds)
-
-    def first_poll(self, model: str) -> float | None:
-        """Seconds after its creation to first poll a job of ``model`` (None: not known yet)."""
-        return self._quantile(model, 0.25)
-
-    def overdue(self, model: str) -> float | None:
-        """Seconds after which a job of ``model`` is slower than nine in ten of its peers: a
-        webhook not come by then is more likely lost than late (None: not known yet)."""
-        return self._quantile(model, 0.9)
-
-    def _quantile(self, model: str, share: float) -> float | None:
-        seconds = self._seconds.get(model)
-        if seconds is None or len(seconds) < self.MIN_SAMPLES:
-            return None
-        return sorted(seconds)[int(len(seconds) * share)]
-
-
-class Tracker:
-    """Polls jobs and downloads their results."""
+class Tracker(Fetcher):
+    """Polls jobs (the downloads of their results are ``Fetcher``'s)."""
 
     def __init__(
         self,
@@ -112,27 +42,12 @@ class Tracker:
         rng: random.Random | None = None,
         latency: TypicalLatency | None = None,
     ) -> None:
-        self.client = client
-        self.writer = writer
-        self.clock = clock
-        self.settings = settings
-        self.note = note
-        self.rng = rng or random.Random()
+        super().__init__(client, writer, clock, settings, note=note, rng=rng or random.Random())
         # Polls of a paid job never give up on errors before the job's own deadline.
         self._poll_retry = replace(settings.retry, max_errors=None)
         self.latency = latency or TypicalLatency()  # a pool's keys share what they learn
         self.watches: dict[str, Watch] = {}  # the jobs being followed, by remote id
         self.listing = False  # whether a Lister looks at them (else each is polled alone)
-
-    def _saw(self, exc: TransientApiError) -> None:
-        self.note(TransientError(exc.status, exc.overload))
-
-    def _count_error(self, exc: TransientApiError, delay: float) -> None:
-        self._saw(exc)
-
-    def _download_error(self, job_id: str, exc: TransientApiError, delay: float) -> None:
-        self._saw(exc)
-        log.debug("↻ job %s's download again in %.1f s: %s", job_id, delay, exc)
 
     def follow_listing(self, on_fatal: Callable[[FatalApiError], None]) -> Lister:
         """The loop that learns how every job stands from the listing (list mode)."""
@@ -182,7 +97,9 @@ class Tracker:
         *,
         created_after: float | None = None,
         webhook: bool = False,
-    ) -> RemoteJob | Failed | Deferred:
+        stragglers: bool = False,
+        backlogged: bool = False,
+    ) -> RemoteJob | Failed | Deferred | Overdue:
         """Follow a job until it ends or its timeout passes.
 
         The first look waits until jobs of ``model`` typically end (``exists_since``: when
@@ -193,11 +110,13 @@ class Tracker:
         are a safety net: a first look once it has run longer than nine in ten jobs of its
         model (so a lost delivery costs seconds, not the net's period), then one every
         webhook_poll_interval. ``created_after``: a lower bound of its creation time on the
-        server's clock, where the listing may stop looking.
+        server's clock, where the listing may stop looking. With ``stragglers``, a job still
+        queued or running past its model's straggler bound is returned ``Overdue`` (one in
+        the account's backlog is not: it waits behind our own jobs). ``backlogged``: its
+        submit's answer said it waits in the account's backlog (``backlog`` counts them).
         """
         interval = self.settings.webhook_poll_interval if webhook else self.settings.poll_interval
         now = self.clock.monotonic()
-        deadline = now + self.settings.job_timeout
         typical = None
         if model is not None:
             typical = self.latency.overdue(model) if webhook else self.latency.first_poll(model)
@@ -206,30 +125,91 @@ class Tracker:
         watch = Watch(job_id, interval, due=now + wait, created_after=created_after)
         if self.listing and not webhook and model is not None:
             watch.alone = self.settings.polls_alone(self.latency.first_poll(model))
+        if backlogged:
+            watch.status = JobStatus.BACKLOGGED.value
+        age = 0.0 if exists_since is None else max(0.0, self.clock.time() - exists_since)
         self.watches[job_id] = watch
         try:
-            while True:
-                now = self.clock.monotonic()
-                listed = self.listing and not watch.alone
-                wake = deadline if listed else min(deadline, watch.due)
-                await watch.wait(self.clock, wake - now)
-                remote = watch.latest
-                if remote is None and (watch.poll_now or self.clock.monotonic() >= watch.due):
-                    polled = await self._poll(watch, deadline)
-                    if not isinstance(polled, RemoteJob):
-                        return polled
-                    remote = polled if polled.status.terminal else None
-                if remote is not None:
-                    if model is not None:
-                        self.latency.observe(model, remote)
-                    return remote
-                if self.clock.monotonic() >= deadline:
-                    cancelled = await self.cancel(job_id)
-                    ending = "cancelled" if cancelled else "could not be cancelled: may be billed"
-                    return Failed(f"timed out after {self.settings.job_timeout:g} s; {ending}")
+            return await self._watch(watch, model, now - age, stragglers, webhook)
         finally:
             if self.watches.get(job_id) is watch:
                 del self.watches[job_id]
+                if watch.status != JobStatus.BACKLOGGED.value:
+                    self._next_starts()
+
+    @property
+    def backlog(self) -> int:
+        """Jobs of this key last known to wait in the account's backlog."""
+        waiting = JobStatus.BACKLOGGED.value
+        return sum(1 for watch in self.watches.values() if watch.status == waiting)
+
+    def _next_starts(self) -> None:
+        """A job of ours left its slot: the oldest of ours in the backlog takes it, as the
+        account runs its backlog in order (until a look says otherwise)."""
+        for watch in self.watches.values():
+            if watch.status == JobStatus.BACKLOGGED.value:
+                watch.status = JobStatus.QUEUED.value
+                return
+
+    async def _watch(
+        self, watch: Watch, model: str | None, born: float, stragglers: bool, webhook: bool
+    ) -> RemoteJob | Failed | Deferred | Overdue:
+        """``wait``'s loop; ``born``: when the job came to exist (monotonic)."""
+        deadline = self.clock.monotonic() + self.settings.job_timeout
+        straggling = model if stragglers else None  # the model whose bound applies
+        while True:
+            now = self.clock.monotonic()
+            check = None  # when to read the sightings for a straggler
+            if straggling is not None:
+                at = self._straggler_look(watch, straggling, born)
+                # No bound yet: it is learnt as jobs end. Past it: read each interval.
+                check = now + self.settings.poll_interval if at is None or at <= now else at
+                if at is not None and webhook and watch.seen_at < at:
+                    watch.due = min(watch.due, at)  # the safety net's looks are far apart
+            listed = self.listing and not watch.alone
+            wake = deadline if listed else min(deadline, watch.due)
+            if check is not None:
+                wake = min(wake, check)
+            await watch.wait(self.clock, wake - now)
+            remote = watch.latest
+            due = self.clock.monotonic() >= (deadline if listed else watch.due)
+            if remote is None and (watch.poll_now or due):
+                polled = await self._poll(watch, deadline)
+                if not isinstance(polled, RemoteJob):
+                    return polled
+                remote = polled if polled.status.terminal else None
+            if remote is None and straggling is not None:
+                overdue = self._overdue(watch, straggling, born)
+                if overdue is not None:
+                    return overdue
+            if remote is not None:
+                if model is not None:
+                    self.latency.observe(model, remote)
+                return remote
+            if self.clock.monotonic() >= deadline:
+                back = await self.withdraw(watch.job_id)
+                cancelled = back is not None and back.status == JobStatus.CANCELLED
+                ending = "cancelled" if cancelled else "could not be cancelled: may be billed"
+                return Failed(f"timed out after {self.settings.job_timeout:g} s; {ending}")
+
+    def _straggler_look(self, watch: Watch, model: str, born: float) -> float | None:
+        """When the job is a straggler if still queued or running (monotonic): once past its
+        bound (None: no bound is known yet)."""
+        bound = self.settings.straggler_bound(self.latency, model)
+        return None if bound is None else max(born + bound, watch.spared_until)
+
+    def _overdue(self, watch: Watch, model: str, born: float) -> Overdue | None:
+        """``Overdue`` when the job was seen queued or running (by the listing or a poll)
+        since it passed its straggler bound; one seen in the account's backlog waits behind
+        our own jobs, and is looked at again a bound later."""
+        at = self._straggler_look(watch, model, born)
+        if at is None or watch.status is None or watch.seen_at < at:
+            return None
+        if watch.status == JobStatus.BACKLOGGED.value:
+            bound = self.settings.straggler_bound(self.latency, model) or 0.0
+            watch.spared_until = self.clock.monotonic() + max(bound, watch.interval)
+            return None
+        return Overdue(watch.job_id, watch.status)
 
     async def _poll(self, watch: Watch, deadline: float) -> RemoteJob | Failed | Deferred:
         """``GET /jobs/{id}`` for one job, retried until its deadline; schedules the next."""
@@ -250,24 +230,10 @@ class Tracker:
         except PermanentApiError as exc:
             return Failed(f"the remote job {job_id} is gone: {exc}")
         now = self.clock.monotonic()
+        if not remote.status.terminal:
+            watch.saw(remote.status.value, now)
         later = watch.due + jittered(watch.interval, rng=self.rng)
         watch.due = max(later, now + watch.interval / 2)
-        return remote
-
-    async def _fresh_urls(self, remote: RemoteJob, index: int) -> RemoteJob | Deferred:
-        """The job fetched again, for result URLs that work (or a reason why not)."""
-        try:
-            remote = await retrying(
-                functools.partial(self.client.get_job, remote.job_id),
-                self.settings.retry,
-                self.clock,
-                self.rng,
-                on_error=self._count_error,
-            )
-        except (TransientApiError, PermanentApiError) as exc:
-            return Deferred(f"could not refresh its image URLs: {exc}")
-        if len(remote.urls) <= index:
-            return Deferred("the job no longer lists its images")
         return remote
 
     def _first_wait(self, typical: float | None, exists_since: float | None) -> float | None:
@@ -282,113 +248,13 @@ class Tracker:
         return max(interval, typical - elapsed) + spread
 
     async def cancel(self, job_id: str) -> bool:
-        """Ask the server to cancel a job; True when it said yes."""
-        with anyio.CancelScope(shield=True), self.clock.move_on_after(10):
-            try:
-                await self.client.cancel(job_id)
-                return True
-            except (TransientApiError, PermanentApiError) as exc:
-                log.debug("could not cancel %s: %s", job_id, exc)
-        return False
+        """Ask the server to cancel a job; True when it said yes (not proof: ``withdraw``)."""
+        return await cancel(self.client, self.clock, job_id)
 
-    async def download_all(
-        self,
-        remote: RemoteJob,
-        stem: str,
-        partial_name: str,
-        provenance: Mapping[str, Any] | None = None,
-    ) -> list[FileEntry] | Deferred | Failed:
-        """Every result of ``remote`` into images/STEM(-N).ext, each atomically.
+    async def look(self, job_id: str) -> RemoteJob | None:
+        """The job as it stands now, in one GET (None: it could not be read)."""
+        return await look(self.client, job_id)
 
-        ``partial_name`` names the hidden file a download is streamed into (unique per job);
-        ``provenance`` is written into each image (runner.outputs.provenance) before it is placed.
-        """
-        if provenance is not None:
-            provenance = {**provenance, "job_id": remote.job_id}
-            if provenance.get("seed") is None and remote.seed is not None:
-                provenance["server_seed"] = remote.seed  # none was sent: the one it chose
-        files = []
-        limit = self.settings.job_timeout
-        deadline = self.clock.monotonic() + limit
-        with self.clock.move_on_after(limit):  # tries included: a trickle cannot hold the job
-            for index in range(len(remote.urls)):
-                suffix = "" if index == 0 else f"-{index}"
-                got = await self._download_one(
-                    remote, index, stem + suffix, partial_name + suffix, provenance, deadline
-                )
-                if isinstance(got, Deferred | Failed):
-                    return got
-                remote, entry = got
-                files.append(entry)
-            return files
-        log.warning("… job %s's images did not arrive within %g s", remote.job_id, limit)
-        return Deferred(f"its images did not arrive within the job timeout ({limit:g} s)")
-
-    async def _download_one(
-        self,
-        remote: RemoteJob,
-        index: int,
-        stem: str,
-        partial_name: str,
-        provenance: Mapping[str, Any] | None,
-        deadline: float,
-    ) -> tuple[RemoteJob, FileEntry] | Deferred | Failed:
-        part = self.writer.partial_path(partial_name)
-        refreshes = bad_images = 0
-        while True:
-            url = remote.urls[index]
-            try:
-                download = await retrying(
-                    functools.partial(self.client.download, url, part),
-                    self.settings.retry,
-                    self.clock,
-                    self.rng,
-                    on_error=functools.partial(self._download_error, remote.job_id),
-                    give_up_at=deadline,
-                )
-                fetched = Fetched(
-                    download.path,
-                    download.sha256,
-                    download.bytes,
-                    download.content_type,
-                    url,
-                    download.data,
-                )
-                try:
-                    entry = await anyio.to_thread.run_sync(
-                        self.writer.place, fetched, stem, provenance
-                    )
-                except OSError as exc:  # the disk, not the image: ours to stop for
-                    raise DiskError(str(part.parent), exc) from exc
-                break
-            except BadImage as exc:
-                bad_images += 1
-                if bad_images > 1:  # fetched again, and again not an image
-                    return Failed(str(exc))
-                log.debug("↻ job %s's image is unusable: fetching the job again", remote.job_id)
-            except ExpiredUrl as exc:
-                refreshes += 1
-                if refreshes > (self.settings.retry.max_errors or 8):
-                    return Deferred(f"its image URLs keep expiring: {exc}")
-                log.debug("↻ job %s's image URL expired: fetching the job again", remote.job_id)
-            except TransientApiError as exc:
-                return Deferred(f"download kept failing: {exc}")
-            except PermanentApiError as exc:  # an unusable URL: fetching the job gives it again
-                return Deferred(f"cannot download its image: {exc}")
-            fresh = await self._fresh_urls(remote, index)
-            if isinstance(fresh, Deferred):
-                return fresh
-            remote = fresh
-        self.note(Downloaded(download.bytes))
-        return remote, entry
-
-
-class Deliveries:
-    """Where a run's webhook receiver hands each job's end: to whichever key follows it."""
-
-    def __init__(self) -> None:
-        self.trackers: list[Tracker] = []
-
-    def deliver(self, remote: RemoteJob) -> bool:
-        """Wake the task following ``remote`` (False: not a job in flight)."""
-        return any(tracker.delivered(remote) for tracker in self.trackers)
+    async def withdraw(self, job_id: str) -> RemoteJob | None:
+        """Cancel a job and read it back (``runner.engine.withdraw``)."""
+        return await withdraw(self.client, self.clock, job_id, self.settings.poll_interval)

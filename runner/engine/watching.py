@@ -51,12 +51,19 @@ class Watch:
     missed: int = 0  # listing passes in a row it was due and not seen
     poll_now: bool = False  # ask for it on its own at once
     alone: bool = False  # past the listing's reach: polled on its own from now on
+    spared_until: float = 0.0  # not a straggler before then (monotonic): it was backlogged
+    status: str | None = None  # its status when last seen not ended (None: not seen yet)
+    seen_at: float = -math.inf  # when it was last seen so (monotonic)
     _news: anyio.Event = field(default_factory=anyio.Event)
 
     def tell(self, remote: RemoteJob) -> None:
         """The job has ended (a listing or a webhook says so): wake its task."""
         self.latest = remote
         self._news.set()
+
+    def saw(self, status: str, at: float) -> None:
+        """The job was seen not ended, with ``status``, at ``at`` (monotonic)."""
+        self.status, self.seen_at = status, at
 
     def ask_alone(self) -> None:
         self.poll_now = True
@@ -224,6 +231,7 @@ class Lister:
             unseen.discard(job.job_id)
             watch.missed = 0
             if job.status not in _TERMINAL_TEXT:
+                watch.saw(job.status, started)
                 if watch.due <= started:
                     watch.due = started + jittered(watch.interval, rng=self.rng)
                 continue

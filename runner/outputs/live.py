@@ -52,6 +52,8 @@ def payload(
         "done": stats.done,
         "failed": counts.failed,
         "ambiguous": counts.ambiguous_jobs,
+        "stragglers": counts.stragglers,
+        "cancelled": counts.cancelled,
         "in_flight": stats.in_flight,
         "posting": stats.posting,
         "unfinished": counts.unfinished,

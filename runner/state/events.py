@@ -61,6 +61,26 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
+class JobCancelled:
+    """A remote job was cancelled and read back ``cancelled``: it is not billed. When it is
+    the key's current job, the key may be sent again (``why`` says what made us cancel it:
+    one of ``runner.state.events.CANCEL_REASONS``); any other is a job of ours the folder
+    now knows, never anyone's candidate."""
+
+    key: str
+    attempt: int
+    job_id: str
+    why: str
+
+
+# Why a job of ours was cancelled: it ran far past its model's usual time; the run stopped
+# while it waited in the backlog; a lost answer's reconciliation (an exclusive account);
+# --cancel-on-exit.
+STRAGGLER, STOPPED, RECONCILED, ON_EXIT = "straggler", "stopped", "reconciled", "on exit"
+CANCEL_REASONS = (STRAGGLER, STOPPED, RECONCILED, ON_EXIT)
+
+
+@dataclass(frozen=True, slots=True)
 class Ambiguous:
     """An answer was lost and nothing proves which job, if any, is the key's."""
 
@@ -114,7 +134,17 @@ class Asset:
 
 
 Event = (
-    Submitting | Submitted | Lost | Retry | Ambiguous | Released | Reopened | Done | Refetch | Asset
+    Submitting
+    | Submitted
+    | Lost
+    | Retry
+    | JobCancelled
+    | Ambiguous
+    | Released
+    | Reopened
+    | Done
+    | Refetch
+    | Asset
 )
 
 
@@ -134,6 +164,8 @@ def encode(event: Event) -> dict[str, Any]:
             return {"e": "lost", "k": key, "a": attempt}
         case Retry(key, attempt, job_id, error):
             return {"e": "retry", "k": key, "a": attempt, "id": job_id, "error": error}
+        case JobCancelled(key, attempt, job_id, why):
+            return {"e": "cancelled", "k": key, "a": attempt, "id": job_id, "why": why}
         case Ambiguous(key, attempt, candidates, why, _):
             line = {"e": "ambiguous", "k": key, "a": attempt, "candidates": list(candidates)}
             return line | ({"why": why} if why is not None else {})
@@ -182,6 +214,7 @@ _REQUIRED = {
     "submitted": ("k", "id"),
     "lost": ("k",),
     "retry": ("k",),
+    "cancelled": ("k", "id", "why"),
     "ambiguous": ("k", "candidates"),
     "unresolved": ("k", "candidates"),
     "released": ("k",),
@@ -221,6 +254,8 @@ def decode(line: Mapping[str, Any]) -> Event | None:
         return Lost(key, attempt)
     if kind == "retry":
         return Retry(key, attempt, line.get("id"), line.get("error"))
+    if kind == "cancelled":
+        return JobCancelled(key, attempt, line["id"], line["why"])
     if kind in ("ambiguous", "unresolved"):
         return Ambiguous(key, attempt, tuple(line["candidates"]), line.get("why"), kind)
     if kind == "released":

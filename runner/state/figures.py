@@ -55,7 +55,9 @@ class Counts:
     ambiguous_before: int = 0  # ... of them ambiguous, and not released (--retry-ambiguous)
     resumed: int = 0  # already submitted by an earlier run, polled again
     deferred: int = 0  # left for the next run (download or check failed)
-    cancelled: int = 0  # cancelled on exit; the next run submits them again
+    cancelled: int = 0  # cancelled, unbilled, as the run stopped; the next run submits them
+    stragglers: int = 0  # jobs far past their model's time: cancelled (unbilled), sent again
+    reconciled: int = 0  # jobs of an exclusive account's lost answers cancelled unbilled
     not_started: int = 0  # never submitted because the run stopped early
     submits: int = 0  # POSTs accepted by the server
     retries: int = 0  # resubmits after a remote failure

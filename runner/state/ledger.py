@@ -16,10 +16,13 @@ from typing import Any
 
 from runner.api.skew import ClockSkew
 from runner.state.events import (
+    RECONCILED,
+    STRAGGLER,
     Ambiguous,
     Asset,
     Done,
     Event,
+    JobCancelled,
     Lost,
     Refetch,
     Released,
@@ -81,6 +84,7 @@ class KeyState:
     done_error: str | None = None
     account: str | None = None  # the fingerprint of the key its last POST went with
     refetching: bool = False  # finished, its image lost: fetched again from its job (no POST)
+    straggled: int = 0  # its jobs cancelled for running far past their model's time
     phase: Phase = Phase.NEW  # where it stands: set by the fold alone, from the fields above
 
     @property
@@ -162,6 +166,10 @@ def _count_journaled(counts: Counts, event: Event, again: bool = False) -> None:
             counts.adopted += adopted
         case Retry(error=error) if error != CANCELLED_ON_EXIT:
             counts.retries += 1
+        case JobCancelled(why=why) if why == STRAGGLER:
+            counts.stragglers += 1
+        case JobCancelled(why=why) if why == RECONCILED:
+            counts.reconciled += 1
         case Ambiguous():
             counts.unmatched += 1
         case Refetch():
@@ -262,10 +270,16 @@ def apply_to_states(ledger: RunLedger, event: Event, offset: int | None = None) 
             # An adopted job's times say nothing of the clocks: only answered POSTs measure them.
             if sent is not None and answered is not None and created is not None and not adopted:
                 ledger.skew = ledger.skew.observe(sent, answered, created)
-        case Lost():
+        case Lost():  # proven to have made nothing: a job it was in doubt about too
             state.pending_since = state.pending_skew = None
+            state.candidates, state.doubt = (), None
         case Retry():
             state.job_id = None
+        case JobCancelled(_, _, job_id, why):
+            ledger.known_ids.add(job_id)  # ours: never a lost POST's candidate
+            if state.job_id == job_id:  # read back cancelled, not billed: it may go again
+                state.job_id = None
+                state.straggled += why == STRAGGLER
         case Ambiguous(_, _, candidates, why):
             state.pending_since = state.pending_skew = None
             state.candidates = candidates
