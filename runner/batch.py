@@ -95,29 +95,13 @@ async def run_batch(
     folder = OutputFolder(_local_root(str(out), destination, state_dir))
     clock = clock or SystemClock()
     started = clock.time()
+    wiring = Wiring(base_url, keys, key_source, connect, clock, webhook, metrics_file, listen)
     async with coordinated(coordinator, clock) as joined, contextlib.AsyncExitStack() as stack:
         stack.enter_context(folder)
-        await _claim(folder, destination, manifest, options, base_url, str(out), append)
-        writer = open_writer(
-            folder,
-            manifest.settings.format,
-            manifest.settings.shard_size,
-            destination,
-            manifest.var_names,
-        )
-        budget = None if joined is None else shared_budget(joined, manifest, options, out)
-        wiring = Wiring(
-            base_url,
-            keys,
-            key_source,
-            connect,
-            clock,
-            webhook,
-            metrics_file,
-            joined,
-            budget,
-            listen,
-        )
+        writer = await _claim(folder, destination, manifest, options, base_url, str(out), append)
+        if joined is not None:
+            budget = shared_budget(joined, manifest, options, out)
+            wiring = dataclasses.replace(wiring, coordinator=joined, budget=budget)
         ran = await _run_engine(manifest, folder, writer, options, wiring, on_progress)
         finishing = Finishing(folder, writer, destination, manifest, str(out), base_url)
         result = await finishing.finish(ran, started, clock.time())
@@ -159,9 +143,9 @@ async def _claim(
     base_url: str,
     out: str,
     append: bool,
-) -> None:
+) -> Writer:
     """Make the folder this run's: its format and identity (a remote destination's read
-    first, when this machine has no state for it)."""
+    first, when this machine has no state for it); the writer of its format."""
     if destination.remote and not folder.journal_path.exists():
         # Another machine's run, or a lost state folder: what the destination holds is
         # read from its results and shard listing, and never paid for again.
@@ -175,6 +159,10 @@ async def _claim(
         shard=options.shard,
     )
     claim_identity(folder.root, wanted, out, append=append)
+    settings = manifest.settings
+    return open_writer(
+        folder, settings.format, settings.shard_size, destination, manifest.var_names
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,9 +176,9 @@ class Wiring:
     clock: Clock
     webhook: WebhookSettings | None
     metrics_file: str | Path | None
+    listen: Listen = receiving  # serves the webhook receiver (tests: in-process)
     coordinator: Coordinator | None = None
     budget: Budget | None = None  # one over every process of the split (a coordinator's)
-    listen: Listen = receiving  # serves the webhook receiver (tests: in-process)
 
 
 async def _run_engine(
