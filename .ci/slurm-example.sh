@@ -222,7 +222,8 @@ before=$(stats submits)
 rerun "$RERUN"
 [ "$code" = 0 ] || fail "task $RERUN alone exited $code: $(cat "$log")"
 [ "$(stats submits)" = "$before" ] || fail "task $RERUN alone sent jobs again"
-grep -q '^0 completed, 0 failed, [0-9]* already done' "$log" ||
+# The sbatch script logs JSON: its closing line is an object with the counts as fields.
+grep -q '"completed": 0, "failed": 0, "ambiguous": 0, "already_done": [1-9]' "$log" ||
   fail "task $RERUN alone did not resume its shard: $(cat "$log")"
 say "task $RERUN alone: shard $((RERUN + 1)) of 8 from its folder, nothing sent"
 
