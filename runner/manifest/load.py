@@ -203,7 +203,10 @@ def _check_placeholders(
         if found not in names and not (found == "prompt" and field_name == "prompt_template")
     ]
     for prompt in prompts:
-        used.update(PLACEHOLDER.findall(prompt.text))
+        text = prompt.text
+        if "{" not in text and not from_columns and not prompt.columns and text.strip():
+            continue  # no placeholder, no column, not empty: nothing to check (most rows)
+        used.update(PLACEHOLDER.findall(text))
         with ctx.collecting():
             _check_prompt(ctx, path, prompt, names, from_columns)
     for where, text in param_templates(raw, path):
