@@ -123,6 +123,8 @@ class Emulator(EmulatorCore):
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = NOT_JSON
+        except ConnectionResetError:  # the client went away mid-request (a kill -9)
+            raise Dropped from None
         webhook = request.headers.get("X-Webhook-URL")
         return _response(self.submit(account, endpoint, body, webhook, base))
 
