@@ -19,6 +19,7 @@ that has not ended, unless the fate queued for it in ``cancel_fates`` says other
     late      the job completes just before the DELETE lands: refused 409, billed
     lost      cancelled, the answer lost (the client sees an error)
     refused   the server keeps the job running: 409
+    error     a 502 before the DELETE reaches the job (it keeps running)
 """
 
 from __future__ import annotations
@@ -219,6 +220,9 @@ class FakeApi:
         fate = self.cancel_fates.popleft() if self.cancel_fates else "ok"
         self.log.append((self.clock.now, "cancel:" + fate, job_id))
         await self.clock.sleep(self.rtt / 2)
+        if fate == "error":
+            await self.clock.sleep(self.rtt / 2)
+            raise TransientApiError(f"DELETE /jobs/{job_id}: 502 Bad Gateway", status=502)
         if fate == "late" and not self.status(job_id).terminal:
             self._ends[job_id] = self.clock.now  # it completed as the DELETE travelled
         ended = self.status(job_id).terminal

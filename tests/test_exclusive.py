@@ -112,6 +112,36 @@ async def test_a_cancel_that_does_not_take_leaves_the_job_ambiguous(tmp_path: Pa
         assert billed(rig.api, 0) == 1
 
 
+async def test_a_cancel_that_fails_on_the_way_is_sent_again_and_the_job_goes_once(
+    tmp_path: Path,
+) -> None:
+    """A 502 to a DELETE says nothing of the job: the DELETE is sent again, not given up
+    on (which left the lost POST ambiguous over a job still running)."""
+    async with rig_on(tmp_path, owner=EXCLUSIVE) as rig:
+        rig.api.create(None, at=START + 0.1)
+        rig.api.fates.append("lost")
+        rig.api.cancel_fates.extend(["error", "error", "ok", "error"])
+        outcome = await rig.submitter.submit(spec(0), rig.state(0))
+        assert isinstance(outcome, Sent)
+        assert billed(rig.api, 0) == 1
+        assert len(rig.api.cancelled) == 2
+
+
+async def test_the_candidates_are_cancelled_together_not_one_after_another(
+    tmp_path: Path,
+) -> None:
+    """Each second spent cancelling one candidate is a second in which another completes and
+    bills: all the DELETEs of a round are on the wire at once."""
+    async with rig_on(tmp_path, owner=EXCLUSIVE) as rig:
+        for n in range(4):
+            rig.api.create(None, at=START + 0.1 + n / 100)
+        rig.api.fates.append("lost")
+        await rig.submitter.submit(spec(0), rig.state(0))
+        sent = [at for at, kind, _ in rig.api.log if kind.startswith("cancel:")]
+        assert len(sent) == 5
+        assert max(sent) - min(sent) < rig.api.rtt, "the DELETEs went one after another"
+
+
 def test_reconcile_sends_again_what_was_cancelled_and_adopts_a_completed_job_told_apart() -> None:
     a, b = LostPost("a", 10.0, 10.2), LostPost("b", 10.1, 10.3)
     cancelled = [Candidate("x", 10.15, "cancelled"), Candidate("y", 10.18, "failed")]

@@ -21,7 +21,10 @@ from tests.engine_helpers import FAST, check_folder, manifest_text, read_results
 JOBS = 8
 
 
-async def start_runner(manifest: Path, out: Path, url: str) -> asyncio.subprocess.Process:
+async def start_runner(
+    manifest: Path, out: Path, url: str, extra: tuple[str, ...] = ()
+) -> asyncio.subprocess.Process:
+    """The CLI's ``run`` in a child process (``extra``: more flags)."""
     env = {**os.environ, "KREA_API_TOKEN": "secret-token-do-not-leak"}
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -33,6 +36,7 @@ async def start_runner(manifest: Path, out: Path, url: str) -> asyncio.subproces
         str(out),
         "--api-base",
         url,
+        *extra,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -40,7 +44,14 @@ async def start_runner(manifest: Path, out: Path, url: str) -> asyncio.subproces
     )
 
 
-async def kill_at(emu: RunningEmulator, event: str, nth: int, manifest: Path, out: Path) -> None:
+async def kill_at(
+    emu: RunningEmulator,
+    event: str,
+    nth: int,
+    manifest: Path,
+    out: Path,
+    extra: tuple[str, ...] = (),
+) -> None:
     """Run the CLI and SIGKILL it when the emulator sees its ``nth`` request of kind ``event``."""
     seen = 0
     moment = asyncio.Event()
@@ -53,7 +64,7 @@ async def kill_at(emu: RunningEmulator, event: str, nth: int, manifest: Path, ou
                 moment.set()
 
     emu.emulator.observers.append(watch)
-    process = await start_runner(manifest, out, emu.url)
+    process = await start_runner(manifest, out, emu.url, extra)
     waiter = asyncio.create_task(moment.wait())
     finished = asyncio.create_task(process.wait())
     done, _ = await asyncio.wait(
@@ -66,8 +77,10 @@ async def kill_at(emu: RunningEmulator, event: str, nth: int, manifest: Path, ou
     emu.emulator.observers.remove(watch)
 
 
-async def run_to_end(emu: RunningEmulator, manifest: Path, out: Path) -> tuple[int, str]:
-    process = await start_runner(manifest, out, emu.url)
+async def run_to_end(
+    emu: RunningEmulator, manifest: Path, out: Path, extra: tuple[str, ...] = ()
+) -> tuple[int, str]:
+    process = await start_runner(manifest, out, emu.url, extra)
     _, stderr = await asyncio.wait_for(process.communicate(), 90)
     return process.returncode or 0, stderr.decode()
 

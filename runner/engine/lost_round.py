@@ -232,20 +232,26 @@ class LostRounds:
         new matching and the cancels to journal ahead of it."""
         doubted = [p for p in posts if p.key in found.ambiguous]
         states = self.journal.ledger.states
-        cancels: list[Event] = []
-        read: dict[str, Candidate] = {}
+        owners: dict[str, str] = {}  # each candidate, under the first POST it may be of
         for post in doubted:
             for job_id in found.ambiguous[post.key]:
-                job = jobs[job_id]
-                if job_id in read or job.status in ENDED:
-                    read.setdefault(job_id, job)
-                    continue
-                pause = self.settings.lost_answer_wait
-                back = await withdraw(self.api, self.clock, job_id, pause)
-                read[job_id] = replace(job, status=back.status.value if back else "unread")
-                if back is not None and back.status.value == "cancelled":
-                    state = states[post.key]
-                    cancels.append(JobCancelled(post.key, state.attempts, job_id, RECONCILED))
+                owners.setdefault(job_id, post.key)
+        read = {job_id: jobs[job_id] for job_id in owners if jobs[job_id].status in ENDED}
+        running = [job_id for job_id in owners if job_id not in read]
+        pause = self.settings.lost_answer_wait
+
+        async def withdrawn(job_id: str) -> None:
+            back = await withdraw(self.api, self.clock, job_id, pause)
+            read[job_id] = replace(jobs[job_id], status=back.status.value if back else "unread")
+
+        async with anyio.create_task_group() as group:  # every candidate at once: each
+            for job_id in running:  # second one waits, another may complete and bill
+                group.start_soon(withdrawn, job_id)
+        cancels: list[Event] = []
+        for job_id in running:
+            if read[job_id].status == "cancelled":
+                key = owners[job_id]
+                cancels.append(JobCancelled(key, states[key].attempts, job_id, RECONCILED))
         again = reconcile(doubted, read.values(), after)
         log.warning(
             "? exclusive account: %d candidate(s) of %d lost submit(s) cancelled unbilled; "

@@ -16,7 +16,7 @@ from runner.engine.latency import TrackSettings, TypicalLatency
 from runner.engine.outcome import Deferred, Failed, Overdue
 from runner.engine.retry import Clock, retrying
 from runner.engine.watching import Lister, Watch
-from runner.engine.withdraw import cancel, look, withdraw
+from runner.engine.withdraw import look, withdraw
 from runner.errors import (
     FatalApiError,
     PermanentApiError,
@@ -246,10 +246,6 @@ class Tracker(Fetcher):
         interval = self.settings.poll_interval
         spread = self.rng.uniform(0.0, min(0.005 * typical, 0.05 * interval))
         return max(interval, typical - elapsed) + spread
-
-    async def cancel(self, job_id: str) -> bool:
-        """Ask the server to cancel a job; True when it said yes (not proof: ``withdraw``)."""
-        return await cancel(self.client, self.clock, job_id)
 
     async def look(self, job_id: str) -> RemoteJob | None:
         """The job as it stands now, in one GET (None: it could not be read)."""
