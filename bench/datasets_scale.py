@@ -25,7 +25,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from emulator_process import emulator_process
+from emulator_process import emulator_process, paid_jobs
 
 from runner.batch import run_batch
 from runner.engine import EngineOptions
@@ -98,6 +98,7 @@ def main() -> None:
         started = time.perf_counter()
         result = asyncio.run(run_batch(path, out, api_base=url, token="bench", options=options))
         wall = time.perf_counter() - started
+        paid = paid_jobs(url)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         started = time.perf_counter()
         again = asyncio.run(run_batch(path, out, api_base=url, token="bench", options=options))
@@ -113,6 +114,7 @@ def main() -> None:
     scale = 1_000_000 / args.jobs
     print(f"format              {args.format} (shards of {args.shard_size:,})")
     print(f"jobs                {result.counts.completed:,} of {planned:,} completed")
+    print(f"paid jobs           {paid:,} (billed: completed at the server)")
     print(f"throughput          {result.counts.completed / wall:.1f} jobs/s ({wall:.0f} s)")
     print(f"peak RSS (runner)   {rss:.0f} MiB")
     if WRITES:

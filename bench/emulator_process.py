@@ -30,6 +30,21 @@ async def wait_until_up(url: str) -> None:
     raise RuntimeError("the emulator did not start")
 
 
+def paid_jobs(url: str) -> int:
+    """The jobs the emulator has billed so far (completed at the server, in every account):
+    what a run costs, unlike its submits, some of which end cancelled or failed."""
+
+    async def read() -> int:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url + "/_emulator/stats") as response,
+        ):
+            data = await response.json()
+        return int(data.get("paid", 0))
+
+    return asyncio.run(read())
+
+
 @contextlib.contextmanager
 def emulator_process(*flags: str) -> Iterator[str]:
     """Serve an emulator with these `serve` flags in a child process; yields its base URL."""

@@ -25,8 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-from emulator_process import emulator_process
+from emulator_process import emulator_process, paid_jobs
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,20 +55,6 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     return time.perf_counter() - started, usage.ru_utime + usage.ru_stime, child.returncode
-
-
-def completed(url: str, jobs_before: int) -> int:
-    import asyncio
-
-    async def read() -> int:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(url + "/_emulator/stats") as response,
-        ):
-            data = await response.json()
-        return int(data.get("jobs_by_status", {}).get("completed", 0)) - jobs_before
-
-    return asyncio.run(read())
 
 
 def manifest(row: Row, folder: Path, extra: str = "") -> Path:
@@ -108,13 +93,13 @@ def run_row(name: str, row: Row) -> None:
         ours += ["--api-base", url, "--out", str(ours_out)]
         env = {**os.environ, "KREA_API_TOKEN": "bench"}
         for client, command in (("naive script", naive), ("krea-batch", ours)):
-            before = completed(url, 0)
+            before = paid_jobs(url)
             wall, cpu, code = timed(command, env)
-            done = completed(url, before)
+            done = paid_jobs(url) - before  # completed at the server: billed
             share = done / wall / ideal
             print(
                 f"{name:8} {client:13} {share:.2f} of ideal  {cpu * 1000 / max(1, done):5.2f} ms "
-                f"CPU/job  {wall:5.1f} s  {done}/{row.jobs} done  exit {code}",
+                f"CPU/job  {wall:5.1f} s  {done}/{row.jobs} paid  exit {code}",
                 flush=True,
             )
 
