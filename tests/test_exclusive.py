@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from runner.engine.lost_round import Ownership
 from runner.engine.matching import Candidate, LostPost, reconcile
 from runner.engine.outcome import Doubted, Sent
@@ -38,7 +40,7 @@ async def test_a_key_not_declared_exclusive_never_cancels_a_job_it_cannot_prove_
 
 
 async def test_on_an_exclusive_account_the_windows_jobs_are_cancelled_then_the_job_is_sent_once(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with rig_on(tmp_path, owner=EXCLUSIVE) as rig:
         rig.api.create(None, at=START + 0.1)  # ours too: nobody else submits with this key
@@ -58,6 +60,9 @@ async def test_on_an_exclusive_account_the_windows_jobs_are_cancelled_then_the_j
         resent = [e for e in lines if isinstance(e, Submitted)]
         assert [e.job_id for e in resent] == [rig.state(0).job_id]
         assert rig.state(0).job_id not in rig.api.cancelled
+    said = caplog.text
+    assert "no job its lost submit may have made was billed" in said
+    assert "created no job" not in said, "its POST did create a job: it was cancelled"
 
 
 async def test_a_candidate_that_completes_as_its_cancel_travels_is_adopted_not_paid_twice(
@@ -155,6 +160,16 @@ def test_reconcile_sends_again_what_was_cancelled_and_adopts_a_completed_job_tol
     assert running.ambiguous == {"a": ("x",)}
     surely = LostPost("a", 10.0, 10.2, created=True)
     assert reconcile([surely], [], MEASURED).unseen == ["a"], "its job is not listed yet"
+
+
+def test_a_lost_post_with_no_completed_job_in_its_window_is_sent_again() -> None:
+    """Three POSTs joined by a cancelled job: the completed one could be a's or b's, never
+    c's, so c's job was not billed, whichever it was: c goes again, a and b stay ambiguous."""
+    a, b, c = LostPost("a", 10.0, 10.2), LostPost("b", 10.1, 10.3), LostPost("c", 10.25, 10.5)
+    jobs = [Candidate("x", 10.15, "completed"), Candidate("y", 10.28, "cancelled")]
+    found = reconcile([a, b, c], jobs, MEASURED)
+    assert found.resend == ["c"]
+    assert found.ambiguous == {"a": ("x",), "b": ("x",)}
 
 
 def _sibling(folder: Path, jobs: list[str], pending: bool = False) -> None:

@@ -134,7 +134,11 @@ class LostRounds:
                 before = state.pending_skew or self.journal.ledger.skew  # older journals: none
                 self._lost[key] = LostPost(key, state.pending_since, ended, before=before)
         if self._lost:
-            log.info("checking %d submit(s) an earlier run left unanswered", len(self._lost))
+            log.info(
+                "checking %d submit(s) an earlier run left unanswered (key %s)",
+                len(self._lost),
+                self.api.account,
+            )
             async with self._round:
                 await self._match_round(settle=False)
             self._outcomes.clear()
@@ -168,9 +172,10 @@ class LostRounds:
             )
             found.adopted.update(named)
             cancels: list[Event] = []
+            unbilled: Collection[str] = ()
             if doubt is None and found.ambiguous and self._ours(scan):
-                found, cancels = await self._reconcile(posts, scan.jobs, after, found)
-            await self._record(posts, found, cancels)
+                found, cancels, unbilled = await self._reconcile(posts, scan.jobs, after, found)
+            await self._record(posts, found, cancels, unbilled)
         finally:
             if self.barrier is not None:
                 self.barrier.set()
@@ -226,10 +231,11 @@ class LostRounds:
         jobs: dict[str, Candidate],
         after: ClockSkew,
         found: Matching,
-    ) -> tuple[Matching, list[Event]]:
+    ) -> tuple[Matching, list[Event], list[str]]:
         """An exclusive account's ambiguous POSTs: their candidates not ended are cancelled
         and read back, then the POSTs matched again over what became of them. Returns the
-        new matching and the cancels to journal ahead of it."""
+        new matching, the cancels to journal ahead of it and the POSTs it lets go again
+        (whatever they made was not billed)."""
         doubted = [p for p in posts if p.key in found.ambiguous]
         states = self.journal.ledger.states
         owners: dict[str, str] = {}  # each candidate, under the first POST it may be of
@@ -268,11 +274,17 @@ class LostRounds:
             ambiguous=again.ambiguous,
             unseen=found.unseen + again.unseen,
         )
-        return merged, cancels
+        return merged, cancels, again.resend
 
-    async def _record(self, posts: list[LostPost], found: Matching, first: list[Event]) -> None:
+    async def _record(
+        self,
+        posts: list[LostPost],
+        found: Matching,
+        first: list[Event],
+        unbilled: Collection[str] = (),
+    ) -> None:
         """Journal what the round found (``first``: the cancels it made, written ahead of
-        the POSTs they let go again)."""
+        the POSTs they let go again, ``unbilled``)."""
         by_key = {p.key: p for p in posts}
         states = self.journal.ledger.states
         events: list[Event] = list(first)
@@ -293,7 +305,14 @@ class LostRounds:
             )
             self._outcomes[key] = Sent(job.job_id, post.sent, post.ended)
         for key in found.resend:
-            log.warning("? %s's lost submit created no job: sending it again", key)
+            if key in unbilled:
+                log.warning(
+                    "? %s: no job its lost submit may have made was billed (cancelled or "
+                    "failed): sending it again",
+                    key,
+                )
+            else:
+                log.warning("? %s's lost submit created no job: sending it again", key)
             events.append(Lost(key, states[key].attempts))
             self._outcomes[key] = None
         why = found.doubt or NO_SINGLE_MATCH

@@ -171,10 +171,11 @@ def reconcile(posts: Sequence[LostPost], jobs: Iterable[Candidate], after: Clock
     read after the unfinished ones were cancelled: a cancelled or failed job is not billed,
     so whichever POST made it may be sent again; only completed ones must find their POST.
 
-    A group whose jobs all ended is solved over its completed jobs alone: none, and each of
-    its POSTs is sent again; exactly one way to give them to POSTs, and they are adopted
-    and the others sent again; several, and the group stays ambiguous with its completed
-    jobs as candidates (sending again could pay twice). A group with a job not ended (its
+    A group whose jobs all ended is solved over its completed jobs alone, split again by the
+    completed jobs its POSTs share: a POST with none in its window is sent again; exactly
+    one way to give them to POSTs, and they are adopted and the others sent again; several,
+    and those POSTs stay ambiguous with their completed jobs as candidates (sending again
+    could pay twice). A group with a job not ended (its
     cancel did not take) stays ambiguous with all of them.
     """
     jobs = list(jobs)
@@ -193,9 +194,11 @@ def reconcile(posts: Sequence[LostPost], jobs: Iterable[Candidate], after: Clock
                 result.ambiguous[post.key] = tuple(j.job_id for j in options[post.key])
             continue
         paid = {p.key: [j for j in options[p.key] if j.status == "completed"] for p in group}
-        # Whether a POST made a job no longer matters once that job is cancelled or failed.
+        # Whether a POST made a job no longer matters once that job is cancelled or failed;
+        # POSTs that share no completed job are apart (one with none in its window goes again).
         loose = [LostPost(p.key, p.sent, p.ended, False, p.before) for p in group]
-        _solve(loose, paid, result)
+        for part in _groups(loose, paid):
+            _solve(part, paid, result)
     return result
 
 
