@@ -59,6 +59,16 @@ def test_max_jobs_flag_overrides_the_cap(
     assert main(["plan", str(path), "--max-jobs", "30"]) == 0
 
 
+def test_a_bad_flag_value_is_blamed_on_the_flag_not_on_a_line_of_the_manifest(
+    write_manifest: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_manifest("version: 1\njobs:\n  - {prompt: a, model: flux}\n")
+    assert main(["plan", str(path), "--lost-answer-wait", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--lost-answer-wait: '-1' is not a duration" in err
+    assert str(path) not in err, err
+
+
 def test_plan_checks_the_names_a_run_with_the_same_flags_would_give(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -128,8 +128,10 @@ def _settings(ctx: Context, raw: dict[str, Any], overrides: Mapping[str, Any]) -
             try:
                 parsed = parse_settings({name: value})
             except ValueError as exc:
-                where = join(source, name) if source else f"--{name.replace('_', '-')}"
-                ctx.report(ctx.error(where, str(exc)))
+                if source:
+                    ctx.report(ctx.error(join(source, name), str(exc)))
+                else:  # a flag's value: no line of the manifest is to blame
+                    ctx.report(ManifestError(str(exc), path=f"--{name.replace('_', '-')}"))
                 continue
             settings = settings.merged(parsed)
     return settings
