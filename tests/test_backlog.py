@@ -55,7 +55,7 @@ async def test_a_stop_cancels_the_jobs_still_in_the_backlog_and_the_next_run_sen
         again = await run_batch(manifest, tmp_path, **emu.run_args(), options=FAST)
         check_folder(tmp_path, 20, emu.emulator)
         stats = emu.emulator.snapshot()
-    assert first.stopped == "deadline reached"
+    assert first.stopped == "--deadline reached"
     assert first.counts.cancelled >= 1, "no job waited in the backlog at the stop"
     assert billed["cancels"] == first.counts.cancelled
     assert billed["jobs_by_status"].get("backlogged", 0) == 0, "nothing left to bill later"

@@ -40,7 +40,7 @@ async def test_at_the_deadline_it_stops_submitting_drains_and_exits_3(tmp_path: 
             options=options,
         )
         assert result.exit_code == 3
-        assert result.stopped == "deadline reached"
+        assert result.stopped == "--deadline reached"
         first = read_results(tmp_path)
         assert 2 <= len(first) < 12
         assert {r["status"] for r in first} == {"completed"}  # jobs in flight were drained
@@ -51,6 +51,20 @@ async def test_at_the_deadline_it_stops_submitting_drains_and_exits_3(tmp_path: 
         assert again.exit_code == 0
         check_folder(tmp_path, 12, emu.emulator)
         assert emu.emulator.stats["submits"] == 12
+
+
+async def test_a_deadline_after_the_last_submit_that_leaves_nothing_undone_exits_0(
+    tmp_path: Path,
+) -> None:
+    """The deadline stops submitting; when every job was sent already and the drain
+    brings each to its end, the run did not stop early: no "run again", exit 0."""
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:2"))) as emu:
+        deadline = emu.clock.time() + 1.0  # after the 3 submits, before any job ends
+        options = dataclasses.replace(FAST, deadline=deadline, deadline_flag="--max-runtime")
+        result = await run_batch(small_manifest(3), tmp_path, **emu.via, token="t", options=options)
+    assert result.counts.completed == 3
+    assert result.stopped is None
+    assert result.exit_code == 0
 
 
 async def test_the_budget_is_never_exceeded(tmp_path: Path) -> None:
@@ -189,13 +203,20 @@ def test_max_runtime_and_deadline_take_the_earlier() -> None:
     from runner.cli.main import _deadline
 
     now = time.time()
-    soon = _deadline(None, "90m")
+    soon, flag = _deadline(None, "90m")
     assert soon is not None
+    assert flag == "--max-runtime"
     assert 90 * 60 - 5 < soon - now <= 90 * 60 + 5
-    both = _deadline("2099-01-01T00:00", "1h")
+    both, flag = _deadline("2099-01-01T00:00", "1h")
     assert both is not None
+    assert flag == "--max-runtime"
     assert both - now <= 3600 + 5
-    assert _deadline(None, None) is None
+    in_ten = time.strftime("%H:%M", time.localtime(now + 600))
+    earlier, flag = _deadline(in_ten, "1h")
+    assert earlier is not None
+    assert earlier - now <= 600
+    assert flag == "--deadline"
+    assert _deadline(None, None) == (None, "--deadline")
 
 
 async def test_a_rerun_of_a_finished_folder_leaves_its_files_as_they_are(tmp_path: Path) -> None:

@@ -144,8 +144,10 @@ def _options(args: argparse.Namespace, exclusive: frozenset[str]) -> EngineOptio
         shard = parse_shard(
             args.shard, os.environ, lambda: recorded_shard(args.out, args.state_dir)
         )
+    deadline, deadline_flag = _deadline(args.deadline, args.max_runtime)
     return EngineOptions(
-        deadline=_deadline(args.deadline, args.max_runtime),
+        deadline=deadline,
+        deadline_flag=deadline_flag,
         shard=shard,
         budget=budget,
         budget_unit=budget_unit,
@@ -246,9 +248,9 @@ def _report(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _deadline(deadline: str | None, max_runtime: str | None) -> float | None:
-    """The earlier of --deadline and now + --max-runtime, as epoch seconds."""
-    candidates = []
+def _deadline(deadline: str | None, max_runtime: str | None) -> tuple[float | None, str]:
+    """The earlier of --deadline and now + --max-runtime, as epoch seconds, and its flag."""
+    candidates: list[tuple[float, str]] = []
     try:
         if deadline is not None:
             moment = parse_deadline(deadline)
@@ -258,12 +260,12 @@ def _deadline(deadline: str | None, max_runtime: str | None) -> float | None:
                 logging.getLogger("runner").warning(
                     "deadline %s is tomorrow (in %dh%02dm)", deadline, hours, minutes
                 )
-            candidates.append(moment)
+            candidates.append((moment, "--deadline"))
         if max_runtime is not None:
-            candidates.append(time.time() + parse_duration(max_runtime))
+            candidates.append((time.time() + parse_duration(max_runtime), "--max-runtime"))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    return min(candidates) if candidates else None
+    return min(candidates) if candidates else (None, "--deadline")
 
 
 def _serve(args: argparse.Namespace) -> int:

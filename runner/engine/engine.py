@@ -182,7 +182,8 @@ class Engine:
         if self.options.handle_signals:
             helpers.start_soon(self.stopper.watch_signals, helpers)
         if self.options.deadline is not None:
-            helpers.start_soon(self.stopper.stop_at_deadline, helpers, self.options.deadline)
+            deadline, flag = self.options.deadline, self.options.deadline_flag
+            helpers.start_soon(self.stopper.stop_at_deadline, helpers, deadline, flag)
         if self.on_progress is not None:
             helpers.start_soon(self._report_progress)
         if self.shared.coordinator is not None:

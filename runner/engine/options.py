@@ -21,6 +21,7 @@ class EngineOptions:
     api_timeout: float = 30.0
     download_stall: float = 30.0  # a download bringing less than 1 KiB in this long is retried
     deadline: float | None = None  # epoch seconds: stop submitting then, drain, exit 3
+    deadline_flag: str = "--deadline"  # the flag that set it (--deadline or --max-runtime)
     budget: float | None = None  # the spend this run may commit to, in budget_unit
     budget_unit: str = "usd"  # usd or cu (compute units)
     shard: tuple[int, int] | None = None  # (I, N): only the jobs of shard I of N

@@ -12,6 +12,8 @@ from runner.wording import counted
 def run_result(counts: Counts, stopper: Stopper, writer: Writer, folder: OutputFolder) -> RunResult:
     """The run's result, once its writer is closed."""
     stopped = stopper.reason
+    if stopper.fatal is None and stopper.disk_error is None and not counts.unfinished:
+        stopped = None  # the stop came after the last job was sent: it left nothing undone
     reasons = []
     if counts.over_budget:
         reasons.append(f"budget reached: {counted(counts.over_budget, 'job')} not submitted")

@@ -87,10 +87,11 @@ class Stopper:
                     self.abort()
                     return
 
-    async def stop_at_deadline(self, helpers: TaskGroup, deadline: float) -> None:
+    async def stop_at_deadline(self, helpers: TaskGroup, deadline: float, flag: str) -> None:
+        """At ``deadline`` (epoch seconds, set by ``flag``), stop submitting and drain."""
         await self.clock.sleep(max(0.0, deadline - self.clock.time()))
         if self.reason is None:
-            self.stop("deadline reached")
+            self.stop(f"{flag} reached")
             helpers.start_soon(self._abort_after_drain)
 
     async def _abort_after_drain(self) -> None:
