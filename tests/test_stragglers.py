@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from runner import run_batch
 from runner.api.keys import ApiKey
 from runner.api.server_clock import ServerClock
@@ -61,8 +63,9 @@ async def test_without_straggler_resends_the_run_waits_for_its_stuck_jobs(tmp_pa
 
 
 async def test_a_job_stuck_every_time_is_sent_again_at_most_straggler_resends_times(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO")
     always = dataclasses.replace(STUCK, stuck_rate=1.0, stuck_for=300.0)
     async with in_process(always) as emu:
         manifest = small_manifest(8, concurrency=8, poll_interval=0.5, straggler_after="20s")
@@ -73,6 +76,8 @@ async def test_a_job_stuck_every_time_is_sent_again_at_most_straggler_resends_ti
     assert result.counts.stragglers == 8 * 2, "two cancels a job, then it is waited for"
     assert stats["submits"] == 8 * 3
     assert stats["paid"] == 8
+    last = [r for r in caplog.records if "sent again a last time" in r.getMessage()]
+    assert len(last) == 8, "each job says once that its next job is waited for"
 
 
 class _LateCancels(InProcessApi):

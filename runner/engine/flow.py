@@ -189,8 +189,15 @@ class JobFlow:
         if back is None or not back.status.terminal:
             self._spared.add(late.job_id)
             return None
-        if back.status == JobStatus.CANCELLED:
-            return None  # journaled: the key is new again, and is sent once more
+        if back.status == JobStatus.CANCELLED:  # journaled: the key is new, sent once more
+            if state.straggled >= self.policy.straggler_resends:
+                log.info(
+                    "⧗ %s is sent again a last time (--straggler-resends %d): its next job is "
+                    "waited for however long it takes",
+                    spec.key,
+                    self.policy.straggler_resends,
+                )
+            return None
         return await self._ended(spec, state, back, account)
 
     async def _send(self, spec: JobSpec, state: KeyState) -> tuple[Ended, Account | None] | None:
