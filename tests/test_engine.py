@@ -347,11 +347,19 @@ async def test_an_ambiguous_job_keeps_its_candidates_images_and_is_never_sent_ag
         again = await run_batch(manifest, tmp_path, **emu.run_args(), options=FAST)
         records = check_folder(tmp_path, 2, emu.emulator)
         assert emu.emulator.stats["submits"] == 1  # only the other job
+        paid = emu.emulator.paid()
     assert result.exit_code == 1
+    # What the folder says it cost is what was billed: the other job and both candidates.
+    assert paid == 3
+    price = spec.units or 0.0
+    assert result.counts.spend_units == pytest.approx(paid * price)
+    assert read_status(tmp_path).counts.spend_units == pytest.approx(paid * price)
     assert again.exit_code == 1  # nothing to do, but the folder still holds an ambiguous job
     assert again.counts.ambiguous_before == 1
     [ambiguous] = [r for r in records if r["status"] == "ambiguous"]
     assert ambiguous["candidates"] == ids
+    assert ambiguous["cost_units"] == pytest.approx(2 * price)
+    assert "2 of them completed and billed" in ambiguous["error"]
     assert sorted(f["path"] for f in ambiguous["files"]) == sorted(
         f"images/_unmatched/{i}.png" for i in ids
     )

@@ -77,6 +77,7 @@ class Candidates:
         if account is None:
             return keyless(state)
         files: list[FileEntry] = []
+        paid = 0
         with account.gate.held():
             try:
                 if self.webhooks and await self._told(account, spec, state):
@@ -86,14 +87,16 @@ class Candidates:
                         continue  # fetched by another, or another key's own job
                     self._collected.add(job_id)
                     try:
-                        files += await self._candidate(account, job_id)
+                        got = await self._candidate(account, job_id)
                     except FatalApiError:
                         self._collected.discard(job_id)
                         raise
+                    if got is not None:
+                        paid, files = paid + 1, files + got
             except FatalApiError as exc:
                 self.keys.refused(account, exc)
                 return Deferred(f"key {account.name} was refused: {exc}")
-        return Ambiguous(state.candidates, files)
+        return Ambiguous(state.candidates, files, paid)
 
     async def _told(self, account: Account, spec: JobSpec, state: KeyState) -> bool:
         """Wait for the candidates' ends, each woken by its delivery; True when the keys
@@ -139,11 +142,12 @@ class Candidates:
             ending.set()
         return self._ends[job_id]
 
-    async def _candidate(self, account: Account, job_id: str) -> list[FileEntry]:
-        """A candidate's images, when it completed (kept under images/_unmatched/)."""
+    async def _candidate(self, account: Account, job_id: str) -> list[FileEntry] | None:
+        """A candidate's images, when it completed (kept under images/_unmatched/); None
+        when it did not (not billed)."""
         ended = await self._end_of(account, job_id)
         if ended is None or ended.status != JobStatus.COMPLETED:
-            return []
+            return None
         safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:100]
         got = await account.tracker.download_all(ended, f"_unmatched/{safe_id}", safe_id)
         return got if isinstance(got, list) else []

@@ -33,6 +33,7 @@ class Ambiguous:
 
     candidates: tuple[str, ...]
     files: list[FileEntry] = field(default_factory=list)
+    paid: int = 0  # the candidates this job collected that completed: billed
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,9 @@ class Recorder:
             record = failed_record(spec, state, outcome.reason)
         elif isinstance(outcome, Ambiguous):
             why = state.doubt or NO_SINGLE_MATCH
-            record = ambiguous_record(spec, state, outcome.candidates, outcome.files, why)
+            record = ambiguous_record(
+                spec, state, outcome.candidates, outcome.files, why, paid=outcome.paid
+            )
         else:
             self._count_unfinished(spec, state, outcome)
             return

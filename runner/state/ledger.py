@@ -151,9 +151,9 @@ def _count_by_account(counts: Counts, event: Submitted | Done, account: str | No
         figures.submits += 1
         return
     status = status_of(event.record)
+    figures.add_spend(*spend_of(event.record))  # an ambiguous job's candidates too
     if status == RecordStatus.COMPLETED:
         figures.completed += 1
-        figures.add_spend(*spend_of(event.record))
     elif status == RecordStatus.FAILED:
         figures.failed += 1
 
@@ -179,10 +179,10 @@ def _count_journaled(counts: Counts, event: Event, again: bool = False) -> None:
             if model is not None:
                 model.finished += 1
             status = status_of(record)
+            if not again:  # an ambiguous job's cost is its billed candidates'
+                counts.add_spend(*spend_of(record))
             if status == RecordStatus.COMPLETED:
                 counts.completed += 1
-                if not again:
-                    counts.add_spend(*spend_of(record))
             elif status == RecordStatus.AMBIGUOUS:
                 counts.ambiguous_jobs += 1
             else:
@@ -299,7 +299,7 @@ def _finished(state: KeyState, record: RecordLike, offset: int | None) -> None:
     """A Done line: the job's record is written (at ``offset`` in the journal)."""
     done = state.done = status_of(record)
     state.done_at = offset
-    usd, units = spend_of(record) if done == RecordStatus.COMPLETED else (0.0, 0.0)
+    usd, units = spend_of(record)
     state.done_usd, state.done_units = _shared(usd), _shared(units)
     # A finished job's times are in its record: 100,000 finished jobs keep no floats.
     state.submitted_at = state.answered_at = None
@@ -339,9 +339,9 @@ def folder_counts(ledger: RunLedger) -> Counts:
     """What a folder holds, over all its runs: the counts of its finished jobs, and its spend."""
     counts = Counts(total=len(ledger.states))
     for state in ledger.states.values():
+        counts.add_spend(state.done_usd, state.done_units)  # an ambiguous job's candidates too
         if state.done == RecordStatus.COMPLETED:
             counts.completed += 1
-            counts.add_spend(state.done_usd, state.done_units)
         elif state.doubt is not None:  # finished ambiguous, or yet to collect its candidates
             counts.ambiguous_jobs += 1
         elif state.done is not None:

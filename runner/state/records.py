@@ -192,12 +192,16 @@ def ambiguous_record(
     candidates: tuple[str, ...],
     files: list[FileEntry],
     why: str,
+    *,
+    paid: int = 0,
 ) -> ResultRecord:
     """A job whose submit's answer was lost and could not be told apart from other jobs.
 
     It was not sent again (that could pay twice); the candidates' images, paid for, are kept
-    under images/_unmatched/ and listed in ``files``.
+    under images/_unmatched/ and listed in ``files``. Its cost is theirs: ``paid`` candidates
+    that completed, each priced as this job (what they were made from is not known).
     """
+    kept = f"; {paid} of them completed and billed, kept under images/_unmatched/" if paid else ""
     return _record(
         spec,
         state,
@@ -206,9 +210,11 @@ def ambiguous_record(
         files=files,
         error=(
             f"a submit's answer was lost ({why}); {len(candidates)} remote job(s) could be it "
-            f"({', '.join(candidates) or 'none listed'}); not sent again, to never pay twice "
-            "(--retry-ambiguous sends it again after saying what that may cost)"
+            f"({', '.join(candidates) or 'none listed'}){kept}; not sent again, to never pay "
+            "twice (--retry-ambiguous sends it again after saying what that may cost)"
         ),
+        cost_units=None if spec.units is None else spec.units * paid,
+        cost_usd=None if spec.usd is None else spec.usd * paid,
         candidates=candidates,
     )
 
@@ -254,8 +260,8 @@ def error_of(raw: RecordLike) -> str | None:
 
 def spend_of(record: RecordLike) -> tuple[float, float]:
     """(US dollars, compute units) a record cost: its USD price where it has one, else units;
-    nothing unless it completed."""
-    if status_of(record) != RecordStatus.COMPLETED:
+    nothing unless it completed, or is ambiguous with candidates that completed (billed)."""
+    if status_of(record) not in (RecordStatus.COMPLETED, RecordStatus.AMBIGUOUS):
         return 0.0, 0.0
     if isinstance(record, ResultRecord):
         record = {"cost_usd": record.cost_usd, "cost_units": record.cost_units}
