@@ -11,8 +11,10 @@ def ownership_flags(run: argparse.ArgumentParser) -> None:
         "--exclusive-account",
         action="store_true",
         help="nobody else submits with these keys (or mark keys one by one: 'TOKEN exclusive' "
-        "in --token-file): a lost answer's unclaimed jobs are then ours, cancelled unbilled "
-        "and read back, and the job sent again instead of left ambiguous",
+        "in --token-file): a lost answer's unclaimed jobs are then ours; those still running "
+        "are cancelled unbilled and read back, and the job sent again instead of left "
+        "ambiguous (one that completed first and cannot be told apart stays ambiguous: "
+        "webhooks name it)",
     )
     run.add_argument(
         "--siblings",
