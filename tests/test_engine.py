@@ -75,7 +75,14 @@ async def test_failed_jobs_are_retried_up_to_max_attempts_then_only_on_request(
         assert again.counts.failed_before == 3
         summary = json.loads((tmp_path / "summary.json").read_text())
         assert summary["exit_code"] == 1
-        assert summary["folder"] == {"jobs": 3, "completed": 0, "failed": 3, "ambiguous": 0}
+        assert summary["folder"] == {
+            "jobs": 3,
+            "completed": 0,
+            "failed": 3,
+            "ambiguous": 0,
+            "spend_usd": 0.0,
+            "spend_units": 0.0,
+        }
         assert summary["counts"]["failed_before"] == 3
         retry = dataclasses.replace(FAST, retry_failed=True)
         await run_batch(
