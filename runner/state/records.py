@@ -196,7 +196,8 @@ def ambiguous_record(
     """A job whose submit's answer was lost and could not be told apart from other jobs.
 
     It was not sent again (that could pay twice); the candidates' images, paid for, are kept
-    under images/_unmatched/ and listed in ``files``.
+    under images/_unmatched/ and listed in ``files``. Its cost is the job's price, what
+    sending it again costs (``spend_of`` counts none of it).
     """
     return _record(
         spec,
@@ -209,6 +210,8 @@ def ambiguous_record(
             f"({', '.join(candidates) or 'none listed'}); not sent again, to never pay twice "
             "(--retry-ambiguous sends it again after saying what that may cost)"
         ),
+        cost_units=spec.units,
+        cost_usd=spec.usd,
         candidates=candidates,
     )
 
@@ -264,6 +267,12 @@ def spend_of(record: RecordLike) -> tuple[float, float]:
         return float(usd), 0.0
     units = record.get("cost_units")
     return 0.0, float(units) if isinstance(units, int | float) else 0.0
+
+
+def price_of(record: ResultRecord) -> tuple[float | None, float | None]:
+    """(US dollars, compute units) one send of the record's job costs, as it says; None where
+    it does not (older ambiguous records say 0: they were written without the price)."""
+    return record.cost_usd or None, record.cost_units or None
 
 
 def _of(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:
