@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.api.client import DEFAULT_API_BASE, KreaClient
+from runner.api.remote import JobStatus
 from runner.api.secrets import find_tokens
 from runner.cli.status_keys import key_line, keys_of, last_run_keys
 from runner.engine.ambiguity import Risk, is_ambiguous, risk_of, worst_cost
@@ -33,7 +34,7 @@ from runner.state.figures import Counts
 from runner.state.journal import read_events, records_at
 from runner.state.ledger import KeyState, fold, folder_counts
 from runner.state.records import ResultRecord, price_of
-from runner.wording import counted, duration
+from runner.wording import counted, duration, them
 
 
 @dataclass
@@ -149,13 +150,43 @@ def retry_cost(
     return worst_cost(risk, (prices.get(key, (None, None)) for key in ambiguous))
 
 
+def in_flight_parts(status: FolderStatus, settles: str) -> list[str]:
+    """The jobs in flight: submitted and not collected, all the folder knows of them; with
+    --refresh, where the API says they stand (a completed one waits for its download, not
+    for the API)."""
+    standing = Counter(_standing(status.remote_status.get(j)) for j in status.in_flight.values())
+    parts = []
+    if n := standing["running"]:
+        parts.append(f"{n} still running at the API")
+    if n := standing[JobStatus.COMPLETED]:
+        parts.append(f"{n} completed at the API, not downloaded yet: {settles} downloads {them(n)}")
+    if n := standing[JobStatus.FAILED]:
+        parts.append(f"{n} failed at the API: {settles} retries {them(n)} or records the failure")
+    if n := standing[JobStatus.CANCELLED]:
+        parts.append(f"{n} cancelled at the API: {settles} records {them(n)} failed")
+    if n := standing[None]:
+        how = "the API could not say how" if status.asked else "--refresh asks the API how"
+        stand = "it stands" if n == 1 else "they stand"
+        parts.append(f"{n} in flight, not collected yet ({how} {stand})")
+    return parts
+
+
+def _standing(remote: str | None) -> str | None:
+    """A job's status as --refresh read it: ended (its status), ``running``, or None (not
+    asked, or no answer)."""
+    try:
+        status = JobStatus(str(remote))
+    except ValueError:  # not asked ("None"), or "unknown (…)"
+        return None
+    return status if status.terminal else "running"
+
+
 def render_status(status: FolderStatus, show_failed: int = 20) -> str:
     data = status.to_json()
     counts = data["counts"]
     settles = "the running process" if status.live else "the next run"
     parts = [f"{counts['completed']} completed", f"{counts['failed']} failed"]
-    if counts["in_flight"]:
-        parts.append(f"{counts['in_flight']} still running at the API")
+    parts += in_flight_parts(status, settles)
     if counts["unknown_submits"]:
         parts.append(
             f"{counts['unknown_submits']} submitted without an answer ({settles} checks them)"
