@@ -370,8 +370,42 @@ async def test_the_report_lists_ambiguous_jobs_with_their_candidates_images(
     [chunk] = (tmp_path / "report").glob("a*.js")
     [card] = json.loads(chunk.read_text().partition(",")[2].rstrip(");\n"))
     assert card["path"] is None, "a candidate's image is not the job's own"
-    assert sorted(card["unmatched"]) == sorted(f"images/_unmatched/{job}.png" for job in ids)
+    assert card["unmatched"] == [
+        {"path": f"images/_unmatched/{job}.png", "name": job} for job in ids
+    ]
     assert "_unmatched" not in (tmp_path / "report" / "c00001.js").read_text()
+
+
+def test_ambiguous_jobs_sharing_candidates_each_show_every_candidates_images(
+    tmp_path: Path,
+) -> None:
+    """Each candidate's image is listed in the record of one of the jobs that share it."""
+    ids = ["0c1d2e3f-4a5b-4c6d-8e7f-001122334455", "job/2"]
+    paths = ["images/_unmatched/0c1d2e3f-4a5b-4c6d-8e7f-001122334455.png"]
+    paths += ["images/_unmatched/job_2.png", "images/_unmatched/job_2-1.png"]
+    records = as_records(
+        {
+            "key": f"k{n}",
+            "status": "ambiguous",
+            "prompt": f"prompt {n}",
+            "model": "flux-1-dev",
+            "error": "a submit's answer was lost",
+            "candidates": ids,
+            "files": [{"path": path} for path in files],
+        }
+        for n, files in enumerate([paths[:1], paths[1:]])
+    )
+    page = write_report(tmp_path, records, {}).read_text()
+    rows = re.findall(r"<tr><td>k\d</td>.*?</tr>", page, re.DOTALL)
+    assert len(rows) == 2
+    for row in rows:
+        assert all(f'src="{path}"' in row for path in paths), row
+        assert f'alt="candidate {ids[1]}"' in row  # its image is named job_2: shown as job/2's
+    cards = json.loads((tmp_path / "report" / "a00001.js").read_text().partition(",")[2][:-3])
+    assert [sorted(image["path"] for image in c["unmatched"]) for c in cards] == [sorted(paths)] * 2
+    assert {"path": paths[2], "name": ids[1]} in cards[0]["unmatched"]
+    assert "<span>ambiguous <b>2</b></span>" in page
+    assert "their images (3, paid for)" in " ".join(page.split())
 
 
 async def test_the_gallery_shows_ambiguous_jobs_candidates_in_headless_chromium(
@@ -401,7 +435,7 @@ async def test_the_gallery_shows_ambiguous_jobs_candidates_in_headless_chromium(
     assert "ambiguous: its answer was lost; 2 candidate job(s)" in shown
     assert len(sizes) == 2
     assert all(width > 0 for width in sizes)
-    assert caption.startswith("an image of candidate job ")
+    assert caption.startswith(f"an image of candidate job {ids[0]}")
     assert "or another job's" in caption
     assert all(job in table for job in ids)
     assert "--retry-ambiguous" in table

@@ -27,7 +27,7 @@ import tarfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -40,7 +40,16 @@ if TYPE_CHECKING:
     from runner.outputs.trees import Tree
 from runner.outputs.atomic import fsync_dir, write_atomic
 from runner.outputs.layout import REPORT_DATA_DIR, Layout
-from runner.outputs.report_cards import PER_PAGE, Chunks, ambiguous_row, caption, card, tooltip
+from runner.outputs.report_cards import (
+    PER_PAGE,
+    Chunks,
+    ambiguous_card,
+    ambiguous_row,
+    candidate_images,
+    caption,
+    card,
+    tooltip,
+)
 from runner.outputs.shard_files import member_of, read_members
 from runner.state.records import RecordStatus, ResultRecord, spend_of
 
@@ -140,8 +149,8 @@ class _Gallery:
     failed: list[ResultRecord] = field(default_factory=list)
     failed_count: int = 0
     ambiguous: list[dict[str, Any]] = field(default_factory=list)  # the first, as table rows
-    ambiguous_count: int = 0
-    candidate_images: int = 0  # the ambiguous jobs' candidates' images (paid for)
+    ambiguous_held: list[ResultRecord] = field(default_factory=list)  # until every one is read
+    unmatched: dict[str, str] = field(default_factory=dict)  # their candidates' images, by stem
     prompts: dict[str, None] = field(default_factory=dict)
     more_prompts: bool = False
     cells: dict[tuple[str, str, Any], dict[str, Any]] = field(default_factory=dict)
@@ -172,13 +181,23 @@ class _Gallery:
         self._compare(record, image[0])
 
     def _ambiguous(self, record: ResultRecord) -> None:
-        """A job no listing could tell apart: listed with its candidates, never compared."""
-        self.ambiguous_count += 1
-        self.candidate_images += len(record.files)
-        if len(self.ambiguous) < MAX_FAILED:
-            self.ambiguous.append(ambiguous_row(record))
+        """A job no listing could tell apart: held until every record is read (its
+        candidates' images may be listed in another's), never compared."""
+        self.ambiguous_held.append(record)
+        for entry in record.files:
+            if member_of(entry.path) is None:  # loose files, in shard folders too
+                self.unmatched.setdefault(PurePosixPath(entry.path).stem, entry.path)
         self.models.setdefault(record.model, None)
-        self.ambiguous_chunks.add(card(record, (None, None)))
+
+    def end(self) -> None:
+        """Write the last chunks, the ambiguous jobs' with each one's candidates' images."""
+        for record in self.ambiguous_held:
+            images = candidate_images(record, self.unmatched)
+            if len(self.ambiguous) < MAX_FAILED:
+                self.ambiguous.append(ambiguous_row(record, images))
+            self.ambiguous_chunks.add(ambiguous_card(record, images))
+        for chunks in (self.completed, self.failed_chunks, self.ambiguous_chunks):
+            chunks.flush()
 
     def _compare(self, record: ResultRecord, path: str | None) -> None:
         prompt = record.prompt
@@ -236,8 +255,7 @@ def write_report(
     gallery = _Gallery(Chunks(building, "c"), Chunks(building, "f"), Chunks(building, "a"))
     for record in records:
         gallery.add(record)
-    for chunks in (gallery.completed, gallery.failed_chunks, gallery.ambiguous_chunks):
-        chunks.flush()
+    gallery.end()
     current, old = layout.report_data, root / f".{REPORT_DATA_DIR}.old"
     if shards is None:
         from runner.outputs.trees import Tree
@@ -262,7 +280,7 @@ def render_page(gallery: _Gallery, summary: Mapping[str, Any]) -> str:
         ("images", gallery.images),
         ("completed", gallery.done),
         ("failed", gallery.failed_count),
-        *([("ambiguous", gallery.ambiguous_count)] if gallery.ambiguous_count else []),
+        *([("ambiguous", len(gallery.ambiguous_held))] if gallery.ambiguous_held else []),
         ("models", len(gallery.models)),
         ("est. spend", spend_text(gallery.spend_usd, gallery.spend)),
     ]
@@ -290,8 +308,8 @@ def render_page(gallery: _Gallery, summary: Mapping[str, Any]) -> str:
             failed=gallery.failed,
             failed_count=gallery.failed_count,
             ambiguous=gallery.ambiguous,
-            ambiguous_count=gallery.ambiguous_count,
-            candidate_images=gallery.candidate_images,
+            ambiguous_count=len(gallery.ambiguous_held),
+            candidate_images=len(gallery.unmatched),
             retry=retry,
             setup=setup,
         )

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from runner.outputs.layout import unmatched_stem
 from runner.outputs.shard_files import member_of
-from runner.state.records import RecordStatus, ResultRecord
+from runner.state.records import ResultRecord
 
 PER_PAGE = 300
 MAX_CANDIDATE_IMAGES = 8  # of one ambiguous job
@@ -33,8 +34,7 @@ def tooltip(record: ResultRecord) -> str:
 
 def card(record: ResultRecord, image: tuple[str | None, str | None]) -> dict[str, Any]:
     """What the page's script needs of one record (``image``: its picture's path and, for an
-    image in a shard, the shard). An ambiguous job has no picture of its own: its card lists
-    its candidates and their images."""
+    image in a shard, the shard)."""
     shown: dict[str, Any] = {
         "key": record.key,
         "status": record.status,
@@ -48,16 +48,21 @@ def card(record: ResultRecord, image: tuple[str | None, str | None]) -> dict[str
     }
     if image[1] is not None:
         shown["where"] = image[1]
-    if record.status == RecordStatus.AMBIGUOUS:
-        shown["candidates"] = list(record.candidates)
-        shown["unmatched"] = [image["path"] for image in candidate_images(record)]
     return shown
 
 
-def ambiguous_row(record: ResultRecord) -> dict[str, Any]:
+def ambiguous_card(record: ResultRecord, images: list[dict[str, str]]) -> dict[str, Any]:
+    """An ambiguous job's card: no picture of its own, its candidates and their ``images``."""
+    return {
+        **card(record, (None, None)),
+        "candidates": list(record.candidates),
+        "unmatched": images[:MAX_CANDIDATE_IMAGES],
+    }
+
+
+def ambiguous_row(record: ResultRecord, images: list[dict[str, str]]) -> dict[str, Any]:
     """An ambiguous job as the page's table lists it: what it asked for, why it is
-    ambiguous, the remote jobs that could be its own and their images."""
-    images = candidate_images(record)
+    ambiguous, the remote jobs that could be its own and their ``images``."""
     return {
         "key": record.key,
         "model": record.model,
@@ -65,18 +70,30 @@ def ambiguous_row(record: ResultRecord) -> dict[str, Any]:
         "params": _params(record),
         "error": record.error,
         "candidates": list(record.candidates),
-        "images": images,
-        "more": sum(1 for e in record.files if member_of(e.path) is None) - len(images),
+        "images": images[:MAX_CANDIDATE_IMAGES],
+        "more": max(0, len(images) - MAX_CANDIDATE_IMAGES),
     }
 
 
-def candidate_images(record: ResultRecord) -> list[dict[str, str]]:
-    """The first of an ambiguous job's candidates' images (loose files under
-    images/_unmatched/, each named after its candidate job)."""
-    loose = [entry.path for entry in record.files if member_of(entry.path) is None]
-    return [
-        {"path": path, "name": PurePosixPath(path).stem} for path in loose[:MAX_CANDIDATE_IMAGES]
-    ]
+def candidate_images(record: ResultRecord, unmatched: Mapping[str, str]) -> list[dict[str, str]]:
+    """The images of an ambiguous job's candidates, each with the candidate it is of.
+
+    Jobs that lost their answers together share candidates, and each candidate's images are
+    listed in the record of one of them only: they are found by name in ``unmatched`` (every
+    ambiguous record's files, by file stem), then the record's own files not found so."""
+    images = []
+    for job_id in record.candidates:
+        stem = name = unmatched_stem(job_id)
+        n = 0
+        while name in unmatched:
+            images.append({"path": unmatched[name], "name": job_id})
+            n += 1
+            name = f"{stem}-{n}"
+    found = {image["path"] for image in images}
+    for entry in record.files:
+        if entry.path not in found and member_of(entry.path) is None:
+            images.append({"path": entry.path, "name": PurePosixPath(entry.path).stem})
+    return images
 
 
 def shape(params: Mapping[str, Any]) -> str | None:
