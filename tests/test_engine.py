@@ -367,7 +367,7 @@ async def test_an_ambiguous_job_keeps_its_candidates_images_and_is_never_sent_ag
     assert status.ambiguous == {spec.key: tuple(ids)}
     assert "ambiguous" in render_status(status)
     worst = (
-        "1 ambiguous job, 2 candidate job(s) exist: sending them again pays for at most "
+        "1 ambiguous job, 2 candidate job(s) exist: sending it again pays for at most "
         "1 image(s) twice (17.2 CU)"  # what `run … --retry-ambiguous` says
     )
     assert worst in render_status(status)

@@ -54,7 +54,7 @@ def test_a_run_killed_with_kill_9_is_not_shown_as_running(
     assert "running now" not in shown
     assert f"the last run (pid {gone.pid}) did not finish" in shown
     assert "run the same command again to resume" in shown
-    assert "(the next run checks them)" in shown
+    assert "1 submitted without an answer (the next run checks it)" in shown
 
 
 def test_during_a_live_run_open_jobs_are_the_running_processes_to_settle(
@@ -65,7 +65,7 @@ def test_during_a_live_run_open_jobs_are_the_running_processes_to_settle(
     assert main(["status", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert f"running now (pid {os.getpid()}" in shown
-    assert "(the running process checks them)" in shown
+    assert "(the running process checks it)" in shown
     assert "the next run" not in shown
 
 

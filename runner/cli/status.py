@@ -187,10 +187,8 @@ def render_status(status: FolderStatus, show_failed: int = 20) -> str:
     settles = "the running process" if status.live else "the next run"
     parts = [f"{counts['completed']} completed", f"{counts['failed']} failed"]
     parts += in_flight_parts(status, settles)
-    if counts["unknown_submits"]:
-        parts.append(
-            f"{counts['unknown_submits']} submitted without an answer ({settles} checks them)"
-        )
+    if n := counts["unknown_submits"]:
+        parts.append(f"{n} submitted without an answer ({settles} checks {them(n)})")
     if counts["ambiguous"]:
         parts.append(f"{counts['ambiguous']} ambiguous")
     if status.not_sent:
