@@ -115,6 +115,8 @@ class Finishing:
             "completed": held.completed,
             "failed": held.failed,
             "ambiguous": held.ambiguous_jobs,
+            "spend_usd": round(held.spend_usd, 4),
+            "spend_units": round(held.spend_units, 3),
         }
         listing = engine.listing_stats()
         if listing is not None:

@@ -18,6 +18,11 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n:,} {word}"
 
 
+def them(n: int) -> str:
+    """The pronoun for ``n`` jobs: ``it`` for one, ``them`` for more."""
+    return "it" if n == 1 else "them"
+
+
 def duration(seconds: float | None) -> str:
     """``45s``, ``3m25s``, ``2h05m``; ``–`` when unknown."""
     if seconds is None:

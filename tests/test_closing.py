@@ -48,3 +48,25 @@ def test_stragglers_resent_and_jobs_cancelled_as_the_run_stopped_are_said() -> N
     assert "unbilled" in cancelled.text
     live = _phrases(figures_of(stats_of(counts, 0.0, 10.0)))
     assert {"3 stragglers resent", "4 cancelled unbilled"} <= set(live)
+
+
+def test_one_job_cancelled_or_failed_before_is_it_not_them() -> None:
+    counts = Counts(total=3, cancelled=1, failed_before=1, ambiguous_before=1)
+    text = "\n".join(line.text for line in after_lines(RunResult(counts), "out"))
+    assert "the next run sends it again" in text
+    assert "1 job failed in an earlier run and still counts as failed" in text
+    assert "`run … --retry-failed` sends it again" in text
+    assert "says what sending it again may cost, then sends it" in text
+    assert "them" not in text
+
+
+def test_a_resumed_runs_spend_is_said_to_be_its_own_beside_the_folders_total() -> None:
+    from runner.cli.closing import summary_line
+
+    result = RunResult(Counts(total=6, completed=2, skipped=4, spend_usd=0.34))
+    result.summary = {"folder": {"spend_usd": 0.42, "spend_units": 0.0}}
+    line = summary_line(result, "out", sharded=False)
+    assert "this run's estimated spend $0.34 (folder total $0.42)" in line.text
+    assert line.fields["folder_spend_usd"] == 0.42
+    result.summary = {"folder": {"spend_usd": 0.34, "spend_units": 0.0}}  # a first run
+    assert "this run's estimated spend $0.34\n" in summary_line(result, "out", False).text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import textwrap
 from collections.abc import AsyncIterator
@@ -15,15 +16,22 @@ import pytest
 from PIL import Image
 
 from runner.batch import run_batch
+from runner.cli import main
 from runner.emulator import EmulatorConfig, Latency
 from runner.errors import UsageError
 from runner.jobspec import JobSpec
-from runner.manifest import parse_manifest
+from runner.manifest import expand, parse_manifest
 from runner.naming import check_template, render_name
 from runner.outputs import ResultRecord
 from runner.outputs.card import dataset_card, write_card
 from runner.outputs.report import write_report
-from tests.engine_helpers import FAST, as_records, read_results
+from tests.engine_helpers import (
+    FAST,
+    as_records,
+    read_results,
+    small_manifest,
+    write_ambiguous_journal,
+)
 from tests.in_process import in_process
 
 MATRIX = textwrap.dedent("""
@@ -321,3 +329,113 @@ async def test_the_gallery_renders_every_image_in_headless_chromium(tmp_path: Pa
     assert len(sizes) == 9
     assert all(width > 0 for width in sizes)
     assert "model seedream-4" in columns
+
+
+async def ambiguous_folder(out: Path) -> list[str]:
+    """A run whose first job's lost POST matched two remote jobs: it ends ambiguous, with
+    both candidates' images under images/_unmatched/. Returns the candidates' ids."""
+    manifest = small_manifest(3)
+    spec = next(iter(expand(manifest)))
+    async with in_process(EmulatorConfig(latency=Latency.parse("fixed:0.05"))) as emu:
+        model = emu.emulator.catalog.resolve("seedream-4")
+        ids = [
+            emu.emulator.store.create(model, dict(spec.body), None).id,
+            emu.emulator.store.create(model, {**spec.body, "seed": 999}, None).id,
+        ]
+        write_ambiguous_journal(out, spec.key, ids)
+        await run_batch(manifest, out, **emu.run_args(), options=FAST)
+    return ids
+
+
+async def test_the_report_lists_ambiguous_jobs_with_their_candidates_images(
+    tmp_path: Path,
+) -> None:
+    ids = await ambiguous_folder(tmp_path)
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "<span>completed <b>2</b></span><span>failed <b>0</b></span>" in page
+    assert "<span>ambiguous <b>1</b></span>" in page
+    assert 'data-tab="ambiguous">Ambiguous (1)</button>' in page
+    assert '<option value="ambiguous">' in page
+    [section] = re.findall(r'<section id="ambiguous">.*?</section>', page, re.DOTALL)
+    assert "a tiny test image" in section
+    assert "&#34;width&#34;: 128" in section
+    assert "a submit&#39;s answer was lost" in section  # the reason
+    for job in ids:
+        assert f"<code>{job}</code>" in section
+        assert f'src="images/_unmatched/{job}.png" alt="candidate {job}"' in section
+    assert "--out " in section
+    assert " --retry-ambiguous</code>" in section
+    assert "worst case" in section
+    [chunk] = (tmp_path / "report").glob("a*.js")
+    [card] = json.loads(chunk.read_text().partition(",")[2].rstrip(");\n"))
+    assert card["path"] is None, "a candidate's image is not the job's own"
+    assert card["unmatched"] == [
+        {"path": f"images/_unmatched/{job}.png", "name": job} for job in ids
+    ]
+    assert "_unmatched" not in (tmp_path / "report" / "c00001.js").read_text()
+
+
+def test_ambiguous_jobs_sharing_candidates_each_show_every_candidates_images(
+    tmp_path: Path,
+) -> None:
+    """Each candidate's image is listed in the record of one of the jobs that share it."""
+    ids = ["0c1d2e3f-4a5b-4c6d-8e7f-001122334455", "job/2"]
+    paths = ["images/_unmatched/0c1d2e3f-4a5b-4c6d-8e7f-001122334455.png"]
+    paths += ["images/_unmatched/job_2.png", "images/_unmatched/job_2-1.png"]
+    records = as_records(
+        {
+            "key": f"k{n}",
+            "status": "ambiguous",
+            "prompt": f"prompt {n}",
+            "model": "flux-1-dev",
+            "error": "a submit's answer was lost",
+            "candidates": ids,
+            "files": [{"path": path} for path in files],
+        }
+        for n, files in enumerate([paths[:1], paths[1:]])
+    )
+    page = write_report(tmp_path, records, {}).read_text()
+    rows = re.findall(r"<tr><td>k\d</td>.*?</tr>", page, re.DOTALL)
+    assert len(rows) == 2
+    for row in rows:
+        assert all(f'src="{path}"' in row for path in paths), row
+        assert f'alt="candidate {ids[1]}"' in row  # its image is named job_2: shown as job/2's
+    cards = json.loads((tmp_path / "report" / "a00001.js").read_text().partition(",")[2][:-3])
+    assert [sorted(image["path"] for image in c["unmatched"]) for c in cards] == [sorted(paths)] * 2
+    assert {"path": paths[2], "name": ids[1]} in cards[0]["unmatched"]
+    assert "<span>ambiguous <b>2</b></span>" in page
+    assert "their images (3, paid for)" in " ".join(page.split())
+
+
+async def test_the_gallery_shows_ambiguous_jobs_candidates_in_headless_chromium(
+    tmp_path: Path,
+) -> None:
+    ids = await ambiguous_folder(tmp_path)
+    async with headless_page() as page:
+        await page.goto((tmp_path / "report.html").as_uri())
+        await page.wait_for_function("document.querySelectorAll('.card img').length === 2")
+        await page.select_option("#f-status", "ambiguous")
+        await page.wait_for_function("document.querySelectorAll('.card').length === 1")
+        shown = await page.inner_text("#grid")
+        await page.evaluate("for (const i of document.images) i.loading = 'eager'")
+        await page.wait_for_function(
+            "Array.from(document.querySelectorAll('.cands img')).every(i => i.complete)"
+        )
+        sizes = await page.evaluate(
+            "Array.from(document.querySelectorAll('.card .cands img')).map(i => i.naturalWidth)"
+        )
+        await page.locator(".card .cands img").first.click()
+        caption = await page.inner_text("#zoom figcaption")
+        await page.click("#zoom .close")
+        await page.select_option("#f-status", "")
+        await page.wait_for_function("document.querySelectorAll('.card').length === 3")
+        await page.click("text=Ambiguous (1)")
+        table = await page.inner_text("#ambiguous")
+    assert "ambiguous: its answer was lost; 2 candidate job(s)" in shown
+    assert len(sizes) == 2
+    assert all(width > 0 for width in sizes)
+    assert caption.startswith(f"an image of candidate job {ids[0]}")
+    assert "or another job's" in caption
+    assert all(job in table for job in ids)
+    assert "--retry-ambiguous" in table

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -75,7 +76,14 @@ async def test_failed_jobs_are_retried_up_to_max_attempts_then_only_on_request(
         assert again.counts.failed_before == 3
         summary = json.loads((tmp_path / "summary.json").read_text())
         assert summary["exit_code"] == 1
-        assert summary["folder"] == {"jobs": 3, "completed": 0, "failed": 3, "ambiguous": 0}
+        assert summary["folder"] == {
+            "jobs": 3,
+            "completed": 0,
+            "failed": 3,
+            "ambiguous": 0,
+            "spend_usd": 0.0,
+            "spend_units": 0.0,
+        }
         assert summary["counts"]["failed_before"] == 3
         retry = dataclasses.replace(FAST, retry_failed=True)
         await run_batch(
@@ -366,10 +374,14 @@ async def test_an_ambiguous_job_keeps_its_candidates_images_and_is_never_sent_ag
     status = read_status(tmp_path)
     assert status.ambiguous == {spec.key: tuple(ids)}
     assert "ambiguous" in render_status(status)
-    assert (
-        "1 ambiguous job, 2 candidate job(s) exist: sending them again pays for at most "
-        "1 image(s) twice" in render_status(status)
+    worst = (
+        "1 ambiguous job, 2 candidate job(s) exist: sending it again pays for at most "
+        "1 image(s) twice (17.2 CU)"  # what `run … --retry-ambiguous` says
     )
+    assert worst in render_status(status)
+    assert status.to_json()["retry_ambiguous_worst_cost"] == "17.2 CU"
+    shutil.rmtree(tmp_path / ".krea-batch")  # read from results.jsonl alone: priced the same
+    assert read_status(tmp_path).retry_cost == "17.2 CU"
 
 
 async def test_retry_ambiguous_says_the_worst_case_first_then_sends_them_once(

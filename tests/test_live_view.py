@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from runner.batch import run_batch
+from runner.cli.closing import summary_line
 from runner.cli.live_view import Bars
 from runner.cli.progress import Progress
 from runner.emulator import EmulatorConfig, Latency, run_emulator
@@ -72,7 +73,7 @@ async def test_a_resumed_runs_spend_counts_the_jobs_done_before_it(
         caplog.set_level(logging.INFO, logger="runner.cli.progress")
         progress = Progress(live=False, interval=0)
         seen: list[Engine] = []
-        await run_batch(
+        result = await run_batch(
             small_manifest(4),
             tmp_path,
             api_base=emu.url,
@@ -85,3 +86,5 @@ async def test_a_resumed_runs_spend_counts_the_jobs_done_before_it(
     assert said[0].startswith("progress: 3 done"), said[0]  # 3 × 17.2 CU done before it
     assert "spend 51.6 CU ($0 this run)" in said[0], said[0]
     assert "spend 68.8 CU (17.2 CU this run)" in said[-1], said[-1]
+    closing = summary_line(result, str(tmp_path), sharded=False).text  # says the same
+    assert "this run's estimated spend 17.2 CU (folder total 68.8 CU)" in closing, closing

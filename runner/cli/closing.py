@@ -15,7 +15,7 @@ from runner.engine import RunResult
 from runner.money import spend_text
 from runner.outputs.destination import is_url
 from runner.state.figures import Counts
-from runner.wording import counted, wrap_phrases
+from runner.wording import counted, them, wrap_phrases
 
 
 @dataclass
@@ -39,7 +39,7 @@ def summary_line(result: RunResult, out: str, sharded: bool) -> Line:
     text = (
         f"{counts.completed} completed, {counts.failed} failed{ambiguous}, "
         f"{counts.skipped} already done, {counts.unfinished} unfinished{stragglers}; "
-        f"estimated spend {spend_text(counts.spend_usd, counts.spend_units)}\n"
+        f"{spend_phrase(result)}\n"
         f"results: {out}/results.jsonl   {place}: {where}"
     )
     fields = {
@@ -57,7 +57,25 @@ def summary_line(result: RunResult, out: str, sharded: bool) -> Line:
         "results": f"{out}/results.jsonl",
         place: where,
     }
+    folder = result.summary.get("folder")
+    if isinstance(folder, dict) and "spend_usd" in folder:
+        fields["folder_spend_usd"] = folder["spend_usd"]
+        fields["folder_spend_units"] = folder["spend_units"]
     return Line(text, fields=fields)
+
+
+def spend_phrase(result: RunResult) -> str:
+    """``this run's estimated spend $0.34``, and the folder's total where it differs (a resumed
+    run, an --append), so that one is not read as the other."""
+    counts = result.counts
+    ours = spend_text(counts.spend_usd, counts.spend_units)
+    said = f"this run's estimated spend {ours}"
+    folder = result.summary.get("folder")
+    if isinstance(folder, dict) and "spend_usd" in folder:
+        total = spend_text(folder["spend_usd"], folder["spend_units"])
+        if total != ours:
+            said += f" (folder total {total})"
+    return said
 
 
 def advice_for(result: RunResult, budget: str | None = None) -> str:
@@ -98,7 +116,7 @@ def after_lines(result: RunResult, out: str, budget: str | None = None) -> list[
         lines.append(
             Line(
                 f"{counted(counts.cancelled, 'job')} waiting at the server cancelled as the run "
-                "stopped, unbilled: the next run sends them again",
+                f"stopped, unbilled: the next run sends {them(counts.cancelled)} again",
                 "info",
                 {"event": "cancelled", "cancelled": counts.cancelled},
             )
@@ -107,8 +125,8 @@ def after_lines(result: RunResult, out: str, budget: str | None = None) -> list[
         lines.append(
             Line(
                 f"{counted(counts.failed, 'job')} failed: `krea-batch status {out}` groups the "
-                "reasons; `run … --retry-failed` sends them again (a job the API says is gone "
-                "may still have been paid for)",
+                f"reasons; `run … --retry-failed` sends {them(counts.failed)} again (a job the "
+                "API says is gone may still have been paid for)",
                 "warning",
                 {"event": "failed", "failed": counts.failed},
             )
@@ -124,20 +142,21 @@ def earlier_outcomes(counts: Counts, out: str) -> list[Line]:
         lines.append(
             Line(
                 f"{counted(counts.failed_before, 'job')} failed in an earlier run and still "
-                f"count as failed (exit 1): `krea-batch status {out}` groups the reasons; "
-                "`run … --retry-failed` sends them again",
+                f"count{'s' if counts.failed_before == 1 else ''} as failed (exit 1): "
+                f"`krea-batch status {out}` groups the reasons; "
+                f"`run … --retry-failed` sends {them(counts.failed_before)} again",
                 "warning",
                 {"event": "failed_before", "failed_before": counts.failed_before},
             )
         )
-    if counts.ambiguous_before:
+    if n := counts.ambiguous_before:
         lines.append(
             Line(
-                f"{counted(counts.ambiguous_before, 'job')} ended ambiguous in an earlier run "
-                "(exit 1): `run … --retry-ambiguous` says what sending them again may cost, "
-                "then sends them",
+                f"{counted(n, 'job')} ended ambiguous in an earlier run "
+                f"(exit 1): `run … --retry-ambiguous` says what sending {them(n)} again may "
+                f"cost, then sends {them(n)}",
                 "warning",
-                {"event": "ambiguous_before", "ambiguous_before": counts.ambiguous_before},
+                {"event": "ambiguous_before", "ambiguous_before": n},
             )
         )
     return lines

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from runner.api.client import DEFAULT_API_BASE, KreaClient
+from runner.api.remote import JobStatus
 from runner.api.secrets import find_tokens
-from runner.engine.ambiguity import Risk, risk_of
+from runner.catalog import Catalog, load_catalog
+from runner.cli.status_keys import key_line, keys_of, last_run_keys
+from runner.engine.ambiguity import Risk, is_ambiguous, risk_of, worst_cost
 from runner.errors import ApiError, UsageError
 from runner.exitcodes import ExitCode
 from runner.money import spend_text
@@ -29,9 +32,10 @@ from runner.outputs.summary import read_summary
 from runner.outputs.trees import Tree
 from runner.state.events import Done
 from runner.state.figures import Counts
-from runner.state.journal import read_events
+from runner.state.journal import read_events, records_at
 from runner.state.ledger import KeyState, fold, folder_counts
-from runner.wording import counted, duration
+from runner.state.records import ResultRecord
+from runner.wording import counted, duration, them
 
 
 @dataclass
@@ -48,6 +52,7 @@ class FolderStatus:
     remote_status: dict[str, str] = field(default_factory=dict)  # filled by --refresh
     holders: dict[str, str | None] = field(default_factory=dict)  # job id → its key's fingerprint
     risk: Risk = field(default_factory=lambda: Risk(0, 0, 0))  # of sending ambiguous ones again
+    retry_cost: str | None = None  # what the images ``risk`` may pay twice cost, if known
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # a pool's, by fingerprint
     not_sent: int = 0  # jobs of the last run's manifest never submitted (it stopped early)
     last_stopped: str | None = None  # why the last run stopped early, from its summary
@@ -74,6 +79,7 @@ class FolderStatus:
             "failed": [{"key": k, "error": e} for k, e in self.failures],
             "ambiguous": [{"key": k, "candidates": list(c)} for k, c in self.ambiguous.items()],
             "retry_ambiguous_pays_twice_at_most": self.risk.twice,
+            "retry_ambiguous_worst_cost": self.retry_cost,
             "in_flight": [
                 {"key": k, "job_id": j, "remote_status": self.remote_status.get(j)}
                 for k, j in self.in_flight.items()
@@ -99,6 +105,7 @@ def read_status(root: Path, name: str | None = None) -> FolderStatus:
     results.jsonl, each record as the journal's ``done`` line of its job would say."""
     layout = Layout(root)
     candidates: dict[str, tuple[str, ...]] = {}
+    records: list[ResultRecord] = []
     if layout.journal.exists():
         ledger = fold(read_events(layout.journal))
     elif layout.results.exists():
@@ -124,78 +131,67 @@ def read_status(root: Path, name: str | None = None) -> FolderStatus:
         elif state.pending_since is not None:
             status.unknown_submits.append(key)
     status.risk = risk_of(ledger.states)
-    status.keys = keys_of(ledger.states.values(), _last_run_keys(layout))
+    if status.risk.jobs:
+        if layout.journal.exists():  # the ambiguous jobs' records, where there are some yet
+            offsets = [s.done_at for s in ledger.states.values() if is_ambiguous(s)]
+            records = list(records_at(layout.journal, [o for o in offsets if o is not None]))
+        status.retry_cost = retry_cost(ledger.states, status.risk, records)
+    status.keys = keys_of(ledger.states.values(), last_run_keys(layout))
     return status
 
 
-KEY_JOBS = ("completed", "failed", "ambiguous", "in_flight", "unknown_submits")
+def price_of(catalog: Catalog, record: ResultRecord) -> tuple[float | None, float | None]:
+    """(US dollars, compute units) one send of the record's job costs, by the catalog's
+    estimate for its model and request (None where no price is published). The record's own
+    cost is what was billed, which for an ambiguous job is its candidates'."""
+    model = catalog.get(record.model)
+    if model is None:
+        return None, None
+    body = {"prompt": record.prompt, **record.params}
+    return model.estimate_usd(body), model.estimate_units(body)
 
 
-def keys_of(states: Iterable[KeyState], last_run: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """A pool's keys, by fingerprint: their jobs (from the journal, which records the key of
-    each submit), what those cost, and how the last run left each key (from its summary:
-    where the key is, retired or cooling). Empty for a folder run with one key."""
-    keys: dict[str, dict[str, Any]] = {}
-    for state in states:
-        if state.account is None:
-            continue
-        figures = keys.setdefault(state.account, _key_figures())
-        if state.doubt is not None:
-            figures["ambiguous"] += 1
-        elif state.done == RecordStatus.COMPLETED:
-            figures["completed"] += 1
-        elif state.done == RecordStatus.FAILED:
-            figures["failed"] += 1
-        elif state.job_id is not None:
-            figures["in_flight"] += 1
-        elif state.pending_since is not None:
-            figures["unknown_submits"] += 1
-        figures["spend_usd"] += state.done_usd
-        figures["spend_units"] += state.done_units
-    if len(keys) < 2 and not last_run:
-        return {}
-    for name, last in last_run.items():
-        figures = keys.setdefault(name, _key_figures())
-        figures["place"] = last.get("place")
-        if last.get("retired"):
-            figures["state"] = f"retired: {last['retired']}"
-        elif last.get("cooling"):
-            figures["state"] = f"cooled down: {last['cooling']}"
-    for figures in keys.values():
-        figures["spend_usd"] = round(figures["spend_usd"], 4)
-        figures["spend_units"] = round(figures["spend_units"], 3)
-    return keys
+def retry_cost(
+    states: Mapping[str, KeyState], risk: Risk, records: Iterable[ResultRecord]
+) -> str | None:
+    """What ``run … --retry-ambiguous`` says the worst case costs, priced from the ambiguous
+    jobs' records; None while a job has none (its candidates not collected yet) or its record
+    no price."""
+    catalog = load_catalog()
+    prices = {record.key: price_of(catalog, record) for record in records}
+    ambiguous = (key for key, state in states.items() if is_ambiguous(state))
+    return worst_cost(risk, (prices.get(key, (None, None)) for key in ambiguous))
 
 
-def _key_figures() -> dict[str, Any]:
-    return {
-        "place": None,
-        "state": "ok",
-        **dict.fromkeys(KEY_JOBS, 0),
-        "spend_usd": 0.0,
-        "spend_units": 0.0,
-    }
+def in_flight_parts(status: FolderStatus, settles: str) -> list[str]:
+    """The jobs in flight: submitted and not collected, all the folder knows of them; with
+    --refresh, where the API says they stand (a completed one waits for its download, not
+    for the API)."""
+    standing = Counter(_standing(status.remote_status.get(j)) for j in status.in_flight.values())
+    parts = []
+    if n := standing["running"]:
+        parts.append(f"{n} still running at the API")
+    if n := standing[JobStatus.COMPLETED]:
+        parts.append(f"{n} completed at the API, not downloaded yet: {settles} downloads {them(n)}")
+    if n := standing[JobStatus.FAILED]:
+        parts.append(f"{n} failed at the API: {settles} retries {them(n)} or records the failure")
+    if n := standing[JobStatus.CANCELLED]:
+        parts.append(f"{n} cancelled at the API: {settles} records {them(n)} failed")
+    if n := standing[None]:
+        how = "the API could not say how" if status.asked else "--refresh asks the API how"
+        stand = "it stands" if n == 1 else "they stand"
+        parts.append(f"{n} in flight, not collected yet ({how} {stand})")
+    return parts
 
 
-def _last_run_keys(layout: Layout) -> dict[str, Any]:
-    """The keys as the last run's summary.json left them (none: no summary, or one key)."""
+def _standing(remote: str | None) -> str | None:
+    """A job's status as --refresh read it: ended (its status), ``running``, or None (not
+    asked, or no answer)."""
     try:
-        data = json.loads(layout.summary.read_text(encoding="utf-8"))
-        keys = data["counts"]["by_account"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    if not isinstance(keys, dict):
-        return {}
-    return {k: v for k, v in keys.items() if isinstance(k, str) and isinstance(v, dict)}
-
-
-def key_line(name: str, figures: Mapping[str, Any]) -> str:
-    """``key 2 of keys.txt (35a34ba4): 12 completed, 1 in flight, $0.40; retired: …``."""
-    place = figures.get("place")
-    label = f"{place} ({name})" if place else f"key {name}"
-    jobs = [f"{figures[k]} {k.replace('_', ' ')}" for k in KEY_JOBS if figures.get(k)]
-    spend = spend_text(figures["spend_usd"], figures["spend_units"])
-    return f"  {label}: {', '.join(jobs) or 'no jobs'}, {spend}; {figures['state']}"
+        status = JobStatus(str(remote))
+    except ValueError:  # not asked ("None"), or "unknown (…)"
+        return None
+    return status if status.terminal else "running"
 
 
 def render_status(status: FolderStatus, show_failed: int = 20) -> str:
@@ -203,12 +199,9 @@ def render_status(status: FolderStatus, show_failed: int = 20) -> str:
     counts = data["counts"]
     settles = "the running process" if status.live else "the next run"
     parts = [f"{counts['completed']} completed", f"{counts['failed']} failed"]
-    if counts["in_flight"]:
-        parts.append(f"{counts['in_flight']} still running at the API")
-    if counts["unknown_submits"]:
-        parts.append(
-            f"{counts['unknown_submits']} submitted without an answer ({settles} checks them)"
-        )
+    parts += in_flight_parts(status, settles)
+    if n := counts["unknown_submits"]:
+        parts.append(f"{n} submitted without an answer ({settles} checks {them(n)})")
     if counts["ambiguous"]:
         parts.append(f"{counts['ambiguous']} ambiguous")
     if status.not_sent:
@@ -231,7 +224,9 @@ def render_status(status: FolderStatus, show_failed: int = 20) -> str:
             "ambiguous (a submit's answer was lost; not sent again; candidates' images are in "
             "images/_unmatched/):"
         )
-        lines.append(f"  {status.risk.sentence()}; `run … --retry-ambiguous` does that")
+        lines.append(
+            f"  {status.risk.sentence(status.retry_cost)}; `run … --retry-ambiguous` does that"
+        )
         for key, candidates in status.ambiguous.items():
             lines.append(f"  {key}  {', '.join(candidates) or '(no candidate listed)'}")
     if status.keys:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from runner.money import dollars
 from runner.state.ledger import NO_SINGLE_MATCH, KeyState
 from runner.state.records import RecordStatus
+from runner.wording import them
 
 
 def is_ambiguous(state: KeyState) -> bool:
@@ -42,7 +43,8 @@ class Risk:
         if self.unread:
             said += f", {self.unread} with a listing that could not be read whole"
         priced = f" ({cost})" if cost and self.twice else ""
-        return f"{said}: sending them again pays for at most {self.twice} image(s) twice{priced}"
+        again = f"sending {them(self.jobs)} again"
+        return f"{said}: {again} pays for at most {self.twice} image(s) twice{priced}"
 
 
 def risk_of(states: Mapping[str, KeyState], keys: Iterable[str] | None = None) -> Risk:

@@ -10,7 +10,6 @@ paid for: their images are kept under images/_unmatched/, and the job ends ambig
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 
 import anyio
@@ -22,6 +21,7 @@ from runner.engine.outcome import Ambiguous, Deferred, Outcome
 from runner.engine.retry import Clock
 from runner.errors import FatalApiError
 from runner.jobspec import JobSpec
+from runner.outputs.layout import UNMATCHED_DIR, unmatched_stem
 from runner.state.events import Lost, Submitted
 from runner.state.journal import Journal
 from runner.state.ledger import NO_SINGLE_MATCH, KeyState
@@ -148,6 +148,6 @@ class Candidates:
         ended = await self._end_of(account, job_id)
         if ended is None or ended.status != JobStatus.COMPLETED:
             return None
-        safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:100]
-        got = await account.tracker.download_all(ended, f"_unmatched/{safe_id}", safe_id)
+        stem = unmatched_stem(job_id)
+        got = await account.tracker.download_all(ended, f"{UNMATCHED_DIR}/{stem}", stem)
         return got if isinstance(got, list) else []

@@ -17,6 +17,7 @@ OUT/
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,13 @@ STATUS_NAME = "status.json"
 JOURNAL_NAME = "journal.jsonl"
 LOCK_NAME = "lock"
 IDENTITY_NAME = "krea-batch.json"
+UNMATCHED_DIR = "_unmatched"  # under images/
+
+
+def unmatched_stem(job_id: str) -> str:
+    """The name of an ambiguous job's candidate's image under images/_unmatched/ (its further
+    images add -1, -2, …): the candidate's job id, safe as a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:100]
 
 
 @dataclass(frozen=True, slots=True)

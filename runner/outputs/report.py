@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -28,7 +27,7 @@ import tarfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -41,12 +40,21 @@ if TYPE_CHECKING:
     from runner.outputs.trees import Tree
 from runner.outputs.atomic import fsync_dir, write_atomic
 from runner.outputs.layout import REPORT_DATA_DIR, Layout
+from runner.outputs.report_cards import (
+    PER_PAGE,
+    Chunks,
+    ambiguous_card,
+    ambiguous_row,
+    candidate_images,
+    caption,
+    card,
+    tooltip,
+)
 from runner.outputs.shard_files import member_of, read_members
 from runner.state.records import RecordStatus, ResultRecord, spend_of
 
 log = logging.getLogger(__name__)
 
-PER_PAGE = 300
 MAX_COMPARE_ROWS = 300
 MAX_FAILED = 1000
 MAX_MORE = 8  # thumbnails of a compare cell's other images
@@ -67,40 +75,6 @@ def _templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-
-
-def _caption(record: ResultRecord) -> str:
-    parts = [record.model]
-    if record.seed is not None:
-        parts.append(f"seed {record.seed}")
-    seconds = record.timings.get("seconds")
-    if isinstance(seconds, int | float):
-        parts.append(f"{seconds:g} s")
-    return " · ".join(parts)
-
-
-def _tooltip(record: ResultRecord) -> str:
-    params = json.dumps(record.params, ensure_ascii=False, sort_keys=True)
-    return f"{record.prompt}\nkey {record.key}\nparams {params}"
-
-
-def _card(record: ResultRecord, image: tuple[str | None, str | None]) -> dict[str, Any]:
-    """What the page's script needs of one record (``image``: its picture's path and, for an
-    image in a shard, the shard)."""
-    card = {
-        "key": record.key,
-        "status": record.status,
-        "model": record.model,
-        "seed": record.seed,
-        "prompt": record.prompt,
-        "path": image[0],
-        "error": record.error,
-        "shape": _shape(record.params),
-        "replica": record.replica,
-    }
-    if image[1] is not None:
-        card["where"] = image[1]
-    return card
 
 
 @dataclass
@@ -159,47 +133,13 @@ def _thumbnail(data: bytes, target: Path) -> None:
         log.warning("report: no thumbnail for %s: %s", target.name, exc)
 
 
-def _shape(params: Mapping[str, Any]) -> str | None:
-    """``16:9`` or ``1024×576``: what tells two tiles of one prompt and seed apart."""
-    ratio = params.get("aspect_ratio")
-    if isinstance(ratio, str):
-        return ratio
-    width, height = params.get("width"), params.get("height")
-    return f"{width}×{height}" if isinstance(width, int) and isinstance(height, int) else None
-
-
-@dataclass
-class _Chunks:
-    """Cards written PER_PAGE to a file as they come: ``c00001.js``, ``f00001.js``, …"""
-
-    folder: Path
-    kind: str
-    count: int = 0
-    _rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, card: dict[str, Any]) -> None:
-        self._rows.append(card)
-        if len(self._rows) == PER_PAGE:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._rows:
-            return
-        self.count += 1
-        name = f"{self.kind}{self.count:05d}"
-        rows = json.dumps(self._rows, ensure_ascii=False, separators=(",", ":"))
-        (self.folder / f"{name}.js").write_text(
-            f"kreaBatchChunk({json.dumps(name)},{rows});\n", encoding="utf-8"
-        )
-        self._rows = []
-
-
 @dataclass
 class _Gallery:
     """Everything the page shows, gathered in one pass over the records."""
 
-    completed: _Chunks
-    failed_chunks: _Chunks
+    completed: Chunks
+    failed_chunks: Chunks
+    ambiguous_chunks: Chunks
     images: int = 0
     done: int = 0
     spend: float = 0.0  # compute units, of jobs without a USD price
@@ -208,6 +148,9 @@ class _Gallery:
     seeds: dict[Any, None] = field(default_factory=dict)
     failed: list[ResultRecord] = field(default_factory=list)
     failed_count: int = 0
+    ambiguous: list[dict[str, Any]] = field(default_factory=list)  # the first, as table rows
+    ambiguous_held: list[ResultRecord] = field(default_factory=list)  # until every one is read
+    unmatched: dict[str, str] = field(default_factory=dict)  # their candidates' images, by stem
     prompts: dict[str, None] = field(default_factory=dict)
     more_prompts: bool = False
     cells: dict[tuple[str, str, Any], dict[str, Any]] = field(default_factory=dict)
@@ -219,20 +162,42 @@ class _Gallery:
             if len(self.failed) < MAX_FAILED:
                 self.failed.append(record)
             self.models.setdefault(record.model, None)
-            self.failed_chunks.add(_card(record, (None, None)))
+            self.failed_chunks.add(card(record, (None, None)))
+            return
+        usd, units = spend_of(record)  # an ambiguous job's billed candidates too
+        self.spend_usd += usd
+        self.spend += units
+        if record.status == RecordStatus.AMBIGUOUS:
+            self._ambiguous(record)
             return
         if record.status != RecordStatus.COMPLETED or not record.files:
             return
         self.done += 1
         self.images += len(record.files)
-        usd, units = spend_of(record)
-        self.spend_usd += usd
-        self.spend += units
         self.models.setdefault(record.model, None)
         self.seeds.setdefault(record.seed, None)
         image = self.thumbs.image(record)
-        self.completed.add(_card(record, image))
+        self.completed.add(card(record, image))
         self._compare(record, image[0])
+
+    def _ambiguous(self, record: ResultRecord) -> None:
+        """A job no listing could tell apart: held until every record is read (its
+        candidates' images may be listed in another's), never compared."""
+        self.ambiguous_held.append(record)
+        for entry in record.files:
+            if member_of(entry.path) is None:  # loose files, in shard folders too
+                self.unmatched.setdefault(PurePosixPath(entry.path).stem, entry.path)
+        self.models.setdefault(record.model, None)
+
+    def end(self) -> None:
+        """Write the last chunks, the ambiguous jobs' with each one's candidates' images."""
+        for record in self.ambiguous_held:
+            images = candidate_images(record, self.unmatched)
+            if len(self.ambiguous) < MAX_FAILED:
+                self.ambiguous.append(ambiguous_row(record, images))
+            self.ambiguous_chunks.add(ambiguous_card(record, images))
+        for chunks in (self.completed, self.failed_chunks, self.ambiguous_chunks):
+            chunks.flush()
 
     def _compare(self, record: ResultRecord, path: str | None) -> None:
         prompt = record.prompt
@@ -245,8 +210,8 @@ class _Gallery:
             cell: dict[str, Any] = {
                 "path": path,
                 "prompt": prompt,
-                "caption": _caption(record),
-                "tooltip": _tooltip(record),
+                "caption": caption(record),
+                "tooltip": tooltip(record),
                 "more": [],  # the cell's other images (other seeds, say), as thumbnails
             }
             first = self.cells.setdefault((prompt, axis, getattr(record, axis)), cell)
@@ -287,11 +252,10 @@ def write_report(
     building = root / f".{REPORT_DATA_DIR}.new"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir()
-    gallery = _Gallery(_Chunks(building, "c"), _Chunks(building, "f"))
+    gallery = _Gallery(Chunks(building, "c"), Chunks(building, "f"), Chunks(building, "a"))
     for record in records:
         gallery.add(record)
-    gallery.completed.flush()
-    gallery.failed_chunks.flush()
+    gallery.end()
     current, old = layout.report_data, root / f".{REPORT_DATA_DIR}.old"
     if shards is None:
         from runner.outputs.trees import Tree
@@ -316,6 +280,7 @@ def render_page(gallery: _Gallery, summary: Mapping[str, Any]) -> str:
         ("images", gallery.images),
         ("completed", gallery.done),
         ("failed", gallery.failed_count),
+        *([("ambiguous", len(gallery.ambiguous_held))] if gallery.ambiguous_held else []),
         ("models", len(gallery.models)),
         ("est. spend", spend_text(gallery.spend_usd, gallery.spend)),
     ]
@@ -326,7 +291,12 @@ def render_page(gallery: _Gallery, summary: Mapping[str, Any]) -> str:
         "per_page": PER_PAGE,
         "completed_chunks": gallery.completed.count,
         "failed_chunks": gallery.failed_chunks.count,
+        "ambiguous_chunks": gallery.ambiguous_chunks.count,
     }
+    retry = (  # what sends the ambiguous jobs again, once it has said the worst case
+        f"krea-batch run {summary.get('manifest') or 'MANIFEST'} "
+        f"--out {summary.get('out') or 'OUT'} --retry-ambiguous"
+    )
     return (
         _templates()
         .get_template("report.html.j2")
@@ -337,6 +307,10 @@ def render_page(gallery: _Gallery, summary: Mapping[str, Any]) -> str:
             compare=gallery.compare(),
             failed=gallery.failed,
             failed_count=gallery.failed_count,
+            ambiguous=gallery.ambiguous,
+            ambiguous_count=len(gallery.ambiguous_held),
+            candidate_images=len(gallery.unmatched),
+            retry=retry,
             setup=setup,
         )
     )

@@ -57,7 +57,7 @@ def summary(
         "settings": None if settings is None else dict(settings),
         "listing": None,  # the job listing's passes and pages (a run in list mode)
         "webhooks": None,  # deliveries used, ignored and refused (a run with webhooks)
-        "folder": None,  # the folder's jobs over every run: completed, failed, ambiguous
+        "folder": None,  # the folder's jobs over every run: completed, failed, ambiguous, spend
     }
 
 
