@@ -71,8 +71,10 @@ async def test_jobs_end_through_webhooks_even_when_deliveries_repeat_or_are_lost
     assert webhooks["ignored"] > 0, "repeated deliveries are ignored"
     assert webhooks["refused"] == 0
     assert webhooks["used"] + webhooks["ignored"] == stats["webhooks_sent"]
-    # Looks are a safety net: without webhooks this run lists about 35 times.
-    assert stats.get("lists", 0) + stats.get("polls", 0) < 10
+    # Looks are a safety net once a delivery has arrived (until then the first jobs are
+    # looked at every 20 ms, as without webhooks, for about 10 lists): without webhooks this
+    # run lists about 40 times.
+    assert stats.get("lists", 0) + stats.get("polls", 0) < 24
 
 
 async def test_when_every_delivery_is_lost_the_safety_net_still_finishes_every_job(

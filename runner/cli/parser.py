@@ -186,7 +186,8 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "--webhook-url",
         metavar="URL",
         help="public address of this machine for Krea's webhooks (with --webhook-listen); "
-        "polls then only every --webhook-poll-interval, as a safety net",
+        "once deliveries arrive, jobs are looked at only every --webhook-poll-interval, as a "
+        "safety net",
     )
     run.add_argument(
         "--webhook-listen",

@@ -134,6 +134,7 @@ class Parts:
             note=self.journal.note,
             rng=shared.rng,
             latency=self.latency,
+            hooks=shared.deliveries,
         )
         shared.deliveries.trackers.append(tracker)
         health = Health(shared.options.key_patience, shared.options.key_cooldown)

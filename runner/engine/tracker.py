@@ -7,6 +7,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from runner.api.backoff import jittered
 from runner.api.port import Api
@@ -28,6 +29,15 @@ from runner.state.run_events import RunEvent
 log = logging.getLogger(__name__)
 
 
+class Hooks(Protocol):
+    """The run's webhook deliveries, as trackers ask after them (``Deliveries``)."""
+
+    @property
+    def trusted(self) -> bool: ...
+
+    def missed(self, now: float, poll_interval: float) -> None: ...
+
+
 class Tracker(Fetcher):
     """Polls jobs (the downloads of their results are ``Fetcher``'s)."""
 
@@ -41,8 +51,10 @@ class Tracker(Fetcher):
         note: Callable[[RunEvent], None],
         rng: random.Random | None = None,
         latency: TypicalLatency | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         super().__init__(client, writer, clock, settings, note=note, rng=rng or random.Random())
+        self.hooks = hooks  # whether deliveries arrive (None: they are trusted to)
         # Polls of a paid job never give up on errors before the job's own deadline.
         self._poll_retry = replace(settings.retry, max_errors=None)
         self.latency = latency or TypicalLatency()  # a pool's keys share what they learn
@@ -83,11 +95,27 @@ class Tracker(Fetcher):
         watch = self.watches.get(remote.job_id)
         if watch is None or watch.latest is not None or not remote.status.terminal:
             return False
+        watch.delivered = True
         if remote.status == JobStatus.COMPLETED and not remote.urls:
             watch.ask_alone()
             return True
         watch.tell(remote)
         return True
+
+    def retime(self, trusted: bool) -> None:
+        """Deliveries were found to arrive (``trusted``: jobs awaiting one are looked at every
+        webhook_poll_interval from their next look) or not to (every poll interval, now)."""
+        now = self.clock.monotonic()
+        settings = self.settings
+        for watch in self.watches.values():
+            if not watch.webhook:
+                continue
+            if trusted:
+                watch.interval = settings.webhook_poll_interval
+                continue
+            watch.interval = settings.poll_interval
+            watch.due = min(watch.due, now + jittered(watch.interval, rng=self.rng))
+            watch.nudge()
 
     async def wait(
         self,
@@ -106,24 +134,29 @@ class Tracker(Fetcher):
         its POST was answered, our wall clock: the job existed by then). In list mode the
         listing looks at it each tick and it is polled on its own only when the listing
         misses it; in job mode it is polled every interval (jittered), on a schedule that a
-        slow answer does not push back. With ``webhook`` its delivery is awaited, and looks
-        are a safety net: a first look once it has run longer than nine in ten jobs of its
-        model (so a lost delivery costs seconds, not the net's period), then one every
-        webhook_poll_interval. ``created_after``: a lower bound of its creation time on the
-        server's clock, where the listing may stop looking. With ``stragglers``, a job still
-        queued or running past its model's straggler bound is returned ``Overdue`` (one in
-        the account's backlog is not: it waits behind our own jobs). ``backlogged``: its
-        submit's answer said it waits in the account's backlog (``backlog`` counts them).
+        slow answer does not push back. With ``webhook`` its delivery is awaited; once
+        deliveries are known to arrive (``hooks``), looks are a safety net: a first look once
+        it has run longer than nine in ten jobs of its model (so a lost delivery costs
+        seconds, not the net's period), then one every webhook_poll_interval; before that,
+        or once they stop, it is looked at as without webhooks. ``created_after``: a lower
+        bound of its creation time on the server's clock, where the listing may stop
+        looking. With ``stragglers``, a job still queued or running past its model's
+        straggler bound is returned ``Overdue`` (one in the account's backlog is not: it
+        waits behind our own jobs). ``backlogged``: its submit's answer said it waits in the
+        account's backlog (``backlog`` counts them).
         """
-        interval = self.settings.webhook_poll_interval if webhook else self.settings.poll_interval
+        net = webhook and (self.hooks is None or self.hooks.trusted)  # looks are a safety net
+        interval = self.settings.webhook_poll_interval if net else self.settings.poll_interval
         now = self.clock.monotonic()
         typical = None
         if model is not None:
-            typical = self.latency.overdue(model) if webhook else self.latency.first_poll(model)
+            typical = self.latency.overdue(model) if net else self.latency.first_poll(model)
         first = self._first_wait(typical, exists_since)
         wait = jittered(interval, rng=self.rng) if first is None else first
-        watch = Watch(job_id, interval, due=now + wait, created_after=created_after)
-        if self.listing and not webhook and model is not None:
+        watch = Watch(
+            job_id, interval, due=now + wait, created_after=created_after, webhook=webhook
+        )
+        if self.listing and not net and model is not None:
             watch.alone = self.settings.polls_alone(self.latency.first_poll(model))
         if backlogged:
             watch.status = JobStatus.BACKLOGGED.value
@@ -185,6 +218,8 @@ class Tracker(Fetcher):
             if remote is not None:
                 if model is not None:
                     self.latency.observe(model, remote)
+                if webhook and not watch.delivered and self.hooks is not None:
+                    self.hooks.missed(self.clock.monotonic(), self.settings.poll_interval)
                 return remote
             if self.clock.monotonic() >= deadline:
                 back = await self.withdraw(watch.job_id)

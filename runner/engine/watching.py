@@ -54,11 +54,17 @@ class Watch:
     spared_until: float = 0.0  # not a straggler before then (monotonic): it was backlogged
     status: str | None = None  # its status when last seen not ended (None: not seen yet)
     seen_at: float = -math.inf  # when it was last seen so (monotonic)
+    webhook: bool = False  # its end's delivery is awaited
+    delivered: bool = False  # and it came
     _news: anyio.Event = field(default_factory=anyio.Event)
 
     def tell(self, remote: RemoteJob) -> None:
         """The job has ended (a listing or a webhook says so): wake its task."""
         self.latest = remote
+        self._news.set()
+
+    def nudge(self) -> None:
+        """Its schedule changed: wake its task to wait anew."""
         self._news.set()
 
     def saw(self, status: str, at: float) -> None:
