@@ -4,7 +4,6 @@ webhooks would, so a wrong --webhook-url costs no time. In-process, on virtual t
 from __future__ import annotations
 
 import logging
-import random
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,10 @@ from runner.api.remote import RemoteJob
 from runner.api.webhooks import WebhookSettings
 from runner.emulator import EmulatorConfig, Latency
 from runner.engine.deliveries import Deliveries
-from runner.engine.latency import TrackSettings
 from runner.engine.silence import GRACE, MISSES, Silence
-from runner.engine.tracker import Tracker
-from runner.outputs import OutputFolder
-from tests.api_stub import ApiStub
 from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
 from tests.in_process import in_process
+from tests.test_webhooks import AskedAt, net_tracker
 from tests.virtual_time import VirtualClock, virtual_time
 
 HOOKS = WebhookSettings("https://hooks.example.com/krea", "127.0.0.1", 9)
@@ -162,42 +158,13 @@ def test_a_silence_is_confirmed_by_jobs_in_a_row_over_some_seconds_and_said_once
     assert not silence.trusted
 
 
-class _Asked(ApiStub):
-    """A job that has ended; when (virtual time) it was asked for."""
-
-    def __init__(self, clock: VirtualClock) -> None:
-        super().__init__()
-        self.clock = clock
-        self.asked: list[float] = []
-
-    async def get_job(self, job_id: str) -> RemoteJob:
-        self.asked.append(self.clock.monotonic())
-        return RemoteJob.from_json(
-            {
-                "job_id": job_id,
-                "status": "completed",
-                "created_at": "2026-12-01T10:00:00.000Z",
-                "completed_at": "2026-12-01T10:00:05.000Z",
-                "result": {"urls": ["https://cdn.example.com/a.png"]},
-            }
-        )
-
-
 async def test_a_job_awaiting_its_delivery_is_polled_soon_once_deliveries_stop(
     tmp_path: Path,
 ) -> None:
     clock = VirtualClock()
-    client = _Asked(clock)
+    client = AskedAt(clock)
     deliveries = Deliveries()
-    tracker = Tracker(
-        client,
-        OutputFolder(tmp_path),
-        clock,
-        TrackSettings(poll_interval=2, webhook_poll_interval=600),
-        note=lambda event: None,
-        rng=random.Random(0),
-        hooks=deliveries,
-    )
+    tracker = net_tracker(client, clock, tmp_path, deliveries)
     deliveries.trackers.append(tracker)
     async with virtual_time(clock):
         other = {"job_id": "other", "status": "completed", "result": {"urls": ["https://a/b"]}}

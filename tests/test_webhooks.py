@@ -23,6 +23,7 @@ from runner.api.webhooks import (
     with_secret,
 )
 from runner.emulator import EmulatorConfig, Latency, run_emulator
+from runner.engine.deliveries import Deliveries
 from runner.engine.latency import TrackSettings
 from runner.engine.retry import SystemClock
 from runner.engine.tracker import Tracker
@@ -102,7 +103,7 @@ class _NeverAsked(ApiStub):
         raise AssertionError("polled although the webhook should have answered")
 
 
-class _AskedAt(ApiStub):
+class AskedAt(ApiStub):
     """A client whose job has ended: records when (virtual time) it was asked."""
 
     def __init__(self, clock: VirtualClock) -> None:
@@ -115,21 +116,29 @@ class _AskedAt(ApiStub):
         return RemoteJob.from_json(_job(job_id))
 
 
+def net_tracker(
+    client: AskedAt, clock: VirtualClock, folder: Path, hooks: Deliveries | None = None
+) -> Tracker:
+    """A tracker polling every 2 s, or every 600 s as a webhook's safety net."""
+    return Tracker(
+        client,
+        OutputFolder(folder),
+        clock,
+        TrackSettings(poll_interval=2, webhook_poll_interval=600),
+        note=lambda event: None,
+        rng=random.Random(0),
+        hooks=hooks,
+    )
+
+
 async def test_a_lost_delivery_is_found_once_the_job_is_slower_than_its_peers(
     tmp_path: Path,
 ) -> None:
     """The safety net looks first when nine in ten jobs of the model would have ended,
     not a whole webhook_poll_interval after the submit."""
     clock = VirtualClock()
-    client = _AskedAt(clock)
-    tracker = Tracker(
-        client,
-        OutputFolder(tmp_path),
-        clock,
-        TrackSettings(poll_interval=2, webhook_poll_interval=600),
-        note=lambda event: None,
-        rng=random.Random(0),
-    )
+    client = AskedAt(clock)
+    tracker = net_tracker(client, clock, tmp_path)
     for seconds in range(1, 11):  # peers took 1 s to 10 s: nine in ten had ended by 10 s
         peer = {**_job("peer"), "completed_at": f"2026-12-01T10:00:{seconds:02d}.000Z"}
         tracker.latency.observe("flux", RemoteJob.from_json(peer))
