@@ -15,9 +15,17 @@ from runner import run_batch
 from runner.api.remote import RemoteJob
 from runner.api.webhooks import WebhookSettings
 from runner.emulator import EmulatorConfig, Latency
+from runner.engine.candidates import DELIVERY_GRACE
 from runner.engine.deliveries import Deliveries
 from runner.engine.silence import GRACE, MISSES, Silence
-from tests.engine_helpers import FAST, check_folder, read_results, small_manifest
+from runner.manifest import expand
+from tests.engine_helpers import (
+    FAST,
+    check_folder,
+    read_results,
+    small_manifest,
+    write_ambiguous_journal,
+)
 from tests.in_process import in_process
 from tests.test_webhooks import AskedAt, net_tracker
 from tests.virtual_time import VirtualClock, virtual_time
@@ -177,3 +185,23 @@ async def test_a_job_awaiting_its_delivery_is_polled_soon_once_deliveries_stop(
             confirmed = clock.monotonic()
     assert len(client.asked) == 1
     assert client.asked[0] - confirmed <= 3, "looked at within the poll interval, not 600 s"
+
+
+async def test_an_ambiguous_jobs_candidates_stop_waiting_for_deliveries_known_not_to_come(
+    tmp_path: Path,
+) -> None:
+    """Deliveries could name which candidate is whose; once they are known not to come
+    (about 6 s in, here), the ambiguous job no longer waits its 15 s for them."""
+    manifest = small_manifest(JOBS, concurrency=8, poll_interval=2, webhook_poll_interval=30)
+    spec = next(iter(expand(manifest)))
+    config = EmulatorConfig(latency=Latency.parse("uniform:1-2"), webhook_drop_rate=1.0, seed=2)
+    async with in_process(config, rtt=0.1) as emu:
+        model = emu.emulator.catalog.resolve(spec.model)
+        ids = [emu.emulator.store.create(model, {**spec.body, "seed": s}, None).id for s in (1, 2)]
+        write_ambiguous_journal(tmp_path, spec.key, ids)
+        start = emu.clock.monotonic()
+        result = await run_batch(manifest, tmp_path, **emu.run_args(), options=FAST, webhook=HOOKS)
+        took = emu.clock.monotonic() - start
+    assert result.counts.ambiguous_jobs == 1
+    assert result.counts.completed == JOBS - 1
+    assert took < DELIVERY_GRACE, f"{took:.1f} s: the candidates waited for deliveries"

@@ -95,7 +95,7 @@ class Parts:
             stopper=stopper,
             keys=self.keys,
             recalls=Recalls(journal, shared.budget, policy.started),
-            identify=shared.deliveries.key_of,
+            deliveries=shared.deliveries,
         )
         self.recorder = Recorder(journal, writer, self.pool, policy.again)
 

@@ -10,12 +10,12 @@ paid for: their images are kept under images/_unmatched/, and the job ends ambig
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import anyio
 
 from runner.api.remote import JobStatus, RemoteJob
 from runner.engine.accounts import Account, KeyPool
+from runner.engine.deliveries import Deliveries
 from runner.engine.key_care import KeyCare
 from runner.engine.outcome import Ambiguous, Deferred, Outcome
 from runner.engine.retry import Clock
@@ -50,7 +50,7 @@ class Candidates:
         pool: KeyPool,
         journal: Journal,
         keys: KeyCare,
-        identify: Callable[[str], str | None],
+        deliveries: Deliveries,
         clock: Clock,
         *,
         webhooks: bool,
@@ -58,7 +58,8 @@ class Candidates:
         self.pool = pool
         self.journal = journal
         self.keys = keys
-        self.identify = identify  # the key a delivery said a job is of
+        self.identify = deliveries.key_of  # the key a delivery said a job is of
+        self.silence = deliveries.silence  # whether deliveries are known not to come
         self.webhooks = webhooks
         self.clock = clock
         self._collected: set[str] = set()  # candidates already fetched
@@ -105,7 +106,11 @@ class Candidates:
             if self.identify(job_id) is None:
                 await self._end_of(account, job_id)
         waited = 0.0
-        while waited < DELIVERY_GRACE and any(self.identify(j) is None for j in state.candidates):
+        while (
+            waited < DELIVERY_GRACE
+            and not self.silence.confirmed  # no delivery is coming: no use waiting for one
+            and any(self.identify(j) is None for j in state.candidates)
+        ):
             await self.clock.sleep(DELIVERY_CHECK)
             waited += DELIVERY_CHECK
         named = {job_id: self.identify(job_id) for job_id in state.candidates}

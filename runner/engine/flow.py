@@ -21,6 +21,7 @@ from runner.engine.accounts import Account, KeyPool, NoKeyLeft
 from runner.engine.budget import Budget
 from runner.engine.candidates import Candidates, keyless
 from runner.engine.coordinator import NotLeased
+from runner.engine.deliveries import Deliveries
 from runner.engine.health import KeyUnwell
 from runner.engine.key_care import KeyCare
 from runner.engine.options import EngineOptions
@@ -103,7 +104,7 @@ class JobFlow:
         stopper: Stopper,
         keys: KeyCare,
         recalls: Recalls,
-        identify: Callable[[str], str | None] = lambda job_id: None,
+        deliveries: Deliveries | None = None,
     ) -> None:
         self.pool = pool
         self.journal = journal
@@ -114,7 +115,9 @@ class JobFlow:
         self.stopper = stopper
         self.keys = keys
         self.recalls = recalls
-        self.candidates = Candidates(pool, journal, keys, identify, clock, webhooks=policy.webhooks)
+        self.candidates = Candidates(
+            pool, journal, keys, deliveries or Deliveries(), clock, webhooks=policy.webhooks
+        )
         self._spared: set[str] = set()  # stragglers whose cancel did not take: followed on
 
     async def run(self, spec: JobSpec) -> Outcome:

@@ -38,6 +38,11 @@ class Silence:
         self._first = 0.0  # when the first of them was (monotonic)
         self._confirmed = False  # the streak was said to be a silence
 
+    @property
+    def confirmed(self) -> bool:
+        """Whether deliveries are known not to come (since the last one, if any)."""
+        return self._confirmed
+
     def arrived(self) -> bool:
         """A delivery came; True when this turns looks back to the safety net's rhythm."""
         self.heard += 1
