@@ -154,12 +154,7 @@ def match(posts: Sequence[LostPost], jobs: Iterable[Candidate], after: ClockSkew
 
     ``after`` is the server's clock as read after the answers were lost.
     """
-    jobs = list(jobs)
-    options: dict[str, list[Candidate]] = {}
-    for post in posts:
-        start, end = post.window(after)
-        # A job without a readable creation time could be anyone's: it is in every window.
-        options[post.key] = [j for j in jobs if j.created is None or start <= j.created <= end]
+    options = _windows(posts, jobs, after)
     result = Matching()
     for group in _groups(posts, options):
         _solve(group, options, result)
@@ -175,14 +170,10 @@ def reconcile(posts: Sequence[LostPost], jobs: Iterable[Candidate], after: Clock
     completed jobs its POSTs share: a POST with none in its window is sent again; exactly
     one way to give them to POSTs, and they are adopted and the others sent again; several,
     and those POSTs stay ambiguous with their completed jobs as candidates (sending again
-    could pay twice). A group with a job not ended (its
-    cancel did not take) stays ambiguous with all of them.
+    could pay twice). A group with a job not ended (its cancel did not take) stays ambiguous
+    with all of them.
     """
-    jobs = list(jobs)
-    options: dict[str, list[Candidate]] = {}
-    for post in posts:
-        start, end = post.window(after)
-        options[post.key] = [j for j in jobs if j.created is None or start <= j.created <= end]
+    options = _windows(posts, jobs, after)
     result = Matching()
     for group in _groups(posts, options):
         held = {j.job_id: j for p in group for j in options[p.key]}
@@ -206,13 +197,24 @@ def unproven(
     posts: Sequence[LostPost], jobs: Iterable[Candidate], after: ClockSkew, doubt: str
 ) -> Matching:
     """Every lost POST ambiguous, with the jobs its window holds: nothing proves them empty."""
-    jobs = list(jobs)
+    options = _windows(posts, jobs, after)
     result = Matching(doubt=doubt)
     for post in posts:
-        start, end = post.window(after)
-        inside = (j.job_id for j in jobs if j.created is None or start <= j.created <= end)
-        result.ambiguous[post.key] = tuple(inside)
+        result.ambiguous[post.key] = tuple(j.job_id for j in options[post.key])
     return result
+
+
+def _windows(
+    posts: Sequence[LostPost], jobs: Iterable[Candidate], after: ClockSkew
+) -> dict[str, list[Candidate]]:
+    """Each POST's key → the jobs its window holds. A job without a readable creation time
+    could be anyone's: it is in every window."""
+    jobs = list(jobs)
+    options: dict[str, list[Candidate]] = {}
+    for post in posts:
+        start, end = post.window(after)
+        options[post.key] = [j for j in jobs if j.created is None or start <= j.created <= end]
+    return options
 
 
 def _groups(posts: Sequence[LostPost], options: dict[str, list[Candidate]]) -> list[list[LostPost]]:
