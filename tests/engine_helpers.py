@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
+import sys
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
@@ -101,3 +104,20 @@ def write_ambiguous_journal(folder: Path, key: str, candidates: list[str]) -> No
         + json.dumps({"e": "ambiguous", "k": key, "a": 1, "candidates": candidates})
         + "\n"
     )
+
+
+async def cli_process(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """``krea-batch ARGS`` in a child process, with ``env`` over this one's: its exit code and
+    its standard error."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runner",
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await child.communicate()
+    assert child.returncode is not None
+    return child.returncode, stderr.decode()

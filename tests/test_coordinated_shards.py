@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from runner.engine import RunResult
 from runner.exitcodes import ExitCode
 from runner.manifest import expand, load_manifest
 from tests.emulator_helpers import emulator_thread
-from tests.engine_helpers import FAST, manifest_text
+from tests.engine_helpers import FAST, cli_process, manifest_text
 from tests.in_process import InProcess, in_process
 from tests.redis_helpers import coordinator_at, redis_server
 
@@ -211,21 +210,6 @@ def test_without_a_coordinator_more_shards_than_slots_are_refused_with_the_way_o
     assert "lease the account's jobs at once" in capsys.readouterr().out
 
 
-async def _krea_batch(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "runner",
-        *args,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await child.communicate()
-    assert child.returncode is not None
-    return child.returncode, stderr.decode()
-
-
 async def test_processes_share_one_account_through_redis(tmp_path: Path, redis_url: str) -> None:
     # Two processes, each a shard of two, on an account of 2 jobs at once: each asks for the
     # account's 2 (not 1 as a static split gives), and together they never pass it.
@@ -235,7 +219,7 @@ async def test_processes_share_one_account_through_redis(tmp_path: Path, redis_u
     with emulator_thread(config) as emu:
         env = {"KREA_API_TOKEN": "the-account", "KREA_BATCH_COORDINATOR": redis_url}
         runs: list[Any] = [
-            _krea_batch(
+            cli_process(
                 *("run", str(manifest), "--api-base", emu.url, "--shard", f"{index}/2"),
                 *("--out", str(tmp_path / f"shard-{index}")),
                 env=env,

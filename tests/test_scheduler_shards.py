@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from runner.jobspec import in_shard
 from runner.manifest import expand, load_manifest
 from runner.sharding import parse_shard
 from tests.emulator_helpers import emulator_thread
-from tests.engine_helpers import manifest_text
+from tests.engine_helpers import cli_process, manifest_text
 
 
 def _slurm(task: int, first: int, last: int, **more: str) -> dict[str, str]:
@@ -106,20 +104,9 @@ def test_a_task_rerun_alone_takes_the_count_from_its_folder() -> None:
         parse_shard("auto", RERUN_OF_TASK_5, lambda: None)
 
 
-async def _krea_batch(*args: str, env: dict[str, str]) -> int:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "runner",
-        *args,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await child.communicate()
-    assert child.returncode is not None
-    assert child.returncode == 0, stderr.decode()
-    return child.returncode
+async def _krea_batch(*args: str, env: dict[str, str]) -> None:
+    code, stderr = await cli_process(*args, env=env)
+    assert code == 0, stderr
 
 
 async def test_four_shards_of_a_slurm_array_share_an_account_and_merge_whole(
